@@ -1,0 +1,3 @@
+from ebt_scaling.cli.main import main
+
+main()

@@ -1,0 +1,55 @@
+"""Shared CLI plumbing: the --db option, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ebt_scaling.errors import EbtScaleError
+from ebt_scaling.security import scrub
+
+DEFAULT_DB_URL = "sqlite:///ebt_scale.db"
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="Database URL (default: $EBT_SCALE_DB or sqlite:///ebt_scale.db).",
+                 show_default=False),
+]
+
+
+def resolve_db(url: str | None) -> str:
+    return url or os.environ.get("EBT_SCALE_DB") or DEFAULT_DB_URL
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one line on stderr (credentials masked) and return an Exit to raise."""
+    typer.echo(f"error: {scrub(message)}", err=True)
+    return typer.Exit(code)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Turn the project's exceptions into one masked line on stderr and a non-zero exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EbtScaleError as exc:
+            raise fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def is_tty() -> bool:
+    return sys.stderr.isatty()

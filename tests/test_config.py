@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+
+from ebt_scaling.config import (
+    RECIPE_OVERRIDES,
+    DataConfig,
+    ModelConfig,
+    RunSpec,
+    TrainConfig,
+    model_config,
+)
+from ebt_scaling.errors import ConfigError
+from ebt_scaling.security import mask_url, scrub
+
+
+def _m(**kw):
+    base = dict(family="ebt", n_layer=2, n_embd=64, n_head=4, vocab_size=256, sequence_len=32)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def test_defaults_are_the_s1_recipe():
+    m = _m()
+    for k, v in RECIPE_OVERRIDES["ebt_s1"].items():
+        assert getattr(m, k) == v, k
+    assert m.ffn_dim == 64 and m.head_dim == 16
+
+
+def test_s2_recipe_values():
+    m = model_config("ebt", "tiny", vocab_size=512, sequence_len=64, recipe="ebt_s2")
+    assert (m.mcmc_num_steps, m.step_size, m.langevin_noise_std) == (1, 5.0, 3.0)
+    assert m.truncate_steps and not m.detach_between_steps and m.replay_buffer_size == 192
+    assert m.train_steps_max == 3 and m.eval_steps == 3
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(n_embd=65), "n_embd: 65 is not divisible by n_head=4"),
+    (dict(family="gpt"), "ModelConfig.family: unknown family 'gpt'"),
+    (dict(n_layer=0), "ModelConfig.n_layer: must be a positive integer"),
+    (dict(n_embd=12, n_head=4), "ModelConfig.n_head: head size 3 is odd"),
+    (dict(step_size=-1.0), "ModelConfig.step_size: must be > 0"),
+    (dict(descent_wrt="energy"), "ModelConfig.descent_wrt"),
+])
+def test_model_validation_names_field_and_fix(kw, needle):
+    with pytest.raises(ConfigError) as e:
+        _m(**kw)
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg and ";" in msg
+
+
+def test_unknown_preset_and_recipe():
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        model_config("ebt", "huge", vocab_size=10, sequence_len=8)
+    with pytest.raises(ConfigError, match="unknown recipe 'ebt_s3'"):
+        model_config("ebt", "tiny", vocab_size=10, sequence_len=8, recipe="ebt_s3")
+
+
+def test_train_and_data_validation():
+    with pytest.raises(ConfigError, match="TrainConfig.steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ConfigError, match="DataConfig.source"):
+        DataConfig(source="ftp://x")
+
+
+def test_hash_is_stable_and_ignores_bookkeeping():
+    spec = RunSpec(model=_m(), train=TrainConfig(seed=1))
+    same = RunSpec(model=_m(), train=TrainConfig(seed=1, device="cpu", threads=2), sweep="s", axis="depth",
+                   x=2.0)
+    other = RunSpec(model=_m(), train=TrainConfig(seed=2))
+    assert spec.config_hash == same.config_hash
+    assert spec.config_hash != other.config_hash
+    assert RunSpec.from_dict(spec.to_dict()) == spec
+    assert len(spec.config_hash) == 64
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(ConfigError, match="unknown field"):
+        ModelConfig.from_dict({**_m().to_dict(), "n_layers": 3})
+
+
+def test_mask_url():
+    assert mask_url("postgresql+psycopg://bob:s3cret@db:5432/x") == "postgresql+psycopg://bob:***@db:5432/x"
+    assert "s3cret" not in scrub("failed: connect postgresql://u:s3cret@h/db (password=s3cret)")
+    assert mask_url("sqlite:///ebt_scale.db") == "sqlite:///ebt_scale.db"
