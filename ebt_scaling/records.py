@@ -87,6 +87,25 @@ class RunResult:
 
 
 @dataclass(frozen=True)
+class PlannedRun:
+    """A run as planned by a sweep (or built from an imported row), before it is stored.
+
+    ``config`` is ``RunSpec.to_dict()`` for trained runs; ``params`` and ``flops_per_token`` are keyed by
+    group / convention name (e.g. ``{"non_embedding": ..}``, ``{"paper": .., "exact": ..}``).
+    """
+
+    family: str
+    axis: str
+    x: float
+    seed: int
+    config_hash: str
+    config: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, int] = field(default_factory=dict)
+    flops_per_token: dict[str, float] = field(default_factory=dict)
+    tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class SweepRecord:
     id: int
     name: str
