@@ -16,6 +16,11 @@ app = typer.Typer(
     add_completion=False,
 )
 
+@app.callback()
+def _root() -> None:
+    """Measure how Energy-Based Transformers scale against Transformer++, one axis at a time."""
+
+
 @app.command()
 def version() -> None:
     """Print the ebt-scaling version."""
