@@ -1,0 +1,143 @@
+"""Parameter groups and FLOPs per token under named conventions (pure Python: no torch import).
+
+Used by sweep planning and the training loop. Every figure here is a function of a ``ModelConfig``.
+
+Symbols: L blocks, D width, F SwiGLU hidden width (cfg.ffn_dim), V vocabulary, T predicted positions per
+sequence (cfg.sequence_len unless ``seq_len`` is given), M landscapes (cfg.mcmc_num_steps),
+s = 1 with the step embedding (the step token is an extra observed row) else 0, So = T + s observed rows,
+N = non-embedding parameters (blocks + final norm).
+
+Conventions
+-----------
+``paper`` (ebt-paper.md section 17.1; what the paper plots):
+    T++ training 6N per token, evaluation 2N.
+    EBT: a step whose graph the outer loss backpropagates ("graph step") costs 20N per token
+    (forward 2N + backward 4N + Hessian-vector backward 4N, times 2 for the doubled sequence); S1 with
+    2 steps is therefore 40N = 6.66x T++. The paper gives no figure for S2 ("varies"); we extend its own
+    per-pass weights: a first-order step (forward + input gradient, no outer backward: truncated early
+    steps, validation, thinking) costs (2N + 2N) x 2 = 8N, a scoring forward 4N, and the replay buffer
+    multiplies training cost by (1 + replay_buffer_fraction) per fresh training token.
+``exact`` (matmul level, 2*M*N*K per matrix product, counted the way our implementation runs):
+    T++ forward per sequence  Ft = L*(2*T*W + 4*T^2*D) + 2*T*D*V    with W = 4*D^2 + 3*D*F
+      (full T x T attention scores, no causal discount; the output head D->V).
+      Training = 3 * Ft (every matmul has input and weight gradients), evaluation = Ft.
+    EBT, one energy evaluation = observed stream O + prediction stream P, per sequence:
+      O = (L-1)*(2*So*W + 4*So^2*D) + 4*So*D^2   (the last block only needs the observed keys/values)
+      P = L*(2*T*W + 4*T*So*D) + 2*T*V*D + 2*T*D  (prediction rows, vocab_to_embed V->D, energy head)
+      first-order step (no outer backward): O + 2P   (forward + input gradient of the prediction stream,
+        which needs no weight gradients and no observed-stream gradients)
+      graph step: 3*O + 6*P - 6*T*D   (forward, inner gradient, outer backward of the forward graph (2x)
+        and of the inner-gradient graph (2x, reverse-over-reverse); the energy head's value never reaches
+        the loss, only its weight does, hence the correction)
+      scoring forward (best-of-N): O + P.
+    Detaching between steps does not change FLOPs. Softmax, norms and other elementwise work are not
+    counted. ``tests/test_flops.py`` checks this against a dispatch-mode matmul counter.
+
+Step counts: ``steps=None`` means the configured count: training uses the expected number of inner steps
+(M - 1 + E[r], r ~ U{max(min, 1)..k+1} when randomised), evaluation ``cfg.eval_steps``. With truncation
+only the last step is a graph step; without it every training step is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CONVENTIONS = ("paper", "exact")
+MODES = ("train", "eval", "think")
+
+
+def param_counts(cfg: Any) -> dict[str, int]:
+    """Parameter counts by group; ``total`` equals ``sum(p.numel() for p in build_model(cfg).parameters())``."""
+    d, n_layer, v = cfg.n_embd, cfg.n_layer, cfg.vocab_size
+    f = cfg.ffn_dim
+    per_block = 4 * d * d + 3 * d * f + 2 * d  # wq wk wv wo, SwiGLU, two RMSNorm weights
+    counts = {
+        "embedding": v * d,
+        "non_embedding": n_layer * per_block + d,  # + final RMSNorm
+        "vocab_projection": v * d,  # T++ output head D->V, EBT vocab_to_embed V->D
+        "energy_head": 0,
+        "step_embedding": 0,
+        "alpha": 0,
+    }
+    if cfg.family == "ebt":
+        counts["energy_head"] = d
+        counts["step_embedding"] = cfg.mcmc_num_steps * d if cfg.step_embedding else 0
+        counts["alpha"] = 1 if cfg.step_size_learnable else 0
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def expected_train_steps(cfg: Any) -> float:
+    """Expected inner steps of one EBT training forward (step-count randomisation on the last landscape)."""
+    k = cfg.randomize_num_steps
+    if not k:
+        return float(cfg.mcmc_num_steps)
+    lo = max(cfg.randomize_num_steps_min, 1)
+    return cfg.mcmc_num_steps - 1 + (lo + k + 1) / 2.0
+
+
+def _check(cfg: Any, convention: str, mode: str, steps: float | None, samples: int) -> None:
+    from ebt_scaling.errors import ConfigError
+
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"convention: unknown FLOPs convention {convention!r}; use one of {', '.join(CONVENTIONS)}")
+    if mode not in MODES:
+        raise ConfigError(f"mode: unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if steps is not None and not steps >= 1:
+        raise ConfigError(f"steps: must be >= 1, got {steps!r}; pass None for the configured count")
+    if samples < 1:
+        raise ConfigError(f"samples: must be >= 1, got {samples!r}")
+    if cfg.family == "transformer_pp" and mode == "think":
+        raise ConfigError("mode: 'think' applies to the EBT only; use mode='eval' for the Transformer++")
+
+
+def _exact_terms(cfg: Any, t: int) -> dict[str, float]:
+    d, n_layer, v, f = cfg.n_embd, cfg.n_layer, cfg.vocab_size, cfg.ffn_dim
+    w = 4 * d * d + 3 * d * f
+    if cfg.family == "transformer_pp":
+        return {"fwd": n_layer * (2 * t * w + 4 * t * t * d) + 2 * t * d * v}
+    so = t + (1 if cfg.step_embedding else 0)
+    obs = (n_layer - 1) * (2 * so * w + 4 * so * so * d) + 4 * so * d * d
+    pred = n_layer * (2 * t * w + 4 * t * so * d) + 2 * t * v * d + 2 * t * d
+    return {"O": obs, "P": pred, "first_order": obs + 2 * pred, "graph": 3 * obs + 6 * pred - 6 * t * d,
+            "score": obs + pred}
+
+
+def flops_per_token(cfg: Any, convention: str, *, mode: str = "train", steps: float | None = None,
+                    samples: int = 1, seq_len: int | None = None) -> float:
+    """FLOPs per token for one of ``CONVENTIONS`` in ``mode`` (``train``: per training token of an optimizer
+    step, ``eval``: one validation forward, ``think``: EBT best-of-``samples`` with ``steps`` inner steps
+    plus one scoring forward per sample). ``steps`` overrides the configured inner-step count (EBT)."""
+    _check(cfg, convention, mode, steps, samples)
+    t = seq_len if seq_len is not None else cfg.sequence_len
+    ebt = cfg.family == "ebt"
+    replay = (1.0 + cfg.replay_buffer_fraction) if (ebt and mode == "train" and cfg.replay_buffer_size) else 1.0
+    if steps is None:
+        steps = expected_train_steps(cfg) if mode == "train" else cfg.eval_steps
+    if mode == "train":
+        graph_steps = 1.0 if cfg.truncate_steps else float(steps)
+        first_order_steps = float(steps) - graph_steps
+    else:
+        graph_steps, first_order_steps = 0.0, float(steps)
+
+    if convention == "paper":
+        n = param_counts(cfg)["non_embedding"]
+        if not ebt:
+            return float(6 * n if mode == "train" else 2 * n)
+        per_seq_tok = 20 * n * graph_steps + 8 * n * first_order_steps
+        if mode == "think":
+            return float(samples * (per_seq_tok + 4 * n))
+        return float(per_seq_tok * replay)
+
+    terms = _exact_terms(cfg, t)
+    if not ebt:
+        return float((3 if mode == "train" else 1) * terms["fwd"] / t)
+    per_seq = terms["graph"] * graph_steps + terms["first_order"] * first_order_steps
+    if mode == "think":
+        per_seq = samples * (per_seq + terms["score"])
+    return float(per_seq * replay / t)
+
+
+def flops_ratio(cfg_ebt: Any, cfg_tpp: Any, convention: str = "exact", mode: str = "train") -> float:
+    """EBT / T++ FLOPs per token."""
+    return flops_per_token(cfg_ebt, convention, mode=mode) / flops_per_token(cfg_tpp, convention, mode=mode)

@@ -1,0 +1,195 @@
+"""Blocks shared by the Transformer++ and the EBT (ebt-paper.md section 2.1: a Llama-2 block).
+
+Shape legend: B batch, T sequence (predicted positions), S rows of a stream, H heads, Dh head size,
+D width, F SwiGLU hidden width.
+
+Every attention used by the EBT is written by hand (matmul, additive mask, fp32 softmax, matmul) because
+EBT training differentiates through it twice; flash / memory-efficient SDPA have no double backward
+(scaling-fits.md section 12). The Transformer++ may use SDPA (``attn_impl="sdpa"``) or the same explicit
+path (``attn_impl="math"``) for like-for-like timing.
+
+The EBT block is split per stream (``Block.observed`` / ``Block.observed_kv`` and ``Block.predicted``):
+observed rows never read prediction rows, so a caller can compute the observed stream once and hand its
+per-layer keys/values to any number of prediction-stream passes (the reuse of ebt-paper.md section 18).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ebt_scaling.errors import ConfigError
+
+ATTN_IMPLS = ("sdpa", "math")
+
+
+class RMSNorm(nn.Module):
+    """Pre-norm RMSNorm, computed in fp32 and cast back (Llama reference code)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out.type_as(x) * self.weight
+
+
+class Rotary(nn.Module):
+    """RoPE tables (theta from the config) for positions 0..max_pos-1; pairs (2j, 2j+1) rotate together
+    as in Llama's complex-number formulation."""
+
+    def __init__(self, head_dim: int, max_pos: int, theta: float) -> None:
+        super().__init__()
+        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        freqs = torch.outer(torch.arange(max_pos, dtype=torch.float64), inv)  # (P, Dh/2)
+        self.max_pos = max_pos
+        self.register_buffer("cos", freqs.cos().float(), persistent=False)
+        self.register_buffer("sin", freqs.sin().float(), persistent=False)
+
+    def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if start + length > self.max_pos:
+            raise ConfigError(f"sequence: positions up to {start + length} exceed the model's RoPE table "
+                              f"({self.max_pos}); use inputs no longer than ModelConfig.sequence_len")
+        return self.cos[start:start + length], self.sin[start:start + length]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, S, Dh); cos/sin: (S, Dh/2)."""
+    xr = x.unflatten(-1, (-1, 2))  # (B, H, S, Dh/2, 2)
+    x0, x1 = xr[..., 0], xr[..., 1]
+    c, s = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2)
+
+
+def causal_mask(n: int, device: torch.device, offset: int = 0, cols: int | None = None) -> torch.Tensor:
+    """Additive fp32 mask (n, cols): row i sees columns 0..i+offset."""
+    cols = n if cols is None else cols
+    i = torch.arange(n, device=device).unsqueeze(1)
+    j = torch.arange(cols, device=device).unsqueeze(0)
+    return torch.zeros(n, cols, device=device).masked_fill(j > i + offset, float("-inf"))
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Explicit attention: softmax(q k^T / sqrt(Dh) + mask) v, softmax in fp32. Supports double backward.
+
+    q: (B, H, Sq, Dh); k, v: (B, H, Sk, Dh); mask: additive (Sq, Sk) fp32.
+    """
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, Sq, Sk)
+    att = (scores.float() + mask).softmax(dim=-1).to(q.dtype)
+    return att @ v
+
+
+def prediction_attention(q_p: torch.Tensor, k_p: torch.Tensor, v_p: torch.Tensor,
+                         k_o: torch.Tensor, v_o: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Leakage-free attention of the prediction stream (ebt-paper.md section 4).
+
+    Prediction row i attends to the observed keys allowed by ``mask`` (row i: observed columns up to the
+    last token before its target) and to its own key (the "self slot"), in one softmax. This is the
+    paper's superdiagonal construction without its wasted column: the paper computes Q_p K_o^T, zeroes the
+    target entry, writes the self score there and masks; the same softmax arguments result.
+
+    q_p, k_p, v_p: (B, H, T, Dh); k_o, v_o: (B, H, So, Dh); mask: additive (T, So).
+    """
+    scale = 1.0 / math.sqrt(q_p.shape[-1])
+    cross = (q_p @ k_o.transpose(-2, -1)) * scale  # (B, H, T, So)
+    self_s = (q_p * k_p).sum(-1, keepdim=True) * scale  # (B, H, T, 1)
+    att = torch.cat((cross.float() + mask, self_s.float()), dim=-1).softmax(dim=-1).to(q_p.dtype)
+    so = k_o.shape[-2]
+    return att[..., :so] @ v_o + att[..., so:] * v_p  # (B, H, T, Dh)
+
+
+class SwiGLU(nn.Module):
+    """W2(silu(W1 x) * W3 x), no biases."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    """Llama block: x + Attn(Norm(x)); x + FFN(Norm(x)). Shared W_q/W_k/W_v/W_o for both EBT streams."""
+
+    def __init__(self, dim: int, n_head: int, ffn_hidden: int, eps: float) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.attention_norm = RMSNorm(dim, eps)
+        self.wq = nn.Linear(dim, dim, bias=False)
+        self.wk = nn.Linear(dim, dim, bias=False)
+        self.wv = nn.Linear(dim, dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+        self.ffn_norm = RMSNorm(dim, eps)
+        self.feed_forward = SwiGLU(dim, ffn_hidden)
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.n_head, -1)).transpose(1, 2)  # (B, S, D) -> (B, H, S, Dh)
+
+    def _merge(self, y: torch.Tensor) -> torch.Tensor:
+        return y.transpose(1, 2).flatten(2)  # (B, H, S, Dh) -> (B, S, D)
+
+    def _qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
+        xn = self.attention_norm(x)
+        q = apply_rope(self._heads(self.wq(xn)), *rope)
+        k = apply_rope(self._heads(self.wk(xn)), *rope)
+        v = self._heads(self.wv(xn))
+        return q, k, v
+
+    def _finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = x + self.wo(self._merge(y))
+        return x + self.feed_forward(self.ffn_norm(x))
+
+    # -- Transformer++ ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn_impl: str = "math",
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Plain causal block. x: (B, S, D)."""
+        q, k, v = self._qkv(x, rope)
+        if attn_impl == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = math_attention(q, k, v, causal_mask(x.shape[1], x.device) if mask is None else mask)
+        return self._finish(x, y)
+
+    # -- EBT observed stream ---------------------------------------------------------------------------
+    def observed(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor):
+        """Observed rows (causal among themselves). Returns (new x, k, v); k/v feed the prediction stream."""
+        q, k, v = self._qkv(x, rope)
+        return self._finish(x, math_attention(q, k, v, mask)), k, v
+
+    def observed_kv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
+        """Only the keys/values of the observed rows. Used in the last block, whose observed outputs never
+        reach an energy (the energy head reads prediction rows only), so computing them would be waste."""
+        xn = self.attention_norm(x)
+        return apply_rope(self._heads(self.wk(xn)), *rope), self._heads(self.wv(xn))
+
+    # -- EBT prediction stream -------------------------------------------------------------------------
+    def predicted(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], k_o: torch.Tensor,
+                  v_o: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Prediction rows: attend to allowed observed keys and to themselves. x: (B, T, D)."""
+        q, k, v = self._qkv(x, rope)
+        return self._finish(x, prediction_attention(q, k, v, k_o, v_o, mask))
+
+
+def init_linear_xavier(module: nn.Module) -> None:
+    """Xavier-normal (gain 1) on every linear layer, as in the paper's code; embeddings keep N(0, 1)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def check_attn_impl(impl: str) -> str:
+    if impl not in ATTN_IMPLS:
+        raise ConfigError(f"attn_impl: unknown value {impl!r}; use one of {', '.join(ATTN_IMPLS)}")
+    return impl
