@@ -1,0 +1,328 @@
+"""Autoregressive Energy-Based Transformer (Gladstone et al. 2025; ebt-paper.md sections 2-9, 16.3).
+
+Shape legend: B batch, T predicted positions (= input tokens), V vocabulary, D width, L blocks,
+So = T + s observed rows (s = 1 with the step token, the paper's ``time_embed`` variant, else 0).
+
+The energy function E(x, z): the candidate logits z (B, T, V) are softmaxed to p and projected by
+``vocab_to_embed`` (V -> D, no bias) into the prediction rows; the observed rows hold [step token ;
+Embed(x_0..x_{T-1})]. Prediction row i attends to observed rows up to x_i (and the step token) and to
+itself only (section 4), so it never sees its target x_{i+1} or any other candidate. After the final
+RMSNorm an energy head D -> 1 reads each prediction row: energies (B, T).
+
+Prediction = gradient descent on sum(E) w.r.t. p (released code) or z (paper listing):
+    z <- p - alpha * dE/dp        (section 6.4)
+starting from z ~ N(0, init_noise_scale^2). Training backpropagates the per-step cross-entropy through
+the descent, which needs ``autograd.grad(..., create_graph=True)`` and double backward through attention;
+all attention here is explicit matmul/softmax (no SDPA, no torch.compile).
+
+Computation is split per stream (``observed_stream`` -> per-layer keys/values, ``prediction_energies``):
+observed rows never read prediction rows, so the same keys/values could be reused across inner steps of
+one landscape and across best-of-N samples (issue 7; not done here: every step recomputes the observed
+stream, as the paper's code does). The observed outputs of the last block never reach an energy, so that
+block only computes observed keys/values (exactly the same energies, fewer FLOPs).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ebt_scaling.config import ModelConfig
+from ebt_scaling.errors import ConfigError, TrainingDiverged
+from ebt_scaling.models.layers import Block, RMSNorm, Rotary, causal_mask, init_linear_xavier
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class EBT(nn.Module):
+    """``model(idx)`` -> logits after the validation-time descent; ``model.loss(idx, targets)`` ->
+    (loss, info); ``model.think(idx, steps, samples)`` -> (logits, energies)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.family != "ebt":
+            raise ConfigError(f"family: EBT got {cfg.family!r}; build it with family='ebt'")
+        self.cfg = cfg
+        d = cfg.n_embd
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, d)
+        # One learned row per energy landscape, prepended as observed row 0 (section 4.2).
+        self.step_embeddings = nn.Embedding(cfg.mcmc_num_steps, d) if cfg.step_embedding else None
+        self.vocab_to_embed = nn.Linear(cfg.vocab_size, d, bias=False)
+        self.layers = nn.ModuleList(Block(d, cfg.n_head, cfg.ffn_dim, cfg.norm_eps) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(d, cfg.norm_eps)
+        self.energy_head = nn.Linear(d, 1, bias=False)
+        self.s = 1 if cfg.step_embedding else 0
+        self.rotary = Rotary(cfg.head_dim, cfg.sequence_len + 1 + self.s, cfg.rope_theta)
+        init_linear_xavier(self)
+        alpha = torch.tensor(float(cfg.step_size))
+        if cfg.step_size_learnable:
+            self.alpha = nn.Parameter(alpha)
+        else:
+            self.register_buffer("alpha", alpha)
+        # Replay buffer (section 7): FIFO of (tokens, targets, final logits) per sample; training only and
+        # deliberately not part of the state dict (it is rebuilt within a few batches).
+        self.replay: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        # Per inner step of the last descent: landscape, create_graph, detached (for tests and logging).
+        self.last_trace: list[dict] = []
+
+    # ------------------------------------------------------------------------------------------------
+    # The energy function
+    # ------------------------------------------------------------------------------------------------
+    def _masks(self, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        so = t + self.s
+        mask_o = causal_mask(so, device)  # (So, So) ordinary causal
+        if self.s and self.cfg.step_conditioning == "prediction":
+            mask_o[1:, 0] = float("-inf")  # observed tokens do not see the step token
+        # Prediction row i sees observed columns 0..i+s (step token, x_0..x_i), never x_{i+1}.
+        mask_p = causal_mask(t, device, offset=self.s, cols=so)  # (T, So)
+        return mask_o, mask_p
+
+    def observed_stream(self, idx: torch.Tensor, landscape: int) -> KV:
+        """Per-layer (k, v) of the observed rows, each (B, H, So, Dh). Independent of the candidates."""
+        b, t = idx.shape
+        x = self.tok_embeddings(idx)  # (B, T, D)
+        if self.step_embeddings is not None:
+            step = self.step_embeddings.weight[landscape].view(1, 1, -1).expand(b, 1, -1)
+            x = torch.cat((step.to(x.dtype), x), dim=1)  # (B, So, D)
+        rope = self.rotary(0, t + self.s)
+        mask_o, _ = self._masks(t, idx.device)
+        kvs: KV = []
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            if i == last:
+                kvs.append(layer.observed_kv(x, rope))
+            else:
+                x, k, v = layer.observed(x, rope, mask_o)
+                kvs.append((k, v))
+        return kvs
+
+    def prediction_energies(self, p: torch.Tensor, kvs: KV) -> torch.Tensor:
+        """p: (B, T, V) candidate distributions; kvs from ``observed_stream`` -> energies (B, T), fp32."""
+        _, t, _ = p.shape
+        h = self.vocab_to_embed(p)  # (B, T, D)
+        rope = self.rotary(1 + self.s, t)  # row i sits at the slot of its target x_{i+1}
+        _, mask_p = self._masks(t, p.device)
+        for layer, (k, v) in zip(self.layers, kvs, strict=True):
+            h = layer.predicted(h, rope, k, v, mask_p)
+        return self.energy_head(self.norm(h)).squeeze(-1).float()  # (B, T)
+
+    def energies(self, idx: torch.Tensor, p: torch.Tensor, landscape: int = 0) -> torch.Tensor:
+        """E(x, p) for every position: (B, T)."""
+        self._check_idx(idx)
+        return self.prediction_energies(p, self.observed_stream(idx, landscape))
+
+    # ------------------------------------------------------------------------------------------------
+    # The inner loop
+    # ------------------------------------------------------------------------------------------------
+    def _check_idx(self, idx: torch.Tensor) -> None:
+        if idx.dim() != 2:
+            raise ConfigError(f"idx: expected token ids of shape (B, T), got {tuple(idx.shape)}")
+        if idx.shape[1] > self.cfg.sequence_len:
+            raise ConfigError(f"idx: sequence length {idx.shape[1]} exceeds sequence_len="
+                              f"{self.cfg.sequence_len}; crop the input or build a longer model")
+
+    def alpha_value(self) -> torch.Tensor:
+        """alpha = clamp(param, min 1e-4) (section 6.3)."""
+        return self.alpha.clamp(min=1e-4)
+
+    def _landscapes(self, train: bool) -> list[int]:
+        """Landscape index of every inner step (section 6.2; repetition on the last landscape only)."""
+        cfg = self.cfg
+        m, k = cfg.mcmc_num_steps, cfg.randomize_num_steps
+        if not k:
+            r = 1
+        elif train:
+            lo = max(cfg.randomize_num_steps_min, 1)
+            r = int(torch.randint(lo, k + 2, (1,)).item())  # r ~ U{lo..k+1}, once per forward
+        else:
+            r = k + 1
+        return list(range(m - 1)) + [m - 1] * r
+
+    def _noise(self, shape, device, generator: torch.Generator | None) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+
+    def descend(self, idx: torch.Tensor, z: torch.Tensor, landscapes: list[int], *, alpha: torch.Tensor,
+                sigma: float, need_graph: bool, generator: torch.Generator | None = None
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Run the inner loop from candidate logits z (B, T, V).
+
+        Returns the logits after every step and the (detached) energies (B, T) evaluated at every step's
+        input. ``need_graph``: keep the second-order graph so an outer loss can train through the descent
+        (with truncation only on the last step). Without it every step is first order and detached.
+        """
+        cfg = self.cfg
+        n = len(landscapes)
+        outs: list[torch.Tensor] = []
+        energies: list[torch.Tensor] = []
+        self.last_trace = []
+        with torch.enable_grad():
+            for i, landscape in enumerate(landscapes):
+                graph = need_graph and (not cfg.truncate_steps or i == n - 1)
+                detached = cfg.detach_between_steps or not need_graph or not z.requires_grad
+                if detached:
+                    z = z.detach().requires_grad_()
+                if sigma > 0:  # Langevin noise in logit space, before the softmax
+                    z = z + sigma * self._noise(z.shape, z.device, generator)
+                p = z.float().softmax(dim=-1)  # (B, T, V)
+                wrt = p if cfg.descent_wrt == "probs" else z
+                if graph:
+                    kvs = self.observed_stream(idx, landscape)
+                else:  # the inner gradient never flows into the observed stream
+                    with torch.no_grad():
+                        kvs = self.observed_stream(idx, landscape)
+                e = self.prediction_energies(p, kvs)  # (B, T)
+                (g,) = torch.autograd.grad(e.sum(), wrt, create_graph=graph)
+                if not torch.isfinite(g).all():
+                    raise TrainingDiverged(f"EBT inner step {i}: non-finite energy gradient; lower the step "
+                                           "size or the learning rate")
+                z = wrt - alpha * g  # new logits (section 6.4)
+                if not need_graph:
+                    z = z.detach()
+                outs.append(z)
+                energies.append(e.detach())
+                self.last_trace.append({"landscape": landscape, "create_graph": graph, "detached": detached,
+                                        "grad_has_graph": g.requires_grad})
+        return outs, energies
+
+    # ------------------------------------------------------------------------------------------------
+    # Public API
+    # ------------------------------------------------------------------------------------------------
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, T, V) after the validation-time descent (``cfg.eval_steps`` steps, fixed
+        alpha, no step randomisation; Langevin noise if configured, as the paper's NLP validation does).
+        Works under ``torch.no_grad()`` (the descent enables grad internally; the result is detached)."""
+        self._check_idx(idx)
+        grad_on = torch.is_grad_enabled()
+        b, t = idx.shape
+        z0 = self._noise((b, t, self.cfg.vocab_size), idx.device, None) * self.cfg.init_noise_scale
+        zs, _ = self.descend(idx, z0, self._landscapes(train=False), alpha=self.alpha_value(),
+                             sigma=self.cfg.langevin_noise_std, need_graph=self.training and grad_on)
+        return zs[-1] if grad_on else zs[-1].detach()
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Training objective and metrics (section 8).
+
+        loss = mean over inner steps of the CE (S1) or the last step's CE (truncation, S2). ``info["ce"]``
+        is the final step's CE (what validation reports), ``ce_initial`` the CE after the first update.
+        Training mode applies the recipe's randomisation (step count, per-element step size, replay buffer);
+        evaluation mode uses none of it except Langevin noise (kept at NLP validation in the paper).
+        """
+        self._check_idx(idx)
+        if targets.shape != idx.shape:
+            raise ConfigError(f"targets: shape {tuple(targets.shape)} differs from idx {tuple(idx.shape)}")
+        cfg = self.cfg
+        train = self.training
+        need_graph = train and torch.is_grad_enabled()
+        b, t = idx.shape
+        z0 = self._noise((b, t, cfg.vocab_size), idx.device, None) * cfg.init_noise_scale
+        n_replayed = 0
+        if train and cfg.replay_buffer_size:
+            idx, targets, z0, n_replayed = self._replay_draw(idx, targets, z0)
+        alpha = self.alpha_value()
+        if train and cfg.step_size_random_scale != 1.0:
+            s = cfg.step_size_random_scale
+            u = torch.rand((idx.shape[0], t, 1), device=idx.device)
+            alpha = alpha * (1.0 / s + (s - 1.0 / s) * u)  # alpha ~ U[alpha/s, alpha*s] per (batch, position)
+        zs, es = self.descend(idx, z0, self._landscapes(train), alpha=alpha, sigma=cfg.langevin_noise_std,
+                              need_graph=need_graph)
+
+        def ce(z: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(z.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+        if cfg.truncate_steps:
+            loss = ce(zs[-1])
+            with torch.no_grad():
+                ce_initial = ce(zs[0])
+            ce_final = loss.detach()
+        else:
+            ces = [ce(z) for z in zs]
+            loss = torch.stack(ces).mean()
+            ce_initial, ce_final = ces[0].detach(), ces[-1].detach()
+        if train and cfg.replay_buffer_size:
+            self._replay_push(idx[:b], targets[:b], zs[-1][:b])
+        energy_steps = torch.stack([e.mean() for e in es])
+        info = {"ce": ce_final, "ce_initial": ce_initial.detach(), "energy_initial": energy_steps[0],
+                "energy_final": energy_steps[-1], "energy_steps": energy_steps,
+                "alpha": self.alpha_value().detach(), "inner_steps": float(len(zs)),
+                "replayed": float(n_replayed)}
+        return loss, info
+
+    @torch.no_grad()
+    def _score(self, idx: torch.Tensor, z: torch.Tensor, landscape: int) -> torch.Tensor:
+        return self.energies(idx, z.float().softmax(dim=-1), landscape)
+
+    def think(self, idx: torch.Tensor, steps: int, samples: int = 1, step_size: float | None = None,
+              langevin_noise_std: float | None = None, generator: torch.Generator | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """System-2 inference (section 16.3): ``steps`` inner steps (step j on landscape min(j, M-1), so
+        extra steps stay on the last landscape) from ``samples`` independent noise draws; one extra no-grad
+        energy evaluation scores each final candidate and the minimum-energy one is kept independently per
+        (batch, position). Returns detached logits (B, T, V) and their energies (B, T).
+
+        ``step_size`` replaces the trained alpha; ``langevin_noise_std`` replaces the configured sigma.
+        Samples run one after another, so sample 0 equals the ``samples=1`` result under the same seed.
+        """
+        self._check_idx(idx)
+        if not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"steps: must be an integer >= 1, got {steps!r}")
+        if not isinstance(samples, int) or samples < 1:
+            raise ConfigError(f"samples: must be an integer >= 1, got {samples!r}")
+        if step_size is not None and not step_size > 0:
+            raise ConfigError(f"step_size: must be > 0, got {step_size!r}; pass None for the trained alpha")
+        if langevin_noise_std is not None and langevin_noise_std < 0:
+            raise ConfigError(f"langevin_noise_std: must be >= 0, got {langevin_noise_std!r}")
+        m = self.cfg.mcmc_num_steps
+        landscapes = [min(j, m - 1) for j in range(steps)]
+        alpha = (torch.tensor(float(step_size), device=idx.device) if step_size is not None
+                 else self.alpha_value().detach())
+        sigma = self.cfg.langevin_noise_std if langevin_noise_std is None else float(langevin_noise_std)
+        b, t = idx.shape
+        best_z: torch.Tensor | None = None
+        best_e: torch.Tensor | None = None
+        for _ in range(samples):
+            z0 = self._noise((b, t, self.cfg.vocab_size), idx.device, generator) * self.cfg.init_noise_scale
+            zs, _ = self.descend(idx, z0, landscapes, alpha=alpha, sigma=sigma, need_graph=False,
+                                 generator=generator)
+            z = zs[-1].detach()
+            e = self._score(idx, z, landscapes[-1])
+            if best_z is None or best_e is None:
+                best_z, best_e = z, e
+            else:
+                better = e < best_e  # (B, T)
+                best_z = torch.where(better.unsqueeze(-1), z, best_z)
+                best_e = torch.where(better, e, best_e)
+        assert best_z is not None and best_e is not None
+        return best_z, best_e
+
+    def optim_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: weight decay on every parameter except a learnable alpha, which gets its own group
+        (no weight decay, LR multiplier ``cfg.step_size_lr_multiplier``; section 6.3)."""
+        alpha = [self.alpha] if isinstance(self.alpha, nn.Parameter) else []
+        rest = [p for p in self.parameters() if p.requires_grad and not any(p is a for a in alpha)]
+        groups = [{"params": rest, "weight_decay": weight_decay, "lr_mult": 1.0}]
+        if alpha:
+            groups.append({"params": alpha, "weight_decay": 0.0, "lr_mult": float(self.cfg.step_size_lr_multiplier)})
+        return groups
+
+    # ------------------------------------------------------------------------------------------------
+    # Replay buffer (section 7)
+    # ------------------------------------------------------------------------------------------------
+    def _replay_draw(self, idx: torch.Tensor, targets: torch.Tensor, z0: torch.Tensor):
+        b, t = idx.shape
+        if self.replay and self.replay[0][0].shape[0] != t:
+            self.replay.clear()  # a different sequence length: stored candidates no longer fit
+        n = min(int(self.cfg.replay_buffer_fraction * b), len(self.replay))
+        if n == 0:
+            return idx, targets, z0, 0
+        pick = torch.randperm(len(self.replay))[:n].tolist()
+        r_idx = torch.stack([self.replay[j][0] for j in pick]).to(idx.device)
+        r_tgt = torch.stack([self.replay[j][1] for j in pick]).to(idx.device)
+        r_z = torch.stack([self.replay[j][2] for j in pick]).to(z0.device, z0.dtype)
+        return torch.cat((idx, r_idx)), torch.cat((targets, r_tgt)), torch.cat((z0, r_z)), n
+
+    def _replay_push(self, idx: torch.Tensor, targets: torch.Tensor, z: torch.Tensor) -> None:
+        z = z.detach()
+        for j in range(idx.shape[0]):
+            self.replay.append((idx[j].detach().clone(), targets[j].detach().clone(), z[j].clone()))
+        del self.replay[: max(0, len(self.replay) - self.cfg.replay_buffer_size)]
