@@ -1,0 +1,133 @@
+"""``ebt-scale sweep``: run (or plan, with --dry-run) a single-axis scaling sweep."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
+from ebt_scaling.security import mask_url
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sweep")(sweep)
+
+
+@handle_errors
+def sweep(
+    axis: Annotated[str | None, typer.Option("--axis", help="data, batch, depth, width, params or flops: "
+                                             "runs the shipped spec of that axis.")] = None,
+    spec: Annotated[str | None, typer.Option("--spec", help="A sweep spec TOML file (instead of a shipped one).",
+                                             show_default=False)] = None,
+    preset: Annotated[str, typer.Option("--preset", help="Shipped spec scale: tiny (CPU) or paper.")] = "tiny",
+    families: Annotated[str | None, typer.Option("--families", help="Comma list, e.g. ebt,transformer_pp "
+                                                 "(default: the spec's).", show_default=False)] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", help="Number of seeds, counting up from the spec's "
+                                              "first seed.", show_default=False)] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Sweep name (default: the spec's).",
+                                             show_default=False)] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help="EBT recipe: ebt_s1 or ebt_s2 "
+                                               "(default: the spec's).", show_default=False)] = None,
+    db: DbOption = None,
+    address: Annotated[str | None, typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster address "
+                                                "(default: $RAY_ADDRESS, else a local Ray instance).",
+                                                show_default=False)] = None,
+    gpus_per_trial: Annotated[float | None, typer.Option("--gpus-per-trial", help="GPUs per run, fractions "
+                                                         "allowed (default: the spec's).",
+                                                         show_default=False)] = None,
+    cpus_per_trial: Annotated[float | None, typer.Option("--cpus-per-trial", help="CPUs per run (default: "
+                                                         "the spec's).", show_default=False)] = None,
+    max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", help="At most K runs at once "
+                                                       "(default: as many as the resources allow).",
+                                                       show_default=False)] = None,
+    max_retries: Annotated[int | None, typer.Option("--max-retries", help="Retries of a run that raises or "
+                                                    "diverges (default: the spec's, else 2).",
+                                                    show_default=False)] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also rerun runs that failed or "
+                                               "diverged in an earlier invocation.")] = False,
+    storage: Annotated[str | None, typer.Option("--storage", help="Ray storage for trial checkpoints (shared "
+                                                "storage on a cluster; default: next to a SQLite DB, or "
+                                                "$EBT_SCALE_STORAGE).", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (configs, parameters, tokens, "
+                                          "FLOPs, cost, makespan) and run nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print the plan as JSON.")] = False,
+    throughput: Annotated[float | None, typer.Option("--throughput", help="Assumed FLOP/s per GPU (or per CPU "
+                                                     "core) for the cost plan.", show_default=False)] = None,
+    total_gpus: Annotated[float | None, typer.Option("--total-gpus", help="GPUs available, for the makespan "
+                                                     "of a dry run (default: this machine's).",
+                                                     show_default=False)] = None,
+    total_cpus: Annotated[float | None, typer.Option("--total-cpus", help="CPUs available, for the makespan "
+                                                     "of a dry run (default: this machine's).",
+                                                     show_default=False)] = None,
+    progress: Annotated[str, typer.Option("--progress", help="auto, rich, plain or off.")] = "auto",
+) -> None:
+    """Run a single-axis scaling sweep for EBT and Transformer++ on Ray Tune; results go to the database.
+
+    Rerunning the same command continues a crashed or interrupted sweep: completed runs are skipped,
+    interrupted ones resume from their last checkpoint.
+    """
+    from ebt_scaling.errors import ConfigError
+    from ebt_scaling.sweeps import Resources, expand, format_plan, load_spec, local_resources, plan_cost, spec_path
+
+    if spec is None and axis is None:
+        raise ConfigError("sweep: give --axis AXIS (a shipped spec) or --spec FILE")
+    path = spec if spec is not None else spec_path(axis or "", preset)
+    sw = load_spec(path)
+    if axis is not None and spec is not None and sw.axis != axis:
+        raise ConfigError(f"{path}: sweep.axis is {sw.axis!r} but --axis {axis} was given; drop --axis or "
+                          "pick the matching spec")
+    fam_list = families.split(",") if families is not None else None
+    sw = sw.select(families=fam_list, seeds=seeds, name=name, recipe=recipe)
+    if progress not in ("auto", "rich", "plain", "off"):
+        raise ConfigError(f"--progress: unknown value {progress!r}; use auto, rich, plain or off")
+    res = sw.resources
+    gpt = float(gpus_per_trial if gpus_per_trial is not None else res.get("gpus_per_trial", 0))
+    cpt = float(cpus_per_trial if cpus_per_trial is not None else res.get("cpus_per_trial", 1))
+    mc = max_concurrent if max_concurrent is not None else res.get("max_concurrent")
+    retries = max_retries if max_retries is not None else int(res.get("max_retries", 2))
+    if retries < 0:
+        raise ConfigError("--max-retries must be >= 0; use 0 to never retry a failed run")
+    runs = expand(sw)
+
+    if dry_run:
+        ncpu, ngpu = local_resources()
+        resources = Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc,
+                              total_gpus=float(total_gpus if total_gpus is not None else ngpu),
+                              total_cpus=float(total_cpus if total_cpus is not None else ncpu))
+        plan = plan_cost(sw, runs, resources, flops_per_s=throughput)
+        if as_json:
+            typer.echo(json.dumps(plan.to_dict(), indent=1))
+        else:
+            typer.echo(format_plan(plan))
+            if plan.slots == 0:
+                typer.echo(f"note: no trial fits on {resources.total_gpus:g} GPU / {resources.total_cpus:g} CPU "
+                           "here; pass --total-gpus/--total-cpus to plan for a cluster")
+        return
+
+    from ebt_scaling.db import Store
+    from ebt_scaling.sched.runner import RayOptions
+    from ebt_scaling.sched.service import default_storage, run_sweep
+
+    url = resolve_db(db)
+    Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc)  # validates the requests
+    opts = RayOptions(address=address, gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc,
+                      max_retries=retries, storage_path=storage or default_storage(url), progress=progress)
+    store = Store(url)
+    outcome = run_sweep(sw, store, opts, retry_failed=retry_failed, echo=lambda s: typer.echo(s, err=True))
+    counts = ", ".join(f"{n} {st}" for st, n in sorted(outcome.statuses.items()))
+    typer.echo(f"sweep {sw.name}: {counts}")
+    typer.echo(f"database: {mask_url(url)}")
+    typer.echo(f"checkpoints: {opts.storage_path}")
+    if outcome.runner is not None:
+        typer.echo(f"wall time: {outcome.runner.wall_s:.1f} s")
+    if outcome.interrupted:
+        typer.echo("interrupted: unfinished runs are marked cancelled; rerun the same command to continue",
+                   err=True)
+        raise typer.Exit(130)
+    bad = {k: v for k, v in outcome.statuses.items() if k != "completed"}
+    if bad:
+        typer.echo(f"not all runs completed ({', '.join(f'{v} {k}' for k, v in bad.items())}); see "
+                   f"`ebt-scale runs --sweep {sw.name}`", err=True)
+        raise typer.Exit(1)

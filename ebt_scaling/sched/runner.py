@@ -1,0 +1,251 @@
+"""Run a list of trial tasks on Ray Tune (local instance by default, or an existing cluster).
+
+* a plain grid (one grid point per task), the default FIFO scheduler: no early stopping, every point is a
+  measurement;
+* resources per trial via ``tune.with_resources`` (fractional GPUs allowed);
+* ``FailureConfig(max_failures=N)``: a trial that raises or diverges is retried from its latest checkpoint;
+* ``TUNE_GLOBAL_CHECKPOINT_S=0``, short trial directory names, Tune's own loggers and tables off;
+* a driver-side callback (``SweepCallback``) hands metric points and run status to ``sink``.
+
+The database is not imported here: ``sink`` is any object with the ``DriverSink`` methods.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ebt_scaling.records import MetricPoint
+from ebt_scaling.sched.progress import SweepProgress
+
+# Tune reads these at import time.
+_TUNE_ENV = {
+    "TUNE_GLOBAL_CHECKPOINT_S": "0",  # experiment state saved at every step: finished trials never rerun
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard result files per trial
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "1000",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+TEMP_PREFIX = "ebtray-"
+
+
+class DriverSink(Protocol):
+    """What the driver callback needs (implemented by the sweep service on top of the database)."""
+
+    def started(self, run_id: int, host: str | None, device: str | None) -> None: ...
+    def metrics(self, batch: dict[int, list[MetricPoint]]) -> None: ...
+    def checkpoint(self, run_id: int, path: str, step: int) -> None: ...
+    def retrying(self, run_id: int, reason: str, resume_step: int | None) -> None: ...
+    def finished(self, run_id: int, status: str, reason: str | None, result: dict[str, Any]) -> None: ...
+    def heartbeat(self, run_ids: list[int]) -> None: ...
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None: $RAY_ADDRESS, else a fresh local instance
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0
+    max_concurrent: int | None = None
+    max_retries: int = 2
+    storage_path: str = "ebt_scale_runs"
+    experiment_name: str = "sweep"
+    num_cpus: int | None = None  # local instance only (default: all cores)
+    num_gpus: int | None = None
+    report_every_s: float = 2.0
+    flush_s: float = 1.0
+    reuse_actors: bool = True
+    progress: str = "auto"  # auto | rich | plain | off
+    train_fn: str | None = None  # dotted "module:function"; None = ebt_scaling.train:train
+
+
+@dataclass
+class RunnerOutcome:
+    finished: dict[int, str] = field(default_factory=dict)  # run_id -> status
+    cancelled: list[int] = field(default_factory=list)
+    interrupted: bool = False
+    wall_s: float = 0.0
+    ray_init_s: float = 0.0
+    fit_s: float = 0.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _procs_using(needle: str) -> list[int]:
+    """PIDs whose command line mentions ``needle`` (Linux /proc; empty elsewhere)."""
+    pids = []
+    me = os.getpid()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return pids
+    for d in proc.iterdir():
+        if not d.name.isdigit() or int(d.name) == me:
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in cmd:
+            pids.append(int(d.name))
+    return pids
+
+
+def cleanup_leftover_ray(temp_root: str | None = None) -> list[int]:
+    """Kill (by PID) the processes of local Ray instances whose driver is gone.
+
+    Every local instance we start lives in ``<tmp>/ebtray-<driver pid>``; if that driver died (kill -9),
+    its gcs_server, raylet, agents and workers may still run. Returns the PIDs killed."""
+    root = Path(temp_root or tempfile.gettempdir())
+    killed: list[int] = []
+    for d in root.glob(TEMP_PREFIX + "*"):
+        try:
+            pid = int(d.name[len(TEMP_PREFIX):])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        for p in _procs_using(str(d)):
+            try:
+                os.kill(p, signal.SIGKILL)
+                killed.append(p)
+            except (ProcessLookupError, PermissionError):
+                pass
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)
+    return killed
+
+
+def _task_resources(opts: RayOptions) -> dict[str, float]:
+    res: dict[str, float] = {"cpu": float(opts.cpus_per_trial)}
+    if opts.gpus_per_trial:
+        res["gpu"] = float(opts.gpus_per_trial)
+    return res
+
+
+def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
+               progress_name: str = "sweep") -> RunnerOutcome:
+    """Run ``tasks`` (dicts with ``run_id``, ``spec``, optional ``resume_from``/``resume_step``/``weight``)."""
+    out = RunnerOutcome()
+    t0 = time.monotonic()
+    if not tasks:
+        return out
+    for k, v in _TUNE_ENV.items():
+        os.environ.setdefault(k, v)
+    address = opts.address or os.environ.get("RAY_ADDRESS") or None
+    local = address is None or address == "local"
+    temp_dir = None
+    if local:
+        cleanup_leftover_ray()
+        # Ray's socket paths must stay short: a short directory named after this driver's PID.
+        temp_dir = os.path.join(tempfile.gettempdir(), f"{TEMP_PREFIX}{os.getpid()}")
+        # Workers of a local instance inherit this environment: make the package importable from a checkout.
+        pkg_parent = str(Path(__file__).resolve().parents[2])
+        pp = os.environ.get("PYTHONPATH", "")
+        if pkg_parent not in pp.split(os.pathsep):
+            os.environ["PYTHONPATH"] = pkg_parent + (os.pathsep + pp if pp else "")
+
+    progress = SweepProgress(progress_name, len(tasks), opts.progress)
+    progress.start()
+    import ray
+    from ray import tune
+
+    from ebt_scaling.sched.callback import SweepCallback
+    from ebt_scaling.sched.trainable import ebt_trial
+
+    t_init = time.monotonic()
+    init_kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                                   configure_logging=True)
+    if local:
+        init_kw.update(address="local", _temp_dir=temp_dir)
+        if opts.num_cpus is not None:
+            init_kw["num_cpus"] = opts.num_cpus
+        if opts.num_gpus is not None:
+            init_kw["num_gpus"] = opts.num_gpus
+    else:
+        init_kw["address"] = address
+        init_kw.pop("include_dashboard")
+    ray.init(**init_kw)
+    out.ray_init_s = time.monotonic() - t_init
+    callback = SweepCallback(sink, tasks, flush_s=opts.flush_s, progress=progress)
+    try:
+        cluster = ray.cluster_resources()
+        need_cpu, need_gpu = opts.cpus_per_trial, opts.gpus_per_trial
+        if need_cpu > cluster.get("CPU", 0) + 1e-9 or need_gpu > cluster.get("GPU", 0) + 1e-9:
+            from ebt_scaling.errors import ConfigError
+
+            raise ConfigError(f"resources: a trial asks for {need_cpu:g} CPU and {need_gpu:g} GPU but the Ray "
+                              f"cluster has {cluster.get('CPU', 0):g} CPU and {cluster.get('GPU', 0):g} GPU; "
+                              "lower --cpus-per-trial/--gpus-per-trial or use a bigger cluster")
+        progress.message(f"Ray: {'local instance' if local else 'cluster ' + str(address)} with "
+                         f"{cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU; "
+                         f"{len(tasks)} trial(s), {opts.cpus_per_trial:g} CPU + {opts.gpus_per_trial:g} GPU each")
+        for t in tasks:
+            t.setdefault("report_every_s", opts.report_every_s)
+            if opts.train_fn:
+                t.setdefault("train_fn", opts.train_fn)
+        trainable = tune.with_resources(ebt_trial, _task_resources(opts))
+        storage = str(Path(opts.storage_path).expanduser().resolve()) if "://" not in opts.storage_path \
+            else opts.storage_path
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"run": tune.grid_search(tasks)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=opts.max_concurrent,
+                reuse_actors=opts.reuse_actors,
+                trial_name_creator=lambda t: f"r{t.config['run']['run_id']}",
+                trial_dirname_creator=lambda t: f"r{t.config['run']['run_id']}",
+            ),
+            run_config=tune.RunConfig(
+                name=opts.experiment_name,
+                storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=opts.max_retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=[callback],
+                verbose=0,
+                log_to_file=False,
+            ),
+        )
+        t_fit = time.monotonic()
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:
+            out.interrupted = True
+        out.fit_s = time.monotonic() - t_fit
+        callback.flush()
+        # Tune stops on the first Ctrl-C and returns; whatever has not finished was cancelled.
+        for rs in callback.runs.values():
+            if rs.finished:
+                out.finished[rs.run_id] = str(rs.result.get("status"))
+            else:
+                out.cancelled.append(rs.run_id)
+        if out.cancelled:
+            out.interrupted = True
+            for rid in out.cancelled:
+                sink.finished(rid, "cancelled", "sweep interrupted before the run finished", {})
+    finally:
+        try:
+            progress.stop()
+        finally:
+            try:
+                ray.shutdown()
+            finally:
+                if temp_dir:
+                    import shutil
+
+                    shutil.rmtree(temp_dir, ignore_errors=True)
+    out.wall_s = time.monotonic() - t0
+    return out

@@ -1,0 +1,179 @@
+"""The sweep service: spec -> planned runs in the database -> the runs not yet done on Ray Tune.
+
+Exactly once, driven by the database (not by ``Tuner.restore``): a run's identity is its config hash;
+planning inserts idempotently; every invocation resets runs a killed driver left ``running``, skips
+``completed`` ones (and ``failed``/``diverged`` ones unless asked to retry them) and runs the rest in a
+fresh Tuner. A run with a recorded checkpoint resumes from it, after its metric series is truncated to the
+checkpoint's step, so every run ends with one contiguous series without duplicated steps.
+
+The store is passed in (duck-typed: ``ebt_scaling.db.Store`` in the product); this module never imports
+the database package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ebt_scaling.errors import DuplicateError
+from ebt_scaling.records import MetricPoint
+from ebt_scaling.sched.runner import RayOptions, RunnerOutcome, run_trials
+from ebt_scaling.sched.trainable import checkpoint_info
+from ebt_scaling.sweeps import SweepSpec, expand
+
+SKIP_BY_DEFAULT = ("failed", "diverged")
+
+
+@dataclass
+class SweepOutcome:
+    sweep: str
+    planned: int
+    skipped_completed: int
+    skipped_failed: int
+    launched: int
+    resumed: int
+    statuses: dict[str, int] = field(default_factory=dict)
+    interrupted: bool = False
+    runner: RunnerOutcome | None = None
+    storage_path: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and set(self.statuses) <= {"completed"}
+
+
+def code_version() -> str:
+    from ebt_scaling import __version__
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        if rev.returncode == 0 and rev.stdout.strip():
+            return f"{__version__}+g{rev.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return __version__
+
+
+def default_storage(db_url: str) -> str:
+    """Where Ray keeps trial checkpoints: ``$EBT_SCALE_STORAGE``, else next to a SQLite file
+    (``<db>.runs/``), else ``~/.cache/ebt-scaling/runs``."""
+    env = os.environ.get("EBT_SCALE_STORAGE")
+    if env:
+        return env
+    m = re.match(r"^sqlite(?:\+\w+)?:///(.+)$", db_url)
+    if m and m.group(1) != ":memory:":
+        p = Path(m.group(1).split("?")[0]).expanduser().resolve()
+        return str(p.parent / f"{p.stem}.runs")
+    return str(Path("~/.cache/ebt-scaling/runs").expanduser())
+
+
+class StoreSink:
+    """Driver-side sink writing to the results database (one writer: the driver)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def started(self, run_id: int, host: str | None, device: str | None) -> None:
+        self.store.mark_running(run_id, host, device)
+
+    def metrics(self, batch: dict[int, list[MetricPoint]]) -> None:
+        self.store.log_metrics_many(batch)
+
+    def checkpoint(self, run_id: int, path: str, step: int) -> None:
+        self.store.set_checkpoint(run_id, path)
+
+    def retrying(self, run_id: int, reason: str, resume_step: int | None) -> None:
+        self.store.truncate_metrics(run_id, resume_step if resume_step is not None else -1)
+
+    def finished(self, run_id: int, status: str, reason: str | None, result: dict[str, Any]) -> None:
+        self.store.finish_run(run_id, status, reason=reason, result=result)
+
+    def heartbeat(self, run_ids: list[int]) -> None:
+        for rid in run_ids:
+            self.store.heartbeat(rid)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40] or "sweep"
+
+
+def _checkpoint_usable(path: str | None) -> tuple[str | None, int | None]:
+    """(path, step) of a recorded checkpoint that still exists, else (None, None)."""
+    if not path:
+        return None, None
+    if "://" in path:  # remote storage: trust the database, the worker will read it
+        return path, None
+    info = checkpoint_info(path)
+    if info is None:
+        return None, None
+    return path, int(info["step"])
+
+
+def run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, *, retry_failed: bool = False,
+              echo: Any = None) -> SweepOutcome:
+    """Plan ``spec`` in ``store`` and run what is not done yet. ``echo(str)`` prints status lines."""
+    say = echo or (lambda s: None)
+    runs = expand(spec)
+    try:
+        store.create_sweep(spec.name, spec.axis, spec.to_dict(), code_version())
+    except DuplicateError:
+        pass  # the sweep exists: a rerun, or more families/seeds added to it
+    store.reset_interrupted(spec.name)
+    records = store.plan_runs(spec.name, [r.planned for r in runs])
+    by_hash = {r.config_hash: r for r in runs}
+    tasks: list[dict[str, Any]] = []
+    skipped_completed = skipped_failed = resumed = 0
+    for rec in records:
+        run = by_hash.get(rec.config_hash)
+        if run is None:
+            continue
+        if rec.status == "completed":
+            skipped_completed += 1
+            continue
+        if rec.status in SKIP_BY_DEFAULT and not retry_failed:
+            skipped_failed += 1
+            continue
+        ckpt, step = _checkpoint_usable(rec.checkpoint_dir)
+        if ckpt is not None and step is not None:
+            store.truncate_metrics(rec.id, step)
+            resumed += 1
+        elif ckpt is None:
+            store.truncate_metrics(rec.id, -1)  # restart from scratch: drop a partial series
+        train = dataclasses.replace(
+            run.spec.train,
+            device="cuda" if ray_opts.gpus_per_trial > 0 else "cpu",
+            threads=max(1, int(ray_opts.cpus_per_trial)),
+        )
+        rspec = run.spec.with_(train=train)
+        tasks.append({
+            "run_id": rec.id, "config_hash": rec.config_hash, "spec": rspec.to_dict(),
+            "resume_from": ckpt, "resume_step": step, "family": rec.family, "label": run.label,
+            "weight": (run.planned.flops_per_token.get("exact") or 1.0) * (run.planned.tokens or 1),
+        })
+    say(f"sweep {spec.name}: {len(records)} run(s) planned, {skipped_completed} already completed, "
+        f"{skipped_failed} failed/diverged skipped{' (use --retry-failed)' if skipped_failed else ''}, "
+        f"{len(tasks)} to run ({resumed} resuming from a checkpoint)")
+    outcome = SweepOutcome(sweep=spec.name, planned=len(records), skipped_completed=skipped_completed,
+                           skipped_failed=skipped_failed, launched=len(tasks), resumed=resumed,
+                           storage_path=ray_opts.storage_path)
+    if tasks:
+        opts = dataclasses.replace(ray_opts, experiment_name=f"{_slug(spec.name)}-"
+                                   f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        outcome.runner = run_trials(tasks, StoreSink(store), opts, progress_name=spec.name)
+        outcome.interrupted = outcome.runner.interrupted
+    final = {r.config_hash: r.status for r in store.list_runs(sweep=spec.name)}
+    hashes = {r.config_hash for r in records}
+    for h in hashes:
+        st = final.get(h)
+        if st is None:  # a run shared with another sweep (same config hash)
+            st = next((r.status for r in store.list_runs() if r.config_hash == h), "unknown")
+        outcome.statuses[st] = outcome.statuses.get(st, 0) + 1
+    return outcome

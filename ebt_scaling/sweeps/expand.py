@@ -1,0 +1,189 @@
+"""Expand a SweepSpec into RunSpecs (one per axis value x family x seed) and PlannedRuns for the store.
+
+Axis semantics (``docs/sweeps.md``):
+
+* ``data``   x = training tokens. ``separate``: one run per budget, steps = tokens / (batch x context), so
+  warm-up + cosine is matched to each budget. ``evaluations``: one run per family/seed with the largest
+  budget, validated every smallest-budget steps (the paper's Fig. 4a); its points are the ``val_loss``
+  series at the budget steps (listed in the run config under ``eval_tokens``).
+* ``batch``  x = tokens per batch (batch x context); fixed steps (paper) or fixed tokens.
+* ``depth``  x = blocks at the base width; ``width`` x = embedding size at the base depth, fixed head size.
+* ``params`` x = non-embedding parameters of the size presets (their batch sizes and peak LRs).
+* ``flops``  the same runs as ``params`` (same config hashes), x = training FLOPs in the named convention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ebt_scaling.config import DataConfig, ModelConfig, RunSpec, TrainConfig, get_preset
+from ebt_scaling.errors import ConfigError, SpecError
+from ebt_scaling.records import PlannedRun
+from ebt_scaling.sweeps.spec import SweepSpec
+
+# ModelConfig fields both families use; every other field is an EBT option and is applied to EBT only,
+# so that a Transformer++ run's hash does not depend on EBT settings.
+SHARED_MODEL_FIELDS = ("n_layer", "n_embd", "n_head", "vocab_size", "sequence_len", "ffn_hidden",
+                       "norm_eps", "rope_theta")
+FAMILY_ORDER = {"transformer_pp": 0, "ebt": 1}
+
+
+@dataclass(frozen=True)
+class ExpandedRun:
+    """One planned run: the RunSpec to train and the PlannedRun to store."""
+
+    spec: RunSpec
+    planned: PlannedRun
+    label: str  # the axis value as written in the spec (e.g. "xxs" or "8")
+
+    @property
+    def config_hash(self) -> str:
+        return self.planned.config_hash
+
+
+def _section_error(spec: SweepSpec, exc: ConfigError) -> SpecError:
+    msg = str(exc)
+    for cls, sec in (("ModelConfig.", "model."), ("TrainConfig.", "train."), ("DataConfig.", "data.")):
+        if msg.startswith(cls):
+            msg = sec + msg[len(cls):]
+            break
+    return SpecError(f"{spec.source}: {msg}")
+
+
+def _vocab_size(spec: SweepSpec, data: DataConfig) -> int:
+    if "vocab_size" in spec.model:
+        return int(spec.model["vocab_size"])
+    if data.tokenizer == "byte":
+        return 256
+    if data.tokenizer == "bpe":
+        return data.vocab_size
+    raise SpecError(f"{spec.source}: model.vocab_size: required with tokenizer {data.tokenizer!r}; "
+                    "set it to that tokenizer's vocabulary size (gpt-neox-20b: 50277)")
+
+
+def accounting(cfg: ModelConfig) -> tuple[dict[str, int], dict[str, float]]:
+    """Parameter groups and training FLOPs per token under both conventions (pure Python)."""
+    from ebt_scaling.models.flops import flops_per_token, param_counts
+
+    params = {k: int(v) for k, v in param_counts(cfg).items()}
+    fpt = {c: float(flops_per_token(cfg, c, mode="train")) for c in ("paper", "exact")}
+    return params, fpt
+
+
+def expand(spec: SweepSpec) -> list[ExpandedRun]:
+    """All runs of the sweep, ordered by axis value, then family, then seed."""
+    try:
+        return _expand(spec)
+    except SpecError:
+        raise
+    except ConfigError as exc:
+        raise _section_error(spec, exc) from None
+
+
+def _expand(spec: SweepSpec) -> list[ExpandedRun]:
+    data = DataConfig(**spec.data)
+    preset = get_preset(spec.preset)
+    shape: dict[str, Any] = dict(n_layer=preset.n_layer, n_embd=preset.n_embd, n_head=preset.n_head,
+                                 sequence_len=256, vocab_size=_vocab_size(spec, data))
+    shape.update({k: v for k, v in spec.model.items() if k in SHARED_MODEL_FIELDS})
+    ebt_options = {k: v for k, v in spec.model.items() if k not in SHARED_MODEL_FIELDS}
+    train_base: dict[str, Any] = dict(lr=preset.peak_lr, batch_size=preset.batch_size)
+    train_base.update(spec.train)
+    seq = int(shape["sequence_len"])
+
+    # (label, shape overrides, train overrides, eval_tokens) per axis value.
+    points: list[tuple[str, dict[str, Any], dict[str, Any], list[int] | None]] = []
+    ax = spec.axis
+    if ax == "depth":
+        points = [(str(v), {"n_layer": v}, {}, None) for v in spec.values]
+    elif ax == "width":
+        assert spec.head_size is not None
+        points = [(str(v), {"n_embd": v, "n_head": v // spec.head_size}, {}, None) for v in spec.values]
+    elif ax in ("params", "flops"):
+        for i, name in enumerate(spec.values):
+            p = get_preset(name)
+            tr = {"batch_size": spec.batch_sizes[i] if spec.batch_sizes else p.batch_size,
+                  "lr": spec.lrs[i] if spec.lrs else p.peak_lr}
+            points.append((name, {"n_layer": p.n_layer, "n_embd": p.n_embd, "n_head": p.n_head}, tr, None))
+    elif ax == "batch":
+        for v in spec.values:
+            tr: dict[str, Any] = {"batch_size": v}
+            if spec.mode == "fixed_tokens":
+                assert spec.total_tokens is not None
+                steps = spec.total_tokens // (v * seq)
+                if steps < 1:
+                    raise SpecError(f"{spec.source}: axis.total_tokens: {spec.total_tokens} tokens is less than "
+                                    f"one batch of {v} x {seq}; raise total_tokens")
+                tr["steps"] = steps
+            points.append((str(v), {}, tr, None))
+    elif ax == "data":
+        per_step = int(train_base["batch_size"]) * seq
+        budgets = sorted(spec.values)
+        steps_of = {}
+        for v in budgets:
+            s = v // per_step
+            if s < 1:
+                raise SpecError(f"{spec.source}: axis.values: {v} tokens is less than one batch "
+                                f"({per_step} tokens); use larger budgets or a smaller batch")
+            steps_of[v] = s
+        if spec.mode == "separate":
+            points = [(str(v), {}, {"steps": steps_of[v]}, None) for v in spec.values]
+        else:
+            all_steps = [steps_of[v] for v in budgets]
+            interval = math.gcd(*all_steps)
+            points = [(str(budgets[-1]), {}, {"steps": all_steps[-1], "eval_interval": interval},
+                       [s * per_step for s in all_steps])]
+    else:  # pragma: no cover - validated in parse_spec
+        raise SpecError(f"{spec.source}: sweep.axis: unknown axis {ax!r}")
+
+    out: list[ExpandedRun] = []
+    for label, shape_over, train_over, eval_tokens in points:
+        for family in sorted(spec.families, key=FAMILY_ORDER.__getitem__):
+            for seed in spec.seeds:
+                mkw = dict(shape)
+                mkw.update(shape_over)
+                recipe = None
+                if family == "ebt":
+                    from ebt_scaling.config import RECIPE_OVERRIDES
+
+                    recipe = spec.recipe
+                    mkw.update(RECIPE_OVERRIDES[recipe])
+                    mkw.update(ebt_options)
+                model = ModelConfig(family=family, **mkw)
+                tkw = dict(train_base)
+                tkw.update(train_over)
+                tkw["seed"] = seed
+                train = TrainConfig(**tkw)
+                if train.warmup_steps >= train.steps:
+                    key = "axis.values" if "steps" in train_over else "train.warmup_steps"
+                    raise SpecError(f"{spec.source}: {key}: a run of {train.steps} steps is not longer than "
+                                    f"its warm-up ({train.warmup_steps} steps); lower train.warmup_steps "
+                                    "or raise the steps/budget")
+                run = RunSpec(model=model, train=train, data=data, sweep=spec.name, axis=ax, x=None,
+                              recipe=recipe)
+                params, fpt = accounting(model)
+                tokens = run.tokens
+                if ax in ("depth", "width", "batch"):
+                    x = float(model.n_layer if ax == "depth" else model.n_embd if ax == "width"
+                              else train.batch_size * seq)
+                elif ax == "data":
+                    x = float(tokens)
+                elif ax == "params":
+                    x = float(params["non_embedding"])
+                else:
+                    x = float(fpt[spec.convention] * tokens)
+                run = dataclasses.replace(run, x=x)
+                config = run.to_dict()
+                if eval_tokens is not None:
+                    config["eval_tokens"] = eval_tokens
+                planned = PlannedRun(family=family, axis=ax, x=x, seed=seed, config_hash=run.config_hash,
+                                     config=config, params=params, flops_per_token=fpt, tokens=tokens)
+                out.append(ExpandedRun(spec=run, planned=planned, label=label))
+    hashes = [r.config_hash for r in out]
+    if len(set(hashes)) != len(hashes):
+        raise SpecError(f"{spec.source}: axis.values: two values give the same run configuration; "
+                        "list values that change the run")
+    return out

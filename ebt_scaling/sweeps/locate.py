@@ -1,0 +1,38 @@
+"""Find the shipped sweep specs: ``ebt_scaling/_experiments`` in an installed wheel, ``<repo>/experiments``
+in a checkout. Layout: ``<root>/<preset>/<axis>.toml`` with preset ``paper`` or ``tiny``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ebt_scaling.config import AXES
+from ebt_scaling.errors import SpecError
+
+SPEC_PRESETS = ("tiny", "paper")
+
+
+def experiments_dir() -> Path:
+    """The directory holding the shipped specs."""
+    pkg = Path(__file__).resolve().parents[1]
+    for cand in (pkg / "_experiments", pkg.parent / "experiments"):
+        if (cand / "tiny").is_dir() or (cand / "paper").is_dir():
+            return cand
+    raise SpecError(f"experiments: no shipped sweep specs found next to {pkg}; reinstall ebt-scaling "
+                    "or pass --spec FILE")
+
+
+def spec_path(axis: str, preset: str = "tiny") -> Path:
+    """The shipped spec of ``axis`` at ``preset`` scale."""
+    if axis not in AXES:
+        raise SpecError(f"--axis: unknown axis {axis!r}; use one of {', '.join(AXES)}")
+    if preset not in SPEC_PRESETS:
+        raise SpecError(f"--preset: unknown preset {preset!r}; use one of {', '.join(SPEC_PRESETS)}")
+    p = experiments_dir() / preset / f"{axis}.toml"
+    if not p.is_file():
+        raise SpecError(f"{p}: shipped spec missing; reinstall ebt-scaling or pass --spec FILE")
+    return p
+
+
+def list_specs() -> list[Path]:
+    root = experiments_dir()
+    return sorted(root.glob("*/*.toml"))
