@@ -94,6 +94,9 @@ class StoreSink:
         self.store.truncate_metrics(run_id, resume_step if resume_step is not None else -1)
 
     def finished(self, run_id: int, status: str, reason: str | None, result: dict[str, Any]) -> None:
+        # The worker's checkpoint folder is a temporary copy; the durable one (Ray storage) is recorded by
+        # ``checkpoint`` and must not be overwritten.
+        result = {k: v for k, v in result.items() if k != "checkpoint_dir"}
         self.store.finish_run(run_id, status, reason=reason, result=result)
 
     def heartbeat(self, run_ids: list[int]) -> None:
@@ -141,6 +144,9 @@ def run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, *, retry_failed
         if rec.status in SKIP_BY_DEFAULT and not retry_failed:
             skipped_failed += 1
             continue
+        if rec.status == "running" and not _stale(rec):
+            say(f"run {rec.id} is running under another driver (heartbeat {rec.heartbeat_at}); not started here")
+            continue
         ckpt, step = _checkpoint_usable(rec.checkpoint_dir)
         if ckpt is not None and step is not None:
             store.truncate_metrics(rec.id, step)
@@ -169,11 +175,21 @@ def run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, *, retry_failed
                                    f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
         outcome.runner = run_trials(tasks, StoreSink(store), opts, progress_name=spec.name)
         outcome.interrupted = outcome.runner.interrupted
-    final = {r.config_hash: r.status for r in store.list_runs(sweep=spec.name)}
-    hashes = {r.config_hash for r in records}
-    for h in hashes:
-        st = final.get(h)
-        if st is None:  # a run shared with another sweep (same config hash)
-            st = next((r.status for r in store.list_runs() if r.config_hash == h), "unknown")
+    for rec in records:
+        st = store.get_run(rec.id).status
         outcome.statuses[st] = outcome.statuses.get(st, 0) + 1
     return outcome
+
+
+def _stale(rec: Any, after_s: float = 120.0) -> bool:
+    """A ``running`` record whose driver stopped sending heartbeats (reset_interrupted only resets the
+    runs of this sweep; a run shared with another sweep may also be left running)."""
+    hb = getattr(rec, "heartbeat_at", None)
+    if hb is None:
+        return True
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    if hb.tzinfo is not None:
+        hb = hb.astimezone(timezone.utc).replace(tzinfo=None)
+    return (now - hb).total_seconds() > after_s

@@ -8,7 +8,8 @@ Axis semantics (``docs/sweeps.md``):
   series at the budget steps (listed in the run config under ``eval_tokens``).
 * ``batch``  x = tokens per batch (batch x context); fixed steps (paper) or fixed tokens.
 * ``depth``  x = blocks at the base width; ``width`` x = embedding size at the base depth, fixed head size.
-* ``params`` x = non-embedding parameters of the size presets (their batch sizes and peak LRs).
+* ``params`` x = non-embedding parameters of the size presets (their batch sizes and peak LRs) or of custom
+  shapes.
 * ``flops``  the same runs as ``params`` (same config hashes), x = training FLOPs in the named convention.
 """
 
@@ -103,11 +104,18 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
         assert spec.head_size is not None
         points = [(str(v), {"n_embd": v, "n_head": v // spec.head_size}, {}, None) for v in spec.values]
     elif ax in ("params", "flops"):
-        for i, name in enumerate(spec.values):
-            p = get_preset(name)
-            tr = {"batch_size": spec.batch_sizes[i] if spec.batch_sizes else p.batch_size,
-                  "lr": spec.lrs[i] if spec.lrs else p.peak_lr}
-            points.append((name, {"n_layer": p.n_layer, "n_embd": p.n_embd, "n_head": p.n_head}, tr, None))
+        for i, v in enumerate(spec.values):
+            if isinstance(v, dict):  # a custom shape: batch size and LR from [train] unless listed
+                label = str(v.get("name") or f"L{v['n_layer']}D{v['n_embd']}")
+                shp = {k: v[k] for k in ("n_layer", "n_embd", "n_head")}
+                bs, lr = train_base["batch_size"], train_base["lr"]
+            else:
+                p = get_preset(v)
+                label, shp = v, {"n_layer": p.n_layer, "n_embd": p.n_embd, "n_head": p.n_head}
+                bs, lr = p.batch_size, p.peak_lr
+            tr = {"batch_size": spec.batch_sizes[i] if spec.batch_sizes else bs,
+                  "lr": spec.lrs[i] if spec.lrs else lr}
+            points.append((label, shp, tr, None))
     elif ax == "batch":
         for v in spec.values:
             tr: dict[str, Any] = {"batch_size": v}

@@ -200,13 +200,13 @@ def format_plan(plan: CostPlan) -> str:
         f"throughput assumption: {plan.throughput_note}; time from the exact FLOPs count",
         "",
     ]
-    hdr = (f"{'family':<15}{'value':>8}{'x':>11}{'L':>4}{'D':>6}{'H':>4}{'ctx':>5}{'batch':>6}{'steps':>8}"
+    hdr = (f"{'family':<15}{'value':>11}{'x':>11}{'L':>4}{'D':>6}{'H':>4}{'ctx':>5}{'batch':>6}{'steps':>8}"
            f"{'lr':>9}{'params(non-emb)':>17}{'tokens':>11}{'FLOPs paper':>13}{'FLOPs exact':>13}"
            f"{plan.device.upper() + '-h':>9}  hash")
     lines.append(hdr)
     for r in d["runs"]:
         lines.append(
-            f"{r['family']:<15}{r['value']:>8}{_n(r['x']):>11}{r['n_layer']:>4}{r['n_embd']:>6}{r['n_head']:>4}"
+            f"{r['family']:<15}{r['value']:>11}{_n(r['x']):>11}{r['n_layer']:>4}{r['n_embd']:>6}{r['n_head']:>4}"
             f"{r['sequence_len']:>5}{r['batch_size']:>6}{r['steps']:>8}{r['lr']:>9.3g}"
             f"{r['params'].get('non_embedding', 0):>17,}{r['tokens']:>11.3g}{r['flops']['paper']:>13.3e}"
             f"{r['flops']['exact']:>13.3e}{r['device_hours']:>9.3g}  {r['config_hash'][:10]}"

@@ -64,7 +64,8 @@ AXIS_KEYS: dict[str, tuple[str, ...]] = {
     "depth": ("values",),
     # values = embedding sizes at the base depth; heads = width / head_size.
     "width": ("values", "head_size"),
-    # values = size presets; batch sizes and peak LRs default to each preset's (paper Table D.1).
+    # values = size presets (batch sizes and peak LRs default to each preset's, paper Table D.1) or custom
+    # shapes { name = "s", n_layer = 2, n_embd = 64, n_head = 2 } (batch size and LR from [train]).
     "params": ("values", "batch_sizes", "lrs"),
     # the params runs, x = training FLOPs under a named convention (paper | exact).
     "flops": ("values", "batch_sizes", "lrs", "convention"),
@@ -242,9 +243,15 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> SweepSpec:
             raise _err(src, "axis.mode", f"unknown mode {mode!r}", f"use one of {', '.join(AXIS_MODES[axis])}")
     if axis in ("params", "flops"):
         for v in values:
-            if v not in PRESETS:
+            if isinstance(v, dict):
+                extra = sorted(set(v) - {"name", "n_layer", "n_embd", "n_head"})
+                if extra or not all(_is_int(v.get(k)) and v[k] >= 1 for k in ("n_layer", "n_embd", "n_head")):
+                    raise _err(src, "axis.values", f"bad shape {v!r}",
+                               "write a custom size as { name = \"s\", n_layer = 2, n_embd = 64, n_head = 2 }")
+            elif v not in PRESETS:
                 raise _err(src, "axis.values", f"unknown preset {v!r}",
-                           f"the {axis} axis takes size presets: {', '.join(PRESETS)}")
+                           f"the {axis} axis takes size presets ({', '.join(PRESETS)}) or "
+                           "{ n_layer, n_embd, n_head } tables")
     else:
         for v in values:
             if not (_is_int(v) and v >= 1):

@@ -1,0 +1,265 @@
+"""Sweep specs: the shipped files, axis semantics, validation messages, the dry-run plan (no Ray, no torch)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ebt_scaling.config import AXES, PRESETS
+from ebt_scaling.errors import SpecError
+from ebt_scaling.models.flops import flops_per_token, param_counts
+from ebt_scaling.sweeps import expand, experiments_dir, load_spec, parse_spec, spec_path
+from ebt_scaling.sweeps.plan import Resources, makespan, plan_cost
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+BASE = """
+[sweep]
+name = "t"
+axis = "{axis}"
+families = ["ebt", "transformer_pp"]
+seeds = [0]
+
+[model]
+preset = "nano"
+sequence_len = 32
+
+[train]
+steps = 40
+batch_size = 4
+warmup_steps = 2
+
+[data]
+source = "synthetic"
+vocab_size = 64
+
+[axis]
+{axis_body}
+"""
+
+
+def spec_text(axis: str, body: str) -> str:
+    return BASE.format(axis=axis, axis_body=body)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "paper"])
+@pytest.mark.parametrize("axis", AXES)
+def test_shipped_specs_load_and_expand(axis, preset):
+    sw = load_spec(spec_path(axis, preset))
+    assert sw.axis == axis
+    assert set(sw.families) == {"ebt", "transformer_pp"}
+    runs = expand(sw)
+    assert len({r.config_hash for r in runs}) == len(runs) >= 6
+    xs = sorted({r.planned.x for r in runs})
+    assert len(xs) >= 3 or (axis == "data" and sw.mode == "evaluations")
+    for r in runs:
+        assert r.planned.config == {**r.spec.to_dict(), **({"eval_tokens": r.planned.config["eval_tokens"]}
+                                                           if "eval_tokens" in r.planned.config else {})}
+        assert r.planned.config_hash == r.spec.config_hash
+        if preset == "paper":
+            assert r.spec.model.sequence_len == 256
+        if r.planned.family == "ebt":
+            assert r.spec.recipe == "ebt_s1" and r.spec.model.mcmc_num_steps == 2
+
+
+def test_experiments_dir_is_the_checkout_one():
+    assert experiments_dir() == ROOT / "experiments"
+
+
+def test_depth_and_width_semantics(tmp_path):
+    runs = expand(load_spec(_write(tmp_path, spec_text("depth", "values = [1, 2, 3]"))))
+    assert [r.spec.model.n_layer for r in runs] == [1, 1, 2, 2, 3, 3]
+    assert {r.spec.model.n_embd for r in runs} == {PRESETS["nano"].n_embd}
+    assert [r.planned.x for r in runs] == [1, 1, 2, 2, 3, 3]
+    runs = expand(load_spec(_write(tmp_path, spec_text("width", "values = [32, 64, 96]\nhead_size = 16"))))
+    assert [(r.spec.model.n_embd, r.spec.model.n_head) for r in runs][::2] == [(32, 2), (64, 4), (96, 6)]
+    assert {r.spec.model.head_dim for r in runs} == {16}
+    assert {r.spec.model.n_layer for r in runs} == {PRESETS["nano"].n_layer}
+
+
+def test_batch_axis_fixed_steps_and_fixed_tokens(tmp_path):
+    runs = expand(load_spec(_write(tmp_path, spec_text("batch", "values = [2, 4, 8]"))))
+    assert {r.spec.train.steps for r in runs} == {40}
+    assert [r.planned.x for r in runs][::2] == [2 * 32, 4 * 32, 8 * 32]
+    runs = expand(load_spec(_write(tmp_path, spec_text(
+        "batch", 'values = [2, 4, 8]\nmode = "fixed_tokens"\ntotal_tokens = 10240'))))
+    assert [r.spec.train.steps for r in runs][::2] == [160, 80, 40]
+    assert {r.planned.tokens for r in runs} == {10240}
+
+
+def test_data_axis_separate_and_evaluations(tmp_path):
+    body = "values = [1280, 2560, 5120]"
+    runs = expand(load_spec(_write(tmp_path, spec_text("data", body))))
+    assert [r.spec.train.steps for r in runs][::2] == [10, 20, 40]  # schedule matched to each budget
+    assert [r.planned.x for r in runs][::2] == [1280.0, 2560.0, 5120.0]
+    runs = expand(load_spec(_write(tmp_path, spec_text("data", body + '\nmode = "evaluations"'))))
+    assert len(runs) == 2  # one long run per family
+    r = runs[0]
+    assert r.spec.train.steps == 40 and r.spec.train.eval_interval == 10
+    assert r.planned.config["eval_tokens"] == [1280, 2560, 5120]
+
+
+def test_params_and_flops_share_runs(tmp_path):
+    body = 'values = ["nano", "tiny", "4xs"]\nbatch_sizes = [4, 6, 8]'
+    p = expand(load_spec(_write(tmp_path, spec_text("params", body), "p.toml")))
+    f = expand(load_spec(_write(tmp_path, spec_text("flops", body + '\nconvention = "paper"'), "f.toml")))
+    assert [r.config_hash for r in p] == [r.config_hash for r in f]
+    for rp, rf in zip(p, f, strict=True):
+        m = rp.spec.model
+        pre = PRESETS[rp.label]
+        assert (m.n_layer, m.n_embd, m.n_head) == (pre.n_layer, pre.n_embd, pre.n_head)
+        assert rp.spec.train.lr == pre.peak_lr
+        assert rp.planned.x == param_counts(m)["non_embedding"]
+        assert rf.planned.x == pytest.approx(flops_per_token(m, "paper", mode="train") * rp.spec.tokens)
+    assert [r.spec.train.batch_size for r in p][::2] == [4, 6, 8]
+
+
+def test_transformer_pp_hash_ignores_recipe(tmp_path):
+    s1 = load_spec(_write(tmp_path, spec_text("depth", "values = [1, 2]")))
+    s2 = s1.select(recipe="ebt_s2")
+    a, b = expand(s1), expand(s2)
+    tpp = [(x.config_hash, y.config_hash) for x, y in zip(a, b, strict=True) if x.planned.family == "transformer_pp"]
+    ebt = [(x.config_hash, y.config_hash) for x, y in zip(a, b, strict=True) if x.planned.family == "ebt"]
+    assert all(x == y for x, y in tpp) and all(x != y for x, y in ebt)
+    assert all(r.spec.model.truncate_steps for r in b if r.planned.family == "ebt")
+
+
+def test_select_families_seeds_name(tmp_path):
+    sw = load_spec(_write(tmp_path, spec_text("depth", "values = [1, 2]"))).select(
+        families=["transformer_pp"], seeds=3, name="mine")
+    runs = expand(sw)
+    assert {r.planned.family for r in runs} == {"transformer_pp"}
+    assert sorted({r.planned.seed for r in runs}) == [0, 1, 2]
+    assert {r.spec.sweep for r in runs} == {"mine"}
+    with pytest.raises(SpecError, match="--families: unknown family 'gpt'"):
+        sw.select(families=["gpt"])
+
+
+@pytest.mark.parametrize("body,extra,match", [
+    ("values = [1, 2]", "[bogus]\nx = 1\n", r"bogus: unknown section; use only"),
+    ("values = [1, 2]\nfoo = 3", "", r"axis\.foo: unknown key; valid keys are values"),
+    ("values = []", "", r"axis\.values: missing or empty"),
+    ("values = [1, 1]", "", r"axis\.values: duplicate values"),
+    ("values = [0, 2]", "", r"axis\.values: bad value 0; the depth axis takes positive integers"),
+])
+def test_bad_specs_name_file_key_and_fix(tmp_path, body, extra, match):
+    p = _write(tmp_path, spec_text("depth", body) + extra)
+    with pytest.raises(SpecError, match=match) as ei:
+        load_spec(p)
+    msg = str(ei.value)
+    assert msg.startswith(str(p)) and "\n" not in msg and ";" in msg
+
+
+def test_bad_values_inside_sections(tmp_path):
+    text = spec_text("depth", "values = [1, 2]")
+    cases = [
+        (text.replace("steps = 40", "stepz = 40"), r"train\.stepz: unknown key; valid keys are"),
+        (text.replace("steps = 40", "steps = -1"), r"train\.steps: must be a positive integer"),
+        (text.replace('preset = "nano"', 'preset = "huge"'), r"model\.preset: unknown preset 'huge'"),
+        (text.replace('axis = "depth"', 'axis = "height"'), r"sweep\.axis: unknown axis 'height'; use one of"),
+        (text.replace('families = ["ebt", "transformer_pp"]', 'families = ["gpt"]'), r"sweep\.families"),
+        (text.replace("warmup_steps = 2", "warmup_steps = 50"), r"train\.warmup_steps: a run of 40 steps"),
+        (text.replace("sequence_len = 32", "sequence_len = 32\nn_head = 3"), r"model\.n_embd: 32 is not divisible"),
+        (text.replace('source = "synthetic"', 'source = "nowhere"'), r"data\.source: unknown source"),
+        (text.replace("[sweep]", "[sweep\n"), r"invalid TOML"),
+        (spec_text("width", "values = [32, 40]\nhead_size = 16"), r"axis\.values: width 40 is not a multiple"),
+        (spec_text("params", 'values = ["nano", "xxl"]'), r"axis\.values: unknown preset 'xxl'"),
+        (spec_text("flops", 'values = ["nano", "tiny"]\nconvention = "chinchilla"'), r"axis\.convention"),
+        (spec_text("batch", 'values = [2]\nmode = "fixed_tokens"'), r"axis\.total_tokens: required"),
+    ]
+    for i, (t, match) in enumerate(cases):
+        p = _write(tmp_path, t, f"c{i}.toml")
+        with pytest.raises(SpecError, match=match) as ei:
+            load_spec(p)
+        assert str(ei.value).startswith(str(p)), ei.value
+    with pytest.raises(SpecError, match="file not found"):
+        load_spec(tmp_path / "missing.toml")
+
+
+def test_parse_spec_requires_sections():
+    with pytest.raises(SpecError, match=r"\[axis\]: section missing"):
+        parse_spec({"sweep": {"axis": "depth"}}, source="x.toml")
+
+
+def test_makespan_and_slots():
+    assert makespan([4, 3, 3, 2, 2, 2], 2) == 8
+    assert makespan([5], 4) == 5
+    r = Resources(gpus_per_trial=0.5, cpus_per_trial=2, total_gpus=2, total_cpus=16)
+    assert r.slots() == 4
+    assert Resources(gpus_per_trial=1, cpus_per_trial=4, total_gpus=8, total_cpus=16).slots() == 4
+    assert Resources(cpus_per_trial=1, total_cpus=8, max_concurrent=3).slots() == 3
+
+
+def test_plan_cost_uses_exact_flops_and_throughput(tmp_path):
+    sw = load_spec(_write(tmp_path, spec_text("depth", "values = [1, 2]")))
+    runs = expand(sw)
+    plan = plan_cost(sw, runs, Resources(cpus_per_trial=1, total_cpus=2), flops_per_s=1e9)
+    for rc in plan.runs:
+        exact = rc.run.planned.flops_per_token["exact"] * rc.run.spec.tokens
+        assert rc.flops["exact"] == pytest.approx(exact)
+        assert rc.duration_s == pytest.approx(exact / 1e9)
+        assert rc.device_hours == pytest.approx(exact / 1e9 / 3600)
+    assert plan.makespan_s == pytest.approx(makespan([rc.duration_s for rc in plan.runs], 2))
+
+
+def test_cli_dry_run_matches_flops_module():
+    from ebt_scaling.cli.main import app
+
+    r = CliRunner().invoke(app, ["sweep", "--axis", "params", "--preset", "paper", "--dry-run", "--json",
+                                 "--total-gpus", "8", "--total-cpus", "64"])
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.output)
+    sw = load_spec(spec_path("params", "paper"))
+    runs = {x.config_hash: x for x in expand(sw)}
+    assert len(plan["runs"]) == len(runs) == 10
+    for row in plan["runs"]:
+        m = runs[row["config_hash"]].spec.model
+        tokens = runs[row["config_hash"]].spec.tokens
+        assert row["params"] == param_counts(m)
+        assert row["tokens"] == tokens
+        for conv in ("paper", "exact"):
+            assert row["flops_per_token"][conv] == pytest.approx(flops_per_token(m, conv, mode="train"))
+            assert row["flops"][conv] == pytest.approx(flops_per_token(m, conv, mode="train") * tokens)
+        assert row["device_hours"] == pytest.approx(row["flops"]["exact"] / 6e13 / 3600)
+    # paper ebt-paper.md section 14: T++ xxs = 6 x 6.18M x 32 x 256 x 105,000 ~ 3.19e16 FLOPs
+    xxs = next(r for r in plan["runs"] if r["value"] == "xxs" and r["family"] == "transformer_pp")
+    assert xxs["flops"]["paper"] == pytest.approx(3.19e16, rel=0.01)
+    assert plan["resources"]["slots"] == 8
+    assert plan["total"]["makespan_s"] == pytest.approx(makespan([r["duration_s"] for r in plan["runs"]], 8))
+
+
+def test_cli_dry_run_text_and_errors(tmp_path):
+    from ebt_scaling.cli.main import app
+
+    r = CliRunner().invoke(app, ["sweep", "--axis", "depth", "--dry-run", "--families", "transformer_pp",
+                                 "--seeds", "2"])
+    assert r.exit_code == 0, r.output
+    assert "estimated makespan" in r.output and "CPU-hours" in r.output and "FLOP/s per CPU" in r.output
+    r = CliRunner().invoke(app, ["sweep", "--axis", "height", "--dry-run"])
+    assert r.exit_code == 2 and "unknown axis 'height'" in r.output
+    r = CliRunner().invoke(app, ["sweep", "--axis", "depth", "--families", "ebt,gpt", "--dry-run"])
+    assert r.exit_code == 2 and "unknown family 'gpt'" in r.output
+    bad = _write(tmp_path, spec_text("depth", "values = [1]\nbogus = 1"))
+    r = CliRunner().invoke(app, ["sweep", "--spec", str(bad), "--dry-run"])
+    assert r.exit_code == 2 and str(bad) in r.output and "axis.bogus" in r.output
+
+
+def test_dry_run_imports_neither_torch_nor_ray():
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom ebt_scaling.cli.main import app\n"
+            "r = CliRunner().invoke(app, ['sweep', '--axis', 'flops', '--preset', 'paper', '--dry-run'])\n"
+            "assert r.exit_code == 0, r.output\n"
+            "bad = [m for m in ('torch', 'ray', 'sqlalchemy') if m in sys.modules]; assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
