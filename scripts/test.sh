@@ -10,7 +10,7 @@ if [ -z "${EBT_SCALE_TEST_PG:-}" ] && [ "$(id -u)" = 0 ] && ls -d /usr/lib/postg
   read -r pgdir url < <(scripts/pg-temp.sh)
   export EBT_SCALE_TEST_PG=$url
   trap 'scripts/pg-temp.sh stop "$pgdir"' EXIT
-  echo "test.sh: temporary PostgreSQL at $url"
+  echo "test.sh: temporary PostgreSQL at $(printf '%s' "$url" | sed -E 's#(://[^:/@]*:)[^@]*@#\1***@#')"
 fi
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 .venv/bin/python -m pytest "$@"

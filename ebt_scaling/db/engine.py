@@ -1,0 +1,189 @@
+"""Engines, connection settings, retries and error translation for the results database.
+
+* SQLite: every connection runs ``PRAGMA busy_timeout``, ``journal_mode=WAL`` (file databases),
+  ``foreign_keys=ON`` and ``synchronous=NORMAL``; the driver's own transaction handling is switched off so
+  that writers start with ``BEGIN IMMEDIATE`` (a writer waits for the lock up front instead of failing
+  when it upgrades a read transaction), readers with a plain ``BEGIN``.
+* PostgreSQL: ``postgresql+psycopg://`` (``postgresql://`` and ``postgres://`` are rewritten to it),
+  ``pool_pre_ping``.
+* ``with_retries`` re-runs a whole unit of work on transient errors ("database is locked", serialization
+  failures, deadlocks), so concurrent writers never see them.
+* ``translate`` turns SQLAlchemy errors into the project's exceptions with credentials masked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import NullPool, StaticPool
+
+from ebt_scaling.errors import DuplicateError, NotFound, StoreError
+from ebt_scaling.security import mask_url, scrub
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+# Execution option read by the SQLite "begin" hook: "IMMEDIATE" for writers, "DEFERRED" for readers.
+SQLITE_BEGIN = "ebt_sqlite_begin"
+URL_HELP = "use sqlite:///PATH.db or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB"
+
+T = TypeVar("T")
+
+
+def parse_url(url: str) -> URL:
+    """Parse a database URL, accepting the plain ``postgresql://`` spelling for psycopg 3."""
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"invalid database URL {mask_url(url)!r}; {URL_HELP}") from None
+    if u.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+        u = u.set(drivername="postgresql+psycopg")
+    if u.get_backend_name() not in ("sqlite", "postgresql"):
+        raise StoreError(f"unsupported database {u.get_backend_name()!r} in {mask_url(url)}; {URL_HELP}")
+    return u
+
+
+def sqlite_path(u: URL) -> Path | None:
+    """The file of a SQLite URL, or None for in-memory databases."""
+    if u.get_backend_name() != "sqlite":
+        return None
+    db = u.database or ""
+    if db in ("", ":memory:") or db.startswith("file::memory:") or u.query.get("mode") == "memory":
+        return None
+    return Path(db).expanduser().resolve()
+
+
+def _sqlite_connect_hook(wal: bool) -> Callable[..., None]:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" hook below issue BEGIN itself (pysqlite's implicit BEGIN is deferred
+        # and only starts at the first write, which makes lock upgrades fail with "database is locked").
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        if wal:
+            cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.close()
+
+    return on_connect
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    mode = conn.get_execution_options().get(SQLITE_BEGIN, "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def make_engine(url: str, *, null_pool: bool = False) -> Engine:
+    """An engine for ``url`` with the connection settings above."""
+    u = parse_url(url)
+    if u.get_backend_name() == "sqlite":
+        path = sqlite_path(u)
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                                                   "check_same_thread": False}}
+        if path is None:
+            kwargs["poolclass"] = StaticPool
+        else:
+            if not path.parent.is_dir():
+                raise StoreError(f"cannot create SQLite database {path}: directory {path.parent} does not exist; "
+                                 "create it or choose another --db path")
+            if null_pool:
+                kwargs["poolclass"] = NullPool
+        engine = create_engine(u, **kwargs)
+        event.listen(engine, "connect", _sqlite_connect_hook(wal=path is not None))
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    kwargs = {"pool_pre_ping": True}
+    if null_pool:
+        kwargs["poolclass"] = NullPool
+    try:
+        return create_engine(u, **kwargs)
+    except (ImportError, ArgumentError, SQLAlchemyError) as exc:
+        raise StoreError(f"cannot use {mask_url(url)}: {scrub(str(exc))}; {URL_HELP}") from None
+
+
+@contextmanager
+def init_lock(engine: Engine) -> Iterator[None]:
+    """Serialise first-time schema creation and migrations between processes on this host.
+
+    SQLite files get a file lock (keyed by the database path, kept in the temp directory so nothing is
+    left beside the database); PostgreSQL uses a transaction-level advisory lock inside the init
+    transaction itself (see ``advisory_lock``), which also covers other hosts.
+    """
+    path = sqlite_path(engine.url)
+    if path is None:
+        yield
+        return
+    from filelock import FileLock
+
+    key = hashlib.sha256(str(path).encode()).hexdigest()[:20]
+    lock = FileLock(os.path.join(tempfile.gettempdir(), f"ebt-scale-{key}.lock"))
+    with lock.acquire(timeout=300):
+        yield
+
+
+ADVISORY_LOCK_KEY = 0x656274_7363616C  # "ebt" "scal"
+
+
+def advisory_lock(conn: Connection) -> None:
+    """Take the schema lock for the rest of this PostgreSQL transaction (no-op on SQLite)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY})")
+
+
+_TRANSIENT_SQLITE = re.compile(r"database is locked|database table is locked|database is busy", re.I)
+_TRANSIENT_PG = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
+
+
+def is_transient(exc: BaseException) -> bool:
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    if _TRANSIENT_SQLITE.search(str(orig)):
+        return True
+    return getattr(orig, "sqlstate", None) in _TRANSIENT_PG
+
+
+def with_retries(fn: Callable[[], T], *, attempts: int = 12) -> T:
+    """Run ``fn`` (a whole transaction) again after transient errors, with jittered backoff."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except DBAPIError as exc:
+            if not is_transient(exc) or i == attempts - 1:
+                raise
+            time.sleep(random.uniform(0, min(2.0, 0.02 * 2**i)))
+    raise AssertionError("unreachable")
+
+
+def _orig_message(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig) if orig is not None else str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return scrub(first)
+
+
+def translate(exc: SQLAlchemyError, url: str, what: str = "") -> Exception:
+    """The project's exception for a SQLAlchemy error (one masked line, no SQL, no parameters)."""
+    msg = _orig_message(exc)
+    where = f" ({what})" if what else ""
+    if isinstance(exc, IntegrityError):
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate == "23503" or "FOREIGN KEY" in msg.upper():
+            return NotFound(f"a referenced sweep or run does not exist{where}: {msg}")
+        if sqlstate == "23505" or "UNIQUE" in msg.upper():
+            return DuplicateError(f"duplicate entry{where}: {msg}")
+        return StoreError(f"constraint violated{where}: {msg}")
+    if isinstance(exc, OperationalError):
+        return StoreError(f"database {mask_url(url)} failed{where}: {msg}")
+    return StoreError(f"database error on {mask_url(url)}{where}: {msg}")
