@@ -34,7 +34,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_ebt_sweeps')),
     sa.UniqueConstraint('name', name=op.f('uq_ebt_sweeps_name'))
     )
-        op.create_table('ebt_runs',
+    op.create_table('ebt_runs',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('sweep_id', sa.Integer(), nullable=False),
     sa.Column('family', sa.String(length=32), nullable=False),

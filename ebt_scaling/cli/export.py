@@ -1,0 +1,80 @@
+"""``ebt-scale export``: runs (or metric points, or fits) as CSV or Parquet."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
+
+
+class ExportFormat(str, Enum):
+    csv = "csv"
+    parquet = "parquet"
+
+
+class ExportTable(str, Enum):
+    runs = "runs"
+    metrics = "metrics"
+    fits = "fits"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    @handle_errors
+    def export(
+        fmt: Annotated[ExportFormat, typer.Option("--format", help="File format.")] = ExportFormat.csv,
+        out: Annotated[Path | None, typer.Option("--out", help="Output file (CSV: default stdout).")] = None,
+        table: Annotated[ExportTable, typer.Option("--table", help="What to export: one row per run, per "
+                                                                   "metric point, or per fit.")] = ExportTable.runs,
+        sweep: Annotated[str | None, typer.Option("--sweep", help="Only this sweep.")] = None,
+        axis: Annotated[str | None, typer.Option("--axis", help="Only this axis (runs and fits).")] = None,
+        status: Annotated[str | None, typer.Option("--status", help="Only runs with this status.")] = None,
+        db: DbOption = None,
+    ) -> None:
+        """Export the results database for pandas, spreadsheets or other tools."""
+        import sys
+
+        from ebt_scaling.db.store import Store
+        from ebt_scaling.errors import ConfigError
+
+        if fmt is ExportFormat.parquet and out is None:
+            raise ConfigError("--format parquet writes a binary file: add --out FILE.parquet")
+        if out is not None and not out.parent.is_dir():
+            raise ConfigError(f"--out {out}: directory {out.parent} does not exist; create it first")
+        with Store(resolve_db(db)) as store:
+            if table is ExportTable.runs:
+                df = store.runs_dataframe(sweep=sweep, axis=axis, status=status)
+            elif table is ExportTable.metrics:
+                df = store.metrics_dataframe(sweep=sweep)
+            else:
+                df = _fits_frame(store.list_fits(sweep=sweep, axis=axis))
+        if fmt is ExportFormat.parquet:
+            try:
+                df.to_parquet(out, index=False)
+            except ImportError as exc:
+                raise ConfigError(f"parquet export needs pyarrow ({exc}); pip install pyarrow") from None
+        elif out is None:
+            df.to_csv(sys.stdout, index=False)
+        else:
+            df.to_csv(out, index=False)
+        if out is not None:
+            typer.echo(f"wrote {len(df)} row(s) to {out}", err=True)
+
+
+def _fits_frame(fits: list) -> object:
+    import json
+
+    import pandas as pd
+
+    from ebt_scaling.db.store import to_json
+
+    return pd.DataFrame([{"fit_id": f.id, "sweep": f.sweep, "axis": f.axis, "family": f.family, "method": f.method,
+                          "fingerprint": f.fingerprint, "created_at": f.created_at,
+                          "run_ids": " ".join(str(r) for r in f.run_ids),
+                          "params": json.dumps(to_json(f.params), sort_keys=True)} for f in fits],
+                        columns=["fit_id", "sweep", "axis", "family", "method", "fingerprint", "created_at",
+                                 "run_ids", "params"])

@@ -1,0 +1,113 @@
+"""``ebt-scale runs``: list runs as a table, CSV or JSON."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
+
+
+class RunsFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+TABLE_COLUMNS = ("run_id", "sweep", "family", "axis", "x", "seed", "status", "source", "final_val_loss",
+                 "attempts", "fit_eligible", "reason")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("runs")
+    @handle_errors
+    def runs(
+        sweep: Annotated[str | None, typer.Option("--sweep", help="Only runs of this sweep.")] = None,
+        axis: Annotated[str | None, typer.Option("--axis", help="Only runs on this axis.")] = None,
+        status: Annotated[str | None, typer.Option("--status", help="Only runs with this status.")] = None,
+        family: Annotated[str | None, typer.Option("--family", help="Only runs of this model family.")] = None,
+        fmt: Annotated[RunsFormat, typer.Option("--format", help="Output format.")] = RunsFormat.table,
+        db: DbOption = None,
+    ) -> None:
+        """List the runs in the results database."""
+        from ebt_scaling.db.store import Store
+
+        with Store(resolve_db(db)) as store:
+            records = store.list_runs(sweep=sweep, axis=axis, status=status, family=family)
+        from ebt_scaling.db.store import run_row
+
+        rows = [run_row(r) for r in records]
+        if fmt is RunsFormat.json:
+            import json
+
+            typer.echo(json.dumps([_jsonable(r) for r in rows], indent=1, allow_nan=False))
+        elif fmt is RunsFormat.csv:
+            import csv
+            import sys
+
+            cols = _all_columns(rows)
+            w = csv.DictWriter(sys.stdout, fieldnames=cols, lineterminator="\n")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: _cell(v) for k, v in r.items()})
+        else:
+            _print_table(rows)
+
+
+def _all_columns(rows: list[dict]) -> list[str]:
+    from ebt_scaling.db.store import BASE_COLUMNS
+
+    cols = list(BASE_COLUMNS)
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    return cols
+
+
+def _cell(v: object) -> object:
+    if v is None:
+        return ""
+    if hasattr(v, "isoformat"):
+        return v.isoformat()  # type: ignore[union-attr]
+    return v
+
+
+def _jsonable(row: dict) -> dict:
+    import math
+
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        elif hasattr(v, "isoformat"):
+            v = v.isoformat()
+        out[k] = v
+    return out
+
+
+def _print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if not rows:
+        typer.echo("no runs")
+        return
+    table = Table(show_lines=False)
+    for c in TABLE_COLUMNS:
+        table.add_column(c, justify="right" if c in ("run_id", "x", "seed", "final_val_loss", "attempts") else "left")
+    for r in rows:
+        cells = []
+        for c in TABLE_COLUMNS:
+            v = r.get(c)
+            if v is None:
+                cells.append("")
+            elif c == "final_val_loss":
+                cells.append(f"{v:.4f}")
+            elif c == "x":
+                cells.append(f"{v:g}")
+            else:
+                cells.append(str(v))
+        table.add_row(*cells)
+    Console(width=200).print(table)
+    typer.echo(f"{len(rows)} run(s)")
