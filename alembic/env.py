@@ -8,7 +8,6 @@ Plain ``alembic`` with a config naming ``sqlalchemy.url`` works too (online mode
 from __future__ import annotations
 
 from alembic import context
-
 from ebt_scaling.db.engine import make_engine
 from ebt_scaling.db.migrate import include_name
 from ebt_scaling.db.schema import VERSION_TABLE, Base

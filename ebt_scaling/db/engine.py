@@ -132,6 +132,50 @@ def init_lock(engine: Engine) -> Iterator[None]:
         yield
 
 
+class WriterLock:
+    """A host-wide queue for SQLite writers: an exclusive ``flock`` on a file in the temp directory, taken
+    around each write transaction. The kernel wakes the next writer the moment the lock is released,
+    whereas SQLite's own busy handler sleeps up to 100 ms between retries (measured: 6 processes writing
+    small batches ran several times slower without it). SQLite's busy_timeout stays as the safety net for
+    writers that do not use this lock (other tools, other hosts: which SQLite does not support anyway).
+    A no-op where ``fcntl`` is missing (Windows) and for in-memory databases."""
+
+    def __init__(self, engine: Engine) -> None:
+        import threading
+
+        path = sqlite_path(engine.url)
+        self._file = None
+        self._thread_lock = threading.Lock()
+        self._path = None
+        if path is not None:
+            key = hashlib.sha256(str(path).encode()).hexdigest()[:20]
+            self._path = os.path.join(tempfile.gettempdir(), f"ebt-scale-{key}.writer.lock")
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        if self._path is None:
+            yield
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        with self._thread_lock:
+            if self._file is None:
+                self._file = open(self._path, "a+")  # noqa: SIM115 - kept open for the Store's lifetime
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 ADVISORY_LOCK_KEY = 0x656274_7363616C  # "ebt" "scal"
 
 

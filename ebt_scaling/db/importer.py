@@ -65,7 +65,7 @@ def read_import_csv(path: str | Path) -> list[ImportRow]:
         if len(values) != len(cols):
             raise ImportValidationError(f"{where}: {len(values)} fields but the header has {len(cols)}; "
                                         "fix the row's commas")
-        d = {c: v.strip() for c, v in zip(cols, values)}
+        d = {c: v.strip() for c, v in zip(cols, values, strict=True)}
         fam = d["family"]
         if fam not in FAMILIES:
             raise ImportValidationError(f"{where}: unknown family {fam!r}; use one of {', '.join(FAMILIES)}")

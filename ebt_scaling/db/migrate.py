@@ -82,7 +82,7 @@ def ensure_schema(engine: Engine, url: str) -> None:
             with conn.begin():
                 advisory_lock(conn)
                 rev, tables = _read_revision(conn)
-                ours = {t for t in tables if t.startswith(schema.TABLE_PREFIX)}
+                ours = {t for t in tables if t.startswith(schema.TABLE_PREFIX) and t != schema.VERSION_TABLE}
                 if rev is None and not ours:
                     schema.Base.metadata.create_all(conn)
                     version_table.create(conn, checkfirst=True)

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from ebt_scaling.db import schema
-from ebt_scaling.db.engine import SQLITE_BEGIN, make_engine, translate, with_retries
+from ebt_scaling.db.engine import SQLITE_BEGIN, WriterLock, make_engine, translate, with_retries
 from ebt_scaling.db.migrate import ensure_schema
 from ebt_scaling.errors import DuplicateError, NotFound, StoreError
 from ebt_scaling.records import (
@@ -155,6 +155,7 @@ class Store:
         self.url = mask_url(url)
         self._engine = make_engine(url)
         self.dialect = self._engine.dialect.name
+        self._writer_lock = WriterLock(self._engine)
         try:
             ensure_schema(self._engine, url)
         except BaseException:
@@ -165,6 +166,7 @@ class Store:
 
     def close(self) -> None:
         self._engine.dispose()
+        self._writer_lock.close()
 
     def __enter__(self) -> Store:
         return self
@@ -177,9 +179,13 @@ class Store:
 
     @contextmanager
     def _tx(self, write: bool) -> Iterator[Connection]:
-        with self._engine.connect() as c0:
-            conn = c0.execution_options(**{SQLITE_BEGIN: "IMMEDIATE" if write else "DEFERRED"})
-            with conn.begin():
+        if write:
+            with self._writer_lock.hold(), self._engine.connect() as c0:
+                conn = c0.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+                with conn.begin():
+                    yield conn
+        else:
+            with self._engine.connect() as conn, conn.begin():
                 yield conn
 
     def _unit(self, fn: Callable[[Connection], T], *, write: bool = True, what: str = "") -> T:
