@@ -229,5 +229,8 @@ def translate(exc: SQLAlchemyError, url: str, what: str = "") -> Exception:
             return DuplicateError(f"duplicate entry{where}: {msg}")
         return StoreError(f"constraint violated{where}: {msg}")
     if isinstance(exc, OperationalError):
-        return StoreError(f"database {mask_url(url)} failed{where}: {msg}")
+        hint = ""
+        if "connection" in msg.lower() or "authentication" in msg.lower() or "unable to open" in msg.lower():
+            hint = "; check the server, port, user and password in --db or EBT_SCALE_DB"
+        return StoreError(f"database {mask_url(url)} failed{where}: {msg}{hint}")
     return StoreError(f"database error on {mask_url(url)}{where}: {msg}")
