@@ -30,7 +30,7 @@ from torch import nn
 
 from ebt_scaling.config import ModelConfig
 from ebt_scaling.errors import ConfigError, TrainingDiverged
-from ebt_scaling.models.layers import Block, RMSNorm, Rotary, causal_mask, init_linear_xavier
+from ebt_scaling.models.layers import Block, RMSNorm, Rotary, causal_mask, init_linear_xavier, upcast
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -105,7 +105,7 @@ class EBT(nn.Module):
         _, mask_p = self._masks(t, p.device)
         for layer, (k, v) in zip(self.layers, kvs, strict=True):
             h = layer.predicted(h, rope, k, v, mask_p)
-        return self.energy_head(self.norm(h)).squeeze(-1).float()  # (B, T)
+        return upcast(self.energy_head(self.norm(h)).squeeze(-1))  # (B, T)
 
     def energies(self, idx: torch.Tensor, p: torch.Tensor, landscape: int = 0) -> torch.Tensor:
         """E(x, p) for every position: (B, T)."""
@@ -140,7 +140,9 @@ class EBT(nn.Module):
         return list(range(m - 1)) + [m - 1] * r
 
     def _noise(self, shape, device, generator: torch.Generator | None) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+        # Candidates live in fp32 (fp64 when the whole model was cast to double, e.g. for gradcheck).
+        dtype = torch.float64 if self.vocab_to_embed.weight.dtype == torch.float64 else torch.float32
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
     def descend(self, idx: torch.Tensor, z: torch.Tensor, landscapes: list[int], *, alpha: torch.Tensor,
                 sigma: float, need_graph: bool, generator: torch.Generator | None = None
@@ -164,7 +166,7 @@ class EBT(nn.Module):
                     z = z.detach().requires_grad_()
                 if sigma > 0:  # Langevin noise in logit space, before the softmax
                     z = z + sigma * self._noise(z.shape, z.device, generator)
-                p = z.float().softmax(dim=-1)  # (B, T, V)
+                p = upcast(z).softmax(dim=-1)  # (B, T, V)
                 wrt = p if cfg.descent_wrt == "probs" else z
                 if graph:
                     kvs = self.observed_stream(idx, landscape)
@@ -228,7 +230,7 @@ class EBT(nn.Module):
                               need_graph=need_graph)
 
         def ce(z: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(z.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+            return F.cross_entropy(upcast(z.flatten(0, 1)), targets.flatten(), ignore_index=-100)
 
         if cfg.truncate_steps:
             loss = ce(zs[-1])
@@ -250,7 +252,7 @@ class EBT(nn.Module):
 
     @torch.no_grad()
     def _score(self, idx: torch.Tensor, z: torch.Tensor, landscape: int) -> torch.Tensor:
-        return self.energies(idx, z.float().softmax(dim=-1), landscape)
+        return self.energies(idx, upcast(z).softmax(dim=-1), landscape)
 
     def think(self, idx: torch.Tensor, steps: int, samples: int = 1, step_size: float | None = None,
               langevin_noise_std: float | None = None, generator: torch.Generator | None = None

@@ -26,6 +26,11 @@ from ebt_scaling.errors import ConfigError
 ATTN_IMPLS = ("sdpa", "math")
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """At least fp32 (fp64 stays fp64, so float64 gradchecks are exact)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 class RMSNorm(nn.Module):
     """Pre-norm RMSNorm, computed in fp32 and cast back (Llama reference code)."""
 
@@ -35,7 +40,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = upcast(x)
         out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return out.type_as(x) * self.weight
 
@@ -81,7 +86,7 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     q: (B, H, Sq, Dh); k, v: (B, H, Sk, Dh); mask: additive (Sq, Sk) fp32.
     """
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, Sq, Sk)
-    att = (scores.float() + mask).softmax(dim=-1).to(q.dtype)
+    att = (upcast(scores) + mask).softmax(dim=-1).to(q.dtype)
     return att @ v
 
 
@@ -99,7 +104,7 @@ def prediction_attention(q_p: torch.Tensor, k_p: torch.Tensor, v_p: torch.Tensor
     scale = 1.0 / math.sqrt(q_p.shape[-1])
     cross = (q_p @ k_o.transpose(-2, -1)) * scale  # (B, H, T, So)
     self_s = (q_p * k_p).sum(-1, keepdim=True) * scale  # (B, H, T, 1)
-    att = torch.cat((cross.float() + mask, self_s.float()), dim=-1).softmax(dim=-1).to(q_p.dtype)
+    att = torch.cat((upcast(cross) + mask, upcast(self_s)), dim=-1).softmax(dim=-1).to(q_p.dtype)
     so = k_o.shape[-2]
     return att[..., :so] @ v_o + att[..., so:] * v_p  # (B, H, T, Dh)
 

@@ -1,0 +1,129 @@
+"""Cost of one optimizer training step: EBT vs Transformer++ at the same shape, side by side.
+
+One step = zero_grad + loss (forward; for the EBT the whole inner loop) + backward + AdamW step. The
+variants are timed interleaved (one repetition of each per round) and the median per variant is reported,
+so slow drift of the machine affects all alike. The T++ is timed on its fast path (SDPA) and on the
+explicit matmul/softmax path the EBT must use; both ratios are reported.
+
+    python benchmarks/step_cost.py                       # default shape, 2 CPU threads
+    python benchmarks/step_cost.py --device cuda --reps 20 --n-layer 6 --n-embd 384 --n-head 6
+
+Prints one JSON object (also written to --out if given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-layer", type=int, default=2)
+    ap.add_argument("--n-embd", type=int, default=128)
+    ap.add_argument("--n-head", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--recipe", default="ebt_s1", choices=["ebt_s1", "ebt_s2"])
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--reps", type=int, default=7, help="timed rounds (each times every variant once)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from ebt_scaling.config import RECIPE_OVERRIDES, ModelConfig
+    from ebt_scaling.models import build_model
+    from ebt_scaling.models.flops import flops_per_token
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    dev = torch.device(args.device)
+    shape = dict(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head, vocab_size=args.vocab,
+                 sequence_len=args.seq)
+    cfg_t = ModelConfig(family="transformer_pp", **shape)
+    cfg_e = ModelConfig(family="ebt", **shape, **RECIPE_OVERRIDES[args.recipe])
+
+    tpp = build_model(cfg_t).to(dev).train()
+    ebt = build_model(cfg_e).to(dev).train()
+
+    def optimizer(model):
+        lr = 1e-4  # small: we time the step, not learn; keeps the EBT's alpha-scaled logits tame
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"], "lr": lr * g["lr_mult"]}
+                  for g in model.optim_groups(0.01)]
+        return torch.optim.AdamW(groups, betas=(0.9, 0.999))
+
+    opt_t, opt_e = optimizer(tpp), optimizer(ebt)
+    idx = torch.randint(0, args.vocab, (args.batch, args.seq + 1), device=dev)
+    x, y = idx[:, :-1], idx[:, 1:]
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def step(model, opt, impl=None):
+        if impl is not None:
+            model.attn_impl = impl
+        opt.zero_grad(set_to_none=True)
+        loss, _ = model.loss(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    variants = {
+        "tpp_sdpa": lambda: step(tpp, opt_t, "sdpa"),
+        "tpp_math": lambda: step(tpp, opt_t, "math"),
+        "ebt": lambda: step(ebt, opt_e),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(args.warmup + args.reps):
+        for name, fn in variants.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            if r >= args.warmup:
+                times[name].append(time.perf_counter() - t0)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ex_t, ex_e = flops_per_token(cfg_t, "exact"), flops_per_token(cfg_e, "exact")
+    pa_t, pa_e = flops_per_token(cfg_t, "paper"), flops_per_token(cfg_e, "paper")
+    result = {
+        "benchmark": "step_cost",
+        "shape": {**shape, "batch": args.batch},
+        "recipe": args.recipe,
+        "device": args.device if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "reps": args.reps,
+        "median_s": med,
+        "all_s": times,
+        "time_ratio_ebt_vs_tpp_math": med["ebt"] / med["tpp_math"],
+        "time_ratio_ebt_vs_tpp_sdpa": med["ebt"] / med["tpp_sdpa"],
+        "exact_flops_per_token": {"tpp": ex_t, "ebt": ex_e},
+        "exact_flops_ratio": ex_e / ex_t,
+        "paper_flops_ratio": pa_e / pa_t,
+        "tokens_per_s": {k: args.batch * args.seq / v for k, v in med.items()},
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
