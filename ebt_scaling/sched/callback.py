@@ -49,6 +49,14 @@ class SweepCallback(Callback):
         self._last_flush = time.monotonic()
         self.errors: list[str] = []
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its RunConfig (callbacks included) into the experiment folder; the sink holds a
+        # database engine and is never restored from there (the database drives resumption).
+        d = self.__dict__.copy()
+        d["sink"] = None
+        d["progress"] = None
+        return d
+
     # ---- helpers ----
     def _rs(self, trial: Any) -> _RunState:
         return self.runs[trial.config["run"]["run_id"]]

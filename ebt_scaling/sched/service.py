@@ -25,7 +25,7 @@ from ebt_scaling.errors import DuplicateError
 from ebt_scaling.records import MetricPoint
 from ebt_scaling.sched.runner import RayOptions, RunnerOutcome, run_trials
 from ebt_scaling.sched.trainable import checkpoint_info
-from ebt_scaling.sweeps import SweepSpec, expand
+from ebt_scaling.sweeps import ExpandedRun, SweepSpec, expand
 
 SKIP_BY_DEFAULT = ("failed", "diverged")
 
@@ -121,10 +121,11 @@ def _checkpoint_usable(path: str | None) -> tuple[str | None, int | None]:
 
 
 def run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, *, retry_failed: bool = False,
-              echo: Any = None) -> SweepOutcome:
-    """Plan ``spec`` in ``store`` and run what is not done yet. ``echo(str)`` prints status lines."""
+              echo: Any = None, runs: list[ExpandedRun] | None = None) -> SweepOutcome:
+    """Plan ``spec`` in ``store`` and run what is not done yet. ``echo(str)`` prints status lines.
+    ``runs``: the planned runs (default: ``expand(spec)``), e.g. runs of several specs under one sweep."""
     say = echo or (lambda s: None)
-    runs = expand(spec)
+    runs = expand(spec) if runs is None else runs
     try:
         store.create_sweep(spec.name, spec.axis, spec.to_dict(), code_version())
     except DuplicateError:
