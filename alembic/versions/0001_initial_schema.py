@@ -59,8 +59,8 @@ def upgrade() -> None:
     sa.Column('started_at', sa.DateTime(), nullable=True),
     sa.Column('finished_at', sa.DateTime(), nullable=True),
     sa.Column('heartbeat_at', sa.DateTime(), nullable=True),
-    sa.CheckConstraint("source IN ('trained', 'imported')", name=op.f('ck_ebt_runs_source')),
-    sa.CheckConstraint("status IN ('planned', 'running', 'completed', 'failed', 'diverged', 'cancelled')", name=op.f('ck_ebt_runs_status')),
+    sa.CheckConstraint("source = 'trained' OR source = 'imported'", name=op.f('ck_ebt_runs_source')),
+    sa.CheckConstraint("status = 'planned' OR status = 'running' OR status = 'completed' OR status = 'failed' OR status = 'diverged' OR status = 'cancelled'", name=op.f('ck_ebt_runs_status')),
     sa.CheckConstraint('attempts >= 0', name=op.f('ck_ebt_runs_attempts')),
     sa.ForeignKeyConstraint(['sweep_id'], ['ebt_sweeps.id'], name=op.f('fk_ebt_runs_sweep_id_ebt_sweeps'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_ebt_runs')),
@@ -78,9 +78,10 @@ def upgrade() -> None:
     sa.Column('value', sa.Double(), nullable=True),
     sa.Column('kind', sa.String(length=8), nullable=False),
     sa.CheckConstraint("(kind = 'finite') = (value IS NOT NULL)", name=op.f('ck_ebt_metrics_value_kind')),
-    sa.CheckConstraint("kind IN ('finite', 'nan', 'inf', '-inf')", name=op.f('ck_ebt_metrics_kind')),
+    sa.CheckConstraint("kind = 'finite' OR kind = 'nan' OR kind = 'inf' OR kind = '-inf'", name=op.f('ck_ebt_metrics_kind')),
     sa.ForeignKeyConstraint(['run_id'], ['ebt_runs.id'], name=op.f('fk_ebt_metrics_run_id_ebt_runs'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('run_id', 'name', 'step', name=op.f('pk_ebt_metrics'))
+    sa.PrimaryKeyConstraint('run_id', 'name', 'step', name=op.f('pk_ebt_metrics')),
+    sqlite_with_rowid=False,  # reviewed: not rendered by autogenerate; must match the model
     )
     op.create_table('ebt_run_flops',
     sa.Column('run_id', sa.Integer(), nullable=False),
@@ -102,7 +103,7 @@ def upgrade() -> None:
     sa.Column('value', sa.Double(), nullable=True),
     sa.Column('kind', sa.String(length=8), nullable=False),
     sa.CheckConstraint("(kind = 'finite') = (value IS NOT NULL)", name=op.f('ck_ebt_run_summary_value_kind')),
-    sa.CheckConstraint("kind IN ('finite', 'nan', 'inf', '-inf')", name=op.f('ck_ebt_run_summary_kind')),
+    sa.CheckConstraint("kind = 'finite' OR kind = 'nan' OR kind = 'inf' OR kind = '-inf'", name=op.f('ck_ebt_run_summary_kind')),
     sa.ForeignKeyConstraint(['run_id'], ['ebt_runs.id'], name=op.f('fk_ebt_run_summary_run_id_ebt_runs'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('run_id', 'name', name=op.f('pk_ebt_run_summary'))
     )

@@ -64,7 +64,9 @@ RUN_SOURCES = ("trained", "imported")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+    # An OR chain, not "IN (...)": SQLite evaluates a constant IN list in a CHECK through an ephemeral
+    # table per row, which halved metric ingest speed (measured: ~150k vs ~250k rows/s).
+    return " OR ".join(f"{column} = '{v}'" for v in values)
 
 
 class Base(DeclarativeBase):
@@ -162,6 +164,9 @@ class Metric(Base):
     __table_args__ = (
         CheckConstraint(_in("kind", VALUE_KINDS), name="kind"),
         CheckConstraint("(kind = 'finite') = (value IS NOT NULL)", name="value_kind"),
+        # SQLite: the primary key is the table (one B-tree instead of rowid table + PK index): ~1.5x faster
+        # batched inserts (measured in benchmarks/db_ingest.py).
+        {"sqlite_with_rowid": False},
     )
 
     run_id: Mapped[int] = mapped_column(ForeignKey("ebt_runs.id", ondelete="CASCADE"), primary_key=True)

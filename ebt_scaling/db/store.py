@@ -487,24 +487,40 @@ class Store:
         return self.log_metrics_many({run_id: points})
 
     def log_metrics_many(self, points_by_run: Mapping[int, Sequence[MetricPoint]]) -> int:
-        """Store the points of several runs in one transaction (one round trip per ~1,000 rows); returns the
-        number of distinct points written."""
-        rows: dict[tuple[int, str, int], dict[str, Any]] = {}
+        """Store the points of several runs in one transaction; returns the number of points given.
+
+        Fast path, no per-row ORM or Core processing: on SQLite one ``executemany`` of plain tuples, on
+        PostgreSQL one ``INSERT ... SELECT FROM unnest(arrays)``. Both upsert on (run_id, name, step): a point
+        given twice ends with the later value, and re-sending a batch is idempotent."""
+        rows: list[tuple[int, str, int, float | None, str]] = []
+        append = rows.append
         for run_id, points in points_by_run.items():
+            rid = int(run_id)
             for p in points:
-                val, kind = encode_value(p.value)
-                rows[(run_id, p.name, int(p.step))] = {"run_id": run_id, "name": p.name, "step": int(p.step),
-                                                       "value": val, "kind": kind}
+                v = float(p.value)
+                if v - v == 0.0:  # finite (nan - nan and inf - inf are nan)
+                    append((rid, p.name, int(p.step), v, "finite"))
+                else:
+                    append((rid, p.name, int(p.step), None, value_kind(v)))
         if not rows:
             return 0
-        ins = self._insert(METRICS)
-        stmt = ins.on_conflict_do_update(index_elements=["run_id", "name", "step"],
-                                         set_={"value": ins.excluded.value, "kind": ins.excluded.kind})
-        batch = list(rows.values())
+        upsert = "ON CONFLICT (run_id, name, step) DO UPDATE SET value = excluded.value, kind = excluded.kind"
+        if self.dialect == "postgresql":
+            # One statement per batch: five arrays unnested server-side (a row-per-statement executemany
+            # is ~10x slower). One statement may not update a row twice: keep the last point per key.
+            last = {(r[0], r[1], r[2]): r for r in rows}
+            cols = list(zip(*last.values(), strict=True))
+            sql = (f"INSERT INTO {METRICS.name} (run_id, name, step, value, kind) SELECT * FROM "
+                   "unnest(%s::integer[], %s::varchar[], %s::bigint[], %s::double precision[], %s::varchar[]) "
+                   + upsert)
+            params: Any = tuple(list(c) for c in cols)
+        else:
+            sql = f"INSERT INTO {METRICS.name} (run_id, name, step, value, kind) VALUES (?, ?, ?, ?, ?) " + upsert
+            params = rows
 
         def unit(conn: Connection) -> int:
-            conn.execute(stmt, batch)
-            return len(batch)
+            conn.exec_driver_sql(sql, params)
+            return len(rows)
 
         return self._unit(unit, what=f"logging metrics of run(s) {sorted(points_by_run)[:5]}")
 
