@@ -19,7 +19,7 @@ from ebt_scaling.sweeps.spec import SweepSpec
 # GPU: an A100 running the paper's fp32/TF32 recipe at ~40% of its 156 TFLOP/s TF32 peak.
 DEFAULT_GPU_FLOPS_PER_S = 6.0e13
 # CPU: one core of our 2-core build machines on the tiny presets (measured, see docs/sweeps.md).
-DEFAULT_CPU_FLOPS_PER_S = 2.0e9
+DEFAULT_CPU_FLOPS_PER_S = 1.0e10
 
 
 @dataclass(frozen=True)
