@@ -1,7 +1,32 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: a tiny CPU run on an offline English corpus.
+# The main job on the embedded default (a local Ray instance, SQLite, the offline Shakespeare corpus, CPU):
+# the tiny depth sweep for EBT and Transformer++, then the scaling fit and the PDF report.
+# Rerunning it continues where it stopped (completed runs are never trained twice).
+# QUICKSTART_DIR (default: ./quickstart) holds the database, the Ray checkpoints and the report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+t0=$(date +%s)
 scripts/setup.sh
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
-.venv/bin/ebt-scale version
+dir=${QUICKSTART_DIR:-quickstart}
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+db="sqlite:///$dir/ebt_scale.db"
+cli=.venv/bin/ebt-scale
+status=0
+$cli sweep --axis depth --preset tiny --families ebt,transformer_pp --db "$db" || status=$?
+report=""
+if [ "$status" -ne 130 ]; then
+  if $cli fit --help >/dev/null 2>&1; then
+    $cli fit --sweep depth-tiny --db "$db" || status=$?
+  fi
+  if $cli report --help >/dev/null 2>&1; then
+    $cli report --sweep depth-tiny --db "$db" --out "$dir/report.pdf" && report="$dir/report.pdf" || status=$?
+  fi
+fi
+echo
+echo "quickstart finished in $(( $(date +%s) - t0 )) s (exit status $status)"
+echo "database: $dir/ebt_scale.db   (ebt-scale runs --db $db)"
+echo "checkpoints: $dir/ebt_scale.runs"
+if [ -n "$report" ]; then echo "report: $report"; else echo "report: not written (ebt-scale report is not available or failed)"; fi
+exit "$status"

@@ -95,7 +95,8 @@ def sweep(
         ncpu, ngpu = local_resources()
         resources = Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc,
                               total_gpus=float(total_gpus if total_gpus is not None else ngpu),
-                              total_cpus=float(total_cpus if total_cpus is not None else ncpu))
+                              total_cpus=float(total_cpus if total_cpus is not None
+                                               else ("inf" if total_gpus is not None else ncpu)))
         plan = plan_cost(sw, runs, resources, flops_per_s=throughput)
         if as_json:
             typer.echo(json.dumps(plan.to_dict(), indent=1))

@@ -49,9 +49,9 @@ class Resources:
         caps = []
         if self.gpus_per_trial > 0:
             caps.append(math.floor(self.total_gpus / self.gpus_per_trial + 1e-9))
-        if self.cpus_per_trial > 0:
+        if self.cpus_per_trial > 0 and not math.isinf(self.total_cpus):
             caps.append(math.floor(self.total_cpus / self.cpus_per_trial + 1e-9))
-        n = min(caps)
+        n = min(caps) if caps else (self.max_concurrent or 1)
         if self.max_concurrent is not None:
             n = min(n, self.max_concurrent)
         return n
@@ -127,7 +127,8 @@ class CostPlan:
             "resources": {
                 "gpus_per_trial": self.resources.gpus_per_trial, "cpus_per_trial": self.resources.cpus_per_trial,
                 "max_concurrent": self.resources.max_concurrent, "total_gpus": self.resources.total_gpus,
-                "total_cpus": self.resources.total_cpus, "slots": self.slots,
+                "total_cpus": None if math.isinf(self.resources.total_cpus) else self.resources.total_cpus,
+                "slots": self.slots,
             },
             "runs": rows,
             "total": {
@@ -219,7 +220,8 @@ def format_plan(plan: CostPlan) -> str:
         "",
         f"total: {t['runs']} runs, {t['tokens']:.3g} tokens, FLOPs paper {t['flops']['paper']:.3e}, "
         f"exact {t['flops']['exact']:.3e}; estimated {t['device_hours']:.3g} {plan.device.upper()}-hours",
-        f"resources: {per} per trial on {res['total_gpus']:g} GPU / {res['total_cpus']:g} CPU "
+        f"resources: {per} per trial on {res['total_gpus']:g} GPU / "
+        f"{'unlimited' if res['total_cpus'] is None else format(res['total_cpus'], 'g')} CPU "
         f"-> {res['slots']} trial(s) at once; estimated makespan {_h(t['makespan_s'])}",
     ]
     return "\n".join(lines)
