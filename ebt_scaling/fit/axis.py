@@ -1,0 +1,365 @@
+"""Fit one axis: M1 per family, M2 per family, EBT-vs-T++ comparison, crossover; then Holm across axes.
+
+Every number comes with the bootstrap that produced its interval; awkward data produce messages instead
+of exceptions, and whatever can be fitted still is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ebt_scaling.fit import ols, saturating
+from ebt_scaling.fit.design import (
+    EBT,
+    RESIDUAL,
+    TPP,
+    AxisData,
+    bootstrap_kind,
+    percentile_ci,
+    residual_resample,
+    stratified_resample,
+)
+
+FIT_CODE_VERSION = 1  # bump when a change alters fitted numbers, so stored fits are not reused
+LN10 = math.log(10.0)
+PAPER_V1 = {"data": 0.3598, "batch": 0.2846, "depth": 0.0529, "params": 0.0291, "flops": 0.0292, "width": 0.0002}
+PAPER_ICLR = {"params": 0.0897, "flops": 0.0897}
+MIN_LEVELS_M1 = 3
+MIN_LEVELS_M2 = 4
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    resamples: int = 2000
+    seed: int = 0
+    level: float = 0.95
+    delta: float = 1e-3
+    e_mode: str = "auto"  # auto | shared | free
+    permutations: int = 2000
+
+    def __post_init__(self) -> None:
+        from ebt_scaling.errors import ConfigError
+
+        if self.resamples < 100:
+            raise ConfigError(f"--resamples {self.resamples}: too few for a percentile interval; use >= 100")
+        if not 0.5 < self.level < 1.0:
+            raise ConfigError(f"level {self.level}: must be in (0.5, 1)")
+        if self.e_mode not in ("auto", "shared", "free"):
+            raise ConfigError(f"e_mode {self.e_mode!r}: use auto, shared or free")
+        if self.permutations < 99:
+            raise ConfigError(f"permutations {self.permutations}: use >= 99")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "fit_code_version": FIT_CODE_VERSION}
+
+
+@dataclass
+class AxisFit:
+    """Everything fitted on one axis, JSON-ready (``to_dict``) and rebuilt from a stored dict."""
+
+    sweep: str
+    axis: str
+    families: dict[str, dict[str, Any]]
+    comparison: dict[str, Any] | None
+    crossover: dict[str, Any] | None
+    n_runs: int
+    excluded: dict[str, int]
+    messages: list[str]
+    settings: dict[str, Any]
+    fingerprint: str
+    run_ids: list[int]
+    plot: dict[str, Any] = field(default_factory=dict)
+    reused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AxisFit:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def fingerprint(data: AxisData, settings: FitSettings) -> str:
+    """sha256 of the exact points (run id, family, x, seed, loss) and the method settings."""
+    rows = sorted((int(r), f.family, repr(float(x)), int(s), repr(float(y)))
+                  for f in data.families.values() for r, x, s, y in zip(f.run_id, f.x, f.seed, f.y, strict=True))
+    blob = json.dumps({"sweep": data.sweep, "axis": data.axis, "rows": rows, "settings": settings.as_dict()},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _f(v: Any) -> float | None:
+    """Finite float or None (JSON has no NaN)."""
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _ci(lo: Any, hi: Any) -> list[float | None]:
+    return [_f(lo), _f(hi)]
+
+
+def _x_scale(data: AxisData) -> float:
+    allx = np.concatenate([f.x for f in data.families.values()])
+    return float(10.0 ** round(float(np.mean(np.log10(allx)))))
+
+
+def fit_axis(data: AxisData, settings: FitSettings | None = None) -> AxisFit:
+    s = settings or FitSettings()
+    fp = fingerprint(data, s)
+    messages = list(data.messages)
+    fams: dict[str, dict[str, Any]] = {}
+    plot: dict[str, Any] = {}
+    if not data.families:
+        messages.append("no fit-eligible runs on this axis" + (f" ({data.n_excluded} excluded)" if data.n_excluded
+                                                               else ""))
+        return AxisFit(data.sweep, data.axis, {}, None, None, 0, dict(data.excluded), messages, s.as_dict(), fp, [])
+    rng = np.random.default_rng([s.seed, zlib.crc32(f"{data.sweep}/{data.axis}".encode())])
+    B = s.resamples
+    x_scale = _x_scale(data)
+    boot: dict[str, dict[str, np.ndarray]] = {}
+    lines: dict[str, ols.Line] = {}
+    ystar: dict[str, np.ndarray | None] = {}
+    for name in (TPP, EBT):
+        if name not in data.families:
+            continue
+        fd = data.families[name]
+        u = np.log(fd.x)
+        kind = bootstrap_kind(fd)
+        entry: dict[str, Any] = {
+            "n_runs": fd.n, "n_levels": fd.n_levels, "x_range": [_f(fd.x.min()), _f(fd.x.max())],
+            "seeds_per_level": [int(min(c.size for c in fd.cells())), int(max(c.size for c in fd.cells()))],
+            "bootstrap": kind, "slope": None, "slope_ci": [None, None], "law": None, "message": None,
+            "law_message": None,
+        }
+        fams[name] = entry
+        plot[name] = {"x": fd.x.tolist(), "y": fd.y.tolist(), "seed": fd.seed.tolist(),
+                      "run_id": fd.run_id.tolist()}
+        ystar[name] = stratified_resample(fd, fd.y, B, rng) if kind != RESIDUAL else None
+        if fd.n_levels < MIN_LEVELS_M1:
+            entry["message"] = (f"{name}: {fd.n_levels} distinct x value(s); a slope needs at least {MIN_LEVELS_M1}"
+                                " - add levels")
+            messages.append(entry["message"])
+            continue
+        line = ols.fit_line(u, fd.y)
+        lines[name] = line
+        Y1 = ystar[name] if ystar[name] is not None else residual_resample(
+            line.fitted, line.resid, line.leverage, 2, B, rng)
+        bs, bc = ols.bootstrap_lines(u, Y1)
+        boot[name] = {"slope": bs, "intercept": bc}
+        lo, hi = percentile_ci(bs, s.level)
+        entry.update({
+            "slope": _f(line.slope), "slope_ci": _ci(lo, hi), "slope_se": _f(line.slope_se),
+            "intercept_log10_ppl": _f(line.intercept / LN10), "r2": _f(line.r2),
+            "lack_of_fit_p": _f(line.lack_of_fit_p),
+            "loss_change_per_decade_nats": _f(line.slope * LN10),
+        })
+        ug = np.linspace(u.min(), u.max(), 60)
+        band = (bc[:, None] + bs[:, None] * ug[None, :]) / LN10
+        blo, bhi = percentile_ci(band, s.level)
+        plot[name]["m1"] = {"x": np.exp(ug).tolist(), "fit": ((line.intercept + line.slope * ug) / LN10).tolist(),
+                            "lo": blo.tolist(), "hi": bhi.tolist()}
+        plot[name]["resid_m1"] = line.resid.tolist()
+
+    alpha_boot: dict[str, np.ndarray] = {}
+    _fit_laws(data, s, fams, plot, ystar, x_scale, rng, messages, alpha_boot)
+
+    comparison = None
+    crossover = None
+    if EBT in lines and TPP in lines:
+        comparison = _compare(data, s, lines, boot, fams, alpha_boot, rng)
+        crossover = _crossover(data, s, lines, boot)
+        if comparison.get("warning"):
+            messages.append(comparison["warning"])
+    elif len(data.families) == 1:
+        only = next(iter(data.families))
+        messages.append(f"only one family ({only}) has fit-eligible runs; no EBT vs Transformer++ comparison")
+    else:
+        messages.append("no comparison: a slope is missing for one family")
+    return AxisFit(data.sweep, data.axis, fams, comparison, crossover, data.n_runs, dict(data.excluded), messages,
+                   s.as_dict(), fp, list(data.run_ids()), plot)
+
+
+def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, dict[str, Any]], plot: dict[str, Any],
+              ystar: dict[str, np.ndarray | None], x_scale: float, rng: np.random.Generator,
+              messages: list[str], alpha_boot: dict[str, np.ndarray]) -> None:
+    ok = []
+    for name in (TPP, EBT):
+        if name in data.families:
+            fd = data.families[name]
+            if fd.n_levels < MIN_LEVELS_M2:
+                msg = (f"{name}: saturating law needs at least {MIN_LEVELS_M2} distinct x values "
+                       f"(have {fd.n_levels})")
+                fams[name]["law_message"] = msg
+                messages.append(msg)
+            else:
+                ok.append(name)
+    if not ok:
+        return
+    mode = saturating.choose_e_mode([data.families[n].levels for n in ok], s.e_mode)
+    groups = [ok] if (mode == "shared" and len(ok) == 2) else [[n] for n in ok]
+    for grp in groups:
+        fds = [data.families[n] for n in grp]
+        us = [np.log(fd.x / x_scale) for fd in fds]
+        ys = [fd.y for fd in fds]
+        sat = saturating.fit_saturating(us, ys, x_scale, s.delta)
+        lay = saturating.make_layout(us)
+        m_log = saturating.model_log(sat.theta[None, :], lay)[0]
+        splits = np.cumsum([fd.n for fd in fds])[:-1]
+        m_parts = np.split(m_log, splits)
+        Ys = []
+        for fd, mp in zip(fds, m_parts, strict=True):
+            Y = ystar[fd.family]
+            if Y is None:  # one seed per level: residual bootstrap on the log residuals of this fit
+                r = np.log(fd.y) - mp
+                n_par = 3 if len(grp) == 1 else 2.5
+                Y = np.exp(residual_resample(mp, r, None, n_par, s.resamples, rng))
+            Ys.append(Y)
+        th, _ = saturating.bootstrap_saturating(us, Ys, sat.theta, s.delta)
+        K = len(grp)
+        Eb = np.exp(th[:, 0])
+        for k, (name, fd, mp) in enumerate(zip(grp, fds, m_parts, strict=True)):
+            al_b = th[:, 1 + K + k]
+            Ab = np.exp(th[:, 1 + k] + al_b * math.log(x_scale))
+            yhat = np.exp(mp)
+            tss = float(((fd.y - fd.y.mean()) ** 2).sum())
+            r2 = 1.0 - float(((fd.y - yhat) ** 2).sum()) / tss if tss > 0 else float("nan")
+            with np.errstate(invalid="ignore"):
+                corr = float(np.corrcoef(Eb, al_b)[0, 1]) if np.std(Eb) > 0 and np.std(al_b) > 0 else float("nan")
+            law = {
+                "E": _f(sat.E), "A": _f(sat.A(k)), "alpha": _f(sat.alpha(k)),
+                "E_ci": _ci(*percentile_ci(Eb, s.level)), "A_ci": _ci(*percentile_ci(Ab, s.level)),
+                "alpha_ci": _ci(*percentile_ci(al_b, s.level)),
+                "A_scaled": _f(sat.A_scaled(k)), "x_scale": x_scale, "e_mode": mode if len(ok) == 2 else "single",
+                "shared_with": [n for n in grp if n != name], "objective": _f(sat.objective),
+                "n_starts": sat.n_starts, "n_starts_at_best": sat.n_at_best, "r2": _f(r2),
+                "E_alpha_corr": _f(corr),
+                "alpha_at_bound_frac": _f(np.mean((al_b < 0.01) | (al_b > 1.99))),
+                "bootstrap": fams[name]["bootstrap"] if ystar[name] is not None
+                else "residual bootstrap (log residuals)",
+            }
+            fams[name]["law"] = law
+            alpha_boot[name] = al_b
+            xg = np.exp(np.linspace(np.log(fd.x.min()), np.log(fd.x.max()), 60))
+            curves = Eb[:, None] + Ab[:, None] * xg[None, :] ** (-al_b[:, None])
+            lo, hi = percentile_ci(np.log10(np.exp(curves)), s.level)
+            fit_curve = sat.E + sat.A(k) * xg ** (-sat.alpha(k))
+            plot[name]["m2"] = {"x": xg.tolist(), "fit": (fit_curve / LN10).tolist(), "lo": lo.tolist(),
+                                "hi": hi.tolist()}
+            plot[name]["resid_m2"] = (np.log(fd.y) - mp).tolist()
+
+
+def _compare(data: AxisData, s: FitSettings, lines: dict[str, ols.Line], boot: dict[str, dict[str, np.ndarray]],
+             fams: dict[str, dict[str, Any]], alpha_boot: dict[str, np.ndarray],
+             rng: np.random.Generator) -> dict[str, Any]:
+    le, lt = lines[EBT], lines[TPP]
+    gain = float(ols.rate_gain(le.slope, lt.slope))
+    gb = ols.rate_gain(boot[EBT]["slope"], boot[TPP]["slope"])
+    glo, ghi = percentile_ci(gb, s.level)
+    fe, ft = data.families[EBT], data.families[TPP]
+    test = ols.slope_test(np.log(fe.x), fe.y, np.log(ft.x), ft.y, s.permutations, rng)
+    out: dict[str, Any] = {
+        "rate_gain": _f(gain), "rate_gain_ci": _ci(glo, ghi), "p_value": _f(test.p_value),
+        "p_value_method": f"interaction t-test (y ~ ln x * family), {test.variance}",
+        "p_value_permutation": _f(test.p_value_permutation),
+        "n_permutations": test.n_permutations, "slope_diff": _f(test.diff), "t": _f(test.t), "df": test.df,
+        "paper_v1": PAPER_V1.get(data.axis), "paper_iclr": PAPER_ICLR.get(data.axis),
+        "alpha_gain": None, "alpha_gain_ci": [None, None], "warning": None,
+    }
+    le_law, lt_law = fams[EBT].get("law"), fams[TPP].get("law")
+    ae, at = alpha_boot.get(EBT), alpha_boot.get(TPP)
+    if le_law and lt_law and ae is not None and at is not None:
+        ag = le_law["alpha"] / lt_law["alpha"] - 1.0 if lt_law["alpha"] else float("nan")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            agb = ae / at - 1.0
+        out["alpha_gain"] = _f(ag)
+        out["alpha_gain_ci"] = _ci(*percentile_ci(agb, s.level))
+        if math.isfinite(ag) and math.isfinite(gain) and (np.sign(ag) != np.sign(gain)):
+            out["warning"] = (f"M1 rate gain ({gain:+.1%}) and M2 exponent gain ({ag:+.1%}) disagree in sign: "
+                              "the M1 gap reflects reducible loss, not the exponent")
+        elif math.isfinite(ag) and math.isfinite(gain) and abs(ag - gain) > 0.5 * max(abs(ag), abs(gain), 0.02):
+            out["warning"] = (f"M1 rate gain ({gain:+.1%}) and M2 exponent gain ({ag:+.1%}) differ in size: "
+                              "M1 mixes the exponent with the remaining reducible loss")
+    return out
+
+
+def _crossover(data: AxisData, s: FitSettings, lines: dict[str, ols.Line],
+               boot: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    le, lt = lines[EBT], lines[TPP]
+    u_star = float(ols.crossover_u(le.slope, le.intercept, lt.slope, lt.intercept))
+    ub = ols.crossover_u(boot[EBT]["slope"], boot[EBT]["intercept"], boot[TPP]["slope"], boot[TPP]["intercept"])
+    lo_x = min(float(f.x.min()) for f in data.families.values())
+    hi_x = max(float(f.x.max()) for f in data.families.values())
+    steeper = np.sign(lt.slope - le.slope)  # > 0: EBT falls faster, so EBT is better above the crossover
+    same_dir = np.sign(boot[TPP]["slope"] - boot[EBT]["slope"]) == steeper
+    frac = float(np.mean(same_dir))
+    out: dict[str, Any] = {
+        "x": None, "x_ci": [None, None], "log10_x": None, "in_range": False, "range": [lo_x, hi_x],
+        "ebt_better_above": bool(steeper > 0) if steeper != 0 else None,
+        "fraction_resamples_same_direction": frac,
+    }
+    if not math.isfinite(u_star) or steeper == 0:
+        out["message"] = "no crossover: the fitted lines are parallel"
+        return out
+    out["log10_x"] = u_star / LN10
+    out["x"] = _f(math.exp(u_star)) if u_star < 700 else None
+    lo_x_ln, hi_x_ln = math.log(lo_x), math.log(hi_x)
+    out["in_range"] = bool(lo_x_ln <= u_star <= hi_x_ln)
+    q = (1 - s.level) / 2
+    if frac >= 1 - q:
+        ulo, uhi = percentile_ci(ub[same_dir], s.level)
+        out["log10_x_ci"] = [_f(ulo / LN10), _f(uhi / LN10)]
+        out["x_ci"] = [_f(math.exp(ulo)) if ulo < 700 else None, _f(math.exp(uhi)) if uhi < 700 else None]
+        ci_note = f"95% interval 10^{ulo / LN10:.2f} to 10^{uhi / LN10:.2f}"
+    else:
+        out["log10_x_ci"] = [None, None]
+        ci_note = ("interval unbounded: in "
+                   f"{1 - frac:.0%} of resamples the slope order flips, so the lines may never cross")
+    better = "EBT" if steeper > 0 else "Transformer++"
+    where = "inside the fitted range" if out["in_range"] else (
+        f"{(u_star - hi_x_ln) / LN10:.1f} decades above the largest x" if u_star > hi_x_ln
+        else f"{(lo_x_ln - u_star) / LN10:.1f} decades below the smallest x")
+    prefix = "" if out["in_range"] else "no crossover in range; "
+    out["message"] = f"{prefix}lines cross at x = 10^{u_star / LN10:.2f} ({where}; {better} lower above it); " \
+                     + ci_note
+    gap_x = min(float(data.families[EBT].x.max()), float(data.families[TPP].x.max()))
+    gu = math.log(gap_x)
+    gap = (le.intercept + le.slope * gu) - (lt.intercept + lt.slope * gu)
+    gapb = (boot[EBT]["intercept"] + boot[EBT]["slope"] * gu) - (boot[TPP]["intercept"] + boot[TPP]["slope"] * gu)
+    out["gap_at_x"] = gap_x
+    out["loss_gap_nats"] = _f(gap)
+    out["loss_gap_ci"] = _ci(*percentile_ci(gapb, s.level))
+    return out
+
+
+def adjust_holm(fits: list[AxisFit]) -> None:
+    """Holm-adjust the comparison p-values across the given axes (in place)."""
+    ps = [f.comparison.get("p_value") if f.comparison else None for f in fits]
+    adj = ols.holm(ps)
+    for f, a in zip(fits, adj, strict=True):
+        if f.comparison is not None:
+            f.comparison["p_value_holm"] = a
+            f.comparison["verdict"] = verdict(f.comparison.get("rate_gain"), a)
+            f.comparison["holm_axes"] = sum(p is not None for p in ps)
+
+
+def verdict(gain: float | None, p_holm: float | None, alpha: float = 0.05) -> str:
+    if gain is None or p_holm is None:
+        return "not testable"
+    if p_holm < alpha:
+        return "EBT faster" if gain > 0 else "EBT slower"
+    return "not distinguishable at 95%"
+
+
+def fit_axes(datas: list[AxisData], settings: FitSettings | None = None) -> list[AxisFit]:
+    fits = [fit_axis(d, settings) for d in datas]
+    adjust_holm(fits)
+    return fits
