@@ -7,6 +7,7 @@ Everything else is counted as an exclusion with a reason, so the output can say 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -218,6 +219,16 @@ def residual_resample(fitted: np.ndarray, resid: np.ndarray, leverage: np.ndarra
 def percentile_ci(samples: np.ndarray, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval ignoring non-finite resamples."""
     q = (1.0 - level) / 2.0
-    lo = np.nanquantile(np.where(np.isfinite(samples), samples, np.nan), q, axis=axis)
-    hi = np.nanquantile(np.where(np.isfinite(samples), samples, np.nan), 1.0 - q, axis=axis)
+    samples = np.asarray(samples, dtype=float)
+    if samples.size == 0:
+        nan = np.full(np.delete(samples.shape, axis), np.nan) if samples.ndim > 1 else np.float64(np.nan)
+        return nan, nan
+    if np.isfinite(samples).all():
+        lo, hi = np.quantile(samples, [q, 1.0 - q], axis=axis)
+        return lo, hi
+    clean = np.where(np.isfinite(samples), samples, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices -> NaN
+        lo = np.nanquantile(clean, q, axis=axis)
+        hi = np.nanquantile(clean, 1.0 - q, axis=axis)
     return lo, hi

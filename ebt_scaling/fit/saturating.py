@@ -101,8 +101,9 @@ def lm_refine(theta0: np.ndarray, logy: np.ndarray, lay: Layout, delta: float, m
         absr = np.abs(ra)
         w = np.where(absr <= delta, 1.0, delta / np.maximum(absr, 1e-300))
         JW = Ja * w[:, :, None]
-        Hm = np.einsum("bnp,bnq->bpq", JW, Ja)
-        g = np.einsum("bnp,bn->bp", JW, ra)
+        JWt = JW.transpose(0, 2, 1)
+        Hm = JWt @ Ja
+        g = (JWt @ ra[:, :, None])[:, :, 0]
         diag = np.einsum("bpp->bp", Hm)
         A = Hm + lam[ix, None, None] * (diag[:, :, None] * eye + 1e-12 * eye)
         try:
@@ -282,19 +283,26 @@ def fit_saturating(us: list[np.ndarray], ys: list[np.ndarray], x_scale: float, d
 
 def bootstrap_saturating(us: list[np.ndarray], Ystar: list[np.ndarray], warm: np.ndarray,
                          delta: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-    """Refit B resampled data sets: two starts each (the full-data optimum and the resample's best
-    variable-projection grid point), keep the better. Returns theta (B, P) and objective (B,)."""
+    """Refit B resampled data sets. Every resample starts from the full-data optimum; where its own best
+    variable-projection grid point lies in another basin (an alpha more than one grid step away from
+    where the warm start ended), it is refined too and the better optimum is kept.
+    Returns theta (B, P) and objective (B,)."""
+    K = len(us)
     lay = make_layout(us)
     Y = np.concatenate(Ystar, axis=1)
     logy = np.log(np.clip(Y, 1e-12, None))
     B = Y.shape[0]
-    alphas = np.arange(0.025, 2.0, 0.05)
+    theta, F = lm_refine(np.broadcast_to(warm, (B, warm.size)).copy(), logy, lay, delta, max_iter=50)
+    alphas = np.arange(0.04, 2.0, 0.08)
     vp, _ = vp_grid(us, Ystar, alphas, top=1)
-    starts = np.concatenate([np.broadcast_to(warm, (B, warm.size)), vp[:, 0, :]], axis=0)
-    theta, F = lm_refine(starts, np.concatenate([logy, logy], axis=0), lay, delta, max_iter=60)
-    pick = F[B:] < F[:B]
-    out = np.where(pick[:, None], theta[B:], theta[:B])
-    return out, np.where(pick, F[B:], F[:B])
+    far = np.abs(vp[:, 0, 1 + K:] - theta[:, 1 + K:]).max(axis=1) > 0.08
+    if far.any():
+        ix = np.flatnonzero(far)
+        th2, F2 = lm_refine(vp[ix, 0, :], logy[ix], lay, delta, max_iter=50)
+        better = F2 < F[ix]
+        theta[ix[better]] = th2[better]
+        F[ix[better]] = F2[better]
+    return theta, F
 
 
 def choose_e_mode(levels: list[np.ndarray], requested: str) -> str:

@@ -1,0 +1,115 @@
+"""``ebt-scale fit``: scaling fits with bootstrap intervals and the EBT-vs-Transformer++ comparison."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
+
+SweepOption = Annotated[str | None, typer.Option("--sweep", help="Sweep name (default: every sweep).")]
+AxisOption = Annotated[str | None, typer.Option("--axis", help="Only this axis (data, batch, depth, ...).")]
+ResamplesOption = Annotated[int, typer.Option("--resamples", help="Bootstrap resamples (>= 100).")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the bootstrap and permutation draws.")]
+EModeOption = Annotated[str, typer.Option("--e-mode", help="Floor E of the saturating law: auto, shared or free.")]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("fit")
+    @handle_errors
+    def fit_cmd(sweep: SweepOption = None, axis: AxisOption = None,
+                as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+                db: DbOption = None, resamples: ResamplesOption = 2000, seed: SeedOption = 0,
+                e_mode: EModeOption = "auto") -> None:
+        """Fit the paper-compatible rate (M1) and a saturating law (M2) per axis and family, compare EBT
+        with Transformer++ (gain, interval, Holm-adjusted p-value) and store the fits."""
+        from ebt_scaling.db import Store
+        from ebt_scaling.fit import FitSettings
+        from ebt_scaling.fit.service import fit_store
+
+        settings = FitSettings(resamples=resamples, seed=seed, e_mode=e_mode)
+        store = Store(resolve_db(db))
+        try:
+            result = fit_store(store, sweep=sweep, axis=axis, settings=settings)
+        finally:
+            store.close()
+        data = result.to_json()
+        if as_json:
+            typer.echo(json.dumps(data, indent=2, allow_nan=False))
+            return
+        print_table(data)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.2%}"
+
+
+def _ci(ci: list[Any] | None, pct: bool = False, digits: int = 3) -> str:
+    if not ci or ci[0] is None or ci[1] is None:
+        return ""
+    if pct:
+        return f"[{ci[0]:+.1%}, {ci[1]:+.1%}]"
+    return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _p(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.1e}" if v < 1e-3 else f"{v:.3f}"
+
+
+def print_table(data: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for m in data.get("messages", []):
+        console.print(f"[yellow]{m}[/yellow]")
+    if not data["axes"]:
+        return
+    t = Table(title=f"Scaling fits - sweep {data['sweep'] or ', '.join(data['sweeps']) or '-'}")
+    for col in ("axis", "runs (excl.)", "slope T++ [95% CI]", "slope EBT [95% CI]", "rate gain [95% CI]",
+                "p (Holm)", "verdict", "alpha T++", "alpha EBT", "stored"):
+        t.add_column(col, overflow="fold")
+    for a in data["axes"]:
+        fams = a["families"]
+
+        def slope(f: str, fams: dict[str, Any] = fams) -> str:
+            e = fams.get(f)
+            if not e or e.get("slope") is None:
+                return "-"
+            return f"{e['slope']:.4f} {_ci(e['slope_ci'], digits=4)}"
+
+        def alpha(f: str, fams: dict[str, Any] = fams) -> str:
+            e = fams.get(f)
+            if not e or not e.get("law"):
+                return "-"
+            law = e["law"]
+            return f"{law['alpha']:.3f} {_ci(law['alpha_ci'])}"
+
+        name = a["axis"] if len(data["sweeps"]) <= 1 else f"{a['sweep']}/{a['axis']}"
+        t.add_row(name, f"{a['n_runs']} ({a['n_excluded']})", slope("transformer_pp"), slope("ebt"),
+                  f"{_pct(a['rate_gain'])} {_ci(a['rate_gain_ci'], pct=True)}",
+                  f"{_p(a['p_value'])} ({_p(a.get('p_value_holm'))})", a.get("verdict") or "-",
+                  alpha("transformer_pp"), alpha("ebt"), "reused" if a["reused"] else "new")
+    console.print(t)
+    for a in data["axes"]:
+        notes = list(a["messages"])
+        if a["excluded"]:
+            notes.append("excluded: " + ", ".join(f"{n} {r}" for r, n in a["excluded"].items()))
+        kinds = sorted({e["bootstrap"] for e in a["families"].values()})
+        if kinds:
+            notes.append("intervals: " + "; ".join(kinds))
+        cross = a.get("crossover")
+        if cross and cross.get("message") and a["axis"] == "flops":
+            notes.append("crossover: " + cross["message"])
+        for n in notes:
+            console.print(f"  {a['axis']}: {n}")
+    console.print("slope = OLS slope of log10(perplexity) on log10(x) (paper's rate, not an exponent); "
+                  "alpha = exponent of L = E + A x^-alpha; p: equal-slope test, Holm-adjusted across axes.")

@@ -1,0 +1,158 @@
+"""Connect a results store to the fits: read runs, reuse or compute fits, store them linked to their runs.
+
+The store is passed in (duck-typed: ``list_runs``, ``get_sweep``, ``find_fit``, ``save_fit``), so this module
+never imports ``ebt_scaling.db``.
+
+Stored rows per (sweep, axis), all with the same fingerprint (sha256 of the exact runs' ids and values plus
+the method settings):
+
+* ``axis_fit`` (family ``ebt_vs_transformer_pp``): the complete result, used to reuse an unchanged fit;
+* ``ols_log_ppl`` and ``saturating_huber`` per family, linked to that family's runs;
+* ``comparison`` and ``crossover`` (family ``ebt_vs_transformer_pp``), linked to all runs of the axis.
+
+Holm adjustment is not stored: it depends on which axes are reported together and is recomputed each time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ebt_scaling.config import AXES
+from ebt_scaling.errors import DuplicateError
+from ebt_scaling.fit.axis import AxisFit, FitSettings, adjust_holm, fingerprint, fit_axis
+from ebt_scaling.fit.design import AxisData, group_runs
+from ebt_scaling.records import FitRecord
+
+PAIR = "ebt_vs_transformer_pp"
+AXIS_METHOD = "axis_fit"
+
+
+@dataclass
+class SweepFits:
+    sweep: str | None  # the sweep asked for, or None for every sweep in the store
+    sweeps: list[str]
+    fits: list[AxisFit]
+    runs: list[Any] = field(default_factory=list)  # every run considered (RunRecords), for reports
+    messages: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sweep": self.sweep if self.sweep is not None else (self.sweeps[0] if len(self.sweeps) == 1 else None),
+            "sweeps": self.sweeps,
+            "axes": [axis_json(f) for f in self.fits],
+            "messages": self.messages,
+        }
+
+
+def axis_json(f: AxisFit) -> dict[str, Any]:
+    """The documented JSON shape of one axis (plus extra keys)."""
+    comp = f.comparison or {}
+    families = {}
+    for name, entry in f.families.items():
+        families[name] = {k: v for k, v in entry.items()}
+    out: dict[str, Any] = {
+        "axis": f.axis,
+        "sweep": f.sweep,
+        "families": families,
+        "rate_gain": comp.get("rate_gain"),
+        "rate_gain_ci": comp.get("rate_gain_ci", [None, None]),
+        "p_value": comp.get("p_value"),
+        "p_value_holm": comp.get("p_value_holm"),
+        "verdict": comp.get("verdict", "not testable"),
+        "comparison": comp or None,
+        "crossover": f.crossover,
+        "n_runs": f.n_runs,
+        "n_excluded": sum(f.excluded.values()),
+        "excluded": f.excluded,
+        "messages": f.messages,
+        "fingerprint": f.fingerprint,
+        "reused": f.reused,
+        "settings": f.settings,
+    }
+    return out
+
+
+def _axis_order(key: tuple[str, str]) -> tuple[str, int, str]:
+    sweep, axis = key
+    return (sweep, AXES.index(axis) if axis in AXES else len(AXES), axis)
+
+
+def fit_store(store: Any, sweep: str | None = None, axis: str | None = None,
+              settings: FitSettings | None = None, *, save: bool = True) -> SweepFits:
+    """Fit every (sweep, axis) with runs (optionally one sweep / one axis), reusing stored fits whose
+    fingerprint matches, saving new ones, and Holm-adjusting p-values across the axes returned."""
+    s = settings or FitSettings()
+    if sweep is not None:
+        store.get_sweep(sweep)  # raises NotFound with the fix when the sweep does not exist
+    runs = store.list_runs(sweep=sweep)
+    groups = group_runs(runs)
+    messages: list[str] = []
+    if axis is not None:
+        groups = {k: v for k, v in groups.items() if k[1] == axis}
+        if not groups:
+            groups = {(sweep or "-", axis): AxisData(sweep or "-", axis, {})}
+    if not runs:
+        messages.append("no runs" + (f" in sweep {sweep!r}" if sweep else " in the database")
+                        + "; import results with `ebt-scale import FILE.csv --sweep NAME` or run a sweep")
+    fits = []
+    for key in sorted(groups, key=_axis_order):
+        fits.append(_fit_or_reuse(store, groups[key], s, save))
+    adjust_holm(fits)
+    sweeps = sorted({k[0] for k in groups if k[0] != "-"})
+    if sweep is not None and sweep not in sweeps:
+        sweeps = [sweep]
+    return SweepFits(sweep, sweeps, fits, runs if axis is None else [r for r in runs if r.axis == axis], messages)
+
+
+def _fit_or_reuse(store: Any, data: AxisData, s: FitSettings, save: bool) -> AxisFit:
+    if not data.families:
+        return fit_axis(data, s)
+    fp = fingerprint(data, s)
+    found = store.find_fit(data.sweep, data.axis, PAIR, AXIS_METHOD, fp)
+    if found is not None:
+        fit = AxisFit.from_dict(found.params)
+        fit.reused = True
+        return fit
+    fit = fit_axis(data, s)
+    if save:
+        _save(store, data, fit)
+    return fit
+
+
+def _save(store: Any, data: AxisData, fit: AxisFit) -> None:
+    snapshot = _jsonable(fit.to_dict())
+    snapshot["reused"] = False
+    all_ids = tuple(fit.run_ids)
+    rows = [FitRecord(None, data.sweep, data.axis, PAIR, AXIS_METHOD, snapshot, all_ids, fit.fingerprint)]
+    for name, entry in fit.families.items():
+        ids = tuple(sorted(int(i) for i in data.families[name].run_id))
+        m1 = {k: v for k, v in entry.items() if k != "law"}
+        rows.append(FitRecord(None, data.sweep, data.axis, name, "ols_log_ppl", _jsonable(m1), ids, fit.fingerprint))
+        if entry.get("law"):
+            rows.append(FitRecord(None, data.sweep, data.axis, name, "saturating_huber", _jsonable(entry["law"]), ids,
+                                  fit.fingerprint))
+    if fit.comparison:
+        rows.append(FitRecord(None, data.sweep, data.axis, PAIR, "comparison", _jsonable(fit.comparison), all_ids,
+                              fit.fingerprint))
+    if fit.crossover:
+        rows.append(FitRecord(None, data.sweep, data.axis, PAIR, "crossover", _jsonable(fit.crossover), all_ids,
+                              fit.fingerprint))
+    for rec in rows:
+        try:
+            store.save_fit(rec)
+        except DuplicateError:  # a concurrent `fit` stored the same thing first: identical by construction
+            continue
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):  # numpy scalar
+        return _jsonable(v.item())
+    return v

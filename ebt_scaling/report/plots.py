@@ -1,0 +1,186 @@
+"""Figures drawn on a given Axes (never creates figures; ``report/pdf.py`` does that).
+
+Inputs are the JSON-ready dicts of ``ebt_scaling.fit.AxisFit`` (``families``, ``comparison``, ``crossover``,
+``plot``), so a report can be drawn from stored fits without refitting.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+
+COLORS = {"transformer_pp": "#1f77b4", "ebt": "#d62728"}
+MARKERS = {"transformer_pp": "o", "ebt": "s"}
+LABELS = {"transformer_pp": "Transformer++", "ebt": "EBT"}
+X_LABELS = {"data": "training tokens", "batch": "batch size (tokens)", "depth": "layers",
+            "width": "embedding width", "params": "non-embedding parameters", "flops": "training FLOPs"}
+
+
+def fmt_pct(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v * 100:+.{digits}f}%"
+
+
+def fmt_ci_pct(ci: Sequence[float | None] | None, digits: int = 1) -> str:
+    if not ci or ci[0] is None or ci[1] is None:
+        return "-"
+    return f"[{ci[0] * 100:+.{digits}f}%, {ci[1] * 100:+.{digits}f}%]"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def draw_scaling(ax: Axes, fit: dict[str, Any]) -> None:
+    """Perplexity vs x (log-log): every seed as a point, M1 line with its bootstrap band, M2 curve."""
+    plot = fit.get("plot", {})
+    any_data = False
+    for fam in ("transformer_pp", "ebt"):
+        p = plot.get(fam)
+        if not p:
+            continue
+        any_data = True
+        c = COLORS[fam]
+        ax.scatter(p["x"], np.exp(p["y"]), s=22, marker=MARKERS[fam], color=c, alpha=0.75, zorder=3,
+                   label=f"{LABELS[fam]} runs ({len(p['x'])})", edgecolors="none")
+        if "m1" in p:
+            m = p["m1"]
+            slope = fit["families"][fam]["slope"]
+            ax.plot(m["x"], 10 ** np.asarray(m["fit"]), color=c, lw=1.6, zorder=2,
+                    label=f"{LABELS[fam]} M1 line, slope {slope:.4f}")
+            ax.fill_between(m["x"], 10 ** np.asarray(m["lo"]), 10 ** np.asarray(m["hi"]), color=c, alpha=0.18,
+                            lw=0, zorder=1)
+        if "m2" in p:
+            m = p["m2"]
+            law = fit["families"][fam]["law"]
+            ax.plot(m["x"], 10 ** np.asarray(m["fit"]), color=c, lw=1.2, ls="--", zorder=2,
+                    label=f"{LABELS[fam]} M2 E + A x^-a, a = {law['alpha']:.3f}")
+            ax.fill_between(m["x"], 10 ** np.asarray(m["lo"]), 10 ** np.asarray(m["hi"]), color=c, alpha=0.10,
+                            lw=0, hatch=None, zorder=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(X_LABELS.get(fit["axis"], fit["axis"]))
+    ax.set_ylabel("validation perplexity")
+    ax.grid(True, which="both", alpha=0.25, lw=0.5)
+    if any_data:
+        ax.legend(fontsize=7, loc="upper right", frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no fit-eligible runs", ha="center", va="center", transform=ax.transAxes)
+
+
+def draw_residuals(ax: Axes, fit: dict[str, Any], which: str = "m1") -> None:
+    """Residuals per run: M1 in log10(ppl) units, M2 as ln(y) - ln(fit)."""
+    plot = fit.get("plot", {})
+    key = "resid_m1" if which == "m1" else "resid_m2"
+    drawn = False
+    for fam in ("transformer_pp", "ebt"):
+        p = plot.get(fam)
+        if not p or key not in p:
+            continue
+        r = np.asarray(p[key]) / (math.log(10) if which == "m1" else 1.0)
+        ax.scatter(p["x"], r, s=14, marker=MARKERS[fam], color=COLORS[fam], alpha=0.75, label=LABELS[fam],
+                   edgecolors="none")
+        drawn = True
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.grid(True, alpha=0.25, lw=0.5)
+    ax.set_xlabel(X_LABELS.get(fit["axis"], fit["axis"]), fontsize=8)
+    ax.set_ylabel("residual, log10 ppl" if which == "m1" else "residual, ln loss", fontsize=8)
+    ax.set_title("M1 residuals (curvature = lack of fit)" if which == "m1" else "M2 residuals", fontsize=9)
+    ax.tick_params(labelsize=7)
+    if not drawn:
+        ax.text(0.5, 0.5, "not fitted", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+
+
+def axis_text(fit: dict[str, Any]) -> str:
+    """The numbers of one axis as a few lines of text."""
+    lines = []
+    for fam in ("transformer_pp", "ebt"):
+        e = fit["families"].get(fam)
+        if not e:
+            lines.append(f"{LABELS[fam]}: no fit-eligible runs")
+            continue
+        s = "-" if e.get("slope") is None else (
+            f"{e['slope']:.4f} [{e['slope_ci'][0]:.4f}, {e['slope_ci'][1]:.4f}]")
+        law = e.get("law")
+        lw = "-" if not law else (f"E={law['E']:.3f} alpha={law['alpha']:.3f} "
+                                  f"[{law['alpha_ci'][0]:.3f}, {law['alpha_ci'][1]:.3f}] ({law['e_mode']} E)")
+        lines.append(f"{LABELS[fam]}: n={e['n_runs']} ({e['n_levels']} levels), M1 slope {s}; M2 {lw}")
+        lines.append(f"    intervals: {e['bootstrap']}")
+    c = fit.get("comparison")
+    if c:
+        lines.append(f"Rate gain {fmt_pct(c['rate_gain'])} {fmt_ci_pct(c['rate_gain_ci'])}; p = {fmt_p(c['p_value'])}"
+                     f" (Holm {fmt_p(c.get('p_value_holm'))}); verdict: {c.get('verdict', '-')}")
+        if c.get("alpha_gain") is not None:
+            lines.append(f"Exponent gain alpha_EBT/alpha_T++ - 1 = {fmt_pct(c['alpha_gain'])} "
+                         f"{fmt_ci_pct(c['alpha_gain_ci'])}")
+    for m in fit.get("messages", []):
+        lines.append(f"Note: {m}")
+    if fit.get("excluded"):
+        lines.append("Excluded runs: " + ", ".join(f"{n} {r}" for r, n in fit["excluded"].items()))
+    return "\n".join(lines)
+
+
+def draw_crossover(ax: Axes, fit: dict[str, Any] | None) -> None:
+    """Both M1 lines on the compute axis, extended towards their crossover (when it is within 4 decades)."""
+    if not fit or not fit.get("plot"):
+        ax.text(0.5, 0.5, "no FLOPs-axis runs in this report", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    plot = fit["plot"]
+    cross = fit.get("crossover") or {}
+    allx = np.concatenate([np.asarray(plot[f]["x"]) for f in plot])
+    lo, hi = math.log10(allx.min()), math.log10(allx.max())
+    lx = cross.get("log10_x")
+    if lx is not None and math.isfinite(lx) and lo - 4 <= lx <= hi + 4:
+        lo, hi = min(lo, lx - 0.3), max(hi, lx + 0.3)
+    grid = np.logspace(lo, hi, 100)
+    for fam in ("transformer_pp", "ebt"):
+        p = plot.get(fam)
+        if not p:
+            continue
+        ax.scatter(p["x"], np.exp(p["y"]), s=22, marker=MARKERS[fam], color=COLORS[fam], alpha=0.75,
+                   edgecolors="none", label=f"{LABELS[fam]} runs", zorder=3)
+        e = fit["families"][fam]
+        if e.get("slope") is not None:
+            yl = e["intercept_log10_ppl"] + e["slope"] * np.log10(grid)
+            ax.plot(grid, 10**yl, color=COLORS[fam], lw=1.4, label=f"{LABELS[fam]} M1 line (extrapolated)")
+    if lx is not None and lo <= lx <= hi:
+        ax.axvline(10**lx, color="k", ls=":", lw=1)
+        ci = cross.get("log10_x_ci") or [None, None]
+        if ci[0] is not None and ci[1] is not None:
+            ax.axvspan(10 ** max(ci[0], lo), 10 ** min(ci[1], hi), color="0.5", alpha=0.15, lw=0,
+                       label="crossover 95% interval")
+    ax.axvspan(allx.min(), allx.max(), color="#2ca02c", alpha=0.05, lw=0, label="fitted range")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(X_LABELS.get(fit["axis"], fit["axis"]))
+    ax.set_ylabel("validation perplexity")
+    ax.grid(True, which="both", alpha=0.25, lw=0.5)
+    ax.legend(fontsize=7, frameon=False)
+
+
+def draw_table(ax: Axes, header: Sequence[str], rows: Sequence[Sequence[str]], col_widths: Sequence[float],
+               fontsize: float = 7.5, row_colors: Sequence[str] | None = None) -> None:
+    """A plain table filling ``ax`` from the top (no axes frame)."""
+    ax.set_axis_off()
+    if not rows:
+        ax.text(0.0, 1.0, "(none)", va="top", fontsize=fontsize, transform=ax.transAxes)
+        return
+    tab = ax.table(cellText=[list(r) for r in rows], colLabels=list(header), colWidths=list(col_widths),
+                   loc="upper left", cellLoc="left", colLoc="left")
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(fontsize)
+    tab.scale(1.0, 1.25)
+    for (r, _c), cell in tab.get_celld().items():
+        cell.set_linewidth(0.3)
+        if r == 0:
+            cell.set_facecolor("#e8e8e8")
+            cell.set_text_props(weight="bold")
+        elif row_colors is not None:
+            cell.set_facecolor(row_colors[r - 1])
