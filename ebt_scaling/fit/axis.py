@@ -18,12 +18,12 @@ import numpy as np
 from ebt_scaling.fit import ols, saturating
 from ebt_scaling.fit.design import (
     EBT,
-    RESIDUAL,
+    PARAMETRIC,
     TPP,
     AxisData,
     bootstrap_kind,
+    parametric_resample,
     percentile_ci,
-    residual_resample,
     stratified_resample,
 )
 
@@ -143,7 +143,7 @@ def fit_axis(data: AxisData, settings: FitSettings | None = None) -> AxisFit:
         fams[name] = entry
         plot[name] = {"x": fd.x.tolist(), "y": fd.y.tolist(), "seed": fd.seed.tolist(),
                       "run_id": fd.run_id.tolist()}
-        ystar[name] = stratified_resample(fd, fd.y, B, rng) if kind != RESIDUAL else None
+        ystar[name] = stratified_resample(fd, fd.y, B, rng) if kind != PARAMETRIC else None
         if fd.n_levels < MIN_LEVELS_M1:
             entry["message"] = (f"{name}: {fd.n_levels} distinct x value(s); a slope needs at least {MIN_LEVELS_M1}"
                                 " - add levels")
@@ -151,8 +151,7 @@ def fit_axis(data: AxisData, settings: FitSettings | None = None) -> AxisFit:
             continue
         line = ols.fit_line(u, fd.y)
         lines[name] = line
-        Y1 = ystar[name] if ystar[name] is not None else residual_resample(
-            line.fitted, line.resid, line.leverage, 2, B, rng)
+        Y1 = ystar[name] if ystar[name] is not None else parametric_resample(line.fitted, line.resid, 2, B, rng)
         bs, bc = ols.bootstrap_lines(u, Y1)
         boot[name] = {"slope": bs, "intercept": bc}
         lo, hi = percentile_ci(bs, s.level)
@@ -218,10 +217,10 @@ def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, dict[str, Any]], p
         Ys = []
         for fd, mp in zip(fds, m_parts, strict=True):
             Y = ystar[fd.family]
-            if Y is None:  # one seed per level: residual bootstrap on the log residuals of this fit
+            if Y is None:  # one seed per level: parametric bootstrap on the log residuals of this fit
                 r = np.log(fd.y) - mp
                 n_par = 3 if len(grp) == 1 else 2.5
-                Y = np.exp(residual_resample(mp, r, None, n_par, s.resamples, rng))
+                Y = np.exp(parametric_resample(mp, r, n_par, s.resamples, rng))
             Ys.append(Y)
         th, _ = saturating.bootstrap_saturating(us, Ys, sat.theta, s.delta)
         K = len(grp)
@@ -244,7 +243,7 @@ def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, dict[str, Any]], p
                 "E_alpha_corr": _f(corr),
                 "alpha_at_bound_frac": _f(np.mean((al_b < 0.01) | (al_b > 1.99))),
                 "bootstrap": fams[name]["bootstrap"] if ystar[name] is not None
-                else "residual bootstrap (log residuals)",
+                else "parametric bootstrap (log residuals of this law)",
             }
             fams[name]["law"] = law
             alpha_boot[name] = al_b

@@ -159,17 +159,17 @@ def _family(fam: str, rows: list[tuple[float, int, int, float]]) -> FamilyData:
 # ---------------------------------------------------------------------------------------------------------
 
 STRATIFIED = "stratified seed bootstrap"
-RESIDUAL = "residual bootstrap"
+PARAMETRIC = "parametric bootstrap (one seed per level: Gaussian noise, sigma drawn from its chi-square law)"
 MIXED = "stratified seed bootstrap + parametric noise for single-seed levels"
 
 
 def bootstrap_kind(fd: FamilyData) -> str:
-    """Stratified when every level has >= 2 seeds; residual when every level has one seed; else mixed."""
+    """Stratified when every level has >= 2 seeds; parametric when every level has one seed; else mixed."""
     sizes = [c.size for c in fd.cells()]
     if all(s >= 2 for s in sizes):
         return STRATIFIED
     if all(s == 1 for s in sizes):
-        return RESIDUAL
+        return PARAMETRIC
     return MIXED
 
 
@@ -190,11 +190,13 @@ def stratified_resample(fd: FamilyData, values: np.ndarray, B: int, rng: np.rand
             pooled_ss += float(((v - v.mean()) ** 2).sum())
             pooled_df += c.size - 1
     pooled_sd = math.sqrt(pooled_ss / pooled_df) if pooled_df else 0.0
+    # the pooled sd is itself uncertain (few degrees of freedom): draw it per resample from its chi-square law
+    sd_star = pooled_sd * np.sqrt(rng.chisquare(max(pooled_df, 1), size=(B, 1)) / max(pooled_df, 1))
     for c in cells:
         v = values[c]
         k = c.size
         if k == 1:
-            out[:, c] = v[0] + pooled_sd * rng.standard_normal((B, 1))
+            out[:, c] = v[0] + sd_star * rng.standard_normal((B, 1))
             continue
         idx = rng.integers(0, k, size=(B, k))
         m = v.mean()
@@ -202,18 +204,16 @@ def stratified_resample(fd: FamilyData, values: np.ndarray, B: int, rng: np.rand
     return out
 
 
-def residual_resample(fitted: np.ndarray, resid: np.ndarray, leverage: np.ndarray | None, n_params: float,
-                      B: int, rng: np.random.Generator) -> np.ndarray:
-    """Residual bootstrap: fitted + residuals drawn with replacement (leverage-adjusted and centred, or
-    scaled by sqrt(n/(n-p)) when leverages are not available). Returns (B, n)."""
+def parametric_resample(fitted: np.ndarray, resid: np.ndarray, n_params: float, B: int,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Parametric bootstrap for one seed per level: fitted + N(0, sigma*^2) with sigma*^2 = s^2 chi2_df / df
+    (s^2 = residual variance, df = n - p). Drawing sigma from its sampling law makes the slope interval of a
+    straight line exactly Student-t (a plain residual bootstrap is too narrow with 4-6 points). Returns (B, n)."""
     n = resid.size
-    if leverage is not None:
-        adj = resid / np.sqrt(np.clip(1.0 - leverage, 1e-6, None))
-    else:
-        adj = resid * math.sqrt(n / max(n - n_params, 1.0))
-    adj = adj - adj.mean()
-    idx = rng.integers(0, n, size=(B, n))
-    return fitted[None, :] + adj[idx]
+    df = max(n - n_params, 1.0)
+    s2 = float((resid**2).sum()) / df
+    sigma = np.sqrt(s2 * rng.chisquare(df, size=(B, 1)) / df)
+    return fitted[None, :] + sigma * rng.standard_normal((B, n))
 
 
 def percentile_ci(samples: np.ndarray, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:

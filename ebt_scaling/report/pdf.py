@@ -137,9 +137,10 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
                      plots.fmt_p(c.get("p_value")), plots.fmt_p(c.get("p_value_holm")),
                      plots.fmt_pct(v1), plots.fmt_pct(iclr), verdict, ag])
         colors.append({"EBT faster": "#e6f4e6", "EBT slower": "#fbe6e6"}.get(verdict, "white"))
-    ax = fig.add_axes((0.04, 0.40, 0.92, 0.47))
-    plots.draw_table(ax, header, rows, [0.07, 0.08, 0.04, 0.09, 0.12, 0.07, 0.07, 0.07, 0.07, 0.15, 0.17],
-                     fontsize=8, row_colors=colors)
+    table_h = min(0.6, 0.034 * (len(rows) + 1) + 0.01)
+    ax = fig.add_axes((0.04, 0.87 - table_h, 0.92, table_h))
+    plots.draw_table(ax, header, rows, [0.06, 0.09, 0.04, 0.10, 0.12, 0.06, 0.06, 0.065, 0.075, 0.15, 0.17],
+                     fontsize=8, row_colors=colors, fill=True)
     notes = [
         "How to read this page",
         "- 'paper v1' are the figure titles of arXiv v1 (one seed, no intervals); 'paper ICLR' the camera-ready "
@@ -160,7 +161,7 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         c = f.get("comparison") or {}
         if c.get("warning"):
             notes.append(f"- {_label(f, data)}: {c['warning']}")
-    fig.text(0.04, 0.36, "\n".join(notes), fontsize=8, va="top", linespacing=1.5)
+    fig.text(0.04, 0.87 - table_h - 0.05, "\n".join(notes), fontsize=8, va="top", linespacing=1.5)
 
 
 def axis_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
@@ -252,7 +253,7 @@ def runs_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
                          str(r.seed), r.status, "-" if y is None else f"{y:.4f}", ppl, "no" if why else "yes",
                          (why or (r.reason or ""))[:38], _config_summary(r)[:34]])
         ax = fig.add_axes((0.04, 0.03, 0.92, 0.88))
-        plots.draw_table(ax, header, rows, widths, fontsize=7)
+        plots.draw_table(ax, header, rows, widths, fontsize=7, fill=False)
 
 
 def provenance_page(data: ReportData, new_page: Callable[[], Figure]) -> None:

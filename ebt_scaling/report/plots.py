@@ -166,17 +166,19 @@ def draw_crossover(ax: Axes, fit: dict[str, Any] | None) -> None:
 
 
 def draw_table(ax: Axes, header: Sequence[str], rows: Sequence[Sequence[str]], col_widths: Sequence[float],
-               fontsize: float = 7.5, row_colors: Sequence[str] | None = None) -> None:
-    """A plain table filling ``ax`` from the top (no axes frame)."""
+               fontsize: float = 7.5, row_colors: Sequence[str] | None = None, fill: bool = False) -> None:
+    """A plain table at the top of ``ax`` (no axes frame); ``fill`` stretches it over the whole Axes."""
     ax.set_axis_off()
     if not rows:
         ax.text(0.0, 1.0, "(none)", va="top", fontsize=fontsize, transform=ax.transAxes)
         return
+    kw: dict[str, Any] = {"bbox": (0.0, 0.0, 1.0, 1.0)} if fill else {"loc": "upper left"}
     tab = ax.table(cellText=[list(r) for r in rows], colLabels=list(header), colWidths=list(col_widths),
-                   loc="upper left", cellLoc="left", colLoc="left")
+                   cellLoc="left", colLoc="left", **kw)
     tab.auto_set_font_size(False)
     tab.set_fontsize(fontsize)
-    tab.scale(1.0, 1.25)
+    if not fill:
+        tab.scale(1.0, 1.25)
     for (r, _c), cell in tab.get_celld().items():
         cell.set_linewidth(0.3)
         if r == 0:

@@ -1,0 +1,75 @@
+"""``ebt-scale report``: a multi-page PDF of the fits (summary, one page per axis, FLOPs crossover, runs,
+provenance). Fits are reused from the database when the runs are unchanged, computed and stored otherwise."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the checkout it runs from (when there is one)."""
+    from ebt_scaling import __version__
+
+    here = Path(__file__).resolve().parent
+    try:
+        r = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty", "--abbrev=12"],
+                           capture_output=True, text=True, timeout=10)
+        commit = r.stdout.strip() if r.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__} (git {commit})" if commit else __version__
+
+
+def data_date(runs: list[Any]) -> Any:
+    """The latest timestamp stored with the runs: a date that only changes when the data do."""
+    stamps = [t for r in runs for t in (getattr(r, "finished_at", None), getattr(r, "created_at", None)) if t]
+    return max(stamps) if stamps else None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("report")
+    @handle_errors
+    def report_cmd(
+        sweep: Annotated[str | None, typer.Option("--sweep", help="Sweep name (default: every sweep).")] = None,
+        out: Annotated[Path, typer.Option("--out", help="PDF file to write.")] = Path("report.pdf"),
+        db: DbOption = None,
+        resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples (>= 100).")] = 2000,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap draws.")] = 0,
+    ) -> None:
+        """Write the PDF report: gains with intervals next to the paper's values, per-axis fits, FLOPs
+        crossover, runs table and provenance. Same database -> byte-identical PDF."""
+        from ebt_scaling.db import Store
+        from ebt_scaling.errors import ConfigError
+        from ebt_scaling.fit import FitSettings
+        from ebt_scaling.fit.service import fit_store
+        from ebt_scaling.report.pdf import ReportData, build_report
+        from ebt_scaling.security import mask_url
+
+        if out.exists() and out.is_dir():
+            raise ConfigError(f"--out {out}: is a directory; pass a file name such as {out / 'report.pdf'}")
+        settings = FitSettings(resamples=resamples, seed=seed)
+        url = resolve_db(db)
+        store = Store(url)
+        try:
+            result = fit_store(store, sweep=sweep, settings=settings)
+        finally:
+            store.close()
+        label = sweep or (", ".join(result.sweeps) if result.sweeps else "(empty database)")
+        provenance = {
+            "code version": code_version(),
+            "database": mask_url(url),
+            "sweep(s)": label,
+            "runs": f"{len(result.runs)} stored, "
+                    f"{sum(f.n_runs for f in result.fits)} fit-eligible on the reported axes",
+        }
+        data = ReportData(title=f"EBT vs Transformer++ scaling - {label}", fits=[f.to_dict() for f in result.fits],
+                          runs=result.runs, provenance=provenance, date=data_date(result.runs),
+                          messages=result.messages)
+        n = build_report(data, out)
+        typer.echo(f"wrote {out} ({n} pages)")

@@ -1,0 +1,98 @@
+"""The PDF report: pages, determinism, page hook, empty data."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from ebt_scaling.fit import FitSettings, fit_axes, group_runs
+from ebt_scaling.records import RunRecord
+from ebt_scaling.report.pdf import ReportData, build_report
+
+FAST = FitSettings(resamples=200, permutations=99)
+
+
+def count_pages(path) -> int:
+    if shutil.which("pdfinfo"):
+        out = subprocess.run(["pdfinfo", str(path)], capture_output=True, text=True, check=True).stdout
+        return int(re.search(r"^Pages:\s+(\d+)", out, re.M).group(1))
+    return len(re.findall(rb"/Type\s*/Page[^s]", path.read_bytes()))
+
+
+def synthetic_runs(axes=("data", "flops"), seeds=2):
+    rng = np.random.default_rng(0)
+    runs, i = [], 0
+    for ax in axes:
+        for fam, A in (("transformer_pp", 2.2), ("ebt", 2.5)):
+            for xi in np.geomspace(1e6, 3e7, 5):
+                for s in range(seeds):
+                    i += 1
+                    x = xi * (6.67 if (fam == "ebt" and ax == "flops") else 1.0)
+                    y = 1.8 + A * (xi / 1e6) ** -0.3 + rng.normal(0, 0.01)
+                    runs.append(RunRecord(id=i, sweep="synth", family=fam, axis=ax, x=float(x), seed=s,
+                                          config_hash=f"{i:016x}", status="completed", final_val_loss=float(y),
+                                          fit_eligible=True, source="imported"))
+    runs.append(RunRecord(id=i + 1, sweep="synth", family="ebt", axis=axes[0], x=1e6, seed=7, config_hash="f" * 16,
+                          status="diverged", reason="loss was NaN at step 120"))
+    return runs
+
+
+def report_data(runs):
+    fits = fit_axes(list(group_runs(runs).values()), FAST)
+    return ReportData("EBT vs Transformer++ scaling - synth", [f.to_dict() for f in fits], runs,
+                      {"code version": "test", "database": "postgresql://u:***@h/db"},
+                      datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+
+
+def test_report_has_summary_axis_crossover_runs_and_provenance_pages(tmp_path):
+    runs = synthetic_runs()
+    out = tmp_path / "r.pdf"
+    n = build_report(report_data(runs), out)
+    # summary + 2 axes + crossover + 2 runs pages (41 runs) + provenance
+    assert n == 7
+    assert count_pages(out) == 7
+    assert not (tmp_path / "r.pdf.part").exists()
+
+
+def test_same_data_gives_identical_bytes(tmp_path):
+    runs = synthetic_runs(axes=("params",), seeds=1)
+    a, b = tmp_path / "a.pdf", tmp_path / "b.pdf"
+    build_report(report_data(runs), a)
+    build_report(report_data(runs), b)
+    assert a.read_bytes() == b.read_bytes()
+    assert b"D:20260102030405" in a.read_bytes()  # the data's date, not the wall clock
+
+
+def test_extra_page_builders_are_appended(tmp_path):
+    seen = []
+
+    def extra(data, new_page):
+        fig = new_page()
+        fig.text(0.5, 0.5, "thinking results")
+        seen.append(len(data.fits))
+
+    out = tmp_path / "x.pdf"
+    n = build_report(report_data(synthetic_runs(axes=("depth",), seeds=1)), out, extra_pages=[extra])
+    assert seen == [1]
+    assert count_pages(out) == n == 6
+
+
+def test_empty_report_still_renders(tmp_path):
+    out = tmp_path / "empty.pdf"
+    n = build_report(ReportData("empty", [], [], {"database": "sqlite:///x.db"}, None, ["no runs"]), out)
+    assert n == 4 and count_pages(out) == 4
+
+
+@pytest.mark.skipif(not shutil.which("pdftoppm"), reason="pdftoppm (poppler-utils) not installed")
+def test_pages_render_to_png(tmp_path):
+    out = tmp_path / "r.pdf"
+    build_report(report_data(synthetic_runs(axes=("flops",), seeds=1)), out)
+    subprocess.run(["pdftoppm", "-png", "-r", "30", str(out), str(tmp_path / "p")], check=True)
+    pngs = sorted(tmp_path.glob("p-*.png"))
+    assert len(pngs) == count_pages(out)
+    assert all(p.stat().st_size > 1000 for p in pngs)
