@@ -68,7 +68,9 @@ def print_table(data: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    import sys
+
+    console = Console(width=None if sys.stdout.isatty() else 180)
     for m in data.get("messages", []):
         console.print(f"[yellow]{m}[/yellow]")
     if not data["axes"]:
@@ -84,18 +86,18 @@ def print_table(data: dict[str, Any]) -> None:
             e = fams.get(f)
             if not e or e.get("slope") is None:
                 return "-"
-            return f"{e['slope']:.4f} {_ci(e['slope_ci'], digits=4)}"
+            return f"{e['slope']:.4f}\n{_ci(e['slope_ci'], digits=4)}"
 
         def alpha(f: str, fams: dict[str, Any] = fams) -> str:
             e = fams.get(f)
             if not e or not e.get("law"):
                 return "-"
             law = e["law"]
-            return f"{law['alpha']:.3f} {_ci(law['alpha_ci'])}"
+            return f"{law['alpha']:.3f}\n{_ci(law['alpha_ci'])}"
 
         name = a["axis"] if len(data["sweeps"]) <= 1 else f"{a['sweep']}/{a['axis']}"
         t.add_row(name, f"{a['n_runs']} ({a['n_excluded']})", slope("transformer_pp"), slope("ebt"),
-                  f"{_pct(a['rate_gain'])} {_ci(a['rate_gain_ci'], pct=True)}",
+                  f"{_pct(a['rate_gain'])}\n{_ci(a['rate_gain_ci'], pct=True)}",
                   f"{_p(a['p_value'])} ({_p(a.get('p_value_holm'))})", a.get("verdict") or "-",
                   alpha("transformer_pp"), alpha("ebt"), "reused" if a["reused"] else "new")
     console.print(t)
