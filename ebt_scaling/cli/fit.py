@@ -65,10 +65,10 @@ def _p(v: float | None) -> str:
 
 
 def print_table(data: dict[str, Any]) -> None:
+    import sys
+
     from rich.console import Console
     from rich.table import Table
-
-    import sys
 
     console = Console(width=None if sys.stdout.isatty() else 180)
     for m in data.get("messages", []):

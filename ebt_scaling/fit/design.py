@@ -159,7 +159,7 @@ def _family(fam: str, rows: list[tuple[float, int, int, float]]) -> FamilyData:
 # ---------------------------------------------------------------------------------------------------------
 
 STRATIFIED = "stratified seed bootstrap"
-PARAMETRIC = "parametric bootstrap (one seed per level: Gaussian noise, sigma drawn from its chi-square law)"
+PARAMETRIC = "parametric bootstrap (one seed per level: Gaussian noise, sigma^2 drawn from its inverse chi-square law)"
 MIXED = "stratified seed bootstrap + parametric noise for single-seed levels"
 
 
@@ -190,8 +190,8 @@ def stratified_resample(fd: FamilyData, values: np.ndarray, B: int, rng: np.rand
             pooled_ss += float(((v - v.mean()) ** 2).sum())
             pooled_df += c.size - 1
     pooled_sd = math.sqrt(pooled_ss / pooled_df) if pooled_df else 0.0
-    # the pooled sd is itself uncertain (few degrees of freedom): draw it per resample from its chi-square law
-    sd_star = pooled_sd * np.sqrt(rng.chisquare(max(pooled_df, 1), size=(B, 1)) / max(pooled_df, 1))
+    # the pooled sd is itself uncertain (few degrees of freedom): draw it per resample (inverse chi-square)
+    sd_star = pooled_sd * np.sqrt(max(pooled_df, 1) / rng.chisquare(max(pooled_df, 1), size=(B, 1)))
     for c in cells:
         v = values[c]
         k = c.size
@@ -206,13 +206,15 @@ def stratified_resample(fd: FamilyData, values: np.ndarray, B: int, rng: np.rand
 
 def parametric_resample(fitted: np.ndarray, resid: np.ndarray, n_params: float, B: int,
                         rng: np.random.Generator) -> np.ndarray:
-    """Parametric bootstrap for one seed per level: fitted + N(0, sigma*^2) with sigma*^2 = s^2 chi2_df / df
-    (s^2 = residual variance, df = n - p). Drawing sigma from its sampling law makes the slope interval of a
-    straight line exactly Student-t (a plain residual bootstrap is too narrow with 4-6 points). Returns (B, n)."""
+    """Parametric bootstrap for one seed per level: fitted + N(0, sigma*^2) with sigma*^2 = s^2 df / chi2_df
+    (s^2 = residual variance, df = n - p; the scaled inverse chi-square law of sigma^2 given s^2). Then
+    slope* - slope = s Z / sqrt(chi2_df / df) / sqrt(Sxx) is exactly Student-t, so the percentile interval of a
+    straight-line slope is the t interval; a plain residual bootstrap is too narrow with 4-6 points.
+    Returns (B, n)."""
     n = resid.size
     df = max(n - n_params, 1.0)
     s2 = float((resid**2).sum()) / df
-    sigma = np.sqrt(s2 * rng.chisquare(df, size=(B, 1)) / df)
+    sigma = np.sqrt(s2 * df / rng.chisquare(df, size=(B, 1)))
     return fitted[None, :] + sigma * rng.standard_normal((B, n))
 
 

@@ -149,9 +149,9 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         "so a family that is",
         "  uniformly further from the floor shows a higher 'rate'. The exponent view is the saturating law (M2), "
         "last column.",
-        "- Intervals: percentile bootstrap (seeds resampled within each level; residual bootstrap with one seed "
+        "- Intervals: percentile bootstrap (seeds resampled within each level; parametric bootstrap with one seed "
         "per level). They cover",
-        "  seed noise only, not learning-rate tuning, schedules or checkpoint choice.",
+        "  seed noise only, not learning-rate tuning, schedules, checkpoint choice or the chosen x range.",
         "- p: interaction t-test of equal slopes (pure-error variance when seeds are replicated); a "
         "Freedman-Lane permutation p-value is on each axis page.",
     ]
@@ -278,7 +278,8 @@ def provenance_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         "      variable projection over an alpha grid, Levenberg-Marquardt, L-BFGS-B polish with gtol 1e-12.",
         "      Shared E for the pair unless both families span >= 1.5 decades with >= 6 levels.",
         "  Intervals: percentile bootstrap; stratified by level over seeds (deviations scaled by sqrt(k/(k-1))),",
-        "      residual bootstrap with one seed per level, Gaussian noise (pooled seed sd) for single-seed levels.",
+        "      parametric bootstrap with one seed per level (Gaussian noise, sigma^2 drawn from inverse chi-square),",
+        "      Gaussian noise with the pooled seed sd (also drawn) for single-seed levels of mixed designs.",
         "  Equal-slope test: interaction t-test; Freedman-Lane permutation as a check; Holm across the axes shown.",
     ]
     fig.text(0.04, 0.88, "\n".join(lines), fontsize=8.5, va="top", family="monospace", linespacing=1.5)
