@@ -263,3 +263,27 @@ def test_dry_run_imports_neither_torch_nor_ray():
             "bad = [m for m in ('torch', 'ray', 'sqlalchemy') if m in sys.modules]; assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_data_evaluations_become_points_of_the_sweep(tmp_path):
+    """mode = "evaluations": the long run's validation losses at the smaller budgets are stored as points."""
+    from ebt_scaling.db import Store
+    from ebt_scaling.records import MetricPoint
+    from ebt_scaling.sched.service import import_evaluation_points
+
+    sw = load_spec(_write(tmp_path, spec_text("data", 'values = [1280, 2560, 5120]\nmode = "evaluations"')))
+    runs = expand(sw)
+    st = Store(f"sqlite:///{tmp_path / 'ev.db'}")
+    st.create_sweep(sw.name, sw.axis, sw.to_dict())
+    recs = st.plan_runs(sw.name, [r.planned for r in runs])
+    for rec in recs:
+        st.log_metrics(rec.id, [MetricPoint("val_loss", s, 5.0 - s / 100) for s in (10, 20, 30, 40)])
+        st.finish_run(rec.id, "completed", result={"final_val_loss": 4.6})
+    recs = [st.get_run(r.id) for r in recs]
+    assert import_evaluation_points(st, sw.name, recs) == 4  # 2 families x budgets 1280, 2560
+    assert import_evaluation_points(st, sw.name, recs) == 4  # idempotent
+    pts = sorted((r.family, r.x, r.final_val_loss, r.source) for r in st.list_runs(sweep=sw.name))
+    assert pts == [("ebt", 1280.0, 4.9, "imported"), ("ebt", 2560.0, 4.8, "imported"),
+                   ("ebt", 5120.0, 4.6, "trained"),
+                   ("transformer_pp", 1280.0, 4.9, "imported"), ("transformer_pp", 2560.0, 4.8, "imported"),
+                   ("transformer_pp", 5120.0, 4.6, "trained")]

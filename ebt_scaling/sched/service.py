@@ -179,7 +179,53 @@ def run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, *, retry_failed
     for rec in records:
         st = store.get_run(rec.id).status
         outcome.statuses[st] = outcome.statuses.get(st, 0) + 1
+    if spec.axis == "data" and spec.mode == "evaluations":
+        n = import_evaluation_points(store, spec.name, [store.get_run(r.id) for r in records])
+        if n:
+            say(f"sweep {spec.name}: {n} intermediate evaluation(s) stored as data-axis points")
     return outcome
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    """A data-axis point read off a long run's validation series (the fields of ``Store.import_rows``)."""
+
+    line: int
+    family: str
+    axis: str
+    x: float
+    seed: int
+    val_loss: float
+    train_loss: float | None = None
+    val_ppl: float | None = None
+    tokens: int | None = None
+    extra: tuple[tuple[str, float], ...] = ()
+
+
+def import_evaluation_points(store: Any, sweep: str, runs: list[Any]) -> int:
+    """Data axis, ``mode = "evaluations"``: store the validation loss of each completed long run at every
+    smaller budget in its ``eval_tokens`` as a completed, fit-eligible point of ``sweep`` (x = tokens; the
+    run itself is the largest budget). Idempotent. Returns the number of points."""
+    import math
+
+    points: list[EvalPoint] = []
+    for run in runs:
+        budgets = (run.config or {}).get("eval_tokens")
+        if run.status != "completed" or not budgets:
+            continue
+        tr, model = run.config["train"], run.config["model"]
+        per_step = int(tr["batch_size"]) * int(model["sequence_len"])
+        val = {p.step: p.value for p in store.get_metrics(run.id, "val_loss")}
+        for tokens in budgets[:-1]:
+            v = val.get(int(tokens) // per_step)
+            if v is None or not math.isfinite(v):
+                continue
+            points.append(EvalPoint(line=run.id, family=run.family, axis="data", x=float(tokens), seed=run.seed,
+                                    val_loss=float(v), tokens=int(tokens),
+                                    extra=(("evaluated_from_run", float(run.id)),)))
+    if points:
+        store.import_rows(sweep, points, source_name=f"evaluations of the long runs of {sweep}")
+    return len(points)
 
 
 def _stale(rec: Any, after_s: float = 120.0) -> bool:
