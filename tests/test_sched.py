@@ -240,15 +240,20 @@ def test_kill_dash_9_then_rerun_completes_every_run_exactly_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_marks_runs_cancelled_and_a_rerun_continues(tmp_path):
+@pytest.mark.parametrize("group", [False, True], ids=["driver", "terminal-group"])
+def test_ctrl_c_marks_runs_cancelled_and_a_rerun_continues(tmp_path, group):
     url = f"sqlite:///{tmp_path / 'int.db'}"
     spec = write_spec(tmp_path, "int", families='["transformer_pp"]', steps=300, values="[1, 2, 3]")
     args = ("sweep", "--spec", str(spec), "--db", url, "--progress", "plain")
-    drv = start_cli(*args)
+    drv = subprocess.Popen([sys.executable, "-m", "ebt_scaling", *args], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=group)
     try:
         _wait_for(lambda: "running" in _statuses(url, "int"), 240, drv, "a running run")
         time.sleep(1.0)
-        drv.send_signal(signal.SIGINT)
+        if group:  # like Ctrl-C in a terminal: the driver's whole process group gets SIGINT
+            os.killpg(drv.pid, signal.SIGINT)
+        else:
+            drv.send_signal(signal.SIGINT)
         out, _ = drv.communicate(timeout=120)
     finally:
         if drv.poll() is None:

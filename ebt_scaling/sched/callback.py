@@ -155,6 +155,9 @@ class SweepCallback(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         rs = self._rs(trial)
         reason = rs.reason or _error_text(trial) or "worker failed"
+        if "KeyboardInterrupt" in reason:  # Ctrl-C in a terminal reaches the workers too
+            self._finish(rs, "cancelled", "sweep interrupted (Ctrl-C)", rs.result)
+            return
         self._finish(rs, "diverged" if rs.diverged else "failed", reason, rs.result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
