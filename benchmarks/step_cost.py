@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -88,16 +89,19 @@ def main(argv: list[str] | None = None) -> dict:
         "ebt": lambda: step(ebt, opt_e),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
+    cpu_times: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(args.warmup + args.reps):
         for name, fn in variants.items():
             sync()
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
             sync()
             if r >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
+                cpu_times[name].append(time.process_time() - c0)
 
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu_times.items()}
     ex_t, ex_e = flops_per_token(cfg_t, "exact"), flops_per_token(cfg_e, "exact")
     pa_t, pa_e = flops_per_token(cfg_t, "paper"), flops_per_token(cfg_e, "paper")
     result = {
@@ -111,8 +115,13 @@ def main(argv: list[str] | None = None) -> dict:
         "reps": args.reps,
         "median_s": med,
         "all_s": times,
+        # Process CPU time (all threads): less sensitive to other load on a shared machine than wall time.
+        "median_cpu_s": med_cpu,
         "time_ratio_ebt_vs_tpp_math": med["ebt"] / med["tpp_math"],
         "time_ratio_ebt_vs_tpp_sdpa": med["ebt"] / med["tpp_sdpa"],
+        "cpu_time_ratio_ebt_vs_tpp_math": med_cpu["ebt"] / med_cpu["tpp_math"],
+        "cpu_time_ratio_ebt_vs_tpp_sdpa": med_cpu["ebt"] / med_cpu["tpp_sdpa"],
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "exact_flops_per_token": {"tpp": ex_t, "ebt": ex_e},
         "exact_flops_ratio": ex_e / ex_t,
         "paper_flops_ratio": pa_e / pa_t,

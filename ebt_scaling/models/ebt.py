@@ -65,6 +65,7 @@ class EBT(nn.Module):
         self.replay: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         # Per inner step of the last descent: landscape, create_graph, detached (for tests and logging).
         self.last_trace: list[dict] = []
+        self.last_energy_steps: torch.Tensor | None = None
 
     # ------------------------------------------------------------------------------------------------
     # The energy function
@@ -175,7 +176,9 @@ class EBT(nn.Module):
                         kvs = self.observed_stream(idx, landscape)
                 e = self.prediction_energies(p, kvs)  # (B, T)
                 (g,) = torch.autograd.grad(e.sum(), wrt, create_graph=graph)
-                if not torch.isfinite(g).all():
+                # One reduction instead of an elementwise isfinite over (B, T, V): the sum is NaN/inf iff an
+                # element is (or the gradient is so large that the run has diverged anyway).
+                if not torch.isfinite(g.sum()):
                     raise TrainingDiverged(f"EBT inner step {i}: non-finite energy gradient; lower the step "
                                            "size or the learning rate")
                 z = wrt - alpha * g  # new logits (section 6.4)
@@ -206,7 +209,8 @@ class EBT(nn.Module):
         """Training objective and metrics (section 8).
 
         loss = mean over inner steps of the CE (S1) or the last step's CE (truncation, S2). ``info["ce"]``
-        is the final step's CE (what validation reports), ``ce_initial`` the CE after the first update.
+        is the final step's CE (what validation reports), ``ce_initial`` the CE after the first update;
+        every value is a detached 0-dim tensor or a float. Per-step mean energies: ``last_energy_steps``.
         Training mode applies the recipe's randomisation (step count, per-element step size, replay buffer);
         evaluation mode uses none of it except Langevin noise (kept at NLP validation in the paper).
         """
@@ -244,8 +248,9 @@ class EBT(nn.Module):
         if train and cfg.replay_buffer_size:
             self._replay_push(idx[:b], targets[:b], zs[-1][:b])
         energy_steps = torch.stack([e.mean() for e in es])
+        self.last_energy_steps = energy_steps  # mean energy at every step's input, (steps,)
         info = {"ce": ce_final, "ce_initial": ce_initial.detach(), "energy_initial": energy_steps[0],
-                "energy_final": energy_steps[-1], "energy_steps": energy_steps,
+                "energy_final": energy_steps[-1],
                 "alpha": self.alpha_value().detach(), "inner_steps": float(len(zs)),
                 "replayed": float(n_replayed)}
         return loss, info

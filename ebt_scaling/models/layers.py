@@ -46,30 +46,32 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """RoPE tables (theta from the config) for positions 0..max_pos-1; pairs (2j, 2j+1) rotate together
-    as in Llama's complex-number formulation."""
+    """RoPE tables (theta from the config) for positions 0..max_pos-1, as Llama's complex rotations
+    ``freqs_cis`` (P, Dh/2): pairs (2j, 2j+1) of a head rotate together."""
 
     def __init__(self, head_dim: int, max_pos: int, theta: float) -> None:
         super().__init__()
         inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
         freqs = torch.outer(torch.arange(max_pos, dtype=torch.float64), inv)  # (P, Dh/2)
         self.max_pos = max_pos
-        self.register_buffer("cos", freqs.cos().float(), persistent=False)
-        self.register_buffer("sin", freqs.sin().float(), persistent=False)
+        self.register_buffer("freqs_cis", torch.polar(torch.ones_like(freqs), freqs).to(torch.complex64),
+                             persistent=False)
 
-    def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, start: int, length: int) -> torch.Tensor:
         if start + length > self.max_pos:
             raise ConfigError(f"sequence: positions up to {start + length} exceed the model's RoPE table "
                               f"({self.max_pos}); use inputs no longer than ModelConfig.sequence_len")
-        return self.cos[start:start + length], self.sin[start:start + length]
+        return self.freqs_cis[start:start + length]
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, S, Dh); cos/sin: (S, Dh/2)."""
-    xr = x.unflatten(-1, (-1, 2))  # (B, H, S, Dh/2, 2)
-    x0, x1 = xr[..., 0], xr[..., 1]
-    c, s = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2)
+def apply_rope(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """x: (B, S, H, Dh) -> rotated, same shape and dtype; freqs_cis: (S, Dh/2) complex.
+
+    One complex multiply (Llama's formulation, computed in at least fp32): far fewer autograd nodes than
+    the real-valued pair arithmetic, which matters because EBT training differentiates it twice.
+    """
+    xc = torch.view_as_complex(upcast(x).unflatten(-1, (-1, 2)))  # (B, S, H, Dh/2)
+    return torch.view_as_real(xc * freqs_cis.unsqueeze(1)).flatten(-2).type_as(x)
 
 
 def causal_mask(n: int, device: torch.device, offset: int = 0, cols: int | None = None) -> torch.Tensor:
@@ -119,7 +121,9 @@ class SwiGLU(nn.Module):
         self.w3 = nn.Linear(dim, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        # W1 and W3 stay separate parameters (the paper's layout) but run as one matmul.
+        a, b = F.linear(x, torch.cat((self.w1.weight, self.w3.weight))).chunk(2, dim=-1)
+        return self.w2(F.silu(a) * b)
 
 
 class Block(nn.Module):
@@ -138,24 +142,27 @@ class Block(nn.Module):
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unflatten(-1, (self.n_head, -1)).transpose(1, 2)  # (B, S, D) -> (B, H, S, Dh)
+        return x.unflatten(-1, (self.n_head, -1))  # (B, S, D) -> (B, S, H, Dh)
 
     def _merge(self, y: torch.Tensor) -> torch.Tensor:
         return y.transpose(1, 2).flatten(2)  # (B, H, S, Dh) -> (B, S, D)
 
-    def _qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
+    def _qkv(self, x: torch.Tensor, rope: torch.Tensor):
+        """Queries, keys, values (B, H, S, Dh). W_q, W_k, W_v stay separate parameters (the paper's
+        layout) but run as one matmul: fewer kernels in forward, backward and double backward."""
         xn = self.attention_norm(x)
-        q = apply_rope(self._heads(self.wq(xn)), *rope)
-        k = apply_rope(self._heads(self.wk(xn)), *rope)
-        v = self._heads(self.wv(xn))
-        return q, k, v
+        w = torch.cat((self.wq.weight, self.wk.weight, self.wv.weight))
+        q, k, v = F.linear(xn, w).chunk(3, dim=-1)  # 3 x (B, S, D)
+        q = apply_rope(self._heads(q), rope).transpose(1, 2)
+        k = apply_rope(self._heads(k), rope).transpose(1, 2)
+        return q, k, self._heads(v).transpose(1, 2)
 
     def _finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = x + self.wo(self._merge(y))
         return x + self.feed_forward(self.ffn_norm(x))
 
     # -- Transformer++ ---------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn_impl: str = "math",
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, attn_impl: str = "math",
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """Plain causal block. x: (B, S, D)."""
         q, k, v = self._qkv(x, rope)
@@ -166,19 +173,20 @@ class Block(nn.Module):
         return self._finish(x, y)
 
     # -- EBT observed stream ---------------------------------------------------------------------------
-    def observed(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor):
+    def observed(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor):
         """Observed rows (causal among themselves). Returns (new x, k, v); k/v feed the prediction stream."""
         q, k, v = self._qkv(x, rope)
         return self._finish(x, math_attention(q, k, v, mask)), k, v
 
-    def observed_kv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
+    def observed_kv(self, x: torch.Tensor, rope: torch.Tensor):
         """Only the keys/values of the observed rows. Used in the last block, whose observed outputs never
         reach an energy (the energy head reads prediction rows only), so computing them would be waste."""
         xn = self.attention_norm(x)
-        return apply_rope(self._heads(self.wk(xn)), *rope), self._heads(self.wv(xn))
+        k, v = F.linear(xn, torch.cat((self.wk.weight, self.wv.weight))).chunk(2, dim=-1)
+        return apply_rope(self._heads(k), rope).transpose(1, 2), self._heads(v).transpose(1, 2)
 
     # -- EBT prediction stream -------------------------------------------------------------------------
-    def predicted(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], k_o: torch.Tensor,
+    def predicted(self, x: torch.Tensor, rope: torch.Tensor, k_o: torch.Tensor,
                   v_o: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Prediction rows: attend to allowed observed keys and to themselves. x: (B, T, D)."""
         q, k, v = self._qkv(x, rope)
