@@ -160,7 +160,7 @@ def test_export_csv_and_parquet(db_url, tmp_path):
 
 def test_db_commands(db_url):
     r = invoke("db", "current", "--db", db_url)
-    assert r.exit_code == 0 and ": none (empty" in r.stdout
+    assert r.exit_code == 0 and ": none (empty: created at head on first use" in r.stdout
     r = invoke("db", "upgrade", "--db", db_url)
     assert r.exit_code == 0 and f"upgraded from empty to {schema.SCHEMA_REVISION}" in r.stdout
     assert "already at revision" in invoke("db", "upgrade", "--db", db_url).stdout

@@ -180,3 +180,29 @@ def test_tables_without_version_table_are_refused(db_url):
     engine.dispose()
     with pytest.raises(StoreError, match="no ebt_scale_alembic_version"):
         Store(db_url)
+
+
+def test_installed_layout_migrates_outside_the_checkout(tmp_path):
+    """What the wheel holds (pyproject force-includes alembic/ as ebt_scaling/_alembic), run from a
+    directory with no checkout: ``ebt-scale db upgrade`` finds the shipped scripts."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    assert '"alembic" = "ebt_scaling/_alembic"' in (root / "pyproject.toml").read_text()
+    site = tmp_path / "site"
+    shutil.copytree(root / "ebt_scaling", site / "ebt_scaling", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "alembic", site / "ebt_scaling" / "_alembic", ignore=shutil.ignore_patterns("__pycache__"))
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    code = ("import sys; sys.argv = ['ebt-scale', 'db', 'upgrade']; from ebt_scaling.cli.main import main; main()")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=120,
+                       env={**env, "PYTHONPATH": str(site)})
+    assert r.returncode == 0, r.stderr
+    assert f"upgraded from empty to {schema.SCHEMA_REVISION}" in r.stdout and (work / "ebt_scale.db").exists()
+    r = subprocess.run([sys.executable, "-c", "import ebt_scaling.db.migrate as m; print(m.alembic_dir())"],
+                       cwd=work, capture_output=True, text=True, env={**env, "PYTHONPATH": str(site)})
+    assert r.stdout.strip() == str(site / "ebt_scaling" / "_alembic")

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         url = resolve_db(db)
         rev = migrate.current(url)
         if rev is None:
-            state = "empty (created at head on first use, or run `ebt-scale db upgrade`)"
+            state = "empty: created at head on first use, or by `ebt-scale db upgrade`"
         elif rev == schema.SCHEMA_REVISION:
             state = "head"
         elif rev in schema.KNOWN_REVISIONS:
