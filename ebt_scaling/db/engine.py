@@ -71,12 +71,28 @@ def _sqlite_connect_hook(wal: bool) -> Callable[..., None]:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         if wal:
-            cur.execute("PRAGMA journal_mode = WAL")
+            _set_wal(cur)
         cur.execute("PRAGMA foreign_keys = ON")
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.close()
 
     return on_connect
+
+
+def _set_wal(cur: Any) -> None:
+    """Switch a SQLite file to WAL (persistent; a no-op once done). The switch needs an exclusive lock and
+    SQLite reports "database is locked" at once, without its busy handler, when other connections are
+    opening the brand-new file at the same moment: retry here for up to the busy timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:  # sqlite3.OperationalError; sqlite3 is not imported here on purpose
+            if not _TRANSIENT_SQLITE.search(str(exc)) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
 
 
 def _sqlite_begin(conn: Connection) -> None:
@@ -144,9 +160,9 @@ class WriterLock:
         import threading
 
         path = sqlite_path(engine.url)
-        self._file = None
+        self._file: Any = None
         self._thread_lock = threading.Lock()
-        self._path = None
+        self._path: str | None = None
         if path is not None:
             key = hashlib.sha256(str(path).encode()).hexdigest()[:20]
             self._path = os.path.join(tempfile.gettempdir(), f"ebt-scale-{key}.writer.lock")
@@ -198,16 +214,19 @@ def is_transient(exc: BaseException) -> bool:
     return getattr(orig, "sqlstate", None) in _TRANSIENT_PG
 
 
-def with_retries(fn: Callable[[], T], *, attempts: int = 12) -> T:
-    """Run ``fn`` (a whole transaction) again after transient errors, with jittered backoff."""
-    for i in range(attempts):
+def with_retries(fn: Callable[[], T], *, max_seconds: float = 120.0) -> T:
+    """Run ``fn`` (a whole transaction) again after transient errors, with jittered exponential backoff
+    (capped at 1 s per wait), for up to ``max_seconds``; then the last error is raised."""
+    deadline = time.monotonic() + max_seconds
+    i = 0
+    while True:
         try:
             return fn()
         except DBAPIError as exc:
-            if not is_transient(exc) or i == attempts - 1:
+            if not is_transient(exc) or time.monotonic() > deadline:
                 raise
-            time.sleep(random.uniform(0, min(2.0, 0.02 * 2**i)))
-    raise AssertionError("unreachable")
+            time.sleep(random.uniform(0, min(1.0, 0.01 * 2**i)))
+            i += 1
 
 
 def _orig_message(exc: SQLAlchemyError) -> str:

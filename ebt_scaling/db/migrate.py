@@ -94,10 +94,13 @@ def ensure_schema(engine: Engine, url: str) -> None:
                                      f"but no {schema.VERSION_TABLE}; it was not created by ebt-scaling")
                 check_revision(rev, url)
 
+    def read() -> str | None:
+        with engine.connect() as conn:
+            return _read_revision(conn)[0]
+
     # Fast path: an existing database at head needs no lock.
     try:
-        with engine.connect() as conn:
-            rev, _ = _read_revision(conn)
+        rev = with_retries(read)
         if rev is not None:
             check_revision(rev, url)
             return

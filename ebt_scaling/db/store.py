@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Select, and_, delete, func, select, update
+from sqlalchemy import ColumnElement, Select, Table, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
@@ -46,14 +46,14 @@ from ebt_scaling.security import mask_url
 
 T = TypeVar("T")
 
-SWEEPS = schema.Sweep.__table__
-RUNS = schema.Run.__table__
-PARAMS = schema.RunParam.__table__
-FLOPS = schema.RunFlops.__table__
-SUMMARY = schema.RunSummary.__table__
-METRICS = schema.Metric.__table__
-FITS = schema.Fit.__table__
-FIT_RUNS = schema.FitRun.__table__
+SWEEPS = cast(Table, schema.Sweep.__table__)
+RUNS = cast(Table, schema.Run.__table__)
+PARAMS = cast(Table, schema.RunParam.__table__)
+FLOPS = cast(Table, schema.RunFlops.__table__)
+SUMMARY = cast(Table, schema.RunSummary.__table__)
+METRICS = cast(Table, schema.Metric.__table__)
+FITS = cast(Table, schema.Fit.__table__)
+FIT_RUNS = cast(Table, schema.FitRun.__table__)
 
 #: Axis of a sweep whose imported rows span several axes.
 MIXED_AXIS = "mixed"
@@ -266,10 +266,12 @@ class Store:
             rows = [dict(sweep_id=sid, family=r.family, axis=r.axis, x=float(r.x), seed=int(r.seed),
                          config_hash=r.config_hash, config=to_json(r.config), source="trained", status="planned",
                          attempts=0, fit_eligible=False, tokens=r.tokens, created_at=now) for r in runs]
-            seen: set[str] = set()
-            unique_rows = [r for r in rows if not (r["config_hash"] in seen or seen.add(r["config_hash"]))]
+            first: dict[str, dict[str, Any]] = {}
+            for row in rows:  # input order, first occurrence of each hash
+                first.setdefault(row["config_hash"], row)
+            unique_rows = list(first.values())
             conn.execute(self._insert(RUNS).on_conflict_do_nothing(index_elements=["config_hash"]), unique_rows)
-            hashes = list(seen)
+            hashes = [r["config_hash"] for r in unique_rows]
             ids = self._ids_by_hash(conn, hashes)
             new_params, new_flops = [], []
             for r in runs:
@@ -747,10 +749,10 @@ BASE_COLUMNS = ("run_id", "sweep", "family", "axis", "x", "seed", "status", "sou
 def run_row(r: RunRecord) -> dict[str, Any]:
     """A flat dict of one run (for tables, CSV, JSON and DataFrames)."""
     d: dict[str, Any] = {c: getattr(r, "id" if c == "run_id" else c) for c in BASE_COLUMNS}
-    for k, v in sorted(r.params.items()):
-        d[f"params_{k}"] = v
-    for k, v in sorted(r.flops_per_token.items()):
-        d[f"flops_{k}"] = v
+    for k, n in sorted(r.params.items()):
+        d[f"params_{k}"] = n
+    for k, f in sorted(r.flops_per_token.items()):
+        d[f"flops_{k}"] = f
     for k, v in sorted(r.extra_metrics.items()):
         d[k if k not in d else f"summary_{k}"] = v
     return d
