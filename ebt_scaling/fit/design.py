@@ -176,10 +176,15 @@ def bootstrap_kind(fd: FamilyData) -> str:
 def stratified_resample(fd: FamilyData, values: np.ndarray, B: int, rng: np.random.Generator) -> np.ndarray:
     """Resample seeds with replacement inside each level; returns (B, n) resampled ``values``.
 
-    A plain within-cell bootstrap shrinks the variance of a cell with k seeds by (k-1)/k (the classic
-    small-sample bias). Resampled deviations from the cell mean are therefore scaled by sqrt(k/(k-1)),
-    which makes interval coverage close to nominal with 2-3 seeds per level. Single-seed levels (mixed
-    designs) get Gaussian noise with the family's pooled within-level standard deviation instead.
+    Two small-sample corrections, both about the seed noise sigma being estimated from few seeds:
+    - a plain within-cell bootstrap shrinks the variance of a cell with k seeds by (k-1)/k, so resampled
+      deviations from the cell mean are scaled by sqrt(k/(k-1));
+    - sigma is known only to df = sum(k - 1) degrees of freedom, so each resample's deviations are scaled by a
+      common factor sqrt(df / chi2_df) (the scaled inverse chi-square law of sigma^2 given its estimate). For a
+      straight-line slope this turns the normal-like percentile interval into a Student-t-like one, as the
+      parametric bootstrap does for single-seed designs.
+    Single-seed levels (mixed designs) get Gaussian noise with the family's pooled within-level sd times the
+    same factor.
     """
     out = np.empty((B, fd.n))
     cells = fd.cells()
@@ -190,17 +195,17 @@ def stratified_resample(fd: FamilyData, values: np.ndarray, B: int, rng: np.rand
             pooled_ss += float(((v - v.mean()) ** 2).sum())
             pooled_df += c.size - 1
     pooled_sd = math.sqrt(pooled_ss / pooled_df) if pooled_df else 0.0
-    # the pooled sd is itself uncertain (few degrees of freedom): draw it per resample (inverse chi-square)
-    sd_star = pooled_sd * np.sqrt(max(pooled_df, 1) / rng.chisquare(max(pooled_df, 1), size=(B, 1)))
+    df = max(pooled_df, 1)
+    factor = np.sqrt(df / rng.chisquare(df, size=(B, 1)))
     for c in cells:
         v = values[c]
         k = c.size
         if k == 1:
-            out[:, c] = v[0] + sd_star * rng.standard_normal((B, 1))
+            out[:, c] = v[0] + pooled_sd * factor * rng.standard_normal((B, 1))
             continue
         idx = rng.integers(0, k, size=(B, k))
         m = v.mean()
-        out[:, c] = m + math.sqrt(k / (k - 1)) * (v[idx] - m)
+        out[:, c] = m + math.sqrt(k / (k - 1)) * factor * (v[idx] - m)
     return out
 
 

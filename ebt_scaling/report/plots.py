@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.ticker import FuncFormatter
 
 COLORS = {"transformer_pp": "#1f77b4", "ebt": "#d62728"}
 MARKERS = {"transformer_pp": "o", "ebt": "s"}
@@ -34,6 +35,14 @@ def fmt_p(p: float | None) -> str:
     if p is None:
         return "-"
     return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _plain_y(ax: Axes) -> None:
+    """Perplexities as plain numbers (40, 60) rather than 4x10^1 on a log axis."""
+    fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(fmt)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
 
 
 def draw_scaling(ax: Axes, fit: dict[str, Any]) -> None:
@@ -64,6 +73,7 @@ def draw_scaling(ax: Axes, fit: dict[str, Any]) -> None:
                             lw=0, hatch=None, zorder=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _plain_y(ax)
     ax.set_xlabel(X_LABELS.get(fit["axis"], fit["axis"]))
     ax.set_ylabel("validation perplexity")
     ax.grid(True, which="both", alpha=0.25, lw=0.5)
@@ -159,6 +169,7 @@ def draw_crossover(ax: Axes, fit: dict[str, Any] | None) -> None:
     ax.axvspan(allx.min(), allx.max(), color="#2ca02c", alpha=0.05, lw=0, label="fitted range")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _plain_y(ax)
     ax.set_xlabel(X_LABELS.get(fit["axis"], fit["axis"]))
     ax.set_ylabel("validation perplexity")
     ax.grid(True, which="both", alpha=0.25, lw=0.5)
