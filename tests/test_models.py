@@ -482,3 +482,31 @@ def test_energy_decreases_over_inner_steps_after_training():
     assert float(info["ce"]) < 0.5 * torch.log(torch.tensor(12.0))  # learned well below uniform
     means = [float(e.mean()) for e in es] + [float(final.mean())]
     assert means[0] > means[1] > means[-1], means
+
+
+@pytest.mark.parametrize("s", [0, 1])
+def test_prediction_attention_equals_the_papers_superdiagonal_construction(s):
+    """layers.prediction_attention against a literal transcription of ebt-paper.md section 4 (4.1: s=0,
+    4.2 time_embed: s=1, superdiagonal at offset 1 + s)."""
+    from ebt_scaling.models.layers import causal_mask, prediction_attention
+
+    torch.manual_seed(0)
+    b, h, t, dh = 2, 3, 6, 4
+    off, so = 1 + s, t + s
+    q_p, k_p, v_p = (torch.randn(b, h, t, dh, dtype=torch.float64) for _ in range(3))
+    k_o, v_o = (torch.randn(b, h, so, dh, dtype=torch.float64) for _ in range(2))
+    ours = prediction_attention(q_p, k_p, v_p, k_o, v_o, causal_mask(t, torch.device("cpu"), offset=s, cols=so))
+
+    scale = dh ** -0.5
+    p = torch.cat((q_p @ k_o.transpose(-2, -1) * scale, torch.zeros(b, h, t, 1, dtype=torch.float64)), -1)
+    sup = torch.zeros(t, t + off, dtype=torch.bool)
+    sup[torch.arange(t), torch.arange(t) + off] = True
+    p = p * (~sup)  # remove the leak (multiplicative 0/1 mask)
+    self_scores = (q_p * k_p).sum(-1) * scale  # (b, h, t)
+    p = p + sup * self_scores.unsqueeze(-1)  # insert the self score on the superdiagonal
+    full = torch.triu(torch.full((t + off, t + off), float("-inf"), dtype=torch.float64), diagonal=1)
+    a = (p + full[off:, :]).softmax(-1)
+    w = a[..., sup].reshape(b, h, t, 1)
+    a = (a * (~sup))[..., :-1]
+    paper = a @ v_o + w * v_p
+    torch.testing.assert_close(ours, paper)
