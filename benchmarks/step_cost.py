@@ -119,6 +119,14 @@ def main(argv: list[str] | None = None) -> dict:
         "median_cpu_s": med_cpu,
         "time_ratio_ebt_vs_tpp_math": med["ebt"] / med["tpp_math"],
         "time_ratio_ebt_vs_tpp_sdpa": med["ebt"] / med["tpp_sdpa"],
+        # Per-round ratios (the variants of one round ran back to back) and the ratio of the fastest
+        # repetitions: both less sensitive to other load than the ratio of medians.
+        "paired_ratio_median_ebt_vs_tpp_math": statistics.median(
+            e / t for e, t in zip(times["ebt"], times["tpp_math"], strict=True)),
+        "paired_ratio_median_ebt_vs_tpp_sdpa": statistics.median(
+            e / t for e, t in zip(times["ebt"], times["tpp_sdpa"], strict=True)),
+        "min_time_ratio_ebt_vs_tpp_math": min(times["ebt"]) / min(times["tpp_math"]),
+        "min_time_ratio_ebt_vs_tpp_sdpa": min(times["ebt"]) / min(times["tpp_sdpa"]),
         "cpu_time_ratio_ebt_vs_tpp_math": med_cpu["ebt"] / med_cpu["tpp_math"],
         "cpu_time_ratio_ebt_vs_tpp_sdpa": med_cpu["ebt"] / med_cpu["tpp_sdpa"],
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -510,3 +510,14 @@ def test_prediction_attention_equals_the_papers_superdiagonal_construction(s):
     a = (a * (~sup))[..., :-1]
     paper = a @ v_o + w * v_p
     torch.testing.assert_close(ours, paper)
+
+
+@pytest.mark.parametrize("cfg", [tpp_cfg(), ebt_cfg(), ebt_cfg("ebt_s2")])
+def test_bf16_autocast_train_step(cfg):
+    """The CUDA recipe trains under bf16 autocast; the same code path (incl. double backward) on CPU."""
+    m = build_model(cfg).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, info = m.loss(tokens(), tokens(seed=1))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
