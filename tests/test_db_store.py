@@ -65,6 +65,8 @@ def test_run_lifecycle_and_fit_eligibility(store):
     store.heartbeat(a.id)
     assert store.get_run(a.id).heartbeat_at >= r.heartbeat_at
     assert store.mark_running(a.id).attempts == 2
+    assert store.heartbeat_many([a.id, b.id, 999999]) == 2 and store.heartbeat_many([]) == 0
+    assert store.get_run(b.id).heartbeat_at is not None
     done = store.finish_run(a.id, "completed", result={
         "final_val_loss": 3.25, "final_train_loss": 3.0, "final_val_ppl": math.exp(3.25), "tokens": 1234,
         "params": {"total": 10, "non_embedding": 6}, "flops_per_token": {"paper": 60.0, "exact": 71.5},

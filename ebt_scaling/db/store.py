@@ -321,6 +321,19 @@ class Store:
         self._unit(lambda conn: self._update_run(conn, run_id, heartbeat_at=self._now(conn)),
                    what=f"heartbeat of run {run_id}")
 
+    def heartbeat_many(self, run_ids: Sequence[int]) -> int:
+        """Heartbeat several runs in one transaction (the driver's periodic tick); returns how many exist."""
+        ids = sorted({int(r) for r in run_ids})
+        if not ids:
+            return 0
+
+        def unit(conn: Connection) -> int:
+            now = self._now(conn)
+            return sum(int(conn.execute(update(RUNS).where(RUNS.c.id.in_(chunk)).values(heartbeat_at=now)).rowcount)
+                       for chunk in _chunks(ids))
+
+        return self._unit(unit, what="heartbeat")
+
     def finish_run(self, run_id: int, status: str, *, reason: str | None = None,
                    result: Mapping[str, Any] | None = None) -> RunRecord:
         """Record the end of a run. ``result`` may hold final_train_loss, final_val_loss, final_val_ppl,
