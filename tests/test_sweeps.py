@@ -287,3 +287,29 @@ def test_data_evaluations_become_points_of_the_sweep(tmp_path):
                    ("ebt", 5120.0, 4.6, "trained"),
                    ("transformer_pp", 1280.0, 4.9, "imported"), ("transformer_pp", 2560.0, 4.8, "imported"),
                    ("transformer_pp", 5120.0, 4.6, "trained")]
+
+
+def test_flops_sweep_reuses_the_params_runs_as_its_points(tmp_path):
+    """The flops runs are the params runs (same hashes): nothing is trained twice, yet the flops sweep holds
+    one point per run with x = training FLOPs and the trained run's loss."""
+    from ebt_scaling.db import Store
+    from ebt_scaling.sched.service import import_shared_points
+
+    body = 'values = ["nano", "tiny", "4xs"]\nbatch_sizes = [4, 6, 8]'
+    p = load_spec(_write(tmp_path, spec_text("params", body).replace('name = "t"', 'name = "p"'), "p.toml"))
+    f = load_spec(_write(tmp_path, spec_text("flops", body).replace('name = "t"', 'name = "f"'), "f.toml"))
+    st = Store(f"sqlite:///{tmp_path / 'shared.db'}")
+    st.create_sweep("p", "params", p.to_dict())
+    for rec in st.plan_runs("p", [r.planned for r in expand(p)]):
+        st.finish_run(rec.id, "completed", result={"final_val_loss": 3.0 + rec.id / 10})
+    st.create_sweep("f", "flops", f.to_dict())
+    fr = expand(f)
+    recs = st.plan_runs("f", [r.planned for r in fr])
+    assert {r.sweep for r in recs} == {"p"}  # the same rows: nothing new to train
+    assert import_shared_points(st, "f", fr, recs) == 6
+    assert import_shared_points(st, "f", fr, recs) == 6  # idempotent
+    pts = st.list_runs(sweep="f")
+    assert len(pts) == 6 and {r.axis for r in pts} == {"flops"} and {r.source for r in pts} == {"imported"}
+    want = {(r.planned.family, r.planned.x): 3.0 + rec.id / 10 for r, rec in zip(fr, recs, strict=True)}
+    assert {(r.family, r.x): r.final_val_loss for r in pts} == pytest.approx(want)
+    assert len(st.list_runs(sweep="p")) == 6

@@ -179,6 +179,10 @@ def run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, *, retry_failed
     for rec in records:
         st = store.get_run(rec.id).status
         outcome.statuses[st] = outcome.statuses.get(st, 0) + 1
+    n = import_shared_points(store, spec.name, runs, [store.get_run(r.id) for r in records])
+    if n:
+        say(f"sweep {spec.name}: {n} completed run(s) of other sweeps with the same configuration stored as "
+            f"points of this sweep (not trained again)")
     if spec.axis == "data" and spec.mode == "evaluations":
         n = import_evaluation_points(store, spec.name, [store.get_run(r.id) for r in records])
         if n:
@@ -200,6 +204,27 @@ class EvalPoint:
     val_ppl: float | None = None
     tokens: int | None = None
     extra: tuple[tuple[str, float], ...] = ()
+
+
+def import_shared_points(store: Any, sweep: str, runs: list[ExpandedRun], records: list[Any]) -> int:
+    """Runs are identified by their configuration across sweeps: a run another sweep already trained (e.g.
+    the ``params`` runs for the ``flops`` axis, or Transformer++ runs shared by an S1 and an S2 sweep) is not
+    trained again, and its row stays with that sweep. So that this sweep holds every point of its axis, each
+    such completed run is stored here as a point with this sweep's axis and x and the run's final losses
+    (``source_run`` names the trained run). Idempotent. Returns the number of points."""
+    by_hash = {r.config_hash: r for r in runs}
+    points: list[EvalPoint] = []
+    for rec in records:
+        run = by_hash.get(rec.config_hash)
+        if run is None or rec.sweep == sweep or rec.status != "completed" or rec.final_val_loss is None:
+            continue
+        points.append(EvalPoint(line=rec.id, family=rec.family, axis=run.planned.axis, x=float(run.planned.x),
+                                seed=rec.seed, val_loss=float(rec.final_val_loss), train_loss=rec.final_train_loss,
+                                val_ppl=rec.final_val_ppl, tokens=rec.tokens,
+                                extra=(("source_run", float(rec.id)),)))
+    if points:
+        store.import_rows(sweep, points, source_name=f"runs shared with other sweeps, planned by {sweep}")
+    return len(points)
 
 
 def import_evaluation_points(store: Any, sweep: str, runs: list[Any]) -> int:
