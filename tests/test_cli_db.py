@@ -165,6 +165,8 @@ def test_db_commands(db_url):
     assert r.exit_code == 0 and f"upgraded from empty to {schema.SCHEMA_REVISION}" in r.stdout
     assert "already at revision" in invoke("db", "upgrade", "--db", db_url).stdout
     assert f": {schema.SCHEMA_REVISION} (head)" in invoke("db", "current", "--db", db_url).stdout
+    r = invoke("db", "upgrade", "nosuchrev", "--db", db_url)
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "known revisions: 0001, 0002" in r.stderr
     r = invoke("db", "downgrade", "0001", "--db", db_url)
     assert r.exit_code == 2 and "--yes" in r.stderr
     assert invoke("db", "downgrade", "0001", "--yes", "--db", db_url).exit_code == 0

@@ -28,7 +28,7 @@ from ebt_scaling.db.engine import (
     with_retries,
 )
 from ebt_scaling.errors import SchemaOutOfDate, StoreError
-from ebt_scaling.security import mask_url
+from ebt_scaling.security import mask_url, scrub
 
 # Same shape as the table Alembic creates (so either may create it first).
 _version_md = MetaData()
@@ -174,7 +174,7 @@ def current(url: str) -> str | None:
 
 
 def _run_alembic(url: str, fn_name: str, revision: str) -> tuple[str | None, str | None]:
-    from alembic import command
+    from alembic import command, util
 
     engine = make_engine(url, null_pool=True)
     try:
@@ -189,6 +189,10 @@ def _run_alembic(url: str, fn_name: str, revision: str) -> tuple[str | None, str
             return before, current(url)
     except SQLAlchemyError as exc:
         raise translate(exc, url, f"{fn_name} to {revision}") from None
+    except util.CommandError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(f"cannot {fn_name} {mask_url(url)} to {revision!r}: {scrub(first)}; known revisions: "
+                         f"{', '.join(schema.KNOWN_REVISIONS)}, head, base") from None
     finally:
         engine.dispose()
 
