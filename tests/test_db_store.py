@@ -224,6 +224,8 @@ def test_import_rows_and_dataframes(store):
     store.log_metrics(runs[0].id, [MetricPoint("val_loss", 1, math.nan), MetricPoint("val_loss", 2, 1.0)])
     mdf = store.metrics_dataframe(sweep="imp")
     assert list(mdf["step"]) == [1, 2] and math.isnan(mdf["value"][0])
+    keyed = store.import_rows("imp", [dataclasses.replace(rows[0], key="ebt_s2")])  # same point, other recipe
+    assert (keyed.created, keyed.updated) == (1, 0) and len(store.list_runs(sweep="imp")) == 3
 
 
 def test_store_masks_password_and_rejects_bad_urls(tmp_path):

@@ -108,10 +108,14 @@ def from_json(obj: Any) -> Any:
     return obj
 
 
-def imported_config_hash(sweep: str, family: str, axis: str, x: float, seed: int) -> str:
-    """Identity of an imported run: the same (sweep, family, axis, x, seed) is the same run."""
-    payload = json.dumps({"source": "imported", "sweep": sweep, "family": family, "axis": axis,
-                          "x": repr(float(x)), "seed": int(seed)}, sort_keys=True, separators=(",", ":"))
+def imported_config_hash(sweep: str, family: str, axis: str, x: float, seed: int, key: str | None = None) -> str:
+    """Identity of an imported run: the same (sweep, family, axis, x, seed[, key]) is the same run. ``key``
+    tells apart points that share the rest (e.g. two EBT recipes in one sweep)."""
+    ident: dict[str, Any] = {"source": "imported", "sweep": sweep, "family": family, "axis": axis,
+                             "x": repr(float(x)), "seed": int(seed)}
+    if key is not None:
+        ident["key"] = str(key)
+    payload = json.dumps(ident, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -134,6 +138,8 @@ class ImportRow:
     val_ppl: float | None = None
     tokens: int | None = None
     extra: tuple[tuple[str, float], ...] = ()
+    #: Optional identity suffix for points that share (family, axis, x, seed) within one sweep.
+    key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -625,7 +631,7 @@ class Store:
             now = self._now(conn)
             by_hash: dict[str, ImportRow] = {}
             for r in rows:
-                by_hash[imported_config_hash(sweep, r.family, r.axis, r.x, r.seed)] = r
+                by_hash[imported_config_hash(sweep, r.family, r.axis, r.x, r.seed, getattr(r, "key", None))] = r
             before = self._ids_by_hash(conn, list(by_hash))
             values = []
             for h, r in by_hash.items():
