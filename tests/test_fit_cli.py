@@ -79,6 +79,11 @@ def test_import_fit_json_reuse_and_report(db_url, tmp_path):
     table = invoke("fit", "--sweep", "synth", "--db", db_url, "--resamples", "500", "--axis", "flops")
     assert table.exit_code == 0, table.output
     assert "flops" in table.stdout and "reused" in table.stdout and "crossover" in table.stdout
+    one = json.loads(invoke("fit", "--sweep", "synth", "--db", db_url, "--resamples", "500", "--axis", "flops",
+                            "--json").stdout)
+    assert [a["axis"] for a in one["axes"]] == ["flops"]
+    assert one["axes"][0]["p_value_holm"] == out2["axes"][1]["p_value_holm"]  # Holm over the sweep's axes
+    assert one["axes"][0]["comparison"]["holm_axes"] == 2
 
     pdf = tmp_path / "report.pdf"
     r = invoke("report", "--sweep", "synth", "--out", str(pdf), "--db", db_url, "--resamples", "500")
@@ -141,6 +146,7 @@ def test_empty_database(tmp_path):
     (["fit", "--sweep", "nope"], 1, "nope"),
     (["fit", "--resamples", "5"], 2, "--resamples 5"),
     (["fit", "--e-mode", "wobbly"], 2, "e_mode"),
+    (["fit", "--axis", "dta"], 2, "unknown axis"),
     (["report", "--sweep", "nope", "--out", "r.pdf"], 1, "nope"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, code, text):

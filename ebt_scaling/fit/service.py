@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ebt_scaling.config import AXES
-from ebt_scaling.errors import DuplicateError
+from ebt_scaling.errors import ConfigError, DuplicateError
 from ebt_scaling.fit.axis import AxisFit, FitSettings, adjust_holm, fingerprint, fit_axis
 from ebt_scaling.fit.design import AxisData, group_runs
 from ebt_scaling.records import FitRecord
@@ -81,29 +81,31 @@ def _axis_order(key: tuple[str, str]) -> tuple[str, int, str]:
 
 def fit_store(store: Any, sweep: str | None = None, axis: str | None = None,
               settings: FitSettings | None = None, *, save: bool = True) -> SweepFits:
-    """Fit every (sweep, axis) with runs (optionally one sweep / one axis), reusing stored fits whose
-    fingerprint matches, saving new ones, and Holm-adjusting p-values across the axes returned."""
+    """Fit every (sweep, axis) with runs (optionally one sweep), reusing stored fits whose fingerprint
+    matches and saving new ones. p-values are Holm-adjusted across all axes of the selected sweep(s), also
+    when ``axis`` restricts what is returned."""
     s = settings or FitSettings()
+    if axis is not None and axis not in AXES:
+        raise ConfigError(f"--axis {axis!r}: unknown axis; use one of {', '.join(AXES)}")
     if sweep is not None:
         store.get_sweep(sweep)  # raises NotFound with the fix when the sweep does not exist
     runs = store.list_runs(sweep=sweep)
     groups = group_runs(runs)
     messages: list[str] = []
-    if axis is not None:
-        groups = {k: v for k, v in groups.items() if k[1] == axis}
-        if not groups:
-            groups = {(sweep or "-", axis): AxisData(sweep or "-", axis, {})}
     if not runs:
         messages.append("no runs" + (f" in sweep {sweep!r}" if sweep else " in the database")
                         + "; import results with `ebt-scale import FILE.csv --sweep NAME` or run a sweep")
-    fits = []
-    for key in sorted(groups, key=_axis_order):
-        fits.append(_fit_or_reuse(store, groups[key], s, save))
+    if axis is not None and not any(k[1] == axis for k in groups):
+        groups[(sweep or "-", axis)] = AxisData(sweep or "-", axis, {})
+    fits = [_fit_or_reuse(store, groups[key], s, save) for key in sorted(groups, key=_axis_order)]
     adjust_holm(fits)
-    sweeps = sorted({k[0] for k in groups if k[0] != "-"})
+    if axis is not None:
+        fits = [f for f in fits if f.axis == axis]
+        runs = [r for r in runs if r.axis == axis]
+    sweeps = sorted({f.sweep for f in fits if f.sweep != "-"})
     if sweep is not None and sweep not in sweeps:
         sweeps = [sweep]
-    return SweepFits(sweep, sweeps, fits, runs if axis is None else [r for r in runs if r.axis == axis], messages)
+    return SweepFits(sweep, sweeps, fits, runs, messages)
 
 
 def _fit_or_reuse(store: Any, data: AxisData, s: FitSettings, save: bool) -> AxisFit:
