@@ -27,7 +27,7 @@ from ebt_scaling.fit.design import (
     stratified_resample,
 )
 
-FIT_CODE_VERSION = 1  # bump when a change alters fitted numbers, so stored fits are not reused
+FIT_CODE_VERSION = 2  # bump when a change alters fitted numbers, so stored fits are not reused
 LN10 = math.log(10.0)
 PAPER_V1 = {"data": 0.3598, "batch": 0.2846, "depth": 0.0529, "params": 0.0291, "flops": 0.0292, "width": 0.0002}
 PAPER_ICLR = {"params": 0.0897, "flops": 0.0897}
