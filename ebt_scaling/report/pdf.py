@@ -117,7 +117,7 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
     fig.text(0.04, 0.905, "Scaling rate = |OLS slope of log10(perplexity) on log10(x)| (the paper's definition); "
              "rate gain = |b_EBT| / |b_T++| - 1. Verdict at 95% after Holm adjustment across axes.",
              fontsize=8.5, va="top")
-    header = ["axis", "runs T++/EBT", "excl.", "rate gain (ours)", "95% interval", "p", "p (Holm)",
+    header = ["axis", "runs T++/EBT", "excl.", "gain (ours)", "95% interval", "p", "p (Holm)",
               "paper v1", "paper ICLR", "verdict", "exponent gain (M2) [95%]"]
     rows, colors = [], []
     for f in _sorted_fits(data):
