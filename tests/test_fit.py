@@ -288,11 +288,15 @@ def test_settings_are_validated():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_interval_coverage_is_near_nominal():
-    """95% intervals cover the truth in 90-99% of 200 simulated data sets (slopes, gain, alpha)."""
+    """95% intervals cover the truth in 90-99% of 200 simulated data sets (slopes, gain, alpha).
+
+    1,000 resamples per data set (the 2.5% / 97.5% percentiles are stable to well under a point of coverage);
+    about 400 fits in all, several minutes on 2 cores."""
     n_sim = 200
     hits = {"slope_tpp": 0, "slope_ebt": 0, "gain": 0, "alpha_tpp": 0, "alpha_ebt": 0}
-    settings = FitSettings(resamples=2000, permutations=99)
+    settings = FitSettings(resamples=1000, permutations=99)
     for k in range(n_sim):
         rng = np.random.default_rng(1000 + k)
         lin = fit_axis(axis_data_from_arrays(*loglinear(rng, {"transformer_pp": -0.08, "ebt": -0.0824},
@@ -312,6 +316,7 @@ def test_interval_coverage_is_near_nominal():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_equal_slope_test_has_nominal_size():
     rejections = 0
     n_sim = 300
