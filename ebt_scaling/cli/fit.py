@@ -23,8 +23,13 @@ def register(app: typer.Typer) -> None:
                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
                 db: DbOption = None, resamples: ResamplesOption = 2000, seed: SeedOption = 0,
                 e_mode: EModeOption = "auto") -> None:
-        """Fit the paper-compatible rate (M1) and a saturating law (M2) per axis and family, compare EBT
-        with Transformer++ (gain, interval, Holm-adjusted p-value) and store the fits."""
+        """Fit scaling rates and laws per axis and compare EBT with Transformer++.
+
+        Per family: the paper's rate (OLS slope of log10 ppl on log10 x) and a law E + A x^-alpha.
+
+        Per axis: rate gain with a bootstrap interval and a Holm-adjusted p-value for equal slopes.
+
+        Fits are stored linked to their runs and reused while the runs are unchanged."""
         from ebt_scaling.db import Store
         from ebt_scaling.fit import FitSettings
         from ebt_scaling.fit.service import fit_store

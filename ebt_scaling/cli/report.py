@@ -42,8 +42,11 @@ def register(app: typer.Typer) -> None:
         resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples (>= 100).")] = 2000,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap draws.")] = 0,
     ) -> None:
-        """Write the PDF report: gains with intervals next to the paper's values, per-axis fits, FLOPs
-        crossover, runs table and provenance. Same database -> byte-identical PDF."""
+        """Write the PDF report of the fits.
+
+        Summary with gains, intervals and the paper's values; one page per axis; FLOPs crossover; runs.
+
+        Provenance closes it. The same database gives a byte-identical PDF."""
         from ebt_scaling.db import Store
         from ebt_scaling.errors import ConfigError
         from ebt_scaling.fit import FitSettings
