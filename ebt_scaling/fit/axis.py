@@ -248,8 +248,9 @@ def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, dict[str, Any]], p
             fams[name]["law"] = law
             alpha_boot[name] = al_b
             xg = np.exp(np.linspace(np.log(fd.x.min()), np.log(fd.x.max()), 60))
-            curves = Eb[:, None] + Ab[:, None] * xg[None, :] ** (-al_b[:, None])
-            lo, hi = percentile_ci(np.log10(np.exp(curves)), s.level)
+            with np.errstate(over="ignore", invalid="ignore"):
+                curves = Eb[:, None] + Ab[:, None] * xg[None, :] ** (-al_b[:, None])
+                lo, hi = percentile_ci(curves / LN10, s.level)
             fit_curve = sat.E + sat.A(k) * xg ** (-sat.alpha(k))
             plot[name]["m2"] = {"x": xg.tolist(), "fit": (fit_curve / LN10).tolist(), "lo": lo.tolist(),
                                 "hi": hi.tolist()}

@@ -38,11 +38,15 @@ def fmt_p(p: float | None) -> str:
 
 
 def _plain_y(ax: Axes) -> None:
-    """Perplexities as plain numbers (40, 60) rather than 4x10^1 on a log axis."""
+    """Perplexities as plain numbers (40, 60) rather than 4x10^1 on a log axis; small x values too."""
     fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
     ax.yaxis.set_major_formatter(fmt)
     ax.yaxis.set_minor_formatter(fmt)
     ax.tick_params(axis="y", which="minor", labelsize=7)
+    if ax.get_xlim()[1] < 1e5:
+        ax.xaxis.set_major_formatter(fmt)
+        ax.xaxis.set_minor_formatter(fmt)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
 
 
 def draw_scaling(ax: Axes, fit: dict[str, Any]) -> None:
@@ -98,6 +102,10 @@ def draw_residuals(ax: Axes, fit: dict[str, Any], which: str = "m1") -> None:
         drawn = True
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log")
+    if drawn and ax.get_xlim()[1] < 1e5:
+        fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
+        ax.xaxis.set_major_formatter(fmt)
+        ax.xaxis.set_minor_formatter(fmt)
     ax.grid(True, alpha=0.25, lw=0.5)
     ax.set_xlabel(X_LABELS.get(fit["axis"], fit["axis"]), fontsize=8)
     ax.set_ylabel("residual, log10 ppl" if which == "m1" else "residual, ln loss", fontsize=8)
