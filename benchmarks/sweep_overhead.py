@@ -67,13 +67,16 @@ def main() -> int:
         "sum_trial_train_s": round(sum(train_s), 2),
         "ideal_s": round(ideal, 2),
         "sweep_wall_s": round(wall, 2),
+        "ray_import_s": round(out.runner.import_s, 2) if out.runner else None,
         "ray_init_s": round(out.runner.ray_init_s, 2) if out.runner else None,
+        "ray_shutdown_s": round(out.runner.shutdown_s, 2) if out.runner else None,
         "tune_fit_s": round(fit_s, 2),
         "ratio": round(wall / ideal, 4),
         "ratio_fit": round(fit_s / ideal, 4),
         "per_trial_overhead_s": round((wall - ideal) * slots / args.trials, 3),
         "per_trial_overhead_fit_s": round((fit_s - ideal) * slots / args.trials, 3),
         "goals": {"ratio": 1.10, "per_trial_overhead_s": 3.0},
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     }
     res["meets_goals"] = res["ratio"] <= 1.10 and res["per_trial_overhead_s"] <= 3.0
     text = json.dumps(res, indent=1)

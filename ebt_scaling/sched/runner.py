@@ -70,8 +70,10 @@ class RunnerOutcome:
     cancelled: list[int] = field(default_factory=list)
     interrupted: bool = False
     wall_s: float = 0.0
+    import_s: float = 0.0
     ray_init_s: float = 0.0
     fit_s: float = 0.0
+    shutdown_s: float = 0.0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -160,6 +162,7 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
 
     progress = SweepProgress(progress_name, len(tasks), opts.progress)
     progress.start()
+    t_imp = time.monotonic()
     import ray
     from ray import tune
 
@@ -167,6 +170,7 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
     from ebt_scaling.sched.trainable import ebt_trial
 
     t_init = time.monotonic()
+    out.import_s = t_init - t_imp
     init_kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                                    configure_logging=True)
     if local:
@@ -237,11 +241,13 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
             for rid in out.cancelled:
                 sink.finished(rid, "cancelled", "sweep interrupted before the run finished", {})
     finally:
+        t_down = time.monotonic()
         try:
             progress.stop()
         finally:
             try:
                 ray.shutdown()
+                out.shutdown_s = time.monotonic() - t_down
             finally:
                 if temp_dir:
                     import shutil
