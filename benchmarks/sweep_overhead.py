@@ -32,6 +32,7 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--steps", type=int, default=800, help="optimizer steps per trial")
     ap.add_argument("--slots", type=int, default=None, help="trials at once (default: CPU cores)")
+    ap.add_argument("--address", default=None, help="an existing Ray cluster (default: a fresh local instance)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -50,8 +51,8 @@ def main() -> int:
                                                                "checkpoint_interval": max(1, args.steps // 4)})
     with tempfile.TemporaryDirectory(prefix="ebt-bench-") as d:
         store = Store(f"sqlite:///{d}/bench.db")
-        opts = RayOptions(cpus_per_trial=1, max_concurrent=slots, num_cpus=slots, storage_path=f"{d}/runs",
-                          progress="off")
+        opts = RayOptions(address=args.address, cpus_per_trial=1, max_concurrent=slots, num_cpus=slots,
+                          storage_path=f"{d}/runs", progress="off")
         t0 = time.monotonic()
         out = run_sweep(spec, store, opts)
         wall = time.monotonic() - t0
@@ -62,7 +63,8 @@ def main() -> int:
     fit_s = out.runner.fit_s if out.runner else float("nan")
     res = {
         "benchmark": "sweep_overhead",
-        "trials": args.trials, "steps_per_trial": args.steps, "slots": slots, "cpus": cpus,
+        "ray": args.address or "local", "trials": args.trials, "steps_per_trial": args.steps, "slots": slots,
+        "cpus": cpus,
         "trial_train_s": [round(x, 2) for x in train_s],
         "sum_trial_train_s": round(sum(train_s), 2),
         "ideal_s": round(ideal, 2),
