@@ -1,0 +1,285 @@
+"""Token corpora: memmapped train/validation token files, the split, batching and the unigram baseline.
+
+Pipeline of ``load_corpus(cfg, sequence_len)`` (every stage cached, keyed by content checksums)::
+
+    source --(sources.py)--> documents --(tokenizer.py)--> token stream --(split)--> train.bin / val.bin
+
+Split: the token stream (documents concatenated in order) is cut into contiguous blocks of
+``block_size`` tokens (4096, or fewer for small corpora: about 400 blocks); a permutation seeded with
+``split_seed`` picks ``round(val_fraction * blocks)`` (at least 1) of them for validation. The split
+depends only on the text, the tokenizer, ``val_fraction`` and ``split_seed`` - not on the sequence length,
+so every run of a sweep sees the same validation tokens. A training window may straddle two train blocks
+that were not adjacent in the text (like document concatenation); it never contains a validation token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ebt_scaling.config import DataConfig
+from ebt_scaling.data import synthetic as syn
+from ebt_scaling.data.cache import (
+    Progress,
+    atomic_write_json,
+    cache_root,
+    locked,
+    read_json,
+    sha256_file,
+    staging_dir,
+    stderr_progress,
+)
+from ebt_scaling.data.sources import load_documents
+from ebt_scaling.data.tokenizer import ByteTokenizer, HFTokenizer, bpe_tokenizer, pretrained_tokenizer
+from ebt_scaling.errors import ConfigError, DataError
+
+TOKENS_FORMAT = 1  # bump when the token-file layout or the split rule changes
+MAX_BLOCK = 4096
+MIN_BLOCK = 256
+TARGET_BLOCKS = 400
+_ENCODE_CHUNK_CHARS = 1 << 16
+
+
+class SymbolTokenizer:
+    """Tokens of the synthetic source are symbols 0..V-1, written as space-separated integers."""
+
+    kind = "symbols"
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        self.ident = f"symbols-{vocab_size}"
+
+    def encode(self, text: str) -> list[int]:
+        ids = [int(t) for t in text.split()]
+        if any(not 0 <= i < self.vocab_size for i in ids):
+            raise DataError(f"synthetic: symbols must be integers in 0..{self.vocab_size - 1}")
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+
+def split_blocks(n_tokens: int, val_fraction: float, split_seed: int,
+                 block_size: int | None = None) -> tuple[int, np.ndarray]:
+    """(block size, sorted indices of validation blocks) of a stream of ``n_tokens`` tokens."""
+    if block_size is None:
+        block_size = int(np.clip(n_tokens // TARGET_BLOCKS, MIN_BLOCK, MAX_BLOCK))
+    n_blocks = -(-n_tokens // block_size)
+    if n_blocks < 2:
+        raise DataError(f"corpus too small: {n_tokens} tokens make {n_blocks} block(s) of {block_size}; "
+                        "use more text (at least a few thousand tokens)")
+    n_val = min(n_blocks - 1, max(1, round(val_fraction * n_blocks)))
+    perm = np.random.default_rng(split_seed).permutation(n_blocks)
+    return block_size, np.sort(perm[:n_val])
+
+
+def _token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def _write_split(folder: pathlib.Path, stream: np.ndarray, vocab_size: int, cfg: DataConfig,
+                 block_size: int | None, meta: dict[str, Any]) -> None:
+    dtype = _token_dtype(vocab_size)
+    if stream.size and int(stream.max()) >= vocab_size:
+        raise DataError(f"token id {int(stream.max())} >= vocab_size {vocab_size}; this is a bug in the tokenizer "
+                        "setup, please report it")
+    bs, val_blocks = split_blocks(stream.size, cfg.val_fraction, cfg.split_seed, block_size)
+    is_val = np.zeros(-(-stream.size // bs), dtype=bool)
+    is_val[val_blocks] = True
+    mask = np.repeat(is_val, bs)[: stream.size]
+    with staging_dir(folder) as tmp:
+        stream[~mask].astype(dtype).tofile(tmp / "train.bin")
+        stream[mask].astype(dtype).tofile(tmp / "val.bin")
+        atomic_write_json(tmp / "meta.json", {
+            **meta, "format": TOKENS_FORMAT, "dtype": dtype.name, "vocab_size": vocab_size,
+            "n_tokens": int(stream.size), "n_train": int((~mask).sum()), "n_val": int(mask.sum()),
+            "block_size": bs, "val_blocks": [int(b) for b in val_blocks],
+            "val_fraction": cfg.val_fraction, "split_seed": cfg.split_seed,
+            "sha256": {"train.bin": sha256_file(tmp / "train.bin"), "val.bin": sha256_file(tmp / "val.bin")},
+        })
+
+
+def _valid_token_dir(folder: pathlib.Path) -> dict[str, Any] | None:
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        return None
+    meta = read_json(meta_path)
+    if meta.get("format") != TOKENS_FORMAT:
+        return None
+    for name, digest in meta.get("sha256", {}).items():
+        if not (folder / name).exists() or sha256_file(folder / name) != digest:
+            return None
+    return meta
+
+
+@dataclass
+class TokenCorpus:
+    """Train/validation token files of one corpus and tokenizer, memmapped read-only."""
+
+    name: str
+    vocab_size: int
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer: Any
+    meta: dict[str, Any] = field(default_factory=dict)
+    folder: pathlib.Path | None = None
+    # Analytic entropy rate in nats/token (synthetic source only): the best achievable validation loss.
+    entropy_rate: float | None = None
+    _unigram: float | None = field(default=None, repr=False)
+
+    @property
+    def checksum(self) -> str:
+        return str(self.meta.get("corpus_sha256", ""))
+
+    def _split(self, split: str) -> np.ndarray:
+        if split == "train":
+            return self.train
+        if split == "val":
+            return self.val
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+
+    def _check_len(self, arr: np.ndarray, seq_len: int, split: str) -> None:
+        if arr.size < seq_len + 1:
+            raise DataError(f"{self.name}: the {split} split has {arr.size} tokens, fewer than sequence_len+1 = "
+                            f"{seq_len + 1}; use a shorter --seq-len or more text")
+
+    def sample_batch(self, split: str, batch_size: int, seq_len: int, rng: np.random.Generator) -> np.ndarray:
+        """``batch_size`` windows of ``seq_len + 1`` tokens at uniform random offsets: (B, T+1) int64."""
+        arr = self._split(split)
+        self._check_len(arr, seq_len, split)
+        starts = rng.integers(0, arr.size - seq_len, size=batch_size)
+        return np.asarray(arr[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
+
+    def val_batches(self, n_batches: int, batch_size: int, seq_len: int) -> list[np.ndarray]:
+        """Fixed validation windows, evenly spread over the validation split (identical on every call)."""
+        self._check_len(self.val, seq_len, "val")
+        total = n_batches * batch_size
+        starts = np.linspace(0, self.val.size - seq_len - 1, total).round().astype(np.int64)
+        windows = np.asarray(self.val[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
+        return [windows[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+
+    def unigram_entropy(self) -> float:
+        """Validation cross-entropy (nats/token) of a unigram model fitted on train (add-one smoothing)."""
+        if self._unigram is None:
+            counts = np.bincount(np.asarray(self.train), minlength=self.vocab_size).astype(np.float64) + 1.0
+            logq = np.log(counts / counts.sum())
+            val_counts = np.bincount(np.asarray(self.val), minlength=self.vocab_size).astype(np.float64)
+            self._unigram = float(-(val_counts * logq).sum() / val_counts.sum())
+        return self._unigram
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def summary(self) -> dict[str, Any]:
+        out = {"source": self.name, "tokenizer": self.tokenizer.kind, "vocab_size": self.vocab_size,
+               "train_tokens": int(self.train.size), "val_tokens": int(self.val.size),
+               "unigram_loss": self.unigram_entropy(), "checksum": self.checksum,
+               "folder": str(self.folder) if self.folder else None}
+        if self.entropy_rate is not None:
+            out["entropy_rate"] = self.entropy_rate
+        return out
+
+
+def _open(folder: pathlib.Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    dt = np.dtype(meta["dtype"])
+    train = np.memmap(folder / "train.bin", dtype=dt, mode="r", shape=(meta["n_train"],))
+    val = np.memmap(folder / "val.bin", dtype=dt, mode="r", shape=(meta["n_val"],))
+    return train, val
+
+
+def _encode_stream(docs: Sequence[str], tokenizer: Any, progress: Progress) -> np.ndarray:
+    # Long documents are encoded in ~64k-character pieces cut after a newline (parallel in `tokenizers`).
+    pieces: list[str] = []
+    for d in docs:
+        start = 0
+        while start < len(d):
+            end = min(len(d), start + _ENCODE_CHUNK_CHARS)
+            if end < len(d):
+                nl = d.rfind("\n", start, end)
+                end = nl + 1 if nl > start else end
+            pieces.append(d[start:end])
+            start = end
+    total = sum(len(p) for p in pieces)
+    progress(f"tokenizing {total / 1e6:.1f} MB with {tokenizer.kind} (vocab {tokenizer.vocab_size})")
+    out: list[np.ndarray] = []
+    batch = 256
+    for i in range(0, len(pieces), batch):
+        ids = tokenizer.encode_batch(pieces[i:i + batch])
+        out.extend(np.asarray(x, dtype=np.int64) for x in ids)
+        if len(pieces) > 4 * batch and (i // batch) % 8 == 7:
+            progress(f"  tokenized {min(i + batch, len(pieces))}/{len(pieces)} pieces")
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _make_tokenizer(cfg: DataConfig, docs: Sequence[str], corpus_sha: str, root: pathlib.Path,
+                    progress: Progress) -> ByteTokenizer | HFTokenizer:
+    if cfg.tokenizer == "byte":
+        return ByteTokenizer()
+    if cfg.tokenizer == "bpe":
+        return bpe_tokenizer(docs, corpus_sha, cfg.vocab_size, root, progress)
+    tok = pretrained_tokenizer(cfg.tokenizer[len("hf:"):])
+    if tok.vocab_size > cfg.vocab_size:
+        raise ConfigError(f"DataConfig.vocab_size: {cfg.tokenizer} has {tok.vocab_size} tokens but vocab_size is "
+                          f"{cfg.vocab_size}; set --vocab-size {tok.vocab_size}")
+    return tok
+
+
+def _synthetic(cfg: DataConfig, root: pathlib.Path, progress: Progress) -> TokenCorpus:
+    v = cfg.vocab_size
+    syn._check_vocab(v)
+    key = hashlib.sha256(f"synthetic|{v}|{syn.SYNTHETIC_SEED}|{cfg.val_fraction}|{cfg.split_seed}|"
+                         f"{TOKENS_FORMAT}".encode()).hexdigest()[:16]
+    folder = root / "tokens" / f"synthetic-{v}-{key}"
+    with locked(root, folder.name):
+        meta = _valid_token_dir(folder)
+        if meta is None:
+            progress(f"sampling the synthetic Markov source (vocab {v}, "
+                     f"{syn.SYNTHETIC_CHAINS * syn.SYNTHETIC_CHAIN_LEN} tokens)")
+            stream = syn.sample_synthetic(v).ravel()
+            digest = hashlib.sha256(stream.astype(np.int64).tobytes()).hexdigest()
+            _write_split(folder, stream, v, cfg, syn.SYNTHETIC_CHAIN_LEN,
+                         {"source": "synthetic", "tokenizer": "symbols", "corpus_sha256": digest})
+            meta = _valid_token_dir(folder)
+            assert meta is not None
+    train, val = _open(folder, meta)
+    return TokenCorpus("synthetic", v, train, val, SymbolTokenizer(v), meta, folder,
+                       entropy_rate=syn.synthetic_entropy_rate(v))
+
+
+def load_corpus(cfg: DataConfig, sequence_len: int, progress: Progress | None = None) -> TokenCorpus:
+    """Prepare (first use) or open (cached) the corpus of ``cfg``; checks both splits fit ``sequence_len``."""
+    progress = progress or stderr_progress
+    root = cache_root(cfg.cache_dir)
+    if cfg.source == "synthetic":
+        corpus = _synthetic(cfg, root, progress)
+    else:
+        docs, corpus_sha, doc_meta = load_documents(cfg.source, root, progress)
+        tokenizer = _make_tokenizer(cfg, docs, corpus_sha, root, progress)
+        vocab = tokenizer.vocab_size if cfg.tokenizer == "byte" else cfg.vocab_size
+        key = hashlib.sha256(f"{corpus_sha}|{tokenizer.ident}|{vocab}|{cfg.val_fraction}|{cfg.split_seed}|"
+                             f"{TOKENS_FORMAT}".encode()).hexdigest()[:16]
+        folder = root / "tokens" / f"{corpus_sha[:12]}-{tokenizer.ident}-{key}"
+        with locked(root, folder.name):
+            meta = _valid_token_dir(folder)
+            if meta is None:
+                stream = _encode_stream(docs, tokenizer, progress)
+                _write_split(folder, stream, vocab, cfg, None, {
+                    "source": cfg.source, "tokenizer": tokenizer.kind, "tokenizer_ident": tokenizer.ident,
+                    "corpus_sha256": corpus_sha, "documents": doc_meta.get("documents"),
+                })
+                meta = _valid_token_dir(folder)
+                assert meta is not None
+                progress(f"wrote {meta['n_train']} train + {meta['n_val']} val tokens to {folder}")
+        train, val = _open(folder, meta)
+        corpus = TokenCorpus(cfg.source, vocab, train, val, tokenizer, meta, folder)
+    corpus._check_len(corpus.train, sequence_len, "train")
+    corpus._check_len(corpus.val, sequence_len, "val")
+    return corpus
