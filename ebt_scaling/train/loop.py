@@ -1,0 +1,272 @@
+"""``train(spec, sink) -> RunResult``: one training run, knowing nothing of Ray or the database.
+
+Per optimizer step ``s = 1..steps``: set the LR of every group to ``lr_at(s - 1) * lr_mult``; draw a batch
+of ``batch_size`` random windows of ``sequence_len + 1`` tokens; ``loss, info = model.loss(idx, targets)``
+(bf16 autocast on CUDA, fp32 on CPU); backward; clip the gradient norm (the pre-clip norm is recorded);
+check for divergence; AdamW step. Then, in this order: metric points (every ``log_interval`` steps and the
+last), validation (every ``eval_interval`` steps and the last), checkpoint (every ``checkpoint_interval``
+steps and the last, when ``spec.checkpoint_dir`` is set).
+
+Validation loss = token-weighted mean of ``info["ce"]`` (the EBT's final-step CE) over ``eval_batches``
+fixed validation batches, computed under a forked RNG with a fixed seed: it is a deterministic function of
+the weights and never perturbs the training RNG stream, which is what makes resume bit-exact on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ebt_scaling.config import RunSpec
+from ebt_scaling.data import load_corpus
+from ebt_scaling.data.cache import Progress
+from ebt_scaling.errors import ConfigError
+from ebt_scaling.models import build_model
+from ebt_scaling.models.flops import flops_per_token, param_counts
+from ebt_scaling.records import MetricPoint, MetricSink, RunResult
+from ebt_scaling.train.checkpoint import load_checkpoint, save_checkpoint
+from ebt_scaling.train.schedule import lr_at
+
+EVAL_SEED_OFFSET = 7919  # validation noise (EBT initial candidates) uses seed + this, in a forked RNG
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"TrainConfig.device: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"TrainConfig.device: {name} requested but CUDA is not available; use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"TrainConfig.device: device type {dev.type!r} is not supported; use cpu or cuda")
+    return dev
+
+
+def autocast_context(device: torch.device, precision: str) -> Callable[[], Any]:
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if bf16:
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _as_loss(out: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    if isinstance(out, tuple):
+        return out[0], dict(out[1])
+    return out, {}
+
+
+def _f(x: Any) -> float:
+    return float(x.detach().float().item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, device: torch.device,
+             autocast: Callable[[], Any], family: str) -> dict[str, float]:
+    """Token-weighted validation CE (nats) and, for the EBT, initial-step CE and energy gap."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    n_tok = 0
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    # The EBT's energy descent needs autograd even at evaluation; the model enables it internally when
+    # asked under no_grad, but we simply leave grad mode on for it (no backward is ever run here).
+    grad_ctx = torch.no_grad if family == "transformer_pp" else contextlib.nullcontext
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed + EVAL_SEED_OFFSET)
+            for b in batches:
+                idx, tgt = b[:, :-1], b[:, 1:]
+                with grad_ctx(), autocast():
+                    loss, info = _as_loss(model.loss(idx, tgt))
+                n = int((tgt != -100).sum())
+                n_tok += n
+                vals = {"val_loss": _f(info.get("ce", loss))}
+                if "ce_initial" in info:
+                    vals["val_loss_initial"] = _f(info["ce_initial"])
+                if "energy_initial" in info and "energy_final" in info:
+                    vals["val_energy_gap"] = _f(info["energy_initial"]) - _f(info["energy_final"])
+                for k, v in vals.items():
+                    sums[k] = sums.get(k, 0.0) + v * n
+    finally:
+        model.train(was_training)
+    out = {k: v / max(1, n_tok) for k, v in sums.items()}
+    out["val_ppl"] = math.exp(out["val_loss"]) if out["val_loss"] < 700 else math.inf
+    return out
+
+
+def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
+          on_step: Callable[[dict[str, Any]], None] | None = None,
+          data_progress: Progress | None = None) -> RunResult:
+    """Train ``spec`` and report to ``sink``; returns the RunResult (status ``completed`` or ``diverged``).
+
+    ``resume_from``: a checkpoint folder (or a checkpoint root with ``LATEST``) written by a run of the same
+    spec; the run continues after its step and reproduces the uninterrupted run exactly on CPU.
+    ``on_step``: optional callback after every optimizer step (CLI progress), given a small dict.
+    ``data_progress``: callback for corpus-preparation messages (default: stderr).
+    """
+    t_wall0 = time.perf_counter()
+    mcfg, tcfg = spec.model, spec.train
+    device = resolve_device(tcfg.device)
+    if tcfg.threads and device.type == "cpu":
+        torch.set_num_threads(tcfg.threads)
+    autocast = autocast_context(device, tcfg.precision)
+    T, B = mcfg.sequence_len, tcfg.batch_size
+
+    corpus = load_corpus(spec.data, T, progress=data_progress)
+    if corpus.vocab_size > mcfg.vocab_size:
+        raise ConfigError(f"ModelConfig.vocab_size: {mcfg.vocab_size} is smaller than the corpus vocabulary "
+                          f"({corpus.vocab_size}); set the model's vocab_size to {corpus.vocab_size}")
+
+    _seed_everything(tcfg.seed)
+    data_rng = np.random.default_rng(tcfg.seed)
+    model = build_model(mcfg).to(device)
+    model.train()
+    groups = model.optim_groups(tcfg.weight_decay)
+    for g in groups:
+        g.setdefault("lr_mult", 1.0)
+        g["lr"] = 0.0
+    optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(tcfg.beta1, tcfg.beta2), weight_decay=tcfg.weight_decay)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    fpt = {c: flops_per_token(mcfg, c, mode="train") for c in ("paper", "exact")}
+    counts = param_counts(mcfg)
+
+    step, tokens, elapsed_before, initial_loss = 0, 0, 0.0, None
+    ckpt_path: str | None = None
+    last_val: dict[str, float] = {}
+    last_train_loss: float | None = None
+    if resume_from is not None:
+        st = load_checkpoint(resume_from, spec, model, optimizer, device)
+        step, tokens = int(st["step"]), int(st["tokens"])
+        elapsed_before, initial_loss = float(st["elapsed"]), st["initial_loss"]
+        last_val, last_train_loss = dict(st.get("last_val", {})), st.get("last_train_loss")
+        ckpt_path = st["path"]
+        random.setstate(st["python_rng"])
+        data_rng.bit_generator.state = st["data_rng"]
+        torch.set_rng_state(st["torch_rng"])
+        if device.type == "cuda" and st.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(st["cuda_rng"])
+
+    val_batches = [torch.from_numpy(b).to(device) for b in corpus.val_batches(tcfg.eval_batches, B, T)]
+    is_ebt = mcfg.family == "ebt"
+    status, reason = "completed", None
+    train_time = 0.0  # seconds spent in training steps since the last log (for tokens/s)
+    interval_tokens = 0
+    total_train_time = 0.0
+
+    def wall() -> float:
+        return elapsed_before + (time.perf_counter() - t_wall0)
+
+    def trainer_state() -> dict[str, Any]:
+        return {
+            "step": step, "tokens": tokens, "elapsed": wall(), "initial_loss": initial_loss,
+            "last_val": last_val, "last_train_loss": last_train_loss,
+            "python_rng": random.getstate(), "data_rng": data_rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+            "lr_schedule": {"step": step, "lr": lr_at(max(0, step - 1), peak=tcfg.lr, warmup=tcfg.warmup_steps,
+                                                      total=tcfg.steps, min_div=tcfg.min_lr_div)},
+        }
+
+    def run_eval() -> None:
+        nonlocal last_val
+        last_val = evaluate(model, val_batches, seed=tcfg.seed, device=device, autocast=autocast,
+                            family=mcfg.family)
+        sink.log([MetricPoint(k, step, v) for k, v in sorted(last_val.items())])
+
+    if step >= tcfg.steps and not last_val:
+        run_eval()
+
+    while step < tcfg.steps:
+        t0 = time.perf_counter()
+        lr = lr_at(step, peak=tcfg.lr, warmup=tcfg.warmup_steps, total=tcfg.steps, min_div=tcfg.min_lr_div)
+        for g in optimizer.param_groups:
+            g["lr"] = lr * g["lr_mult"]
+        batch = torch.from_numpy(corpus.sample_batch("train", B, T, data_rng)).to(device)
+        idx, tgt = batch[:, :-1], batch[:, 1:]
+        with autocast():
+            loss, info = _as_loss(model.loss(idx, tgt))
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip))
+        loss_v = _f(loss)
+        step += 1
+        tokens += B * T
+        if initial_loss is None:
+            initial_loss = loss_v
+        if not math.isfinite(loss_v):
+            reason = f"non-finite training loss ({loss_v}) at step {step}"
+        elif not math.isfinite(grad_norm):
+            reason = f"non-finite gradient norm ({grad_norm}) at step {step}"
+        elif step > tcfg.warmup_steps and loss_v > tcfg.divergence_factor * initial_loss:
+            reason = (f"training loss {loss_v:.4g} exceeds {tcfg.divergence_factor:g} x the initial loss "
+                      f"{initial_loss:.4g} at step {step} (after warm-up)")
+        if reason is None:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0
+        train_time += dt
+        total_train_time += dt
+        interval_tokens += B * T
+        last_train_loss = loss_v
+
+        if reason is not None or step % tcfg.log_interval == 0 or step == tcfg.steps:
+            tps = interval_tokens / train_time if train_time > 0 else 0.0
+            pts = {"train_loss": loss_v, "lr": lr, "grad_norm": grad_norm, "tokens": float(tokens),
+                   "flops_paper": tokens * fpt["paper"], "flops_exact": tokens * fpt["exact"],
+                   "tokens_per_s": tps, "wall_time_s": wall()}
+            if is_ebt:
+                if "ce" in info:
+                    pts["train_ce"] = _f(info["ce"])
+                if "ce_initial" in info:
+                    pts["train_ce_initial"] = _f(info["ce_initial"])
+                if "alpha" in info:
+                    pts["alpha"] = _f(info["alpha"])
+            sink.log([MetricPoint(k, step, float(v)) for k, v in pts.items()])
+            train_time, interval_tokens = 0.0, 0
+        if on_step is not None:
+            on_step({"step": step, "steps": tcfg.steps, "loss": loss_v, "lr": lr, "grad_norm": grad_norm,
+                     "tokens": tokens, "tokens_per_s": (B * T) / dt if dt > 0 else 0.0,
+                     "val_loss": last_val.get("val_loss")})
+        if reason is not None:
+            status = "diverged"
+            break
+        if (tcfg.eval_interval and step % tcfg.eval_interval == 0) or step == tcfg.steps:
+            run_eval()
+        if spec.checkpoint_dir and ((tcfg.checkpoint_interval and step % tcfg.checkpoint_interval == 0)
+                                    or step == tcfg.steps):
+            ckpt_path = save_checkpoint(spec.checkpoint_dir, step, spec, model, optimizer, trainer_state())
+            sink.checkpoint(ckpt_path, step)
+
+    extra: dict[str, Any] = {"unigram_loss": corpus.unigram_entropy(), "initial_loss": initial_loss,
+                             "train_tokens_available": int(corpus.train.size),
+                             "tokens_per_s": (tokens / total_train_time) if total_train_time > 0 else None,
+                             "resumed_from": resume_from}
+    if corpus.entropy_rate is not None:
+        extra["entropy_rate"] = corpus.entropy_rate
+    for k in ("val_loss_initial", "val_energy_gap"):
+        if k in last_val:
+            extra[k] = last_val[k]
+    return RunResult(
+        status=status, steps=step, tokens=tokens, final_train_loss=last_train_loss,
+        final_val_loss=last_val.get("val_loss"), final_val_ppl=last_val.get("val_ppl"),
+        wall_time_s=wall(),
+        params=counts, flops_per_token=fpt, reason=reason, checkpoint_dir=ckpt_path,
+        device=str(device), extra=extra,
+    )

@@ -1,0 +1,155 @@
+"""Training loop: schedule, learning the synthetic source, metrics, resume, divergence, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ebt_scaling.config import DataConfig, RunSpec, TrainConfig, model_config
+from ebt_scaling.data.synthetic import synthetic_entropy_rate
+from ebt_scaling.errors import ConfigError
+from ebt_scaling.records import ListSink
+from ebt_scaling.train import lr_at, train
+
+FAMILIES = ["transformer_pp", "ebt"]
+
+
+def _spec(family, *, preset="nano", vocab=32, seq=32, ckpt=None, **train_kw):
+    kw = dict(steps=20, batch_size=4, lr=3e-3, warmup_steps=4, eval_interval=10, eval_batches=2, log_interval=1,
+              seed=0, threads=2)
+    kw.update(train_kw)
+    m = model_config(family, preset, vocab_size=vocab, sequence_len=seq, recipe="ebt_s1" if family == "ebt" else None)
+    return RunSpec(model=m, train=TrainConfig(**kw), data=DataConfig(source="synthetic", vocab_size=vocab),
+                   checkpoint_dir=str(ckpt) if ckpt else None, recipe="ebt_s1" if family == "ebt" else None)
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    kw = dict(peak=1e-3, warmup=10, total=110, min_div=10.0)
+    assert lr_at(0, **kw) == pytest.approx(1e-4)
+    assert lr_at(9, **kw) == pytest.approx(1e-3)
+    assert lr_at(10, **kw) == pytest.approx(1e-3)
+    assert lr_at(60, **kw) == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 50 / 99)))
+    assert lr_at(109, **kw) == pytest.approx(1e-4)
+    lrs = [lr_at(s, **kw) for s in range(110)]
+    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10], strict=False))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lr_at(0, peak=1.0, warmup=0, total=5, min_div=10) == 1.0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_learns_synthetic_source_below_unigram(family):
+    """A short CPU run gets far below the unigram entropy of the Markov source, towards its entropy rate."""
+    steps = 150 if family == "transformer_pp" else 80
+    spec = _spec(family, preset="nano", vocab=32, seq=64, steps=steps, batch_size=16, lr=1e-2, warmup_steps=10,
+                 eval_interval=0, eval_batches=4, log_interval=10)
+    sink = ListSink()
+    r = train(spec, sink)
+    unigram, h = r.extra["unigram_loss"], synthetic_entropy_rate(32)
+    assert r.status == "completed" and r.steps == steps and r.reason is None
+    assert r.extra["entropy_rate"] == pytest.approx(h)
+    gap = unigram - h  # about 2.0 nats for V=32
+    assert r.final_val_loss < unigram - 0.6 * gap, (r.final_val_loss, unigram, h)
+    assert r.final_val_loss > h - 0.05  # cannot beat the entropy rate (up to sampling noise)
+    assert r.final_val_ppl == pytest.approx(math.exp(r.final_val_loss))
+
+
+def test_metric_points_and_run_result():
+    sink = ListSink()
+    spec = _spec("transformer_pp", steps=12, log_interval=5, eval_interval=6)
+    r = train(spec, sink)
+    names = {p.name for p in sink.points}
+    assert {"train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens", "flops_paper", "flops_exact",
+            "tokens_per_s", "wall_time_s"} <= names
+    assert [s for s, _ in sink.series("train_loss")] == [5, 10, 12]
+    assert [s for s, _ in sink.series("val_loss")] == [6, 12]
+    tok = dict(sink.series("tokens"))
+    assert tok[10] == 10 * 4 * 32 and r.tokens == 12 * 4 * 32
+    fl = dict(sink.series("flops_exact"))
+    assert fl[10] == pytest.approx(tok[10] * r.flops_per_token["exact"])
+    assert set(r.flops_per_token) == {"paper", "exact"} and r.params["total"] > r.params["non_embedding"] > 0
+    assert r.final_val_loss == sink.series("val_loss")[-1][1]
+    assert r.device == "cpu" and r.checkpoint_dir is None and sink.checkpoints == []
+    lrs = dict(sink.series("lr"))
+    assert lrs[5] == pytest.approx(lr_at(4, peak=3e-3, warmup=4, total=12, min_div=10))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resume_reproduces_uninterrupted_run_exactly(tmp_path, family):
+    """20 steps straight vs. the same run resumed from its step-10 checkpoint: identical losses."""
+    straight_sink = ListSink()
+    spec = _spec(family, ckpt=tmp_path / "a", checkpoint_interval=10, eval_interval=5)
+    r1 = train(spec, straight_sink)
+    assert [s for _, s in straight_sink.checkpoints] == [10, 20]
+    ck10 = straight_sink.checkpoints[0][0]
+    assert ck10.endswith("step_00000010")
+
+    resumed_sink = ListSink()
+    r2 = train(spec.with_(checkpoint_dir=str(tmp_path / "b")), resumed_sink, resume_from=ck10)
+    a = straight_sink.series("train_loss")
+    b = resumed_sink.series("train_loss")
+    assert [s for s, _ in b] == list(range(11, 21))
+    assert b == a[10:]  # exact float equality
+    assert resumed_sink.series("val_loss") == straight_sink.series("val_loss")[2:]
+    assert resumed_sink.series("grad_norm") == straight_sink.series("grad_norm")[10:]
+    assert r2.final_val_loss == r1.final_val_loss and r2.final_train_loss == r1.final_train_loss
+    assert r2.tokens == r1.tokens and r2.steps == 20
+
+
+def test_resume_from_root_and_finished_checkpoint(tmp_path):
+    spec = _spec("transformer_pp", steps=6, ckpt=tmp_path / "c", eval_interval=3)
+    r1 = train(spec, ListSink())
+    sink = ListSink()
+    r2 = train(spec, sink, resume_from=str(tmp_path / "c"))  # LATEST -> step 6: nothing left to do
+    assert r2.steps == 6 and r2.final_val_loss == r1.final_val_loss
+    assert sink.series("train_loss") == []
+    other = spec.with_(train=TrainConfig(**{**spec.train.__dict__, "lr": 1e-3}))
+    with pytest.raises(ConfigError, match="different run"):
+        train(other, ListSink(), resume_from=str(tmp_path / "c"))
+    with pytest.raises(ConfigError, match="not a checkpoint"):
+        train(spec, ListSink(), resume_from=str(tmp_path / "nowhere"))
+
+
+def test_checkpoints_are_complete_and_pruned(tmp_path):
+    spec = _spec("transformer_pp", steps=8, ckpt=tmp_path / "k", checkpoint_interval=2, eval_interval=0)
+    sink = ListSink()
+    r = train(spec, sink)
+    assert [s for _, s in sink.checkpoints] == [2, 4, 6, 8]
+    kept = sorted(p.name for p in (tmp_path / "k").iterdir() if p.is_dir())
+    assert kept == ["step_00000006", "step_00000008"]
+    assert (tmp_path / "k" / "LATEST").read_text().strip() == "step_00000008"
+    assert r.checkpoint_dir == str(tmp_path / "k" / "step_00000008")
+    assert {p.name for p in (tmp_path / "k" / "step_00000008").iterdir()} == {
+        "model.pt", "optimizer.pt", "trainer.pt", "spec.json"}
+    assert not list((tmp_path / "k").glob(".*tmp"))
+
+
+@pytest.mark.parametrize("lr", [1e4, 1e30])
+def test_divergence_is_detected_not_raised(lr):
+    sink = ListSink()
+    r = train(_spec("transformer_pp", steps=40, lr=lr, warmup_steps=1, eval_interval=0), sink)
+    assert r.status == "diverged" and r.steps < 40
+    assert r.reason and ("non-finite" in r.reason or "exceeds" in r.reason), r.reason
+    assert f"step {r.steps}" in r.reason
+    assert sink.series("train_loss")[-1][0] == r.steps  # the diverging step was reported
+
+
+def test_same_seed_same_run_other_seed_differs():
+    a, b, c = ListSink(), ListSink(), ListSink()
+    train(_spec("transformer_pp", steps=5, eval_interval=0), a)
+    train(_spec("transformer_pp", steps=5, eval_interval=0), b)
+    train(_spec("transformer_pp", steps=5, eval_interval=0, seed=1), c)
+    assert a.series("train_loss") == b.series("train_loss") != c.series("train_loss")
+
+
+def test_bad_device_and_vocab_mismatch_are_config_errors():
+    with pytest.raises(ConfigError, match="CUDA is not available|unknown device"):
+        import torch
+
+        if torch.cuda.is_available():  # pragma: no cover - GPU machines
+            raise ConfigError("unknown device")
+        train(_spec("transformer_pp", steps=2, device="cuda"), ListSink())
+    spec = _spec("transformer_pp", steps=2)
+    spec = spec.with_(data=DataConfig(source="synthetic", vocab_size=64))  # model has 32 rows
+    with pytest.raises(ConfigError, match="smaller than the corpus vocabulary"):
+        train(spec, ListSink())
