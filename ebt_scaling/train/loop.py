@@ -159,6 +159,8 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
         random.setstate(st["python_rng"])
         data_rng.bit_generator.state = st["data_rng"]
         torch.set_rng_state(st["torch_rng"])
+        if isinstance(getattr(model, "replay", None), list):
+            model.replay[:] = [tuple(t.to(device) for t in item) for item in st.get("ebt_replay", [])]
         if device.type == "cuda" and st.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(st["cuda_rng"])
 
@@ -179,6 +181,9 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
             "python_rng": random.getstate(), "data_rng": data_rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+            # The EBT's replay buffer (S2) is plain Python state of the model: saved here so that resume
+            # stays exact for the S2 recipe too.
+            "ebt_replay": list(getattr(model, "replay", None) or []),
             "lr_schedule": {"step": step, "lr": lr_at(max(0, step - 1), peak=tcfg.lr, warmup=tcfg.warmup_steps,
                                                       total=tcfg.steps, min_div=tcfg.min_lr_div)},
         }

@@ -1,0 +1,194 @@
+"""``ebt-scale train`` (one run with a progress bar and a summary) and ``ebt-scale data prepare``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from typing import Annotated, Any
+
+import typer
+
+from ebt_scaling.cli.common import fail, handle_errors
+
+data_app = typer.Typer(name="data", help="Prepare and inspect corpora (cached, checksummed).",
+                       no_args_is_help=True)
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats become null (the status/reason fields say what happened)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _check_data_arg(data: str) -> None:
+    if data.startswith("text:") and not pathlib.Path(data[5:]).expanduser().exists():
+        raise fail(f"--data {data}: no such file or folder; give an existing .txt file or a folder of them", 2)
+
+
+@handle_errors
+def train_cmd(
+    family: Annotated[str, typer.Option("--family", "-f", help="transformer_pp or ebt.")] = "ebt",
+    preset: Annotated[str, typer.Option("--preset", "-p", help="Size preset (nano, tiny, xxs, ... xl).")] = "tiny",
+    recipe: Annotated[str | None, typer.Option("--recipe", help="EBT recipe: ebt_s1 (default) or ebt_s2.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps.", min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Sequences per step.", min=1)] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="Context length in tokens.", min=1)] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+    warmup: Annotated[int | None, typer.Option("--warmup", help="Warm-up steps.", min=0)] = None,
+    data: Annotated[str, typer.Option("--data", help="shakespeare, kjv, synthetic, text:PATH or hf:NAME.")
+                    ] = "shakespeare",
+    tokenizer: Annotated[str, typer.Option("--tokenizer", help="bpe, byte or hf:NAME.")] = "bpe",
+    vocab_size: Annotated[int | None, typer.Option("--vocab-size", help="BPE/synthetic vocabulary size.",
+                                                   min=2)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of init, data order and noise.", min=0)] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    threads: Annotated[int, typer.Option("--threads", help="Torch CPU threads (0 = torch default).", min=0)] = 0,
+    eval_interval: Annotated[int | None, typer.Option("--eval-interval", help="Validate every N steps.",
+                                                      min=0)] = None,
+    eval_batches: Annotated[int, typer.Option("--eval-batches", help="Validation batches.", min=1)] = 8,
+    log_interval: Annotated[int, typer.Option("--log-interval", help="Metric points every N steps.", min=1)] = 10,
+    checkpoint_dir: Annotated[str | None, typer.Option("--checkpoint-dir", help="Write checkpoints here.")
+                              ] = None,
+    checkpoint_interval: Annotated[int, typer.Option("--checkpoint-interval", help="Checkpoint every N steps "
+                                                     "(0 = only at the end).", min=0)] = 0,
+    resume: Annotated[str | None, typer.Option("--resume", help="Resume from a checkpoint folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the RunResult as JSON on stdout.")] = False,
+) -> None:
+    """Train one model and print a summary (final losses vs. the unigram baseline, tokens, params, time)."""
+    from ebt_scaling.config import DataConfig, RunSpec, TrainConfig, model_config
+    from ebt_scaling.train.defaults import train_defaults
+
+    _check_data_arg(data)
+    if family not in ("transformer_pp", "ebt"):
+        raise fail(f"--family: unknown family {family!r}; use transformer_pp or ebt", 2)
+    if recipe is not None and family != "ebt":
+        raise fail("--recipe applies to --family ebt only; drop it for transformer_pp", 2)
+    d = train_defaults(family, preset)
+    steps = steps or d.steps
+    seq_len = seq_len or d.seq_len
+    batch_size = batch_size or d.batch_size
+    vocab = vocab_size or d.vocab_size
+    tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr if lr is not None else d.lr,
+                       warmup_steps=min(steps - 1, warmup if warmup is not None else d.warmup_steps),
+                       eval_interval=d.eval_interval if eval_interval is None else eval_interval,
+                       eval_batches=eval_batches, log_interval=log_interval,
+                       checkpoint_interval=checkpoint_interval, seed=seed, device=device, threads=threads)
+    dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab)
+    recipe_name = (recipe or "ebt_s1") if family == "ebt" else None
+    # Validate the model shape before any data is prepared (bad input writes nothing).
+    model_config(family, preset, vocab_size=vocab, sequence_len=seq_len, recipe=recipe_name)
+
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    from ebt_scaling.data import load_corpus
+
+    corpus = load_corpus(dcfg, seq_len, progress=lambda m: err.print(f"[dim]data:[/dim] {m}"))
+    mcfg = model_config(family, preset, vocab_size=corpus.vocab_size, sequence_len=seq_len, recipe=recipe_name)
+    spec = RunSpec(model=mcfg, train=tcfg, data=dcfg, checkpoint_dir=checkpoint_dir, recipe=recipe_name)
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from ebt_scaling.records import ListSink
+    from ebt_scaling.train import train
+
+    sink = ListSink()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val]}"),
+                  TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                  TimeRemainingColumn(), console=err, transient=False) as progress:
+        task = progress.add_task(f"{family} {preset}", total=steps, loss="-", val="-", tps="-")
+
+        def on_step(info: dict[str, Any]) -> None:
+            val = info.get("val_loss")
+            progress.update(task, completed=info["step"], loss=f"{info['loss']:.3f}",
+                            val=f"{val:.3f}" if val is not None else "-", tps=f"{info['tokens_per_s']:,.0f}")
+
+        result = train(spec, sink, resume_from=resume, on_step=on_step, data_progress=lambda m: None)
+
+    unigram = corpus.unigram_entropy()
+    if as_json:
+        out = dataclasses.asdict(result)
+        out["config_hash"] = spec.config_hash
+        out["spec"] = spec.to_dict()
+        typer.echo(json.dumps(_clean(out), indent=1, sort_keys=True))
+    else:
+        _summary(result, unigram, corpus.entropy_rate)
+    if result.status != "completed":
+        raise typer.Exit(1)
+
+
+def _fmt(v: float | None, nd: int = 4) -> str:
+    return "-" if v is None else (f"{v:.{nd}f}" if math.isfinite(v) else str(v))
+
+
+def _summary(r: Any, unigram: float, entropy_rate: float | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"run {r.status}" + (f": {r.reason}" if r.reason else ""), show_header=False)
+    t.add_column("metric", style="bold")
+    t.add_column("value", justify="right")
+    t.add_row("final train loss (nats/token)", _fmt(r.final_train_loss))
+    t.add_row("final val loss (nats/token)", _fmt(r.final_val_loss))
+    t.add_row("val perplexity", _fmt(r.final_val_ppl, 2))
+    t.add_row("unigram val loss (baseline)", _fmt(unigram))
+    if r.final_val_loss is not None and math.isfinite(r.final_val_loss):
+        t.add_row("val loss - unigram", f"{r.final_val_loss - unigram:+.4f}")
+    if entropy_rate is not None:
+        t.add_row("entropy rate of the source", _fmt(entropy_rate))
+    t.add_row("steps / tokens", f"{r.steps} / {r.tokens:,}")
+    t.add_row("params (total / non-embedding)",
+              f"{r.params.get('total', 0):,} / {r.params.get('non_embedding', 0):,}")
+    t.add_row("FLOPs/token (paper / exact)",
+              f"{r.flops_per_token.get('paper', 0):.4g} / {r.flops_per_token.get('exact', 0):.4g}")
+    tps = r.extra.get("tokens_per_s")
+    t.add_row("tokens/s (training)", f"{tps:,.0f}" if tps else "-")
+    t.add_row("wall time", f"{r.wall_time_s:.1f} s")
+    t.add_row("device", str(r.device))
+    if r.checkpoint_dir:
+        t.add_row("checkpoint", r.checkpoint_dir)
+    Console().print(t)
+
+
+@data_app.command("prepare")
+@handle_errors
+def prepare_cmd(
+    source: Annotated[str, typer.Option("--source", help="shakespeare, kjv, synthetic, text:PATH or hf:NAME.")
+                      ] = "shakespeare",
+    tokenizer: Annotated[str, typer.Option("--tokenizer", help="bpe, byte or hf:NAME.")] = "bpe",
+    vocab_size: Annotated[int, typer.Option("--vocab-size", help="BPE/synthetic vocabulary size.", min=2)] = 2048,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the corpus summary as JSON.")] = False,
+) -> None:
+    """Download/prepare a corpus and its tokenizer into the cache (done automatically on first use too)."""
+    from ebt_scaling.config import DataConfig
+    from ebt_scaling.data import load_corpus
+
+    _check_data_arg(source)
+    corpus = load_corpus(DataConfig(source=source, tokenizer=tokenizer, vocab_size=vocab_size), 1,
+                         progress=lambda m: typer.echo(f"data: {m}", err=True))
+    s = corpus.summary()
+    if as_json:
+        typer.echo(json.dumps(_clean(s), indent=1, sort_keys=True))
+        return
+    for k, v in s.items():
+        typer.echo(f"{k:>14}: {v}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)
+    app.add_typer(data_app, name="data")

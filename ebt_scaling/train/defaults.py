@@ -1,0 +1,45 @@
+"""Default training settings of ``ebt-scale train`` per family and size preset (torch-free).
+
+The CPU presets (``nano``, ``tiny``) use settings measured to finish in about 3 minutes or less on 2 CPU
+cores and end clearly below the unigram validation loss on Shakespeare (``docs/training.md`` has the
+commands and figures). The EBT costs about 6.7x the Transformer++ per step (ebt-paper.md section 17), so it
+gets fewer steps. Paper-scale presets use the preset's peak LR and batch size and a 256-token context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ebt_scaling.config import get_preset
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    steps: int
+    batch_size: int
+    seq_len: int
+    lr: float
+    warmup_steps: int
+    vocab_size: int
+    eval_interval: int
+
+
+CPU_DEFAULTS: dict[tuple[str, str], TrainDefaults] = {
+    ("transformer_pp", "tiny"): TrainDefaults(steps=600, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=60,
+                                              vocab_size=2048, eval_interval=100),
+    ("ebt", "tiny"): TrainDefaults(steps=150, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=15,
+                                   vocab_size=2048, eval_interval=50),
+    ("transformer_pp", "nano"): TrainDefaults(steps=400, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=40,
+                                              vocab_size=1024, eval_interval=100),
+    ("ebt", "nano"): TrainDefaults(steps=150, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=15,
+                                   vocab_size=1024, eval_interval=50),
+}
+
+
+def train_defaults(family: str, preset: str) -> TrainDefaults:
+    """Defaults for ``ebt-scale train --family F --preset P`` (raises ConfigError for an unknown preset)."""
+    p = get_preset(preset)
+    if (family, preset) in CPU_DEFAULTS:
+        return CPU_DEFAULTS[(family, preset)]
+    return TrainDefaults(steps=1000, batch_size=p.batch_size, seq_len=256, lr=p.peak_lr,
+                         warmup_steps=100, vocab_size=2048, eval_interval=200)

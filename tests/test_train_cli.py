@@ -1,0 +1,67 @@
+"""`ebt-scale train` and `ebt-scale data prepare`: JSON output, summary, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from ebt_scaling.cli.main import app
+
+SMALL = ["--preset", "nano", "--data", "synthetic", "--vocab-size", "32", "--steps", "6", "--seq-len", "16",
+         "--batch-size", "2", "--eval-interval", "3", "--eval-batches", "2", "--log-interval", "2"]
+
+
+def test_train_json_on_stdout_progress_elsewhere(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    r = subprocess.run([sys.executable, "-m", "ebt_scaling", "train", "--family", "transformer_pp", *SMALL,
+                        "--checkpoint-dir", str(tmp_path / "ck"), "--json"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)  # stdout is exactly one JSON document
+    assert out["status"] == "completed" and out["steps"] == 6 and out["tokens"] == 6 * 2 * 16
+    assert out["final_val_loss"] > 0 and out["final_val_ppl"] > 1
+    assert out["extra"]["unigram_loss"] > 0 and out["extra"]["entropy_rate"] > 0
+    assert out["params"]["total"] > 0 and set(out["flops_per_token"]) == {"paper", "exact"}
+    assert out["spec"]["model"]["family"] == "transformer_pp" and len(out["config_hash"]) == 64
+    assert out["checkpoint_dir"].endswith("step_00000006")
+    assert os.path.isdir(out["checkpoint_dir"])
+
+
+def test_train_summary_table_ebt():
+    r = CliRunner().invoke(app, ["train", "--family", "ebt", *SMALL, "--steps", "3"])
+    assert r.exit_code == 0, r.output
+    for key in ("final train loss", "final val loss", "val perplexity", "unigram val loss", "params", "wall time"):
+        assert key in r.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--family", "gpt"], "unknown family"),
+    (["--family", "transformer_pp", "--recipe", "ebt_s1"], "--recipe applies to --family ebt"),
+    (["--data", "text:/definitely/not/here.txt"], "no such file or folder"),
+    (["--data", "wikipedia"], "unknown source"),
+    (["--lr", "-1"], "TrainConfig.lr"),
+    (["--preset", "huge"], "unknown preset"),
+    (["--recipe", "ebt_s9"], "unknown recipe"),
+    (["--vocab-size", "100000"], "synthetic source supports"),
+])
+def test_train_bad_input_is_one_line_exit_2(tmp_path, args, needle):
+    base = ["train", "--preset", "nano", "--data", "synthetic", "--vocab-size", "32", "--steps", "2",
+            "--checkpoint-dir", str(tmp_path / "ck")]
+    r = CliRunner().invoke(app, base + args)
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert not (tmp_path / "ck").exists()  # nothing written
+
+
+def test_data_prepare_synthetic_json():
+    r = CliRunner().invoke(app, ["data", "prepare", "--source", "synthetic", "--vocab-size", "16", "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert s["vocab_size"] == 16 and s["train_tokens"] > s["val_tokens"] > 0
+    assert s["entropy_rate"] < s["unigram_loss"]
