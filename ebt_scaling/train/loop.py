@@ -27,7 +27,7 @@ import torch
 from ebt_scaling.config import RunSpec
 from ebt_scaling.data import load_corpus
 from ebt_scaling.data.cache import Progress
-from ebt_scaling.errors import ConfigError
+from ebt_scaling.errors import ConfigError, TrainingDiverged
 from ebt_scaling.models import build_model
 from ebt_scaling.models.flops import flops_per_token, param_counts
 from ebt_scaling.records import MetricPoint, MetricSink, RunResult
@@ -166,6 +166,8 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
 
     val_batches = [torch.from_numpy(b).to(device) for b in corpus.val_batches(tcfg.eval_batches, B, T)]
     is_ebt = mcfg.family == "ebt"
+    # Divergence reference: the first training loss. For the EBT that is the CE after one large descent step
+    # from noise, often far above log V, so the explosion test is loose there; NaN/inf checks still apply.
     status, reason = "completed", None
     train_time = 0.0  # seconds spent in training steps since the last log (for tokens/s)
     interval_tokens = 0
@@ -199,21 +201,28 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
 
     while step < tcfg.steps:
         t0 = time.perf_counter()
+        reason = None
         lr = lr_at(step, peak=tcfg.lr, warmup=tcfg.warmup_steps, total=tcfg.steps, min_div=tcfg.min_lr_div)
         for g in optimizer.param_groups:
             g["lr"] = lr * g["lr_mult"]
         batch = torch.from_numpy(corpus.sample_batch("train", B, T, data_rng)).to(device)
         idx, tgt = batch[:, :-1], batch[:, 1:]
-        with autocast():
-            loss, info = _as_loss(model.loss(idx, tgt))
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip))
-        loss_v = _f(loss)
+        try:
+            with autocast():
+                loss, info = _as_loss(model.loss(idx, tgt))
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip))
+            loss_v = _f(loss)
+        except TrainingDiverged as exc:  # raised by the EBT's descent on a non-finite energy gradient
+            loss_v, grad_norm, info = math.nan, math.nan, {}
+            reason = f"{exc} (step {step + 1})"
         step += 1
         tokens += B * T
         if initial_loss is None:
             initial_loss = loss_v
-        if not math.isfinite(loss_v):
+        if reason is not None:
+            pass
+        elif not math.isfinite(loss_v):
             reason = f"non-finite training loss ({loss_v}) at step {step}"
         elif not math.isfinite(grad_norm):
             reason = f"non-finite gradient norm ({grad_norm}) at step {step}"
