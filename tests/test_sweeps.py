@@ -313,3 +313,15 @@ def test_flops_sweep_reuses_the_params_runs_as_its_points(tmp_path):
     want = {(r.planned.family, r.planned.x): 3.0 + rec.id / 10 for r, rec in zip(fr, recs, strict=True)}
     assert {(r.family, r.x): r.final_val_loss for r in pts} == pytest.approx(want)
     assert len(st.list_runs(sweep="p")) == 6
+
+
+def test_sweep_name_taken_by_another_axis_is_one_line_error(tmp_path):
+    from ebt_scaling.cli.main import app
+    from ebt_scaling.db import Store
+
+    url = f"sqlite:///{tmp_path / 'taken.db'}"
+    Store(url).create_sweep("depth-tiny", "width", {})
+    r = CliRunner().invoke(app, ["sweep", "--axis", "depth", "--db", url])
+    assert r.exit_code != 0
+    assert "already exists with axis 'width'" in r.output and "choose another sweep name" in r.output
+    assert Store(url).list_runs() == []

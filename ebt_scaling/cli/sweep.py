@@ -48,8 +48,9 @@ def sweep(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also rerun runs that failed or "
                                                "diverged in an earlier invocation.")] = False,
     storage: Annotated[str | None, typer.Option("--storage", help="Ray storage for trial checkpoints (shared "
-                                                "storage on a cluster; default: next to a SQLite DB, or "
-                                                "$EBT_SCALE_STORAGE).", show_default=False)] = None,
+                                                "storage on a cluster; default: $EBT_SCALE_STORAGE, else next "
+                                                "to a SQLite DB, else ~/.cache/ebt-scaling/runs).",
+                                                show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (configs, parameters, tokens, "
                                           "FLOPs, cost, makespan) and run nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print the plan as JSON.")] = False,

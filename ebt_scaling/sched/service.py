@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ebt_scaling.errors import DuplicateError
 from ebt_scaling.records import MetricPoint
 from ebt_scaling.sched.runner import RayOptions, RunnerOutcome, run_trials
 from ebt_scaling.sched.trainable import checkpoint_info
@@ -126,10 +125,9 @@ def run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, *, retry_failed
     ``runs``: the planned runs (default: ``expand(spec)``), e.g. runs of several specs under one sweep."""
     say = echo or (lambda s: None)
     runs = expand(spec) if runs is None else runs
-    try:
-        store.create_sweep(spec.name, spec.axis, spec.to_dict(), code_version())
-    except DuplicateError:
-        pass  # the sweep exists: a rerun, or more families/seeds added to it
+    # Get or create: a rerun (or more families/seeds) reuses the sweep; a name taken by another axis is an
+    # error naming the fix (the store raises it).
+    store.create_sweep(spec.name, spec.axis, spec.to_dict(), code_version())
     store.reset_interrupted(spec.name)
     records = store.plan_runs(spec.name, [r.planned for r in runs])
     by_hash = {r.config_hash: r for r in runs}
