@@ -521,3 +521,37 @@ def test_bf16_autocast_train_step(cfg):
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_langevin_noise_and_descent_variable_change_the_descent():
+    m = build_model(ebt_cfg()).eval()
+    idx = tokens()
+
+    def think(**kw):
+        return m.think(idx, steps=2, generator=torch.Generator().manual_seed(0), **kw)[0]
+
+    base = think()
+    torch.testing.assert_close(think(langevin_noise_std=0.0), base)  # S1 has no Langevin noise
+    assert not torch.allclose(think(langevin_noise_std=3.0), base)
+    other = build_model(ebt_cfg(descent_wrt="logits")).eval()
+    other.load_state_dict(m.state_dict())
+    alt = other.think(idx, steps=2, generator=torch.Generator().manual_seed(0))[0]
+    assert not torch.allclose(alt, base)
+    # descent_wrt="logits": the update is z - alpha * dE/dz, checked against autograd directly.
+    z0 = torch.randn(3, T, V)
+    zs, _ = other.descend(idx, z0, [0], alpha=other.alpha_value(), sigma=0.0, need_graph=False)
+    z = z0.clone().requires_grad_()
+    (g,) = torch.autograd.grad(other.energies(idx, z.softmax(-1), 0).sum(), z)
+    torch.testing.assert_close(zs[0], (z0 - other.alpha_value() * g).detach())
+
+
+def test_probs_update_is_p_minus_alpha_grad():
+    m = build_model(ebt_cfg()).eval()
+    idx = tokens()
+    z0 = torch.randn(3, T, V)
+    zs, es = m.descend(idx, z0, [0], alpha=m.alpha_value(), sigma=0.0, need_graph=False)
+    p = z0.softmax(-1).requires_grad_()
+    e = m.energies(idx, p, 0)
+    (g,) = torch.autograd.grad(e.sum(), p)
+    torch.testing.assert_close(zs[0], (p - m.alpha_value() * g).detach())
+    torch.testing.assert_close(es[0], e.detach())
