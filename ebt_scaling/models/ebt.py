@@ -66,11 +66,18 @@ class EBT(nn.Module):
         # Per inner step of the last descent: landscape, create_graph, detached (for tests and logging).
         self.last_trace: list[dict] = []
         self.last_energy_steps: torch.Tensor | None = None
+        self._mask_cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------------------------------------
     # The energy function
     # ------------------------------------------------------------------------------------------------
     def _masks(self, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (t, str(device))
+        if key not in self._mask_cache:
+            self._mask_cache[key] = self._build_masks(t, device)
+        return self._mask_cache[key]
+
+    def _build_masks(self, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         so = t + self.s
         mask_o = causal_mask(so, device)  # (So, So) ordinary causal
         if self.s and self.cfg.step_conditioning == "prediction":

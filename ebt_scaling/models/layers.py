@@ -82,18 +82,24 @@ def causal_mask(n: int, device: torch.device, offset: int = 0, cols: int | None 
     return torch.zeros(n, cols, device=device).masked_fill(j > i + offset, float("-inf"))
 
 
-def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Explicit attention: softmax(q k^T / sqrt(Dh) + mask) v, softmax in fp32. Supports double backward.
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                   scale: float | None = None) -> torch.Tensor:
+    """Explicit attention: softmax(scale * q k^T + mask) v, softmax in fp32. Supports double backward.
 
-    q: (B, H, Sq, Dh); k, v: (B, H, Sk, Dh); mask: additive (Sq, Sk) fp32.
+    q: (B, H, Sq, Dh); k, v: (B, H, Sk, Dh); mask: additive (Sq, Sk) fp32; scale: 1/sqrt(Dh) when None
+    (``Block`` passes 1.0: its queries are pre-scaled inside the RoPE rotation, one op fewer per pass).
     """
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, Sq, Sk)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = q @ k.transpose(-2, -1)  # (B, H, Sq, Sk)
+    if scale != 1.0:
+        scores = scores * scale
     att = (upcast(scores) + mask).softmax(dim=-1).to(q.dtype)
     return att @ v
 
 
 def prediction_attention(q_p: torch.Tensor, k_p: torch.Tensor, v_p: torch.Tensor,
-                         k_o: torch.Tensor, v_o: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                         k_o: torch.Tensor, v_o: torch.Tensor, mask: torch.Tensor,
+                         scale: float | None = None) -> torch.Tensor:
     """Leakage-free attention of the prediction stream (ebt-paper.md section 4).
 
     Prediction row i attends to the observed keys allowed by ``mask`` (row i: observed columns up to the
@@ -101,11 +107,14 @@ def prediction_attention(q_p: torch.Tensor, k_p: torch.Tensor, v_p: torch.Tensor
     paper's superdiagonal construction without its wasted column: the paper computes Q_p K_o^T, zeroes the
     target entry, writes the self score there and masks; the same softmax arguments result.
 
-    q_p, k_p, v_p: (B, H, T, Dh); k_o, v_o: (B, H, So, Dh); mask: additive (T, So).
+    q_p, k_p, v_p: (B, H, T, Dh); k_o, v_o: (B, H, So, Dh); mask: additive (T, So); scale as in
+    ``math_attention``.
     """
-    scale = 1.0 / math.sqrt(q_p.shape[-1])
-    cross = (q_p @ k_o.transpose(-2, -1)) * scale  # (B, H, T, So)
-    self_s = (q_p * k_p).sum(-1, keepdim=True) * scale  # (B, H, T, 1)
+    scale = 1.0 / math.sqrt(q_p.shape[-1]) if scale is None else scale
+    if scale != 1.0:
+        q_p = q_p * scale  # (B, H, T, Dh): cheaper than scaling the (T, So) scores
+    cross = q_p @ k_o.transpose(-2, -1)  # (B, H, T, So)
+    self_s = (q_p * k_p).sum(-1, keepdim=True)  # (B, H, T, 1)
     att = torch.cat((upcast(cross) + mask, upcast(self_s)), dim=-1).softmax(dim=-1).to(q_p.dtype)
     so = k_o.shape[-2]
     return att[..., :so] @ v_o + att[..., so:] * v_p  # (B, H, T, Dh)
@@ -148,12 +157,14 @@ class Block(nn.Module):
         return y.transpose(1, 2).flatten(2)  # (B, H, S, Dh) -> (B, S, D)
 
     def _qkv(self, x: torch.Tensor, rope: torch.Tensor):
-        """Queries, keys, values (B, H, S, Dh). W_q, W_k, W_v stay separate parameters (the paper's
-        layout) but run as one matmul: fewer kernels in forward, backward and double backward."""
+        """Queries (pre-scaled by 1/sqrt(Dh)), keys, values, each (B, H, S, Dh). W_q, W_k, W_v stay
+        separate parameters (the paper's layout) but run as one matmul: fewer kernels in forward, backward
+        and double backward. The attention scale rides on the queries' RoPE rotation (no extra op)."""
         xn = self.attention_norm(x)
         w = torch.cat((self.wq.weight, self.wk.weight, self.wv.weight))
         q, k, v = F.linear(xn, w).chunk(3, dim=-1)  # 3 x (B, S, D)
-        q = apply_rope(self._heads(q), rope).transpose(1, 2)
+        dh = q.shape[-1] // self.n_head
+        q = apply_rope(self._heads(q), rope * (1.0 / math.sqrt(dh))).transpose(1, 2)
         k = apply_rope(self._heads(k), rope).transpose(1, 2)
         return q, k, self._heads(v).transpose(1, 2)
 
@@ -167,16 +178,16 @@ class Block(nn.Module):
         """Plain causal block. x: (B, S, D)."""
         q, k, v = self._qkv(x, rope)
         if attn_impl == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
         else:
-            y = math_attention(q, k, v, causal_mask(x.shape[1], x.device) if mask is None else mask)
+            y = math_attention(q, k, v, causal_mask(x.shape[1], x.device) if mask is None else mask, scale=1.0)
         return self._finish(x, y)
 
     # -- EBT observed stream ---------------------------------------------------------------------------
     def observed(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor):
         """Observed rows (causal among themselves). Returns (new x, k, v); k/v feed the prediction stream."""
         q, k, v = self._qkv(x, rope)
-        return self._finish(x, math_attention(q, k, v, mask)), k, v
+        return self._finish(x, math_attention(q, k, v, mask, scale=1.0)), k, v
 
     def observed_kv(self, x: torch.Tensor, rope: torch.Tensor):
         """Only the keys/values of the observed rows. Used in the last block, whose observed outputs never
@@ -190,7 +201,7 @@ class Block(nn.Module):
                   v_o: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Prediction rows: attend to allowed observed keys and to themselves. x: (B, T, D)."""
         q, k, v = self._qkv(x, rope)
-        return self._finish(x, prediction_attention(q, k, v, k_o, v_o, mask))
+        return self._finish(x, prediction_attention(q, k, v, k_o, v_o, mask, scale=1.0))
 
 
 def init_linear_xavier(module: nn.Module) -> None:
