@@ -38,7 +38,8 @@ def _count(fn) -> int:
     return c.total
 
 
-def _within(counted: float, predicted: float, tol: float = 0.02) -> None:
+def _within(counted: float, predicted: float, tol: float = 1e-3) -> None:
+    # The issue asks for 2%; the analytic count is meant to be exact, so hold it to 0.1%.
     assert abs(counted - predicted) <= tol * predicted, (counted, predicted, counted / predicted)
 
 
@@ -62,8 +63,9 @@ def test_exact_tpp_matches_counter(shape):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("opts", [dict(RECIPE_OVERRIDES["ebt_s1"]), S2_FIXED,
                                   dict(S2_FIXED, truncate_steps=False, step_embedding=False),
-                                  dict(RECIPE_OVERRIDES["ebt_s1"], descent_wrt="logits", mcmc_num_steps=3)],
-                         ids=["s1", "s2-fixed", "s2-untruncated-nostep", "s1-logits-3"])
+                                  dict(RECIPE_OVERRIDES["ebt_s1"], descent_wrt="logits", mcmc_num_steps=3),
+                                  dict(S2_FIXED, step_size_learnable=True)],
+                         ids=["s1", "s2-fixed", "s2-untruncated-nostep", "s1-logits-3", "s2-learnable-alpha"])
 def test_exact_ebt_matches_counter(shape, opts):
     cfg = ModelConfig(family="ebt", **shape, **opts)
     m = build_model(cfg).train()
@@ -140,3 +142,24 @@ def test_flops_module_is_pure_python():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=pathlib.Path(__file__).resolve().parents[1])
     assert r.returncode == 0, r.stderr
+
+
+def test_exact_with_random_step_count_and_replay():
+    cfg = ModelConfig(family="ebt", **SHAPES[0], **dict(RECIPE_OVERRIDES["ebt_s2"], step_size_random_scale=2.0,
+                                                        replay_buffer_size=0))
+    m = build_model(cfg).train()
+    t = cfg.sequence_len
+    idx = torch.randint(0, cfg.vocab_size, (B, t))
+    seen = {}
+    torch.manual_seed(0)
+    for _ in range(8):
+        with MatmulFlopCounter() as c:
+            loss, info = m.loss(idx, idx)
+            loss.backward()
+        seen[int(info["inner_steps"])] = c.total / (B * t)
+    assert set(seen) == {2, 3}
+    for n, counted in seen.items():
+        _within(counted, flops_per_token(cfg, "exact", steps=n))
+    assert flops_per_token(cfg, "exact") == pytest.approx((seen[2] + seen[3]) / 2, rel=1e-3)
+    replay = ModelConfig(family="ebt", **SHAPES[0], **RECIPE_OVERRIDES["ebt_s2"])
+    assert flops_per_token(replay, "exact") == pytest.approx(1.5 * flops_per_token(cfg, "exact"))

@@ -107,10 +107,13 @@ class EBT(nn.Module):
 
     def prediction_energies(self, p: torch.Tensor, kvs: KV) -> torch.Tensor:
         """p: (B, T, V) candidate distributions; kvs from ``observed_stream`` -> energies (B, T), fp32."""
-        _, t, _ = p.shape
-        h = self.vocab_to_embed(p)  # (B, T, D)
+        return self.energies_from_embedding(self.vocab_to_embed(p), kvs)
+
+    def energies_from_embedding(self, h: torch.Tensor, kvs: KV) -> torch.Tensor:
+        """h: (B, T, D) prediction rows (``vocab_to_embed(p)``) -> energies (B, T), fp32."""
+        t = h.shape[1]
         rope = self.rotary(1 + self.s, t)  # row i sits at the slot of its target x_{i+1}
-        _, mask_p = self._masks(t, p.device)
+        _, mask_p = self._masks(t, h.device)
         for layer, (k, v) in zip(self.layers, kvs, strict=True):
             h = layer.predicted(h, rope, k, v, mask_p)
         return upcast(self.energy_head(self.norm(h)).squeeze(-1))  # (B, T)
@@ -169,20 +172,35 @@ class EBT(nn.Module):
         with torch.enable_grad():
             for i, landscape in enumerate(landscapes):
                 graph = need_graph and (not cfg.truncate_steps or i == n - 1)
-                detached = cfg.detach_between_steps or not need_graph or not z.requires_grad
-                if detached:
-                    z = z.detach().requires_grad_()
+                detached = cfg.detach_between_steps or not need_graph or i == 0
+                if detached or not z.requires_grad:
+                    # Only the logits variant differentiates w.r.t. z itself; otherwise a detached
+                    # candidate needs no gradient (so the outer backward wastes none on it).
+                    z = z.detach().requires_grad_(cfg.descent_wrt == "logits")
                 if sigma > 0:  # Langevin noise in logit space, before the softmax
                     z = z + sigma * self._noise(z.shape, z.device, generator)
                 p = upcast(z).softmax(dim=-1)  # (B, T, V)
-                wrt = p if cfg.descent_wrt == "probs" else z
                 if graph:
                     kvs = self.observed_stream(idx, landscape)
                 else:  # the inner gradient never flows into the observed stream
                     with torch.no_grad():
                         kvs = self.observed_stream(idx, landscape)
-                e = self.prediction_energies(p, kvs)  # (B, T)
-                (g,) = torch.autograd.grad(e.sum(), wrt, create_graph=graph)
+                if cfg.descent_wrt == "probs":
+                    # dE/dp = (dE/de) W_v2e with e = p W_v2e^T: differentiate w.r.t. the embedded rows and
+                    # apply the (bias-free, linear) projection explicitly. Same values as autograd w.r.t. p,
+                    # but p itself needs no gradient unless the chain of steps is kept (no detach).
+                    emb = self.vocab_to_embed(p)  # (B, T, D)
+                    if not emb.requires_grad:
+                        emb.requires_grad_()
+                    e = self.energies_from_embedding(emb, kvs)  # (B, T)
+                    (g_emb,) = torch.autograd.grad(e.sum(), emb, create_graph=graph)
+                    w = self.vocab_to_embed.weight if graph else self.vocab_to_embed.weight.detach()
+                    g = g_emb @ w.to(g_emb.dtype)  # (B, T, V); no graph on first-order steps
+                    wrt = p
+                else:
+                    e = self.prediction_energies(p, kvs)
+                    (g,) = torch.autograd.grad(e.sum(), z, create_graph=graph)
+                    wrt = z
                 # One reduction instead of an elementwise isfinite over (B, T, V): the sum is NaN/inf iff an
                 # element is (or the gradient is so large that the run has diverged anyway).
                 if not torch.isfinite(g.sum()):
@@ -194,7 +212,7 @@ class EBT(nn.Module):
                 outs.append(z)
                 energies.append(e.detach())
                 self.last_trace.append({"landscape": landscape, "create_graph": graph, "detached": detached,
-                                        "grad_has_graph": g.requires_grad})
+                                        "grad_has_graph": g.requires_grad, "chain_grad": p.requires_grad})
         return outs, energies
 
     # ------------------------------------------------------------------------------------------------

@@ -26,15 +26,19 @@ Conventions
       P = L*(2*T*W + 4*T*So*D) + 2*T*V*D + 2*T*D  (prediction rows, vocab_to_embed V->D, energy head)
       first-order step (no outer backward): O + 2P   (forward + input gradient of the prediction stream,
         which needs no weight gradients and no observed-stream gradients)
-      graph step: 3*O + 6*P - 6*T*D   (forward, inner gradient, outer backward of the forward graph (2x)
-        and of the inner-gradient graph (2x, reverse-over-reverse); the energy head's value never reaches
-        the loss, only its weight does, hence the correction)
+      graph step: 3*O + 6*P - 6*T*D - 2*T*V*D*[p needs no gradient]   (forward, inner gradient, outer
+        backward of the forward graph (2x) and of the inner-gradient graph (2x, reverse-over-reverse); the
+        energy head's value never reaches the loss, only its weight does; the inner gradient is taken
+        w.r.t. the embedded rows and projected by W_v2e explicitly, so the candidate p itself needs a
+        gradient only when the chain of steps is kept: no detach, after a graph step or with a learnable
+        alpha, or with descent_wrt="logits")
       scoring forward (best-of-N): O + P.
     Detaching between steps does not change FLOPs. Softmax, norms and other elementwise work are not
     counted. ``tests/test_flops.py`` checks this against a dispatch-mode matmul counter.
 
-Step counts: ``steps=None`` means the configured count: training uses the expected number of inner steps
-(M - 1 + E[r], r ~ U{max(min, 1)..k+1} when randomised), evaluation ``cfg.eval_steps``. With truncation
+Step counts: ``steps=None`` means the configured count: training averages over the step-count
+distribution (M - 1 + r, r ~ U{max(min, 1)..k+1} when randomised), evaluation uses ``cfg.eval_steps``;
+a fractional ``steps`` interpolates linearly. With truncation
 only the last step is a graph step; without it every training step is.
 """
 
@@ -112,6 +116,7 @@ def flops_per_token(cfg: Any, convention: str, *, mode: str = "train", steps: fl
     t = seq_len if seq_len is not None else cfg.sequence_len
     ebt = cfg.family == "ebt"
     replay = (1.0 + cfg.replay_buffer_fraction) if (ebt and mode == "train" and cfg.replay_buffer_size) else 1.0
+    steps_given = steps
     if steps is None:
         steps = expected_train_steps(cfg) if mode == "train" else cfg.eval_steps
     if mode == "train":
@@ -132,10 +137,47 @@ def flops_per_token(cfg: Any, convention: str, *, mode: str = "train", steps: fl
     terms = _exact_terms(cfg, t)
     if not ebt:
         return float((3 if mode == "train" else 1) * terms["fwd"] / t)
-    per_seq = terms["graph"] * graph_steps + terms["first_order"] * first_order_steps
+    if mode == "train":
+        if steps_given is None and cfg.randomize_num_steps:
+            lo = max(cfg.randomize_num_steps_min, 1)
+            counts = [cfg.mcmc_num_steps - 1 + r for r in range(lo, cfg.randomize_num_steps + 2)]
+            per_seq = sum(_ebt_train_seq(cfg, terms, n, t) for n in counts) / len(counts)
+        else:
+            lo_n = int(steps)
+            frac = float(steps) - lo_n
+            per_seq = _ebt_train_seq(cfg, terms, lo_n, t)
+            if frac:
+                per_seq += frac * (_ebt_train_seq(cfg, terms, lo_n + 1, t) - per_seq)
+        return float(per_seq * replay / t)
+    per_seq = terms["first_order"] * float(steps)
     if mode == "think":
         per_seq = samples * (per_seq + terms["score"])
-    return float(per_seq * replay / t)
+    return float(per_seq / t)
+
+
+def _ebt_train_seq(cfg: Any, terms: dict[str, float], n: int, t: int) -> float:
+    """Exact matmul FLOPs of one EBT training forward + backward with n inner steps, per sequence.
+
+    A graph step saves the 2*T*V*D input gradient of ``vocab_to_embed`` when its candidate p needs no
+    gradient (probs descent, and the step's candidate does not carry the chain of earlier steps).
+    """
+    total = 0.0
+    chain = False  # does this step's candidate carry a gradient path from earlier steps?
+    prev_graph = False
+    alpha_grad = bool(cfg.step_size_learnable)
+    for i in range(n):
+        graph = (not cfg.truncate_steps) or i == n - 1
+        if i > 0 and not cfg.detach_between_steps:
+            chain = chain or alpha_grad or prev_graph
+        else:
+            chain = False
+        if graph:
+            saved = 0 if (cfg.descent_wrt == "logits" or chain) else 2 * t * cfg.vocab_size * cfg.n_embd
+            total += terms["graph"] - saved
+        else:
+            total += terms["first_order"]
+        prev_graph = graph
+    return total
 
 
 def flops_ratio(cfg_ebt: Any, cfg_tpp: Any, convention: str = "exact", mode: str = "train") -> float:
