@@ -109,9 +109,10 @@ def test_paper_convention_ratios():
     s2 = ModelConfig(family="ebt", **shape, **RECIPE_OVERRIDES["ebt_s2"])
     assert expected_train_steps(s2) == 2.5
     assert flops_per_token(s2, "paper") == pytest.approx((20 * n + 1.5 * 8 * n) * 1.5)
-    # Exact at xxs with the GPT-NeoX vocabulary: between 4 and 6.66x (scaling-fits.md section 9).
+    # Exact at xxs with the GPT-NeoX vocabulary: below the paper's 6.66x (scaling-fits.md section 9 measures
+    # 4.4-5.8x for the paper's code; ours skips two kinds of dead work, see the module docstring).
     ratio = flops_per_token(s1, "exact") / flops_per_token(tpp, "exact")
-    assert 4.0 < ratio < 6.66
+    assert 3.5 < ratio < 6.66
 
 
 def test_param_counts_keys_and_presets():
