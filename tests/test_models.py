@@ -402,6 +402,20 @@ def test_replay_buffer_fifo_training_only():
     m.eval()
     _, info = m.loss(tokens(b=4), tokens(b=4))
     assert info["replayed"] == 0.0 and len(m.replay) == 5
+    # Explicit save/restore (for exact S2 resume): a copy continues identically.
+    other = build_model(m.cfg)
+    other.load_state_dict(m.state_dict())
+    other.load_replay_state(m.replay_state())
+    m.train()
+    other.train()
+    torch.manual_seed(9)
+    a, _ = m.loss(tokens(b=4), tokens(b=4))
+    torch.manual_seed(9)
+    b, _ = other.loss(tokens(b=4), tokens(b=4))
+    torch.testing.assert_close(a, b)
+    empty = build_model(m.cfg)
+    empty.load_replay_state(empty.replay_state())
+    assert empty.replay == []
 
 
 def test_non_finite_inner_gradient_raises():
@@ -555,3 +569,14 @@ def test_probs_update_is_p_minus_alpha_grad():
     (g,) = torch.autograd.grad(e.sum(), p)
     torch.testing.assert_close(zs[0], (p - m.alpha_value() * g).detach())
     torch.testing.assert_close(es[0], e.detach())
+
+
+def test_input_validation_messages():
+    e = build_model(ebt_cfg())
+    with pytest.raises(ConfigError, match="targets"):
+        e.loss(tokens(), tokens()[:, :-1])
+    with pytest.raises(ConfigError, match=r"idx: expected token ids of shape \(B, T\)"):
+        e(torch.zeros(T, dtype=torch.long))
+    t = build_model(tpp_cfg())
+    with pytest.raises(ConfigError, match="sequence_len"):
+        t(torch.zeros(1, T + 1, dtype=torch.long))

@@ -353,6 +353,21 @@ class EBT(nn.Module):
         r_z = torch.stack([self.replay[j][2] for j in pick]).to(z0.device, z0.dtype)
         return torch.cat((idx, r_idx)), torch.cat((targets, r_tgt)), torch.cat((z0, r_z)), n
 
+    def replay_state(self) -> dict:
+        """The replay buffer as plain tensors (for a checkpoint that must resume S2 training exactly; it is
+        not in ``state_dict()`` because at paper scale it is ~10 GB)."""
+        if not self.replay:
+            return {"idx": None, "targets": None, "logits": None}
+        return {k: torch.stack([r[j] for r in self.replay]).cpu() for j, k in enumerate(("idx", "targets", "logits"))}
+
+    def load_replay_state(self, state: dict) -> None:
+        self.replay.clear()
+        if state.get("idx") is None:
+            return
+        dev = self.vocab_to_embed.weight.device
+        for i in range(state["idx"].shape[0]):
+            self.replay.append((state["idx"][i].to(dev), state["targets"][i].to(dev), state["logits"][i].to(dev)))
+
     def _replay_push(self, idx: torch.Tensor, targets: torch.Tensor, z: torch.Tensor) -> None:
         z = z.detach()
         for j in range(idx.shape[0]):
