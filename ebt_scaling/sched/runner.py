@@ -76,6 +76,28 @@ class RunnerOutcome:
     shutdown_s: float = 0.0
 
 
+def tune_env() -> None:
+    """Set Tune's environment switches (read when ray.tune is imported)."""
+    for k, v in _TUNE_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def prefetch_ray() -> None:
+    """Import Ray and Tune in a background thread (about 2 s) while the driver plans in the database."""
+    import threading
+
+    def work() -> None:
+        tune_env()
+        try:
+            import ray.tune  # noqa: F401
+
+            import ebt_scaling.sched.callback  # noqa: F401
+        except Exception:  # the foreground import reports any problem
+            pass
+
+    threading.Thread(target=work, name="ray-prefetch", daemon=True).start()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -145,8 +167,7 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
     t0 = time.monotonic()
     if not tasks:
         return out
-    for k, v in _TUNE_ENV.items():
-        os.environ.setdefault(k, v)
+    tune_env()
     address = opts.address or os.environ.get("RAY_ADDRESS") or None
     local = address is None or address == "local"
     temp_dir = None

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ebt_scaling.records import MetricPoint
-from ebt_scaling.sched.runner import RayOptions, RunnerOutcome, run_trials
+from ebt_scaling.sched.runner import RayOptions, RunnerOutcome, prefetch_ray, run_trials
 from ebt_scaling.sched.trainable import checkpoint_info
 from ebt_scaling.sweeps import ExpandedRun, SweepSpec, expand
 
@@ -124,6 +124,7 @@ def run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, *, retry_failed
     """Plan ``spec`` in ``store`` and run what is not done yet. ``echo(str)`` prints status lines.
     ``runs``: the planned runs (default: ``expand(spec)``), e.g. runs of several specs under one sweep."""
     say = echo or (lambda s: None)
+    prefetch_ray()
     runs = expand(spec) if runs is None else runs
     # Get or create: a rerun (or more families/seeds) reuses the sweep; a name taken by another axis is an
     # error naming the fix (the store raises it).
