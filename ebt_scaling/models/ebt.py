@@ -19,7 +19,9 @@ Computation is split per stream (``observed_stream`` -> per-layer keys/values, `
 observed rows never read prediction rows, so the same keys/values could be reused across inner steps of
 one landscape and across best-of-N samples (issue 7; not done here: every step recomputes the observed
 stream, as the paper's code does). The observed outputs of the last block never reach an energy, so that
-block only computes observed keys/values (exactly the same energies, fewer FLOPs).
+block only computes observed keys/values (exactly the same energies, fewer FLOPs). Likewise dE/dp is
+computed as (dE/de) W_v2e from the gradient w.r.t. the embedded rows e = p W_v2e^T, so a detached
+candidate needs no gradient of its own and the outer backward spends nothing on it.
 """
 
 from __future__ import annotations
