@@ -34,3 +34,21 @@ def test_cleanup_kills_processes_of_a_dead_driver_only(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_unreachable_ray_address_fails_fast_with_one_line(tmp_path):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from ebt_scaling.cli.main import app
+
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    r = CliRunner().invoke(app, ["sweep", "--axis", "depth", "--families", "transformer_pp", "--progress", "off",
+                                 "--db", f"sqlite:///{tmp_path / 'a.db'}", "--address", f"127.0.0.1:{port}"])
+    assert r.exit_code == 2, r.output
+    assert f"--address 127.0.0.1:{port}: nothing answers there" in r.output
+    assert time.monotonic() - t0 < 30

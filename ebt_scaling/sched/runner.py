@@ -153,6 +153,25 @@ def cleanup_leftover_ray(temp_root: str | None = None) -> list[int]:
     return killed
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` nobody listens on (ray.init would retry for minutes)."""
+    import re
+    import socket
+
+    m = re.match(r"^(?:ray://)?\[?([^\]/]+?)\]?:(\d+)$", address.strip())
+    if not m:  # "auto" or another form: leave it to Ray
+        return
+    host, port = m.group(1), int(m.group(2))
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        from ebt_scaling.errors import ConfigError
+
+        raise ConfigError(f"--address {address}: nothing answers there ({exc.strerror or exc}); start the head "
+                          "node (ray start --head) or fix the address; leave --address and RAY_ADDRESS unset "
+                          "for a local Ray instance") from None
+
+
 def _task_resources(opts: RayOptions) -> dict[str, float]:
     res: dict[str, float] = {"cpu": float(opts.cpus_per_trial)}
     if opts.gpus_per_trial:
@@ -181,6 +200,9 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
         if pkg_parent not in pp.split(os.pathsep):
             os.environ["PYTHONPATH"] = pkg_parent + (os.pathsep + pp if pp else "")
 
+    else:
+        _check_reachable(str(address))
+
     progress = SweepProgress(progress_name, len(tasks), opts.progress)
     progress.start()
     t_imp = time.monotonic()
@@ -203,7 +225,20 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
     else:
         init_kw["address"] = address
         init_kw.pop("include_dashboard")
-    ray.init(**init_kw)
+    try:
+        ray.init(**init_kw)
+    except Exception as exc:
+        progress.stop()
+        if temp_dir:
+            import shutil
+
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        from ebt_scaling.errors import ConfigError
+
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        where = "a local Ray instance" if local else f"the Ray cluster at {address}"
+        raise ConfigError(f"ray: cannot start or reach {where} ({type(exc).__name__}: {first}); check --address/"
+                          "RAY_ADDRESS (leave both unset for a local instance)") from None
     out.ray_init_s = time.monotonic() - t_init
     callback = SweepCallback(sink, tasks, flush_s=opts.flush_s, progress=progress)
     try:
