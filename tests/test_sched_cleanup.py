@@ -52,3 +52,4 @@ def test_unreachable_ray_address_fails_fast_with_one_line(tmp_path):
     assert r.exit_code == 2, r.output
     assert f"--address 127.0.0.1:{port}: nothing answers there" in r.output
     assert time.monotonic() - t0 < 30
+    assert not (tmp_path / "a.db").exists()  # nothing written

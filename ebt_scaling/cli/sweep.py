@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated
 
 import typer
@@ -116,6 +117,10 @@ def sweep(
     Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc)  # validates the requests
     opts = RayOptions(address=address, gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc,
                       max_retries=retries, storage_path=storage or default_storage(url), progress=progress)
+    if address or os.environ.get("RAY_ADDRESS"):
+        from ebt_scaling.sched.runner import check_reachable
+
+        check_reachable(address or os.environ["RAY_ADDRESS"])  # before anything is written
     store = Store(url)
     outcome = run_sweep(sw, store, opts, retry_failed=retry_failed, echo=lambda s: typer.echo(s, err=True))
     counts = ", ".join(f"{n} {st}" for st, n in sorted(outcome.statuses.items()))

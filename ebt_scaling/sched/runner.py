@@ -153,7 +153,7 @@ def cleanup_leftover_ray(temp_root: str | None = None) -> list[int]:
     return killed
 
 
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Fail fast on a ``host:port`` nobody listens on (ray.init would retry for minutes)."""
     import re
     import socket
@@ -201,7 +201,7 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
             os.environ["PYTHONPATH"] = pkg_parent + (os.pathsep + pp if pp else "")
 
     else:
-        _check_reachable(str(address))
+        check_reachable(str(address))
 
     progress = SweepProgress(progress_name, len(tasks), opts.progress)
     progress.start()
