@@ -61,6 +61,9 @@ def register(app: typer.Typer) -> None:
         store = Store(url)
         try:
             result = fit_store(store, sweep=sweep, settings=settings)
+            from ebt_scaling.think.pages import think_pages
+
+            extra_pages = think_pages(store, sweep)  # System-2 thinking pages (issue 6), when measured
         finally:
             store.close()
         label = sweep or (", ".join(result.sweeps) if result.sweeps else "(empty database)")
@@ -74,5 +77,5 @@ def register(app: typer.Typer) -> None:
         data = ReportData(title=f"EBT vs Transformer++ scaling - {label}", fits=[f.to_dict() for f in result.fits],
                           runs=result.runs, provenance=provenance, date=data_date(result.runs),
                           messages=result.messages)
-        n = build_report(data, out)
+        n = build_report(data, out, extra_pages=extra_pages)
         typer.echo(f"wrote {out} ({n} pages)")

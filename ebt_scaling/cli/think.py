@@ -1,0 +1,86 @@
+"""``ebt-scale think``: System-2 thinking of a sweep's trained runs (perplexity vs forward passes, in
+distribution and out of distribution), stored as metric series of each run. See docs/thinking.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Annotated, Any
+
+import typer
+
+from ebt_scaling.cli.common import DbOption, fail, handle_errors, resolve_db
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v * 100:+.2f}%"
+
+
+def _num(v: Any, nd: int = 3) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("think")
+    @handle_errors
+    def think_cmd(
+        sweep: Annotated[str, typer.Option("--sweep", help="Sweep whose completed runs are evaluated.")],
+        steps: Annotated[str, typer.Option("--steps", help="Inner-step counts (thinking longer).")] = "1,2,3,6",
+        samples: Annotated[str, typer.Option("--samples", help="Best-of-N sample counts (self-verification).")
+                           ] = "1,2,5",
+        ood: Annotated[str, typer.Option("--ood", help="OOD corpus: auto, none, kjv, shakespeare, "
+                                         "synthetic-shift or text:PATH.")] = "auto",
+        batches: Annotated[int, typer.Option("--batches", help="Evaluation batches per split.", min=1)] = 4,
+        batch_size: Annotated[int | None, typer.Option("--batch-size", help="Sequences per batch "
+                                                       "(default: the run's).", min=1)] = None,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the candidate noise.", min=0)] = 0,
+        device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
+        db: DbOption = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+    ) -> None:
+        """Perplexity vs forward passes per prediction (passes = inner steps x samples) for every completed
+        run with a checkpoint; Transformer++ runs give the flat baseline. Re-running replaces the values."""
+        from ebt_scaling.think.metrics import parse_int_list
+
+        steps_l = parse_int_list(steps, "--steps")
+        samples_l = parse_int_list(samples, "--samples")
+        ood_src: str | None = None if ood == "none" else ood
+        if ood_src is not None and ood_src not in ("auto", "kjv", "shakespeare", "synthetic-shift") \
+                and not ood_src.startswith(("text:", "hf:")):
+            raise fail(f"--ood {ood}: unknown corpus; use auto, none, kjv, shakespeare, synthetic-shift or "
+                       "text:PATH", 2)
+        if ood_src and ood_src.startswith("text:") and not pathlib.Path(ood_src[5:]).expanduser().exists():
+            raise fail(f"--ood {ood}: no such file or folder; give an existing .txt file or folder", 2)
+
+        from ebt_scaling.db import Store
+        from ebt_scaling.think.service import think_sweep
+
+        store = Store(resolve_db(db))
+        try:
+            outcomes = think_sweep(store, sweep, steps=steps_l, samples=samples_l, ood=ood_src, n_batches=batches,
+                                   batch_size=batch_size, seed=seed, device=device,
+                                   on_message=lambda m: typer.echo(m, err=True))
+        finally:
+            store.close()
+        done = [o for o in outcomes if o.status == "done"]
+        if as_json:
+            typer.echo(json.dumps([{"run_id": o.run_id, "family": o.family, "status": o.status,
+                                    "message": o.message, **o.summary} for o in outcomes], indent=1, sort_keys=True))
+        else:
+            typer.echo(f"passes = inner steps x samples; baseline = the EBT's trained step count, 1 sample; "
+                       f"{len(done)}/{len(outcomes)} runs evaluated")
+            for o in done:
+                s = o.summary
+                line = f"{o.label}: val ppl {_num(s['val_ppl_base'])}"
+                if o.family == "ebt":
+                    line += (f" (base {s['base_steps']} steps); thinking longer {_pct(s.get('val_gain_longer'))}, "
+                             f"best-of-N {_pct(s.get('val_gain_verify'))}, max {_pct(s.get('val_gain_max'))}")
+                if s.get("ood_source"):
+                    line += f"; OOD {s['ood_source']} ppl {_num(s.get('ood_ppl_base'))} " \
+                            f"(x{_num(s.get('ood_magnitude'), 2)})"
+                    if o.family == "ebt":
+                        line += f", max gain {_pct(s.get('ood_gain_max'))}"
+                typer.echo(line)
+        if not done:
+            raise fail(f"sweep {sweep!r}: no run could be evaluated (see the lines above)", 1)

@@ -1,0 +1,260 @@
+"""Torch part of System-2 thinking: checkpoints -> perplexity per (steps, samples), energies per step.
+
+Never imports the database (``service.py`` composes this with a Store).
+
+Sharing one descent across settings (exact, not an approximation): sample s of batch b starts from noise
+drawn with its own generator (seed ``sample_seed(seed, b, s)``) and runs ``max(steps)`` inner steps; the
+logits after k steps are exactly what ``EBT.think(idx, steps=k, samples=1, generator=<that generator>)``
+returns (the step-j landscape and the Langevin draws do not depend on the total count), so every step count
+of the grid is read off one descent. Setting (k, N) keeps, independently per (batch, position), the
+candidate of minimum scored energy among samples 0..N-1 (``EBT.think``'s rule), so best-of-N for N' > N
+never has a higher energy than N. Every setting sees the same batches and the same noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ebt_scaling.config import RunSpec
+from ebt_scaling.data import TokenCorpus, load_corpus
+from ebt_scaling.data import synthetic as syn
+from ebt_scaling.data.sources import load_documents
+from ebt_scaling.errors import ConfigError, DataError
+from ebt_scaling.models import build_model
+from ebt_scaling.train.checkpoint import resolve_checkpoint
+
+SYNTHETIC_SHIFT = "synthetic-shift"
+SHIFT_MIX = 0.5  # the shifted source: 0.5 x the training transition matrix + 0.5 x another seed's
+SHIFT_SEED_OFFSET = 1
+_OOD_PIECE_CHARS = 1 << 16
+_OOD_PIECES = 8
+SENTENCE_TOKENS = 24  # positions of the sample sentence in the token-energy heat map
+
+
+def sample_seed(seed: int, batch: int, sample: int) -> int:
+    return (seed * 1_000_003 + batch * 7_919 + sample * 104_729) % (2**63 - 1)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def load_run_model(spec: RunSpec, checkpoint: str, device: torch.device) -> torch.nn.Module:
+    """The model of ``spec`` with the weights of ``checkpoint`` (a step folder or a root with LATEST)."""
+    try:
+        folder = resolve_checkpoint(checkpoint)
+    except ConfigError:
+        raise DataError(f"checkpoint {checkpoint} is missing or incomplete (no trainer.pt / LATEST); "
+                        "re-train the run with a checkpoint_dir") from None
+    meta_path = folder / "spec.json"
+    if meta_path.exists():
+        h = json.loads(meta_path.read_text()).get("config_hash")
+        if h is not None and h != spec.config_hash:
+            raise DataError(f"checkpoint {folder} belongs to another run (config hash {str(h)[:12]}.. vs "
+                            f"{spec.config_hash[:12]}..); fix the run's checkpoint_dir")
+    model = build_model(spec.model)
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------------------ data
+def _windows(stream: np.ndarray, n_batches: int, batch_size: int, seq_len: int) -> list[np.ndarray]:
+    """``n_batches`` batches of windows of seq_len + 1 tokens evenly spread over ``stream``."""
+    if stream.size < seq_len + 1:
+        raise DataError(f"OOD corpus has {stream.size} tokens, fewer than sequence_len+1 = {seq_len + 1}; "
+                        "use a larger corpus")
+    total = n_batches * batch_size
+    starts = np.linspace(0, stream.size - seq_len - 1, total).round().astype(np.int64)
+    w = np.asarray(stream[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
+    return [w[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+
+
+def default_ood(train_source: str) -> str | None:
+    """The OOD corpus used when none is given: synthetic -> synthetic-shift; text -> kjv when Debian's
+    ``bible`` program is installed (else shakespeare when the run was not trained on it); None if none."""
+    if train_source == "synthetic":
+        return SYNTHETIC_SHIFT
+    if train_source != "kjv" and shutil.which("bible"):
+        return "kjv"
+    if train_source != "shakespeare":
+        return "shakespeare"
+    return None
+
+
+def ood_label(source: str) -> str:
+    if source.startswith("text:"):
+        return "text:" + pathlib.Path(source[5:]).name
+    return source
+
+
+def ood_batches(source: str, corpus: TokenCorpus, spec: RunSpec, n_batches: int, batch_size: int,
+                seq_len: int) -> list[np.ndarray]:
+    """Batches of an OOD corpus in the run's token space (encoded with the run's own tokenizer)."""
+    if source == SYNTHETIC_SHIFT:
+        if corpus.name != "synthetic":
+            raise DataError(f"--ood {SYNTHETIC_SHIFT}: only for runs trained on the synthetic source (this run: "
+                            f"{corpus.name}); use kjv, shakespeare or text:PATH")
+        v = corpus.vocab_size
+        p = SHIFT_MIX * syn.transition_matrix(v) + (1 - SHIFT_MIX) * syn.transition_matrix(
+            v, syn.SYNTHETIC_SEED + SHIFT_SEED_OFFSET)
+        rng = np.random.default_rng([syn.SYNTHETIC_SEED, v, 99])
+        rows = syn.sample_chains(p, n_batches * batch_size, seq_len + 1, rng)
+        return [rows[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+    if corpus.name == "synthetic":
+        raise DataError(f"--ood {source}: a run trained on the synthetic source has no text tokenizer; "
+                        f"use --ood {SYNTHETIC_SHIFT}")
+    if source == "synthetic":
+        raise DataError("--ood synthetic: a text-trained run cannot read synthetic symbols; use kjv, "
+                        "shakespeare or text:PATH")
+    if source == corpus.name:
+        raise DataError(f"--ood {source}: the run was trained on {source}; choose another corpus")
+    root = pathlib.Path(corpus.folder).parent.parent if corpus.folder else None
+    if root is None:
+        raise DataError("OOD: the run's corpus has no cache folder; prepare it with `ebt-scale data prepare`")
+    docs, _, _ = load_documents(source, root, lambda m: None)
+    text = "\n".join(docs)
+    n_pieces = -(-len(text) // _OOD_PIECE_CHARS)
+    pick = sorted({int(i) for i in np.linspace(0, n_pieces - 1, min(_OOD_PIECES, n_pieces)).round()})
+    pieces = [text[i * _OOD_PIECE_CHARS:(i + 1) * _OOD_PIECE_CHARS] for i in pick]
+    tok = corpus.tokenizer
+    ids = tok.encode_batch(pieces) if hasattr(tok, "encode_batch") else [tok.encode(p) for p in pieces]
+    stream = np.concatenate([np.asarray(x, dtype=np.int64) for x in ids])
+    if stream.size and int(stream.max()) >= spec.model.vocab_size:
+        raise DataError(f"--ood {source}: token ids exceed the model's vocabulary; the tokenizer does not match")
+    return _windows(stream, n_batches, batch_size, seq_len)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+@dataclass
+class SplitResult:
+    """Perplexity per (steps, samples) of one split, plus energies of sample 0 per step count."""
+
+    ppl: dict[tuple[int, int], float]
+    energy_steps: list[float] = field(default_factory=list)  # mean energy after k = 0..K steps (sample 0)
+    token_energy: list[list[float]] = field(default_factory=list)  # [k][position] for the sample sentence
+    token_target: list[int] = field(default_factory=list)
+    tokens: int = 0
+
+
+def _ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy (B, T) in nats."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+
+def evaluate_split(model: torch.nn.Module, batches: Sequence[np.ndarray], steps: Sequence[int],
+                   samples: Sequence[int], *, seed: int, device: torch.device,
+                   on_batch: Callable[[int], None] | None = None) -> SplitResult:
+    """Perplexity for every (k in steps, N in samples) on ``batches`` (each (B, T+1) int64)."""
+    steps, samples = sorted(set(steps)), sorted(set(samples))
+    is_ebt = model.cfg.family == "ebt"
+    sums = {(k, n): 0.0 for k in steps for n in samples}
+    n_tok = 0
+    kmax, nmax = steps[-1], samples[-1]
+    step_set = set(steps)
+    e_sums = [0.0] * (kmax + 1)
+    token_energy: list[list[float]] = []
+    token_target: list[int] = []
+    for b, arr in enumerate(batches):
+        batch = torch.from_numpy(np.asarray(arr)).to(device)
+        idx, tgt = batch[:, :-1], batch[:, 1:]
+        n_tok += tgt.numel()
+        if not is_ebt:
+            with torch.no_grad():
+                ce = float(_ce(model(idx), tgt).sum())
+            for key in sums:  # one pass whatever the budget: the flat baseline
+                sums[key] += ce
+            if on_batch:
+                on_batch(b)
+            continue
+        m = model.cfg.mcmc_num_steps
+        landscapes = [min(j, m - 1) for j in range(kmax)]
+        alpha = model.alpha_value().detach()
+        sigma = float(model.cfg.langevin_noise_std)
+        best_e: dict[int, torch.Tensor] = {}
+        best_ce: dict[int, torch.Tensor] = {}
+        for s in range(nmax):
+            g = torch.Generator(device=device).manual_seed(sample_seed(seed, b, s))
+            z0 = model._noise((idx.shape[0], idx.shape[1], model.cfg.vocab_size), idx.device, g) \
+                * model.cfg.init_noise_scale
+            zs, _ = model.descend(idx, z0, landscapes, alpha=alpha, sigma=sigma, need_graph=False, generator=g)
+            ks = range(1, kmax + 1) if s == 0 else steps  # sample 0: every k, for the energy curve
+            with torch.no_grad():
+                energies_k: dict[int, torch.Tensor] = {}
+                if s == 0:
+                    e0 = model.energies(idx, z0.softmax(-1), landscapes[0])
+                    e_sums[0] += float(e0.sum())
+                    energies_k[0] = e0
+                for k in ks:
+                    z = zs[k - 1]
+                    e = model.energies(idx, z.softmax(-1), landscapes[k - 1])  # the scoring pass
+                    if s == 0:
+                        e_sums[k] += float(e.sum())
+                        energies_k[k] = e
+                    if k not in step_set:
+                        continue
+                    ce = _ce(z, tgt)
+                    if s == 0:
+                        best_e[k], best_ce[k] = e, ce
+                    else:
+                        better = e < best_e[k]
+                        best_e[k] = torch.where(better, e, best_e[k])
+                        best_ce[k] = torch.where(better, ce, best_ce[k])
+                    if s + 1 in samples:
+                        sums[(k, s + 1)] += float(best_ce[k].sum())
+            if s == 0 and b == 0:
+                n = min(SENTENCE_TOKENS, idx.shape[1])
+                token_energy = [[float(x) for x in energies_k[k][0, :n]] for k in range(kmax + 1)]
+                token_target = [int(x) for x in tgt[0, :n]]
+        if on_batch:
+            on_batch(b)
+    ppl = {key: (math.exp(v / n_tok) if v / n_tok < 700 else math.inf) for key, v in sums.items()}
+    energy_steps = [v / n_tok for v in e_sums] if is_ebt else []
+    return SplitResult(ppl, energy_steps, token_energy, token_target, n_tok)
+
+
+@dataclass
+class RunThinking:
+    """Everything measured for one run."""
+
+    family: str
+    base_steps: int
+    val: SplitResult
+    ood: SplitResult | None
+    ood_source: str | None
+    messages: list[str] = field(default_factory=list)
+
+
+def think_run(spec: RunSpec, checkpoint: str, *, steps: Sequence[int], samples: Sequence[int],
+              ood: str | None, n_batches: int, batch_size: int | None = None, seed: int = 0,
+              device: str = "cpu", on_batch: Callable[[str, int], None] | None = None) -> RunThinking:
+    """Evaluate one trained run on its validation split and (when ``ood``) an OOD corpus.
+
+    ``ood``: a source name, ``"auto"`` (``default_ood``) or None (skip). The step grid always includes the
+    run's trained validation step count (the baseline setting)."""
+    dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_run_model(spec, checkpoint, dev)
+    T = spec.model.sequence_len
+    B = batch_size or spec.train.batch_size
+    corpus = load_corpus(spec.data, T, progress=lambda m: None)
+    base = spec.model.eval_steps if spec.model.family == "ebt" else 1
+    grid = sorted(set(steps) | {base})
+    msgs: list[str] = []
+    val_b = corpus.val_batches(n_batches, B, T)
+    val = evaluate_split(model, val_b, grid, samples, seed=seed, device=dev,
+                         on_batch=(lambda b: on_batch("val", b)) if on_batch else None)
+    src = default_ood(spec.data.source) if ood == "auto" else ood
+    ood_res = None
+    if ood == "auto" and src is None:
+        msgs.append(f"no OOD corpus for a run trained on {spec.data.source} (the `bible` program is not "
+                    "installed: `apt-get install bible-kjv`, or pass --ood text:PATH)")
+    if src is not None:
+        ob = ood_batches(src, corpus, spec, n_batches, B, T)
+        ood_res = evaluate_split(model, ob, grid, samples, seed=seed, device=dev,
+                                 on_batch=(lambda b: on_batch("ood", b)) if on_batch else None)
+    return RunThinking(spec.model.family, base, val, ood_res, ood_label(src) if src else None, msgs)

@@ -1,0 +1,124 @@
+"""``think_sweep(store, sweep, ...)``: completed runs of a sweep -> thinking metric series in the store.
+
+Takes a Store object (never opens one) and imports torch only inside ``think_sweep`` through
+``evaluate``; the CLI (``ebt-scale think``) opens the store and prints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ebt_scaling.errors import ConfigError, DataError, NotFound
+from ebt_scaling.records import MetricPoint
+from ebt_scaling.think import metrics as tm
+
+
+@dataclass
+class RunOutcome:
+    run_id: int
+    family: str
+    label: str
+    status: str  # "done" | "skipped"
+    message: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def run_label(run: Any) -> str:
+    recipe = (run.config or {}).get("recipe")
+    fam = run.family + (f" {recipe}" if recipe else "")
+    return f"run {run.id} ({fam}, {run.axis}={run.x:g}, seed {run.seed})"
+
+
+def points_for(res: Any) -> list[MetricPoint]:
+    """Metric points of one ``RunThinking`` (names in ``metrics``)."""
+    pts: list[MetricPoint] = []
+    splits = [("val", res.val)] + ([(f"ood:{res.ood_source}", res.ood)] if res.ood is not None else [])
+    budgets = sorted({tm.passes(k, n) for (k, n) in res.val.ppl})
+    for split, sr in splits:
+        if res.family == "ebt":
+            for (k, n), v in sr.ppl.items():
+                pts.append(MetricPoint(tm.ppl_name(split, n), tm.passes(k, n), v))
+        else:  # one pass whatever the budget: the flat baseline, drawn at the EBT budgets
+            flat = {v for v in sr.ppl.values()}
+            assert len(flat) == 1, flat
+            v = flat.pop()
+            pts.extend(MetricPoint(tm.ppl_name(split, 1), p, v) for p in budgets)
+    if res.family == "ebt":
+        pts.extend(MetricPoint(tm.energy_name("val"), k, e) for k, e in enumerate(res.val.energy_steps))
+        for k, row in enumerate(res.val.token_energy):
+            pts.extend(MetricPoint(tm.token_energy_name(k), i, e) for i, e in enumerate(row))
+        pts.extend(MetricPoint(tm.TOKEN_TARGET, i, float(t)) for i, t in enumerate(res.val.token_target))
+        pts.append(MetricPoint(tm.summary_name("base_steps"), 0, float(res.base_steps)))
+        for split, sr in splits:
+            g = tm.gains(sr.ppl, res.base_steps)
+            pts.append(MetricPoint(tm.summary_name("gain_longer", split), 0, g.longer))
+            pts.append(MetricPoint(tm.summary_name("gain_verify", split), 0, g.verify))
+            pts.append(MetricPoint(tm.summary_name("gain_max", split), 0, g.max))
+    if res.ood is not None:
+        base = (res.base_steps, 1)
+        pts.append(MetricPoint(tm.summary_name("ood_magnitude"), 0,
+                               tm.ood_magnitude(res.ood.ppl[base], res.val.ppl[base])))
+    return pts
+
+
+def summarise(res: Any) -> dict[str, Any]:
+    base = (res.base_steps, 1)
+    out: dict[str, Any] = {"base_steps": res.base_steps, "val_ppl_base": res.val.ppl[base],
+                           "val_ppl": {f"{k}x{n}": v for (k, n), v in sorted(res.val.ppl.items())},
+                           "ood_source": res.ood_source, "tokens_per_split": res.val.tokens}
+    if res.family == "ebt":
+        g = tm.gains(res.val.ppl, res.base_steps)
+        out.update(val_gain_longer=g.longer, val_gain_verify=g.verify, val_gain_max=g.max,
+                   energy_steps=res.val.energy_steps)
+    if res.ood is not None:
+        out["ood_ppl_base"] = res.ood.ppl[base]
+        out["ood_ppl"] = {f"{k}x{n}": v for (k, n), v in sorted(res.ood.ppl.items())}
+        out["ood_magnitude"] = tm.ood_magnitude(res.ood.ppl[base], res.val.ppl[base])
+        if res.family == "ebt":
+            g = tm.gains(res.ood.ppl, res.base_steps)
+            out.update(ood_gain_longer=g.longer, ood_gain_verify=g.verify, ood_gain_max=g.max)
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def think_sweep(store: Any, sweep: str, *, steps: Sequence[int], samples: Sequence[int], ood: str | None,
+                n_batches: int, batch_size: int | None = None, seed: int = 0, device: str = "cpu",
+                on_message: Callable[[str], None] | None = None,
+                on_batch: Callable[[str, str, int], None] | None = None) -> list[RunOutcome]:
+    """Evaluate every completed run of ``sweep`` and store its series; runs that cannot be evaluated
+    (no checkpoint, missing corpus) are reported and skipped. Raises ``NotFound`` when the sweep has no
+    completed run."""
+    from ebt_scaling.config import RunSpec
+    from ebt_scaling.think.evaluate import think_run
+
+    store.get_sweep(sweep)  # NotFound with the store's one-line message
+    runs = store.list_runs(sweep=sweep, status="completed")
+    if not runs:
+        raise NotFound(f"sweep {sweep!r} has no completed runs; train them with `ebt-scale sweep` first")
+    say = on_message or (lambda m: None)
+    out: list[RunOutcome] = []
+    for run in runs:
+        label = run_label(run)
+        ckpt = run.checkpoint_dir or (run.config or {}).get("checkpoint_dir")
+        if not run.config or not ckpt:
+            msg = f"{label}: no checkpoint stored (imported or trained without checkpoint_dir); skipped"
+            say(msg)
+            out.append(RunOutcome(run.id, run.family, label, "skipped", msg))
+            continue
+        try:
+            spec = RunSpec.from_dict(run.config)
+            res = think_run(spec, ckpt, steps=steps, samples=samples, ood=ood, n_batches=n_batches,
+                            batch_size=batch_size, seed=seed, device=device,
+                            on_batch=(lambda split, b, lab=label: on_batch(lab, split, b)) if on_batch else None)
+        except (DataError, ConfigError) as exc:
+            msg = f"{label}: {exc}; skipped"
+            say(msg)
+            out.append(RunOutcome(run.id, run.family, label, "skipped", msg))
+            continue
+        for m in res.messages:
+            say(f"{label}: {m}")
+        store.log_metrics(run.id, points_for(res))
+        out.append(RunOutcome(run.id, run.family, label, "done", None, summarise(res)))
+    return out
