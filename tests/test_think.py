@@ -222,3 +222,42 @@ def test_think_import_rules():
             "assert 'ebt_scaling.db' not in sys.modules, 'db'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_sweep_checkpoint_marker_is_followed(trained, tmp_path):
+    """A sweep records Ray's checkpoint folder, whose ebt_checkpoint.json names the entry to load."""
+    import json
+    import shutil
+
+    spec = trained["specs"][0]
+    src = trained["results"][0].checkpoint_dir
+    stored = tmp_path / "ray_ckpt"
+    shutil.copytree(src, stored / "ckpt")
+    (stored / "ebt_checkpoint.json").write_text(json.dumps({"step": 60, "entry": "ckpt"}))
+    a = load_run_model(spec, str(stored), torch.device("cpu")).state_dict()
+    b = load_run_model(spec, src, torch.device("cpu")).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(Exception, match="missing or incomplete"):
+        load_run_model(spec, str(tmp_path / "nothing"), torch.device("cpu"))
+    other = trained["specs"][1]
+    with pytest.raises(Exception, match="another run"):
+        load_run_model(other, src, torch.device("cpu"))
+
+
+def test_s2_recipe_selectable_in_spec_file_and_train_cli(tmp_path):
+    """recipe = "ebt_s2" in a sweep spec and ebt-scale train --recipe ebt_s2 both build the S2 model."""
+    import json
+    import pathlib
+
+    from ebt_scaling.sweeps import expand, load_spec
+
+    spec = load_spec(pathlib.Path(__file__).resolve().parents[1] / "analysis" / "think-tiny.toml")
+    ebt = [r.spec for r in expand(spec) if r.planned.family == "ebt"]
+    assert ebt and all(s.recipe == "ebt_s2" and s.model.truncate_steps and not s.model.detach_between_steps
+                       and s.model.langevin_noise_std == 3.0 and s.model.replay_buffer_size == 192 for s in ebt)
+    r = CliRunner().invoke(app, ["train", "--family", "ebt", "--preset", "nano", "--recipe", "ebt_s2", "--steps", "2",
+                                 "--data", "synthetic", "--vocab-size", "16", "--seq-len", "8", "--batch-size", "2",
+                                 "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)["spec"]["model"]
+    assert m["truncate_steps"] and m["randomize_num_steps"] == 2 and m["step_size"] == 5.0

@@ -38,6 +38,7 @@ SHIFT_SEED_OFFSET = 1
 _OOD_PIECE_CHARS = 1 << 16
 _OOD_PIECES = 8
 SENTENCE_TOKENS = 24  # positions of the sample sentence in the token-energy heat map
+SWEEP_MARKER = "ebt_checkpoint.json"  # written by ebt_scaling.sched.trainable next to a stored checkpoint
 
 
 def sample_seed(seed: int, batch: int, sample: int) -> int:
@@ -46,7 +47,19 @@ def sample_seed(seed: int, batch: int, sample: int) -> int:
 
 # ------------------------------------------------------------------------------------------ checkpoints
 def load_run_model(spec: RunSpec, checkpoint: str, device: torch.device) -> torch.nn.Module:
-    """The model of ``spec`` with the weights of ``checkpoint`` (a step folder or a root with LATEST)."""
+    """The model of ``spec`` with the weights of ``checkpoint``: a step folder, a root with LATEST, or a
+    sweep's stored checkpoint (a folder with ``ebt_checkpoint.json`` naming its entry)."""
+    if "://" in checkpoint:
+        raise DataError(f"checkpoint {checkpoint} is in remote storage; copy it to a local folder and record "
+                        "that path, then run think again")
+    marker = pathlib.Path(checkpoint) / SWEEP_MARKER
+    if marker.exists():
+        try:
+            entry = json.loads(marker.read_text()).get("entry")
+        except ValueError:
+            entry = None
+        if entry:
+            checkpoint = str(pathlib.Path(checkpoint) / entry)
     try:
         folder = resolve_checkpoint(checkpoint)
     except ConfigError:
