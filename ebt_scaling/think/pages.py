@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from ebt_scaling.think import metrics as tm
 
@@ -95,9 +96,9 @@ def passes_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
     fig = new_page()
     fig.suptitle("System-2 thinking: perplexity vs forward passes per prediction", fontsize=14, weight="bold")
     fig.text(0.5, 0.905, "passes = inner steps x best-of-N samples (the scoring evaluation is not counted). "
-             "Solid: one sample, more steps (thinking longer); dashed/dotted: best-of-N by minimum energy "
-             "(self-verification). Transformer++: one pass whatever the budget (flat).",
-             ha="center", fontsize=8)
+             "Solid: one sample, more steps (thinking longer);\ndashed/dotted: best-of-N by minimum energy "
+             "(self-verification), points at 1, 2, 3, ... steps x N. Transformer++: one pass whatever the budget "
+             "(flat).", ha="center", va="top", fontsize=8)
     splits = _splits(data)
     axes = fig.subplots(1, max(1, len(splits)))
     axes = np.atleast_1d(axes)
@@ -112,20 +113,24 @@ def passes_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
                 else:
                     ax.plot(xs, ys, "-", color=COLORS["transformer_pp"], lw=1.6, label=f"{r.label} (flat)")
         ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+        ax.tick_params(axis="y", which="minor", labelsize=6)
         ax.set_xlabel("forward passes per prediction")
         ax.set_ylabel("perplexity")
         ax.set_title("in distribution (validation)" if split == "val" else f"out of distribution ({split[4:]})")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.subplots_adjust(top=0.85, bottom=0.1, left=0.07, right=0.98, wspace=0.2)
+    fig.subplots_adjust(top=0.82, bottom=0.1, left=0.07, right=0.98, wspace=0.2)
 
 
 def gain_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
     fig = new_page()
     fig.suptitle("Thinking gain vs out-of-distribution magnitude", fontsize=14, weight="bold")
     fig.text(0.5, 0.905, "gain = (ppl at the trained step count, 1 sample - best ppl with at least as many passes) "
-             "/ that ppl. OOD magnitude = OOD ppl / validation ppl at the baseline setting (validation = 1).",
-             ha="center", fontsize=8)
+             "/ that ppl.\nOOD magnitude = OOD ppl / validation ppl at the baseline setting (validation = 1).",
+             ha="center", va="top", fontsize=8)
     ax = fig.add_axes((0.07, 0.38, 0.5, 0.46))
     rows = []
     for r in data.runs:
@@ -187,8 +192,8 @@ def energy_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
     fig = new_page()
     fig.suptitle(f"Per-token energy across inner steps - {r.label}", fontsize=14, weight="bold")
     fig.text(0.5, 0.905, "Token energy heat map: one validation sentence (batch 0, row 0), energy of the candidate "
-             "for each predicted token after k inner steps (k = 0: the initial noise). Lower = more confident; "
-             "tokens that stay high are the uncertain ones (paper Fig. 8).", ha="center", fontsize=8)
+             "for each predicted token after k inner steps (k = 0: the initial noise).\nLower = more confident; "
+             "tokens that stay high are the uncertain ones (paper Fig. 8).", ha="center", va="top", fontsize=8)
     mat = np.asarray(r.token_energy, dtype=float).T  # (positions, steps)
     ax = fig.add_axes((0.3, 0.06, 0.35, 0.8))
     im = ax.imshow(mat, aspect="auto", cmap="viridis", interpolation="nearest")
