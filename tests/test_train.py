@@ -15,13 +15,14 @@ from ebt_scaling.train import lr_at, train
 FAMILIES = ["transformer_pp", "ebt"]
 
 
-def _spec(family, *, preset="nano", vocab=32, seq=32, ckpt=None, **train_kw):
+def _spec(family, *, preset="nano", vocab=32, seq=32, ckpt=None, recipe="ebt_s1", **train_kw):
     kw = dict(steps=20, batch_size=4, lr=3e-3, warmup_steps=4, eval_interval=10, eval_batches=2, log_interval=1,
               seed=0, threads=2)
     kw.update(train_kw)
-    m = model_config(family, preset, vocab_size=vocab, sequence_len=seq, recipe="ebt_s1" if family == "ebt" else None)
+    recipe = recipe if family == "ebt" else None
+    m = model_config(family, preset, vocab_size=vocab, sequence_len=seq, recipe=recipe)
     return RunSpec(model=m, train=TrainConfig(**kw), data=DataConfig(source="synthetic", vocab_size=vocab),
-                   checkpoint_dir=str(ckpt) if ckpt else None, recipe="ebt_s1" if family == "ebt" else None)
+                   checkpoint_dir=str(ckpt) if ckpt else None, recipe=recipe)
 
 
 def test_lr_schedule_warmup_then_cosine_to_floor():
@@ -74,11 +75,12 @@ def test_metric_points_and_run_result():
     assert lrs[5] == pytest.approx(lr_at(4, peak=3e-3, warmup=4, total=12, min_div=10))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_resume_reproduces_uninterrupted_run_exactly(tmp_path, family):
-    """20 steps straight vs. the same run resumed from its step-10 checkpoint: identical losses."""
+@pytest.mark.parametrize("family, recipe", [("transformer_pp", None), ("ebt", "ebt_s1"), ("ebt", "ebt_s2")])
+def test_resume_reproduces_uninterrupted_run_exactly(tmp_path, family, recipe):
+    """20 steps straight vs. the same run resumed from its step-10 checkpoint: identical losses (the EBT S2
+    recipe includes the replay buffer and step-count/step-size randomisation)."""
     straight_sink = ListSink()
-    spec = _spec(family, ckpt=tmp_path / "a", checkpoint_interval=10, eval_interval=5)
+    spec = _spec(family, recipe=recipe, ckpt=tmp_path / "a", checkpoint_interval=10, eval_interval=5)
     r1 = train(spec, straight_sink)
     assert [s for _, s in straight_sink.checkpoints] == [10, 20]
     ck10 = straight_sink.checkpoints[0][0]

@@ -25,14 +25,14 @@ class TrainDefaults:
 
 
 CPU_DEFAULTS: dict[tuple[str, str], TrainDefaults] = {
-    ("transformer_pp", "tiny"): TrainDefaults(steps=600, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=60,
-                                              vocab_size=2048, eval_interval=100),
-    ("ebt", "tiny"): TrainDefaults(steps=150, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=15,
-                                   vocab_size=2048, eval_interval=50),
-    ("transformer_pp", "nano"): TrainDefaults(steps=400, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=40,
-                                              vocab_size=1024, eval_interval=100),
-    ("ebt", "nano"): TrainDefaults(steps=150, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=15,
-                                   vocab_size=1024, eval_interval=50),
+    ("transformer_pp", "tiny"): TrainDefaults(steps=1000, batch_size=16, seq_len=64, lr=3e-3, warmup_steps=100,
+                                              vocab_size=512, eval_interval=200),
+    ("ebt", "tiny"): TrainDefaults(steps=400, batch_size=16, seq_len=64, lr=3e-3, warmup_steps=40,
+                                   vocab_size=512, eval_interval=100),
+    ("transformer_pp", "nano"): TrainDefaults(steps=1000, batch_size=16, seq_len=64, lr=3e-3, warmup_steps=100,
+                                              vocab_size=512, eval_interval=200),
+    ("ebt", "nano"): TrainDefaults(steps=400, batch_size=16, seq_len=64, lr=3e-3, warmup_steps=40,
+                                   vocab_size=512, eval_interval=100),
 }
 
 
