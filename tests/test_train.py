@@ -17,7 +17,7 @@ FAMILIES = ["transformer_pp", "ebt"]
 
 def _spec(family, *, preset="nano", vocab=32, seq=32, ckpt=None, recipe="ebt_s1", **train_kw):
     kw = dict(steps=20, batch_size=4, lr=3e-3, warmup_steps=4, eval_interval=10, eval_batches=2, log_interval=1,
-              seed=0, threads=2)
+              seed=0, threads=1)
     kw.update(train_kw)
     recipe = recipe if family == "ebt" else None
     m = model_config(family, preset, vocab_size=vocab, sequence_len=seq, recipe=recipe)

@@ -32,7 +32,7 @@ def golden_spec(family: str) -> RunSpec:
     recipe = "ebt_s1" if family == "ebt" else None
     m = model_config(family, "nano", vocab_size=32, sequence_len=32, recipe=recipe)
     t = TrainConfig(steps=20, batch_size=4, lr=3e-3, warmup_steps=4, eval_interval=20, eval_batches=2,
-                    log_interval=1, seed=0, threads=2)
+                    log_interval=1, seed=0, threads=1)
     return RunSpec(model=m, train=t, data=DataConfig(source="synthetic", vocab_size=32), recipe=recipe)
 
 
