@@ -16,9 +16,11 @@ the descent, which needs ``autograd.grad(..., create_graph=True)`` and double ba
 all attention here is explicit matmul/softmax (no SDPA, no torch.compile).
 
 Computation is split per stream (``observed_stream`` -> per-layer keys/values, ``prediction_energies``):
-observed rows never read prediction rows, so the same keys/values could be reused across inner steps of
-one landscape and across best-of-N samples (issue 7; not done here: every step recomputes the observed
-stream, as the paper's code does). The observed outputs of the last block never reach an energy, so that
+observed rows never read prediction rows, so one observed pass per landscape serves every inner step on it
+and every best-of-N sample (``reuse_observed``, default True; ebt-paper.md section 18). With
+``step_conditioning="prediction"`` the token rows are computed once for all landscapes and only the one-row
+step stream is per landscape. ``reuse_observed = False`` is the reference path that recomputes the observed
+stream at every step, as the paper's code does (equivalence: tests/test_observed_reuse.py). The observed outputs of the last block never reach an energy, so that
 block only computes observed keys/values (exactly the same energies, fewer FLOPs). Likewise dE/dp is
 computed as (dE/de) W_v2e from the gradient w.r.t. the embedded rows e = p W_v2e^T, so a detached
 candidate needs no gradient of its own and the outer backward spends nothing on it.
@@ -68,7 +70,10 @@ class EBT(nn.Module):
         # Per inner step of the last descent: landscape, create_graph, detached (for tests and logging).
         self.last_trace: list[dict] = []
         self.last_energy_steps: torch.Tensor | None = None
-        self._mask_cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._mask_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Observed-stream reuse (ebt-paper.md section 18): one observed pass per landscape serves every
+        # inner step and best-of-N sample on it. False = the reference path (recompute at every step).
+        self.reuse_observed = True
 
     # ------------------------------------------------------------------------------------------------
     # The energy function
@@ -89,23 +94,57 @@ class EBT(nn.Module):
         return mask_o, mask_p
 
     def observed_stream(self, idx: torch.Tensor, landscape: int) -> KV:
-        """Per-layer (k, v) of the observed rows, each (B, H, So, Dh). Independent of the candidates."""
+        """Per-layer (k, v) of the observed rows, each (B, H, So, Dh). Independent of the candidates.
+
+        With ``step_conditioning="prediction"`` and ``reuse_observed`` this is assembled from the
+        landscape-free token rows (``token_stream``) and the step row (``step_row_stream``); the reference
+        path (``reuse_observed=False``) runs all So rows with the step column masked for the tokens.
+        """
+        if self._split_step_row():
+            return self.join_observed(self.step_row_stream(landscape, idx.shape[0]), self.token_stream(idx))
         b, t = idx.shape
         x = self.tok_embeddings(idx)  # (B, T, D)
         if self.step_embeddings is not None:
             step = self.step_embeddings.weight[landscape].view(1, 1, -1).expand(b, 1, -1)
             x = torch.cat((step.to(x.dtype), x), dim=1)  # (B, So, D)
-        rope = self.rotary(0, t + self.s)
         mask_o, _ = self._masks(t, idx.device)
+        return self._run_observed(x, self.rotary(0, t + self.s), mask_o)
+
+    def _run_observed(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor) -> KV:
         kvs: KV = []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             if i == last:
                 kvs.append(layer.observed_kv(x, rope))
             else:
-                x, k, v = layer.observed(x, rope, mask_o)
+                x, k, v = layer.observed(x, rope, mask)
                 kvs.append((k, v))
         return kvs
+
+    def _split_step_row(self) -> bool:
+        return bool(self.reuse_observed and self.s and self.cfg.step_conditioning == "prediction")
+
+    def token_stream(self, idx: torch.Tensor) -> KV:
+        """``step_conditioning="prediction"``: per-layer (k, v) of the T token rows alone (RoPE positions
+        s..So-1, causal among themselves). They never see the step token, so these are exactly the token
+        rows of ``observed_stream`` for every landscape."""
+        t = idx.shape[1]
+        key = ("tokens", t, str(idx.device))
+        if key not in self._mask_cache:
+            self._mask_cache[key] = (causal_mask(t, idx.device), causal_mask(t, idx.device))
+        return self._run_observed(self.tok_embeddings(idx), self.rotary(self.s, t), self._mask_cache[key][0])
+
+    def step_row_stream(self, landscape: int, b: int) -> KV:
+        """``step_conditioning="prediction"``: per-layer (k, v) of the step row alone, (B, H, 1, Dh). Row 0
+        attends only to itself under the causal mask, so it depends on the landscape only."""
+        w = self.step_embeddings.weight  # type: ignore[union-attr]
+        x = w[landscape].view(1, 1, -1).expand(b, 1, -1)
+        return self._run_observed(x, self.rotary(0, 1), torch.zeros(1, 1, device=w.device))
+
+    @staticmethod
+    def join_observed(step: KV, tokens: KV) -> KV:
+        return [(torch.cat((ks, kt), dim=2), torch.cat((vs, vt), dim=2))
+                for (ks, vs), (kt, vt) in zip(step, tokens, strict=True)]
 
     def prediction_energies(self, p: torch.Tensor, kvs: KV) -> torch.Tensor:
         """p: (B, T, V) candidate distributions; kvs from ``observed_stream`` -> energies (B, T), fp32."""
@@ -158,16 +197,25 @@ class EBT(nn.Module):
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
     def descend(self, idx: torch.Tensor, z: torch.Tensor, landscapes: list[int], *, alpha: torch.Tensor,
-                sigma: float, need_graph: bool, generator: torch.Generator | None = None
-                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                sigma: float, need_graph: bool, generator: torch.Generator | None = None,
+                kv_cache: dict | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Run the inner loop from candidate logits z (B, T, V).
 
         Returns the logits after every step and the (detached) energies (B, T) evaluated at every step's
         input. ``need_graph``: keep the second-order graph so an outer loss can train through the descent
         (with truncation only on the last step). Without it every step is first order and detached.
+
+        With ``reuse_observed`` the observed stream is computed once per landscape (once in all with
+        ``step_conditioning="prediction"``, plus a one-row step stream per landscape) and shared by every
+        step on it: with a graph when any step on it needs one (the outer backward then accumulates every
+        step's gradient into the shared keys/values before going through the observed stream once), and
+        detached for first-order steps. ``kv_cache`` (a dict) carries it across calls on the same ``idx``
+        (best-of-N samples); it must not outlive a parameter update.
         """
         cfg = self.cfg
         n = len(landscapes)
+        graph_ls = {ls for i, ls in enumerate(landscapes) if need_graph and (not cfg.truncate_steps or i == n - 1)}
+        cache = {} if kv_cache is None else kv_cache
         outs: list[torch.Tensor] = []
         energies: list[torch.Tensor] = []
         self.last_trace = []
@@ -182,7 +230,11 @@ class EBT(nn.Module):
                 if sigma > 0:  # Langevin noise in logit space, before the softmax
                     z = z + sigma * self._noise(z.shape, z.device, generator)
                 p = upcast(z).softmax(dim=-1)  # (B, T, V)
-                if graph:
+                if self.reuse_observed:
+                    kvs = self._shared_kvs(idx, landscape, graph_ls, cache)
+                    if not graph:  # the inner gradient never flows into the observed stream
+                        kvs = [(k.detach(), v.detach()) for k, v in kvs]
+                elif graph:
                     kvs = self.observed_stream(idx, landscape)
                 else:  # the inner gradient never flows into the observed stream
                     with torch.no_grad():
@@ -216,6 +268,35 @@ class EBT(nn.Module):
                 self.last_trace.append({"landscape": landscape, "create_graph": graph, "detached": detached,
                                         "grad_has_graph": g.requires_grad, "chain_grad": p.requires_grad})
         return outs, energies
+
+    def _shared_kvs(self, idx: torch.Tensor, landscape: int, graph_ls: set[int], cache: dict) -> KV:
+        """The observed keys/values of ``landscape`` from ``cache``, computed on first use (with a graph iff
+        some step on that landscape, or for the token rows some step at all, needs one)."""
+
+        def get(key, want_graph: bool, compute):
+            hit = cache.get(key)
+            if hit is None or (want_graph and not hit[1]):
+                if want_graph:
+                    hit = (compute(), True)
+                else:
+                    with torch.no_grad():
+                        hit = (compute(), False)
+                cache[key] = hit
+            return hit[0]
+
+        if self._split_step_row():
+            tok = get(("tokens",), bool(graph_ls), lambda: self.token_stream(idx))
+            step = get(("step", landscape), landscape in graph_ls,
+                       lambda: self.step_row_stream(landscape, idx.shape[0]))
+            key = ("joined", landscape)
+            hit = cache.get(key)
+            if hit is None or hit[1] is not step or hit[2] is not tok:
+                hit = (self.join_observed(step, tok), step, tok)
+                cache[key] = hit
+            return hit[0]
+        if not self.s:  # no step token: one observed stream for every landscape
+            return get(("observed",), bool(graph_ls), lambda: self.observed_stream(idx, 0))
+        return get(("observed", landscape), landscape in graph_ls, lambda: self.observed_stream(idx, landscape))
 
     # ------------------------------------------------------------------------------------------------
     # Public API
@@ -283,8 +364,12 @@ class EBT(nn.Module):
         return loss, info
 
     @torch.no_grad()
-    def _score(self, idx: torch.Tensor, z: torch.Tensor, landscape: int) -> torch.Tensor:
-        return self.energies(idx, upcast(z).softmax(dim=-1), landscape)
+    def _score(self, idx: torch.Tensor, z: torch.Tensor, landscape: int, cache: dict) -> torch.Tensor:
+        p = upcast(z).softmax(dim=-1)
+        if self.reuse_observed:
+            kvs = [(k.detach(), v.detach()) for k, v in self._shared_kvs(idx, landscape, set(), cache)]
+            return self.prediction_energies(p, kvs)
+        return self.energies(idx, p, landscape)
 
     def think(self, idx: torch.Tensor, steps: int, samples: int = 1, step_size: float | None = None,
               langevin_noise_std: float | None = None, generator: torch.Generator | None = None
@@ -314,12 +399,13 @@ class EBT(nn.Module):
         b, t = idx.shape
         best_z: torch.Tensor | None = None
         best_e: torch.Tensor | None = None
+        cache: dict = {}  # observed keys/values shared by every sample and the scoring passes
         for _ in range(samples):
             z0 = self._noise((b, t, self.cfg.vocab_size), idx.device, generator) * self.cfg.init_noise_scale
             zs, _ = self.descend(idx, z0, landscapes, alpha=alpha, sigma=sigma, need_graph=False,
-                                 generator=generator)
+                                 generator=generator, kv_cache=cache)
             z = zs[-1].detach()
-            e = self._score(idx, z, landscapes[-1])
+            e = self._score(idx, z, landscapes[-1], cache)
             if best_z is None or best_e is None:
                 best_z, best_e = z, e
             else:

@@ -33,6 +33,10 @@ Conventions
         gradient only when the chain of steps is kept: no detach, after a graph step or with a learnable
         alpha, or with descent_wrt="logits")
       scoring forward (best-of-N): O + P.
+    With observed-stream reuse (``reuse_observed=True``, the model's default) O is paid once per landscape
+    per descent instead of per step (3*O if any graph step uses it; shared by all best-of-N samples and
+    scoring passes); with ``step_conditioning="prediction"`` the T token rows are paid once per descent
+    (O_tokens) plus a one-row step stream per landscape (O_step). The per-step figures above minus O remain.
     Detaching between steps does not change FLOPs. Softmax, norms and other elementwise work are not
     counted. ``tests/test_flops.py`` checks this against a dispatch-mode matmul counter.
 
@@ -101,17 +105,23 @@ def _exact_terms(cfg: Any, t: int) -> dict[str, float]:
     if cfg.family == "transformer_pp":
         return {"fwd": n_layer * (2 * t * w + 4 * t * t * d) + 2 * t * d * v}
     so = t + (1 if cfg.step_embedding else 0)
-    obs = (n_layer - 1) * (2 * so * w + 4 * so * so * d) + 4 * so * d * d
+
+    def observed(rows: int) -> float:
+        return (n_layer - 1) * (2 * rows * w + 4 * rows * rows * d) + 4 * rows * d * d
+
+    obs = observed(so)
     pred = n_layer * (2 * t * w + 4 * t * so * d) + 2 * t * v * d + 2 * t * d
     return {"O": obs, "P": pred, "first_order": obs + 2 * pred, "graph": 3 * obs + 6 * pred - 6 * t * d,
-            "score": obs + pred}
+            "score": obs + pred, "O_tokens": observed(t), "O_step": observed(1)}
 
 
 def flops_per_token(cfg: Any, convention: str, *, mode: str = "train", steps: float | None = None,
-                    samples: int = 1, seq_len: int | None = None) -> float:
+                    samples: int = 1, seq_len: int | None = None, reuse_observed: bool = True) -> float:
     """FLOPs per token for one of ``CONVENTIONS`` in ``mode`` (``train``: per training token of an optimizer
     step, ``eval``: one validation forward, ``think``: EBT best-of-``samples`` with ``steps`` inner steps
-    plus one scoring forward per sample). ``steps`` overrides the configured inner-step count (EBT)."""
+    plus one scoring forward per sample). ``steps`` overrides the configured inner-step count (EBT).
+    ``reuse_observed`` (``exact`` only): the EBT computes the observed stream once per landscape and shares it
+    (``EBT.reuse_observed``, the default); False counts the reference path that recomputes it every step."""
     _check(cfg, convention, mode, steps, samples)
     t = seq_len if seq_len is not None else cfg.sequence_len
     ebt = cfg.family == "ebt"
@@ -141,21 +151,41 @@ def flops_per_token(cfg: Any, convention: str, *, mode: str = "train", steps: fl
         if steps_given is None and cfg.randomize_num_steps:
             lo = max(cfg.randomize_num_steps_min, 1)
             counts = [cfg.mcmc_num_steps - 1 + r for r in range(lo, cfg.randomize_num_steps + 2)]
-            per_seq = sum(_ebt_train_seq(cfg, terms, n, t) for n in counts) / len(counts)
+            per_seq = sum(_ebt_train_seq(cfg, terms, n, t, reuse_observed) for n in counts) / len(counts)
         else:
             lo_n = int(steps)
             frac = float(steps) - lo_n
-            per_seq = _ebt_train_seq(cfg, terms, lo_n, t)
+            per_seq = _ebt_train_seq(cfg, terms, lo_n, t, reuse_observed)
             if frac:
-                per_seq += frac * (_ebt_train_seq(cfg, terms, lo_n + 1, t) - per_seq)
+                per_seq += frac * (_ebt_train_seq(cfg, terms, lo_n + 1, t, reuse_observed) - per_seq)
         return float(per_seq * replay / t)
-    per_seq = terms["first_order"] * float(steps)
-    if mode == "think":
-        per_seq = samples * (per_seq + terms["score"])
+    per_seq = _ebt_nograd_seq(cfg, terms, float(steps), samples if mode == "think" else 1, mode == "think",
+                              reuse_observed)
     return float(per_seq / t)
 
 
-def _ebt_train_seq(cfg: Any, terms: dict[str, float], n: int, t: int) -> float:
+def _observed_cost(cfg: Any, terms: dict[str, float], landscapes: list[int], graph: list[bool],
+                   reuse: bool) -> float:
+    """Observed-stream FLOPs of one descent: per step (reference path) or once per landscape (reuse).
+
+    A stream that some graph step uses costs 3x (forward, then the outer backward's input and weight
+    gradients; every step's gradient is accumulated into the shared keys/values first)."""
+    if not reuse:
+        return sum(terms["O"] * (3 if g else 1) for g in graph)
+    graph_ls = {ls for ls, g in zip(landscapes, graph, strict=True) if g}
+    if not cfg.step_embedding:
+        return terms["O"] * (3 if graph_ls else 1)
+    if cfg.step_conditioning == "prediction":
+        return (terms["O_tokens"] * (3 if graph_ls else 1)
+                + sum(terms["O_step"] * (3 if ls in graph_ls else 1) for ls in set(landscapes)))
+    return sum(terms["O"] * (3 if ls in graph_ls else 1) for ls in set(landscapes))
+
+
+def _descent_landscapes(cfg: Any, n: int) -> list[int]:
+    return [min(j, cfg.mcmc_num_steps - 1) for j in range(n)]
+
+
+def _ebt_train_seq(cfg: Any, terms: dict[str, float], n: int, t: int, reuse: bool = True) -> float:
     """Exact matmul FLOPs of one EBT training forward + backward with n inner steps, per sequence.
 
     A graph step saves the 2*T*V*D input gradient of ``vocab_to_embed`` when its candidate p needs no
@@ -165,6 +195,7 @@ def _ebt_train_seq(cfg: Any, terms: dict[str, float], n: int, t: int) -> float:
     chain = False  # does this step's candidate carry a gradient path from earlier steps?
     prev_graph = False
     alpha_grad = bool(cfg.step_size_learnable)
+    graphs = []
     for i in range(n):
         graph = (not cfg.truncate_steps) or i == n - 1
         if i > 0 and not cfg.detach_between_steps:
@@ -173,11 +204,27 @@ def _ebt_train_seq(cfg: Any, terms: dict[str, float], n: int, t: int) -> float:
             chain = False
         if graph:
             saved = 0 if (cfg.descent_wrt == "logits" or chain) else 2 * t * cfg.vocab_size * cfg.n_embd
-            total += terms["graph"] - saved
+            total += terms["graph"] - 3 * terms["O"] - saved
         else:
-            total += terms["first_order"]
+            total += terms["first_order"] - terms["O"]
         prev_graph = graph
-    return total
+        graphs.append(graph)
+    return total + _observed_cost(cfg, terms, _descent_landscapes(cfg, n), graphs, reuse)
+
+
+def _ebt_nograd_seq(cfg: Any, terms: dict[str, float], steps: float, samples: int, score: bool,
+                    reuse: bool) -> float:
+    """Validation (``score=False``, one sample) or thinking: first-order steps, plus a scoring forward per
+    sample. With reuse the observed streams are shared by all samples and the scoring passes."""
+    per_seq_p = 2 * terms["P"] * steps + (terms["P"] if score else 0.0)
+    if not reuse:
+        return samples * (per_seq_p + terms["O"] * (steps + (1 if score else 0)))
+    n = int(steps)
+    obs = _observed_cost(cfg, terms, _descent_landscapes(cfg, n), [False] * n, True)
+    if steps != n:  # fractional step counts interpolate
+        nxt = _observed_cost(cfg, terms, _descent_landscapes(cfg, n + 1), [False] * (n + 1), True)
+        obs += (steps - n) * (nxt - obs)
+    return samples * per_seq_p + obs
 
 
 def flops_ratio(cfg_ebt: Any, cfg_tpp: Any, convention: str = "exact", mode: str = "train") -> float:

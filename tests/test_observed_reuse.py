@@ -1,0 +1,194 @@
+"""Observed-stream reuse (issue 7; ebt-paper.md section 18) against the reference path that recomputes the
+observed stream at every inner step (``model.reuse_observed = False``): energies, logits, losses, metrics
+and every parameter gradient agree to fp32 tolerance, with identical random draws."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from ebt_scaling.config import RECIPE_OVERRIDES, ModelConfig
+from ebt_scaling.models import build_model
+from ebt_scaling.models.flop_counter import MatmulFlopCounter
+from ebt_scaling.models.flops import flops_per_token
+
+V, T, B = 37, 12, 3
+SHAPE = dict(n_layer=2, n_embd=32, n_head=2, vocab_size=V, sequence_len=T)
+TOL = dict(rtol=2e-4, atol=2e-5)
+
+CASES = {
+    "s1": dict(RECIPE_OVERRIDES["ebt_s1"]),
+    "s1-prediction": dict(RECIPE_OVERRIDES["ebt_s1"], step_conditioning="prediction"),
+    "s2": dict(RECIPE_OVERRIDES["ebt_s2"], replay_buffer_size=8),
+    "s2-prediction-3-landscapes": dict(RECIPE_OVERRIDES["ebt_s2"], step_conditioning="prediction", mcmc_num_steps=3),
+    "s2-untruncated": dict(RECIPE_OVERRIDES["ebt_s2"], truncate_steps=False, replay_buffer_size=0),
+    "s1-logits-nostep": dict(RECIPE_OVERRIDES["ebt_s1"], descent_wrt="logits", step_embedding=False),
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-4) -> None:
+    """Equal to fp32 tolerance relative to the tensor's scale (S1's alpha = 500 gives logits of size ~1e2,
+    whose small entries carry the rounding of the large ones)."""
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    assert a.shape == b.shape
+    err, scale = (a - b).abs().max().item(), b.abs().max().item()
+    assert err <= rel * scale + 1e-6, (err, scale)
+
+
+def pair(opts: dict):
+    torch.manual_seed(0)
+    fast = build_model(ModelConfig(family="ebt", **SHAPE, **opts))
+    with torch.no_grad():  # a non-trivial step embedding / alpha so that the landscapes differ
+        for p in fast.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    ref = copy.deepcopy(fast)
+    ref.reuse_observed = False
+    assert fast.reuse_observed is True
+    return fast, ref
+
+
+def data(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, V, (B, T), generator=g)
+    return idx, torch.randint(0, V, (B, T), generator=g)
+
+
+def train_step(model, idx, tgt, seed: int):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    loss, info = model.loss(idx, tgt)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), info, grads, model.last_energy_steps.clone()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", list(CASES))
+def test_training_losses_energies_and_gradients_match(name, dtype):
+    fast, ref = pair(CASES[name])
+    if dtype == torch.float64:
+        fast.double(), ref.double()
+    fast.train(), ref.train()
+    # fp64 shows the paths are the same function; fp32 differences are summation order, amplified by the
+    # chained S2 descent (Langevin noise, replay), hence the looser fp32 bound on gradients.
+    rel = 1e-3 if dtype == torch.float32 else 1e-9
+    idx, tgt = data()
+    for seed in range(3):  # several steps: the replay buffer fills and replayed rows enter (S2)
+        lf, inf_f, gf, ef = train_step(fast, idx, tgt, seed)
+        lr_, inf_r, gr, er = train_step(ref, idx, tgt, seed)
+        assert inf_f["inner_steps"] == inf_r["inner_steps"] and inf_f["replayed"] == inf_r["replayed"]
+        close(lf, lr_)
+        close(ef, er)
+        for k in ("ce", "ce_initial", "energy_initial", "energy_final"):
+            close(inf_f[k], inf_r[k])
+        assert gf.keys() == gr.keys()
+        assert {n for n, p in fast.named_parameters() if p.requires_grad} == set(gf)  # every parameter learns
+        for n in gf:  # fp32 tolerance relative to the tensor's scale (S1's alpha = 500 makes them large)
+            scale = gr[n].abs().max().item()
+            assert (gf[n] - gr[n]).abs().max().item() <= rel * scale + 1e-7, (name, n, scale)
+    if "s2" in name and CASES[name].get("replay_buffer_size"):
+        assert inf_f["replayed"] > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", list(CASES))
+def test_validation_and_think_match(name, dtype):
+    fast, ref = pair(CASES[name])
+    if dtype == torch.float64:
+        fast.double(), ref.double()
+    fast.eval(), ref.eval()
+    rel = 1e-3 if dtype == torch.float32 else 1e-9  # 4 steps at alpha = 500 amplify fp32 rounding
+    idx, tgt = data(2)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        lf, inf_f = fast.loss(idx, tgt)
+        torch.manual_seed(5)
+        lr_, inf_r = ref.loss(idx, tgt)
+        torch.manual_seed(6)
+        zf = fast(idx)
+        torch.manual_seed(6)
+        zr = ref(idx)
+    close(lf, lr_)
+    close(zf, zr)
+    zf, ef = fast.think(idx, steps=4, samples=3, generator=torch.Generator().manual_seed(7))
+    zr, er = ref.think(idx, steps=4, samples=3, generator=torch.Generator().manual_seed(7))
+    close(ef, er, rel)
+    close(zf, zr, rel)
+    # the energies themselves, per landscape
+    p = torch.randn(B, T, V, dtype=dtype).softmax(-1)
+    for landscape in range(fast.cfg.mcmc_num_steps):
+        with torch.no_grad():
+            close(fast.energies(idx, p, landscape), ref.energies(idx, p, landscape), rel)
+
+
+def test_prediction_conditioning_gradients_match_in_float64():
+    fast, ref = pair(CASES["s1-prediction"])
+    fast.double().train(), ref.double().train()
+    idx, tgt = data()
+    lf, _, gf, _ = train_step(fast, idx, tgt, 0)
+    lr_, _, gr, _ = train_step(ref, idx, tgt, 0)
+    torch.testing.assert_close(lf, lr_, rtol=1e-11, atol=1e-11)
+    for n in gf:
+        torch.testing.assert_close(gf[n], gr[n], rtol=1e-9, atol=1e-9 * gr[n].abs().max().item(), msg=n)
+
+
+def test_prediction_conditioning_token_rows_are_landscape_free_and_match_the_masked_stream():
+    fast, ref = pair(CASES["s1-prediction"])
+    idx, _ = data()
+    with torch.no_grad():
+        tok = fast.token_stream(idx)
+        for landscape in (0, 1):
+            masked = ref.observed_stream(idx, landscape)  # all So rows, step column masked for the tokens
+            for (k_t, v_t), (k_m, v_m) in zip(tok, masked, strict=True):
+                torch.testing.assert_close(k_t, k_m[:, :, 1:], **TOL)
+                torch.testing.assert_close(v_t, v_m[:, :, 1:], **TOL)
+            joined = fast.observed_stream(idx, landscape)
+            for (k_j, _), (k_m, _) in zip(joined, masked, strict=True):
+                torch.testing.assert_close(k_j, k_m, **TOL)
+
+
+def test_reuse_computes_the_observed_stream_once_per_landscape():
+    calls = []
+    fast, _ = pair(CASES["s2"])
+    orig = fast.observed_stream
+    fast.observed_stream = lambda idx, ls: calls.append(ls) or orig(idx, ls)  # type: ignore[method-assign]
+    idx, tgt = data()
+    fast.train()
+    torch.manual_seed(0)
+    loss, info = fast.loss(idx, tgt)
+    loss.backward()
+    assert info["inner_steps"] >= 2 and calls == [0]  # S2: every step on landscape 0, one observed pass
+    calls.clear()
+    fast.eval()
+    fast.think(idx, steps=5, samples=3)
+    assert calls == [0]  # all samples, all steps and the scoring passes share it
+
+
+@pytest.mark.parametrize("name", ["s1", "s1-prediction", "s2-prediction-3-landscapes", "s2-untruncated"])
+def test_exact_flops_match_the_counter_on_both_paths(name):
+    opts = dict(CASES[name], randomize_num_steps=0, step_size_random_scale=1.0, replay_buffer_size=0)
+    cfg = ModelConfig(family="ebt", **SHAPE, **opts)
+    idx, tgt = data()
+    for reuse in (True, False):
+        m = build_model(cfg).train()
+        m.reuse_observed = reuse
+        with MatmulFlopCounter() as c:
+            loss, _ = m.loss(idx, tgt)
+            loss.backward()
+        want = flops_per_token(cfg, "exact", reuse_observed=reuse)
+        assert abs(c.total / (B * T) - want) <= 1e-3 * want, (reuse, c.total / (B * T), want)
+        m.eval()
+        with torch.no_grad(), MatmulFlopCounter() as c:
+            m.think(idx, steps=4, samples=2)
+        want = flops_per_token(cfg, "exact", mode="think", steps=4, samples=2, reuse_observed=reuse)
+        assert abs(c.total / (B * T) - want) <= 1e-3 * want, (reuse, c.total / (B * T), want)
