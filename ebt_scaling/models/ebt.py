@@ -23,7 +23,8 @@ step stream is per landscape. ``reuse_observed = False`` is the reference path t
 stream at every step, as the paper's code does (equivalence: tests/test_observed_reuse.py).
 The observed outputs of the last block never reach an energy, so that block only computes observed
 keys/values (exactly the same energies, fewer FLOPs). Likewise dE/dp is computed as (dE/de) W_v2e from
-the gradient w.r.t. the embedded rows e = p W_v2e^T, so a detached candidate needs no gradient of its own and the outer backward spends nothing on it.
+the gradient w.r.t. the embedded rows e = p W_v2e^T, so a detached candidate needs no gradient of its own
+and the outer backward spends nothing on it.
 """
 
 from __future__ import annotations
