@@ -53,8 +53,10 @@ def trained(tmp_path_factory):
                                      for s in specs])
     results = []
     for rec, spec in zip(recs, specs, strict=True):
-        res = train(spec, ListSink(), data_progress=lambda m: None)
+        sink = ListSink()
+        res = train(spec, sink, data_progress=lambda m: None)
         assert res.status == "completed", res.reason
+        store.log_metrics(rec.id, sink.points)
         store.finish_run(rec.id, "completed", result={"final_val_loss": res.final_val_loss,
                                                       "final_val_ppl": res.final_val_ppl})
         if res.checkpoint_dir:
@@ -159,6 +161,21 @@ def test_think_cli_end_to_end(trained, tmp_path):
         assert {(p.name, p.step): p.value for p in store.get_metrics(ebt_id)} == snapshot
     finally:
         store.close()
+    # Another grid replaces the previous series entirely (no mix of grids).
+    r4 = runner.invoke(app, ["think", "--sweep", "think", "--steps", "3", "--samples", "1", "--batches", "1",
+                             "--ood", "none", "--db", url])
+    assert r4.exit_code == 0, r4.output
+    store = Store(url)
+    try:
+        assert [p.step for p in store.get_metrics(ebt_id, tm.ppl_name("val", 1))] == [3]
+        assert not [n for n in store.metric_names(ebt_id, prefix="think/ppl/split=ood")]
+        assert store.get_metrics(ebt_id, "val_loss")  # the training series are untouched
+        with pytest.raises(Exception, match="empty prefix"):
+            store.delete_metrics(ebt_id, "")
+    finally:
+        store.close()
+    r2 = runner.invoke(app, args)
+    assert r2.exit_code == 0, r2.output
     # The report carries the thinking pages.
     pdf = tmp_path / "r.pdf"
     r3 = runner.invoke(app, ["report", "--sweep", "think", "--db", url, "--out", str(pdf), "--resamples", "100"])

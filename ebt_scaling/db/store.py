@@ -555,6 +555,22 @@ class Store:
 
         return self._unit(unit, what=f"truncating metrics of run {run_id}")
 
+    def delete_metrics(self, run_id: int, prefix: str) -> int:
+        """Delete every series of ``run_id`` whose name starts with ``prefix`` (non-empty), e.g. ``think/``
+        before ``ebt-scale think`` writes a new grid; returns how many points were deleted."""
+        if not prefix:
+            raise StoreError("delete_metrics: empty prefix; give the series prefix to delete, e.g. 'think/'")
+
+        def unit(conn: Connection) -> int:
+            names = [n for n in conn.execute(select(METRICS.c.name).distinct().where(METRICS.c.run_id == run_id))
+                     .scalars() if n.startswith(prefix)]
+            if not names:
+                return 0
+            res = conn.execute(delete(METRICS).where(and_(METRICS.c.run_id == run_id, METRICS.c.name.in_(names))))
+            return int(res.rowcount)
+
+        return self._unit(unit, what=f"deleting {prefix}* metrics of run {run_id}")
+
     def get_metrics(self, run_id: int, name: str | None = None) -> list[MetricPoint]:
         """Points of one run ordered by (name, step); ``name`` selects one series."""
 

@@ -119,6 +119,9 @@ def think_sweep(store: Any, sweep: str, *, steps: Sequence[int], samples: Sequen
             continue
         for m in res.messages:
             say(f"{label}: {m}")
-        store.log_metrics(run.id, points_for(res))
+        pts = points_for(res)
+        if hasattr(store, "delete_metrics"):  # a new grid replaces the previous one entirely
+            store.delete_metrics(run.id, tm.PREFIX)
+        store.log_metrics(run.id, pts)
         out.append(RunOutcome(run.id, run.family, label, "done", None, summarise(res)))
     return out
