@@ -72,32 +72,55 @@ def train_step(model, idx, tgt, seed: int):
     return loss.detach(), info, grads, model.last_energy_steps.clone()
 
 
+def rel_err(a, b) -> float:
+    """Max abs difference relative to the reference tensor's scale."""
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    assert a.shape == b.shape
+    return (a - b).abs().max().item() / max(b.abs().max().item(), 1e-12)
+
+
+def step_errors(a, b) -> dict[str, float]:
+    """Relative discrepancy of every quantity two ``train_step`` results share."""
+    (la, ia, ga, ea), (lb, ib, gb, eb) = a, b
+    assert ia["inner_steps"] == ib["inner_steps"] and ia["replayed"] == ib["replayed"]
+    assert ga.keys() == gb.keys()
+    errs = {"loss": rel_err(la, lb), "energy_steps": rel_err(ea, eb)}
+    errs.update({k: rel_err(ia[k], ib[k]) for k in ("ce", "ce_initial", "energy_initial", "energy_final")})
+    errs.update({f"grad {n}": rel_err(ga[n], gb[n]) for n in ga})
+    return errs
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", list(CASES))
 def test_training_losses_energies_and_gradients_match(name, dtype):
     fast, ref = pair(CASES[name])
+    floor = copy.deepcopy(ref)  # the reference path again, with another summation order (2 threads)
     if dtype == torch.float64:
-        fast.double(), ref.double()
-    fast.train(), ref.train()
-    # fp64 shows the paths are the same function; fp32 differences are summation order, amplified by the
-    # chained S2 descent (Langevin noise, replay), hence the looser fp32 bound on gradients.
+        fast.double(), ref.double(), floor.double()
+    fast.train(), ref.train(), floor.train()
+    # fp64 shows the paths are the same function (1e-9). In fp32 the differences are summation order, and
+    # the chained S2 descent (Langevin noise, replay, 3 landscapes) amplifies them: the reference path alone
+    # moves by up to 1.4e-3 relative (a gradient of s2-prediction-3-landscapes) between 1 and 2 threads.
+    # So the fp32 bound is 1e-3 or 10x what reordering the reference's own sums does, whichever is larger.
     rel = 1e-3 if dtype == torch.float32 else 1e-9
     idx, tgt = data()
     for seed in range(3):  # several steps: the replay buffer fills and replayed rows enter (S2)
-        lf, inf_f, gf, ef = train_step(fast, idx, tgt, seed)
-        lr_, inf_r, gr, er = train_step(ref, idx, tgt, seed)
-        assert inf_f["inner_steps"] == inf_r["inner_steps"] and inf_f["replayed"] == inf_r["replayed"]
-        close(lf, lr_)
-        close(ef, er)
-        for k in ("ce", "ce_initial", "energy_initial", "energy_final"):
-            close(inf_f[k], inf_r[k])
-        assert gf.keys() == gr.keys()
-        assert {n for n, p in fast.named_parameters() if p.requires_grad} == set(gf)  # every parameter learns
-        for n in gf:  # fp32 tolerance relative to the tensor's scale (S1's alpha = 500 makes them large)
-            scale = gr[n].abs().max().item()
-            assert (gf[n] - gr[n]).abs().max().item() <= rel * scale + 1e-7, (name, n, scale)
+        fast_r = train_step(fast, idx, tgt, seed)
+        ref_r = train_step(ref, idx, tgt, seed)
+        errs = step_errors(fast_r, ref_r)
+        bound = rel
+        if dtype == torch.float32:
+            torch.set_num_threads(2)
+            try:
+                noise = step_errors(train_step(floor, idx, tgt, seed), ref_r)
+            finally:
+                torch.set_num_threads(1)
+            bound = max(rel, 10 * max(noise.values()))
+        worst = max(errs, key=errs.get)
+        assert errs[worst] <= bound, (name, seed, worst, errs[worst], bound)
+        assert {n for n, p in fast.named_parameters() if p.requires_grad} == set(fast_r[2])  # all learn
     if "s2" in name and CASES[name].get("replay_buffer_size"):
-        assert inf_f["replayed"] > 0
+        assert fast_r[1]["replayed"] > 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
