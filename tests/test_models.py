@@ -567,7 +567,11 @@ def test_probs_update_is_p_minus_alpha_grad():
     p = z0.softmax(-1).requires_grad_()
     e = m.energies(idx, p, 0)
     (g,) = torch.autograd.grad(e.sum(), p)
-    torch.testing.assert_close(zs[0], (p - m.alpha_value() * g).detach())
+    want = (p - m.alpha_value() * g).detach()
+    # The model computes p + (-alpha * dE/de) @ W (one addmm): same value, other rounding. fp32 tolerance
+    # relative to the update's scale (alpha = 500 on an untrained model gives logits of size ~2e4).
+    torch.testing.assert_close(zs[0], want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
+    assert not torch.equal(zs[0], z0)
     torch.testing.assert_close(es[0], e.detach())
 
 
@@ -580,3 +584,28 @@ def test_input_validation_messages():
     t = build_model(tpp_cfg())
     with pytest.raises(ConfigError, match="sequence_len"):
         t(torch.zeros(1, T + 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("alpha_shape", [(), (3, 5, 1)], ids=["scalar", "per-position"])
+@pytest.mark.parametrize("graph", [True, False], ids=["graph-step", "first-order"])
+def test_fused_descent_update_matches_unfused_values_and_gradients(alpha_shape, graph):
+    """EBT._update computes p - alpha * (g_emb @ W) as one addmm (or unfused where that is cheaper): the
+    value and the gradients w.r.t. p, g_emb, W and a learnable alpha equal the plain expression's."""
+    from ebt_scaling.models.ebt import EBT
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(3, 5, 11, generator=g, dtype=torch.float64).softmax(-1).requires_grad_()
+    g_emb = torch.randn(3, 5, 4, generator=g, dtype=torch.float64).requires_grad_(graph)
+    w = torch.randn(4, 11, generator=g, dtype=torch.float64).requires_grad_()
+    alpha = (torch.rand(alpha_shape, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    up = torch.randn(3, 5, 11, generator=g, dtype=torch.float64)
+
+    def grads(z):
+        inputs = [t for t in (p, g_emb, w, alpha) if t.requires_grad]
+        return torch.autograd.grad((z * up).sum(), inputs)
+
+    fused = EBT._update(p, g_emb, w, alpha)
+    plain = p - alpha * (g_emb @ w)
+    torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads(fused), grads(plain), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -26,6 +26,12 @@ from ebt_scaling.train import train
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 REGEN = os.environ.get("EBT_SCALE_REGEN_GOLDEN") == "1"
 RTOL, ATOL = 2e-4, 2e-5
+# The EBT's S1 descent (alpha = 500, losses in the thousands of nats early on) amplifies summation order:
+# running the same code with 2 threads instead of 1 moves its 20-step losses by up to 5.8e-5 relative, and
+# the fused descent update (p + (-alpha * dE/de) @ W as one addmm, same value) by up to 2.1e-4. A change of
+# the computation moves them by percents (measured: norm_eps 1e-5 -> 1e-6: 3.4%; init_noise_scale 0.9: 18%),
+# so 1e-3 still catches it.
+RTOL_FAMILY = {"transformer_pp": RTOL, "ebt": 1e-3}
 
 
 def golden_spec(family: str) -> RunSpec:
@@ -51,7 +57,8 @@ def test_golden_losses(family):
         pytest.skip(f"regenerated {path}")
     golden = json.loads(path.read_text())
     assert golden["config_hash"] == spec.config_hash, "the golden spec changed: regenerate (see module doc)"
-    np.testing.assert_allclose(losses, golden["train_loss"], rtol=RTOL, atol=ATOL)
-    assert r.final_val_loss == pytest.approx(golden["final_val_loss"], rel=RTOL, abs=ATOL)
+    rtol = RTOL_FAMILY[family]
+    np.testing.assert_allclose(losses, golden["train_loss"], rtol=rtol, atol=ATOL)
+    assert r.final_val_loss == pytest.approx(golden["final_val_loss"], rel=rtol, abs=ATOL)
     # the run learns: the last losses are below the first ones
     assert np.mean(losses[-5:]) < np.mean(losses[:5])

@@ -249,26 +249,47 @@ class EBT(nn.Module):
                         emb.requires_grad_()
                     e = self.energies_from_embedding(emb, kvs)  # (B, T)
                     (g_emb,) = torch.autograd.grad(e.sum(), emb, create_graph=graph)
+                    self._check_finite(g_emb, i)
                     w = self.vocab_to_embed.weight if graph else self.vocab_to_embed.weight.detach()
-                    g = g_emb @ w.to(g_emb.dtype)  # (B, T, V); no graph on first-order steps
-                    wrt = p
+                    z = self._update(p, g_emb, w, alpha)  # p - alpha * dE/dp (section 6.4)
+                    grad_graph = g_emb.requires_grad
                 else:
                     e = self.prediction_energies(p, kvs)
                     (g,) = torch.autograd.grad(e.sum(), z, create_graph=graph)
-                    wrt = z
-                # One reduction instead of an elementwise isfinite over (B, T, V): the sum is NaN/inf iff an
-                # element is (or the gradient is so large that the run has diverged anyway).
-                if not torch.isfinite(g.sum()):
-                    raise TrainingDiverged(f"EBT inner step {i}: non-finite energy gradient; lower the step "
-                                           "size or the learning rate")
-                z = wrt - alpha * g  # new logits (section 6.4)
+                    self._check_finite(g, i)
+                    z = z - alpha * g  # new logits (section 6.4)
+                    grad_graph = g.requires_grad
                 if not need_graph:
                     z = z.detach()
                 outs.append(z)
                 energies.append(e.detach())
                 self.last_trace.append({"landscape": landscape, "create_graph": graph, "detached": detached,
-                                        "grad_has_graph": g.requires_grad, "chain_grad": p.requires_grad})
+                                        "grad_has_graph": grad_graph, "chain_grad": p.requires_grad})
         return outs, energies
+
+    @staticmethod
+    def _check_finite(g: torch.Tensor, step: int) -> None:
+        # One reduction instead of an elementwise isfinite: the sum is NaN/inf iff an element is (or the
+        # gradient is so large that the run has diverged anyway). With descent_wrt="probs" this checks the
+        # (B, T, D) gradient w.r.t. the embedded rows, 1/V the work of checking dE/dp itself.
+        if not torch.isfinite(g.sum()):
+            raise TrainingDiverged(f"EBT inner step {step}: non-finite energy gradient; lower the step "
+                                   "size or the learning rate")
+
+    @staticmethod
+    def _update(p: torch.Tensor, g_emb: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """p - alpha * (g_emb @ W) as p + (-alpha * g_emb) @ W: alpha (a scalar or one value per (batch,
+        position)) scales the (B, T, D) gradient before the projection to V, and the add rides on the matmul
+        (addmm), so no (B, T, V) elementwise op runs in the forward or the outer backward. Under autocast
+        (g_emb in bf16/fp16) it stays p - alpha * g with g = g_emb @ W, so alpha keeps its fp32 precision.
+        So it does on a first-order step with a learnable alpha (truncated S2 steps): there the gradient
+        w.r.t. alpha is one elementwise product with g, where the fused form would need a (B, T, V) x (V, D)
+        matmul in the outer backward."""
+        fused = g_emb.requires_grad or not alpha.requires_grad
+        if fused and g_emb.dtype == p.dtype and not torch.is_autocast_enabled(p.device.type):
+            step = g_emb * (-alpha)  # (B, T, D)
+            return torch.addmm(p.flatten(0, 1), step.flatten(0, 1), w).view_as(p)  # (B, T, V)
+        return p - alpha * (g_emb @ w.to(g_emb.dtype))
 
     def _shared_kvs(self, idx: torch.Tensor, landscape: int, graph_ls: set[int], cache: dict) -> KV:
         """The observed keys/values of ``landscape`` from ``cache``, computed on first use (with a graph iff

@@ -116,8 +116,10 @@ def prediction_attention(q_p: torch.Tensor, k_p: torch.Tensor, v_p: torch.Tensor
     cross = q_p @ k_o.transpose(-2, -1)  # (B, H, T, So)
     self_s = (q_p * k_p).sum(-1, keepdim=True)  # (B, H, T, 1)
     att = torch.cat((upcast(cross) + mask, upcast(self_s)), dim=-1).softmax(dim=-1).to(q_p.dtype)
-    so = k_o.shape[-2]
-    return att[..., :so] @ v_o + att[..., so:] * v_p  # (B, H, T, Dh)
+    # One split (its backward is a cat) rather than two slices (each backward fills a zero tensor of the
+    # full score shape and copies into it): fewer kernels in the backward and double backward.
+    att_o, att_s = att.split((k_o.shape[-2], 1), dim=-1)  # (B, H, T, So), (B, H, T, 1)
+    return att_o @ v_o + att_s * v_p  # (B, H, T, Dh)
 
 
 class SwiGLU(nn.Module):
