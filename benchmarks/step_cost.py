@@ -1,9 +1,12 @@
 """Cost of one optimizer training step: EBT vs Transformer++ at the same shape, side by side.
 
-One step = zero_grad + loss (forward; for the EBT the whole inner loop) + backward + AdamW step. The
-variants are timed interleaved (one repetition of each per round) and the median per variant is reported,
-so slow drift of the machine affects all alike. The T++ is timed on its fast path (SDPA) and on the
-explicit matmul/softmax path the EBT must use; both ratios are reported.
+One step = zero_grad + loss (forward; for the EBT the whole inner loop) + backward + AdamW step. Variants:
+T++ on SDPA and on the explicit math path, the EBT with the recipe as the paper defines it (``ebt``) and
+with the prediction-only step conditioning (``ebt_pred``, docs/models.md). Then the cost of one extra
+thinking step with and without observed-stream reuse (``think``). The variants are timed interleaved (one
+repetition of each per round) and the median per variant is reported, so slow drift of the machine affects
+all alike. The T++ is timed on its fast path (SDPA) and on the explicit matmul/softmax path the EBT must
+use; both ratios are reported.
 
     python benchmarks/step_cost.py                       # default shape, 2 CPU threads
     python benchmarks/step_cost.py --device cuda --reps 20 --n-layer 6 --n-embd 384 --n-head 6
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="OMP_WAIT_POLICY for torch's OpenMP threads (read when torch loads). PASSIVE (default) "
                          "stops idle threads from spinning, which on a shared, oversubscribed CPU otherwise "
                          "dominates op-heavy steps; 'unset' leaves the environment alone")
+    ap.add_argument("--think-steps", type=int, default=4,
+                    help="thinking-step cost: time think() with this many steps and one more (0 = skip)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     if args.omp_wait_policy != "unset":
@@ -64,9 +69,13 @@ def main(argv: list[str] | None = None) -> dict:
                  sequence_len=args.seq)
     cfg_t = ModelConfig(family="transformer_pp", **shape)
     cfg_e = ModelConfig(family="ebt", **shape, **RECIPE_OVERRIDES[args.recipe])
+    # The prediction-only step conditioning (not the paper's model): observed tokens never see the step
+    # token, so one observed pass serves every landscape (docs/models.md).
+    cfg_p = ModelConfig(family="ebt", **shape, **{**RECIPE_OVERRIDES[args.recipe], "step_conditioning": "prediction"})
 
     tpp = build_model(cfg_t).to(dev).train()
     ebt = build_model(cfg_e).to(dev).train()
+    ebt_pred = build_model(cfg_p).to(dev).train()
 
     def optimizer(model):
         lr = 1e-4  # small: we time the step, not learn; keeps the EBT's alpha-scaled logits tame
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
                   for g in model.optim_groups(0.01)]
         return torch.optim.AdamW(groups, betas=(0.9, 0.999))
 
-    opt_t, opt_e = optimizer(tpp), optimizer(ebt)
+    opt_t, opt_e, opt_p = optimizer(tpp), optimizer(ebt), optimizer(ebt_pred)
     idx = torch.randint(0, args.vocab, (args.batch, args.seq + 1), device=dev)
     x, y = idx[:, :-1], idx[:, 1:]
 
@@ -95,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         "tpp_sdpa": lambda: step(tpp, opt_t, "sdpa"),
         "tpp_math": lambda: step(tpp, opt_t, "math"),
         "ebt": lambda: step(ebt, opt_e),
+        "ebt_pred": lambda: step(ebt_pred, opt_p),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     cpu_times: dict[str, list[float]] = {k: [] for k in variants}
@@ -108,10 +118,14 @@ def main(argv: list[str] | None = None) -> dict:
                 times[name].append(time.perf_counter() - t0)
                 cpu_times[name].append(time.process_time() - c0)
 
+    think = think_cost(ebt, x, args, sync) if args.think_steps else None
     med = {k: statistics.median(v) for k, v in times.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu_times.items()}
     ex_t, ex_e = flops_per_token(cfg_t, "exact"), flops_per_token(cfg_e, "exact")
+    ex_p = flops_per_token(cfg_p, "exact")
     pa_t, pa_e = flops_per_token(cfg_t, "paper"), flops_per_token(cfg_e, "paper")
+    paired = {f"{e}_vs_{t}": statistics.median(a / b for a, b in zip(times[e], times[t], strict=True))
+              for e in ("ebt", "ebt_pred") for t in ("tpp_math", "tpp_sdpa")}
     result = {
         "benchmark": "step_cost",
         "shape": {**shape, "batch": args.batch},
@@ -128,6 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
         "median_cpu_s": med_cpu,
         "time_ratio_ebt_vs_tpp_math": med["ebt"] / med["tpp_math"],
         "time_ratio_ebt_vs_tpp_sdpa": med["ebt"] / med["tpp_sdpa"],
+        "time_ratio_ebt_pred_vs_tpp_math": med["ebt_pred"] / med["tpp_math"],
+        "time_ratio_ebt_pred_vs_tpp_sdpa": med["ebt_pred"] / med["tpp_sdpa"],
+        "paired_ratio_median": paired,
         # Per-round ratios (the variants of one round ran back to back) and the ratio of the fastest
         # repetitions: both less sensitive to other load than the ratio of medians.
         "paired_ratio_median_ebt_vs_tpp_math": statistics.median(
@@ -139,8 +156,10 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_time_ratio_ebt_vs_tpp_math": med_cpu["ebt"] / med_cpu["tpp_math"],
         "cpu_time_ratio_ebt_vs_tpp_sdpa": med_cpu["ebt"] / med_cpu["tpp_sdpa"],
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "exact_flops_per_token": {"tpp": ex_t, "ebt": ex_e},
+        "exact_flops_per_token": {"tpp": ex_t, "ebt": ex_e, "ebt_pred": ex_p},
         "exact_flops_ratio": ex_e / ex_t,
+        "exact_flops_ratio_pred": ex_p / ex_t,
+        "think": think,
         "paper_flops_ratio": pa_e / pa_t,
         "tokens_per_s": {k: args.batch * args.seq / v for k, v in med.items()},
     }
@@ -149,6 +168,43 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out:
         Path(args.out).write_text(text + "\n")
     return result
+
+
+def think_cost(ebt, x, args, sync) -> dict:
+    """The cost of one extra thinking step (``EBT.think``, no graph), interleaved like the training steps.
+
+    ``extra_step_s`` = median of t(k + 1 steps) - t(k steps) with observed-stream reuse (the default);
+    ``full_step_s`` = the same difference on the reference path that recomputes the observed stream at every
+    step (``reuse_observed=False``), i.e. what a step costs without the reuse. Both in eval mode, one sample.
+    """
+    import torch
+
+    ebt.eval()
+    k = args.think_steps
+    gen = torch.Generator(device=x.device)
+    times: dict[str, list[float]] = {f"{mode}_{n}": [] for mode in ("reuse", "full") for n in (k, k + 1)}
+    try:
+        for r in range(args.warmup + args.reps):
+            for name in times:
+                mode, n = name.split("_")
+                ebt.reuse_observed = mode == "reuse"
+                gen.manual_seed(r)
+                sync()
+                t0 = time.perf_counter()
+                ebt.think(x, steps=int(n), generator=gen)
+                sync()
+                if r >= args.warmup:
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        ebt.reuse_observed = True
+        ebt.train()
+
+    def extra(mode: str) -> float:
+        return statistics.median(b - a for a, b in zip(times[f"{mode}_{k}"], times[f"{mode}_{k + 1}"], strict=True))
+
+    med = {name: statistics.median(v) for name, v in times.items()}
+    return {"steps": [k, k + 1], "median_s": med, "extra_step_s": extra("reuse"), "full_step_s": extra("full"),
+            "extra_vs_full_step": extra("reuse") / extra("full")}
 
 
 if __name__ == "__main__":
