@@ -30,6 +30,10 @@ def test_train_json_on_stdout_progress_elsewhere(tmp_path):
     assert out["spec"]["model"]["family"] == "transformer_pp" and len(out["config_hash"]) == 64
     assert out["checkpoint_dir"].endswith("step_00000006")
     assert os.path.isdir(out["checkpoint_dir"])
+    # stderr is not a terminal: plain progress lines (each validation and the last step), not a live bar
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("train transformer_pp nano: step")]
+    assert [ln.split()[4] for ln in lines] == ["3/6", "6/6"], r.stderr
+    assert "val " in lines[-1] and "tok/s" in lines[-1] and "ETA" in lines[-1]
 
 
 def test_train_summary_table_ebt():
@@ -48,6 +52,7 @@ def test_train_summary_table_ebt():
     (["--preset", "huge"], "unknown preset"),
     (["--recipe", "ebt_s9"], "unknown recipe"),
     (["--vocab-size", "100000"], "synthetic source supports"),
+    (["--progress", "fancy"], "--progress: unknown value"),
 ])
 def test_train_bad_input_is_one_line_exit_2(tmp_path, args, needle):
     base = ["train", "--preset", "nano", "--data", "synthetic", "--vocab-size", "32", "--steps", "2",

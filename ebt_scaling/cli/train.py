@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import pathlib
+import time
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import typer
@@ -60,12 +63,16 @@ def train_cmd(
                                                      "(0 = only at the end).", min=0)] = 0,
     resume: Annotated[str | None, typer.Option("--resume", help="Resume from a checkpoint folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the RunResult as JSON on stdout.")] = False,
+    progress_mode: Annotated[str, typer.Option("--progress", help="auto (a bar on a terminal, plain lines "
+                                               "otherwise), rich, plain or off.")] = "auto",
 ) -> None:
     """Train one model and print a summary (final losses vs. the unigram baseline, tokens, params, time)."""
     from ebt_scaling.config import DataConfig, RunSpec, TrainConfig, model_config
     from ebt_scaling.train.defaults import train_defaults
 
     _check_data_arg(data)
+    if progress_mode not in ("auto", "rich", "plain", "off"):
+        raise fail(f"--progress: unknown value {progress_mode!r}; use auto, rich, plain or off", 2)
     if family not in ("transformer_pp", "ebt"):
         raise fail(f"--family: unknown family {family!r}; use transformer_pp or ebt", 2)
     if recipe is not None and family != "ebt":
@@ -94,30 +101,11 @@ def train_cmd(
     mcfg = model_config(family, preset, vocab_size=corpus.vocab_size, sequence_len=seq_len, recipe=recipe_name)
     spec = RunSpec(model=mcfg, train=tcfg, data=dcfg, checkpoint_dir=checkpoint_dir, recipe=recipe_name)
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from ebt_scaling.records import ListSink
     from ebt_scaling.train import train
 
     sink = ListSink()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val]}"),
-                  TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                  TimeRemainingColumn(), console=err, transient=False) as progress:
-        task = progress.add_task(f"{family} {preset}", total=steps, loss="-", val="-", tps="-")
-
-        def on_step(info: dict[str, Any]) -> None:
-            val = info.get("val_loss")
-            progress.update(task, completed=info["step"], loss=f"{info['loss']:.3f}",
-                            val=f"{val:.3f}" if val is not None else "-", tps=f"{info['tokens_per_s']:,.0f}")
-
+    with _train_progress(progress_mode, err, f"{family} {preset}", steps) as on_step:
         result = train(spec, sink, resume_from=resume, on_step=on_step, data_progress=lambda m: None)
 
     unigram = corpus.unigram_entropy()
@@ -130,6 +118,59 @@ def train_cmd(
         _summary(result, unigram, corpus.entropy_rate)
     if result.status != "completed":
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _train_progress(mode: str, err: Any, label: str, total: int) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """Yields the ``on_step`` callback: a rich bar (``rich``; ``auto`` on a terminal), one plain line per
+    validation and at most every 30 s otherwise (``plain``; ``auto`` in logs and pipes), or nothing."""
+    if mode == "auto":
+        mode = "rich" if err.is_terminal else "plain"
+    if mode == "off":
+        yield lambda info: None
+        return
+    if mode == "plain":
+        t0 = time.monotonic()
+        state: dict[str, Any] = {"printed": t0, "val": None, "first": None}
+
+        def plain(info: dict[str, Any]) -> None:
+            now, step, val = time.monotonic(), info["step"], info.get("val_loss")
+            if state["first"] is None:  # a resumed run starts mid-way: the ETA uses this process's steps
+                state["first"] = step - 1
+            new_val = val is not None and val != state["val"]
+            if not new_val and step != total and now - state["printed"] < 30:
+                return
+            state["printed"], state["val"] = now, val
+            elapsed, done = now - t0, step - state["first"]
+            eta = elapsed / done * (total - step) if done > 0 else float("nan")
+            val_s = f" val {val:.4f}" if val is not None else ""
+            err.print(f"train {label}: step {step}/{total} loss {info['loss']:.4f}{val_s} "
+                      f"{info['tokens_per_s']:,.0f} tok/s, {elapsed:.0f} s elapsed, ETA {eta:.0f} s",
+                      highlight=False, soft_wrap=True)
+
+        yield plain
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val]}"),
+                  TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                  TimeRemainingColumn(), console=err, transient=False) as progress:
+        task = progress.add_task(label, total=total, loss="-", val="-", tps="-")
+
+        def bar(info: dict[str, Any]) -> None:
+            val = info.get("val_loss")
+            progress.update(task, completed=info["step"], loss=f"{info['loss']:.3f}",
+                            val=f"{val:.3f}" if val is not None else "-", tps=f"{info['tokens_per_s']:,.0f}")
+
+        yield bar
 
 
 def _fmt(v: float | None, nd: int = 4) -> str:

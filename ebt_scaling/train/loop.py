@@ -254,15 +254,15 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
                     pts["alpha"] = _f(info["alpha"])
             sink.log([MetricPoint(k, step, float(v)) for k, v in pts.items()])
             train_time, interval_tokens = 0.0, 0
-        if on_step is not None:
+        if reason is None and ((tcfg.eval_interval and step % tcfg.eval_interval == 0) or step == tcfg.steps):
+            run_eval()
+        if on_step is not None:  # after this step's validation, so progress shows it at once
             on_step({"step": step, "steps": tcfg.steps, "loss": loss_v, "lr": lr, "grad_norm": grad_norm,
                      "tokens": tokens, "tokens_per_s": (B * T) / dt if dt > 0 else 0.0,
                      "val_loss": last_val.get("val_loss")})
         if reason is not None:
             status = "diverged"
             break
-        if (tcfg.eval_interval and step % tcfg.eval_interval == 0) or step == tcfg.steps:
-            run_eval()
         if spec.checkpoint_dir and ((tcfg.checkpoint_interval and step % tcfg.checkpoint_interval == 0)
                                     or step == tcfg.steps):
             ckpt_path = save_checkpoint(spec.checkpoint_dir, step, spec, model, optimizer, trainer_state())
