@@ -120,6 +120,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     think = think_cost(ebt, x, args, sync) if args.think_steps else None
     med = {k: statistics.median(v) for k, v in times.items()}
+    if think is not None:  # against one inner step of a training step (its time / its inner steps)
+        from ebt_scaling.models.flops import expected_train_steps
+
+        think["train_inner_step_s"] = med["ebt"] / expected_train_steps(cfg_e)
+        think["extra_vs_train_inner_step"] = think["extra_step_s"] / think["train_inner_step_s"]
     med_cpu = {k: statistics.median(v) for k, v in cpu_times.items()}
     ex_t, ex_e = flops_per_token(cfg_t, "exact"), flops_per_token(cfg_e, "exact")
     ex_p = flops_per_token(cfg_p, "exact")
@@ -176,6 +181,7 @@ def think_cost(ebt, x, args, sync) -> dict:
     ``extra_step_s`` = median of t(k + 1 steps) - t(k steps) with observed-stream reuse (the default);
     ``full_step_s`` = the same difference on the reference path that recomputes the observed stream at every
     step (``reuse_observed=False``), i.e. what a step costs without the reuse. Both in eval mode, one sample.
+    The caller adds the ratio to one inner step of a training step.
     """
     import torch
 

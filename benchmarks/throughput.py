@@ -103,6 +103,16 @@ def cpu_peak() -> int:
     return hwm * 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run_one(job: dict) -> dict:
     """One (family, size) measurement in this process."""
     import torch
@@ -224,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = torch.cuda.get_device_name(dev) if cuda else (platform.processor() or platform.machine())
+    name = torch.cuda.get_device_name(dev) if cuda else cpu_name()
     dtype = torch.bfloat16 if cuda else torch.float32
     measured = measured_matmul_peak(torch, dev, dtype, args.matmul_n or (8192 if cuda else 2048))
     sheet = args.peak_tflops * 1e12 if args.peak_tflops else (datasheet_peak(name) if cuda else None)
@@ -248,9 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
             r["mfu"] = r["achieved_flops_per_s"] / sheet if sheet else None
             r["mfu_vs_measured_matmul"] = r["achieved_flops_per_s"] / measured
             results.append(r)
-            print(f"throughput: {family} {size}: {r['tokens_per_s']:,.0f} tok/s, "
-                  f"MFU {r['mfu'] if r['mfu'] is not None else float('nan'):.3f} (datasheet), "
-                  f"{r['mfu_vs_measured_matmul']:.3f} (measured matmul)", file=sys.stderr)
+            sheet_s = f"MFU {r['mfu']:.3f} (datasheet peak), " if r["mfu"] is not None else ""
+            print(f"throughput: {family} {size}: {r['tokens_per_s']:,.0f} tok/s, {sheet_s}"
+                  f"{r['mfu_vs_measured_matmul']:.3f} of the measured matmul peak", file=sys.stderr)
     import torch
 
     out = {"benchmark": "throughput", "device": name, "device_type": dev.type,
