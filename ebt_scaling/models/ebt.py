@@ -282,9 +282,9 @@ class EBT(nn.Module):
         position)) scales the (B, T, D) gradient before the projection to V, and the add rides on the matmul
         (addmm), so no (B, T, V) elementwise op runs in the forward or the outer backward. Under autocast
         (g_emb in bf16/fp16) it stays p - alpha * g with g = g_emb @ W, so alpha keeps its fp32 precision.
-        So it does on a first-order step with a learnable alpha (truncated S2 steps): there the gradient
-        w.r.t. alpha is one elementwise product with g, where the fused form would need a (B, T, V) x (V, D)
-        matmul in the outer backward."""
+        It also stays unfused on a first-order step with a learnable alpha (truncated S2 steps): there the
+        gradient w.r.t. alpha is one elementwise product with g, where the fused form would need a
+        (B, T, V) x (V, D) matmul in the outer backward."""
         fused = g_emb.requires_grad or not alpha.requires_grad
         if fused and g_emb.dtype == p.dtype and not torch.is_autocast_enabled(p.device.type):
             step = g_emb * (-alpha)  # (B, T, D)
