@@ -8,7 +8,7 @@ keys/values are computed once per step. This script trains both on the same data
 batch 16, 400 steps) and reports validation loss and speed per seed. The variants alternate per seed, so slow
 drift of the machine affects both alike.
 
-    python benchmarks/step_conditioning.py                         # seeds 0,1; about 12 min on 2 cores
+    python benchmarks/step_conditioning.py --threads 1             # seeds 0,1; 11.3 min measured (docs/models.md)
     python benchmarks/step_conditioning.py --seeds 0,1,2 --steps 200 --out sc.json
 
 Prints one JSON object (also written to --out if given).

@@ -238,7 +238,6 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = torch.bfloat16 if cuda else torch.float32
     measured = measured_matmul_peak(torch, dev, dtype, args.matmul_n or (8192 if cuda else 2048))
     sheet = args.peak_tflops * 1e12 if args.peak_tflops else (datasheet_peak(name) if cuda else None)
-    del torch
 
     results = []
     for size in [s for s in args.sizes.split(",") if s]:
@@ -261,8 +260,6 @@ def main(argv: list[str] | None = None) -> dict:
             sheet_s = f"MFU {r['mfu']:.3f} (datasheet peak), " if r["mfu"] is not None else ""
             print(f"throughput: {family} {size}: {r['tokens_per_s']:,.0f} tok/s, {sheet_s}"
                   f"{r['mfu_vs_measured_matmul']:.3f} of the measured matmul peak", file=sys.stderr)
-    import torch
-
     out = {"benchmark": "throughput", "device": name, "device_type": dev.type,
            "precision": "bf16 autocast" if cuda else "fp32", "batch": batch, "seq": args.seq, "vocab": args.vocab,
            "recipe": args.recipe, "reps": reps, "warmup": warmup,
