@@ -35,7 +35,16 @@ from torch import nn
 
 from ebt_scaling.config import ModelConfig
 from ebt_scaling.errors import ConfigError, TrainingDiverged
-from ebt_scaling.models.layers import Block, RMSNorm, Rotary, causal_mask, init_linear_xavier, upcast
+from ebt_scaling.models.layers import (
+    Block,
+    RMSNorm,
+    Rotary,
+    causal_mask,
+    init_linear_xavier,
+    padded_vocab,
+    upcast,
+    vocab_pad_mask,
+)
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -75,6 +84,13 @@ class EBT(nn.Module):
         # Observed-stream reuse (ebt-paper.md section 18): one observed pass per landscape serves every
         # inner step and best-of-N sample on it. False = the reference path (recompute at every step).
         self.reuse_observed = True
+        # The descent runs its candidates at the aligned width (layers.padded_vocab): the padding
+        # logits are masked out of the softmax and the projection's padding columns are zeros, so
+        # every value and gradient is that of the true V. Public results are V wide.
+        self.vocab_padded = padded_vocab(cfg.vocab_size)
+        if self.vocab_padded != cfg.vocab_size:
+            self.register_buffer("_vocab_mask", vocab_pad_mask(cfg.vocab_size, self.vocab_padded),
+                                 persistent=False)
 
     # ------------------------------------------------------------------------------------------------
     # The energy function
@@ -149,7 +165,28 @@ class EBT(nn.Module):
 
     def prediction_energies(self, p: torch.Tensor, kvs: KV) -> torch.Tensor:
         """p: (B, T, V) candidate distributions; kvs from ``observed_stream`` -> energies (B, T), fp32."""
-        return self.energies_from_embedding(self.vocab_to_embed(p), kvs)
+        return self.energies_from_embedding(self._embed(p), kvs)
+
+    def _padded(self) -> bool:
+        return self.vocab_padded != self.cfg.vocab_size
+
+    def _v2e_weight(self) -> torch.Tensor:
+        """``vocab_to_embed.weight`` (D, V), zero-padded to (D, padded V) when the vocabulary is padded."""
+        w = self.vocab_to_embed.weight
+        return F.pad(w, (0, self.vocab_padded - self.cfg.vocab_size)) if self._padded() else w
+
+    def _embed(self, p: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, V or padded V) distributions -> (B, T, D) prediction rows."""
+        if w is None:
+            w = self.vocab_to_embed.weight if p.shape[-1] == self.cfg.vocab_size else self._v2e_weight()
+        return F.linear(p, w)
+
+    def _probs(self, z: torch.Tensor) -> torch.Tensor:
+        """Softmax of candidate logits in fp32; at the padded width the padding columns get probability 0."""
+        z = upcast(z)
+        if z.shape[-1] != self.cfg.vocab_size:
+            z = z + self._vocab_mask.to(z.dtype)
+        return z.softmax(dim=-1)
 
     def energies_from_embedding(self, h: torch.Tensor, kvs: KV) -> torch.Tensor:
         """h: (B, T, D) prediction rows (``vocab_to_embed(p)``) -> energies (B, T), fp32."""
@@ -219,8 +256,13 @@ class EBT(nn.Module):
         cache = {} if kv_cache is None else kv_cache
         outs: list[torch.Tensor] = []
         energies: list[torch.Tensor] = []
+        grad_sums: list[torch.Tensor] = []  # one finiteness check after the loop: no GPU sync per step
         self.last_trace = []
+        v, vp = cfg.vocab_size, self.vocab_padded
+        if vp != v:  # run at the aligned width; the padding logits never reach a softmax (masked)
+            z = F.pad(z, (0, vp - v))
         with torch.enable_grad():
+            w_all = self._v2e_weight() if need_graph else self._v2e_weight().detach()
             for i, landscape in enumerate(landscapes):
                 graph = need_graph and (not cfg.truncate_steps or i == n - 1)
                 detached = cfg.detach_between_steps or not need_graph or i == 0
@@ -228,9 +270,10 @@ class EBT(nn.Module):
                     # Only the logits variant differentiates w.r.t. z itself; otherwise a detached
                     # candidate needs no gradient (so the outer backward wastes none on it).
                     z = z.detach().requires_grad_(cfg.descent_wrt == "logits")
-                if sigma > 0:  # Langevin noise in logit space, before the softmax
-                    z = z + sigma * self._noise(z.shape, z.device, generator)
-                p = upcast(z).softmax(dim=-1)  # (B, T, V)
+                if sigma > 0:  # Langevin noise in logit space, before the softmax (drawn V wide)
+                    noise = self._noise((*z.shape[:-1], v), z.device, generator)
+                    z = z + sigma * (F.pad(noise, (0, vp - v)) if vp != v else noise)
+                p = self._probs(z)  # (B, T, V), fp32
                 if self.reuse_observed:
                     kvs = self._shared_kvs(idx, landscape, graph_ls, cache)
                     if not graph:  # the inner gradient never flows into the observed stream
@@ -244,35 +287,42 @@ class EBT(nn.Module):
                     # dE/dp = (dE/de) W_v2e with e = p W_v2e^T: differentiate w.r.t. the embedded rows and
                     # apply the (bias-free, linear) projection explicitly. Same values as autograd w.r.t. p,
                     # but p itself needs no gradient unless the chain of steps is kept (no detach).
-                    emb = self.vocab_to_embed(p)  # (B, T, D)
+                    emb = self._embed(p, w_all)  # (B, T, D)
                     if not emb.requires_grad:
                         emb.requires_grad_()
                     e = self.energies_from_embedding(emb, kvs)  # (B, T)
                     (g_emb,) = torch.autograd.grad(e.sum(), emb, create_graph=graph)
-                    self._check_finite(g_emb, i)
-                    w = self.vocab_to_embed.weight if graph else self.vocab_to_embed.weight.detach()
+                    grad_sums.append(g_emb.detach().sum())
+                    w = w_all if graph else w_all.detach()
                     z = self._update(p, g_emb, w, alpha)  # p - alpha * dE/dp (section 6.4)
                     grad_graph = g_emb.requires_grad
                 else:
-                    e = self.prediction_energies(p, kvs)
+                    e = self.energies_from_embedding(self._embed(p, w_all), kvs)
                     (g,) = torch.autograd.grad(e.sum(), z, create_graph=graph)
-                    self._check_finite(g, i)
+                    grad_sums.append(g.detach().sum())
                     z = z - alpha * g  # new logits (section 6.4)
                     grad_graph = g.requires_grad
                 if not need_graph:
                     z = z.detach()
-                outs.append(z)
+                outs.append(z[..., :v] if vp != v else z)
                 energies.append(e.detach())
                 self.last_trace.append({"landscape": landscape, "create_graph": graph, "detached": detached,
                                         "grad_has_graph": grad_graph, "chain_grad": p.requires_grad})
+        self._check_finite(grad_sums)
         return outs, energies
 
     @staticmethod
-    def _check_finite(g: torch.Tensor, step: int) -> None:
-        # One reduction instead of an elementwise isfinite: the sum is NaN/inf iff an element is (or the
-        # gradient is so large that the run has diverged anyway). With descent_wrt="probs" this checks the
-        # (B, T, D) gradient w.r.t. the embedded rows, 1/V the work of checking dE/dp itself.
-        if not torch.isfinite(g.sum()):
+    def _check_finite(grad_sums: list[torch.Tensor]) -> None:
+        """Raise if an inner step's energy gradient was not finite. Each entry is the sum of one step's
+        gradient (NaN/inf iff an element is, or the gradient is so large that the run has diverged anyway;
+        with descent_wrt="probs" the (B, T, D) gradient w.r.t. the embedded rows, 1/V the work of dE/dp).
+        Checked once after the loop, so a GPU waits for the device once per descent, not once per step
+        (steps after a non-finite one only carry NaNs forward)."""
+        if not grad_sums:
+            return
+        ok = torch.isfinite(torch.stack(grad_sums))
+        if not bool(ok.all()):
+            step = int((~ok).nonzero()[0, 0])
             raise TrainingDiverged(f"EBT inner step {step}: non-finite energy gradient; lower the step "
                                    "size or the learning rate")
 
@@ -387,7 +437,7 @@ class EBT(nn.Module):
 
     @torch.no_grad()
     def _score(self, idx: torch.Tensor, z: torch.Tensor, landscape: int, cache: dict) -> torch.Tensor:
-        p = upcast(z).softmax(dim=-1)
+        p = self._probs(z)
         if self.reuse_observed:
             kvs = [(k.detach(), v.detach()) for k, v in self._shared_kvs(idx, landscape, set(), cache)]
             return self.prediction_energies(p, kvs)

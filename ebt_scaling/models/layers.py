@@ -25,6 +25,32 @@ from ebt_scaling.errors import ConfigError
 
 ATTN_IMPLS = ("sdpa", "math")
 
+# Vocabulary-sized matmuls run at a width rounded up to a multiple of VOCAB_ALIGN once V >= VOCAB_PAD_MIN.
+VOCAB_ALIGN = 64
+VOCAB_PAD_MIN = 4096
+
+
+def padded_vocab(v: int) -> int:
+    """The width at which the models run their vocabulary-sized matmuls: V rounded up to a multiple of 64
+    when V >= 4096 (at most 1.6% more columns), else V.
+
+    GPU GEMM kernels want row strides that are multiples of 16 bytes; with an odd V such as GPT-NeoX's
+    50,277 every (B, T, V) x (V, D) product falls back to unaligned kernels (measured on an H200:
+    docs/models.md, GPU figures). The extra columns are exact no-ops: their logits are -inf (T++ head) or
+    masked out of the softmax (EBT candidates) and their weights are zeros built at compute time, so
+    parameters, checkpoints, outputs and losses keep the true V. Small vocabularies are left alone
+    (padding 37 to 64 would cost more than it saves)."""
+    if v < VOCAB_PAD_MIN or v % VOCAB_ALIGN == 0:
+        return v
+    return -(-v // VOCAB_ALIGN) * VOCAB_ALIGN
+
+
+def vocab_pad_mask(v: int, vp: int) -> torch.Tensor:
+    """(vp,) additive mask: 0 for the V real columns, -inf for the padding."""
+    m = torch.zeros(vp)
+    m[v:] = float("-inf")
+    return m
+
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
     """At least fp32 (fp64 stays fp64, so float64 gradchecks are exact)."""

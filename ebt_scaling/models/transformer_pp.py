@@ -14,7 +14,15 @@ from torch import nn
 
 from ebt_scaling.config import ModelConfig
 from ebt_scaling.errors import ConfigError
-from ebt_scaling.models.layers import Block, RMSNorm, Rotary, check_attn_impl, init_linear_xavier
+from ebt_scaling.models.layers import (
+    Block,
+    RMSNorm,
+    Rotary,
+    check_attn_impl,
+    init_linear_xavier,
+    padded_vocab,
+    vocab_pad_mask,
+)
 
 
 class TransformerPP(nn.Module):
@@ -38,20 +46,34 @@ class TransformerPP(nn.Module):
         self.output = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.rotary = Rotary(cfg.head_dim, cfg.sequence_len, cfg.rope_theta)
         init_linear_xavier(self)
+        # The head runs at the aligned width (layers.padded_vocab); the extra logits are -inf, so the
+        # softmax, the loss and every gradient are those of the true V.
+        self.vocab_padded = padded_vocab(cfg.vocab_size)
+        if self.vocab_padded != cfg.vocab_size:
+            self.register_buffer("_pad_bias", vocab_pad_mask(cfg.vocab_size, self.vocab_padded), persistent=False)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx: (B, T) token ids -> next-token logits (B, T, V)."""
+    def _logits(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, T, padded V) logits; the padding columns are -inf."""
         impl = check_attn_impl(self.attn_impl)
         _, t = idx.shape
         rope = self.rotary(0, t)
         h = self.tok_embeddings(idx)  # (B, T, D)
         for layer in self.layers:
             h = layer(h, rope, impl)
-        return self.output(self.norm(h))  # (B, T, V)
+        h = self.norm(h)
+        v, vp = self.cfg.vocab_size, self.vocab_padded
+        if vp == v:
+            return self.output(h)
+        return F.linear(h, F.pad(self.output.weight, (0, 0, 0, vp - v)), self._pad_bias)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx: (B, T) token ids -> next-token logits (B, T, V)."""
+        logits = self._logits(idx)
+        return logits if self.vocab_padded == self.cfg.vocab_size else logits[..., : self.cfg.vocab_size]
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Mean next-token cross-entropy in nats; targets equal to -100 are ignored."""
-        logits = self(idx)
+        logits = self._logits(idx)  # padding logits are -inf: they add exactly 0 to the softmax
         ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         return ce, {"ce": ce.detach()}
 
