@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         lr = 1e-4  # small: we time the step, not learn; keeps the EBT's alpha-scaled logits tame
         groups = [{"params": g["params"], "weight_decay": g["weight_decay"], "lr": lr * g["lr_mult"]}
                   for g in model.optim_groups(0.01)]
-        return torch.optim.AdamW(groups, betas=(0.9, 0.999))
+        return torch.optim.AdamW(groups, betas=(0.9, 0.999), fused=dev.type == "cuda")  # as ebt-scale train
 
     opt_t, opt_e, opt_p = optimizer(tpp), optimizer(ebt), optimizer(ebt_pred)
     idx = torch.randint(0, args.vocab, (args.batch, args.seq + 1), device=dev)

@@ -130,7 +130,8 @@ def run_one(job: dict) -> dict:
     model = build_model(cfg).to(dev).train()
     lr = 1e-4
     opt = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"], "lr": lr * g["lr_mult"]}
-                             for g in model.optim_groups(0.01)], betas=(0.9, 0.999))
+                             for g in model.optim_groups(0.01)], betas=(0.9, 0.999),
+                            fused=dev.type == "cuda")  # as ebt-scale train does
     idx = torch.randint(0, cfg.vocab_size, (job["batch"], job["seq"] + 1), device=dev)
     x, y = idx[:, :-1], idx[:, 1:]
     amp = dev.type == "cuda"

@@ -140,7 +140,9 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
     for g in groups:
         g.setdefault("lr_mult", 1.0)
         g["lr"] = 0.0
-    optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(tcfg.beta1, tcfg.beta2), weight_decay=tcfg.weight_decay)
+    # fused: one kernel for the whole update on CUDA instead of a dozen foreach launches (same algorithm).
+    optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(tcfg.beta1, tcfg.beta2), weight_decay=tcfg.weight_decay,
+                                  fused=device.type == "cuda")
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
     fpt = {c: flops_per_token(mcfg, c, mode="train") for c in ("paper", "exact")}
