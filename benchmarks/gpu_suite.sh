@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The GPU checks and benchmarks of one lease, each under its own time limit, results under OUTDIR.
+#
+#   bash benchmarks/gpu_suite.sh OUTDIR                     # from the repository root; PYTHON=python3
+#   BASELINE=.bench_old bash benchmarks/gpu_suite.sh OUTDIR # also time another checkout side by side
+#
+# Needs only torch and pytest on the GPU machine: the benchmarks and tests/test_cuda.py import the model and
+# training code, not the database or Ray, and the checkout is put on PYTHONPATH. BASELINE is a directory
+# holding another revision's tree (e.g. `git archive REV | tar -x -C .bench_old`); its throughput runs right
+# after this tree's, on the same machine. At most 8 files are written (what a device lease returns):
+# suite.log (environment and one line per step), steps.log (every step's output), throughput JSONs and
+# profiles. A step that fails or runs out of time is recorded and the next one runs. docs/models.md (GPU
+# figures) says what the figures mean.
+set -u
+out=${1:?usage: bash benchmarks/gpu_suite.sh OUTDIR}
+py=${PYTHON:-python3}
+root=$PWD
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+log="$out/suite.log"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  "$py" -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.version.cuda)"; } >"$log" 2>&1
+cat "$log"
+: >"$out/steps.log"
+
+step() {  # step NAME SECONDS DIR CMD... : run in DIR with a time limit; log rc and wall time
+    local name=$1 limit=$2 dir=$3 t0 rc
+    shift 3
+    t0=$(date +%s)
+    echo "===== $name" >>"$out/steps.log"
+    (cd "$dir" && PYTHONPATH="$PWD" timeout "$limit" "$@") >>"$out/steps.log" 2>&1
+    rc=$?
+    echo "$name rc=$rc wall=$(($(date +%s) - t0))s" | tee -a "$log"
+}
+
+tp=(benchmarks/throughput.py --device cuda)
+step throughput_b16 240 "$root" "$py" "${tp[@]}" --batch 16 --out "$out/throughput_b16.json"
+if [ -n "${BASELINE:-}" ]; then
+    step baseline_throughput_b16 240 "$BASELINE" "$py" "${tp[@]}" --batch 16 --out "$out/baseline_throughput_b16.json"
+fi
+step throughput_small_b64 150 "$root" "$py" "${tp[@]}" --sizes small --batch 64 --think-steps 0 \
+    --out "$out/throughput_small_b64.json"
+if [ -n "${BASELINE:-}" ]; then
+    step baseline_throughput_small_b64 150 "$BASELINE" "$py" "${tp[@]}" --sizes small --batch 64 --think-steps 0 \
+        --out "$out/baseline_throughput_small_b64.json"
+fi
+step pytest_gpu 180 "$root" "$py" -m pytest -m gpu -q -p no:cacheprovider tests/test_cuda.py tests/test_vocab_padding.py
+step profile_ebt_small 90 "$root" "$py" benchmarks/profile_step.py --family ebt --size small --device cuda \
+    --batch 16 --out "$out/profile_ebt_small.json"
+step profile_tpp_small 60 "$root" "$py" benchmarks/profile_step.py --family transformer_pp --size small \
+    --device cuda --batch 16 --out "$out/profile_tpp_small.json"
