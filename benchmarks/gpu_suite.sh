@@ -8,9 +8,9 @@
 # training code, not the database or Ray, and the checkout is put on PYTHONPATH. BASELINE is a directory
 # holding another revision's tree (e.g. `git archive REV | tar -x -C .bench_old`); its throughput runs right
 # after this tree's, on the same machine. At most 8 files are written (what a device lease returns):
-# suite.log (environment and one line per step), steps.log (every step's output), throughput JSONs and
-# profiles. A step that fails or runs out of time is recorded and the next one runs. docs/models.md (GPU
-# figures) says what the figures mean.
+# suite.log (environment and one line per step), steps.log (every step's output and printed JSON),
+# throughput JSONs and profiles. A step that fails or runs out of time is recorded and the next one runs.
+# docs/models.md (GPU figures) says what the figures mean.
 set -u
 out=${1:?usage: bash benchmarks/gpu_suite.sh OUTDIR}
 py=${PYTHON:-python3}
@@ -44,6 +44,7 @@ if [ -n "${BASELINE:-}" ]; then
     step baseline_throughput_small_b64 150 "$BASELINE" "$py" "${tp[@]}" --sizes small --batch 64 --think-steps 0 \
         --out "$out/baseline_throughput_small_b64.json"
 fi
+step throughput_graph_b16 180 "$root" "$py" "${tp[@]}" --batch 16 --cuda-graph --think-steps 0  # JSON in steps.log
 step pytest_gpu 180 "$root" "$py" -m pytest -m gpu -q -p no:cacheprovider tests/test_cuda.py tests/test_vocab_padding.py
 step profile_ebt_small 90 "$root" "$py" benchmarks/profile_step.py --family ebt --size small --device cuda \
     --batch 16 --out "$out/profile_ebt_small.json"

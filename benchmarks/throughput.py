@@ -18,6 +18,11 @@ backward, clip, AdamW) and reports:
 Precision: bf16 autocast on CUDA (as ``ebt-scale train`` does), fp32 on CPU. The EBT runs its explicit
 attention (double backward); the Transformer++ runs SDPA. No torch.compile.
 
+``--cuda-graph`` (CUDA, experimental; ``ebt-scale train`` does not do this yet): the whole optimizer step
+(forward, the EBT's inner loop and double backward, clipping, capturable fused AdamW) is captured once as
+a CUDA graph and replayed, which removes the per-kernel CPU launch cost. It needs a recipe without
+host-side randomness in the step (S1; S2's random step count and replay buffer are refused).
+
     python benchmarks/throughput.py                                  # CPU: xxs and small, batch 1
     python benchmarks/throughput.py --device cuda --batch 16 --reps 10 --out gpu.json
     python benchmarks/throughput.py --sizes xxs --families ebt --recipe ebt_s2
@@ -129,9 +134,10 @@ def run_one(job: dict) -> dict:
     cfg = model_config(job["family"], job["size"], vocab_size=job["vocab"], sequence_len=job["seq"], recipe=recipe)
     model = build_model(cfg).to(dev).train()
     lr = 1e-4
+    graphed = bool(job.get("cuda_graph"))
     opt = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"], "lr": lr * g["lr_mult"]}
                              for g in model.optim_groups(0.01)], betas=(0.9, 0.999),
-                            fused=dev.type == "cuda")  # as ebt-scale train does
+                            fused=dev.type == "cuda", capturable=graphed)  # fused as ebt-scale train does
     idx = torch.randint(0, cfg.vocab_size, (job["batch"], job["seq"] + 1), device=dev)
     x, y = idx[:, :-1], idx[:, 1:]
     amp = dev.type == "cuda"
@@ -151,11 +157,28 @@ def run_one(job: dict) -> dict:
     rss0 = cpu_peak_reset()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+    run = step
+    if graphed:
+        if dev.type != "cuda":
+            raise SystemExit("--cuda-graph needs --device cuda")
+        if recipe and (cfg.randomize_num_steps or cfg.replay_buffer_size):
+            raise SystemExit("--cuda-graph: the recipe draws its step count / replays on the host; use ebt_s1")
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph requires
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            step()
+        run = graph.replay
     times = []
     for r in range(job["warmup"] + job["reps"]):
         sync()
         t0 = time.perf_counter()
-        step()
+        run()
         sync()
         if r >= job["warmup"]:
             times.append(time.perf_counter() - t0)
@@ -167,11 +190,11 @@ def run_one(job: dict) -> dict:
     tokens = job["batch"] * job["seq"]
     tps = tokens / med
     fpt = flops_per_token(cfg, "exact")
-    out = {"family": job["family"], "size": job["size"], "recipe": recipe,
+    out = {"family": job["family"], "size": job["size"], "recipe": recipe, "cuda_graph": graphed,
            "params": param_counts(cfg), "step_s": times, "median_step_s": med, "tokens_per_s": tps,
            "exact_flops_per_token": fpt, "paper_flops_per_token": flops_per_token(cfg, "paper"),
            "achieved_flops_per_s": fpt * tps, "peak_memory_bytes": int(peak_mem)}
-    if job["family"] == "ebt" and job["think_steps"]:
+    if job["family"] == "ebt" and job["think_steps"] and not graphed:
         out["think"] = think_cost(torch, model, x, job, sync, amp, med)
     return out
 
@@ -216,6 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: datasheet)")
     ap.add_argument("--matmul-n", type=int, default=None,
                     help="size of the peak-matmul probe (default: 2048 CPU, 8192 CUDA)")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="capture the whole step as a CUDA graph and replay it (experimental; see above)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one job (JSON) and print it
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
@@ -245,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
         for family in [f for f in args.families.split(",") if f]:
             job = {"family": family, "size": size, "recipe": args.recipe, "device": args.device, "batch": batch,
                    "seq": args.seq, "vocab": args.vocab, "reps": reps, "warmup": warmup, "threads": args.threads,
-                   "think_steps": args.think_steps}
+                   "think_steps": args.think_steps, "cuda_graph": args.cuda_graph}
             print(f"throughput: {family} {size} (batch {batch}, seq {args.seq}) ...", file=sys.stderr)
             proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)], capture_output=True,
                                   text=True)
@@ -263,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{r['mfu_vs_measured_matmul']:.3f} of the measured matmul peak", file=sys.stderr)
     out = {"benchmark": "throughput", "device": name, "device_type": dev.type,
            "precision": "bf16 autocast" if cuda else "fp32", "batch": batch, "seq": args.seq, "vocab": args.vocab,
-           "recipe": args.recipe, "reps": reps, "warmup": warmup,
+           "recipe": args.recipe, "reps": reps, "warmup": warmup, "cuda_graph": args.cuda_graph,
            "threads": args.threads if not cuda else None, "torch": torch.__version__, "platform": platform.platform(),
            "peak_flops_datasheet": sheet, "peak_flops_measured_matmul": measured,
            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -317,8 +317,9 @@ class EBT(nn.Module):
         gradient (NaN/inf iff an element is, or the gradient is so large that the run has diverged anyway;
         with descent_wrt="probs" the (B, T, D) gradient w.r.t. the embedded rows, 1/V the work of dE/dp).
         Checked once after the loop, so a GPU waits for the device once per descent, not once per step
-        (steps after a non-finite one only carry NaNs forward)."""
-        if not grad_sums:
+        (steps after a non-finite one only carry NaNs forward). Skipped while a CUDA graph is being
+        captured (no host sync is allowed there; the loss then carries the NaN to the caller's check)."""
+        if not grad_sums or (grad_sums[0].is_cuda and torch.cuda.is_current_stream_capturing()):
             return
         ok = torch.isfinite(torch.stack(grad_sums))
         if not bool(ok.all()):
