@@ -1,7 +1,8 @@
 """Vocabulary padding (layers.padded_vocab): the models run their vocabulary-sized matmuls at a width
 rounded up to a multiple of 64 for large odd vocabularies (GPT-NeoX's 50,277 -> 50,304), which GPU GEMM
 kernels need for aligned rows. The padding must be invisible: the same parameters, outputs of width V,
-and losses, logits and gradients equal to the unpadded path (``model.vocab_padded = V``)."""
+and losses, logits and gradients equal to the unpadded path (``model.vocab_padded = V``). Models pad on
+CUDA only by default (``pad_vocab_on``); these tests switch it on for the CPU too."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def pair(family: str, device: str = "cpu", **opts):
             p.add_(0.01 * torch.randn_like(p))
     ref = copy.deepcopy(padded)
     ref.vocab_padded = V  # the unpadded reference path
-    assert padded.vocab_padded == 4160
+    assert padded.vocab_padded == 4160 and padded.pad_vocab_on == ("cuda",)
+    padded.pad_vocab_on = ("cpu", "cuda")
     return padded, ref
 
 
@@ -75,6 +77,7 @@ def test_transformer_pp_padding_is_exact(device):
     padded, ref = pair("transformer_pp", device)
     assert padded.output.weight.shape == (V, 32)
     x, y = data(1, device)
+    assert padded._logits(x).shape[-1] == 4160 and ref._logits(x).shape[-1] == V
     lp, _ = padded.loss(x, y)
     lr, _ = ref.loss(x, y)
     assert_close(lp, lr)
@@ -127,3 +130,14 @@ def test_ebt_padding_is_exact(case, device):
     fp = padded(x)
     torch.manual_seed(7)
     assert_close(fp, ref(x), 1e-4)
+
+
+def test_cpu_runs_unpadded_by_default():
+    torch.manual_seed(0)
+    tpp = build_model(ModelConfig(family="transformer_pp", **SHAPE))
+    ebt = build_model(ModelConfig(family="ebt", **SHAPE))
+    x, _ = data()
+    assert tpp._logits(x).shape[-1] == V
+    assert ebt._width(x.device) == V
+    if torch.cuda.is_available():  # pragma: no cover - GPU machines
+        assert ebt._width(torch.device("cuda")) == 4160

@@ -41,6 +41,7 @@ from ebt_scaling.models.layers import (
     Rotary,
     causal_mask,
     init_linear_xavier,
+    PAD_VOCAB_ON,
     padded_vocab,
     upcast,
     vocab_pad_mask,
@@ -84,10 +85,12 @@ class EBT(nn.Module):
         # Observed-stream reuse (ebt-paper.md section 18): one observed pass per landscape serves every
         # inner step and best-of-N sample on it. False = the reference path (recompute at every step).
         self.reuse_observed = True
-        # The descent runs its candidates at the aligned width (layers.padded_vocab): the padding
-        # logits are masked out of the softmax and the projection's padding columns are zeros, so
-        # every value and gradient is that of the true V. Public results are V wide.
+        # On the device types in pad_vocab_on the descent runs its candidates at the aligned width
+        # (layers.padded_vocab): the padding logits are masked out of the softmax and the projection's
+        # padding columns are zeros, so every value and gradient is that of the true V. Public results
+        # are V wide.
         self.vocab_padded = padded_vocab(cfg.vocab_size)
+        self.pad_vocab_on = PAD_VOCAB_ON
         if self.vocab_padded != cfg.vocab_size:
             self.register_buffer("_vocab_mask", vocab_pad_mask(cfg.vocab_size, self.vocab_padded),
                                  persistent=False)
@@ -167,18 +170,19 @@ class EBT(nn.Module):
         """p: (B, T, V) candidate distributions; kvs from ``observed_stream`` -> energies (B, T), fp32."""
         return self.energies_from_embedding(self._embed(p), kvs)
 
-    def _padded(self) -> bool:
-        return self.vocab_padded != self.cfg.vocab_size
+    def _width(self, device: torch.device) -> int:
+        """The candidates' width on ``device``: padded V on a device type in ``pad_vocab_on``, else V."""
+        return self.vocab_padded if device.type in self.pad_vocab_on else self.cfg.vocab_size
 
-    def _v2e_weight(self) -> torch.Tensor:
-        """``vocab_to_embed.weight`` (D, V), zero-padded to (D, padded V) when the vocabulary is padded."""
+    def _v2e_weight(self, width: int) -> torch.Tensor:
+        """``vocab_to_embed.weight`` (D, V), zero-padded to (D, width)."""
         w = self.vocab_to_embed.weight
-        return F.pad(w, (0, self.vocab_padded - self.cfg.vocab_size)) if self._padded() else w
+        return F.pad(w, (0, width - self.cfg.vocab_size)) if width != self.cfg.vocab_size else w
 
     def _embed(self, p: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, V or padded V) distributions -> (B, T, D) prediction rows."""
         if w is None:
-            w = self.vocab_to_embed.weight if p.shape[-1] == self.cfg.vocab_size else self._v2e_weight()
+            w = self._v2e_weight(p.shape[-1])
         return F.linear(p, w)
 
     def _probs(self, z: torch.Tensor) -> torch.Tensor:
@@ -258,11 +262,11 @@ class EBT(nn.Module):
         energies: list[torch.Tensor] = []
         grad_sums: list[torch.Tensor] = []  # one finiteness check after the loop: no GPU sync per step
         self.last_trace = []
-        v, vp = cfg.vocab_size, self.vocab_padded
+        v, vp = cfg.vocab_size, self._width(z.device)
         if vp != v:  # run at the aligned width; the padding logits never reach a softmax (masked)
             z = F.pad(z, (0, vp - v))
         with torch.enable_grad():
-            w_all = self._v2e_weight() if need_graph else self._v2e_weight().detach()
+            w_all = self._v2e_weight(vp) if need_graph else self._v2e_weight(vp).detach()
             for i, landscape in enumerate(landscapes):
                 graph = need_graph and (not cfg.truncate_steps or i == n - 1)
                 detached = cfg.detach_between_steps or not need_graph or i == 0

@@ -39,10 +39,14 @@ def padded_vocab(v: int) -> int:
     docs/models.md, GPU figures). The extra columns are exact no-ops: their logits are -inf (T++ head) or
     masked out of the softmax (EBT candidates) and their weights are zeros built at compute time, so
     parameters, checkpoints, outputs and losses keep the true V. Small vocabularies are left alone
-    (padding 37 to 64 would cost more than it saves)."""
+    (padding 37 to 64 would cost more than it saves). The models pad only on the device types in their
+    ``pad_vocab_on`` (default: CUDA; on CPU the padded T++ head measured slower, docs/models.md)."""
     if v < VOCAB_PAD_MIN or v % VOCAB_ALIGN == 0:
         return v
     return -(-v // VOCAB_ALIGN) * VOCAB_ALIGN
+
+
+PAD_VOCAB_ON = ("cuda",)
 
 
 def vocab_pad_mask(v: int, vp: int) -> torch.Tensor:

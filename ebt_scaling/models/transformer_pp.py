@@ -20,6 +20,7 @@ from ebt_scaling.models.layers import (
     Rotary,
     check_attn_impl,
     init_linear_xavier,
+    PAD_VOCAB_ON,
     padded_vocab,
     vocab_pad_mask,
 )
@@ -46,14 +47,15 @@ class TransformerPP(nn.Module):
         self.output = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.rotary = Rotary(cfg.head_dim, cfg.sequence_len, cfg.rope_theta)
         init_linear_xavier(self)
-        # The head runs at the aligned width (layers.padded_vocab); the extra logits are -inf, so the
-        # softmax, the loss and every gradient are those of the true V.
+        # On the device types in pad_vocab_on the head runs at the aligned width (layers.padded_vocab);
+        # the extra logits are -inf, so the softmax, the loss and every gradient are those of the true V.
         self.vocab_padded = padded_vocab(cfg.vocab_size)
+        self.pad_vocab_on = PAD_VOCAB_ON
         if self.vocab_padded != cfg.vocab_size:
             self.register_buffer("_pad_bias", vocab_pad_mask(cfg.vocab_size, self.vocab_padded), persistent=False)
 
     def _logits(self, idx: torch.Tensor) -> torch.Tensor:
-        """(B, T, padded V) logits; the padding columns are -inf."""
+        """(B, T, V) logits, or (B, T, padded V) on a device type in ``pad_vocab_on`` (padding: -inf)."""
         impl = check_attn_impl(self.attn_impl)
         _, t = idx.shape
         rope = self.rotary(0, t)
@@ -62,14 +64,15 @@ class TransformerPP(nn.Module):
             h = layer(h, rope, impl)
         h = self.norm(h)
         v, vp = self.cfg.vocab_size, self.vocab_padded
-        if vp == v:
+        if vp == v or h.device.type not in self.pad_vocab_on:
             return self.output(h)
         return F.linear(h, F.pad(self.output.weight, (0, 0, 0, vp - v)), self._pad_bias)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """idx: (B, T) token ids -> next-token logits (B, T, V)."""
         logits = self._logits(idx)
-        return logits if self.vocab_padded == self.cfg.vocab_size else logits[..., : self.cfg.vocab_size]
+        v = self.cfg.vocab_size
+        return logits if logits.shape[-1] == v else logits[..., :v]
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Mean next-token cross-entropy in nats; targets equal to -100 are ignored."""
