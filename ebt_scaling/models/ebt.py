@@ -36,12 +36,12 @@ from torch import nn
 from ebt_scaling.config import ModelConfig
 from ebt_scaling.errors import ConfigError, TrainingDiverged
 from ebt_scaling.models.layers import (
+    PAD_VOCAB_ON,
     Block,
     RMSNorm,
     Rotary,
     causal_mask,
     init_linear_xavier,
-    PAD_VOCAB_ON,
     padded_vocab,
     upcast,
     vocab_pad_mask,

@@ -15,12 +15,12 @@ from torch import nn
 from ebt_scaling.config import ModelConfig
 from ebt_scaling.errors import ConfigError
 from ebt_scaling.models.layers import (
+    PAD_VOCAB_ON,
     Block,
     RMSNorm,
     Rotary,
     check_attn_impl,
     init_linear_xavier,
-    PAD_VOCAB_ON,
     padded_vocab,
     vocab_pad_mask,
 )
