@@ -15,7 +15,6 @@ Prints one JSON object (also written to --out if given).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -95,11 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
            "vocab": args.vocab, "precision": "bf16 autocast" if cuda else "fp32", "reps": args.reps,
            "torch": torch.__version__, "self_device_ms_per_step": total / 1e3 / args.reps,
            "aten_calls_per_step": aten_calls, "kernel_launches_per_step": launches, "top": top}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return out
+    from benchmarks._common import emit_json
+
+    return emit_json(out, args.out)
 
 
 if __name__ == "__main__":

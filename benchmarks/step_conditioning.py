@@ -98,11 +98,9 @@ def main(argv: list[str] | None = None) -> dict:
         "time_ratio_prediction_vs_all": (statistics.mean(of("prediction", "wall_s"))
                                          / statistics.mean(of("all", "wall_s"))),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return result
+    from benchmarks._common import emit_json
+
+    return emit_json(result, args.out)
 
 
 if __name__ == "__main__":

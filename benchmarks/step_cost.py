@@ -17,7 +17,6 @@ Prints one JSON object (also written to --out if given).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -168,11 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
         "paper_flops_ratio": pa_e / pa_t,
         "tokens_per_s": {k: args.batch * args.seq / v for k, v in med.items()},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return result
+    from benchmarks._common import emit_json
+
+    return emit_json(result, args.out)
 
 
 def think_cost(ebt, x, args, sync) -> dict:

@@ -293,11 +293,9 @@ def main(argv: list[str] | None = None) -> dict:
            "peak_flops_datasheet": sheet, "peak_flops_measured_matmul": measured,
            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
            "results": results}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return out
+    from benchmarks._common import emit_json
+
+    return emit_json(out, args.out)
 
 
 if __name__ == "__main__":
