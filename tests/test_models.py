@@ -245,6 +245,38 @@ def test_gradcheck_energy_function_second_order():
     assert torch.autograd.gradgradcheck(f, (p, w))
 
 
+def test_rmsnorm_matches_the_formula_and_its_second_derivatives():
+    """RMSNorm's hand-written inverse-RMS backward: same values as autograd's own derivation of the plain
+    formula, to first and second order (EBT training differentiates the prediction stream twice)."""
+    from ebt_scaling.models.layers import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(6, eps=1e-5).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+
+    def plain(x_, w_):
+        return x_ * torch.rsqrt(x_.pow(2).mean(-1, keepdim=True) + 1e-5) * w_
+
+    def ours(x_, w_):
+        return torch.func.functional_call(norm, {"weight": w_}, (x_,))
+
+    w = norm.weight.detach().clone().requires_grad_()
+    torch.testing.assert_close(ours(x, w), plain(x, w))
+    for f in (ours, plain):
+        assert torch.autograd.gradcheck(f, (x, w))
+        assert torch.autograd.gradgradcheck(f, (x, w))
+    # Second order against the plain formula: the gradient of a function of the input gradient.
+    got, want = [], []
+    for f, out in ((ours, got), (plain, want)):
+        xx, ww = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+        (g,) = torch.autograd.grad(f(xx, ww).tanh().sum(), xx, create_graph=True)
+        out.extend(torch.autograd.grad(g.pow(2).sum(), (xx, ww)))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_gradcheck_through_the_descent():
     """The outer loss differentiates through autograd.grad(create_graph=True): check it numerically.
     Without detaching, the last step's loss depends on both steps' second-order graphs."""
@@ -252,7 +284,9 @@ def test_gradcheck_through_the_descent():
     idx = torch.tensor([[1, 4, 2]])
     targets = torch.tensor([[4, 2, 0]])
     z0 = torch.randn(1, 3, 5, dtype=torch.float64)
-    names = ["vocab_to_embed.weight", "layers.0.wq.weight", "energy_head.weight"]
+    # The norm gains are folded into the following matrices (layers.scale_columns): check their path too.
+    names = ["vocab_to_embed.weight", "layers.0.wq.weight", "energy_head.weight", "layers.0.attention_norm.weight",
+             "layers.0.ffn_norm.weight", "norm.weight"]
     params = {n: p.detach().clone().requires_grad_() for n, p in m.named_parameters() if n in names}
 
     class Loss(torch.nn.Module):

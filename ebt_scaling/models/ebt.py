@@ -43,6 +43,7 @@ from ebt_scaling.models.layers import (
     causal_mask,
     init_linear_xavier,
     padded_vocab,
+    scale_columns,
     upcast,
     vocab_pad_mask,
 )
@@ -199,7 +200,8 @@ class EBT(nn.Module):
         _, mask_p = self._masks(t, h.device)
         for layer, (k, v) in zip(self.layers, kvs, strict=True):
             h = layer.predicted(h, rope, k, v, mask_p)
-        return upcast(self.energy_head(self.norm(h)).squeeze(-1))  # (B, T)
+        w = scale_columns(self.energy_head.weight, self.norm.weight)  # the final norm's gain folded in
+        return upcast(F.linear(self.norm.normalize(h), w).squeeze(-1))  # (B, T)
 
     def energies(self, idx: torch.Tensor, p: torch.Tensor, landscape: int = 0) -> torch.Tensor:
         """E(x, p) for every position: (B, T)."""
