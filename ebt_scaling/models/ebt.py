@@ -240,6 +240,13 @@ class EBT(nn.Module):
         dtype = torch.float64 if self.vocab_to_embed.weight.dtype == torch.float64 else torch.float32
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
+    def _initial_logits(self, b: int, t: int, device, generator: torch.Generator | None) -> torch.Tensor:
+        """z0 ~ N(0, init_noise_scale^2), (B, T, V). At the default scale 1 the draw is used as is: the product
+        would be one more (B, T, V) pass for the same values."""
+        z0 = self._noise((b, t, self.cfg.vocab_size), device, generator)
+        scale = self.cfg.init_noise_scale
+        return z0 if scale == 1.0 else z0 * scale
+
     def descend(self, idx: torch.Tensor, z: torch.Tensor, landscapes: list[int], *, alpha: torch.Tensor,
                 sigma: float, need_graph: bool, generator: torch.Generator | None = None,
                 kv_cache: dict | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -387,7 +394,7 @@ class EBT(nn.Module):
         self._check_idx(idx)
         grad_on = torch.is_grad_enabled()
         b, t = idx.shape
-        z0 = self._noise((b, t, self.cfg.vocab_size), idx.device, None) * self.cfg.init_noise_scale
+        z0 = self._initial_logits(b, t, idx.device, None)
         zs, _ = self.descend(idx, z0, self._landscapes(train=False), alpha=self.alpha_value(),
                              sigma=self.cfg.langevin_noise_std, need_graph=self.training and grad_on)
         return zs[-1] if grad_on else zs[-1].detach()
@@ -408,7 +415,7 @@ class EBT(nn.Module):
         train = self.training
         need_graph = train and torch.is_grad_enabled()
         b, t = idx.shape
-        z0 = self._noise((b, t, cfg.vocab_size), idx.device, None) * cfg.init_noise_scale
+        z0 = self._initial_logits(b, t, idx.device, None)
         n_replayed = 0
         if train and cfg.replay_buffer_size:
             idx, targets, z0, n_replayed = self._replay_draw(idx, targets, z0)
@@ -480,7 +487,7 @@ class EBT(nn.Module):
         best_e: torch.Tensor | None = None
         cache: dict = {}  # observed keys/values shared by every sample and the scoring passes
         for _ in range(samples):
-            z0 = self._noise((b, t, self.cfg.vocab_size), idx.device, generator) * self.cfg.init_noise_scale
+            z0 = self._initial_logits(b, t, idx.device, generator)
             zs, _ = self.descend(idx, z0, landscapes, alpha=alpha, sigma=sigma, need_graph=False,
                                  generator=generator, kv_cache=cache)
             z = zs[-1].detach()
