@@ -643,3 +643,16 @@ def test_fused_descent_update_matches_unfused_values_and_gradients(alpha_shape, 
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
     for a, b in zip(grads(fused), grads(plain), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_initial_candidates_follow_init_noise_scale():
+    """z0 ~ N(0, init_noise_scale^2): the default scale 1 uses the draw as is, any other scales it."""
+    unit = build_model(ebt_cfg())
+    wide = build_model(ebt_cfg(init_noise_scale=2.5))
+    torch.manual_seed(3)
+    a = unit._initial_logits(2, T, torch.device("cpu"), None)
+    torch.manual_seed(3)
+    b = wide._initial_logits(2, T, torch.device("cpu"), None)
+    assert a.shape == (2, T, V) and a.dtype == torch.float32
+    torch.testing.assert_close(b, 2.5 * a)
+    assert 0.8 < float(a.std()) < 1.2
