@@ -33,6 +33,8 @@ step() {  # step NAME SECONDS DIR CMD... : run in DIR with a time limit; log rc 
     echo "$name rc=$rc wall=$(($(date +%s) - t0))s" | tee -a "$log"
 }
 
+# Correctness first: if the lease runs out, the figures are what is lost.
+step pytest_gpu 180 "$root" "$py" -m pytest -m gpu -q -p no:cacheprovider tests/test_cuda.py tests/test_vocab_padding.py
 tp=(benchmarks/throughput.py --device cuda)
 step throughput_b16 240 "$root" "$py" "${tp[@]}" --batch 16 --out "$out/throughput_b16.json"
 if [ -n "${BASELINE:-}" ]; then
@@ -45,7 +47,7 @@ if [ -n "${BASELINE:-}" ]; then
         --out "$out/baseline_throughput_small_b64.json"
 fi
 step throughput_graph_b16 180 "$root" "$py" "${tp[@]}" --batch 16 --cuda-graph --think-steps 0  # JSON in steps.log
-step pytest_gpu 180 "$root" "$py" -m pytest -m gpu -q -p no:cacheprovider tests/test_cuda.py tests/test_vocab_padding.py
+step throughput_graph_small_b64 120 "$root" "$py" "${tp[@]}" --sizes small --batch 64 --cuda-graph --think-steps 0
 step profile_ebt_small 90 "$root" "$py" benchmarks/profile_step.py --family ebt --size small --device cuda \
     --batch 16 --out "$out/profile_ebt_small.json"
 step profile_tpp_small 60 "$root" "$py" benchmarks/profile_step.py --family transformer_pp --size small \
