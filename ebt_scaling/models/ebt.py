@@ -285,7 +285,8 @@ class EBT(nn.Module):
                     z = z.detach().requires_grad_(cfg.descent_wrt == "logits")
                 if sigma > 0:  # Langevin noise in logit space, before the softmax (drawn V wide)
                     noise = self._noise((*z.shape[:-1], v), z.device, generator)
-                    z = z + sigma * (F.pad(noise, (0, vp - v)) if vp != v else noise)
+                    # z + sigma * noise as one (B, T, V) pass (add with alpha) instead of two.
+                    z = torch.add(z, F.pad(noise, (0, vp - v)) if vp != v else noise, alpha=sigma)
                 p = self._probs(z)  # (B, T, V), fp32
                 if self.reuse_observed:
                     kvs = self._shared_kvs(idx, landscape, graph_ls, cache)
