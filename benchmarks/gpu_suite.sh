@@ -36,6 +36,15 @@ step() {  # step NAME SECONDS DIR CMD... : run in DIR with a time limit; log rc 
 # Correctness first: if the lease runs out, the figures are what is lost.
 step pytest_gpu 180 "$root" "$py" -m pytest -m gpu -q -p no:cacheprovider tests/test_cuda.py tests/test_vocab_padding.py
 tp=(benchmarks/throughput.py --device cuda)
+if [ -n "${BASELINE:-}" ]; then
+    # The launch-bound EBT batch-16 step is noisy between machine starts: alternate the two trees three times
+    # on this machine (JSON in steps.log) so "before" and "after" see the same drift.
+    for r in 1 2 3; do
+        step "ab_ebt_small_b16_after_$r" 90 "$root" "$py" "${tp[@]}" --sizes small --families ebt --batch 16 --think-steps 0
+        step "ab_ebt_small_b16_before_$r" 90 "$BASELINE" "$py" "${tp[@]}" --sizes small --families ebt --batch 16 \
+            --think-steps 0
+    done
+fi
 step throughput_b16 240 "$root" "$py" "${tp[@]}" --batch 16 --out "$out/throughput_b16.json"
 if [ -n "${BASELINE:-}" ]; then
     step baseline_throughput_b16 240 "$BASELINE" "$py" "${tp[@]}" --batch 16 --out "$out/baseline_throughput_b16.json"
