@@ -41,7 +41,10 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_learns_synthetic_source_below_unigram(family):
     """A short CPU run gets far below the unigram entropy of the Markov source, towards its entropy rate."""
-    lr, steps = (1e-2, 100) if family == "transformer_pp" else (3e-2, 120)
+    # The EBT's S1 descent (alpha 500) makes its early trajectory chaotic in fp32 rounding: at 120 steps its
+    # final val loss spread over 1.48-2.28 across seeds 0-5 (threshold ~1.97), so a change of summation order
+    # alone could flip this test. At 200 steps seeds 0-5 gave 1.27-1.55.
+    lr, steps = (1e-2, 100) if family == "transformer_pp" else (3e-2, 200)
     spec = _spec(family, preset="nano", vocab=32, seq=32, steps=steps, batch_size=16, lr=lr, warmup_steps=15,
                  eval_interval=0, eval_batches=4, log_interval=10)
     sink = ListSink()
