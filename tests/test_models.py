@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -656,3 +658,40 @@ def test_initial_candidates_follow_init_noise_scale():
     assert a.shape == (2, T, V) and a.dtype == torch.float32
     torch.testing.assert_close(b, 2.5 * a)
     assert 0.8 < float(a.std()) < 1.2
+
+
+def test_share_weights_builds_merged_weights_once_with_the_same_values_and_gradients():
+    from ebt_scaling.models.layers import Block, Rotary, causal_mask, share_weights
+
+    torch.manual_seed(0)
+    block = Block(16, 2, 24, 1e-5)
+    rope = Rotary(8, 8, 1e4)(0, 8)
+    mask = causal_mask(8, torch.device("cpu"))
+    x = torch.randn(2, 8, 16)
+
+    def run(shared: bool):
+        block.zero_grad(set_to_none=True)
+        ctx = share_weights([block]) if shared else contextlib.nullcontext()
+        with ctx:
+            h, k, v = block.observed(x, rope, mask)  # three passes over the same weights
+            out = block.predicted(h, rope, k, v, mask) + block(h, rope)
+            if shared:
+                assert block._merged("qkv") is block._merged("qkv")  # built once, reused
+                with torch.no_grad():
+                    nograd = block._merged("qkv")
+                assert nograd is not block._merged("qkv") and nograd.grad_fn is None
+        out.square().sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in block.named_parameters()}
+
+    out_a, grads_a = run(False)
+    out_b, grads_b = run(True)
+    assert block._weights is None  # the cache ends with the block
+    torch.testing.assert_close(out_b, out_a)
+    assert grads_a.keys() == grads_b.keys() and all(g is not None for g in grads_b.values())
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], msg=name)
+    with share_weights([block]), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert block._merged("w13").dtype == torch.bfloat16  # the cast autocast would make, made once
+        with share_weights([block]):  # re-entering keeps the outer cache
+            cached = block._merged("w13")
+        assert block._merged("w13") is cached

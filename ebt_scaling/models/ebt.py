@@ -44,6 +44,7 @@ from ebt_scaling.models.layers import (
     init_linear_xavier,
     padded_vocab,
     scale_columns,
+    share_weights,
     upcast,
     vocab_pad_mask,
 )
@@ -274,8 +275,11 @@ class EBT(nn.Module):
         v, vp = cfg.vocab_size, self._width(z.device)
         if vp != v:  # run at the aligned width; the padding logits never reach a softmax (masked)
             z = F.pad(z, (0, vp - v))
-        with torch.enable_grad():
+        with torch.enable_grad(), share_weights(self.layers):
             w_all = self._v2e_weight(vp) if need_graph else self._v2e_weight(vp).detach()
+            amp = torch.get_autocast_dtype(z.device.type) if torch.is_autocast_enabled(z.device.type) else None
+            if amp is not None:  # the cast autocast would make at every use, made once per descent
+                w_all = w_all.to(amp)
             for i, landscape in enumerate(landscapes):
                 graph = need_graph and (not cfg.truncate_steps or i == n - 1)
                 detached = cfg.detach_between_steps or not need_graph or i == 0
@@ -487,18 +491,19 @@ class EBT(nn.Module):
         best_z: torch.Tensor | None = None
         best_e: torch.Tensor | None = None
         cache: dict = {}  # observed keys/values shared by every sample and the scoring passes
-        for _ in range(samples):
-            z0 = self._initial_logits(b, t, idx.device, generator)
-            zs, _ = self.descend(idx, z0, landscapes, alpha=alpha, sigma=sigma, need_graph=False,
-                                 generator=generator, kv_cache=cache)
-            z = zs[-1].detach()
-            e = self._score(idx, z, landscapes[-1], cache)
-            if best_z is None or best_e is None:
-                best_z, best_e = z, e
-            else:
-                better = e < best_e  # (B, T)
-                best_z = torch.where(better.unsqueeze(-1), z, best_z)
-                best_e = torch.where(better, e, best_e)
+        with share_weights(self.layers):  # one set of merged weights for every sample and score
+            for _ in range(samples):
+                z0 = self._initial_logits(b, t, idx.device, generator)
+                zs, _ = self.descend(idx, z0, landscapes, alpha=alpha, sigma=sigma, need_graph=False,
+                                     generator=generator, kv_cache=cache)
+                z = zs[-1].detach()
+                e = self._score(idx, z, landscapes[-1], cache)
+                if best_z is None or best_e is None:
+                    best_z, best_e = z, e
+                else:
+                    better = e < best_e  # (B, T)
+                    best_z = torch.where(better.unsqueeze(-1), z, best_z)
+                    best_e = torch.where(better, e, best_e)
         assert best_z is not None and best_e is not None
         return best_z, best_e
 

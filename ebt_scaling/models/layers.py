@@ -15,7 +15,9 @@ per-layer keys/values to any number of prediction-stream passes (the reuse of eb
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -190,11 +192,12 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(hidden, dim, bias=False)
         self.w3 = nn.Linear(dim, hidden, bias=False)
 
-    def forward(self, x: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
-        """``gain``: a preceding RMSNorm's weight, folded into W1 and W3 (x is then the normalised input)."""
+    def forward(self, x: torch.Tensor, w13: torch.Tensor | None = None) -> torch.Tensor:
+        """``w13``: [W1; W3] as one (2F, D) matrix, prepared by the caller (``Block`` folds the preceding
+        norm's gain into it); None builds it here."""
         # W1 and W3 stay separate parameters (the paper's layout) but run as one matmul.
-        w = torch.cat((self.w1.weight, self.w3.weight))
-        a, b = F.linear(x, w if gain is None else scale_columns(w, gain)).chunk(2, dim=-1)
+        w = torch.cat((self.w1.weight, self.w3.weight)) if w13 is None else w13
+        a, b = F.linear(x, w).chunk(2, dim=-1)
         return self.w2(F.silu(a) * b)
 
 
@@ -211,6 +214,34 @@ class Block(nn.Module):
         self.wo = nn.Linear(dim, dim, bias=False)
         self.ffn_norm = RMSNorm(dim, eps)
         self.feed_forward = SwiGLU(dim, ffn_hidden)
+        self._weights: dict | None = None  # merged weights shared by the passes in a share_weights() block
+
+    # -- merged weights ----------------------------------------------------------------------------------
+    def _merged(self, name: str) -> torch.Tensor:
+        """W_q/W_k/W_v ("qkv"), W_k/W_v ("kv") or W_1/W_3 ("w13") concatenated, with the preceding norm's gain
+        folded in and, under autocast, cast to the autocast dtype (the cast autocast would make anyway).
+
+        Inside ``share_weights`` every pass of the block (the EBT's observed streams, every inner step's
+        prediction stream, best-of-N samples) uses one such tensor, so its concatenation, product and cast
+        run, and are kept for the backward, once instead of once per pass."""
+        dev = self.wq.weight.device.type
+        amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        key = (name, amp, torch.is_grad_enabled())  # one built under no_grad has no graph to the parameters
+        if self._weights is not None and key in self._weights:
+            return self._weights[key]
+        if name == "w13":
+            ff = self.feed_forward
+            w = scale_columns(torch.cat((ff.w1.weight, ff.w3.weight)), self.ffn_norm.weight)
+        else:
+            parts = (self.wk.weight, self.wv.weight)
+            if name == "qkv":
+                parts = (self.wq.weight, *parts)
+            w = scale_columns(torch.cat(parts), self.attention_norm.weight)
+        if amp is not None:
+            w = w.to(amp)
+        if self._weights is not None:
+            self._weights[key] = w
+        return w
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,9 +254,7 @@ class Block(nn.Module):
         """Queries (pre-scaled by 1/sqrt(Dh)), keys, values, each (B, H, S, Dh). W_q, W_k, W_v stay
         separate parameters (the paper's layout) but run as one matmul: fewer kernels in forward, backward
         and double backward. The attention scale rides on the queries' RoPE rotation (no extra op)."""
-        xn = self.attention_norm.normalize(x)
-        w = scale_columns(torch.cat((self.wq.weight, self.wk.weight, self.wv.weight)), self.attention_norm.weight)
-        q, k, v = F.linear(xn, w).chunk(3, dim=-1)  # 3 x (B, S, D)
+        q, k, v = F.linear(self.attention_norm.normalize(x), self._merged("qkv")).chunk(3, dim=-1)  # 3 x (B, S, D)
         dh = q.shape[-1] // self.n_head
         q = apply_rope(self._heads(q), rope * (1.0 / math.sqrt(dh))).transpose(1, 2)
         k = apply_rope(self._heads(k), rope).transpose(1, 2)
@@ -233,7 +262,7 @@ class Block(nn.Module):
 
     def _finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = x + self.wo(self._merge(y))
-        return x + self.feed_forward(self.ffn_norm.normalize(x), self.ffn_norm.weight)
+        return x + self.feed_forward(self.ffn_norm.normalize(x), self._merged("w13"))
 
     # -- Transformer++ ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, rope: torch.Tensor, attn_impl: str = "math",
@@ -255,9 +284,7 @@ class Block(nn.Module):
     def observed_kv(self, x: torch.Tensor, rope: torch.Tensor):
         """Only the keys/values of the observed rows. Used in the last block, whose observed outputs never
         reach an energy (the energy head reads prediction rows only), so computing them would be waste."""
-        xn = self.attention_norm.normalize(x)
-        w = scale_columns(torch.cat((self.wk.weight, self.wv.weight)), self.attention_norm.weight)
-        k, v = F.linear(xn, w).chunk(2, dim=-1)
+        k, v = F.linear(self.attention_norm.normalize(x), self._merged("kv")).chunk(2, dim=-1)
         return apply_rope(self._heads(k), rope).transpose(1, 2), self._heads(v).transpose(1, 2)
 
     # -- EBT prediction stream -------------------------------------------------------------------------
@@ -266,6 +293,23 @@ class Block(nn.Module):
         """Prediction rows: attend to allowed observed keys and to themselves. x: (B, T, D)."""
         q, k, v = self._qkv(x, rope)
         return self._finish(x, prediction_attention(q, k, v, k_o, v_o, mask, scale=1.0))
+
+
+@contextlib.contextmanager
+def share_weights(blocks: Iterable[Block]) -> Iterator[None]:
+    """Within the block, each of ``blocks`` builds its merged weights (``Block._merged``) once and reuses them
+    for every pass. Use it around work that runs the blocks several times with unchanged parameters (one
+    forward/loss, one ``think``); never across an optimizer step. Re-entering is a no-op, so the outermost
+    block decides the lifetime. Values and gradients are those of building the weights per pass (the
+    gradient contributions of the passes are summed before, not after, the shared concatenation)."""
+    fresh = [b for b in blocks if b._weights is None]
+    for b in fresh:
+        b._weights = {}
+    try:
+        yield
+    finally:
+        for b in fresh:
+            b._weights = None
 
 
 def init_linear_xavier(module: nn.Module) -> None:
