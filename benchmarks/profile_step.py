@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from ebt_scaling.config import model_config
+    from ebt_scaling.errors import ConfigError
     from ebt_scaling.models import build_model
 
     dev = torch.device(args.device)
@@ -51,7 +52,10 @@ def main(argv: list[str] | None = None) -> dict:
     cuda = dev.type == "cuda"
     torch.manual_seed(0)
     recipe = args.recipe if args.family == "ebt" else None
-    cfg = model_config(args.family, args.size, vocab_size=args.vocab, sequence_len=args.seq, recipe=recipe)
+    try:
+        cfg = model_config(args.family, args.size, vocab_size=args.vocab, sequence_len=args.seq, recipe=recipe)
+    except ConfigError as e:
+        ap.error(str(e))
     model = build_model(cfg).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)  # as ebt-scale train does
     idx = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=dev)
