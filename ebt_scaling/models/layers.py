@@ -227,8 +227,9 @@ class Block(nn.Module):
         dev = self.wq.weight.device.type
         amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         key = (name, amp, torch.is_grad_enabled())  # one built under no_grad has no graph to the parameters
-        if self._weights is not None and key in self._weights:
-            return self._weights[key]
+        cache = self._weights  # read once: another thread's share_weights may end meanwhile
+        if cache is not None and key in cache:
+            return cache[key]
         if name == "w13":
             ff = self.feed_forward
             w = scale_columns(torch.cat((ff.w1.weight, ff.w3.weight)), self.ffn_norm.weight)
@@ -239,8 +240,8 @@ class Block(nn.Module):
             w = scale_columns(torch.cat(parts), self.attention_norm.weight)
         if amp is not None:
             w = w.to(amp)
-        if self._weights is not None:
-            self._weights[key] = w
+        if cache is not None:
+            cache[key] = w
         return w
 
     # -- helpers ---------------------------------------------------------------------------------------
