@@ -20,19 +20,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._common import add_model_args, emit_json, model_config_from  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", default="ebt", choices=["ebt", "transformer_pp"])
-    ap.add_argument("--size", default="xxs")
-    ap.add_argument("--recipe", default="ebt_s1", choices=["ebt_s1", "ebt_s2"])
+    add_model_args(ap)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--vocab", type=int, default=50277)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--top", type=int, default=30, help="operators to list")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
@@ -40,8 +36,6 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from ebt_scaling.config import model_config
-    from ebt_scaling.errors import ConfigError
     from ebt_scaling.models import build_model
 
     dev = torch.device(args.device)
@@ -51,11 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     cuda = dev.type == "cuda"
     torch.manual_seed(0)
-    recipe = args.recipe if args.family == "ebt" else None
-    try:
-        cfg = model_config(args.family, args.size, vocab_size=args.vocab, sequence_len=args.seq, recipe=recipe)
-    except ConfigError as e:
-        ap.error(str(e))
+    cfg = model_config_from(ap, args)
+    recipe = args.recipe if args.family == "ebt" else None  # as model_config_from applied it
     model = build_model(cfg).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)  # as ebt-scale train does
     idx = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=dev)
@@ -98,8 +89,6 @@ def main(argv: list[str] | None = None) -> dict:
            "vocab": args.vocab, "precision": "bf16 autocast" if cuda else "fp32", "reps": args.reps,
            "torch": torch.__version__, "self_device_ms_per_step": total / 1e3 / args.reps,
            "aten_calls_per_step": aten_calls, "kernel_launches_per_step": launches, "top": top}
-    from benchmarks._common import emit_json
-
     return emit_json(out, args.out)
 
 

@@ -26,39 +26,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import emit_json  # noqa: E402
+from benchmarks._common import add_model_args, emit_json, model_config_from  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", default="ebt", choices=["ebt", "transformer_pp"])
-    ap.add_argument("--size", default="xxs")
-    ap.add_argument("--recipe", default="ebt_s1", choices=["ebt_s1", "ebt_s2"])
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--vocab", type=int, default=50277)
+    add_model_args(ap)
     ap.add_argument("--amp", default="bf16", choices=["bf16", "none"], help="CPU autocast dtype (none = fp32)")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--top", type=int, default=20, help="source lines to list")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
-    if args.batch < 1 or args.seq < 1 or args.top < 0:
-        ap.error("--batch and --seq must be >= 1 and --top >= 0")
+    if args.top < 0:
+        ap.error("--top must be >= 0")
 
     import torch
 
-    from ebt_scaling.config import model_config
-    from ebt_scaling.errors import ConfigError
     from ebt_scaling.models import build_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    recipe = args.recipe if args.family == "ebt" else None
-    try:
-        cfg = model_config(args.family, args.size, vocab_size=args.vocab, sequence_len=args.seq, recipe=recipe)
-    except ConfigError as e:
-        ap.error(str(e))
+    cfg = model_config_from(ap, args)
+    recipe = args.recipe if args.family == "ebt" else None  # as model_config_from applied it
     model = build_model(cfg).train()
     idx = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1))
     x, y = idx[:, :-1], idx[:, 1:]

@@ -85,9 +85,9 @@ class _InverseRms(torch.autograd.Function):
     """r = 1 / sqrt(mean(x^2, -1) + eps), shape (..., 1), with a hand-written backward
     dr/dx = -(r^3 / D) x: one full-size product per backward where autograd's own derivation of pow, mean,
     add and rsqrt runs three, plus scalar-to-tensor conversions. The EBT's double backward multiplies the
-    difference: with the gains folded (``scale_columns``) an S1 step at the CPU acceptance shape went from
-    7,703 to 7,029 aten calls (docs/models.md). The backward is built from differentiable ops on the saved
-    input and output, so it supports that double backward (gradgradcheck in tests/test_models.py)."""
+    difference (aten calls per step: docs/models.md, "RMSNorm in the double backward"). The backward is built
+    from differentiable ops on the saved input and output, so it supports that double backward (gradgradcheck
+    in tests/test_models.py)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
