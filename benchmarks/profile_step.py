@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = dev.type == "cuda"
+    if not cuda:  # as ebt-scale train on CPU (ebt_scaling/host_memory.py)
+        from ebt_scaling.host_memory import keep_freed_memory
+
+        keep_freed_memory()
     torch.manual_seed(0)
     cfg = model_config_from(ap, args)
     recipe = args.recipe if args.family == "ebt" else None  # as model_config_from applied it

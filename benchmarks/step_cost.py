@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> dict:
                          "dominates op-heavy steps; 'unset' leaves the environment alone")
     ap.add_argument("--think-steps", type=int, default=4,
                     help="thinking-step cost: time think() with this many steps and one more (0 = skip)")
+    ap.add_argument("--host-malloc", default="keep", choices=["keep", "system"],
+                    help="keep (default, as ebt-scale train on CPU): glibc keeps freed memory for reuse "
+                         "(ebt_scaling/host_memory.py); system: the C library's defaults. The JSON reports "
+                         "the minor page faults per step of every variant")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     if args.omp_wait_policy != "unset":
@@ -57,11 +61,13 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from ebt_scaling.config import RECIPE_OVERRIDES, ModelConfig
+    from ebt_scaling.host_memory import keep_freed_memory, minor_faults
     from ebt_scaling.models import build_model
     from ebt_scaling.models.flops import flops_per_token
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    host_malloc = keep_freed_memory() if args.host_malloc == "keep" and args.device == "cpu" else "system"
     torch.manual_seed(args.seed)
     dev = torch.device(args.device)
     shape = dict(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head, vocab_size=args.vocab,
@@ -107,15 +113,17 @@ def main(argv: list[str] | None = None) -> dict:
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     cpu_times: dict[str, list[float]] = {k: [] for k in variants}
+    faults: dict[str, list[int]] = {k: [] for k in variants}
     for r in range(args.warmup + args.reps):
         for name, fn in variants.items():
             sync()
-            c0, t0 = time.process_time(), time.perf_counter()
+            f0, c0, t0 = minor_faults(), time.process_time(), time.perf_counter()
             fn()
             sync()
             if r >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
                 cpu_times[name].append(time.process_time() - c0)
+                faults[name].append(minor_faults() - f0)
 
     think = think_cost(ebt, x, args, sync) if args.think_steps else None
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -137,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": args.device if dev.type != "cuda" else torch.cuda.get_device_name(dev),
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        "host_malloc": host_malloc,
         "torch": torch.__version__,
         "platform": platform.platform(),
         "reps": args.reps,
@@ -159,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
         "min_time_ratio_ebt_vs_tpp_sdpa": min(times["ebt"]) / min(times["tpp_sdpa"]),
         "cpu_time_ratio_ebt_vs_tpp_math": med_cpu["ebt"] / med_cpu["tpp_math"],
         "cpu_time_ratio_ebt_vs_tpp_sdpa": med_cpu["ebt"] / med_cpu["tpp_sdpa"],
+        # Pages the kernel had to map and zero during a step (deterministic, unlike the times).
+        "minor_faults_per_step": {k: statistics.median(v) for k, v in faults.items()},
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "exact_flops_per_token": {"tpp": ex_t, "ebt": ex_e, "ebt_pred": ex_p},
         "exact_flops_ratio": ex_e / ex_t,

@@ -28,6 +28,7 @@ from ebt_scaling.config import RunSpec
 from ebt_scaling.data import load_corpus
 from ebt_scaling.data.cache import Progress
 from ebt_scaling.errors import ConfigError, TrainingDiverged
+from ebt_scaling.host_memory import keep_freed_memory
 from ebt_scaling.models import build_model
 from ebt_scaling.models.flops import flops_per_token, param_counts
 from ebt_scaling.records import MetricPoint, MetricSink, RunResult
@@ -122,8 +123,10 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
     t_wall0 = time.perf_counter()
     mcfg, tcfg = spec.model, spec.train
     device = resolve_device(tcfg.device)
-    if tcfg.threads and device.type == "cpu":
-        torch.set_num_threads(tcfg.threads)
+    if device.type == "cpu":
+        keep_freed_memory()  # reuse freed host memory instead of page-faulting it back every step
+        if tcfg.threads:
+            torch.set_num_threads(tcfg.threads)
     autocast = autocast_context(device, tcfg.precision)
     T, B = mcfg.sequence_len, tcfg.batch_size
 
