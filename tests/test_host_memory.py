@@ -43,6 +43,14 @@ print(json.dumps({"state": state, "faults": sum(faults[2:])}))
 """
 
 
+def _thp_always() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[always]" in f.read()
+    except OSError:
+        return False
+
+
 def _probe(mode: str, **env: str) -> dict:
     r = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=120,
                        env={**CLEAN_ENV, "OMP_NUM_THREADS": "1", **env}, cwd=os.getcwd())
@@ -57,7 +65,10 @@ def test_freed_blocks_are_reused_instead_of_faulted_back():
     default = _probe("no call")
     assert kept["state"] == "kept" and system["state"] == "system"
     # The probe itself is sound: without the setting the steps fault their pages back in (a (B, T, V) tensor
-    # is 512 pages; the four steps hold dozens of them).
+    # is 512 pages; the four steps hold dozens of them). A kernel that backs the heap with transparent huge
+    # pages for every process ("always") faults 512x less and leaves nothing to measure here.
+    if default["faults"] < 6000 and _thp_always():
+        pytest.skip(f"transparent huge pages 'always': {default['faults']} faults without the setting")
     assert default["faults"] > 6000, default
     assert system["faults"] > 6000, system
     assert kept["faults"] < default["faults"] / 5, (kept, default)
