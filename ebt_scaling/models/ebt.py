@@ -52,6 +52,50 @@ from ebt_scaling.models.layers import (
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
+class _EmbedWithPrevCE(torch.autograd.Function):
+    """(emb, ce) = (p W^T, CE of the previous step's logits z = p_prev + s W, whose softmax is p).
+
+    In S1 every step starts from the detached softmax of the previous step's logits, so step i+1 embeds
+    exactly the distribution whose cross-entropy step i is scored on. The reference path differentiates
+    the CE through z (a (B, T, V) gradient (p - onehot) / n, then s's gradient by a (B, T, V) x (V, D)
+    product and W's by a (D, N) x (N, V) one) and the embedding separately (W's gradient by another
+    (D, N) x (N, V) product). Here, with c the CE's per-row weight times its upstream gradient:
+        d s = c (p W^T - W[:, t]^T) = c (emb - W[:, t]^T)             (the saved output: no product)
+        d W = (d emb + c s)^T p  -  c s scattered to the target columns  (one product for both)
+    Same values; no (B, T, V) gradient is formed and the CE's log-probabilities are not kept.
+
+    p: (B, T, V) detached; w: (D, V); s: (B, T, D) the previous update's -alpha * dE/de, with its graph;
+    ce: 0-dim value (computed from the same log-softmax as p); t: (N,) targets (ignored rows clamped to
+    0); wt: (N,) row weights of the mean (0 for ignored rows). First-order only (the outer backward).
+    """
+
+    @staticmethod
+    def forward(ctx, p, w, s, ce, t, wt):
+        emb = F.linear(p, w)  # (B, T, D)
+        ctx.save_for_backward(p, w, s, emb, t, wt)
+        return emb, ce.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_emb, g_ce):
+        p, w, s, emb, t, wt = ctx.saved_tensors
+        flat_s = s.flatten(0, 1)  # (N, D)
+        grad_s = grad_w = None
+        if g_ce is not None:
+            c = (g_ce * wt).unsqueeze(-1)  # (N, 1)
+            cs = flat_s * c  # (N, D)
+            a = cs if g_emb is None else g_emb.flatten(0, 1) + cs
+            if ctx.needs_input_grad[2]:
+                grad_s = (c * (emb.flatten(0, 1) - w.t()[t])).view_as(s)
+        else:
+            a = g_emb.flatten(0, 1)
+        if ctx.needs_input_grad[1]:
+            grad_w = a.t() @ p.flatten(0, 1)  # (D, V)
+            if g_ce is not None:
+                grad_w.index_add_(1, t, -cs.t())  # the one-hot part of the CE gradient
+        return None, grad_w, grad_s, None, None, None
+
+
 class EBT(nn.Module):
     """``model(idx)`` -> logits after the validation-time descent; ``model.loss(idx, targets)`` ->
     (loss, info); ``model.think(idx, steps, samples)`` -> (logits, energies)."""
@@ -87,6 +131,10 @@ class EBT(nn.Module):
         # Observed-stream reuse (ebt-paper.md section 18): one observed pass per landscape serves every
         # inner step and best-of-N sample on it. False = the reference path (recompute at every step).
         self.reuse_observed = True
+        # S1 (detached steps, every step's CE in the loss): the CE of a non-final step is fused with the next
+        # step's embedding of the same softmax (``_EmbedWithPrevCE``): same values and gradients, two
+        # (B, T, V) x (V, D) products and the CE's (B, T, V) backward fewer. False = the reference path.
+        self.fuse_ce = True
         # On the device types in pad_vocab_on the descent runs its candidates at the aligned width
         # (layers.padded_vocab): the padding logits are masked out of the softmax and the projection's
         # padding columns are zeros, so every value and gradient is that of the true V. Public results
@@ -250,7 +298,8 @@ class EBT(nn.Module):
 
     def descend(self, idx: torch.Tensor, z: torch.Tensor, landscapes: list[int], *, alpha: torch.Tensor,
                 sigma: float, need_graph: bool, generator: torch.Generator | None = None,
-                kv_cache: dict | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                kv_cache: dict | None = None, targets: torch.Tensor | None = None,
+                ces: list[torch.Tensor] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Run the inner loop from candidate logits z (B, T, V).
 
         Returns the logits after every step and the (detached) energies (B, T) evaluated at every step's
@@ -263,6 +312,11 @@ class EBT(nn.Module):
         step's gradient into the shared keys/values before going through the observed stream once), and
         detached for first-order steps. ``kv_cache`` (a dict) carries it across calls on the same ``idx``
         (best-of-N samples); it must not outlive a parameter update.
+
+        ``targets`` (B, T) and ``ces`` (an empty list): when ``_fusable_ce`` holds (S1), every step's
+        cross-entropy against ``targets``, with its graph, is appended to ``ces``; a non-final step's CE then
+        rides on the next step's embedding of the same softmax (``_EmbedWithPrevCE``). Otherwise ``ces`` stays
+        empty and the caller computes the CE from the returned logits.
         """
         cfg = self.cfg
         n = len(landscapes)
@@ -275,9 +329,19 @@ class EBT(nn.Module):
         v, vp = cfg.vocab_size, self._width(z.device)
         if vp != v:  # run at the aligned width; the padding logits never reach a softmax (masked)
             z = F.pad(z, (0, vp - v))
+        amp = torch.get_autocast_dtype(z.device.type) if torch.is_autocast_enabled(z.device.type) else None
+        fuse = (ces is not None and targets is not None and need_graph and self._fusable_ce(sigma)
+                and vp == v and amp is None)
+        pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (previous step's update, its CE value)
+        p_next: torch.Tensor | None = None  # softmax of the previous step's logits, from its CE
+        if fuse:
+            assert targets is not None
+            flat_t = targets.flatten()
+            valid = flat_t != -100  # F.cross_entropy's ignore_index
+            ce_w = valid.to(z.dtype) / valid.sum()  # per-row weight of the mean over valid rows
+            ce_t = flat_t.clamp(min=0)
         with torch.enable_grad(), share_weights(self.layers):
             w_all = self._v2e_weight(vp) if need_graph else self._v2e_weight(vp).detach()
-            amp = torch.get_autocast_dtype(z.device.type) if torch.is_autocast_enabled(z.device.type) else None
             if amp is not None:  # the cast autocast would make at every use, made once per descent
                 w_all = w_all.to(amp)
             for i, landscape in enumerate(landscapes):
@@ -291,7 +355,8 @@ class EBT(nn.Module):
                     noise = self._noise((*z.shape[:-1], v), z.device, generator)
                     # z + sigma * noise as one (B, T, V) pass (add with alpha) instead of two.
                     z = torch.add(z, F.pad(noise, (0, vp - v)) if vp != v else noise, alpha=sigma)
-                p = self._probs(z)  # (B, T, V), fp32
+                p = self._probs(z) if p_next is None else p_next  # (B, T, V), fp32
+                p_next = None
                 if self.reuse_observed:
                     kvs = self._shared_kvs(idx, landscape, graph_ls, cache)
                     if not graph:  # the inner gradient never flows into the observed stream
@@ -305,14 +370,33 @@ class EBT(nn.Module):
                     # dE/dp = (dE/de) W_v2e with e = p W_v2e^T: differentiate w.r.t. the embedded rows and
                     # apply the (bias-free, linear) projection explicitly. Same values as autograd w.r.t. p,
                     # but p itself needs no gradient unless the chain of steps is kept (no detach).
-                    emb = self._embed(p, w_all)  # (B, T, D)
+                    if pending is not None:  # this embedding also carries the previous step's CE
+                        emb, ce_prev = _EmbedWithPrevCE.apply(p, w_all, pending[0], pending[1], ce_t, ce_w)
+                        ces.append(ce_prev)  # type: ignore[union-attr]
+                        pending = None
+                    else:
+                        emb = self._embed(p, w_all)  # (B, T, D)
                     if not emb.requires_grad:
                         emb.requires_grad_()
                     e = self.energies_from_embedding(emb, kvs)  # (B, T)
                     (g_emb,) = torch.autograd.grad(e.sum(), emb, create_graph=graph)
                     grad_sums.append(g_emb.detach().sum())
                     w = w_all if graph else w_all.detach()
-                    z = self._update(p, g_emb, w, alpha)  # p - alpha * dE/dp (section 6.4)
+                    if fuse and i < n - 1:
+                        # p + (-alpha * dE/de) @ W as in _update, run without a graph: the CE's gradient
+                        # reaches the update through _EmbedWithPrevCE at the next step, whose softmax is
+                        # this step's exp(log_softmax(z)).
+                        step = g_emb * (-alpha)  # (B, T, D), with its graph
+                        with torch.no_grad():
+                            z = torch.addmm(p.flatten(0, 1), step.flatten(0, 1), w).view_as(p)
+                            p_next = z.softmax(dim=-1)  # the next step's candidate distribution
+                            ce_val = self._ce_from_softmax(z.flatten(0, 1), p_next.flatten(0, 1), ce_t, ce_w)
+                        pending = (step, ce_val)
+                    else:
+                        z = self._update(p, g_emb, w, alpha)  # p - alpha * dE/dp (section 6.4)
+                        if fuse:  # the final step's CE, as F.cross_entropy would give it in loss()
+                            ces.append(F.cross_entropy(z.flatten(0, 1), flat_t,  # type: ignore[union-attr]
+                                                       ignore_index=-100))
                     grad_graph = g_emb.requires_grad
                 else:
                     e = self.energies_from_embedding(self._embed(p, w_all), kvs)
@@ -344,6 +428,25 @@ class EBT(nn.Module):
             step = int((~ok).nonzero()[0, 0])
             raise TrainingDiverged(f"EBT inner step {step}: non-finite energy gradient; lower the step "
                                    "size or the learning rate")
+
+    @staticmethod
+    def _ce_from_softmax(z: torch.Tensor, p: torch.Tensor, t: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of logits z (N, V) against t from their softmax p, without a log-softmax pass:
+        log-sum-exp = z_max - log p_max exactly (p_max = 1 / sum exp(z - z_max) >= 1/V, so no underflow,
+        where -log p_t would overflow for the very unlikely targets of early S1 training), and
+        CE_r = lse_r - z_r[t_r]. wt: the rows' weights of the mean (0 for ignored rows)."""
+        z_max, arg = z.max(dim=-1, keepdim=True)  # (N, 1)
+        lse = z_max - p.gather(-1, arg).log()
+        return ((lse - z.gather(-1, t.unsqueeze(-1))).squeeze(-1) * wt).sum()
+
+    def _fusable_ce(self, sigma: float) -> bool:
+        """Whether a training descent may fuse each non-final step's CE with the next step's embedding: the
+        steps start detached from the previous candidate (so the next step's p is exactly the softmax of this
+        step's logits, with no gradient path of its own), no Langevin noise comes between, every step's CE
+        is in the loss (no truncation) and the descent is w.r.t. the probabilities (S1)."""
+        cfg = self.cfg
+        return (self.fuse_ce and cfg.descent_wrt == "probs" and cfg.detach_between_steps
+                and not cfg.truncate_steps and sigma == 0)
 
     @staticmethod
     def _update(p: torch.Tensor, g_emb: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -429,13 +532,17 @@ class EBT(nn.Module):
             s = cfg.step_size_random_scale
             u = torch.rand((idx.shape[0], t, 1), device=idx.device)
             alpha = alpha * (1.0 / s + (s - 1.0 / s) * u)  # alpha ~ U[alpha/s, alpha*s] per (batch, position)
+        step_ces: list[torch.Tensor] = []
         zs, es = self.descend(idx, z0, self._landscapes(train), alpha=alpha, sigma=cfg.langevin_noise_std,
-                              need_graph=need_graph)
+                              need_graph=need_graph, targets=targets, ces=step_ces)
 
         def ce(z: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(upcast(z.flatten(0, 1)), targets.flatten(), ignore_index=-100)
 
-        if cfg.truncate_steps:
+        if step_ces:  # every step's CE, computed by the descent (the fused S1 path)
+            loss = torch.stack(step_ces).mean()
+            ce_initial, ce_final = step_ces[0].detach(), step_ces[-1].detach()
+        elif cfg.truncate_steps:
             loss = ce(zs[-1])
             with torch.no_grad():
                 ce_initial = ce(zs[0])

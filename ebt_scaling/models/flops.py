@@ -33,6 +33,11 @@ Conventions
         gradient only when the chain of steps is kept: no detach, after a graph step or with a learnable
         alpha, or with descent_wrt="logits")
       scoring forward (best-of-N): O + P.
+      S1-style training (probs descent, detached steps, no truncation, no Langevin noise) fuses each non-final
+      step's CE with the next step's embedding of the same softmax (``EBT._EmbedWithPrevCE``): that step's
+      update needs neither of its two outer-backward T*V*D products (-4*T*V*D). This is the fp32 path at the
+      true V; under autocast or at a padded vocabulary (CUDA) the model keeps the unfused update, which
+      runs these 4*T*V*D per fused step in addition to the count.
     With observed-stream reuse (``reuse_observed=True``, the model's default) O is paid once per landscape
     per descent instead of per step (3*O if any graph step uses it; shared by all best-of-N samples and
     scoring passes); with ``step_conditioning="prediction"`` the T token rows are paid once per descent
@@ -185,6 +190,12 @@ def _descent_landscapes(cfg: Any, n: int) -> list[int]:
     return [min(j, cfg.mcmc_num_steps - 1) for j in range(n)]
 
 
+def _fused_ce(cfg: Any) -> bool:
+    """EBT._fusable_ce: S1-style training fuses each non-final step's CE with the next step's embedding."""
+    return (cfg.descent_wrt == "probs" and cfg.detach_between_steps and not cfg.truncate_steps
+            and cfg.langevin_noise_std == 0)
+
+
 def _ebt_train_seq(cfg: Any, terms: dict[str, float], n: int, t: int, reuse: bool = True) -> float:
     """Exact matmul FLOPs of one EBT training forward + backward with n inner steps, per sequence.
 
@@ -204,6 +215,8 @@ def _ebt_train_seq(cfg: Any, terms: dict[str, float], n: int, t: int, reuse: boo
             chain = False
         if graph:
             saved = 0 if (cfg.descent_wrt == "logits" or chain) else 2 * t * cfg.vocab_size * cfg.n_embd
+            if i < n - 1 and _fused_ce(cfg):  # the update's two outer-backward products (EBT._EmbedWithPrevCE)
+                saved += 4 * t * cfg.vocab_size * cfg.n_embd
             total += terms["graph"] - 3 * terms["O"] - saved
         else:
             total += terms["first_order"] - terms["O"]
