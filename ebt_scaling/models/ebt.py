@@ -64,13 +64,16 @@ class _EmbedWithPrevCE(torch.autograd.Function):
         d W = (d emb + c s)^T p  -  c s scattered to the target columns  (one product for both)
     Same values; no (B, T, V) gradient is formed and the CE's log-probabilities are not kept.
 
-    p: (B, T, V) detached; w: (D, V); s: (B, T, D) the previous update's -alpha * dE/de, with its graph;
-    ce: 0-dim value (computed from the same log-softmax as p); t: (N,) targets (ignored rows clamped to
-    0); wt: (N,) row weights of the mean (0 for ignored rows). First-order only (the outer backward).
+    p: (B, T, V or padded V) detached, fp32; w: (D, V or padded V), in the autocast dtype under autocast (then
+    p is cast to it for the product, as autocast casts F.linear's input); s: (B, T, D) the previous update's
+    -alpha * dE/de, with its graph; ce: 0-dim value (``EBT._ce_from_softmax``); t: (N,) targets (ignored rows
+    clamped to 0); wt: (N,) row weights of the mean (0 for ignored rows). The products run in w's dtype, the
+    CE terms in fp32. First-order only (the outer backward).
     """
 
     @staticmethod
     def forward(ctx, p, w, s, ce, t, wt):
+        p = p.to(w.dtype)  # what autocast would hand F.linear (a no-op in fp32)
         emb = F.linear(p, w)  # (B, T, D)
         ctx.save_for_backward(p, w, s, emb, t, wt)
         return emb, ce.clone()
@@ -79,20 +82,19 @@ class _EmbedWithPrevCE(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_emb, g_ce):
         p, w, s, emb, t, wt = ctx.saved_tensors
-        flat_s = s.flatten(0, 1)  # (N, D)
-        grad_s = grad_w = None
+        grad_s = grad_w = cs = None
         if g_ce is not None:
-            c = (g_ce * wt).unsqueeze(-1)  # (N, 1)
-            cs = flat_s * c  # (N, D)
-            a = cs if g_emb is None else g_emb.flatten(0, 1) + cs
+            c = (g_ce * wt).unsqueeze(-1)  # (N, 1), fp32
+            cs = upcast(s.flatten(0, 1)) * c  # (N, D)
+            a = cs if g_emb is None else upcast(g_emb.flatten(0, 1)) + cs
             if ctx.needs_input_grad[2]:
-                grad_s = (c * (emb.flatten(0, 1) - w.t()[t])).view_as(s)
+                grad_s = (c * (upcast(emb.flatten(0, 1)) - upcast(w.t()[t]))).view_as(s).to(s.dtype)
         else:
             a = g_emb.flatten(0, 1)
         if ctx.needs_input_grad[1]:
-            grad_w = a.t() @ p.flatten(0, 1)  # (D, V)
-            if g_ce is not None:
-                grad_w.index_add_(1, t, -cs.t())  # the one-hot part of the CE gradient
+            grad_w = a.to(w.dtype).t() @ p.flatten(0, 1)  # (D, V) in w's dtype, as F.linear's backward
+            if cs is not None:
+                grad_w.index_add_(1, t, -cs.t().to(w.dtype))  # the one-hot part of the CE gradient
         return None, grad_w, grad_s, None, None, None
 
 
@@ -330,8 +332,7 @@ class EBT(nn.Module):
         if vp != v:  # run at the aligned width; the padding logits never reach a softmax (masked)
             z = F.pad(z, (0, vp - v))
         amp = torch.get_autocast_dtype(z.device.type) if torch.is_autocast_enabled(z.device.type) else None
-        fuse = (ces is not None and targets is not None and need_graph and self._fusable_ce(sigma)
-                and vp == v and amp is None)
+        fuse = ces is not None and targets is not None and need_graph and self._fusable_ce(sigma)
         pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (previous step's update, its CE value)
         p_next: torch.Tensor | None = None  # softmax of the previous step's logits, from its CE
         if fuse:
@@ -387,16 +388,17 @@ class EBT(nn.Module):
                         # reaches the update through _EmbedWithPrevCE at the next step, whose softmax is
                         # this step's exp(log_softmax(z)).
                         step = g_emb * (-alpha)  # (B, T, D), with its graph
-                        with torch.no_grad():
-                            z = torch.addmm(p.flatten(0, 1), step.flatten(0, 1), w).view_as(p)
-                            p_next = z.softmax(dim=-1)  # the next step's candidate distribution
-                            ce_val = self._ce_from_softmax(z.flatten(0, 1), p_next.flatten(0, 1), ce_t, ce_w)
+                        with torch.no_grad():  # the values _update gives (under autocast too)
+                            z = self._update(p, g_emb.detach(), w.detach(), alpha.detach())
+                            p_next = self._probs(z)  # the next step's candidate distribution
+                            ce_val = self._ce_from_softmax(z[..., :v].flatten(0, 1), p_next[..., :v].flatten(0, 1),
+                                                           ce_t, ce_w)
                         pending = (step, ce_val)
                     else:
                         z = self._update(p, g_emb, w, alpha)  # p - alpha * dE/dp (section 6.4)
-                        if fuse:  # the final step's CE, as F.cross_entropy would give it in loss()
-                            ces.append(F.cross_entropy(z.flatten(0, 1), flat_t,  # type: ignore[union-attr]
-                                                       ignore_index=-100))
+                        if fuse:  # the final step's CE, as loss() would compute it
+                            ces.append(F.cross_entropy(upcast(z[..., :v]).flatten(0, 1),  # type: ignore[union-attr]
+                                                       flat_t, ignore_index=-100))
                     grad_graph = g_emb.requires_grad
                 else:
                     e = self.energies_from_embedding(self._embed(p, w_all), kvs)
