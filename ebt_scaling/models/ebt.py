@@ -385,8 +385,8 @@ class EBT(nn.Module):
                     w = w_all if graph else w_all.detach()
                     if fuse and i < n - 1:
                         # p + (-alpha * dE/de) @ W as in _update, run without a graph: the CE's gradient
-                        # reaches the update through _EmbedWithPrevCE at the next step, whose softmax is
-                        # this step's exp(log_softmax(z)).
+                        # reaches the update through _EmbedWithPrevCE at the next step, whose candidate is
+                        # this step's softmax(z).
                         step = g_emb * (-alpha)  # (B, T, D), with its graph
                         with torch.no_grad():  # the values _update gives (under autocast too)
                             z = self._update(p, g_emb.detach(), w.detach(), alpha.detach())
