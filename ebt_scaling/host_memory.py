@@ -4,8 +4,8 @@ A CPU training step allocates and frees the same large tensors every step. PyTor
 them straight to the C library, and glibc's malloc returns freed memory at the top of the heap to the kernel
 once it exceeds a trim threshold that adapts only up to 2 x 32 MiB. The kernel then zeroes fresh pages on
 first touch at the next step. The EBT's (B, T, V) candidates overflow that threshold: at the issue-7 shape
-(2 layers, width 128, vocab 2048, batch 8 x 128) an S1 step took about 20,700 minor page faults (80 MiB of
-pages zeroed per step), the T++ step none (``benchmarks/step_cost.py`` reports the faults per step).
+(2 layers, width 128, vocab 2048, batch 8 x 128) an S1 step took 14,000-20,700 minor page faults (55-80 MiB
+of pages zeroed per step), the T++ step none (``benchmarks/step_cost.py`` reports the faults per step).
 
 ``keep_freed_memory()`` makes glibc keep freed memory for reuse instead, as CUDA's caching allocator does on
 a GPU: large blocks come from the heap up to ``MMAP_THRESHOLD`` and up to ``TRIM_THRESHOLD`` bytes of free

@@ -35,9 +35,8 @@ Conventions
       scoring forward (best-of-N): O + P.
       S1-style training (probs descent, detached steps, no truncation, no Langevin noise) fuses each non-final
       step's CE with the next step's embedding of the same softmax (``EBT._EmbedWithPrevCE``): that step's
-      update needs neither of its two outer-backward T*V*D products (-4*T*V*D). This is the fp32 path at the
-      true V; under autocast or at a padded vocabulary (CUDA) the model keeps the unfused update, which
-      runs these 4*T*V*D per fused step in addition to the count.
+      update needs neither of its two outer-backward T*V*D products (-4*T*V*D), in fp32 and under autocast,
+      at the true or a padded V.
     With observed-stream reuse (``reuse_observed=True``, the model's default) O is paid once per landscape
     per descent instead of per step (3*O if any graph step uses it; shared by all best-of-N samples and
     scoring passes); with ``step_conditioning="prediction"`` the T token rows are paid once per descent
