@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from ebt_scaling.models import build_model
+    from ebt_scaling.train.loop import fused_adamw
 
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = model_config_from(ap, args)
     recipe = args.recipe if args.family == "ebt" else None  # as model_config_from applied it
     model = build_model(cfg).to(dev).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)  # as ebt-scale train does
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_adamw(dev))  # as ebt-scale train does
     idx = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=dev)
     x, y = idx[:, :-1], idx[:, 1:]
 

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ebt_scaling.host_memory import keep_freed_memory, minor_faults
     from ebt_scaling.models import build_model
     from ebt_scaling.models.flops import flops_per_token
+    from ebt_scaling.train.loop import fused_adamw
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         lr = 1e-4  # small: we time the step, not learn; keeps the EBT's alpha-scaled logits tame
         groups = [{"params": g["params"], "weight_decay": g["weight_decay"], "lr": lr * g["lr_mult"]}
                   for g in model.optim_groups(0.01)]
-        return torch.optim.AdamW(groups, betas=(0.9, 0.999), fused=dev.type == "cuda")  # as ebt-scale train
+        return torch.optim.AdamW(groups, betas=(0.9, 0.999), fused=fused_adamw(dev))  # as ebt-scale train
 
     opt_t, opt_e, opt_p = optimizer(tpp), optimizer(ebt), optimizer(ebt_pred)
     idx = torch.randint(0, args.vocab, (args.batch, args.seq + 1), device=dev)

@@ -125,6 +125,7 @@ def run_one(job: dict) -> dict:
     from ebt_scaling.config import model_config
     from ebt_scaling.models import build_model
     from ebt_scaling.models.flops import flops_per_token, param_counts
+    from ebt_scaling.train.loop import fused_adamw
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])
@@ -141,7 +142,7 @@ def run_one(job: dict) -> dict:
     graphed = bool(job.get("cuda_graph"))
     opt = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"], "lr": lr * g["lr_mult"]}
                              for g in model.optim_groups(0.01)], betas=(0.9, 0.999),
-                            fused=dev.type == "cuda", capturable=graphed)  # fused as ebt-scale train does
+                            fused=fused_adamw(dev), capturable=graphed)  # fused as ebt-scale train does
     idx = torch.randint(0, cfg.vocab_size, (job["batch"], job["seq"] + 1), device=dev)
     x, y = idx[:, :-1], idx[:, 1:]
     amp = dev.type == "cuda"

@@ -110,6 +110,13 @@ def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, 
     return out
 
 
+def fused_adamw(device: torch.device) -> bool:
+    """AdamW's fused implementation (one kernel for the whole update, the same algorithm) on the device types
+    that have it. On CUDA it replaces a dozen foreach launches. On CPU it replaces the per-parameter Python
+    loop: 1.9 ms instead of 7.0 ms for the 0.75 M parameters of the step-cost shape (docs/training.md)."""
+    return device.type in ("cuda", "cpu")
+
+
 def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
           on_step: Callable[[dict[str, Any]], None] | None = None,
           data_progress: Progress | None = None) -> RunResult:
@@ -143,9 +150,8 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
     for g in groups:
         g.setdefault("lr_mult", 1.0)
         g["lr"] = 0.0
-    # fused: one kernel for the whole update on CUDA instead of a dozen foreach launches (same algorithm).
     optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(tcfg.beta1, tcfg.beta2), weight_decay=tcfg.weight_decay,
-                                  fused=device.type == "cuda")
+                                  fused=fused_adamw(device))
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
     fpt = {c: flops_per_token(mcfg, c, mode="train") for c in ("paper", "exact")}
