@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from ebt_scaling.host_memory import keep_freed_memory
     from ebt_scaling.models import build_model
     from ebt_scaling.train.loop import fused_adamw
 
@@ -45,10 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = dev.type == "cuda"
-    if not cuda:  # as ebt-scale train on CPU (ebt_scaling/host_memory.py)
-        from ebt_scaling.host_memory import keep_freed_memory
-
-        keep_freed_memory()
+    keep_freed_memory(dev.type)  # as ebt-scale train on CPU (ebt_scaling/host_memory.py)
     torch.manual_seed(0)
     cfg = model_config_from(ap, args)
     recipe = args.recipe if args.family == "ebt" else None  # as model_config_from applied it

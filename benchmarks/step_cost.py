@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    host_malloc = keep_freed_memory() if args.host_malloc == "keep" and args.device == "cpu" else "system"
-    torch.manual_seed(args.seed)
     dev = torch.device(args.device)
+    host_malloc = keep_freed_memory(dev.type) if args.host_malloc == "keep" else "system"
+    torch.manual_seed(args.seed)
     shape = dict(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head, vocab_size=args.vocab,
                  sequence_len=args.seq)
     cfg_t = ModelConfig(family="transformer_pp", **shape)

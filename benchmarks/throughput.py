@@ -123,6 +123,7 @@ def run_one(job: dict) -> dict:
     import torch
 
     from ebt_scaling.config import model_config
+    from ebt_scaling.host_memory import keep_freed_memory
     from ebt_scaling.models import build_model
     from ebt_scaling.models.flops import flops_per_token, param_counts
     from ebt_scaling.train.loop import fused_adamw
@@ -131,10 +132,7 @@ def run_one(job: dict) -> dict:
         torch.set_num_threads(job["threads"])
     torch.manual_seed(0)
     dev = torch.device(job["device"])
-    if dev.type == "cpu":  # as ebt-scale train on CPU (ebt_scaling/host_memory.py)
-        from ebt_scaling.host_memory import keep_freed_memory
-
-        keep_freed_memory()
+    keep_freed_memory(dev.type)  # as ebt-scale train on CPU (ebt_scaling/host_memory.py)
     recipe = job["recipe"] if job["family"] == "ebt" else None
     cfg = model_config(job["family"], job["size"], vocab_size=job["vocab"], sequence_len=job["seq"], recipe=recipe)
     model = build_model(cfg).to(dev).train()

@@ -36,13 +36,16 @@ _lock = threading.Lock()
 _state: str | None = None  # the first call's outcome; later calls return it
 
 
-def keep_freed_memory() -> str:
-    """Configure glibc's malloc once per process (see the module docstring). Returns what happened:
-    ``"kept"`` (configured now or by an earlier call), ``"system"`` (turned off by the environment
-    variable), ``"user"`` (the user's own malloc settings left alone) or ``"unsupported"`` (not glibc).
-    Raises ConfigError for an unknown value of ``EBT_SCALE_HOST_MALLOC``."""
+def keep_freed_memory(device_type: str = "cpu") -> str:
+    """Configure glibc's malloc once per process (see the module docstring) when the work runs on the CPU
+    (``device_type``, e.g. ``torch.device(...).type``). Returns what happened: ``"kept"`` (configured now or
+    by an earlier call), ``"system"`` (turned off by the environment variable), ``"user"`` (the user's own
+    malloc settings left alone), ``"unsupported"`` (not glibc) or ``"not cpu"`` (nothing done: the large
+    tensors live on the device). Raises ConfigError for an unknown value of ``EBT_SCALE_HOST_MALLOC``."""
     global _state
     choice = host_malloc_choice()
+    if device_type != "cpu":
+        return "not cpu"
     with _lock:
         if _state is None:
             _state = _configure(choice)

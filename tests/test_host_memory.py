@@ -102,3 +102,13 @@ def test_think_and_sweep_reject_a_bad_value_before_touching_the_database(tmp_pat
         assert r.exit_code == 2, (args, r.output)
         assert "EBT_SCALE_HOST_MALLOC: unknown value 'nope'" in r.stderr, (args, r.stderr)
         assert not db.exists(), args
+
+
+def test_work_on_a_device_leaves_the_host_allocator_alone_but_still_checks_the_switch(monkeypatch):
+    from ebt_scaling.errors import ConfigError
+    from ebt_scaling.host_memory import keep_freed_memory
+
+    assert keep_freed_memory("cuda") == "not cpu"  # returns before touching malloc (safe in this process)
+    monkeypatch.setenv("EBT_SCALE_HOST_MALLOC", "jemalloc")
+    with pytest.raises(ConfigError, match="EBT_SCALE_HOST_MALLOC: unknown value 'jemalloc'"):
+        keep_freed_memory("cuda")

@@ -35,6 +35,7 @@ from torch import nn
 
 from ebt_scaling.config import ModelConfig
 from ebt_scaling.errors import ConfigError, TrainingDiverged
+from ebt_scaling.models.flops import fused_ce
 from ebt_scaling.models.layers import (
     PAD_VOCAB_ON,
     Block,
@@ -315,7 +316,7 @@ class EBT(nn.Module):
         detached for first-order steps. ``kv_cache`` (a dict) carries it across calls on the same ``idx``
         (best-of-N samples); it must not outlive a parameter update.
 
-        ``targets`` (B, T) and ``ces`` (an empty list): when ``_fusable_ce`` holds (S1), every step's
+        ``targets`` (B, T) and ``ces`` (an empty list): when ``flops.fused_ce`` holds (S1), every step's
         cross-entropy against ``targets``, with its graph, is appended to ``ces``; a non-final step's CE then
         rides on the next step's embedding of the same softmax (``_EmbedWithPrevCE``). Otherwise ``ces`` stays
         empty and the caller computes the CE from the returned logits.
@@ -332,7 +333,8 @@ class EBT(nn.Module):
         if vp != v:  # run at the aligned width; the padding logits never reach a softmax (masked)
             z = F.pad(z, (0, vp - v))
         amp = torch.get_autocast_dtype(z.device.type) if torch.is_autocast_enabled(z.device.type) else None
-        fuse = ces is not None and targets is not None and need_graph and self._fusable_ce(sigma)
+        fuse = (ces is not None and targets is not None and need_graph and self.fuse_ce and sigma == 0
+                and fused_ce(cfg))  # sigma: the noise this descent adds (loss() passes the config's)
         pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (previous step's update, its CE value)
         p_next: torch.Tensor | None = None  # softmax of the previous step's logits, from its CE
         if fuse:
@@ -440,15 +442,6 @@ class EBT(nn.Module):
         z_max, arg = z.max(dim=-1, keepdim=True)  # (N, 1)
         lse = z_max - p.gather(-1, arg).log()
         return ((lse - z.gather(-1, t.unsqueeze(-1))).squeeze(-1) * wt).sum()
-
-    def _fusable_ce(self, sigma: float) -> bool:
-        """Whether a training descent may fuse each non-final step's CE with the next step's embedding: the
-        steps start detached from the previous candidate (so the next step's p is exactly the softmax of this
-        step's logits, with no gradient path of its own), no Langevin noise comes between, every step's CE
-        is in the loss (no truncation) and the descent is w.r.t. the probabilities (S1)."""
-        cfg = self.cfg
-        return (self.fuse_ce and cfg.descent_wrt == "probs" and cfg.detach_between_steps
-                and not cfg.truncate_steps and sigma == 0)
 
     @staticmethod
     def _update(p: torch.Tensor, g_emb: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

@@ -189,8 +189,12 @@ def _descent_landscapes(cfg: Any, n: int) -> list[int]:
     return [min(j, cfg.mcmc_num_steps - 1) for j in range(n)]
 
 
-def _fused_ce(cfg: Any) -> bool:
-    """EBT._fusable_ce: S1-style training fuses each non-final step's CE with the next step's embedding."""
+def fused_ce(cfg: Any) -> bool:
+    """Whether training fuses each non-final inner step's CE with the next step's embedding of the same softmax
+    (``EBT._EmbedWithPrevCE``; the EBT asks this function): the steps start detached from the previous
+    candidate (so the next step's p is exactly the softmax of this step's logits, with no gradient path of
+    its own), no Langevin noise comes between, every step's CE is in the loss (no truncation) and the descent
+    is w.r.t. the probabilities. That is S1."""
     return (cfg.descent_wrt == "probs" and cfg.detach_between_steps and not cfg.truncate_steps
             and cfg.langevin_noise_std == 0)
 
@@ -214,7 +218,7 @@ def _ebt_train_seq(cfg: Any, terms: dict[str, float], n: int, t: int, reuse: boo
             chain = False
         if graph:
             saved = 0 if (cfg.descent_wrt == "logits" or chain) else 2 * t * cfg.vocab_size * cfg.n_embd
-            if i < n - 1 and _fused_ce(cfg):  # the update's two outer-backward products (EBT._EmbedWithPrevCE)
+            if i < n - 1 and fused_ce(cfg):  # the update's two outer-backward products (EBT._EmbedWithPrevCE)
                 saved += 4 * t * cfg.vocab_size * cfg.n_embd
             total += terms["graph"] - 3 * terms["O"] - saved
         else:

@@ -252,8 +252,7 @@ def think_run(spec: RunSpec, checkpoint: str, *, steps: Sequence[int], samples: 
     ``ood``: a source name, ``"auto"`` (``default_ood``) or None (skip). The step grid always includes the
     run's trained validation step count (the baseline setting)."""
     dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cpu":
-        keep_freed_memory()  # as train() does: the descent's (B, T, V) tensors reuse freed host memory
+    keep_freed_memory(dev.type)  # as train() does: on CPU the descent's (B, T, V) tensors reuse freed memory
     model = load_run_model(spec, checkpoint, dev)
     T = spec.model.sequence_len
     B = batch_size or spec.train.batch_size

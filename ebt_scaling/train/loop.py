@@ -130,10 +130,9 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
     t_wall0 = time.perf_counter()
     mcfg, tcfg = spec.model, spec.train
     device = resolve_device(tcfg.device)
-    if device.type == "cpu":
-        keep_freed_memory()  # reuse freed host memory instead of page-faulting it back every step
-        if tcfg.threads:
-            torch.set_num_threads(tcfg.threads)
+    keep_freed_memory(device.type)  # on CPU: reuse freed host memory instead of page-faulting it back every step
+    if tcfg.threads and device.type == "cpu":
+        torch.set_num_threads(tcfg.threads)
     autocast = autocast_context(device, tcfg.precision)
     T, B = mcfg.sequence_len, tcfg.batch_size
 
