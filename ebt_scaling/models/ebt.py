@@ -436,7 +436,7 @@ class EBT(nn.Module):
     @staticmethod
     def _ce_from_softmax(z: torch.Tensor, p: torch.Tensor, t: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of logits z (N, V) against t from their softmax p, without a log-softmax pass:
-        log-sum-exp = z_max - log p_max exactly (p_max = 1 / sum exp(z - z_max) >= 1/V, so no underflow,
+        log-sum-exp = z_max - log p_max, accurate to rounding (p_max = 1 / sum exp(z - z_max) >= 1/V: no underflow,
         where -log p_t would overflow for the very unlikely targets of early S1 training), and
         CE_r = lse_r - z_r[t_r]. wt: the rows' weights of the mean (0 for ignored rows)."""
         z_max, arg = z.max(dim=-1, keepdim=True)  # (N, 1)
