@@ -18,7 +18,8 @@ backward, clip, AdamW) and reports:
 Precision: bf16 autocast on CUDA (as ``ebt-scale train`` does), fp32 on CPU. The EBT runs its explicit
 attention (double backward); the Transformer++ runs SDPA. No torch.compile.
 
-``--cuda-graph`` (CUDA, experimental; ``ebt-scale train`` does not do this yet): the whole optimizer step
+``--cuda-graph`` (CUDA, experimental; ``ebt-scale train --cuda-graph`` replays all of it but the optimizer
+step, docs/training.md): the whole optimizer step
 (forward, the EBT's inner loop and double backward, clipping, capturable fused AdamW) is captured once as
 a CUDA graph and replayed, which removes the per-kernel CPU launch cost. It needs a recipe without
 host-side randomness in the step (S1; S2's random step count and replay buffer are refused).

@@ -257,6 +257,8 @@ class TrainConfig:
     divergence_factor: float = 3.0
     # Optional hard stop in tokens (for data-axis runs); 0 = steps x batch x seq.
     threads: int = 0  # torch threads on CPU; 0 = leave torch's default
+    # Replay forward + backward from a captured CUDA graph (CUDA, S1 and T++; train/graphed.py).
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         c = "TrainConfig"
@@ -276,6 +278,8 @@ class TrainConfig:
             raise _fail(c, "precision", f"unknown value {self.precision!r}", "use auto, fp32 or bf16")
         if self.grad_clip <= 0:
             raise _fail(c, "grad_clip", f"must be > 0, got {self.grad_clip}", "the paper uses 1.0")
+        if not isinstance(self.cuda_graph, bool):
+            raise _fail(c, "cuda_graph", f"must be true or false, got {self.cuda_graph!r}", "set it to a boolean")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -341,8 +345,8 @@ class RunSpec:
             "train": dataclasses.asdict(self.train),
             "data": {k: v for k, v in dataclasses.asdict(self.data).items() if k != "cache_dir"},
         }
-        # Device and thread count change speed, not the measurement.
-        for k in ("device", "threads"):
+        # Device, thread count and CUDA-graph replay change speed, not the measurement.
+        for k in ("device", "threads", "cuda_graph"):
             d["train"].pop(k, None)
         return d
 

@@ -139,3 +139,50 @@ def test_think_on_cuda_best_of_n_and_more_steps():
     assert z1.shape == (B, T, V) and e1.shape == (B, T) and z1.device.type == "cuda"
     assert torch.isfinite(z4).all() and torch.isfinite(e4).all()
     assert (e4 <= e1 + 1e-5).all()  # sample 0 equals the one-sample run; best-of-4 never scores worse
+
+
+def _graph_spec(name: str, ckpt=None, **train_kw) -> RunSpec:
+    c = CFGS[name]
+    recipe = c.get("recipe")
+    m = model_config(c["family"], "nano", vocab_size=32, sequence_len=32, recipe=recipe)
+    kw = dict(steps=10, batch_size=4, lr=3e-3, warmup_steps=2, eval_interval=5, eval_batches=2, log_interval=1,
+              seed=0, device="cuda", precision="fp32")
+    kw.update(train_kw)
+    return RunSpec(model=m, train=TrainConfig(**kw), data=DataConfig(source="synthetic", vocab_size=32),
+                   recipe=recipe, checkpoint_dir=str(ckpt) if ckpt else None)
+
+
+def _close(a: list[tuple[int, float]], b: list[tuple[int, float]], tol: float = 1e-5) -> bool:
+    return [s for s, _ in a] == [s for s, _ in b] and all(
+        abs(x - y) <= tol * max(1.0, abs(y)) for (_, x), (_, y) in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("name", ["tpp", "ebt_s1"])
+def test_cuda_graph_training_equals_eager_in_fp32(name):
+    """``TrainConfig.cuda_graph``: 3 eager warm-up steps, then replays of the captured forward + backward +
+    clipping; the run (losses, gradient norms, validation, the EBT's step size) equals eager training."""
+    eager, graphed = ListSink(), ListSink()
+    r_e = train(_graph_spec(name), eager)
+    r_g = train(_graph_spec(name, cuda_graph=True), graphed)
+    assert r_e.status == r_g.status == "completed", (r_e.reason, r_g.reason)
+    assert r_g.extra["cuda_graph_replays"] == 10 - 3 and "cuda_graph_replays" not in r_e.extra
+    for key in ("train_loss", "grad_norm", "val_loss") + (("alpha", "train_ce_initial") if name != "tpp" else ()):
+        assert _close(graphed.series(key), eager.series(key)), (key, graphed.series(key), eager.series(key))
+
+
+def test_cuda_graph_bf16_training_learns_and_resumes(tmp_path):
+    """bf16 autocast (the CUDA default) with graph replay learns the synthetic source; a graphed run resumed
+    from its step-6 checkpoint (warm-up and capture again) ends where the uninterrupted graphed run ends."""
+    full = ListSink()
+    r = train(_graph_spec("ebt_s1", steps=120, batch_size=16, lr=3e-2, warmup_steps=15, eval_interval=0,
+                          log_interval=10, precision="auto", cuda_graph=True), full)
+    assert r.status == "completed" and r.extra["cuda_graph_replays"] == 117, (r.status, r.reason)
+    assert r.final_val_loss < r.extra["unigram_loss"] - 0.5, (r.final_val_loss, r.extra["unigram_loss"])
+
+    one, rest = ListSink(), ListSink()
+    spec = _graph_spec("tpp", ckpt=tmp_path / "a", steps=12, checkpoint_interval=6, cuda_graph=True)
+    train(spec, one)
+    assert [s for _, s in one.checkpoints] == [6, 12]
+    resumed = train(spec.with_(checkpoint_dir=str(tmp_path / "b")), rest, resume_from=one.checkpoints[0][0])
+    assert resumed.status == "completed" and resumed.steps == 12
+    assert _close(rest.series("train_loss"), one.series("train_loss")[6:], tol=1e-4)

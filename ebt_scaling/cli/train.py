@@ -53,6 +53,8 @@ def train_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed of init, data order and noise.", min=0)] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[int, typer.Option("--threads", help="Torch CPU threads (0 = torch default).", min=0)] = 0,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="CUDA: replay forward + backward from a "
+                                             "captured CUDA graph (T++ and ebt_s1; docs/training.md).")] = False,
     eval_interval: Annotated[int | None, typer.Option("--eval-interval", help="Validate every N steps.",
                                                       min=0)] = None,
     eval_batches: Annotated[int, typer.Option("--eval-batches", help="Validation batches.", min=1)] = 8,
@@ -88,11 +90,17 @@ def train_cmd(
                        warmup_steps=min(steps - 1, warmup if warmup is not None else d.warmup_steps),
                        eval_interval=d.eval_interval if eval_interval is None else eval_interval,
                        eval_batches=eval_batches, log_interval=log_interval,
-                       checkpoint_interval=checkpoint_interval, seed=seed, device=device, threads=threads)
+                       checkpoint_interval=checkpoint_interval, seed=seed, device=device, threads=threads,
+                       cuda_graph=cuda_graph)
     dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab)
     recipe_name = (recipe or "ebt_s1") if family == "ebt" else None
-    # Validate the model shape before any data is prepared (bad input writes nothing).
-    model_config(family, preset, vocab_size=vocab, sequence_len=seq_len, recipe=recipe_name)
+    # Validate the model shape (and what it allows) before any data is prepared (bad input writes nothing).
+    mcfg0 = model_config(family, preset, vocab_size=vocab, sequence_len=seq_len, recipe=recipe_name)
+    if cuda_graph:
+        from ebt_scaling.train.graphed import check_cuda_graph
+        from ebt_scaling.train.loop import resolve_device
+
+        check_cuda_graph(RunSpec(model=mcfg0, train=tcfg, data=DataConfig()), resolve_device(device))
 
     from rich.console import Console
 

@@ -33,6 +33,7 @@ from ebt_scaling.models import build_model
 from ebt_scaling.models.flops import flops_per_token, param_counts
 from ebt_scaling.records import MetricPoint, MetricSink, RunResult
 from ebt_scaling.train.checkpoint import load_checkpoint, save_checkpoint
+from ebt_scaling.train.graphed import GraphedStep, check_cuda_graph
 from ebt_scaling.train.schedule import lr_at
 
 EVAL_SEED_OFFSET = 7919  # validation noise (EBT initial candidates) uses seed + this, in a forked RNG
@@ -52,10 +53,12 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def autocast_context(device: torch.device, precision: str) -> Callable[[], Any]:
+def autocast_context(device: torch.device, precision: str, cache: bool = True) -> Callable[[], Any]:
+    """bf16 autocast on CUDA by default (``precision`` auto), or as asked; ``cache=False`` turns autocast's
+    weight-cast cache off, which a captured CUDA graph needs."""
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if bf16:
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext
 
 
@@ -130,6 +133,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
     t_wall0 = time.perf_counter()
     mcfg, tcfg = spec.model, spec.train
     device = resolve_device(tcfg.device)
+    check_cuda_graph(spec, device)  # before any data is prepared
     keep_freed_memory(device.type)  # on CPU: reuse freed host memory instead of page-faulting it back every step
     if tcfg.threads and device.type == "cpu":
         torch.set_num_threads(tcfg.threads)
@@ -152,6 +156,16 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
     optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(tcfg.beta1, tcfg.beta2), weight_decay=tcfg.weight_decay,
                                   fused=fused_adamw(device))
     params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    def forward_backward(idx: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+        with step_autocast():
+            loss, info = _as_loss(model.loss(idx, tgt))
+        loss.backward()
+        return loss, info, torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+
+    step_autocast = autocast_context(device, tcfg.precision, cache=not tcfg.cuda_graph)
+    run_step: Callable[..., tuple[torch.Tensor, dict[str, Any], torch.Tensor]] = (
+        GraphedStep(forward_backward, params, device) if tcfg.cuda_graph else forward_backward)
 
     fpt = {c: flops_per_token(mcfg, c, mode="train") for c in ("paper", "exact")}
     counts = param_counts(mcfg)
@@ -218,10 +232,8 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
         batch = torch.from_numpy(corpus.sample_batch("train", B, T, data_rng)).to(device)
         idx, tgt = batch[:, :-1], batch[:, 1:]
         try:
-            with autocast():
-                loss, info = _as_loss(model.loss(idx, tgt))
-            loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip))
+            loss, info, norm = run_step(idx, tgt)
+            grad_norm = float(norm)
             loss_v = _f(loss)
         except TrainingDiverged as exc:  # raised by the EBT's descent on a non-finite energy gradient
             loss_v, grad_norm, info = math.nan, math.nan, {}
@@ -241,7 +253,8 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
                       f"{initial_loss:.4g} at step {step} (after warm-up)")
         if reason is None:
             optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if not (isinstance(run_step, GraphedStep) and run_step.captured):
+            optimizer.zero_grad(set_to_none=True)  # a captured step overwrites its gradient buffers instead
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
@@ -282,6 +295,8 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
                              "train_tokens_available": int(corpus.train.size),
                              "tokens_per_s": (tokens / total_train_time) if total_train_time > 0 else None,
                              "resumed_from": resume_from}
+    if isinstance(run_step, GraphedStep):  # how many steps ran as graph replays (the first few are eager)
+        extra["cuda_graph_replays"] = run_step.replays
     if corpus.entropy_rate is not None:
         extra["entropy_rate"] = corpus.entropy_rate
     for k in ("val_loss_initial", "val_energy_gap"):

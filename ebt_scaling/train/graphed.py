@@ -1,0 +1,106 @@
+"""Training steps replayed from a CUDA graph (``TrainConfig.cuda_graph``, ``ebt-scale train --cuda-graph``).
+
+At the batch sizes a sweep uses, a GPU training step is bound by the host launching kernels one by one:
+about 1,050 launches per T++ ``small`` step and 10,800 per EBT step, whose double backward is many small
+kernels (docs/models.md, "GPU figures"). Replaying a captured step launches them all at once; the
+throughput benchmark measured 1.75-2.8x per step that way on an H200 (``throughput.py --cuda-graph``).
+
+What is captured: forward (under the run's autocast, with the autocast weight cache off, as CUDA graphs need),
+backward and gradient clipping, on static input buffers. The optimizer step stays eager, after the loop has
+read the loss and the gradient norm, so a diverged step is skipped exactly as in eager training. The first
+``WARMUP_STEPS`` steps of a run (or of a resumed run) are ordinary eager training steps on a side stream, as
+capture requires; the capture itself computes nothing, and the step at which it happens is then replayed.
+
+Refused (``check_cuda_graph``): a device other than CUDA, and recipes that decide on the host per step (the
+EBT's random step count and replay buffer, i.e. S2). The gradients live in the graph's memory from the capture
+on, so the loop must not set them to ``None`` (``zero_grad(set_to_none=True)``) afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ebt_scaling.config import RunSpec
+from ebt_scaling.errors import ConfigError
+
+WARMUP_STEPS = 3  # eager steps on a side stream before the capture (cuBLAS workspaces, autograd state)
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, Any], torch.Tensor]]
+
+
+def check_cuda_graph(spec: RunSpec, device: torch.device | None = None) -> None:
+    """Raise ``ConfigError`` (one line, with the fix) when ``spec`` asks for CUDA graphs it cannot use.
+    ``device``: the resolved training device (None: check the recipe only)."""
+    if not spec.train.cuda_graph:
+        return
+    m = spec.model
+    if m.family == "ebt" and (m.randomize_num_steps or m.replay_buffer_size):
+        raise ConfigError("TrainConfig.cuda_graph: this EBT recipe draws its inner-step count or replay-buffer "
+                          "candidates on the host at every step (S2), which a replayed graph cannot; use the "
+                          "ebt_s1 recipe or train without --cuda-graph")
+    if device is not None and device.type != "cuda":
+        raise ConfigError(f"TrainConfig.cuda_graph: needs a CUDA device, the run trains on {device}; "
+                          "use --device cuda or drop --cuda-graph")
+
+
+class GraphedStep:
+    """``step(idx, targets) -> (loss, info, grad_norm)``, eager for the first ``warmup`` calls (on a side
+    stream), then captured once and replayed. The returned tensors are the graph's static outputs: read them
+    (``float(...)``) before the next call overwrites them."""
+
+    def __init__(self, fn: StepFn, params: list[torch.nn.Parameter], device: torch.device,
+                 warmup: int = WARMUP_STEPS) -> None:
+        self.fn, self.params, self.device, self.warmup = fn, params, device, warmup
+        self.eager_calls = 0
+        self.replays = 0  # steps computed by replaying the graph
+        self._side: torch.cuda.Stream | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._idx: torch.Tensor | None = None
+        self._tgt: torch.Tensor | None = None
+        self._out: tuple[torch.Tensor, dict[str, Any], torch.Tensor] | None = None
+
+    @property
+    def captured(self) -> bool:
+        return self.graph is not None
+
+    def __call__(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+        if self.graph is None and self.eager_calls < self.warmup:
+            self.eager_calls += 1
+            return self._on_side_stream(lambda: self.fn(idx, targets))
+        if self.graph is None:
+            self._capture(idx, targets)
+        assert self._idx is not None and self._tgt is not None and self._out is not None and self.graph is not None
+        if idx.shape != self._idx.shape or targets.shape != self._tgt.shape:
+            raise ConfigError(f"cuda_graph: batch shape {tuple(idx.shape)} differs from the captured "
+                              f"{tuple(self._idx.shape)}; a replayed step needs a fixed batch size and length")
+        self._idx.copy_(idx)
+        self._tgt.copy_(targets)
+        self.graph.replay()
+        self.replays += 1
+        return self._out
+
+    def _on_side_stream(self, work: Callable[[], Any]) -> Any:
+        main = torch.cuda.current_stream(self.device)
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
+        side = self._side
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            out = work()
+        main.wait_stream(side)
+        return out
+
+    def _capture(self, idx: torch.Tensor, targets: torch.Tensor) -> None:
+        self._idx, self._tgt = idx.clone(), targets.clone()
+        graph = torch.cuda.CUDAGraph()
+        # Capture starts from no gradients, so the captured backward writes (not accumulates) them, into
+        # buffers of the graph's pool that every replay overwrites.
+        for p in self.params:
+            p.grad = None
+        torch.cuda.synchronize(self.device)
+        with torch.cuda.graph(graph):
+            self._out = self.fn(self._idx, self._tgt)
+        self.graph = graph
