@@ -337,6 +337,13 @@ class RunSpec:
     checkpoint_dir: str | None = None
     recipe: str | None = None
 
+    def __post_init__(self) -> None:
+        m = self.model
+        if self.train.cuda_graph and m.family == "ebt" and (m.randomize_num_steps or m.replay_buffer_size):
+            raise ConfigError("TrainConfig.cuda_graph: this EBT recipe draws its inner-step count or replay-buffer "
+                              "candidates on the host at every step (S2), which a replayed graph cannot; use the "
+                              "ebt_s1 recipe or train without cuda_graph")
+
     def identity(self) -> dict[str, Any]:
         """The versioned fields that define the run (what is hashed)."""
         d = {

@@ -256,6 +256,21 @@ def test_cli_dry_run_text_and_errors(tmp_path):
     assert r.exit_code == 2 and str(bad) in r.output and "axis.bogus" in r.output
 
 
+def test_cuda_graph_in_a_spec_needs_gpus_and_not_s2(tmp_path):
+    """``[train] cuda_graph = true``: refused in one line (exit 2) for S2 (at expansion) and when the trials get
+    no GPU (before anything is scheduled); a GPU plan is fine."""
+    from ebt_scaling.cli.main import app
+
+    p = _write(tmp_path, spec_text("depth", "values = [1, 2]").replace("steps = 40", "steps = 40\ncuda_graph = true"))
+    r = CliRunner().invoke(app, ["sweep", "--spec", str(p), "--recipe", "ebt_s2", "--dry-run"])
+    assert r.exit_code == 2 and "train.cuda_graph" in r.output and "ebt_s1 recipe" in r.output, r.output
+    r = CliRunner().invoke(app, ["sweep", "--spec", str(p), "--dry-run"])
+    assert r.exit_code == 2 and "needs CUDA but the trials get no GPU" in r.output, r.output
+    r = CliRunner().invoke(app, ["sweep", "--spec", str(p), "--dry-run", "--gpus-per-trial", "1", "--total-gpus", "2"])
+    assert r.exit_code == 0 and "GPU-hours" in r.output, r.output
+    assert {x.spec.train.cuda_graph for x in expand(load_spec(p))} == {True}
+
+
 def test_dry_run_imports_neither_torch_nor_ray():
     code = ("import sys\nfrom typer.testing import CliRunner\nfrom ebt_scaling.cli.main import app\n"
             "r = CliRunner().invoke(app, ['sweep', '--axis', 'flops', '--preset', 'paper', '--dry-run'])\n"

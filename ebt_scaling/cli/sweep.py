@@ -94,6 +94,9 @@ def sweep(
     if retries < 0:
         raise ConfigError("--max-retries must be >= 0; use 0 to never retry a failed run")
     runs = expand(sw)
+    if gpt == 0 and any(r.spec.train.cuda_graph for r in runs):
+        raise ConfigError(f"{path}: train.cuda_graph needs CUDA but the trials get no GPU; pass --gpus-per-trial "
+                          "(or resources.gpus_per_trial) or drop cuda_graph")
 
     if dry_run:
         ncpu, ngpu = local_resources()

@@ -95,12 +95,13 @@ def train_cmd(
     dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab)
     recipe_name = (recipe or "ebt_s1") if family == "ebt" else None
     # Validate the model shape (and what it allows) before any data is prepared (bad input writes nothing).
-    mcfg0 = model_config(family, preset, vocab_size=vocab, sequence_len=seq_len, recipe=recipe_name)
+    spec0 = RunSpec(model=model_config(family, preset, vocab_size=vocab, sequence_len=seq_len, recipe=recipe_name),
+                    train=tcfg)  # refuses cuda_graph with S2
     if cuda_graph:
         from ebt_scaling.train.graphed import check_cuda_graph
         from ebt_scaling.train.loop import resolve_device
 
-        check_cuda_graph(RunSpec(model=mcfg0, train=tcfg, data=DataConfig()), resolve_device(device))
+        check_cuda_graph(spec0, resolve_device(device))
 
     from rich.console import Console
 

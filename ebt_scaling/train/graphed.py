@@ -11,9 +11,10 @@ read the loss and the gradient norm, so a diverged step is skipped exactly as in
 ``WARMUP_STEPS`` steps of a run (or of a resumed run) are ordinary eager training steps on a side stream, as
 capture requires; the capture itself computes nothing, and the step at which it happens is then replayed.
 
-Refused (``check_cuda_graph``): a device other than CUDA, and recipes that decide on the host per step (the
-EBT's random step count and replay buffer, i.e. S2). The gradients live in the graph's memory from the capture
-on, so the loop must not set them to ``None`` (``zero_grad(set_to_none=True)``) afterwards.
+Refused: a device other than CUDA (``check_cuda_graph``), and recipes that decide on the host per step (the
+EBT's random step count and replay buffer, i.e. S2; ``RunSpec`` refuses that combination when it is built).
+The gradients live in the graph's memory from the capture on, so the loop must not set them to ``None``
+(``zero_grad(set_to_none=True)``) afterwards.
 """
 
 from __future__ import annotations
@@ -31,17 +32,10 @@ WARMUP_STEPS = 3  # eager steps on a side stream before the capture (cuBLAS work
 StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, Any], torch.Tensor]]
 
 
-def check_cuda_graph(spec: RunSpec, device: torch.device | None = None) -> None:
-    """Raise ``ConfigError`` (one line, with the fix) when ``spec`` asks for CUDA graphs it cannot use.
-    ``device``: the resolved training device (None: check the recipe only)."""
-    if not spec.train.cuda_graph:
-        return
-    m = spec.model
-    if m.family == "ebt" and (m.randomize_num_steps or m.replay_buffer_size):
-        raise ConfigError("TrainConfig.cuda_graph: this EBT recipe draws its inner-step count or replay-buffer "
-                          "candidates on the host at every step (S2), which a replayed graph cannot; use the "
-                          "ebt_s1 recipe or train without --cuda-graph")
-    if device is not None and device.type != "cuda":
+def check_cuda_graph(spec: RunSpec, device: torch.device) -> None:
+    """Raise ``ConfigError`` (one line, with the fix) when ``spec`` asks for CUDA graphs off CUDA. (A recipe
+    that decides on the host per step, S2, is refused when the ``RunSpec`` is built.)"""
+    if spec.train.cuda_graph and device.type != "cuda":
         raise ConfigError(f"TrainConfig.cuda_graph: needs a CUDA device, the run trains on {device}; "
                           "use --device cuda or drop --cuda-graph")
 
