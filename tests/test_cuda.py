@@ -171,8 +171,8 @@ def test_cuda_graph_training_equals_eager_in_fp32(name):
 
 
 def test_cuda_graph_bf16_training_learns_and_resumes(tmp_path):
-    """bf16 autocast (the CUDA default) with graph replay learns the synthetic source; a graphed run resumed
-    from its step-6 checkpoint (warm-up and capture again) ends where the uninterrupted graphed run ends."""
+    """bf16 autocast (the CUDA default) with graph replay learns the synthetic source; a graphed fp32 T++ run
+    resumed from its step-6 checkpoint (warm-up and capture again) ends where the uninterrupted one ends."""
     full = ListSink()
     r = train(_graph_spec("ebt_s1", steps=120, batch_size=16, lr=3e-2, warmup_steps=15, eval_interval=0,
                           log_interval=10, precision="auto", cuda_graph=True), full)
