@@ -56,6 +56,8 @@ if [ -n "${BASELINE:-}" ]; then
         --out "$out/baseline_throughput_small_b64.json"
 fi
 step throughput_graph_b16 180 "$root" "$py" "${tp[@]}" --batch 16 --cuda-graph --think-steps 0  # JSON in steps.log
+# As ebt-scale train --cuda-graph runs (forward + backward + clipping replayed, AdamW eager): JSON in steps.log
+step throughput_train_graph_b16 180 "$root" "$py" "${tp[@]}" --batch 16 --train-graph --think-steps 0
 step throughput_graph_small_b64 120 "$root" "$py" "${tp[@]}" --sizes small --batch 64 --cuda-graph --think-steps 0
 step profile_ebt_small 90 "$root" "$py" benchmarks/profile_step.py --family ebt --size small --device cuda \
     --batch 16 --out "$out/profile_ebt_small.json"

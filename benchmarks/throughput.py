@@ -27,6 +27,7 @@ host-side randomness in the step (S1; S2's random step count and replay buffer a
     python benchmarks/throughput.py                                  # CPU: xxs and small, batch 1
     python benchmarks/throughput.py --device cuda --batch 16 --reps 10 --out gpu.json
     python benchmarks/throughput.py --sizes xxs --families ebt --recipe ebt_s2
+    python benchmarks/throughput.py --device cuda --batch 16 --train-graph    # as ebt-scale train --cuda-graph
 
 Prints one JSON object (also written to --out if given).
 """
@@ -139,6 +140,7 @@ def run_one(job: dict) -> dict:
     model = build_model(cfg).to(dev).train()
     lr = 1e-4
     graphed = bool(job.get("cuda_graph"))
+    train_graph = bool(job.get("train_graph"))
     opt = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"], "lr": lr * g["lr_mult"]}
                              for g in model.optim_groups(0.01)], betas=(0.9, 0.999),
                             fused=fused_adamw(dev), capturable=graphed)  # fused as ebt-scale train does
@@ -178,6 +180,32 @@ def run_one(job: dict) -> dict:
         with torch.cuda.graph(graph):
             step()
         run = graph.replay
+    elif train_graph:  # as ebt-scale train --cuda-graph: GraphedStep, AdamW eager, one host sync per step
+        from ebt_scaling.train.graphed import WARMUP_STEPS, GraphedStep
+
+        if dev.type != "cuda":
+            raise SystemExit("--train-graph needs --device cuda")
+        if recipe and (cfg.randomize_num_steps or cfg.replay_buffer_size):
+            raise SystemExit("--train-graph: the recipe draws its step count / replays on the host; use ebt_s1")
+        params = [p for g in opt.param_groups for p in g["params"]]
+
+        def fwd_bwd(idx, tgt):
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=False):
+                loss, _ = model.loss(idx, tgt)
+            loss.backward()
+            return loss, {}, torch.nn.utils.clip_grad_norm_(params, 1.0)
+
+        graphed_step = GraphedStep(fwd_bwd, params, dev)
+
+        def run():
+            loss, _, norm = graphed_step(x, y)
+            float(norm), float(loss)  # the loop reads both before the optimizer step
+            opt.step()
+            if not graphed_step.captured:
+                opt.zero_grad(set_to_none=True)
+
+        for _ in range(WARMUP_STEPS + 1):  # eager warm-up and the capture, before any timed step
+            run()
     times = []
     for r in range(job["warmup"] + job["reps"]):
         sync()
@@ -195,10 +223,11 @@ def run_one(job: dict) -> dict:
     tps = tokens / med
     fpt = flops_per_token(cfg, "exact")
     out = {"family": job["family"], "size": job["size"], "recipe": recipe, "cuda_graph": graphed,
+           "train_graph": train_graph,
            "params": param_counts(cfg), "step_s": times, "median_step_s": med, "tokens_per_s": tps,
            "exact_flops_per_token": fpt, "paper_flops_per_token": flops_per_token(cfg, "paper"),
            "achieved_flops_per_s": fpt * tps, "peak_memory_bytes": int(peak_mem)}
-    if job["family"] == "ebt" and job["think_steps"] and not graphed:
+    if job["family"] == "ebt" and job["think_steps"] and not (graphed or train_graph):
         out["think"] = think_cost(torch, model, x, job, sync, amp, med)
     return out
 
@@ -245,12 +274,17 @@ def main(argv: list[str] | None = None) -> dict:
                     help="size of the peak-matmul probe (default: 2048 CPU, 8192 CUDA)")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="capture the whole step as a CUDA graph and replay it (experimental; see above)")
+    ap.add_argument("--train-graph", action="store_true",
+                    help="replay as ebt-scale train --cuda-graph does (forward, backward and clipping captured; "
+                         "AdamW eager; one host sync per step)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one job (JSON) and print it
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     if args.one is not None:
         print(json.dumps(run_one(json.loads(args.one))))
         return {}
+    if args.cuda_graph and args.train_graph:
+        ap.error("--cuda-graph and --train-graph are two ways to replay a step; pick one")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see docs/models.md (step cost benchmark)
 
     import torch
@@ -274,7 +308,8 @@ def main(argv: list[str] | None = None) -> dict:
         for family in [f for f in args.families.split(",") if f]:
             job = {"family": family, "size": size, "recipe": args.recipe, "device": args.device, "batch": batch,
                    "seq": args.seq, "vocab": args.vocab, "reps": reps, "warmup": warmup, "threads": args.threads,
-                   "think_steps": args.think_steps, "cuda_graph": args.cuda_graph}
+                   "think_steps": args.think_steps, "cuda_graph": args.cuda_graph,
+                   "train_graph": args.train_graph}
             print(f"throughput: {family} {size} (batch {batch}, seq {args.seq}) ...", file=sys.stderr)
             proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)], capture_output=True,
                                   text=True)
@@ -293,6 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"benchmark": "throughput", "device": name, "device_type": dev.type,
            "precision": "bf16 autocast" if cuda else "fp32", "batch": batch, "seq": args.seq, "vocab": args.vocab,
            "recipe": args.recipe, "reps": reps, "warmup": warmup, "cuda_graph": args.cuda_graph,
+           "train_graph": args.train_graph,
            "threads": args.threads if not cuda else None, "torch": torch.__version__, "platform": platform.platform(),
            "peak_flops_datasheet": sheet, "peak_flops_measured_matmul": measured,
            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
