@@ -124,7 +124,7 @@ def run_one(job: dict) -> dict:
     """One (family, size) measurement in this process."""
     import torch
 
-    from ebt_scaling.config import model_config
+    from ebt_scaling.config import draws_on_host_per_step, model_config
     from ebt_scaling.host_memory import keep_freed_memory
     from ebt_scaling.models import build_model
     from ebt_scaling.models.flops import flops_per_token, param_counts
@@ -164,11 +164,12 @@ def run_one(job: dict) -> dict:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     run = step
+    flag = "--cuda-graph" if graphed else "--train-graph" if train_graph else None
+    if flag and dev.type != "cuda":
+        raise SystemExit(f"{flag} needs --device cuda")
+    if flag and draws_on_host_per_step(cfg):
+        raise SystemExit(f"{flag}: the recipe draws its step count / replays on the host; use ebt_s1")
     if graphed:
-        if dev.type != "cuda":
-            raise SystemExit("--cuda-graph needs --device cuda")
-        if recipe and (cfg.randomize_num_steps or cfg.replay_buffer_size):
-            raise SystemExit("--cuda-graph: the recipe draws its step count / replays on the host; use ebt_s1")
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph requires
@@ -183,10 +184,6 @@ def run_one(job: dict) -> dict:
     elif train_graph:  # as ebt-scale train --cuda-graph: GraphedStep, AdamW eager, one host sync per step
         from ebt_scaling.train.graphed import WARMUP_STEPS, GraphedStep
 
-        if dev.type != "cuda":
-            raise SystemExit("--train-graph needs --device cuda")
-        if recipe and (cfg.randomize_num_steps or cfg.replay_buffer_size):
-            raise SystemExit("--train-graph: the recipe draws its step count / replays on the host; use ebt_s1")
         params = [p for g in opt.param_groups for p in g["params"]]
 
         def fwd_bwd(idx, tgt):

@@ -338,8 +338,7 @@ class RunSpec:
     recipe: str | None = None
 
     def __post_init__(self) -> None:
-        m = self.model
-        if self.train.cuda_graph and m.family == "ebt" and (m.randomize_num_steps or m.replay_buffer_size):
+        if self.train.cuda_graph and draws_on_host_per_step(self.model):
             raise ConfigError("TrainConfig.cuda_graph: this EBT recipe draws its inner-step count or replay-buffer "
                               "candidates on the host at every step (S2), which a replayed graph cannot; use the "
                               "ebt_s1 recipe or train without cuda_graph")
@@ -401,6 +400,12 @@ class RunSpec:
 
     def with_(self, **changes: Any) -> RunSpec:
         return replace(self, **changes)
+
+
+def draws_on_host_per_step(m: ModelConfig) -> bool:
+    """Whether an EBT training step decides on the host at every step: a random inner-step count or replay-buffer
+    candidates (S2). A captured CUDA graph cannot replay such a step."""
+    return m.family == "ebt" and bool(m.randomize_num_steps or m.replay_buffer_size)
 
 
 def canonical_json(obj: Any) -> str:

@@ -157,15 +157,16 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
                                   fused=fused_adamw(device))
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
+    step_autocast = autocast_context(device, tcfg.precision, cache=not tcfg.cuda_graph)
+
     def forward_backward(idx: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
         with step_autocast():
             loss, info = _as_loss(model.loss(idx, tgt))
         loss.backward()
         return loss, info, torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
 
-    step_autocast = autocast_context(device, tcfg.precision, cache=not tcfg.cuda_graph)
-    run_step: Callable[..., tuple[torch.Tensor, dict[str, Any], torch.Tensor]] = (
-        GraphedStep(forward_backward, params, device) if tcfg.cuda_graph else forward_backward)
+    graphed = GraphedStep(forward_backward, params, device) if tcfg.cuda_graph else None
+    run_step = graphed or forward_backward
 
     fpt = {c: flops_per_token(mcfg, c, mode="train") for c in ("paper", "exact")}
     counts = param_counts(mcfg)
@@ -253,7 +254,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
                       f"{initial_loss:.4g} at step {step} (after warm-up)")
         if reason is None:
             optimizer.step()
-        if not (isinstance(run_step, GraphedStep) and run_step.captured):
+        if graphed is None or not graphed.captured:
             optimizer.zero_grad(set_to_none=True)  # a captured step overwrites its gradient buffers instead
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -295,8 +296,8 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
                              "train_tokens_available": int(corpus.train.size),
                              "tokens_per_s": (tokens / total_train_time) if total_train_time > 0 else None,
                              "resumed_from": resume_from}
-    if isinstance(run_step, GraphedStep):  # how many steps ran as graph replays (the first few are eager)
-        extra["cuda_graph_replays"] = run_step.replays
+    if graphed is not None:  # how many steps ran as graph replays (the first few are eager)
+        extra["cuda_graph_replays"] = graphed.replays
     if corpus.entropy_rate is not None:
         extra["entropy_rate"] = corpus.entropy_rate
     for k in ("val_loss_initial", "val_energy_gap"):
