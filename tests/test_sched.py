@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ebt_scaling.sched.runner import TEMP_PREFIX, _procs_using, cleanup_leftover_ray
+from ebt_scaling.sched.trainable import checkpoint_info
 
 # These tests need the training loop and the database package (built on their own branches).
 pytest.importorskip("ebt_scaling.train.loop", reason="the training loop (ebt_scaling.train.loop) is not here yet")
@@ -181,7 +182,14 @@ def _statuses(url: str, sweep: str) -> list[str]:
 def test_kill_dash_9_then_rerun_completes_every_run_exactly_once(tmp_path):
     url = f"sqlite:///{tmp_path / 'kill.db'}"
     spec = write_spec(tmp_path, "kill", steps=120, values="[1]")
-    args = ("sweep", "--spec", str(spec), "--db", url, "--progress", "plain", "--seeds", "2")
+    # Two at a time on any machine: a run still starts after the first one completes, so the kill can land
+    # while a checkpointed run is at most halfway (a run that finished between the poll and the kill would have
+    # nothing left to resume).
+    args = ("sweep", "--spec", str(spec), "--db", url, "--progress", "plain", "--seeds", "2", "--max-concurrent", "2")
+
+    def early_step(r) -> bool:  # a checkpoint at most halfway: the run cannot finish before the kill lands
+        info = checkpoint_info(r.checkpoint_dir) if r.checkpoint_dir else None
+        return info is not None and info["step"] <= 60
 
     def first_done_and_one_checkpointed() -> bool:
         try:
@@ -189,7 +197,7 @@ def test_kill_dash_9_then_rerun_completes_every_run_exactly_once(tmp_path):
         except Exception:  # the driver may not have created the schema yet
             return False
         return (any(r.status == "completed" for r in runs)
-                and any(r.status == "running" and r.checkpoint_dir for r in runs))
+                and any(r.status == "running" and early_step(r) for r in runs))
 
     drv = start_cli(*args)
     try:
@@ -205,6 +213,9 @@ def test_kill_dash_9_then_rerun_completes_every_run_exactly_once(tmp_path):
     done_before = {h for h, r in before.items() if r.status == "completed"}
     assert done_before and len(before) == 4
     assert any(r.status == "running" for r in before.values())  # the kill left runs behind
+    checkpointed = [h for h, r in before.items()
+                    if r.status != "completed" and r.checkpoint_dir and checkpoint_info(r.checkpoint_dir)]
+    assert checkpointed  # each of them must resume, not restart
     leftover_dir = Path("/tmp") / f"{TEMP_PREFIX}{drv.pid}"
     leftovers = _procs_using(str(leftover_dir))  # Ray processes of the killed driver (may still run)
 
@@ -212,7 +223,7 @@ def test_kill_dash_9_then_rerun_completes_every_run_exactly_once(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{len(done_before)} already completed" in r.stderr
     resumed = int(r.stderr.split(" resuming from a checkpoint")[0].rsplit("(", 1)[1])
-    assert resumed >= 1, r.stderr
+    assert resumed == len(checkpointed), r.stderr
     for pid in leftovers:  # the rerun cleaned up the killed driver's Ray processes
         assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
     after = st.list_runs(sweep="kill")
