@@ -58,6 +58,12 @@ fi
 step throughput_graph_b16 180 "$root" "$py" "${tp[@]}" --batch 16 --cuda-graph --think-steps 0  # JSON in steps.log
 # As ebt-scale train --cuda-graph runs (forward + backward + clipping replayed, AdamW eager): JSON in steps.log
 step throughput_train_graph_b16 180 "$root" "$py" "${tp[@]}" --batch 16 --train-graph --think-steps 0
+# The T++ under torch.compile (as ebt-scale train --compile) next to its eager step, small at batch 16 and 64: JSON
+# in steps.log; first_step_s is the compile time. Never run on a GPU yet.
+step throughput_compile_tpp_small 240 "$root" "$py" "${tp[@]}" --sizes small --families transformer_pp --compile \
+    --batch 16
+step throughput_compile_tpp_small_b64 200 "$root" "$py" "${tp[@]}" --sizes small --families transformer_pp \
+    --compile --batch 64
 step throughput_graph_small_b64 120 "$root" "$py" "${tp[@]}" --sizes small --batch 64 --cuda-graph --think-steps 0
 step profile_ebt_small 90 "$root" "$py" benchmarks/profile_step.py --family ebt --size small --device cuda \
     --batch 16 --out "$out/profile_ebt_small.json"

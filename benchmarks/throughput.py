@@ -16,7 +16,11 @@ backward, clip, AdamW) and reports:
   observed stream reused) next to one training inner step (step time / inner steps per training step).
 
 Precision: bf16 autocast on CUDA (as ``ebt-scale train`` does), fp32 on CPU. The EBT runs its explicit
-attention (double backward); the Transformer++ runs SDPA. No torch.compile.
+attention (double backward); the Transformer++ runs SDPA, eager unless ``--compile``.
+
+``--compile``: each transformer_pp job also runs under ``torch.compile`` (as ``ebt-scale train --compile``),
+next to its eager job in the same run; ``first_step_s`` holds the compile time. The EBT stays eager
+(torch.compile has no double backward).
 
 ``--cuda-graph`` (CUDA, experimental; ``ebt-scale train --cuda-graph`` replays all of it but the optimizer
 step, docs/training.md): the whole optimizer step
@@ -28,6 +32,7 @@ host-side randomness in the step (S1; S2's random step count and replay buffer a
     python benchmarks/throughput.py --device cuda --batch 16 --reps 10 --out gpu.json
     python benchmarks/throughput.py --sizes xxs --families ebt --recipe ebt_s2
     python benchmarks/throughput.py --device cuda --batch 16 --train-graph    # as ebt-scale train --cuda-graph
+    python benchmarks/throughput.py --device cuda --batch 16 --compile        # T++ eager and compiled, EBT
 
 Prints one JSON object (also written to --out if given).
 """
@@ -128,7 +133,7 @@ def run_one(job: dict) -> dict:
     from ebt_scaling.host_memory import keep_freed_memory
     from ebt_scaling.models import build_model
     from ebt_scaling.models.flops import flops_per_token, param_counts
-    from ebt_scaling.train.loop import fused_adamw
+    from ebt_scaling.train.loop import compiled_loss, fused_adamw
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])
@@ -141,6 +146,10 @@ def run_one(job: dict) -> dict:
     lr = 1e-4
     graphed = bool(job.get("cuda_graph"))
     train_graph = bool(job.get("train_graph"))
+    compiled = bool(job.get("compile"))
+    if compiled and job["family"] != "transformer_pp":
+        raise SystemExit("--compile: torch.compile cannot run the EBT's double backward; it times transformer_pp")
+    loss_fn = compiled_loss(model) if compiled else model.loss  # compiles at the first (untimed) step
     opt = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"], "lr": lr * g["lr_mult"]}
                              for g in model.optim_groups(0.01)], betas=(0.9, 0.999),
                             fused=fused_adamw(dev), capturable=graphed)  # fused as ebt-scale train does
@@ -155,7 +164,7 @@ def run_one(job: dict) -> dict:
     def step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
-            loss, _ = model.loss(x, y)
+            loss, _ = loss_fn(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -203,12 +212,14 @@ def run_one(job: dict) -> dict:
 
         for _ in range(WARMUP_STEPS + 1):  # eager warm-up and the capture, before any timed step
             run()
-    times = []
+    times, first_step_s = [], None
     for r in range(job["warmup"] + job["reps"]):
         sync()
         t0 = time.perf_counter()
         run()
         sync()
+        if r == 0:
+            first_step_s = time.perf_counter() - t0  # with --compile: includes the compilation
         if r >= job["warmup"]:
             times.append(time.perf_counter() - t0)
     if dev.type == "cuda":
@@ -220,7 +231,7 @@ def run_one(job: dict) -> dict:
     tps = tokens / med
     fpt = flops_per_token(cfg, "exact")
     out = {"family": job["family"], "size": job["size"], "recipe": recipe, "cuda_graph": graphed,
-           "train_graph": train_graph,
+           "train_graph": train_graph, "compile": compiled, "first_step_s": first_step_s,
            "params": param_counts(cfg), "step_s": times, "median_step_s": med, "tokens_per_s": tps,
            "exact_flops_per_token": fpt, "paper_flops_per_token": flops_per_token(cfg, "paper"),
            "achieved_flops_per_s": fpt * tps, "peak_memory_bytes": int(peak_mem)}
@@ -274,6 +285,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--train-graph", action="store_true",
                     help="replay as ebt-scale train --cuda-graph does (forward, backward and clipping captured; "
                          "AdamW eager; one host sync per step)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the transformer_pp step under torch.compile, next to its eager step (as ebt-scale "
+                         "train --compile; the EBT stays eager: double backward)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one job (JSON) and print it
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
@@ -282,6 +296,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     if args.cuda_graph and args.train_graph:
         ap.error("--cuda-graph and --train-graph are two ways to replay a step; pick one")
+    if args.compile and (args.cuda_graph or args.train_graph):
+        ap.error("--compile times compiled eager steps; drop --cuda-graph/--train-graph to use it")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see docs/models.md (step cost benchmark)
 
     import torch
@@ -302,30 +318,32 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = []
     for size in [s for s in args.sizes.split(",") if s]:
-        for family in [f for f in args.families.split(",") if f]:
+        for family, compiled in [(f, c) for f in args.families.split(",") if f
+                                 for c in ((False, True) if args.compile and f == "transformer_pp" else (False,))]:
             job = {"family": family, "size": size, "recipe": args.recipe, "device": args.device, "batch": batch,
                    "seq": args.seq, "vocab": args.vocab, "reps": reps, "warmup": warmup, "threads": args.threads,
                    "think_steps": args.think_steps, "cuda_graph": args.cuda_graph,
-                   "train_graph": args.train_graph}
-            print(f"throughput: {family} {size} (batch {batch}, seq {args.seq}) ...", file=sys.stderr)
+                   "train_graph": args.train_graph, "compile": compiled}
+            what = f"{family}{' compiled' if compiled else ''} {size}"
+            print(f"throughput: {what} (batch {batch}, seq {args.seq}) ...", file=sys.stderr)
             proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)], capture_output=True,
                                   text=True)
             if proc.returncode != 0:
                 tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-                results.append({"family": family, "size": size, "error": tail})
-                print(f"throughput: {family} {size} failed: {tail}", file=sys.stderr)
+                results.append({"family": family, "size": size, "compile": compiled, "error": tail})
+                print(f"throughput: {what} failed: {tail}", file=sys.stderr)
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             r["mfu"] = r["achieved_flops_per_s"] / sheet if sheet else None
             r["mfu_vs_measured_matmul"] = r["achieved_flops_per_s"] / measured
             results.append(r)
             sheet_s = f"MFU {r['mfu']:.3f} (datasheet peak), " if r["mfu"] is not None else ""
-            print(f"throughput: {family} {size}: {r['tokens_per_s']:,.0f} tok/s, {sheet_s}"
+            print(f"throughput: {what}: {r['tokens_per_s']:,.0f} tok/s, {sheet_s}"
                   f"{r['mfu_vs_measured_matmul']:.3f} of the measured matmul peak", file=sys.stderr)
     out = {"benchmark": "throughput", "device": name, "device_type": dev.type,
            "precision": "bf16 autocast" if cuda else "fp32", "batch": batch, "seq": args.seq, "vocab": args.vocab,
            "recipe": args.recipe, "reps": reps, "warmup": warmup, "cuda_graph": args.cuda_graph,
-           "train_graph": args.train_graph,
+           "train_graph": args.train_graph, "compile": args.compile,
            "threads": args.threads if not cuda else None, "torch": torch.__version__, "platform": platform.platform(),
            "peak_flops_datasheet": sheet, "peak_flops_measured_matmul": measured,
            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -259,6 +259,8 @@ class TrainConfig:
     threads: int = 0  # torch threads on CPU; 0 = leave torch's default
     # Replay forward + backward from a captured CUDA graph (CUDA, S1 and T++; train/graphed.py).
     cuda_graph: bool = False
+    # torch.compile the training loss (Transformer++ only: the EBT's step needs double backward).
+    compile: bool = False
 
     def __post_init__(self) -> None:
         c = "TrainConfig"
@@ -278,8 +280,12 @@ class TrainConfig:
             raise _fail(c, "precision", f"unknown value {self.precision!r}", "use auto, fp32 or bf16")
         if self.grad_clip <= 0:
             raise _fail(c, "grad_clip", f"must be > 0, got {self.grad_clip}", "the paper uses 1.0")
-        if not isinstance(self.cuda_graph, bool):
-            raise _fail(c, "cuda_graph", f"must be true or false, got {self.cuda_graph!r}", "set it to a boolean")
+        for name in ("cuda_graph", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise _fail(c, name, f"must be true or false, got {getattr(self, name)!r}", "set it to a boolean")
+        if self.cuda_graph and self.compile:
+            raise _fail(c, "compile", "cannot be combined with cuda_graph (the graphed step replays the eager "
+                        "kernels)", "choose one of compile and cuda_graph")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -342,6 +348,9 @@ class RunSpec:
             raise ConfigError("TrainConfig.cuda_graph: this EBT recipe draws its inner-step count or replay-buffer "
                               "candidates on the host at every step (S2), which a replayed graph cannot; use the "
                               "ebt_s1 recipe or train without cuda_graph")
+        if self.train.compile and self.model.family != "transformer_pp":
+            raise ConfigError(f"TrainConfig.compile: torch.compile cannot run the {self.model.family.upper()}'s "
+                              "training step (it needs double backward); compile transformer_pp runs only")
 
     def identity(self) -> dict[str, Any]:
         """The versioned fields that define the run (what is hashed)."""
@@ -351,8 +360,8 @@ class RunSpec:
             "train": dataclasses.asdict(self.train),
             "data": {k: v for k, v in dataclasses.asdict(self.data).items() if k != "cache_dir"},
         }
-        # Device, thread count and CUDA-graph replay change speed, not the measurement.
-        for k in ("device", "threads", "cuda_graph"):
+        # Device, thread count, CUDA-graph replay and torch.compile change speed, not the measurement.
+        for k in ("device", "threads", "cuda_graph", "compile"):
             d["train"].pop(k, None)
         return d
 

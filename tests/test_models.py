@@ -695,3 +695,19 @@ def test_share_weights_builds_merged_weights_once_with_the_same_values_and_gradi
         with share_weights([block]):  # re-entering keeps the outer cache
             cached = block._merged("w13")
         assert block._merged("w13") is cached
+
+
+def test_rope_in_reals_equals_the_complex_rotation():
+    """Under torch.compile ``Rotary`` hands out its table as reals (cos, sin) and ``apply_rope`` rotates the
+    pairs by hand (Inductor has no complex kernels): the same rotation as the complex multiply, scaled too."""
+    from ebt_scaling.models.layers import Rotary, apply_rope
+
+    rot = Rotary(16, 12, 1e4)
+    x = torch.randn(2, 5, 3, 16)
+    cplx = rot(3, 5)
+    real = rot.cos_sin[3:8]
+    assert cplx.is_complex() and not real.is_complex() and real.shape == (5, 8, 2)
+    torch.testing.assert_close(apply_rope(x, real), apply_rope(x, cplx), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(apply_rope(x, real * 0.25), apply_rope(x, cplx * 0.25), rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(apply_rope(x, real), x)  # it does rotate
+    assert "cos_sin" not in rot.state_dict() and "freqs_cis" not in rot.state_dict()

@@ -178,3 +178,37 @@ def test_cuda_graph_is_refused_off_cuda_and_for_host_side_recipes():
     _spec("ebt", steps=2, recipe="ebt_s2")  # S2 without graphs is fine
     with pytest.raises(ConfigError, match="S2"):  # a stored spec cannot smuggle it in either
         RunSpec.from_dict({**_spec("ebt", recipe="ebt_s2").to_dict(), "train": graphed.to_dict()["train"]})
+
+
+def test_compile_is_an_execution_setting_for_the_transformer_pp_only():
+    """``compile`` does not change a run's identity; it is refused in one ConfigError for the EBT (double
+    backward), together with ``cuda_graph``, and when it is not a boolean."""
+    plain, compiled = _spec("transformer_pp", steps=2), _spec("transformer_pp", steps=2, compile=True)
+    assert plain.config_hash == compiled.config_hash
+    assert RunSpec.from_dict(compiled.to_dict()).train.compile is True
+    with pytest.raises(ConfigError, match="TrainConfig.compile: torch.compile cannot run the EBT's training step"):
+        _spec("ebt", steps=2, compile=True)
+    with pytest.raises(ConfigError, match="TrainConfig.compile: cannot be combined with cuda_graph"):
+        TrainConfig(compile=True, cuda_graph=True)
+    with pytest.raises(ConfigError, match="TrainConfig.compile: must be true or false"):
+        TrainConfig(compile=1)
+    from ebt_scaling.models import build_model
+    from ebt_scaling.train.loop import compiled_loss
+
+    with pytest.raises(ConfigError, match="double backward"):  # a direct caller is refused too
+        compiled_loss(build_model(_spec("ebt", steps=2).model))
+
+
+def test_compiled_training_follows_the_eager_run():
+    """``ebt-scale train --compile``: the T++ trains under torch.compile (Inductor, real C++ kernels on CPU) and
+    its losses follow the eager run's to float32 rounding (fused kernels sum in another order)."""
+    kw = dict(steps=6, eval_interval=3, log_interval=1, warmup_steps=2)
+    eager, comp = ListSink(), ListSink()
+    r_e = train(_spec("transformer_pp", **kw), eager)
+    r_c = train(_spec("transformer_pp", compile=True, **kw), comp)
+    assert r_c.status == "completed" and r_c.steps == 6
+    le = [p.value for p in eager.points if p.name == "train_loss"]
+    lc = [p.value for p in comp.points if p.name == "train_loss"]
+    assert len(le) == len(lc) == 6 and le[0] != le[-1]
+    assert lc == pytest.approx(le, rel=1e-4, abs=1e-5)
+    assert r_c.final_val_loss == pytest.approx(r_e.final_val_loss, rel=1e-4)

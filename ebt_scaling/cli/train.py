@@ -55,6 +55,8 @@ def train_cmd(
     threads: Annotated[int, typer.Option("--threads", help="Torch CPU threads (0 = torch default).", min=0)] = 0,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="CUDA: replay forward + backward from a "
                                              "captured CUDA graph (T++ and ebt_s1; docs/training.md).")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step (transformer_pp "
+                                           "only; the first step compiles; docs/training.md).")] = False,
     eval_interval: Annotated[int | None, typer.Option("--eval-interval", help="Validate every N steps.",
                                                       min=0)] = None,
     eval_batches: Annotated[int, typer.Option("--eval-batches", help="Validation batches.", min=1)] = 8,
@@ -91,12 +93,12 @@ def train_cmd(
                        eval_interval=d.eval_interval if eval_interval is None else eval_interval,
                        eval_batches=eval_batches, log_interval=log_interval,
                        checkpoint_interval=checkpoint_interval, seed=seed, device=device, threads=threads,
-                       cuda_graph=cuda_graph)
+                       cuda_graph=cuda_graph, compile=compile_)
     dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab)
     recipe_name = (recipe or "ebt_s1") if family == "ebt" else None
     # Validate the model shape (and what it allows) before any data is prepared (bad input writes nothing).
     spec0 = RunSpec(model=model_config(family, preset, vocab_size=vocab, sequence_len=seq_len, recipe=recipe_name),
-                    train=tcfg)  # refuses cuda_graph with S2
+                    train=tcfg)  # refuses cuda_graph with S2, compile with the EBT
     if cuda_graph:
         from ebt_scaling.train.graphed import check_cuda_graph
         from ebt_scaling.train.loop import resolve_device
@@ -117,6 +119,8 @@ def train_cmd(
 
     sink = ListSink()
     with _train_progress(progress_mode, err, f"{family} {preset}", steps) as on_step:
+        if compile_:
+            err.print("[dim]compile:[/dim] torch.compile builds the training step first (about a minute on CPU)")
         result = train(spec, sink, resume_from=resume, on_step=on_step, data_progress=lambda m: None)
 
     unigram = corpus.unigram_entropy()

@@ -108,7 +108,8 @@ def scale_columns(w: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
 
 class Rotary(nn.Module):
     """RoPE tables (theta from the config) for positions 0..max_pos-1, as Llama's complex rotations
-    ``freqs_cis`` (P, Dh/2): pairs (2j, 2j+1) of a head rotate together."""
+    ``freqs_cis`` (P, Dh/2): pairs (2j, 2j+1) of a head rotate together. Under ``torch.compile`` the same
+    table as reals (P, Dh/2, 2) = (cos, sin): Inductor generates no code for complex operators."""
 
     def __init__(self, head_dim: int, max_pos: int, theta: float) -> None:
         super().__init__()
@@ -117,20 +118,28 @@ class Rotary(nn.Module):
         self.max_pos = max_pos
         self.register_buffer("freqs_cis", torch.polar(torch.ones_like(freqs), freqs).to(torch.complex64),
                              persistent=False)
+        self.register_buffer("cos_sin", torch.view_as_real(self.freqs_cis).clone(), persistent=False)
 
     def forward(self, start: int, length: int) -> torch.Tensor:
         if start + length > self.max_pos:
             raise ConfigError(f"sequence: positions up to {start + length} exceed the model's RoPE table "
                               f"({self.max_pos}); use inputs no longer than ModelConfig.sequence_len")
-        return self.freqs_cis[start:start + length]
+        table = self.cos_sin if torch.compiler.is_compiling() else self.freqs_cis
+        return table[start:start + length]
 
 
 def apply_rope(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
-    """x: (B, S, H, Dh) -> rotated, same shape and dtype; freqs_cis: (S, Dh/2) complex.
+    """x: (B, S, H, Dh) -> rotated, same shape and dtype; freqs_cis: (S, Dh/2) complex, or (S, Dh/2, 2) real
+    (cos, sin) under ``torch.compile`` (``Rotary``).
 
     One complex multiply (Llama's formulation, computed in at least fp32): far fewer autograd nodes than
     the real-valued pair arithmetic, which matters because EBT training differentiates it twice.
     """
+    if not freqs_cis.is_complex():  # the same rotation in reals, for torch.compile
+        xr = upcast(x).unflatten(-1, (-1, 2))  # (B, S, H, Dh/2, 2)
+        f = freqs_cis.unsqueeze(1)  # (S, 1, Dh/2, 2): cos, sin
+        a, b, c, s = xr[..., 0], xr[..., 1], f[..., 0], f[..., 1]
+        return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2).type_as(x)
     xc = torch.view_as_complex(upcast(x).unflatten(-1, (-1, 2)))  # (B, S, H, Dh/2)
     return torch.view_as_real(xc * freqs_cis.unsqueeze(1)).flatten(-2).type_as(x)
 

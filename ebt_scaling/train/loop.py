@@ -120,6 +120,16 @@ def fused_adamw(device: torch.device) -> bool:
     return device.type in ("cuda", "cpu")
 
 
+def compiled_loss(model: torch.nn.Module) -> Callable[..., Any]:
+    """``model.loss`` under ``torch.compile`` (training steps only; evaluation stays eager, so its batch shape
+    never triggers a recompile). The first call compiles: about a minute on a 2-core CPU, mostly the C++ or
+    Triton builds of the fused kernels, cached by torch for later runs on the same machine."""
+    if model.cfg.family != "transformer_pp":  # RunSpec refuses this first; a direct caller gets the same
+        raise ConfigError("torch.compile cannot run the EBT's training step (it needs double backward); "
+                          "compile transformer_pp models only")
+    return torch.compile(model.loss, dynamic=False)
+
+
 def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
           on_step: Callable[[dict[str, Any]], None] | None = None,
           data_progress: Progress | None = None) -> RunResult:
@@ -158,10 +168,11 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
     step_autocast = autocast_context(device, tcfg.precision, cache=not tcfg.cuda_graph)
+    loss_fn = compiled_loss(model) if tcfg.compile else model.loss
 
     def forward_backward(idx: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
         with step_autocast():
-            loss, info = _as_loss(model.loss(idx, tgt))
+            loss, info = _as_loss(loss_fn(idx, tgt))
         loss.backward()
         return loss, info, torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
 
