@@ -199,6 +199,20 @@ def test_compile_is_an_execution_setting_for_the_transformer_pp_only():
         compiled_loss(build_model(_spec("ebt", steps=2).model))
 
 
+
+def test_compile_without_a_cpp_compiler_is_one_error_before_training():
+    """On CPU Inductor builds C++ kernels: without a compiler the run fails at once with the fix, not at its
+    first step deep inside torch."""
+    from torch._inductor import config as inductor_config
+
+    sink = ListSink()
+    with inductor_config.patch({"cpp.cxx": (None, "/nonexistent/g++")}):  # as CXX=/nonexistent/g++ would
+        with pytest.raises(ConfigError, match=r"needs a C\+\+ compiler and '/nonexistent/g\+\+' was not found"):
+            train(_spec("transformer_pp", steps=2, compile=True), sink)
+        assert sink.points == [] and sink.checkpoints == []
+        assert train(_spec("transformer_pp", steps=2), sink).status == "completed"  # no compile: no compiler needed
+
+
 def test_compiled_training_follows_the_eager_run():
     """``ebt-scale train --compile``: the T++ trains under torch.compile (Inductor, real C++ kernels on CPU) and
     its losses follow the eager run's to float32 rounding (fused kernels sum in another order)."""

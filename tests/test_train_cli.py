@@ -68,6 +68,19 @@ def test_train_bad_input_is_one_line_exit_2(tmp_path, args, needle):
     assert not (tmp_path / "ck").exists()  # nothing written
 
 
+def test_train_compile_without_a_cpp_compiler_is_one_line_exit_2(tmp_path):
+    from torch._inductor import config as inductor_config
+
+    args = ["train", "--family", "transformer_pp", "--preset", "nano", "--data", "synthetic", "--vocab-size", "32",
+            "--steps", "2", "--compile", "--device", "cpu", "--checkpoint-dir", str(tmp_path / "ck")]
+    with inductor_config.patch({"cpp.cxx": (None, "no-such-compiler")}):  # as CXX=no-such-compiler would
+        r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "needs a C++ compiler and 'no-such-compiler' was not found" in lines[0], r.stderr
+    assert not (tmp_path / "ck").exists()
+
+
 def test_data_prepare_synthetic_json():
     r = CliRunner().invoke(app, ["data", "prepare", "--source", "synthetic", "--vocab-size", "16", "--json"])
     assert r.exit_code == 0, r.output

@@ -99,11 +99,12 @@ def train_cmd(
     # Validate the model shape (and what it allows) before any data is prepared (bad input writes nothing).
     spec0 = RunSpec(model=model_config(family, preset, vocab_size=vocab, sequence_len=seq_len, recipe=recipe_name),
                     train=tcfg)  # refuses cuda_graph with S2, compile with the EBT
-    if cuda_graph:
+    if cuda_graph or compile_:
         from ebt_scaling.train.graphed import check_cuda_graph
-        from ebt_scaling.train.loop import resolve_device
+        from ebt_scaling.train.loop import check_compile, resolve_device
 
         check_cuda_graph(spec0, resolve_device(device))
+        check_compile(spec0, resolve_device(device))
 
     from rich.console import Console
 

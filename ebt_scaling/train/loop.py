@@ -15,8 +15,10 @@ the weights and never perturbs the training RNG stream, which is what makes resu
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -120,6 +122,27 @@ def fused_adamw(device: torch.device) -> bool:
     return device.type in ("cuda", "cpu")
 
 
+def check_compile(spec: RunSpec, device: torch.device) -> None:
+    """Raise ``ConfigError`` (one line, with the fix) when ``spec`` asks for torch.compile and the toolchain its
+    kernels need is missing: a C++ compiler on CPU (the candidates Inductor searches, ``config.cpp.cxx``: ``$CXX``
+    as it was when torch loaded Inductor, else ``g++``), Triton on CUDA. Otherwise the first step would fail deep
+    inside Inductor after the data was prepared."""
+    if not spec.train.compile:
+        return
+    if device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            raise ConfigError("TrainConfig.compile: torch.compile on CUDA needs Triton, which this Python lacks; "
+                              "install the triton package that matches torch or drop --compile")
+        return
+    from torch._inductor import config as inductor_config
+
+    cxx = [c for c in inductor_config.cpp.cxx if c]  # None = a conda download Inductor makes only on request
+    if not any(shutil.which(c) for c in cxx):
+        raise ConfigError(f"TrainConfig.compile: torch.compile on {device.type} needs a C++ compiler and "
+                          f"{' or '.join(map(repr, cxx))} was not found; install g++ (or set CXX to one) or drop "
+                          "--compile")
+
+
 def compiled_loss(model: torch.nn.Module) -> Callable[..., Any]:
     """``model.loss`` under ``torch.compile`` (training steps only; evaluation stays eager, so its batch shape
     never triggers a recompile). The first call compiles: about a minute on a 2-core CPU, mostly the C++ or
@@ -144,6 +167,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
     mcfg, tcfg = spec.model, spec.train
     device = resolve_device(tcfg.device)
     check_cuda_graph(spec, device)  # before any data is prepared
+    check_compile(spec, device)
     keep_freed_memory(device.type)  # on CPU: reuse freed host memory instead of page-faulting it back every step
     if tcfg.threads and device.type == "cpu":
         torch.set_num_threads(tcfg.threads)
