@@ -121,7 +121,8 @@ def train_cmd(
     sink = ListSink()
     with _train_progress(progress_mode, err, f"{family} {preset}", steps) as on_step:
         if compile_:
-            err.print("[dim]compile:[/dim] torch.compile builds the training step first (about a minute on CPU)")
+            err.print("[dim]compile:[/dim] torch.compile builds the training step first "
+                      "(the first step takes up to about a minute)")
         result = train(spec, sink, resume_from=resume, on_step=on_step, data_progress=lambda m: None)
 
     unigram = corpus.unigram_entropy()
