@@ -199,7 +199,6 @@ def test_compile_is_an_execution_setting_for_the_transformer_pp_only():
         compiled_loss(build_model(_spec("ebt", steps=2).model))
 
 
-
 def test_compile_without_a_cpp_compiler_is_one_error_before_training():
     """On CPU Inductor builds C++ kernels: without a compiler the run fails at once with the fix, not at its
     first step deep inside torch."""
