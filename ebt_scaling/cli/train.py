@@ -1,4 +1,4 @@
-"""``ebt-scale train`` (one run with a progress bar and a summary) and ``ebt-scale data prepare``."""
+"""``ebt-scale train``: one run with a progress bar and a summary."""
 
 from __future__ import annotations
 
@@ -14,9 +14,6 @@ from typing import Annotated, Any
 import typer
 
 from ebt_scaling.cli.common import fail, handle_errors
-
-data_app = typer.Typer(name="data", help="Prepare and inspect corpora (cached, checksummed).",
-                       no_args_is_help=True)
 
 
 def _clean(obj: Any) -> Any:
@@ -223,30 +220,5 @@ def _summary(r: Any, unigram: float, entropy_rate: float | None) -> None:
     Console().print(t)
 
 
-@data_app.command("prepare")
-@handle_errors
-def prepare_cmd(
-    source: Annotated[str, typer.Option("--source", help="shakespeare, kjv, synthetic, text:PATH or hf:NAME.")
-                      ] = "shakespeare",
-    tokenizer: Annotated[str, typer.Option("--tokenizer", help="bpe, byte or hf:NAME.")] = "bpe",
-    vocab_size: Annotated[int, typer.Option("--vocab-size", help="BPE/synthetic vocabulary size.", min=2)] = 2048,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the corpus summary as JSON.")] = False,
-) -> None:
-    """Download/prepare a corpus and its tokenizer into the cache (done automatically on first use too)."""
-    from ebt_scaling.config import DataConfig
-    from ebt_scaling.data import load_corpus
-
-    _check_data_arg(source)
-    corpus = load_corpus(DataConfig(source=source, tokenizer=tokenizer, vocab_size=vocab_size), 1,
-                         progress=lambda m: typer.echo(f"data: {m}", err=True))
-    s = corpus.summary()
-    if as_json:
-        typer.echo(json.dumps(_clean(s), indent=1, sort_keys=True))
-        return
-    for k, v in s.items():
-        typer.echo(f"{k:>14}: {v}")
-
-
 def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
-    app.add_typer(data_app, name="data")

@@ -1,0 +1,375 @@
+"""The sharded token store: ``ebt-scale data prepare`` writes it, ``TokenStore`` reads it through memory maps.
+
+Layout of a store folder::
+
+    manifest.json        source, tokenizer (spec, content hash, vocabulary), dtype, shard size, per-shard
+                         token/document counts and sha256 checksums, totals; ``complete`` once finished
+    shard-00000.bin      ``shard_tokens`` tokens, raw little-endian uint16 (uint32 for vocabularies > 65,536)
+    shard-00000.idx      uint32 positions inside the shard where a document starts
+    ...
+
+The token stream is every document's tokens back to back, in source order; documents may run across a
+shard boundary (the last shard is shorter). Empty documents are counted but hold no tokens.
+
+Preparing streams the documents, tokenises batches of them in worker processes (the ``tokenizers`` batch
+API) with a bounded number of batches in flight, and fills one shard buffer: memory is O(shard + workers x
+batch) whatever the corpus size. Each finished shard is written to a temporary name, fsynced, renamed, and
+only then recorded in the manifest together with where the stream stands (the document that continues in
+the next shard and how many of its tokens are written). A killed run, rerun with the same arguments,
+checks the recorded shards, skips the documents they hold and ends with the same tokens as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import multiprocessing
+import os
+import pathlib
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from ebt_scaling.data.cache import atomic_write_bytes, atomic_write_json, read_json
+from ebt_scaling.data.streams import Source
+from ebt_scaling.errors import DataError
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+DEFAULT_SHARD_TOKENS = 1 << 27  # 128 Mi tokens: 256 MB shards in uint16
+BATCH_CHARS = 4_000_000  # characters per tokenisation batch (bounds the memory per batch in flight)
+BATCH_DOCS = 1024
+
+Progress = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------------------- tokenizers
+def tokenizer_blob(spec: str) -> tuple[str, str, int]:
+    """``--tokenizer`` -> (serialised tokenizer for the workers, its content hash, vocabulary size).
+
+    ``byte``: UTF-8 bytes (256); ``file:PATH``: a ``tokenizer.json``; ``hf:NAME``: a pretrained tokenizer
+    from the Hugging Face hub (needs the network once; e.g. hf:EleutherAI/gpt-neox-20b, the paper's)."""
+    if spec == "byte":
+        return "byte", "byte", 256
+    from tokenizers import Tokenizer
+
+    kind, _, target = spec.partition(":")
+    if kind == "file" and target:
+        path = pathlib.Path(target).expanduser()
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # missing file, not a tokenizer.json
+            msg = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+            raise DataError(f"tokenizer file:{target}: cannot load it ({msg}); give a tokenizer.json "
+                            "saved by the `tokenizers` library") from None
+    elif kind == "hf" and target:
+        from ebt_scaling.data.tokenizer import pretrained_tokenizer
+
+        tok = pretrained_tokenizer(target)._tok
+    else:
+        raise DataError(f"tokenizer {spec!r}: use byte, file:PATH (a tokenizer.json) or hf:NAME "
+                        "(e.g. hf:EleutherAI/gpt-neox-20b)")
+    blob = tok.to_str()
+    return blob, "sha256:" + hashlib.sha256(blob.encode("utf-8")).hexdigest(), tok.get_vocab_size(True)
+
+
+_WORKER_TOK: Any = None
+
+
+def _init_worker(blob: str) -> None:
+    global _WORKER_TOK
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core; no nested thread pool
+    if blob == "byte":
+        _WORKER_TOK = "byte"
+    else:
+        from tokenizers import Tokenizer
+
+        _WORKER_TOK = Tokenizer.from_str(blob)
+
+
+def _encode(texts: list[str]) -> list[np.ndarray]:
+    if _WORKER_TOK == "byte":
+        return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8).astype(np.uint32) for t in texts]
+    return [np.asarray(e.ids, dtype=np.uint32) for e in _WORKER_TOK.encode_batch(texts)]
+
+
+# ---------------------------------------------------------------------------------------- writer
+def store_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+def _shard_name(i: int) -> str:
+    return f"shard-{i:05d}"
+
+
+class _ShardWriter:
+    """Fills one shard buffer; every full shard is written and recorded in the manifest."""
+
+    def __init__(self, out: pathlib.Path, manifest: dict, dtype: np.dtype) -> None:
+        self.out, self.m, self.dtype = out, manifest, dtype
+        self.cap = int(manifest["params"]["shard_tokens"])
+        self.buf = np.empty(self.cap, dtype=dtype)
+        self.fill = 0
+        self.starts: list[int] = []
+        self.docs = 0  # documents that start in this shard
+
+    def add(self, doc: int, tokens: np.ndarray, skip: int = 0) -> None:
+        """Append document number ``doc`` of the stream (its first ``skip`` tokens are already stored)."""
+        if skip == 0:
+            if len(tokens) == 0:
+                self.m["documents_empty"] += 1
+                return
+            self.starts.append(self.fill)
+            self.docs += 1
+        pos = skip
+        while pos < len(tokens):
+            take = min(self.cap - self.fill, len(tokens) - pos)
+            self.buf[self.fill:self.fill + take] = tokens[pos:pos + take]
+            self.fill += take
+            pos += take
+            if self.fill == self.cap:
+                done = pos == len(tokens)
+                self.flush(next_doc=doc + 1 if done else doc, next_offset=0 if done else pos)
+
+    def flush(self, next_doc: int, next_offset: int) -> None:
+        if self.fill == 0:
+            return
+        i = len(self.m["shards"])
+        data = self.buf[:self.fill].tobytes()
+        idx = np.asarray(self.starts, dtype="<u4").tobytes()
+        atomic_write_bytes(self.out / f"{_shard_name(i)}.bin", data)
+        atomic_write_bytes(self.out / f"{_shard_name(i)}.idx", idx)
+        self.m["shards"].append({"name": _shard_name(i), "tokens": self.fill, "documents": self.docs,
+                                 "sha256": hashlib.sha256(data).hexdigest(),
+                                 "idx_sha256": hashlib.sha256(idx).hexdigest()})
+        self.m["tokens"] += self.fill
+        self.m["documents"] += self.docs
+        self.m["resume"] = {"next_doc": next_doc, "next_offset": next_offset}
+        atomic_write_json(self.out / MANIFEST, self.m)
+        self.fill, self.starts, self.docs = 0, [], 0
+
+
+def _params(source: Source, tok_spec: str, tok_hash: str, vocab: int, shard_tokens: int) -> dict:
+    return {"format": FORMAT, "source": source.spec, "field": source.field, "data_files": source.data_files,
+            "tokenizer": tok_spec, "tokenizer_hash": tok_hash, "vocab_size": vocab,
+            "dtype": store_dtype(vocab).name, "shard_tokens": shard_tokens}
+
+
+def _start_or_resume(out: pathlib.Path, params: dict, progress: Progress) -> dict:
+    """A fresh manifest for an empty/new ``out``, or the recorded one when ``out`` holds a partial store
+    of the same parameters (its shards checked). DataError for anything else, before any write."""
+    path = out / MANIFEST
+    if path.exists():
+        try:
+            m = read_json(path)
+        except (OSError, ValueError):
+            raise DataError(f"{path}: unreadable manifest; remove {out} and prepare again") from None
+        if m.get("params") != params:
+            diff = sorted(k for k in set(params) | set(m.get("params", {}))
+                          if params.get(k) != m.get("params", {}).get(k))
+            raise DataError(f"{out} holds a token store prepared with other settings ({', '.join(diff)}); "
+                            "use another --out, or the same arguments to continue it")
+        for s in m["shards"]:
+            f = out / f"{s['name']}.bin"
+            if not f.is_file() or f.stat().st_size != s["tokens"] * np.dtype(params["dtype"]).itemsize:
+                raise DataError(f"{f}: missing or truncated shard recorded in the manifest; remove {out} and "
+                                "prepare again")
+        if not m["complete"]:
+            progress(f"continuing {out}: {len(m['shards'])} complete shards, {m['tokens']:,} tokens")
+        return m
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out} exists and is not a token store (no {MANIFEST}); choose an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return {"params": params, "complete": False, "shards": [], "documents": 0, "documents_empty": 0,
+            "tokens": 0, "resume": {"next_doc": 0, "next_offset": 0}}
+
+
+def _batches(docs: Iterator[tuple[str, float | None]], first: int
+             ) -> Iterator[tuple[list[int], list[str], float | None]]:
+    """(document numbers, texts, fraction done) batches of the stream from document ``first`` on; the
+    documents before it are read and dropped, never tokenised."""
+    nums: list[int] = []
+    texts: list[str] = []
+    chars = 0
+    frac: float | None = None
+    for n, (text, frac) in enumerate(docs):
+        if n < first:
+            continue
+        nums.append(n)
+        texts.append(text)
+        chars += len(text)
+        if chars >= BATCH_CHARS or len(texts) >= BATCH_DOCS:
+            yield nums, texts, frac
+            nums, texts, chars = [], [], 0
+    if texts:
+        yield nums, texts, frac
+
+
+def _fmt_s(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def prepare(source: Source, tokenizer: str, out: pathlib.Path, *, shard_tokens: int = DEFAULT_SHARD_TOKENS,
+            workers: int = 1, progress: Progress = lambda _: None, every_s: float = 2.0,
+            cache_dir: str | None = None) -> dict:
+    """Tokenise ``source`` into a token store at ``out`` (or continue a partial one); returns the manifest.
+
+    ``workers`` tokenising processes (1: in this process). Progress lines at most every ``every_s`` s."""
+    if not 1 <= shard_tokens <= 1 << 31:
+        raise DataError(f"--shard-tokens: must be between 1 and 2^31, got {shard_tokens}; the default is "
+                        f"{DEFAULT_SHARD_TOKENS}")
+    if workers < 1:
+        raise DataError(f"--workers: must be >= 1, got {workers}")
+    blob, tok_hash, vocab = tokenizer_blob(tokenizer)
+    params = _params(source, tokenizer, tok_hash, vocab, shard_tokens)
+    m = _start_or_resume(out, params, progress)
+    if m["complete"]:
+        progress(f"{out} is already complete: {m['documents']:,} documents, {m['tokens']:,} tokens")
+        return m
+    writer = _ShardWriter(out, m, store_dtype(vocab))
+    first, skip = m["resume"]["next_doc"], m["resume"]["next_offset"]
+    t0 = last = time.monotonic()
+    new_tokens = 0
+    end_doc = first  # the stream's next document after everything consumed so far
+    batches = _batches(source.documents(cache_dir), first)
+
+    def consume(nums: list[int], encoded: list[np.ndarray], frac: float | None) -> None:
+        nonlocal new_tokens, last, end_doc
+        for n, toks in zip(nums, encoded, strict=True):
+            if toks.size and int(toks.max()) >= vocab:
+                raise DataError(f"tokenizer {tokenizer}: token id {int(toks.max())} >= vocabulary {vocab}")
+            writer.add(n, toks.astype(writer.dtype, copy=False), skip if n == first else 0)
+            new_tokens += len(toks) - (skip if n == first else 0)
+            end_doc = n + 1
+        now = time.monotonic()
+        if now - last >= every_s:
+            last = now
+            rate = new_tokens / max(now - t0, 1e-9)
+            eta = ""
+            if frac:
+                eta = f", {100 * frac:.0f}% of the source, ETA {_fmt_s((now - t0) * (1 - frac) / frac)}"
+            progress(f"{nums[-1] + 1:,} documents, {m['tokens'] + writer.fill:,} tokens, {rate:,.0f} tokens/s, "
+                     f"{len(m['shards'])} shards written{eta}")
+
+    if workers == 1:
+        _init_worker(blob)
+        for nums, texts, frac in batches:
+            consume(nums, _encode(texts), frac)
+    else:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold tokenizer threads
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(blob,)) as pool:
+            pending: deque = deque()
+            for nums, texts, frac in batches:
+                pending.append((nums, pool.apply_async(_encode, (texts,)), frac))
+                if len(pending) >= 2 * workers:  # bounded: at most 2 batches per worker in flight
+                    n_, r, f_ = pending.popleft()
+                    consume(n_, r.get(), f_)
+            while pending:
+                n_, r, f_ = pending.popleft()
+                consume(n_, r.get(), f_)
+    writer.flush(next_doc=end_doc, next_offset=0)  # a kill after this flush resumes at the stream's end
+    seconds = time.monotonic() - t0
+    m["complete"] = True
+    m["resume"] = None
+    m["last_run"] = {"seconds": round(seconds, 3), "tokens": new_tokens, "workers": workers,
+                     "tokens_per_s": round(new_tokens / max(seconds, 1e-9), 1)}
+    atomic_write_json(out / MANIFEST, m)
+    progress(f"done: {m['documents']:,} documents ({m['documents_empty']:,} empty), {m['tokens']:,} tokens in "
+             f"{len(m['shards'])} shards; this run {new_tokens:,} tokens in {_fmt_s(seconds)}, "
+             f"{new_tokens / max(seconds, 1e-9):,.0f} tokens/s with {workers} worker(s)")
+    return m
+
+
+def summary(m: dict) -> dict:
+    """The manifest's summary for ``--json``: counts, tokenizer, shards with their checksums."""
+    p = m["params"]
+    return {"source": p["source"], "tokenizer": p["tokenizer"], "tokenizer_hash": p["tokenizer_hash"],
+            "vocab_size": p["vocab_size"], "dtype": p["dtype"], "documents": m["documents"],
+            "documents_empty": m["documents_empty"], "tokens": m["tokens"], "complete": m["complete"],
+            "shards": [{"name": s["name"], "tokens": s["tokens"], "sha256": s["sha256"]} for s in m["shards"]],
+            "last_run": m.get("last_run")}
+
+
+# ---------------------------------------------------------------------------------------- reader
+class TokenStore:
+    """Read-only view of a complete store: tokens and documents through memory maps."""
+
+    def __init__(self, path: pathlib.Path | str) -> None:
+        self.path = pathlib.Path(path)
+        try:
+            self.manifest = read_json(self.path / MANIFEST)
+        except (OSError, ValueError):
+            raise DataError(f"{self.path}: not a token store (no readable {MANIFEST}); prepare it with "
+                            "`ebt-scale data prepare`") from None
+        if not self.manifest.get("complete"):
+            raise DataError(f"{self.path}: the token store is incomplete; rerun the same `ebt-scale data "
+                            "prepare` command to finish it")
+        p = self.manifest["params"]
+        self.vocab_size = int(p["vocab_size"])
+        self.dtype = np.dtype(p["dtype"])
+        shards = self.manifest["shards"]
+        self._tok_offsets = np.cumsum([0] + [s["tokens"] for s in shards]).tolist()
+        self._doc_offsets = np.cumsum([0] + [s["documents"] for s in shards]).tolist()
+        self._bins: dict[int, np.memmap] = {}
+        self._idx: dict[int, np.ndarray] = {}
+
+    @property
+    def num_tokens(self) -> int:
+        return self._tok_offsets[-1]
+
+    @property
+    def num_documents(self) -> int:
+        return self._doc_offsets[-1]
+
+    def _bin(self, i: int) -> np.ndarray:
+        if i not in self._bins:
+            self._bins[i] = np.memmap(self.path / f"{_shard_name(i)}.bin", dtype=self.dtype, mode="r")
+        return self._bins[i]
+
+    def _starts(self, i: int) -> np.ndarray:
+        if i not in self._idx:
+            self._idx[i] = np.fromfile(self.path / f"{_shard_name(i)}.idx", dtype="<u4")
+        return self._idx[i]
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        """Tokens ``start .. start + n - 1`` of the stream (across shards), as int64."""
+        if start < 0 or n < 0 or start + n > self.num_tokens:
+            raise IndexError(f"tokens {start}..{start + n} outside 0..{self.num_tokens}")
+        out = np.empty(n, dtype=np.int64)
+        pos = 0
+        while pos < n:
+            i = bisect.bisect_right(self._tok_offsets, start + pos) - 1
+            lo = start + pos - self._tok_offsets[i]
+            take = min(n - pos, self._tok_offsets[i + 1] - self._tok_offsets[i] - lo)
+            out[pos:pos + take] = self._bin(i)[lo:lo + take]
+            pos += take
+        return out
+
+    def doc_start(self, d: int) -> int:
+        """Position in the stream of document ``d``'s first token (``num_tokens`` for d = num_documents)."""
+        if d == self.num_documents:
+            return self.num_tokens
+        if not 0 <= d < self.num_documents:
+            raise IndexError(f"document {d} outside 0..{self.num_documents - 1}")
+        i = bisect.bisect_right(self._doc_offsets, d) - 1
+        return self._tok_offsets[i] + int(self._starts(i)[d - self._doc_offsets[i]])
+
+    def document(self, d: int) -> np.ndarray:
+        start = self.doc_start(d)
+        return self.read(start, self.doc_start(d + 1) - start)
+
+    def verify(self) -> list[str]:
+        """Names of the shards whose bytes do not match the manifest's checksums (empty: all good)."""
+        bad = []
+        for s in self.manifest["shards"]:
+            for suffix, key in ((".bin", "sha256"), (".idx", "idx_sha256")):
+                f = self.path / f"{s['name']}{suffix}"
+                h = hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else ""
+                if h != s[key]:
+                    bad.append(f.name)
+        return bad
