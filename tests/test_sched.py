@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ebt_scaling.sched.runner import TEMP_PREFIX, _procs_using, cleanup_leftover_ray
+from ebt_scaling.sched.runner import _procs_using, cleanup_leftover_ray, driver_temp_dirs
 from ebt_scaling.sched.trainable import checkpoint_info
 
 # These tests need the training loop and the database package (built on their own branches).
@@ -216,8 +216,9 @@ def test_kill_dash_9_then_rerun_completes_every_run_exactly_once(tmp_path):
     checkpointed = [h for h, r in before.items()
                     if r.status != "completed" and r.checkpoint_dir and checkpoint_info(r.checkpoint_dir)]
     assert checkpointed  # each of them must resume, not restart
-    leftover_dir = Path("/tmp") / f"{TEMP_PREFIX}{drv.pid}"
-    leftovers = _procs_using(str(leftover_dir))  # Ray processes of the killed driver (may still run)
+    leftover_dirs = driver_temp_dirs(drv.pid)
+    assert len(leftover_dirs) == 1 and (leftover_dirs[0].stat().st_mode & 0o777) == 0o700
+    leftovers = _procs_using(str(leftover_dirs[0]))  # Ray processes of the killed driver (may still run)
 
     r = cli(*args, timeout=400)
     assert r.returncode == 0, r.stdout + r.stderr

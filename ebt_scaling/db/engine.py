@@ -40,11 +40,27 @@ URL_HELP = "use sqlite:///PATH.db or postgresql+psycopg://USER:PASSWORD@HOST:POR
 T = TypeVar("T")
 
 
+def _encode_at_signs(url: str) -> str:
+    """``scheme://user:p@ss@host/db`` -> ``scheme://user:p%40ss@host/db``: a host never holds ``@``, so the
+    user info ends at the last ``@`` of the authority; unencoded ``@`` before it belong to the password
+    (SQLAlchemy would take the first ``@`` and read ``ss@host`` as the host)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.startswith("sqlite"):
+        return url
+    slash = rest.find("/", rest.rfind("@") + 1)
+    authority = rest if slash < 0 else rest[:slash]
+    userinfo, at, host = authority.rpartition("@")
+    if not at or "@" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.replace('@', '%40')}@{host}{rest[len(authority):]}"
+
+
 def parse_url(url: str) -> URL:
     """Parse a database URL, accepting the plain ``postgresql://`` spelling for psycopg 3."""
     try:
-        u = make_url(url)
-    except ArgumentError:
+        u = make_url(_encode_at_signs(url))
+        _ = u.port
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number (its text may hold a secret)
         raise StoreError(f"invalid database URL {mask_url(url)!r}; {URL_HELP}") from None
     if u.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
         u = u.set(drivername="postgresql+psycopg")

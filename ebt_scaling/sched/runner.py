@@ -108,8 +108,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _procs_using(needle: str) -> list[int]:
-    """PIDs whose command line mentions ``needle`` (Linux /proc; empty elsewhere)."""
+def _procs_using(folder: str) -> list[int]:
+    """PIDs whose command line mentions the folder ``folder`` itself or a path inside it (Linux /proc; empty
+    elsewhere). The name must end there: ``/tmp/ebtray-1487`` does not match ``/tmp/ebtray-14870/...``."""
+    import re
+
+    pattern = re.compile(re.escape(folder.rstrip("/")) + r"(?![\w.\-])")
     pids = []
     me = os.getpid()
     proc = Path("/proc")
@@ -122,24 +126,47 @@ def _procs_using(needle: str) -> list[int]:
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if needle in cmd:
+        if pattern.search(cmd):
             pids.append(int(d.name))
     return pids
+
+
+def _driver_pid(folder_name: str) -> int | None:
+    """The driver PID in ``ebtray-<pid>-<random>`` (or the older ``ebtray-<pid>``); None for other names."""
+    rest = folder_name[len(TEMP_PREFIX):] if folder_name.startswith(TEMP_PREFIX) else ""
+    head = rest.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def driver_temp_dirs(pid: int, temp_root: str | None = None) -> list[Path]:
+    """The local Ray temp folders of driver ``pid`` (normally one)."""
+    root = Path(temp_root or tempfile.gettempdir())
+    return sorted(d for d in root.glob(f"{TEMP_PREFIX}{pid}*") if _driver_pid(d.name) == pid)
+
+
+def make_temp_dir(temp_root: str | None = None) -> str:
+    """A new private (0700) folder ``<tmp>/ebtray-<our pid>-<random>`` for a local Ray instance: created
+    atomically under an unpredictable name, so nobody can pre-create it, and short, as Ray's socket paths
+    must be."""
+    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=temp_root or tempfile.gettempdir())
 
 
 def cleanup_leftover_ray(temp_root: str | None = None) -> list[int]:
     """Kill (by PID) the processes of local Ray instances whose driver is gone.
 
-    Every local instance we start lives in ``<tmp>/ebtray-<driver pid>``; if that driver died (kill -9),
-    its gcs_server, raylet, agents and workers may still run. Returns the PIDs killed."""
+    Every local instance we start lives in ``<tmp>/ebtray-<driver pid>-<random>`` (``make_temp_dir``); if
+    that driver died (kill -9), its gcs_server, raylet, agents and workers may still run. Only processes that
+    name that exact folder are killed, and only folders we own are looked at. Returns the PIDs killed."""
     root = Path(temp_root or tempfile.gettempdir())
     killed: list[int] = []
     for d in root.glob(TEMP_PREFIX + "*"):
-        try:
-            pid = int(d.name[len(TEMP_PREFIX):])
-        except ValueError:
+        pid = _driver_pid(d.name)
+        if pid is None or pid == os.getpid() or _pid_alive(pid):
             continue
-        if pid == os.getpid() or _pid_alive(pid):
+        try:
+            if d.is_symlink() or not d.is_dir() or d.stat().st_uid != os.getuid():
+                continue  # not a folder of ours: another user's, or planted
+        except OSError:
             continue
         for p in _procs_using(str(d)):
             try:
@@ -192,8 +219,8 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
     temp_dir = None
     if local:
         cleanup_leftover_ray()
-        # Ray's socket paths must stay short: a short directory named after this driver's PID.
-        temp_dir = os.path.join(tempfile.gettempdir(), f"{TEMP_PREFIX}{os.getpid()}")
+        # Ray's socket paths must stay short: a short private directory named after this driver's PID.
+        temp_dir = make_temp_dir()
         # Workers of a local instance inherit this environment: make the package importable from a checkout.
         pkg_parent = str(Path(__file__).resolve().parents[2])
         pp = os.environ.get("PYTHONPATH", "")

@@ -1,0 +1,85 @@
+"""Passwords in database URLs: masked in every message whatever they contain, and usable as typed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from db_backends import pg_db_url_fixture  # noqa: F401  (``pg_db_url``)
+
+from ebt_scaling.db.engine import parse_url
+from ebt_scaling.errors import StoreError
+from ebt_scaling.security import mask_url, scrub
+
+AWKWARD = ["pa ss w0rd", "p@ss@w0rd", "p:ss:w0rd", "s/e?c#r%et", "p@ s:s/x"]
+
+
+@pytest.mark.parametrize("pw", AWKWARD)
+def test_awkward_passwords_are_masked_in_text(pw):
+    url = f"postgresql+psycopg://bob:{pw}@db.example:5432/ebt"
+    for text in (url, f"error: cannot open {url}; retry", f"{url}\nsecond line", f"a {url} b sqlite:///x.db"):
+        out = scrub(text)
+        assert "bob:***@db.example:5432/ebt" in out, out
+        for part in pw.replace("@", " ").replace(":", " ").replace("/", " ").split():
+            if len(part) > 2:
+                assert part not in out, (text, out)
+
+
+def test_masking_keeps_urls_without_passwords_and_the_text_around():
+    assert mask_url("sqlite:///ebt_scale.db") == "sqlite:///ebt_scale.db"
+    assert mask_url("postgresql://bob@host/db") == "postgresql://bob@host/db"
+    assert scrub("x postgresql://u:a@h/db and mysql://v:b@k/e y") == "x postgresql://u:***@h/db and mysql://v:***@k/e y"
+    assert scrub("failed (password=s3cret) here") == "failed (password=***) here"
+    assert scrub("dsn host=h password='a b' user=u") == "dsn host=h password=*** user=u"
+
+
+@pytest.mark.parametrize("url", ["postgresql://bob:s3cret@host:port/db", "postgresql://bob:s3:cret@host:9x/db",
+                                 "postgresql://bob:s3cret@[::1/db"])
+def test_unparsable_urls_fail_in_one_masked_line(url):
+    with pytest.raises(StoreError) as e:
+        parse_url(url)
+    assert "s3cret" not in str(e.value) and "cret" not in str(e.value) and "\n" not in str(e.value)
+    r = subprocess.run([sys.executable, "-m", "ebt_scaling", "runs", "--db", url], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0 and "cret" not in r.stdout + r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "invalid database URL" in r.stderr
+
+
+def test_unencoded_at_sign_belongs_to_the_password():
+    u = parse_url("postgresql://bob:p@ss@db.example:5433/ebt")
+    assert (u.username, u.password, u.host, u.port, u.database) == ("bob", "p@ss", "db.example", 5433, "ebt")
+    assert parse_url("postgresql://bob:p%40ss@h/db").password == "p@ss"  # already encoded: unchanged
+    assert parse_url("sqlite:///dir/a@b.db").database == "dir/a@b.db"  # SQLite paths are left alone
+
+
+@pytest.mark.postgres
+def test_a_password_with_space_colon_and_at_works_as_typed(pg_db_url):
+    """A role whose password holds ' ', ':' and '@' connects with the URL typed raw, with PGPASSWORD and no
+    password in the URL (nothing in `ps`), and is never printed."""
+    import sqlalchemy as sa
+
+    server = parse_url(pg_db_url)
+    role, pw = f"r_{uuid.uuid4().hex[:8]}", "We1rd p@ss:w0rd"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as c:
+        c.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD '{pw}'"))
+        c.execute(sa.text(f'GRANT ALL ON DATABASE "{server.database}" TO {role}'))
+        c.execute(sa.text(f"GRANT ALL ON SCHEMA public TO {role}"))
+    host = f"{server.host}:{server.port}/{server.database}"
+    try:
+        for url, env in ((f"postgresql://{role}:{pw}@{host}", {}),
+                         (f"postgresql://{role}@{host}", {"PGPASSWORD": pw})):
+            r = subprocess.run([sys.executable, "-m", "ebt_scaling", "db", "upgrade", "--db", url],
+                               capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+            text = r.stdout + r.stderr
+            assert r.returncode == 0, scrub(text)
+            assert "p@ss" not in text and "w0rd" not in text
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f'REASSIGN OWNED BY {role} TO "{server.username}"'))
+            c.execute(sa.text(f"DROP OWNED BY {role}"))
+            c.execute(sa.text(f"DROP ROLE {role}"))
+        admin.dispose()
