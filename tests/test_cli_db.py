@@ -182,7 +182,9 @@ def test_db_commands(db_url):
 
 def test_db_url_from_environment_and_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert invoke("runs").exit_code == 0 and (tmp_path / "ebt_scale.db").exists()  # default: ./ebt_scale.db
+    assert invoke("import", write(tmp_path, GOOD), "--sweep", "s").exit_code == 0
+    assert (tmp_path / "ebt_scale.db").exists()  # default: ./ebt_scale.db
+    assert invoke("runs").exit_code == 0
     monkeypatch.setenv("EBT_SCALE_DB", f"sqlite:///{tmp_path / 'env.db'}")
     assert invoke("import", write(tmp_path, GOOD), "--sweep", "s").exit_code == 0
     with Store(f"sqlite:///{tmp_path / 'env.db'}") as s:
@@ -226,3 +228,31 @@ def test_wrong_password_is_refused_and_never_printed(pg_db_url):
     r = _cli("runs", "--db", db_url)
     assert r.returncode == 1 and good.password not in r.stdout + r.stderr
     assert re.search(r"ebt-scale db upgrade --db postgresql\+psycopg://postgres:\*\*\*@", r.stderr)
+
+
+@pytest.mark.parametrize("cmd", [["runs"], ["export", "--table", "runs"], ["think", "--sweep", "x"]])
+def test_read_only_commands_never_create_a_database(tmp_path, cmd):
+    """A mistyped --db on a read-only command says the file does not exist, exits non-zero, creates nothing."""
+    db = tmp_path / "typo.db"
+    r = invoke(*cmd, "--db", f"sqlite:///{db}")
+    assert r.exit_code == 1, r.output
+    assert f"database {db} does not exist" in r.output and r.output.count("\n") == 1
+    assert not db.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_read_only_commands_refuse_an_empty_database(db_url):
+    """An existing but empty database (a new PostgreSQL database, an empty SQLite file) is not given a schema."""
+    from sqlalchemy import create_engine, inspect
+
+    from ebt_scaling.db.engine import parse_url, sqlite_path
+
+    path = sqlite_path(parse_url(db_url))
+    if path is not None:
+        path.touch()
+    r = invoke("runs", "--db", db_url)
+    assert r.exit_code == 1 and "holds no ebt-scaling results" in r.output, r.output
+    eng = create_engine(parse_url(db_url))
+    try:
+        assert inspect(eng).get_table_names() == []
+    finally:
+        eng.dispose()

@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("--format parquet writes a binary file: add --out FILE.parquet")
         if out is not None and not out.parent.is_dir():
             raise ConfigError(f"--out {out}: directory {out.parent} does not exist; create it first")
-        with Store(resolve_db(db)) as store:
+        with Store(resolve_db(db), create=False) as store:
             if table is ExportTable.runs:
                 df = store.runs_dataframe(sweep=sweep, axis=axis, status=status)
             elif table is ExportTable.metrics:

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         """List the runs in the results database."""
         from ebt_scaling.db.store import Store
 
-        with Store(resolve_db(db)) as store:
+        with Store(resolve_db(db), create=False) as store:
             records = store.list_runs(sweep=sweep, axis=axis, status=status, family=family)
         from ebt_scaling.db.store import run_row
 

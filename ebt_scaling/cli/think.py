@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         from ebt_scaling.db import Store
         from ebt_scaling.think.service import think_sweep
 
-        store = Store(resolve_db(db))
+        store = Store(resolve_db(db), create=False)
         try:
             outcomes = think_sweep(store, sweep, steps=steps_l, samples=samples_l, ood=ood_src, n_batches=batches,
                                    batch_size=batch_size, seed=seed, device=device,

@@ -73,8 +73,9 @@ def check_revision(rev: str | None, url: str) -> None:
                      f"({schema.SCHEMA_REVISION}); upgrade the package: pip install -U ebt-scaling")
 
 
-def ensure_schema(engine: Engine, url: str) -> None:
-    """Create the schema at head in an empty database, or check that an existing one is at head."""
+def ensure_schema(engine: Engine, url: str, create: bool = True) -> None:
+    """Create the schema at head in an empty database (StoreError instead when ``create`` is False), or check
+    that an existing one is at head."""
 
     def unit() -> None:
         with engine.connect() as c0:
@@ -104,6 +105,9 @@ def ensure_schema(engine: Engine, url: str) -> None:
         if rev is not None:
             check_revision(rev, url)
             return
+        if not create:
+            raise StoreError(f"database {mask_url(url)} holds no ebt-scaling results (no schema); check --db or "
+                             "EBT_SCALE_DB (only ebt-scale sweep, import and db upgrade create a database)")
         with init_lock(engine):
             with_retries(unit)
     except SQLAlchemyError as exc:

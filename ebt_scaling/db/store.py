@@ -29,7 +29,15 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from ebt_scaling.db import schema
-from ebt_scaling.db.engine import SQLITE_BEGIN, WriterLock, make_engine, translate, with_retries
+from ebt_scaling.db.engine import (
+    SQLITE_BEGIN,
+    WriterLock,
+    make_engine,
+    parse_url,
+    sqlite_path,
+    translate,
+    with_retries,
+)
 from ebt_scaling.db.migrate import ensure_schema
 from ebt_scaling.errors import DuplicateError, NotFound, StoreError
 from ebt_scaling.records import (
@@ -154,16 +162,23 @@ class ImportSummary:
 
 
 class Store:
-    """The results database at ``url`` (created at the current schema revision if empty)."""
+    """The results database at ``url``: created at the current schema revision if empty, unless ``create``
+    is False (read-only commands), where a missing SQLite file or an empty database is a StoreError and
+    nothing is written."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, create: bool = True) -> None:
         self._raw_url = url
         self.url = mask_url(url)
+        if not create:
+            path = sqlite_path(parse_url(url))
+            if path is not None and not path.is_file():
+                raise StoreError(f"database {path} does not exist; check --db or EBT_SCALE_DB (only ebt-scale "
+                                 "sweep, import and db upgrade create a database)")
         self._engine = make_engine(url)
         self.dialect = self._engine.dialect.name
         self._writer_lock = WriterLock(self._engine)
         try:
-            ensure_schema(self._engine, url)
+            ensure_schema(self._engine, url, create=create)
         except BaseException:
             self._engine.dispose()
             raise
