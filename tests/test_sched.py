@@ -236,6 +236,7 @@ def test_kill_dash_9_then_rerun_completes_every_run_exactly_once(tmp_path):
         if run.config_hash in done_before:
             assert run.attempts == 1  # completed before the kill: never trained again
         ck = Path(run.checkpoint_dir)  # the durable checkpoint in Ray's storage, next to the database
+        assert (tmp_path / "kill.runs").stat().st_mode & 0o777 == 0o700  # results: private
         assert (ck / "model.pt").exists() and str(ck).startswith(str(tmp_path / "kill.runs"))
         assert json.loads((ck / "ebt_checkpoint.json").read_text())["step"] == 120
         assert run.fit_eligible and run.host and run.device == "cpu"

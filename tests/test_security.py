@@ -83,3 +83,21 @@ def test_a_password_with_space_colon_and_at_works_as_typed(pg_db_url):
             c.execute(sa.text(f"DROP OWNED BY {role}"))
             c.execute(sa.text(f"DROP ROLE {role}"))
         admin.dispose()
+
+
+def test_new_sqlite_databases_are_private(tmp_path):
+    import stat
+
+    from ebt_scaling.db.store import Store
+
+    db = tmp_path / "results.db"
+    with Store(f"sqlite:///{db}") as store:
+        store.list_runs()
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    for extra in tmp_path.glob("results.db-*"):  # WAL and shared-memory files follow the database's mode
+        assert stat.S_IMODE(extra.stat().st_mode) == 0o600, extra
+    db2 = tmp_path / "shared.db"
+    db2.touch(mode=0o640)
+    with Store(f"sqlite:///{db2}") as store:  # an existing file keeps the mode its owner gave it
+        store.list_runs()
+    assert stat.S_IMODE(db2.stat().st_mode) == 0o640

@@ -40,6 +40,17 @@ URL_HELP = "use sqlite:///PATH.db or postgresql+psycopg://USER:PASSWORD@HOST:POR
 T = TypeVar("T")
 
 
+def _create_private(path: Path) -> None:
+    """Create a new SQLite file readable by its owner only (0600; SQLite gives its -wal/-shm files the same
+    mode). An existing file is left as it is."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot create SQLite database {path} ({exc.strerror}); choose another --db path") from None
+
+
 def _encode_at_signs(url: str) -> str:
     """``scheme://user:p@ss@host/db`` -> ``scheme://user:p%40ss@host/db``: a host never holds ``@``, so the
     user info ends at the last ``@`` of the authority; unencoded ``@`` before it belong to the password
@@ -129,6 +140,7 @@ def make_engine(url: str, *, null_pool: bool = False) -> Engine:
             if not path.parent.is_dir():
                 raise StoreError(f"cannot create SQLite database {path}: directory {path.parent} does not exist; "
                                  "create it or choose another --db path")
+            _create_private(path)
             if null_pool:
                 kwargs["poolclass"] = NullPool
         engine = create_engine(u, **kwargs)

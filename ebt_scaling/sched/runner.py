@@ -219,7 +219,8 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
     temp_dir = None
     if local:
         cleanup_leftover_ray()
-        # Ray's socket paths must stay short: a short private directory named after this driver's PID.
+        # Ray's socket paths must stay short: a short private directory named after this driver's PID. Ray
+        # makes its own temp dir world-writable (0777), so it gets a subfolder and ours stays 0700.
         temp_dir = make_temp_dir()
         # Workers of a local instance inherit this environment: make the package importable from a checkout.
         pkg_parent = str(Path(__file__).resolve().parents[2])
@@ -244,7 +245,7 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
     init_kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                                    configure_logging=True)
     if local:
-        init_kw.update(address="local", _temp_dir=temp_dir)
+        init_kw.update(address="local", _temp_dir=os.path.join(temp_dir, "r"))
         if opts.num_cpus is not None:
             init_kw["num_cpus"] = opts.num_cpus
         if opts.num_gpus is not None:

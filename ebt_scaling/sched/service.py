@@ -171,6 +171,8 @@ def run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, *, retry_failed
                            skipped_failed=skipped_failed, launched=len(tasks), resumed=resumed,
                            storage_path=ray_opts.storage_path)
     if tasks:
+        if "://" not in ray_opts.storage_path:  # a local folder: checkpoints are results, readable by us only
+            Path(ray_opts.storage_path).expanduser().mkdir(mode=0o700, parents=True, exist_ok=True)
         opts = dataclasses.replace(ray_opts, experiment_name=f"{_slug(spec.name)}-"
                                    f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
         outcome.runner = run_trials(tasks, StoreSink(store), opts, progress_name=spec.name)
