@@ -2,7 +2,7 @@
 
 For each corpus size and worker count it runs the real command in a subprocess and reports wall time,
 tokens/s, tokens/s per worker and the peak resident memory of the whole process tree (the command and its
-tokenising workers, summed, sampled every 20 ms from /proc). The memory question it answers: does the peak
+tokenising workers, summed, sampled every 100 ms from /proc). The memory question it answers: does the peak
 grow with the corpus (it should not: shards are written as they fill)?
 
     python benchmarks/data_prepare.py --sizes-mb 20,200 --workers 1,2 --out /tmp/data_prepare.json
@@ -91,7 +91,7 @@ def run_prepare(src: pathlib.Path, tokenizer: str, workers: int) -> dict:
     peak = 0
     while proc.poll() is None:
         peak = max(peak, tree_rss(proc.pid))
-        time.sleep(0.02)
+        time.sleep(0.1)
     stdout, stderr = proc.communicate()
     wall = time.monotonic() - t0
     shutil.rmtree(out, ignore_errors=True)

@@ -101,3 +101,43 @@ def test_new_sqlite_databases_are_private(tmp_path):
     with Store(f"sqlite:///{db2}") as store:  # an existing file keeps the mode its owner gave it
         store.list_runs()
     assert stat.S_IMODE(db2.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("name,why", [("a\x1b[2Jb", "control character"), ("two\nlines", "control character"),
+                                      ("x" * 201, "201 characters long"), ("  ", "non-empty")])
+def test_bad_sweep_names_are_refused_before_anything_is_written(tmp_path, name, why):
+    from typer.testing import CliRunner
+
+    from ebt_scaling.cli.main import app
+
+    csv = tmp_path / "r.csv"
+    csv.write_text("family,axis,x,seed,val_loss\nebt,depth,2,0,3.5\n")
+    db = tmp_path / "r.db"
+    r = CliRunner().invoke(app, ["import", str(csv), "--sweep", name, "--db", f"sqlite:///{db}"])
+    assert r.exit_code != 0 and why in r.output and r.output.count("\n") == 1, r.output
+    assert "\x1b" not in r.output
+    r = CliRunner().invoke(app, ["sweep", "--axis", "depth", "--name", name, "--dry-run", "--db", f"sqlite:///{db}"])
+    assert r.exit_code == 2 and "--name" in r.output and "\x1b" not in r.output, r.output
+    from ebt_scaling.db.store import Store
+
+    if db.exists():
+        with Store(f"sqlite:///{db}") as store:
+            assert store.list_runs() == [] and store.list_sweeps() == []
+
+
+def test_csv_export_defuses_formulas(tmp_path):
+    from typer.testing import CliRunner
+
+    from ebt_scaling.cli.main import app
+    from ebt_scaling.names import csv_safe
+
+    assert [csv_safe(c) for c in ("=1+1", "+x", "-cmd", "@SUM(A1)", "\tx", "ok", -3.5, 2)] == \
+        ["'=1+1", "'+x", "'-cmd", "'@SUM(A1)", "'\tx", "ok", -3.5, 2]
+    csv = tmp_path / "r.csv"
+    csv.write_text("family,axis,x,seed,val_loss\nebt,depth,2,-1,3.5\n")  # seed -1: a negative number
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    assert CliRunner().invoke(app, ["import", str(csv), "--sweep", "=HYPERLINK(1)", "--db", db]).exit_code == 0
+    r = CliRunner().invoke(app, ["export", "--table", "runs", "--db", db])
+    assert r.exit_code == 0, r.output
+    assert "'=HYPERLINK(1)" in r.output and ",=HYPERLINK" not in r.output
+    assert ",-1," in r.output and "'-1" not in r.output  # numbers stay numbers

@@ -57,10 +57,11 @@ def register(app: typer.Typer) -> None:
                 df.to_parquet(out, index=False)
             except ImportError as exc:
                 raise ConfigError(f"parquet export needs pyarrow ({exc}); pip install pyarrow") from None
-        elif out is None:
-            df.to_csv(sys.stdout, index=False)
         else:
-            df.to_csv(out, index=False)
+            from ebt_scaling.names import csv_safe
+
+            df = df.map(csv_safe)  # text cells a spreadsheet would run as formulas get a leading apostrophe
+            df.to_csv(sys.stdout if out is None else out, index=False)
         if out is not None:
             typer.echo(f"wrote {len(df)} row(s) to {out}", err=True)
 

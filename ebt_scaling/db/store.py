@@ -40,6 +40,7 @@ from ebt_scaling.db.engine import (
 )
 from ebt_scaling.db.migrate import ensure_schema
 from ebt_scaling.errors import DuplicateError, NotFound, StoreError
+from ebt_scaling.names import name_problem
 from ebt_scaling.records import (
     RUN_STATUSES,
     TERMINAL_STATUSES,
@@ -234,8 +235,8 @@ class Store:
     def create_sweep(self, name: str, axis: str, spec: dict[str, Any] | None = None,
                      code_version: str | None = None) -> SweepRecord:
         """Get or create the sweep ``name``; an existing sweep with another axis is an error."""
-        if not name or not name.strip():
-            raise StoreError("sweep name is empty; pass a name such as --sweep depth-tiny")
+        if (why := name_problem(name)) is not None:
+            raise StoreError(f"sweep name {ascii(name)[:80]} {why}; pass a name such as --sweep depth-tiny")
 
         def unit(conn: Connection) -> SweepRecord:
             return self._create_sweep(conn, name, axis, spec or {}, code_version)
@@ -646,6 +647,8 @@ class Store:
         transaction. Re-importing the same rows changes nothing; changed values of the same
         (family, axis, x, seed) replace the stored ones. The sweep is created if needed with the rows'
         axis (or ``mixed`` when they span several); an existing sweep must have a matching axis."""
+        if (why := name_problem(sweep)) is not None:
+            raise StoreError(f"--sweep {ascii(sweep)[:80]} {why}; pass a name such as --sweep depth-tiny")
         rows = list(rows)
         if not rows:
             raise StoreError("nothing to import: the file has no data rows")

@@ -36,6 +36,7 @@ from typing import Any
 
 from ebt_scaling.config import AXES, FAMILIES, PRESETS, RECIPES, DataConfig, ModelConfig, TrainConfig
 from ebt_scaling.errors import SpecError
+from ebt_scaling.names import name_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -136,6 +137,8 @@ class SweepSpec:
         if name is not None:
             if not name.strip():
                 raise SpecError(f"{src}: --name is empty; give a sweep name such as depth-tiny")
+            if (why := name_problem(name.strip())) is not None:
+                raise SpecError(f"{src}: --name {why}; give a sweep name such as depth-tiny")
             out = out.with_(name=name.strip())
         return out
 
@@ -194,8 +197,8 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> SweepSpec:
     if axis not in AXES:
         raise _err(src, "sweep.axis", f"unknown axis {axis!r}", f"use one of {', '.join(AXES)}")
     name = sw.get("name", f"{axis}")
-    if not isinstance(name, str) or not name.strip():
-        raise _err(src, "sweep.name", "must be a non-empty string", 'e.g. name = "depth-tiny"')
+    if (why := name_problem(name)) is not None:
+        raise _err(src, "sweep.name", why, 'e.g. name = "depth-tiny"')
     families = sw.get("families", list(FAMILIES))
     if not isinstance(families, list) or not families or any(f not in FAMILIES for f in families):
         raise _err(src, "sweep.families", f"bad value {families!r}",
