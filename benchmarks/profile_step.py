@@ -36,9 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from ebt_scaling.host_memory import keep_freed_memory
     from ebt_scaling.models import build_model
-    from ebt_scaling.train.loop import fused_adamw
 
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -46,12 +44,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = dev.type == "cuda"
-    keep_freed_memory(dev.type)  # as ebt-scale train on CPU (ebt_scaling/host_memory.py)
     torch.manual_seed(0)
     cfg = model_config_from(ap, args)
     recipe = args.recipe if args.family == "ebt" else None  # as model_config_from applied it
     model = build_model(cfg).to(dev).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_adamw(dev))  # as ebt-scale train does
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as ebt-scale train does
     idx = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=dev)
     x, y = idx[:, :-1], idx[:, 1:]
 

@@ -1,8 +1,8 @@
 """Cost of one optimizer training step: EBT vs Transformer++ at the same shape, side by side.
 
 One step = zero_grad + loss (forward; for the EBT the whole inner loop) + backward + AdamW step. Variants:
-T++ on SDPA and on the explicit math path, the EBT with the recipe as the paper defines it (``ebt``) and
-with the prediction-only step conditioning (``ebt_pred``, docs/models.md). Then the cost of one extra
+T++ on SDPA and on the explicit math path, the EBT with the recipe as the paper defines it (``ebt``). Then
+the cost of one extra
 thinking step with and without observed-stream reuse (``think``). The variants are timed interleaved (one
 repetition of each per round) and the median per variant is reported, so slow drift of the machine affects
 all alike. The T++ is timed on its fast path (SDPA) and on the explicit matmul/softmax path the EBT must
@@ -47,10 +47,6 @@ def main(argv: list[str] | None = None) -> dict:
                          "dominates op-heavy steps; 'unset' leaves the environment alone")
     ap.add_argument("--think-steps", type=int, default=4,
                     help="thinking-step cost: time think() with this many steps and one more (0 = skip)")
-    ap.add_argument("--host-malloc", default="keep", choices=["keep", "system"],
-                    help="keep (default, as ebt-scale train on CPU): glibc keeps freed memory for reuse "
-                         "(ebt_scaling/host_memory.py); system: the C library's defaults. The JSON reports "
-                         "the minor page faults per step of every variant")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     if args.omp_wait_policy != "unset":
@@ -61,35 +57,28 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from ebt_scaling.config import RECIPE_OVERRIDES, ModelConfig
-    from ebt_scaling.host_memory import keep_freed_memory, minor_faults
     from ebt_scaling.models import build_model
     from ebt_scaling.models.flops import flops_per_token
-    from ebt_scaling.train.loop import fused_adamw
 
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    host_malloc = keep_freed_memory(dev.type) if args.host_malloc == "keep" else "system"
     torch.manual_seed(args.seed)
     shape = dict(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head, vocab_size=args.vocab,
                  sequence_len=args.seq)
     cfg_t = ModelConfig(family="transformer_pp", **shape)
     cfg_e = ModelConfig(family="ebt", **shape, **RECIPE_OVERRIDES[args.recipe])
-    # The prediction-only step conditioning (not the paper's model): observed tokens never see the step
-    # token, so one observed pass serves every landscape (docs/models.md).
-    cfg_p = ModelConfig(family="ebt", **shape, **{**RECIPE_OVERRIDES[args.recipe], "step_conditioning": "prediction"})
 
     tpp = build_model(cfg_t).to(dev).train()
     ebt = build_model(cfg_e).to(dev).train()
-    ebt_pred = build_model(cfg_p).to(dev).train()
 
     def optimizer(model):
         lr = 1e-4  # small: we time the step, not learn; keeps the EBT's alpha-scaled logits tame
         groups = [{"params": g["params"], "weight_decay": g["weight_decay"], "lr": lr * g["lr_mult"]}
                   for g in model.optim_groups(0.01)]
-        return torch.optim.AdamW(groups, betas=(0.9, 0.999), fused=fused_adamw(dev))  # as ebt-scale train
+        return torch.optim.AdamW(groups, betas=(0.9, 0.999), fused=True)  # as ebt-scale train
 
-    opt_t, opt_e, opt_p = optimizer(tpp), optimizer(ebt), optimizer(ebt_pred)
+    opt_t, opt_e = optimizer(tpp), optimizer(ebt)
     idx = torch.randint(0, args.vocab, (args.batch, args.seq + 1), device=dev)
     x, y = idx[:, :-1], idx[:, 1:]
 
@@ -110,7 +99,6 @@ def main(argv: list[str] | None = None) -> dict:
         "tpp_sdpa": lambda: step(tpp, opt_t, "sdpa"),
         "tpp_math": lambda: step(tpp, opt_t, "math"),
         "ebt": lambda: step(ebt, opt_e),
-        "ebt_pred": lambda: step(ebt_pred, opt_p),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     cpu_times: dict[str, list[float]] = {k: [] for k in variants}
@@ -135,10 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
         think["extra_vs_train_inner_step"] = think["extra_step_s"] / think["train_inner_step_s"]
     med_cpu = {k: statistics.median(v) for k, v in cpu_times.items()}
     ex_t, ex_e = flops_per_token(cfg_t, "exact"), flops_per_token(cfg_e, "exact")
-    ex_p = flops_per_token(cfg_p, "exact")
     pa_t, pa_e = flops_per_token(cfg_t, "paper"), flops_per_token(cfg_e, "paper")
     paired = {f"{e}_vs_{t}": statistics.median(a / b for a, b in zip(times[e], times[t], strict=True))
-              for e in ("ebt", "ebt_pred") for t in ("tpp_math", "tpp_sdpa")}
+              for e in ("ebt",) for t in ("tpp_math", "tpp_sdpa")}
     result = {
         "benchmark": "step_cost",
         "shape": {**shape, "batch": args.batch},
@@ -146,7 +133,6 @@ def main(argv: list[str] | None = None) -> dict:
         "device": args.device if dev.type != "cuda" else torch.cuda.get_device_name(dev),
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
-        "host_malloc": host_malloc,
         "torch": torch.__version__,
         "platform": platform.platform(),
         "reps": args.reps,
@@ -156,8 +142,6 @@ def main(argv: list[str] | None = None) -> dict:
         "median_cpu_s": med_cpu,
         "time_ratio_ebt_vs_tpp_math": med["ebt"] / med["tpp_math"],
         "time_ratio_ebt_vs_tpp_sdpa": med["ebt"] / med["tpp_sdpa"],
-        "time_ratio_ebt_pred_vs_tpp_math": med["ebt_pred"] / med["tpp_math"],
-        "time_ratio_ebt_pred_vs_tpp_sdpa": med["ebt_pred"] / med["tpp_sdpa"],
         "paired_ratio_median": paired,
         # Per-round ratios (the variants of one round ran back to back) and the ratio of the fastest
         # repetitions: both less sensitive to other load than the ratio of medians.
@@ -172,9 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
         # Pages the kernel had to map and zero during a step (deterministic, unlike the times).
         "minor_faults_per_step": {k: statistics.median(v) for k, v in faults.items()},
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "exact_flops_per_token": {"tpp": ex_t, "ebt": ex_e, "ebt_pred": ex_p},
+        "exact_flops_per_token": {"tpp": ex_t, "ebt": ex_e},
         "exact_flops_ratio": ex_e / ex_t,
-        "exact_flops_ratio_pred": ex_p / ex_t,
         "think": think,
         "paper_flops_ratio": pa_e / pa_t,
         "tokens_per_s": {k: args.batch * args.seq / v for k, v in med.items()},
@@ -182,6 +165,13 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks._common import emit_json
 
     return emit_json(result, args.out)
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (pages the kernel mapped and zeroed)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def think_cost(ebt, x, args, sync) -> dict:

@@ -130,16 +130,14 @@ def run_one(job: dict) -> dict:
     import torch
 
     from ebt_scaling.config import draws_on_host_per_step, model_config
-    from ebt_scaling.host_memory import keep_freed_memory
     from ebt_scaling.models import build_model
     from ebt_scaling.models.flops import flops_per_token, param_counts
-    from ebt_scaling.train.loop import compiled_loss, fused_adamw
+    from ebt_scaling.train.loop import compiled_loss
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])
     torch.manual_seed(0)
     dev = torch.device(job["device"])
-    keep_freed_memory(dev.type)  # as ebt-scale train on CPU (ebt_scaling/host_memory.py)
     recipe = job["recipe"] if job["family"] == "ebt" else None
     cfg = model_config(job["family"], job["size"], vocab_size=job["vocab"], sequence_len=job["seq"], recipe=recipe)
     model = build_model(cfg).to(dev).train()
@@ -150,7 +148,7 @@ def run_one(job: dict) -> dict:
     loss_fn = compiled_loss(model) if compiled else model.loss  # compiles at the first (untimed) step
     opt = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"], "lr": lr * g["lr_mult"]}
                              for g in model.optim_groups(0.01)], betas=(0.9, 0.999),
-                            fused=fused_adamw(dev), capturable=graphed)  # fused as ebt-scale train does
+                            fused=True, capturable=graphed)  # fused as ebt-scale train does
     idx = torch.randint(0, cfg.vocab_size, (job["batch"], job["seq"] + 1), device=dev)
     x, y = idx[:, :-1], idx[:, 1:]
     amp = dev.type == "cuda"

@@ -76,9 +76,9 @@ class ModelConfig:
     replay_buffer_fraction: float = 0.5
     # Learned step(landscape)-index embedding prepended as row 0 (the `time_embed` variant).
     step_embedding: bool = True
-    # Which rows see the step token: "all" (paper) or "prediction" (observed stream independent of the
-    # landscape, so it can be computed once per batch; not the paper's model).
-    step_conditioning: Literal["all", "prediction"] = "all"
+    # Which rows see the step token. Only "all" (the paper's model) remains; the field stays so that stored
+    # configs and their hashes read as before. "prediction" (observed rows blind to it) was removed.
+    step_conditioning: Literal["all"] = "all"
     # Differentiate the energy w.r.t. the softmax probabilities (released code) or the logits (listing).
     descent_wrt: Literal["probs", "logits"] = "probs"
     # Std of the N(0, I) initial candidate logits.
@@ -119,9 +119,11 @@ class ModelConfig:
         if self.replay_buffer_size < 0 or not 0 < self.replay_buffer_fraction <= 1:
             raise _fail(c, "replay_buffer_size", "size must be >= 0 and fraction in (0, 1]",
                         "use size 0 to disable, or e.g. 192 with fraction 0.5")
-        if self.step_conditioning not in ("all", "prediction"):
-            raise _fail(c, "step_conditioning", f"unknown value {self.step_conditioning!r}",
-                        "use 'all' (paper) or 'prediction'")
+        if self.step_conditioning == "prediction":
+            raise _fail(c, "step_conditioning", "'prediction' was removed in issue 17 (not the paper's model)",
+                        "use 'all' (the default) or drop the key")
+        if self.step_conditioning != "all":
+            raise _fail(c, "step_conditioning", f"unknown value {self.step_conditioning!r}", "use 'all' (the default)")
         if self.descent_wrt not in ("probs", "logits"):
             raise _fail(c, "descent_wrt", f"unknown value {self.descent_wrt!r}", "use 'probs' or 'logits'")
         if self.init_noise_scale < 0:

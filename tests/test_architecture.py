@@ -64,7 +64,7 @@ def test_import_direction(room):
     assert not bad, bad
 
 
-@pytest.mark.parametrize("name", ["config.py", "records.py", "errors.py", "security.py", "names.py", "host_memory.py"])
+@pytest.mark.parametrize("name", ["config.py", "records.py", "errors.py", "security.py", "names.py"])
 def test_boundary_modules_are_stdlib_only(name):
     allowed_prefixes = ("ebt_scaling.",)
     stdlib = sys.stdlib_module_names

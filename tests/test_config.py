@@ -41,6 +41,8 @@ def test_s2_recipe_values():
     (dict(n_embd=12, n_head=4), "ModelConfig.n_head: head size 3 is odd"),
     (dict(step_size=-1.0), "ModelConfig.step_size: must be > 0"),
     (dict(descent_wrt="energy"), "ModelConfig.descent_wrt"),
+    (dict(step_conditioning="prediction"), "ModelConfig.step_conditioning: 'prediction' was removed"),
+    (dict(step_conditioning="tokens"), "ModelConfig.step_conditioning: unknown value 'tokens'"),
 ])
 def test_model_validation_names_field_and_fix(kw, needle):
     with pytest.raises(ConfigError) as e:
@@ -83,3 +85,12 @@ def test_mask_url():
     assert mask_url("postgresql+psycopg://bob:s3cret@db:5432/x") == "postgresql+psycopg://bob:***@db:5432/x"
     assert "s3cret" not in scrub("failed: connect postgresql://u:s3cret@h/db (password=s3cret)")
     assert mask_url("sqlite:///ebt_scale.db") == "sqlite:///ebt_scale.db"
+
+
+def test_stored_configs_with_the_default_step_conditioning_still_load_and_hash_alike():
+    """``step_conditioning`` stays a field (only "all" is accepted) so stored configs and their hashes read as
+    before."""
+    m = _m()
+    d = m.to_dict()
+    assert d["step_conditioning"] == "all"
+    assert type(m).from_dict(d) == m

@@ -2,11 +2,11 @@
 
     python -m pytest -m gpu tests/test_cuda.py          # on a machine with a GPU
 
-They cover what the CPU suite cannot: the EBT's double backward on the GPU with the fused SDPA kernels
-enabled (the EBT must not reach them), CPU/CUDA numerical agreement of the descent and of every parameter
-gradient in fp32, bf16 autocast training end to end through ``train``, and thinking on the GPU. This
-module imports only torch and the model/training code (no database, no Ray), so it runs on a bare GPU
-image with ``PYTHONPATH=.``.
+They cover what the CPU suite cannot: the EBT's double backward on the GPU with only the fused SDPA
+kernels enabled (its observed stream, differentiated once, runs on them; its prediction stream must not),
+CPU/CUDA numerical agreement of the descent and of every parameter gradient in fp32, bf16 autocast
+training end to end through ``train``, and thinking on the GPU. This module imports only torch and the
+model/training code (no database, no Ray), so it runs on a bare GPU image with ``PYTHONPATH=.``.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def test_ebt_descent_and_gradients_match_cpu_in_fp32(name):
 @pytest.mark.parametrize("name", ["ebt_s1", "ebt_s2"])
 def test_ebt_double_backward_never_uses_the_fused_sdpa_kernels(name):
     """With only the flash / memory-efficient SDPA kernels allowed (neither supports double backward),
-    the EBT still trains: its attention is explicit. The T++ forward runs on those kernels fine."""
+    the EBT still trains: its observed stream (differentiated once) uses them, its prediction stream's
+    attention is explicit. The T++ forward runs on those kernels fine."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     idx, tgt = tokens(0).cuda(), tokens(1).cuda()

@@ -71,12 +71,10 @@ def sweep(
     interrupted ones resume from their last checkpoint.
     """
     from ebt_scaling.errors import ConfigError
-    from ebt_scaling.host_memory import host_malloc_choice
     from ebt_scaling.sweeps import Resources, expand, format_plan, load_spec, local_resources, plan_cost, spec_path
 
     if spec is None and axis is None:
         raise ConfigError("sweep: give --axis AXIS (a shipped spec) or --spec FILE")
-    host_malloc_choice()  # the trials read EBT_SCALE_HOST_MALLOC: a bad value fails before any is scheduled
     path = spec if spec is not None else spec_path(axis or "", preset)
     sw = load_spec(path)
     if axis is not None and spec is not None and sw.axis != axis:

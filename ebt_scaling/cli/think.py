@@ -41,10 +41,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Perplexity vs forward passes per prediction (passes = inner steps x samples) for every completed
         run with a checkpoint; Transformer++ runs give the flat baseline. Re-running replaces the values."""
-        from ebt_scaling.host_memory import host_malloc_choice
         from ebt_scaling.think.metrics import parse_int_list
 
-        host_malloc_choice()  # a bad EBT_SCALE_HOST_MALLOC fails before the database is touched
         steps_l = parse_int_list(steps, "--steps")
         samples_l = parse_int_list(samples, "--samples")
         ood_src: str | None = None if ood == "none" else ood

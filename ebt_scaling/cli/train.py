@@ -69,11 +69,9 @@ def train_cmd(
 ) -> None:
     """Train one model and print a summary (final losses vs. the unigram baseline, tokens, params, time)."""
     from ebt_scaling.config import DataConfig, RunSpec, TrainConfig, model_config
-    from ebt_scaling.host_memory import host_malloc_choice
     from ebt_scaling.train.defaults import train_defaults
 
     _check_data_arg(data)
-    host_malloc_choice()  # a bad EBT_SCALE_HOST_MALLOC fails here, before any data is prepared
     if progress_mode not in ("auto", "rich", "plain", "off"):
         raise fail(f"--progress: unknown value {progress_mode!r}; use auto, rich, plain or off", 2)
     if family not in ("transformer_pp", "ebt"):

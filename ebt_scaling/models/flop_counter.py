@@ -3,7 +3,9 @@
 ``torch.utils.flop_counter.FlopCounterMode`` raises inside ``torch.autograd.grad`` with
 ``create_graph=True`` (scaling-fits.md section 9), so this counter intercepts the aten ops directly. It
 sees forward, backward and double-backward matmuls alike, because every one of them is dispatched.
-Elementwise work and fused SDPA kernels are not counted.
+Fused attention kernels (``F.scaled_dot_product_attention``: the EBT's observed stream, the T++) count as
+the two products they stand for, 4*Sq*Sk*Dh per head forward and 8*Sq*Sk*Dh backward (no causal discount,
+no recomputation). Elementwise work is not counted.
 """
 
 from __future__ import annotations
@@ -22,6 +24,14 @@ def _mm(a, b) -> int:
 
 def _bmm(a, b) -> int:
     return 2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
+
+
+def _sdpa(name: str, args) -> int:
+    """Fused attention forward or backward: q (B, H, Sq, Dh), k (B, H, Sk, Dh); backward ops take the output
+    gradient first."""
+    q, k = (args[1], args[2]) if name.endswith("backward") else (args[0], args[1])
+    per_product = 2 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[3]
+    return per_product * (4 if name.endswith("backward") else 2)
 
 
 class MatmulFlopCounter(TorchDispatchMode):
@@ -46,4 +56,6 @@ class MatmulFlopCounter(TorchDispatchMode):
             self.by_op["bmm"] += _bmm(args[0], args[1])
         elif packet is aten.baddbmm:
             self.by_op["baddbmm"] += _bmm(args[1], args[2])
+        elif packet.__name__.startswith("_scaled_dot_product") and "attention" in packet.__name__:
+            self.by_op["sdpa"] += _sdpa(packet.__name__, args)
         return func(*args, **kwargs)

@@ -31,16 +31,11 @@ Conventions
         energy head's value never reaches the loss, only its weight does; the inner gradient is taken
         w.r.t. the embedded rows and projected by W_v2e explicitly, so the candidate p itself needs a
         gradient only when the chain of steps is kept: no detach, after a graph step or with a learnable
-        alpha, or with descent_wrt="logits")
+        alpha)
       scoring forward (best-of-N): O + P.
-      S1-style training (probs descent, detached steps, no truncation, no Langevin noise) fuses each non-final
-      step's CE with the next step's embedding of the same softmax (``EBT._EmbedWithPrevCE``): that step's
-      update needs neither of its two outer-backward T*V*D products (-4*T*V*D), in fp32 and under autocast,
-      at the true or a padded V.
     With observed-stream reuse (``reuse_observed=True``, the model's default) O is paid once per landscape
     per descent instead of per step (3*O if any graph step uses it; shared by all best-of-N samples and
-    scoring passes); with ``step_conditioning="prediction"`` the T token rows are paid once per descent
-    (O_tokens) plus a one-row step stream per landscape (O_step). The per-step figures above minus O remain.
+    scoring passes). The per-step figures above minus O remain.
     Detaching between steps does not change FLOPs. Softmax, norms and other elementwise work are not
     counted. ``tests/test_flops.py`` checks this against a dispatch-mode matmul counter.
 
@@ -116,7 +111,7 @@ def _exact_terms(cfg: Any, t: int) -> dict[str, float]:
     obs = observed(so)
     pred = n_layer * (2 * t * w + 4 * t * so * d) + 2 * t * v * d + 2 * t * d
     return {"O": obs, "P": pred, "first_order": obs + 2 * pred, "graph": 3 * obs + 6 * pred - 6 * t * d,
-            "score": obs + pred, "O_tokens": observed(t), "O_step": observed(1)}
+            "score": obs + pred}
 
 
 def flops_per_token(cfg: Any, convention: str, *, mode: str = "train", steps: float | None = None,
@@ -179,9 +174,6 @@ def _observed_cost(cfg: Any, terms: dict[str, float], landscapes: list[int], gra
     graph_ls = {ls for ls, g in zip(landscapes, graph, strict=True) if g}
     if not cfg.step_embedding:
         return terms["O"] * (3 if graph_ls else 1)
-    if cfg.step_conditioning == "prediction":
-        return (terms["O_tokens"] * (3 if graph_ls else 1)
-                + sum(terms["O_step"] * (3 if ls in graph_ls else 1) for ls in set(landscapes)))
     return sum(terms["O"] * (3 if ls in graph_ls else 1) for ls in set(landscapes))
 
 
@@ -189,21 +181,11 @@ def _descent_landscapes(cfg: Any, n: int) -> list[int]:
     return [min(j, cfg.mcmc_num_steps - 1) for j in range(n)]
 
 
-def fused_ce(cfg: Any) -> bool:
-    """Whether training fuses each non-final inner step's CE with the next step's embedding of the same softmax
-    (``EBT._EmbedWithPrevCE``; the EBT asks this function): the steps start detached from the previous
-    candidate (so the next step's p is exactly the softmax of this step's logits, with no gradient path of
-    its own), no Langevin noise comes between, every step's CE is in the loss (no truncation) and the descent
-    is w.r.t. the probabilities. That is S1."""
-    return (cfg.descent_wrt == "probs" and cfg.detach_between_steps and not cfg.truncate_steps
-            and cfg.langevin_noise_std == 0)
-
-
 def _ebt_train_seq(cfg: Any, terms: dict[str, float], n: int, t: int, reuse: bool = True) -> float:
     """Exact matmul FLOPs of one EBT training forward + backward with n inner steps, per sequence.
 
     A graph step saves the 2*T*V*D input gradient of ``vocab_to_embed`` when its candidate p needs no
-    gradient (probs descent, and the step's candidate does not carry the chain of earlier steps).
+    gradient (the step's candidate does not carry the chain of earlier steps).
     """
     total = 0.0
     chain = False  # does this step's candidate carry a gradient path from earlier steps?
@@ -217,9 +199,7 @@ def _ebt_train_seq(cfg: Any, terms: dict[str, float], n: int, t: int, reuse: boo
         else:
             chain = False
         if graph:
-            saved = 0 if (cfg.descent_wrt == "logits" or chain) else 2 * t * cfg.vocab_size * cfg.n_embd
-            if i < n - 1 and fused_ce(cfg):  # the update's two outer-backward products (EBT._EmbedWithPrevCE)
-                saved += 4 * t * cfg.vocab_size * cfg.n_embd
+            saved = 0 if chain else 2 * t * cfg.vocab_size * cfg.n_embd
             total += terms["graph"] - 3 * terms["O"] - saved
         else:
             total += terms["first_order"] - terms["O"]

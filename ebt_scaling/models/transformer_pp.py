@@ -3,7 +3,8 @@
 Shape legend: B batch, T sequence, D width, V vocabulary.
 
 Token embedding V->D, L Llama blocks (pre-norm RMSNorm, RoPE, SwiGLU with hidden = cfg.ffn_dim, no
-biases), final RMSNorm, an untied output head D->V. Xavier-normal init on every linear layer.
+biases; ``layers.Block``), final RMSNorm, an untied output head D->V. Xavier-normal init on every linear
+layer.
 """
 
 from __future__ import annotations
@@ -14,24 +15,14 @@ from torch import nn
 
 from ebt_scaling.config import ModelConfig
 from ebt_scaling.errors import ConfigError
-from ebt_scaling.models.layers import (
-    PAD_VOCAB_ON,
-    Block,
-    RMSNorm,
-    Rotary,
-    check_attn_impl,
-    init_linear_xavier,
-    padded_vocab,
-    vocab_pad_mask,
-)
+from ebt_scaling.models.layers import Block, RMSNorm, Rotary, check_attn_impl, init_linear_xavier
 
 
 class TransformerPP(nn.Module):
     """``model(idx)`` -> logits (B, T, V); ``model.loss(idx, targets)`` -> (CE, info).
 
-    ``attn_impl``: ``"sdpa"`` (fast fused kernel, default) or ``"math"`` (the explicit matmul/softmax path
-    the EBT must use; for like-for-like timing and for FLOP counting). It can be changed at any time by
-    assigning ``model.attn_impl``.
+    ``attn_impl``: ``"sdpa"`` (fused kernel, default) or ``"math"`` (explicit matmul/softmax, as the EBT's
+    prediction stream; for like-for-like timing and FLOP counting). Assign ``model.attn_impl`` at any time.
     """
 
     def __init__(self, cfg: ModelConfig, attn_impl: str = "sdpa") -> None:
@@ -47,36 +38,19 @@ class TransformerPP(nn.Module):
         self.output = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.rotary = Rotary(cfg.head_dim, cfg.sequence_len, cfg.rope_theta)
         init_linear_xavier(self)
-        # On the device types in pad_vocab_on the head runs at the aligned width (layers.padded_vocab);
-        # the extra logits are -inf, so the softmax, the loss and every gradient are those of the true V.
-        self.vocab_padded = padded_vocab(cfg.vocab_size)
-        self.pad_vocab_on = PAD_VOCAB_ON
-        if self.vocab_padded != cfg.vocab_size:
-            self.register_buffer("_pad_bias", vocab_pad_mask(cfg.vocab_size, self.vocab_padded), persistent=False)
-
-    def _logits(self, idx: torch.Tensor) -> torch.Tensor:
-        """(B, T, V) logits, or (B, T, padded V) on a device type in ``pad_vocab_on`` (padding: -inf)."""
-        impl = check_attn_impl(self.attn_impl)
-        _, t = idx.shape
-        rope = self.rotary(0, t)
-        h = self.tok_embeddings(idx)  # (B, T, D)
-        for layer in self.layers:
-            h = layer(h, rope, impl)
-        h = self.norm(h)
-        v, vp = self.cfg.vocab_size, self.vocab_padded
-        if vp == v or h.device.type not in self.pad_vocab_on:
-            return self.output(h)
-        return F.linear(h, F.pad(self.output.weight, (0, 0, 0, vp - v)), self._pad_bias)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """idx: (B, T) token ids -> next-token logits (B, T, V)."""
-        logits = self._logits(idx)
-        v = self.cfg.vocab_size
-        return logits if logits.shape[-1] == v else logits[..., :v]
+        impl = check_attn_impl(self.attn_impl)
+        rope = self.rotary(0, idx.shape[1])
+        h = self.tok_embeddings(idx)  # (B, T, D)
+        for layer in self.layers:
+            h = layer(h, rope, impl)
+        return self.output(self.norm(h))
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Mean next-token cross-entropy in nats; targets equal to -100 are ignored."""
-        logits = self._logits(idx)  # padding logits are -inf: they add exactly 0 to the softmax
+        logits = self(idx)
         ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         return ce, {"ce": ce.detach()}
 

@@ -29,7 +29,6 @@ from ebt_scaling.data import TokenCorpus, load_corpus
 from ebt_scaling.data import synthetic as syn
 from ebt_scaling.data.sources import load_documents
 from ebt_scaling.errors import ConfigError, DataError
-from ebt_scaling.host_memory import keep_freed_memory
 from ebt_scaling.models import build_model
 from ebt_scaling.train.checkpoint import resolve_checkpoint
 
@@ -252,7 +251,6 @@ def think_run(spec: RunSpec, checkpoint: str, *, steps: Sequence[int], samples: 
     ``ood``: a source name, ``"auto"`` (``default_ood``) or None (skip). The step grid always includes the
     run's trained validation step count (the baseline setting)."""
     dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    keep_freed_memory(dev.type)  # as train() does: on CPU the descent's (B, T, V) tensors reuse freed memory
     model = load_run_model(spec, checkpoint, dev)
     T = spec.model.sequence_len
     B = batch_size or spec.train.batch_size
