@@ -68,7 +68,7 @@ class ModelConfig:
     # groups, peak LR / min_lr_div (alpha's LR falls from multiplier x peak to that absolute floor); "scaled" =
     # the model schedule times the multiplier (floor multiplier x peak / min_lr_div; this project's only
     # behaviour before the setting existed).
-    step_size_lr_floor: Literal["shared", "scaled"] = "scaled"
+    step_size_lr_floor: Literal["shared", "scaled"] = "shared"
     # s != 1: alpha ~ Uniform[alpha/s, alpha*s] independently per (batch, position) in training.
     step_size_random_scale: float = 1.0
     # k > 0: the last landscape is repeated r ~ U{min..k+1} times per training batch; k+1 at eval.
@@ -181,14 +181,14 @@ class ModelConfig:
 RECIPE_OVERRIDES: dict[str, dict[str, Any]] = {
     "ebt_s1": dict(
         mcmc_num_steps=2, step_size=500.0, step_size_learnable=True, step_size_lr_multiplier=1500.0,
-        step_size_lr_floor="scaled", step_size_random_scale=1.0, randomize_num_steps=0, randomize_num_steps_min=0,
+        step_size_lr_floor="shared", step_size_random_scale=1.0, randomize_num_steps=0, randomize_num_steps_min=0,
         langevin_noise_std=0.0, detach_between_steps=True, truncate_steps=False,
         replay_buffer_size=0, replay_buffer_fraction=0.5, step_embedding=True,
         step_conditioning="all", descent_wrt="probs", init_noise_scale=1.0,
     ),
     "ebt_s2": dict(
         mcmc_num_steps=1, step_size=5.0, step_size_learnable=False, step_size_lr_multiplier=1500.0,
-        step_size_lr_floor="scaled", step_size_random_scale=2.0, randomize_num_steps=2, randomize_num_steps_min=2,
+        step_size_lr_floor="shared", step_size_random_scale=2.0, randomize_num_steps=2, randomize_num_steps_min=2,
         langevin_noise_std=3.0, detach_between_steps=False, truncate_steps=True,
         replay_buffer_size=192, replay_buffer_fraction=0.5, step_embedding=True,
         step_conditioning="all", descent_wrt="probs", init_noise_scale=1.0,

@@ -87,6 +87,12 @@ def _golden_ebt(**model_kw):
     return RunSpec(model=m, train=t, data=DataConfig(source="synthetic", vocab_size=32), recipe="ebt_s1")
 
 
+def test_step_size_lr_floor_defaults_to_the_official_shared_floor_in_both_recipes():
+    assert _m().step_size_lr_floor == "shared"
+    for recipe in ("ebt_s1", "ebt_s2"):
+        assert RECIPE_OVERRIDES[recipe]["step_size_lr_floor"] == "shared"
+
+
 def test_step_size_lr_floor_is_hashed_only_where_it_changes_training():
     shared, scaled = _golden_ebt(step_size_lr_floor="shared"), _golden_ebt(step_size_lr_floor="scaled")
     # a learnable alpha with a multiplier: the two floors train differently, so they are different runs ...
