@@ -26,6 +26,10 @@ AXES = ("data", "batch", "depth", "width", "params", "flops")
 RECIPES = ("ebt_s1", "ebt_s2")
 Family = Literal["transformer_pp", "ebt"]
 
+# ModelConfig.step_size_lr_floor values; "scaled" is what runs stored before the field existed were trained with.
+STEP_SIZE_LR_FLOORS = ("shared", "scaled")
+LEGACY_STEP_SIZE_LR_FLOOR = "scaled"
+
 # Bumped when the meaning of a config field changes, so that old hashes never collide with new runs.
 CONFIG_SCHEMA_VERSION = 1
 
@@ -60,6 +64,11 @@ class ModelConfig:
     step_size_learnable: bool = True
     # LR multiplier of alpha's own parameter group (alpha LR = multiplier x peak LR).
     step_size_lr_multiplier: float = 1500.0
+    # Where alpha's LR decays to (train/schedule.py): "shared" = the official code's one cosine floor for all
+    # groups, peak LR / min_lr_div (alpha's LR falls from multiplier x peak to that absolute floor); "scaled" =
+    # the model schedule times the multiplier (floor multiplier x peak / min_lr_div; this project's only
+    # behaviour before the setting existed).
+    step_size_lr_floor: Literal["shared", "scaled"] = "shared"
     # s != 1: alpha ~ Uniform[alpha/s, alpha*s] independently per (batch, position) in training.
     step_size_random_scale: float = 1.0
     # k > 0: the last landscape is repeated r ~ U{min..k+1} times per training batch; k+1 at eval.
@@ -105,6 +114,10 @@ class ModelConfig:
                         "leave it unset for hidden = n_embd (the paper's choice)")
         if self.step_size <= 0:
             raise _fail(c, "step_size", f"must be > 0, got {self.step_size}", "the paper uses 500 (S1) or 5 (S2)")
+        if self.step_size_lr_floor not in STEP_SIZE_LR_FLOORS:
+            raise _fail(c, "step_size_lr_floor", f"unknown value {self.step_size_lr_floor!r}",
+                        "use 'shared' (official: alpha's LR decays to peak / min_lr_div) or 'scaled' "
+                        "(multiplier x peak / min_lr_div)")
         if self.step_size_random_scale < 1:
             raise _fail(c, "step_size_random_scale", f"must be >= 1, got {self.step_size_random_scale}",
                         "use 1 for a fixed step size or e.g. 2 for U[alpha/2, 2 alpha]")
@@ -151,8 +164,18 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def step_size_lr_floor_matters(self) -> bool:
+        """Whether ``step_size_lr_floor`` changes training: an EBT whose learnable alpha has its own LR
+        multiplier (not 1). Everywhere else both settings give the same LRs."""
+        return self.family == "ebt" and self.step_size_learnable and self.step_size_lr_multiplier != 1.0
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """From ``to_dict``'s output. A stored config written before ``step_size_lr_floor`` existed lacks it and
+        was trained with the scaled floor, so it reads back as ``"scaled"`` (and keeps its stored hash)."""
+        if "step_size_lr_floor" not in d:
+            d = {**d, "step_size_lr_floor": LEGACY_STEP_SIZE_LR_FLOOR}
         return _from_dict(cls, d)
 
 
@@ -160,14 +183,14 @@ class ModelConfig:
 RECIPE_OVERRIDES: dict[str, dict[str, Any]] = {
     "ebt_s1": dict(
         mcmc_num_steps=2, step_size=500.0, step_size_learnable=True, step_size_lr_multiplier=1500.0,
-        step_size_random_scale=1.0, randomize_num_steps=0, randomize_num_steps_min=0,
+        step_size_lr_floor="shared", step_size_random_scale=1.0, randomize_num_steps=0, randomize_num_steps_min=0,
         langevin_noise_std=0.0, detach_between_steps=True, truncate_steps=False,
         replay_buffer_size=0, replay_buffer_fraction=0.5, step_embedding=True,
         step_conditioning="all", descent_wrt="probs", init_noise_scale=1.0,
     ),
     "ebt_s2": dict(
         mcmc_num_steps=1, step_size=5.0, step_size_learnable=False, step_size_lr_multiplier=1500.0,
-        step_size_random_scale=2.0, randomize_num_steps=2, randomize_num_steps_min=2,
+        step_size_lr_floor="shared", step_size_random_scale=2.0, randomize_num_steps=2, randomize_num_steps_min=2,
         langevin_noise_std=3.0, detach_between_steps=False, truncate_steps=True,
         replay_buffer_size=192, replay_buffer_fraction=0.5, step_embedding=True,
         step_conditioning="all", descent_wrt="probs", init_noise_scale=1.0,
@@ -356,9 +379,16 @@ class RunSpec:
 
     def identity(self) -> dict[str, Any]:
         """The versioned fields that define the run (what is hashed)."""
+        model = self.model.to_dict()
+        # step_size_lr_floor is hashed only where it changes training (an EBT with a learnable alpha and an LR
+        # multiplier), and only when it differs from the scaled floor that every run hashed before the field
+        # existed was trained with: those runs, their checkpoints and all T++ / fixed-alpha hashes stay valid.
+        floor = model.pop("step_size_lr_floor")
+        if self.model.step_size_lr_floor_matters and floor != LEGACY_STEP_SIZE_LR_FLOOR:
+            model["step_size_lr_floor"] = floor
         d = {
             "schema": CONFIG_SCHEMA_VERSION,
-            "model": self.model.to_dict(),
+            "model": model,
             "train": dataclasses.asdict(self.train),
             "data": {k: v for k, v in dataclasses.asdict(self.data).items() if k != "cache_dir"},
         }

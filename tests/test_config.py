@@ -43,6 +43,7 @@ def test_s2_recipe_values():
     (dict(descent_wrt="energy"), "ModelConfig.descent_wrt"),
     (dict(step_conditioning="prediction"), "ModelConfig.step_conditioning: 'prediction' was removed"),
     (dict(step_conditioning="tokens"), "ModelConfig.step_conditioning: unknown value 'tokens'"),
+    (dict(step_size_lr_floor="official"), "ModelConfig.step_size_lr_floor: unknown value 'official'"),
 ])
 def test_model_validation_names_field_and_fix(kw, needle):
     with pytest.raises(ConfigError) as e:
@@ -74,6 +75,51 @@ def test_hash_is_stable_and_ignores_bookkeeping():
     assert spec.config_hash != other.config_hash
     assert RunSpec.from_dict(spec.to_dict()) == spec
     assert len(spec.config_hash) == 64
+
+
+# The EBT golden spec (tests/test_train_golden.py) hashed before ModelConfig.step_size_lr_floor existed, when the
+# alpha group's LR floor was always the scaled one (its golden file of commit 06d15b1).
+PRE_FLOOR_GOLDEN_EBT_HASH = "0a249507e60409e0b198e0ed316d4e92a25a1c9365b98b67bc8eb60ada539e5f"
+
+
+def _golden_ebt(**model_kw):
+    m = model_config("ebt", "nano", vocab_size=32, sequence_len=32, recipe="ebt_s1", **model_kw)
+    t = TrainConfig(steps=20, batch_size=4, lr=3e-3, warmup_steps=4, eval_interval=20, eval_batches=2,
+                    log_interval=1, seed=0, threads=1)
+    return RunSpec(model=m, train=t, data=DataConfig(source="synthetic", vocab_size=32), recipe="ebt_s1")
+
+
+def test_step_size_lr_floor_defaults_to_the_official_shared_floor_in_both_recipes():
+    assert _m().step_size_lr_floor == "shared"
+    for recipe in ("ebt_s1", "ebt_s2"):
+        assert RECIPE_OVERRIDES[recipe]["step_size_lr_floor"] == "shared"
+
+
+def test_step_size_lr_floor_is_hashed_only_where_it_changes_training():
+    shared, scaled = _golden_ebt(step_size_lr_floor="shared"), _golden_ebt(step_size_lr_floor="scaled")
+    # a learnable alpha with a multiplier: the two floors train differently, so they are different runs ...
+    assert shared.config_hash != scaled.config_hash
+    # ... and "scaled" (what every run before the setting trained with) keeps the hash it had then
+    assert scaled.config_hash == PRE_FLOOR_GOLDEN_EBT_HASH
+    assert "step_size_lr_floor" not in scaled.identity()["model"]
+    assert shared.identity()["model"]["step_size_lr_floor"] == "shared"
+    # where the setting changes nothing (T++, a fixed alpha as in S2, multiplier 1) it is not hashed
+    for kw in (dict(family="transformer_pp"), dict(step_size_learnable=False), dict(step_size_lr_multiplier=1.0)):
+        a, b = (RunSpec(model=_m(**kw, step_size_lr_floor=f), train=TrainConfig()) for f in ("shared", "scaled"))
+        assert a.config_hash == b.config_hash, kw
+        assert "step_size_lr_floor" not in a.identity()["model"]
+
+
+def test_a_stored_config_without_step_size_lr_floor_reads_back_as_scaled():
+    """Configs stored before the setting existed (database rows, checkpoints' spec.json) were trained with the
+    scaled floor: they read back as such and keep their stored hash."""
+    old = _golden_ebt(step_size_lr_floor="scaled").to_dict()
+    del old["model"]["step_size_lr_floor"]
+    back = RunSpec.from_dict(old)
+    assert back.model.step_size_lr_floor == "scaled"
+    assert back.config_hash == PRE_FLOOR_GOLDEN_EBT_HASH
+    new = _golden_ebt()
+    assert RunSpec.from_dict(new.to_dict()) == new  # a new config round-trips with its own setting
 
 
 def test_from_dict_rejects_unknown_fields():

@@ -11,6 +11,7 @@ from ebt_scaling.data.synthetic import synthetic_entropy_rate
 from ebt_scaling.errors import ConfigError
 from ebt_scaling.records import ListSink
 from ebt_scaling.train import lr_at, train
+from ebt_scaling.train.schedule import group_lr_at
 
 FAMILIES = ["transformer_pp", "ebt"]
 
@@ -36,6 +37,43 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
     assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10], strict=False))
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
     assert lr_at(0, peak=1.0, warmup=0, total=5, min_div=10) == 1.0
+
+
+def test_alpha_group_schedule_shared_and_scaled_floor():
+    """The EBT's alpha group (LR multiplier 1500): the same warm-up ramp to 1500 x peak under both settings; after
+    it the official "shared" floor decays to the model's absolute floor peak / 10, "scaled" to 1500 x that."""
+    kw = dict(peak=1e-3, warmup=10, total=110, min_div=10.0, lr_mult=1500.0)
+    shared = [group_lr_at(s, floor_mode="shared", **kw) for s in range(110)]
+    scaled = [group_lr_at(s, floor_mode="scaled", **kw) for s in range(110)]
+    model = [lr_at(s, peak=1e-3, warmup=10, total=110, min_div=10.0) for s in range(110)]
+    assert shared[:10] == scaled[:10] == [1500.0 * m for m in model[:10]]
+    assert shared[10] == pytest.approx(1.5) and scaled[10] == pytest.approx(1.5)
+    assert shared[-1] == pytest.approx(1e-4) and scaled[-1] == pytest.approx(0.15)
+    mid = 1e-4 + (1.5 - 1e-4) * 0.5 * (1 + math.cos(math.pi * 50 / 99))
+    assert shared[60] == pytest.approx(mid) and scaled[60] == pytest.approx(1500 * model[60])
+    assert all(a >= b for a, b in zip(shared[10:], shared[11:], strict=False))
+    assert all(a < b for a, b in zip(shared[11:], scaled[11:], strict=False))
+    # a group without a multiplier (every T++ parameter, the EBT's other weights) is lr_at under both
+    for mode in ("shared", "scaled"):
+        assert [group_lr_at(s, floor_mode=mode, **{**kw, "lr_mult": 1.0}) for s in range(110)] == model
+    with pytest.raises(ValueError, match="floor_mode: unknown value 'x'"):
+        group_lr_at(50, floor_mode="x", **kw)
+
+
+@pytest.mark.parametrize("floor, expected", [("shared", 3e-3 / 10), ("scaled", 1500 * 3e-3 / 10)])
+def test_training_sets_the_alpha_group_lr_floor_as_configured(tmp_path, floor, expected):
+    """The optimizer of a trained EBT (S1: learnable alpha, multiplier 1500) ends with the alpha group at the
+    floor its step_size_lr_floor names and the model group at peak / 10 either way."""
+    import dataclasses
+
+    import torch
+
+    spec = _spec("ebt", steps=6, warmup_steps=2, eval_interval=0, ckpt=tmp_path / "c")
+    spec = spec.with_(model=dataclasses.replace(spec.model, step_size_lr_floor=floor))
+    r = train(spec, ListSink())
+    groups = torch.load(f"{r.checkpoint_dir}/optimizer.pt", weights_only=True)["param_groups"]
+    assert [g["lr_mult"] for g in groups] == [1.0, 1500.0]
+    assert groups[0]["lr"] == pytest.approx(3e-4) and groups[1]["lr"] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -1,6 +1,7 @@
 """``train(spec, sink) -> RunResult``: one training run, knowing nothing of Ray or the database.
 
-Per optimizer step ``s = 1..steps``: set the LR of every group to ``lr_at(s - 1) * lr_mult``; draw a batch
+Per optimizer step ``s = 1..steps``: set the LR of every group to ``lr_at(s - 1)``, times ``lr_mult`` for the
+EBT's alpha group with the floor its ``step_size_lr_floor`` names (``schedule.group_lr_at``); draw a batch
 of ``batch_size`` random windows of ``sequence_len + 1`` tokens; ``loss, info = model.loss(idx, targets)``
 (bf16 autocast on CUDA, fp32 on CPU); backward; clip the gradient norm (the pre-clip norm is recorded);
 check for divergence; AdamW step. Then, in this order: metric points (every ``log_interval`` steps and the
@@ -35,7 +36,7 @@ from ebt_scaling.models.flops import flops_per_token, param_counts
 from ebt_scaling.records import MetricPoint, MetricSink, RunResult
 from ebt_scaling.train.checkpoint import load_checkpoint, save_checkpoint
 from ebt_scaling.train.graphed import GraphedStep, check_cuda_graph
-from ebt_scaling.train.schedule import lr_at
+from ebt_scaling.train.schedule import group_lr_at, lr_at
 
 EVAL_SEED_OFFSET = 7919  # validation noise (EBT initial candidates) uses seed + this, in a forked RNG
 
@@ -255,7 +256,8 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
         reason = None
         lr = lr_at(step, peak=tcfg.lr, warmup=tcfg.warmup_steps, total=tcfg.steps, min_div=tcfg.min_lr_div)
         for g in optimizer.param_groups:
-            g["lr"] = lr * g["lr_mult"]
+            g["lr"] = group_lr_at(step, peak=tcfg.lr, warmup=tcfg.warmup_steps, total=tcfg.steps,
+                                  min_div=tcfg.min_lr_div, lr_mult=g["lr_mult"], floor_mode=mcfg.step_size_lr_floor)
         batch = torch.from_numpy(corpus.sample_batch("train", B, T, data_rng)).to(device)
         idx, tgt = batch[:, :-1], batch[:, 1:]
         try:

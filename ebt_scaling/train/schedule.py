@@ -1,20 +1,51 @@
-"""The learning-rate schedule (ebt-paper.md section 13): linear warm-up from 0, then cosine to peak/div.
+"""The learning-rate schedule (ebt-paper.md section 13): linear warm-up from 0, then cosine to a floor.
 
 A pure function of the optimizer step, so the "scheduler state" of a checkpoint is just the step count.
+
+Parameter groups with an LR multiplier (the EBT's learnable step size alpha: ``lr_mult =
+step_size_lr_multiplier``) follow one of two schedules, chosen by ``ModelConfig.step_size_lr_floor``:
+
+* ``"shared"`` (the official EBT code, the default): every group warms up to ``peak * lr_mult`` and then
+  cosine-decays to the **same absolute floor** ``peak / min_div``, as one ``CosineAnnealingLR(eta_min =
+  peak / min_lr_scale)`` does for all groups of the released trainer. At S1's multiplier 1500 the alpha LR
+  ends 1500x lower relative to its peak than the model LR does.
+* ``"scaled"``: the whole model schedule times ``lr_mult``, so the alpha group ends at ``lr_mult * peak /
+  min_div`` (e.g. 0.18 for peak 1.2e-3). This was the only behaviour before the setting existed.
+
+A group with ``lr_mult == 1`` gets exactly ``lr_at`` under both.
 """
 
 from __future__ import annotations
 
 import math
 
+from ebt_scaling.config import STEP_SIZE_LR_FLOORS
 
-def lr_at(step: int, *, peak: float, warmup: int, total: int, min_div: float) -> float:
+
+def lr_at(step: int, *, peak: float, warmup: int, total: int, min_div: float, floor: float | None = None) -> float:
     """LR of optimizer step ``step`` (0-based). Warm-up: ``peak * (step + 1) / warmup`` for the first
     ``warmup`` steps (step 0 already moves; the peak is reached at step ``warmup - 1``); then a half cosine
-    from ``peak`` (step ``warmup``) down to ``peak / min_div`` (the last step, ``total - 1``)."""
+    from ``peak`` (step ``warmup``) down to ``floor`` (default ``peak / min_div``) at the last step,
+    ``total - 1``."""
     if warmup > 0 and step < warmup:
         return peak * (step + 1) / warmup
-    floor = peak / min_div
+    if floor is None:
+        floor = peak / min_div
     span = max(1, total - warmup - 1)
     progress = min(1.0, max(0.0, (step - warmup) / span))
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def group_lr_at(step: int, *, peak: float, warmup: int, total: int, min_div: float, lr_mult: float,
+                floor_mode: str) -> float:
+    """LR of a parameter group with multiplier ``lr_mult`` at optimizer step ``step`` under ``floor_mode``.
+    Both: ``lr_mult * lr_at(step)`` during the warm-up (a ramp to ``peak * lr_mult``). After it, ``"shared"``:
+    a half cosine from ``peak * lr_mult`` down to ``peak / min_div``; ``"scaled"``: ``lr_mult * lr_at(step)``,
+    floor ``lr_mult * peak / min_div``."""
+    if lr_mult == 1.0 or (warmup > 0 and step < warmup):  # the warm-up is the same ramp under both settings
+        return lr_at(step, peak=peak, warmup=warmup, total=total, min_div=min_div) * lr_mult
+    if floor_mode == "shared":
+        return lr_at(step, peak=peak * lr_mult, warmup=warmup, total=total, min_div=min_div, floor=peak / min_div)
+    if floor_mode == "scaled":
+        return lr_at(step, peak=peak, warmup=warmup, total=total, min_div=min_div) * lr_mult
+    raise ValueError(f"floor_mode: unknown value {floor_mode!r}; use one of {', '.join(STEP_SIZE_LR_FLOORS)}")
