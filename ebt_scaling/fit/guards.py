@@ -138,8 +138,8 @@ def family_guards(fd: FamilyData, entry: dict[str, Any], baselines: dict[str, fl
         se = sd * np.sqrt(1.0 / counts[1:] + 1.0 / counts[:-1])
         if (d > NOISE_Z * se).any() and (d < -NOISE_Z * se).any():
             trail = ", ".join(f"{m:.3f}" for m in means)
-            out.append(_g("non_monotone", name, f"{who}: the loss falls and rises across levels by more than seed noise "
-                          f"(level means {trail} nats): the trend is not one scaling law"))
+            out.append(_g("non_monotone", name, f"{who}: the loss falls and rises across levels by more than seed "
+                          f"noise (level means {trail} nats): the trend is not one scaling law"))
     if slope is not None and ci[0] is not None and ci[1] is not None and ci[1] - ci[0] > abs(slope):
         out.append(_g("wide_interval", name, f"{who}: 95% interval of the slope wider than the slope itself "
                       f"({slope:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]): the rate is mostly noise", "rate"))
