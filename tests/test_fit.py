@@ -219,7 +219,9 @@ def test_holm_adjustment():
 
 
 def test_holm_across_axes_and_verdicts():
-    rng = np.random.default_rng(11)
+    # seed 14: clean log-linear data on which no rate guard-rail fires (with seed 11 the EBT's lack-of-fit
+    # test gives p < 0.05 by chance, which rightly withholds the verdict)
+    rng = np.random.default_rng(14)
     strong = axis_data_from_arrays(*loglinear(rng, {"transformer_pp": -0.08, "ebt": -0.12}), axis="data")
     null = axis_data_from_arrays(*loglinear(rng, {"transformer_pp": -0.08, "ebt": -0.08}), axis="width")
     fits = fit_axes([strong, null], FAST)

@@ -15,19 +15,21 @@ from typing import Any
 
 import numpy as np
 
+from ebt_scaling.fit import guards as guard_rails
 from ebt_scaling.fit import ols, saturating
 from ebt_scaling.fit.design import (
     EBT,
     PARAMETRIC,
     TPP,
     AxisData,
+    FamilyData,
     bootstrap_kind,
     parametric_resample,
     percentile_ci,
     stratified_resample,
 )
 
-FIT_CODE_VERSION = 2  # bump when a change alters fitted numbers, so stored fits are not reused
+FIT_CODE_VERSION = 3  # bump when a change alters fitted numbers, so stored fits are not reused
 LN10 = math.log(10.0)
 PAPER_V1 = {"data": 0.3598, "batch": 0.2846, "depth": 0.0529, "params": 0.0291, "flops": 0.0292, "width": 0.0002}
 PAPER_ICLR = {"params": 0.0897, "flops": 0.0897}
@@ -77,6 +79,9 @@ class AxisFit:
     run_ids: list[int]
     plot: dict[str, Any] = field(default_factory=dict)
     reused: bool = False
+    guards: list[dict[str, Any]] = field(default_factory=list)  # guard-rails that fired (fit/guards.py)
+    holdout: dict[str, Any] = field(default_factory=dict)  # family -> prediction check at the largest level
+    baselines: dict[str, Any] = field(default_factory=dict)  # family -> {"unigram", "uniform"} in nats
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +95,8 @@ def fingerprint(data: AxisData, settings: FitSettings) -> str:
     """sha256 of the exact points (run id, family, x, seed, loss) and the method settings."""
     rows = sorted((int(r), f.family, repr(float(x)), int(s), repr(float(y)))
                   for f in data.families.values() for r, x, s, y in zip(f.run_id, f.x, f.seed, f.y, strict=True))
-    blob = json.dumps({"sweep": data.sweep, "axis": data.axis, "rows": rows, "settings": settings.as_dict()},
+    blob = json.dumps({"sweep": data.sweep, "axis": data.axis, "rows": rows, "settings": settings.as_dict(),
+                       "baselines": data.baselines},
                       sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -171,10 +177,26 @@ def fit_axis(data: AxisData, settings: FitSettings | None = None) -> AxisFit:
     alpha_boot: dict[str, np.ndarray] = {}
     _fit_laws(data, s, fams, plot, ystar, x_scale, rng, messages, alpha_boot)
 
+    guards: list[dict[str, Any]] = []
+    for name, entry in fams.items():
+        line = lines.get(name)
+        fired = guard_rails.family_guards(data.families[name], entry, data.baselines.get(name),
+                                          line.resid if line is not None else None)
+        entry["guards"] = [g["code"] for g in fired]
+        guards += fired
+        if data.baselines.get(name):
+            plot[name]["baseline"] = data.baselines[name]
+    holdout = {name: h for name in fams if (h := _holdout(data.families[name], s, rng)) is not None}
+
     comparison = None
     crossover = None
     if EBT in lines and TPP in lines:
         comparison = _compare(data, s, lines, boot, fams, alpha_boot, rng)
+        comparison["guards"] = sorted({g["code"] for g in guards})
+        comparison["unreliable_verdict"] = guard_rails.unreliable_verdict(guards, "rate")
+        comparison["unreliable"] = comparison["unreliable_verdict"] is not None
+        comparison["exponent_unreliable_note"] = guard_rails.unreliable_verdict(guards, "exponent")
+        comparison["exponent_unreliable"] = comparison["exponent_unreliable_note"] is not None
         crossover = _crossover(data, s, lines, boot)
         if comparison.get("warning"):
             messages.append(comparison["warning"])
@@ -184,7 +206,37 @@ def fit_axis(data: AxisData, settings: FitSettings | None = None) -> AxisFit:
     else:
         messages.append("no comparison: a slope is missing for one family")
     return AxisFit(data.sweep, data.axis, fams, comparison, crossover, data.n_runs, dict(data.excluded), messages,
-                   s.as_dict(), fp, list(data.run_ids()), plot)
+                   s.as_dict(), fp, list(data.run_ids()), plot, guards=guards, holdout=holdout,
+                   baselines=dict(data.baselines))
+
+
+def _holdout(fd: FamilyData, s: FitSettings, rng: np.random.Generator) -> dict[str, Any] | None:
+    """Extrapolation check: the M1 line fitted on every level but the largest, its prediction at the largest
+    level, and the prediction error (observed mean - predicted, nats) with a bootstrap interval. The interval
+    resamples both the fit (seeds, or the fitted line plus drawn noise for single seeds) and the held-out
+    observation, so it is a prediction interval. None with fewer than MIN_LEVELS_M2 levels (3 left to fit)."""
+    if fd.n_levels < MIN_LEVELS_M2:
+        return None
+    x_out = float(fd.levels.max())
+    keep = fd.x < x_out
+    u, u_out = np.log(fd.x), math.log(x_out)
+    line = ols.fit_line(u[keep], fd.y[keep])
+    observed = float(fd.y[~keep].mean())
+    predicted = line.intercept + line.slope * u_out
+    error = observed - predicted
+    if bootstrap_kind(fd) == PARAMETRIC:  # noise around the reduced line, at the held-out level too: centred on 0
+        Y = parametric_resample(line.intercept + line.slope * u, line.resid, 2, s.resamples, rng)
+        centre = 0.0
+    else:  # seeds resampled in every cell, the held-out one included: centred on the observed error
+        Y = stratified_resample(fd, fd.y, s.resamples, rng)
+        centre = error
+    bs, bc = ols.bootstrap_lines(u[keep], Y[:, keep])
+    err_b = Y[:, ~keep].mean(axis=1) - (bc + bs * u_out) - centre
+    lo, hi = percentile_ci(err_b, s.level)
+    return {"x": x_out, "n_levels_fit": fd.n_levels - 1, "observed": _f(observed), "predicted": _f(predicted),
+            "error_nats": _f(error), "error_ci": _ci(error + lo, error + hi),
+            "covered": bool(error + lo <= 0.0 <= error + hi),
+            "method": "M1 line on all levels but the largest"}
 
 
 def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, dict[str, Any]], plot: dict[str, Any],
@@ -313,16 +365,21 @@ def _crossover(data: AxisData, s: FitSettings, lines: dict[str, ols.Line],
     out["x"] = _f(math.exp(u_star)) if u_star < 700 else None
     lo_x_ln, hi_x_ln = math.log(lo_x), math.log(hi_x)
     out["in_range"] = bool(lo_x_ln <= u_star <= hi_x_ln)
+    # A resample whose slope order flips has no x above which the steeper family is lower: its crossover (in
+    # that sense) is at +infinity. It is counted as such, not dropped, so flips widen the interval upwards.
     q = (1 - s.level) / 2
-    if frac >= 1 - q:
-        ulo, uhi = percentile_ci(ub[same_dir], s.level)
-        out["log10_x_ci"] = [_f(ulo / LN10), _f(uhi / LN10)]
-        out["x_ci"] = [_f(math.exp(ulo)) if ulo < 700 else None, _f(math.exp(uhi)) if uhi < 700 else None]
+    ub_eff = np.where(same_dir & np.isfinite(ub), ub, np.inf)
+    ulo, uhi = (float(v) for v in np.quantile(ub_eff, [q, 1 - q], method="inverted_cdf"))
+    out["log10_x_ci"] = [_f(ulo / LN10), _f(uhi / LN10)]
+    out["x_ci"] = [_f(math.exp(ulo)) if ulo < 700 else None, _f(math.exp(uhi)) if uhi < 700 else None]
+    lo_note = f"10^{ulo / LN10:.2f}" if math.isfinite(ulo) else "infinity"
+    if math.isfinite(uhi):
         ci_note = f"95% interval 10^{ulo / LN10:.2f} to 10^{uhi / LN10:.2f}"
+        if frac < 1:
+            ci_note += f" (the slope order flips in {1 - frac:.1%} of resamples, counted as never crossing)"
     else:
-        out["log10_x_ci"] = [None, None]
-        ci_note = ("interval unbounded: in "
-                   f"{1 - frac:.0%} of resamples the slope order flips, so the lines may never cross")
+        ci_note = (f"95% interval {lo_note} to infinity: in {1 - frac:.0%} of resamples the slope order flips, "
+                   "so the lines may never cross")
     better = "EBT" if steeper > 0 else "Transformer++"
     where = "inside the fitted range" if out["in_range"] else (
         f"{(u_star - hi_x_ln) / LN10:.1f} decades above the largest x" if u_star > hi_x_ln
@@ -340,26 +397,91 @@ def _crossover(data: AxisData, s: FitSettings, lines: dict[str, ols.Line],
     return out
 
 
-def adjust_holm(fits: list[AxisFit]) -> None:
-    """Holm-adjust the comparison p-values across the given axes (in place)."""
-    ps = [f.comparison.get("p_value") if f.comparison else None for f in fits]
+def adjust_holm(fits: list[AxisFit], tests: list[list[int]] | None = None, note: str | None = None) -> None:
+    """Holm-adjust the comparison p-values of one family of tests (in place).
+
+    ``fits`` are the axes of the family; ``tests`` groups indices into ``fits`` that are one test (axes that
+    share runs, such as params and flops re-expressing the same runs): a group counts once, with the largest
+    p-value of its members, and every member gets the group's adjusted p. Default: each axis is a test."""
+    tests = tests if tests is not None else [[i] for i in range(len(fits))]
+    ps: list[float | None] = []
+    for grp in tests:
+        vals = [f.comparison.get("p_value") for i in grp if (f := fits[i]).comparison is not None]
+        vals = [v for v in vals if v is not None]
+        ps.append(max(vals) if vals else None)
     adj = ols.holm(ps)
-    for f, a in zip(fits, adj, strict=True):
-        if f.comparison is not None:
-            f.comparison["p_value_holm"] = a
-            f.comparison["verdict"] = verdict(f.comparison.get("rate_gain"), a)
-            f.comparison["holm_axes"] = sum(p is not None for p in ps)
+    labels = [f"{f.sweep}/{f.axis}" for f in fits if f.comparison is not None]
+    for grp, a in zip(tests, adj, strict=True):
+        for i in grp:
+            c = fits[i].comparison
+            if c is None:
+                continue
+            c["p_value_holm"] = a
+            c["holm_axes"] = sum(p is not None for p in ps)
+            c["holm_family"] = labels
+            c["holm_note"] = note
+            c["verdict"] = verdict(c, a)
 
 
-def verdict(gain: float | None, p_holm: float | None, alpha: float = 0.05) -> str:
+def verdict(comparison: dict[str, Any], p_holm: float | None, alpha: float = 0.05) -> str:
+    """EBT faster/slower at Holm-adjusted p < alpha, unless a guard-rail fired (then the reason, never a
+    direction): a family whose loss does not fall, or any other guard, makes the rate gain unreadable."""
+    gain = comparison.get("rate_gain")
     if gain is None or p_holm is None:
         return "not testable"
+    if comparison.get("unreliable_verdict"):
+        return str(comparison["unreliable_verdict"])
     if p_holm < alpha:
         return "EBT faster" if gain > 0 else "EBT slower"
     return "not distinguishable at 95%"
 
 
+def shared_tests(datas: list[AxisData]) -> list[list[int]]:
+    """Group axes that share runs into one test: the same config hashes (the params and flops axes of a sweep
+    re-express one set of runs), or at least half of the smaller axis's (family, seed, loss) values."""
+    parent = list(range(len(datas)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(datas):
+        for j in range(i + 1, len(datas)):
+            b = datas[j]
+            cfg = {k for k in a.run_keys if k.startswith("config:")} & b.run_keys
+            va = {k for k in a.run_keys if k.startswith("value:")}
+            vb = {k for k in b.run_keys if k.startswith("value:")}
+            if cfg or (va and vb and len(va & vb) >= 0.5 * min(len(va), len(vb))):
+                parent[root(j)] = root(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(datas)):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+def holm_note(fits: list[AxisFit], tests: list[list[int]]) -> str | None:
+    """Plain words on how params and flops entered the Holm family (one test when they share runs)."""
+    notes = []
+    for grp in tests:
+        if len(grp) > 1:
+            notes.append(" and ".join(fits[i].axis for i in grp) + " share runs: one test (the larger p-value)")
+    axes = {f.axis: i for i, f in enumerate(fits)}
+    if "params" in axes and "flops" in axes and not any({axes["params"], axes["flops"]} <= set(g) for g in tests):
+        notes.append("params and flops use different runs: two tests")
+    return "; ".join(notes) or None
+
+
 def fit_axes(datas: list[AxisData], settings: FitSettings | None = None) -> list[AxisFit]:
+    """Fit every axis; Holm over the axes of each sweep (axes sharing runs are one test)."""
     fits = [fit_axis(d, settings) for d in datas]
-    adjust_holm(fits)
+    for sweep in dict.fromkeys(d.sweep for d in datas):
+        idx = [i for i, d in enumerate(datas) if d.sweep == sweep]
+        holm_family([fits[i] for i in idx], [datas[i] for i in idx])
     return fits
+
+
+def holm_family(fits: list[AxisFit], datas: list[AxisData]) -> None:
+    """Holm over exactly these axes (one family of tests), axes sharing runs counted once."""
+    tests = shared_tests(datas)
+    adjust_holm(fits, tests, holm_note(fits, tests))

@@ -56,6 +56,12 @@ class AxisData:
     families: dict[str, FamilyData]
     excluded: dict[str, int] = field(default_factory=dict)  # reason -> count
     messages: tuple[str, ...] = ()
+    # per family: {"unigram": nats or None, "uniform": ln V or None} (the loss of a model that learned nothing
+    # beyond token frequencies / nothing at all), from the runs' stored ``unigram_loss`` and vocabulary size
+    baselines: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # identities of the runs behind the points (config hashes, and (family, seed, loss) values), used to tell
+    # which axes share runs (params and flops) and so are one test in a Holm family
+    run_keys: frozenset[str] = frozenset()
 
     @property
     def n_runs(self) -> int:
@@ -102,6 +108,9 @@ def group_runs(runs: Iterable[Any]) -> dict[tuple[str, str], AxisData]:
 
 def axis_data_from_runs(sweep: str, axis: str, runs: Iterable[Any]) -> AxisData:
     keep: dict[str, list[tuple[float, int, int, float]]] = {}
+    unigram: dict[str, list[float]] = {}
+    vocab: dict[str, list[int]] = {}
+    keys: set[str] = set()
     excluded: Counter[str] = Counter()
     for r in runs:
         why = exclusion_reason(r)
@@ -109,19 +118,40 @@ def axis_data_from_runs(sweep: str, axis: str, runs: Iterable[Any]) -> AxisData:
             excluded[why] += 1
             continue
         keep.setdefault(r.family, []).append((float(r.x), int(r.seed), int(r.id), float(r.final_val_loss)))
+        u = (getattr(r, "extra_metrics", None) or {}).get("unigram_loss")
+        if u is not None and math.isfinite(u) and u > 0:
+            unigram.setdefault(r.family, []).append(float(u))
+        v = _vocab_size(r)
+        if v:
+            vocab.setdefault(r.family, []).append(v)
+        if getattr(r, "config_hash", None):
+            keys.add(f"config:{r.config_hash}")
+        keys.add(f"value:{r.family}/{int(r.seed)}/{float(r.final_val_loss)!r}")
     families = {fam: _family(fam, rows) for fam, rows in sorted(keep.items())}
+    baselines = {fam: {"unigram": float(np.median(unigram[fam])) if fam in unigram else None,
+                       "uniform": math.log(float(np.median(vocab[fam]))) if fam in vocab else None}
+                 for fam in families}
     messages = []
     if excluded.get("non-positive x (log undefined)"):
         messages.append(f"{excluded['non-positive x (log undefined)']} run(s) with x <= 0 left out: "
                         "a log-log fit needs positive x")
-    return AxisData(sweep, axis, families, dict(sorted(excluded.items())), tuple(messages))
+    return AxisData(sweep, axis, families, dict(sorted(excluded.items())), tuple(messages), baselines,
+                    frozenset(keys))
+
+
+def _vocab_size(run: Any) -> int | None:
+    cfg = getattr(run, "config", None) or {}
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    v = model.get("vocab_size") if isinstance(model, dict) else None
+    return int(v) if isinstance(v, int) and v >= 2 else None
 
 
 def axis_data_from_arrays(family: Iterable[str], x: Iterable[float], y: Iterable[float],
                           seed: Iterable[int] | None = None, *, sweep: str = "synthetic",
-                          axis: str = "axis") -> AxisData:
+                          axis: str = "axis", unigram_loss: float | None = None) -> AxisData:
     """Build AxisData from plain arrays (tests, benchmarks, analysis recipes). Non-positive x or y are
-    counted as exclusions exactly as for stored runs."""
+    counted as exclusions exactly as for stored runs. ``unigram_loss`` (nats) is the corpus's unigram
+    baseline, stored with every run as trained runs store it."""
     fam = list(family)
     xs = [float(v) for v in x]
     ys = [float(v) for v in y]
@@ -139,12 +169,15 @@ def axis_data_from_arrays(family: Iterable[str], x: Iterable[float], y: Iterable
         status: str = "completed"
         fit_eligible: bool = True
         reason: str | None = None
+        extra_metrics: dict[str, float] = field(default_factory=dict)
 
         @property
         def final_val_loss(self) -> float:
             return self.y
 
-    runs = [_Run(i + 1, f, xv, yv, int(s)) for i, (f, xv, yv, s) in enumerate(zip(fam, xs, ys, sd, strict=True))]
+    extra = {"unigram_loss": float(unigram_loss)} if unigram_loss is not None else {}
+    runs = [_Run(i + 1, f, xv, yv, int(s), extra_metrics=extra)
+            for i, (f, xv, yv, s) in enumerate(zip(fam, xs, ys, sd, strict=True))]
     return axis_data_from_runs(sweep, axis, runs)
 
 
@@ -215,12 +248,12 @@ def parametric_resample(fitted: np.ndarray, resid: np.ndarray, n_params: float, 
     (s^2 = residual variance, df = n - p; the scaled inverse chi-square law of sigma^2 given s^2). Then
     slope* - slope = s Z / sqrt(chi2_df / df) / sqrt(Sxx) is exactly Student-t, so the percentile interval of a
     straight-line slope is the t interval; a plain residual bootstrap is too narrow with 4-6 points.
-    Returns (B, n)."""
-    n = resid.size
-    df = max(n - n_params, 1.0)
+    ``fitted`` may have more points than ``resid`` (the fit's own residuals), e.g. a held-out level to
+    predict. Returns (B, fitted.size)."""
+    df = max(resid.size - n_params, 1.0)
     s2 = float((resid**2).sum()) / df
     sigma = np.sqrt(s2 * df / rng.chisquare(df, size=(B, 1)))
-    return fitted[None, :] + sigma * rng.standard_normal((B, n))
+    return fitted[None, :] + sigma * rng.standard_normal((B, fitted.size))
 
 
 def percentile_ci(samples: np.ndarray, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -84,17 +84,17 @@ def rate_gain(slope_ebt: np.ndarray | float, slope_tpp: np.ndarray | float) -> n
 class SlopeTest:
     diff: float  # b_EBT - b_T++ (the interaction coefficient beta3)
     t: float
-    df: int
+    df: float  # Welch-Satterthwaite df with pure error (not an integer in general), n - 4 with residual
     p_value: float  # two-sided t-test of beta3 = 0
-    variance: str  # "pure error (within-level seed variance)" or "residual"
+    variance: str  # "pure error, per family (Welch df)" or "residual"
     p_value_permutation: float  # Freedman-Lane, studentized statistic
     n_permutations: int
 
 
-def _pure_error(u: np.ndarray, d: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-    """Within-cell (same family and x) sum of squares and its degrees of freedom."""
+def _pure_error(u: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    """Within-level (same x) sum of squares of one family and its degrees of freedom."""
     ss, df = 0.0, 0
-    keys = np.round(u, 12) + 1e6 * d
+    keys = np.round(u, 12)
     for k in np.unique(keys):
         v = y[keys == k]
         if v.size > 1:
@@ -103,16 +103,35 @@ def _pure_error(u: np.ndarray, d: np.ndarray, y: np.ndarray) -> tuple[float, int
     return ss, df
 
 
+def welch_slope_diff(u_e: np.ndarray, y_e: np.ndarray, u_t: np.ndarray,
+                     y_t: np.ndarray) -> tuple[float, float] | None:
+    """Variance of b_EBT - b_T++ from each family's own seed variance, and its Welch-Satterthwaite df.
+
+    b3 = b_EBT - b_T++ is a difference of two independent OLS slopes, Var = s_E^2/Sxx_E + s_T^2/Sxx_T with s_f^2
+    the within-level (pure error) variance of family f, so the two families' seed noise may differ. None when a
+    family has no replicated level (no pure-error estimate)."""
+    parts = []
+    for u, y in ((u_e, y_e), (u_t, y_t)):
+        ss, df = _pure_error(u, y)
+        if df < 1 or ss <= 0:
+            return None
+        parts.append((ss / df / float(((u - u.mean()) ** 2).sum()), df))
+    var = sum(v for v, _ in parts)
+    df_w = var**2 / sum(v**2 / d for v, d in parts)
+    return var, df_w
+
+
 def slope_test(u_e: np.ndarray, y_e: np.ndarray, u_t: np.ndarray, y_t: np.ndarray, n_perm: int,
                rng: np.random.Generator) -> SlopeTest:
     """ANCOVA y = b0 + b1 u + b2 D + b3 D u (D = 1 for EBT); H0: b3 = 0.
 
     b3 = c'y is linear in the data, so Var(b3) = sigma^2 ||c||^2 for independent seed noise whatever the
-    true curve. With replicated seeds, sigma^2 is estimated from the within-level spread (pure error): the
-    test then asks whether the two OLS slopes over this design differ beyond seed noise, the same
-    question the seed bootstrap answers, and curvature (lack of fit) is not mistaken for noise. Without
-    replicates (fewer than 2 pure-error degrees of freedom) the residual variance is used (conservative
-    when the straight line is misspecified).
+    true curve. With replicated seeds in both families, each family's seed variance is estimated from its
+    own within-level spread (pure error) and the df follow Welch-Satterthwaite (``welch_slope_diff``): the
+    test then asks whether the two OLS slopes over this design differ beyond seed noise, the same question
+    the seed bootstrap answers, curvature (lack of fit) is not mistaken for noise, and the families need not
+    share one seed variance. Without replicates in a family the residual variance of the pooled model is
+    used (conservative when the straight line is misspecified).
 
     The permutation p-value permutes the residuals of the reduced model y ~ u + D (Freedman & Lane 1983)
     and compares |t| of b3 (residual variance), which keeps the intercept difference under H0.
@@ -137,11 +156,11 @@ def slope_test(u_e: np.ndarray, y_e: np.ndarray, u_t: np.ndarray, y_t: np.ndarra
             return b3 / np.sqrt(s2 * XtX_inv[3, 3])
 
     b3 = float(C[3] @ y)
-    ss_pe, df_pe = _pure_error(u, d, y)
-    if df_pe >= 2 and ss_pe > 0:
-        variance, df = "pure error (within-level seed variance)", df_pe
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t_obs = b3 / math.sqrt(ss_pe / df_pe * XtX_inv[3, 3])
+    welch = welch_slope_diff(u_e, y_e, u_t, y_t)
+    df: float
+    if welch is not None:
+        variance, df = "pure error, per family (Welch df)", welch[1]
+        t_obs = b3 / math.sqrt(welch[0])
     else:
         variance, df = "residual", df_res
         t_obs = float(tstat(y[None, :])[0]) if df_res > 0 else float("nan")
@@ -157,7 +176,7 @@ def slope_test(u_e: np.ndarray, y_e: np.ndarray, u_t: np.ndarray, y_t: np.ndarra
         perms = np.argsort(rng.random((n_perm, n)), axis=1)
         t_perm = tstat(fit0[None, :] + r0[perms])
         p_perm = float((1 + np.sum(np.abs(t_perm) >= abs(t_res) * (1 - 1e-9))) / (n_perm + 1))
-    return SlopeTest(b3, float(t_obs), int(df), p, variance, p_perm, n_perm)
+    return SlopeTest(b3, float(t_obs), float(df), p, variance, p_perm, n_perm)
 
 
 def holm(pvalues: list[float | None]) -> list[float | None]:

@@ -10,7 +10,9 @@ the method settings):
 * ``ols_log_ppl`` and ``saturating_huber`` per family, linked to that family's runs;
 * ``comparison`` and ``crossover`` (family ``ebt_vs_transformer_pp``), linked to all runs of the axis.
 
-Holm adjustment is not stored: it depends on which axes are reported together and is recomputed each time.
+Holm adjustment is not stored. Its family of tests is defined by the analysis, never by whatever else the
+database holds: by default the axes of each sweep (so importing an unrelated sweep changes no p-value), or
+the axes named by ``family_of_tests``; axes of one family that share runs (params and flops) are one test.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from ebt_scaling.config import AXES
 from ebt_scaling.errors import ConfigError, DuplicateError
-from ebt_scaling.fit.axis import AxisFit, FitSettings, adjust_holm, fingerprint, fit_axis
+from ebt_scaling.fit.axis import AxisFit, FitSettings, fingerprint, fit_axis, holm_family
 from ebt_scaling.fit.design import AxisData, group_runs
 from ebt_scaling.records import FitRecord
 
@@ -67,6 +69,9 @@ def axis_json(f: AxisFit) -> dict[str, Any]:
         "n_excluded": sum(f.excluded.values()),
         "excluded": f.excluded,
         "messages": f.messages,
+        "guards": f.guards,
+        "unreliable": bool(comp.get("unreliable")),
+        "baselines": f.baselines,
         "fingerprint": f.fingerprint,
         "reused": f.reused,
         "settings": f.settings,
@@ -79,26 +84,71 @@ def _axis_order(key: tuple[str, str]) -> tuple[str, int, str]:
     return (sweep, AXES.index(axis) if axis in AXES else len(AXES), axis)
 
 
+def parse_family_of_tests(spec: str | None) -> list[tuple[str | None, str]] | None:
+    """``--family-of-tests``: comma-separated ``axis`` or ``sweep/axis`` entries (a bare axis means that axis
+    of every selected sweep). None when not given."""
+    if spec is None:
+        return None
+    out: list[tuple[str | None, str]] = []
+    for item in (t.strip() for t in spec.split(",")):
+        if not item:
+            continue
+        sw, _, ax = item.rpartition("/")
+        if ax not in AXES:
+            raise ConfigError(f"--family-of-tests: {item!r} is not an axis; use a comma list of "
+                              f"{', '.join(AXES)} (or SWEEP/AXIS)")
+        out.append((sw or None, ax))
+    if not out:
+        raise ConfigError("--family-of-tests is empty; name the axes tested together, e.g. data,depth,width")
+    return out
+
+
+def _holm_families(groups: dict[tuple[str, str], AxisData],
+                   family: list[tuple[str | None, str]] | None) -> list[list[tuple[str, str]]]:
+    """The Holm families: the axes of each sweep, or the one family named by ``--family-of-tests``."""
+    keys = sorted(groups, key=_axis_order)
+    if family is None:
+        return [[k for k in keys if k[0] == sw] for sw in dict.fromkeys(k[0] for k in keys)]
+    chosen = [k for k in keys if any(ax == k[1] and sw in (None, k[0]) for sw, ax in family)]
+    for sw, ax in family:
+        if not any(ax == k[1] and sw in (None, k[0]) for k in keys):
+            raise ConfigError(f"--family-of-tests: no runs for {sw + '/' if sw else ''}{ax} in the selected "
+                              "sweep(s); name only axes that were run")
+    return [chosen]
+
+
 def fit_store(store: Any, sweep: str | None = None, axis: str | None = None,
-              settings: FitSettings | None = None, *, save: bool = True) -> SweepFits:
+              settings: FitSettings | None = None, *, save: bool = True,
+              family_of_tests: str | None = None) -> SweepFits:
     """Fit every (sweep, axis) with runs (optionally one sweep), reusing stored fits whose fingerprint
-    matches and saving new ones. p-values are Holm-adjusted across all axes of the selected sweep(s), also
-    when ``axis`` restricts what is returned."""
+    matches and saving new ones. p-values are Holm-adjusted within each sweep over all its axes (also when
+    ``axis`` restricts what is returned), or over the axes named by ``family_of_tests``, which must then
+    include every axis returned."""
     s = settings or FitSettings()
     if axis is not None and axis not in AXES:
         raise ConfigError(f"--axis {axis!r}: unknown axis; use one of {', '.join(AXES)}")
+    family = parse_family_of_tests(family_of_tests)
     if sweep is not None:
         store.get_sweep(sweep)  # raises NotFound with the fix when the sweep does not exist
     runs = store.list_runs(sweep=sweep)
     groups = group_runs(runs)
+    holm = _holm_families(groups, family)
+    if family is not None:
+        left = [f"{k[0]}/{k[1]}" for k in groups if (axis is None or k[1] == axis) and k not in holm[0]]
+        if left:
+            raise ConfigError(f"--family-of-tests leaves out {', '.join(left)}, which would be reported "
+                              "uncorrected; add it or restrict the output with --axis/--sweep")
     messages: list[str] = []
     if not runs:
         messages.append("no runs" + (f" in sweep {sweep!r}" if sweep else " in the database")
                         + "; import results with `ebt-scale import FILE.csv --sweep NAME` or run a sweep")
     if axis is not None and not any(k[1] == axis for k in groups):
         groups[(sweep or "-", axis)] = AxisData(sweep or "-", axis, {})
-    fits = [_fit_or_reuse(store, groups[key], s, save) for key in sorted(groups, key=_axis_order)]
-    adjust_holm(fits)
+    order = sorted(groups, key=_axis_order)
+    fitted = {key: _fit_or_reuse(store, groups[key], s, save) for key in order}
+    for fam in holm:
+        holm_family([fitted[k] for k in fam], [groups[k] for k in fam])
+    fits = [fitted[k] for k in order]
     if axis is not None:
         fits = [f for f in fits if f.axis == axis]
         runs = [r for r in runs if r.axis == axis]
