@@ -38,6 +38,44 @@ def _fail(cls: str, field_name: str, problem: str, fix: str) -> ConfigError:
     return ConfigError(f"{cls}.{field_name}: {problem}; {fix}")
 
 
+# Upper limits at the door: far above any real run, low enough that a typo (depth 10^12, width 2^40) stops
+# here in one line instead of allocating for hours or overflowing a database column later.
+LIMITS: dict[str, int | float] = {
+    "n_layer": 1024, "n_embd": 65536, "n_head": 1024, "vocab_size": 1 << 24, "sequence_len": 1 << 20,
+    "ffn_hidden": 1 << 20, "mcmc_num_steps": 1000, "replay_buffer_size": 1 << 24, "randomize_num_steps": 1000,
+    "randomize_num_steps_min": 1000, "step_size": 1e6, "step_size_lr_multiplier": 1e6,
+    "steps": 10**9, "batch_size": 1 << 20, "eval_batches": 10**6, "log_interval": 10**9, "warmup_steps": 10**9,
+    "eval_interval": 10**9, "checkpoint_interval": 10**9, "threads": 4096, "lr": 10.0, "min_lr_div": 1e6,
+    "grad_clip": 1e6, "seed": 2**31 - 1, "split_seed": 2**31 - 1,
+}
+
+
+def _check_types_and_limits(obj: Any) -> None:
+    """Every field has its declared type (a bool is not an int, "5" is not a float, "no" is not a bool;
+    floats must be finite) and stays within ``LIMITS``. One ``ConfigError`` line naming the field."""
+    c = type(obj).__name__
+    for f in fields(obj):
+        v, t = getattr(obj, f.name), str(f.type)
+        if v is None and "None" in t:
+            continue
+        kind = t.split(" |")[0]
+        if kind == "bool" and not isinstance(v, bool):
+            raise _fail(c, f.name, f"must be true or false, got {v!r}", "set it to a boolean")
+        if kind == "int" and (not isinstance(v, int) or isinstance(v, bool)):
+            raise _fail(c, f.name, f"must be an integer, got {v!r}", "write it without quotes or decimals")
+        if kind == "float":
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                raise _fail(c, f.name, f"must be a number, got {v!r}", "write it without quotes")
+            if v != v or v in (float("inf"), float("-inf")):
+                raise _fail(c, f.name, f"must be finite, got {v!r}", "give a finite number")
+        if kind == "str" and not isinstance(v, str):
+            raise _fail(c, f.name, f"must be a string, got {v!r}", "quote it")
+        hi = LIMITS.get(f.name)
+        if hi is not None and isinstance(v, int | float) and not isinstance(v, bool) and v > hi:
+            limit = f"{hi:,}" if isinstance(hi, int) else f"{hi:g}"
+            raise _fail(c, f.name, f"{v!r} is above the limit {limit}", "check for a typo (units, exponent)")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of one model. EBT-only fields are ignored by (and hashed for) T++ runs as set.
@@ -95,6 +133,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         c = "ModelConfig"
+        _check_types_and_limits(self)
         if self.family not in FAMILIES:
             raise _fail(c, "family", f"unknown family {self.family!r}", f"use one of {', '.join(FAMILIES)}")
         for name in ("n_layer", "n_embd", "n_head", "vocab_size", "sequence_len", "mcmc_num_steps"):
@@ -289,6 +328,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         c = "TrainConfig"
+        _check_types_and_limits(self)
         for name in ("steps", "batch_size", "eval_batches", "log_interval"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -337,6 +377,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         c = "DataConfig"
+        _check_types_and_limits(self)
         ok = self.source in ("shakespeare", "kjv", "synthetic") or self.source.startswith(("text:", "hf:"))
         if not ok:
             raise _fail(c, "source", f"unknown source {self.source!r}",

@@ -140,3 +140,51 @@ def test_stored_configs_with_the_default_step_conditioning_still_load_and_hash_a
     d = m.to_dict()
     assert d["step_conditioning"] == "all"
     assert type(m).from_dict(d) == m
+
+
+@pytest.mark.parametrize("cls,kw,msg", [
+    ("model", dict(n_layer=10**12), "ModelConfig.n_layer: 1000000000000 is above the limit 1,024"),
+    ("model", dict(n_embd=2**40, n_head=2**10), "ModelConfig.n_embd: 1099511627776 is above the limit"),
+    ("model", dict(step_size="5"), "ModelConfig.step_size: must be a number, got '5'"),
+    ("model", dict(step_size_learnable="no"), "ModelConfig.step_size_learnable: must be true or false, got 'no'"),
+    ("model", dict(norm_eps=float("nan")), "ModelConfig.norm_eps: must be finite"),
+    ("train", dict(lr=float("inf")), "TrainConfig.lr: must be finite, got inf"),
+    ("train", dict(seed=10**17), "TrainConfig.seed: 100000000000000000 is above the limit 2,147,483,647"),
+    ("train", dict(steps=2.0), "TrainConfig.steps: must be an integer, got 2.0"),
+    ("train", dict(compile="no"), "TrainConfig.compile: must be true or false, got 'no'"),
+    ("data", dict(vocab_size=True), "DataConfig.vocab_size: must be an integer, got True"),
+])
+def test_types_and_limits_are_checked_at_the_door(cls, kw, msg):
+    from ebt_scaling.config import DataConfig, ModelConfig, TrainConfig
+
+    build = {"model": lambda: ModelConfig(**{**dict(family="ebt", n_layer=2, n_embd=32, n_head=2, vocab_size=64,
+                                                    sequence_len=16), **kw}),
+             "train": lambda: TrainConfig(**kw), "data": lambda: DataConfig(**kw)}[cls]
+    with pytest.raises(ConfigError) as e:
+        build()
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (("values = [1, 2, 3, 4]", "values = [1, 2, 3, 4000000000000]"), "model.n_layer: 4000000000000 is above the limit"),
+    (("lr = 0.003", "lr = inf"), "train.lr: must be finite"),
+    (("seeds = [0]", "seeds = [100000000000000000]"), "train.seed: 100000000000000000 is above the limit"),
+    (("cpus_per_trial = 1", "cpus_per_trial = 1\nmax_retries = 1000000000000"), "resources.max_retries"),
+    (("name = \"depth-tiny\"", "name = \"caf\xe9\""), "not UTF-8"),
+])
+def test_spec_limits_fail_in_one_line_before_anything_is_written(tmp_path, edit, msg):
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    text = (root / "experiments" / "tiny" / "depth.toml").read_text()
+    assert edit[0] in text
+    spec = tmp_path / "s.toml"
+    data = text.replace(edit[0], edit[1])
+    spec.write_bytes(data.encode("latin-1") if "not UTF-8" in msg else data.encode())
+    db = tmp_path / "r.db"
+    r = subprocess.run([sys.executable, "-m", "ebt_scaling", "sweep", "--spec", str(spec), "--dry-run", "--db",
+                        f"sqlite:///{db}"], capture_output=True, text=True, timeout=120, cwd=root)
+    assert r.returncode == 2 and msg in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert str(spec) in r.stderr and not db.exists()

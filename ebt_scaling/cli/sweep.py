@@ -89,8 +89,8 @@ def sweep(
     cpt = float(cpus_per_trial if cpus_per_trial is not None else res.get("cpus_per_trial", 1))
     mc = max_concurrent if max_concurrent is not None else res.get("max_concurrent")
     retries = max_retries if max_retries is not None else int(res.get("max_retries", 2))
-    if retries < 0:
-        raise ConfigError("--max-retries must be >= 0; use 0 to never retry a failed run")
+    if not 0 <= retries <= 1000:
+        raise ConfigError(f"--max-retries must be between 0 and 1000, got {retries}; use 0 to never retry a failed run")
     runs = expand(sw)
     if sw.train.get("compile") and any(r.spec.family == "ebt" for r in runs):
         typer.echo(f"{path}: train.compile applies to the transformer_pp runs; the EBT runs stay eager (torch.compile "

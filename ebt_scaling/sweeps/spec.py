@@ -51,6 +51,7 @@ MODEL_KEYS = ("preset",) + tuple(
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig))
 RESOURCE_KEYS = ("gpus_per_trial", "cpus_per_trial", "max_concurrent", "max_retries")
+RESOURCE_LIMITS = {"gpus_per_trial": 1024, "cpus_per_trial": 4096, "max_concurrent": 100_000, "max_retries": 1000}
 COST_KEYS = ("gpu_flops_per_s", "cpu_flops_per_s", "note")
 
 # Axis-specific keys of [axis]. Every axis has ``values``.
@@ -166,6 +167,9 @@ def load_spec(path: str | Path) -> SweepSpec:
                         "or use --axis with --preset") from None
     except OSError as exc:
         raise SpecError(f"{src}: cannot read the file ({exc.strerror}); check its permissions") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{src}: not UTF-8 (byte {exc.start}); TOML files must be UTF-8: convert it, e.g. "
+                        "iconv -f latin1 -t utf-8") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -228,6 +232,9 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> SweepSpec:
         ok = _is_num(v) and v >= 0 if k in ("gpus_per_trial", "cpus_per_trial") else _is_int(v) and v >= 0
         if not ok:
             raise _err(src, f"resources.{k}", f"bad value {v!r}", "use a non-negative number")
+        if v > RESOURCE_LIMITS[k]:
+            raise _err(src, f"resources.{k}", f"{v!r} is above the limit {RESOURCE_LIMITS[k]:,}",
+                       "check for a typo")
     cost = check_keys("cost", COST_KEYS)
     for k in ("gpu_flops_per_s", "cpu_flops_per_s"):
         if k in cost and not (_is_num(cost[k]) and cost[k] > 0):
