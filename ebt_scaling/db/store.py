@@ -14,6 +14,7 @@ project's exceptions (``DuplicateError``, ``NotFound``, ``StoreError``) with cre
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -185,6 +186,16 @@ class Store:
             raise
 
     # -------------------------------------------------------------- plumbing
+
+    def lease(self, sweep: str) -> contextlib.AbstractContextManager[None]:
+        """Hold the sweep's driver lease (``db/lease.py``) while the ``with`` block runs; ``LeaseHeld`` (one
+        line: who holds it, since when) if another live driver has it."""
+        from ebt_scaling.db.lease import postgres_lease, sqlite_lease
+
+        if self.dialect == "postgresql":
+            return postgres_lease(self._engine, sweep)
+        path = sqlite_path(parse_url(self._raw_url))
+        return contextlib.nullcontext() if path is None else sqlite_lease(path, sweep)
 
     def close(self) -> None:
         self._engine.dispose()

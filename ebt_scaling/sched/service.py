@@ -124,8 +124,14 @@ def run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, *, retry_failed
     """Plan ``spec`` in ``store`` and run what is not done yet. ``echo(str)`` prints status lines.
     ``runs``: the planned runs (default: ``expand(spec)``), e.g. runs of several specs under one sweep."""
     say = echo or (lambda s: None)
-    prefetch_ray()
     runs = expand(spec) if runs is None else runs
+    with store.lease(spec.name):  # one driver per sweep, before any run is touched
+        prefetch_ray()
+        return _run_sweep(spec, store, ray_opts, runs, retry_failed, say)
+
+
+def _run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, runs: list[ExpandedRun], retry_failed: bool,
+               say: Any) -> SweepOutcome:
     # Get or create: a rerun (or more families/seeds) reuses the sweep; a name taken by another axis is an
     # error naming the fix (the store raises it).
     store.create_sweep(spec.name, spec.axis, spec.to_dict(), code_version())
