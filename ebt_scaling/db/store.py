@@ -246,6 +246,8 @@ class Store:
     def create_sweep(self, name: str, axis: str, spec: dict[str, Any] | None = None,
                      code_version: str | None = None) -> SweepRecord:
         """Get or create the sweep ``name``; an existing sweep with another axis is an error."""
+        if not isinstance(name, str) or not name.strip():
+            raise StoreError("sweep name is empty; pass a name such as --sweep depth-tiny")
         if (why := name_problem(name)) is not None:
             raise StoreError(f"sweep name {ascii(name)[:80]} {why}; pass a name such as --sweep depth-tiny")
 
