@@ -242,18 +242,42 @@ def is_transient(exc: BaseException) -> bool:
     return getattr(orig, "sqlstate", None) in _TRANSIENT_PG
 
 
-def with_retries(fn: Callable[[], T], *, max_seconds: float = 120.0) -> T:
+_DISCONNECT_PG = {"57P01", "57P02", "57P03"}  # admin shutdown, crash shutdown, cannot connect now
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """The server went away or cannot be reached right now (not: a wrong password, a bad query)."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    state = getattr(exc.orig, "sqlstate", None)
+    if state is not None:
+        return state in _DISCONNECT_PG or state.startswith("08")
+    msg = str(exc.orig).lower()
+    return isinstance(exc, OperationalError) and any(
+        m in msg for m in ("connection refused", "server closed the connection", "connection failed",
+                           "terminating connection", "no connection to the server", "consuming input failed"))
+
+
+def with_retries(fn: Callable[[], T], *, max_seconds: float = 120.0, reconnect_s: float = 0.0) -> T:
     """Run ``fn`` (a whole transaction) again after transient errors, with jittered exponential backoff
-    (capped at 1 s per wait), for up to ``max_seconds``; then the last error is raised."""
-    deadline = time.monotonic() + max_seconds
+    (capped at 1 s per wait), for up to ``max_seconds``; then the last error is raised. With ``reconnect_s``
+    > 0 a lost or refused connection is retried too (backoff capped at 2 s) for up to that many seconds:
+    a sweep driver rides out a database restart instead of aborting."""
+    start = time.monotonic()
     i = 0
     while True:
         try:
             return fn()
         except DBAPIError as exc:
-            if not is_transient(exc) or time.monotonic() > deadline:
+            waited = time.monotonic() - start
+            if is_transient(exc) and waited <= max_seconds:
+                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**i)))
+            elif reconnect_s > 0 and is_disconnect(exc) and waited <= reconnect_s:
+                time.sleep(random.uniform(0.5, 1.0) * min(2.0, 0.05 * 2**i))
+            else:
                 raise
-            time.sleep(random.uniform(0, min(1.0, 0.01 * 2**i)))
             i += 1
 
 

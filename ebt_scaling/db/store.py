@@ -171,6 +171,9 @@ class Store:
     def __init__(self, url: str, create: bool = True) -> None:
         self._raw_url = url
         self.url = mask_url(url)
+        # Seconds a lost or refused connection is retried before an operation fails (0: fail at once). A sweep
+        # driver sets it (``run_sweep``), so that a database restart does not abort days of training.
+        self.reconnect_s = 0.0
         if not create:
             path = sqlite_path(parse_url(url))
             if path is not None and not path.is_file():
@@ -227,7 +230,7 @@ class Store:
                 return fn(conn)
 
         try:
-            return with_retries(attempt)
+            return with_retries(attempt, reconnect_s=self.reconnect_s)
         except SQLAlchemyError as exc:
             raise translate(exc, self._raw_url, what) from None
 

@@ -63,10 +63,11 @@ class SweepCallback(Callback):
 
     def flush(self) -> None:
         self._last_flush = time.monotonic()
-        batch = {k: v for k, v in self._buf.items() if v}
-        self._buf = defaultdict(list)
+        batch = {k: list(v) for k, v in self._buf.items() if v}
         if batch:
-            self.sink.metrics(batch)
+            self.sink.metrics(batch)  # the points leave the buffer only once this write has committed
+            for k, v in batch.items():
+                del self._buf[k][:len(v)]
         running = [r.run_id for r in self.runs.values() if r.started and not r.finished]
         if running:
             self.sink.heartbeat(running)

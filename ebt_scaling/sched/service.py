@@ -119,12 +119,34 @@ def _checkpoint_usable(path: str | None) -> tuple[str | None, int | None]:
     return path, int(info["step"])
 
 
+DB_RETRY_ENV = "EBT_SCALE_DB_RETRY_S"
+DB_RETRY_DEFAULT_S = 300.0
+
+
+def db_retry_s() -> float:
+    """How long a sweep driver retries a lost database connection: ``$EBT_SCALE_DB_RETRY_S`` or 300 s."""
+    raw = os.environ.get(DB_RETRY_ENV)
+    if raw is None:
+        return DB_RETRY_DEFAULT_S
+    try:
+        v = float(raw)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v <= 86400:
+        from ebt_scaling.errors import ConfigError
+
+        raise ConfigError(f"{DB_RETRY_ENV}={raw!r}: must be a number of seconds between 0 and 86400; unset it for "
+                          f"the default {DB_RETRY_DEFAULT_S:g}")
+    return v
+
+
 def run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, *, retry_failed: bool = False,
               echo: Any = None, runs: list[ExpandedRun] | None = None) -> SweepOutcome:
     """Plan ``spec`` in ``store`` and run what is not done yet. ``echo(str)`` prints status lines.
     ``runs``: the planned runs (default: ``expand(spec)``), e.g. runs of several specs under one sweep."""
     say = echo or (lambda s: None)
     runs = expand(spec) if runs is None else runs
+    store.reconnect_s = db_retry_s()  # ride out a database restart (connections retried with backoff)
     with store.lease(spec.name):  # one driver per sweep, before any run is touched
         prefetch_ray()
         return _run_sweep(spec, store, ray_opts, runs, retry_failed, say)
