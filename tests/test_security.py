@@ -141,3 +141,36 @@ def test_csv_export_defuses_formulas(tmp_path):
     assert r.exit_code == 0, r.output
     assert "'=HYPERLINK(1)" in r.output and ",=HYPERLINK" not in r.output
     assert ",-1," in r.output and "'-1" not in r.output  # numbers stay numbers
+
+
+def test_a_writer_waits_for_the_sqlite_lock_with_a_limit_and_names_the_holder(tmp_path, monkeypatch):
+    """A process that holds the writer lock for ever: the next write gives up after the limit, in one line."""
+    import textwrap
+    import time
+
+    from ebt_scaling.db.store import Store
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    Store(url).close()
+    code = textwrap.dedent(f"""
+        import time
+        from ebt_scaling.db.store import Store
+        s = Store({url!r})
+        with s._writer_lock.hold():
+            print("locked", flush=True)
+            time.sleep(120)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        monkeypatch.setenv("EBT_SCALE_DB_LOCK_TIMEOUT_S", "1")
+        t0 = time.monotonic()
+        with Store(url) as st, pytest.raises(StoreError) as e:
+            st.create_sweep("s", "depth")
+        assert 1.0 <= time.monotonic() - t0 < 20
+        assert f"locked for writing by pid {p.pid}" in str(e.value) and "EBT_SCALE_DB_LOCK_TIMEOUT_S" in str(e.value)
+    finally:
+        p.kill()
+        p.wait()
+    with Store(url) as st:  # the holder is gone: the lock is free again
+        assert st.create_sweep("s", "depth").name == "s"
