@@ -256,3 +256,26 @@ def test_read_only_commands_refuse_an_empty_database(db_url):
         assert inspect(eng).get_table_names() == []
     finally:
         eng.dispose()
+
+
+def test_import_streams_in_chunks_all_or_nothing(tmp_path, monkeypatch, db_url):
+    """A file is validated in one streaming pass, then written in chunks in one transaction: many chunks give
+    the same runs as one, and a bad row at the end writes nothing at all."""
+    from ebt_scaling.db import importer
+
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 7)
+    lines = ["family,axis,x,seed,val_loss,acc"] + [f"ebt,depth,{x},{s},{3 + x / 10:.3f},{s / 10}"
+                                                   for x in range(1, 11) for s in range(3)]
+    good = write(tmp_path, "\n".join(lines) + "\n", "big.csv")
+    f = importer.scan_import_csv(good)
+    assert f.rows == 30 and f.axes == ("depth",) and [len(c) for c in f.chunks()] == [7, 7, 7, 7, 2]
+    r = invoke("import", good, "--sweep", "big", "--db", db_url)
+    assert r.exit_code == 0 and "imported 30 run(s)" in r.output and "30 new" in r.output, r.output
+    with Store(db_url) as st:
+        runs = st.list_runs(sweep="big")
+        assert len(runs) == 30 and {(r.x, r.seed) for r in runs} == {(x, s) for x in range(1, 11) for s in range(3)}
+    bad = write(tmp_path, "\n".join(lines).replace("depth", "width") + "\nebt,width,99,0,oops,1\n", "bad.csv")
+    r = invoke("import", bad, "--sweep", "big2", "--db", db_url)
+    assert r.exit_code == 2 and "line 32" in r.output, r.output
+    with Store(db_url) as st:
+        assert st.list_runs(sweep="big2") == [] and [s.name for s in st.list_sweeps()] == ["big"]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
+from ebt_scaling.cli.common import DbOption, fail, handle_errors, resolve_db
 
 
 def register(app: typer.Typer) -> None:
@@ -20,10 +20,13 @@ def register(app: typer.Typer) -> None:
         db: DbOption = None,
     ) -> None:
         """Import results from a CSV file as completed, fit-eligible runs (re-importing is idempotent)."""
-        from ebt_scaling.db.importer import read_import_csv
+        from ebt_scaling.db.importer import scan_import_csv
         from ebt_scaling.db.store import Store
+        from ebt_scaling.names import name_problem
 
-        rows = read_import_csv(file)  # validates every row before the database is opened
+        if (why := name_problem(sweep)) is not None:
+            raise fail(f"--sweep {ascii(sweep)[:80]} {why}; pass a name such as --sweep depth-tiny", 2)
+        rows = scan_import_csv(file)  # validates every row (streaming) before the database is opened
         with Store(resolve_db(db)) as store:
             summary = store.import_rows(sweep, rows, source_name=file.name)
         typer.echo(f"imported {summary.total} run(s) into sweep {sweep!r}: {summary.created} new, "

@@ -4,14 +4,17 @@ Required columns: ``family, axis, x, seed, val_loss`` (validation loss in nats p
 columns with a meaning: ``train_loss``, ``val_ppl`` (default ``exp(val_loss)``), ``tokens``. Any other
 column is an extra numeric metric stored as a summary value of the run (empty cells are skipped).
 
-Every row is validated before anything is written; the first problem raises ``ImportValidationError``
-with one line naming the file, the line and the fix.
+Every row is validated before anything is written (one streaming pass); the first problem raises
+``ImportValidationError`` with one line naming the file, the line and the fix. The rows are then read again
+in chunks and written in one transaction: all or nothing, in bounded memory whatever the file's size.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ebt_scaling.config import AXES, FAMILIES
@@ -29,17 +32,28 @@ def _number(text: str) -> float | None:
         return None
 
 
-def read_import_csv(path: str | Path) -> list[ImportRow]:
-    """All rows of ``path``, validated (or ``ImportValidationError`` naming the first bad row)."""
+CHUNK_ROWS = 10_000
+
+
+def _rows(path: str | Path) -> Iterator[ImportRow]:
+    """Every data row of ``path``, validated, streamed from the file (``ImportValidationError`` naming the
+    first bad row). Memory: one row at a time plus an 8-byte key per row for the duplicate check."""
     p = Path(path)
     name = p.name
     if not p.is_file():
         raise ImportValidationError(f"{p}: no such file; pass the path of a CSV file")
     try:
-        text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+        f = open(p, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed below
+    except OSError as exc:
         raise ImportValidationError(f"{p}: cannot read the file ({exc}); save it as UTF-8 CSV") from None
-    reader = csv.reader(text.splitlines())
+    with f:
+        try:
+            yield from _validated(csv.reader(f), name)
+        except UnicodeDecodeError as exc:
+            raise ImportValidationError(f"{p}: cannot read the file ({exc}); save it as UTF-8 CSV") from None
+
+
+def _validated(reader: Iterator[list[str]], name: str) -> Iterator[ImportRow]:
     try:
         header = next(reader)
     except StopIteration:
@@ -56,8 +70,8 @@ def read_import_csv(path: str | Path) -> list[ImportRow]:
     if any(not c for c in cols):
         raise ImportValidationError(f"{name} line 1: a column has no name; name every column or delete it")
     extras = [c for c in cols if c not in REQUIRED and c not in KNOWN_OPTIONAL]
-    rows: list[ImportRow] = []
-    seen: dict[tuple[str, str, float, int], int] = {}
+    seen: dict[int, int] = {}  # hash of (family, axis, x, seed) -> first line
+    n = 0
     for lineno, values in enumerate(reader, start=2):
         if not values or all(not v.strip() for v in values):
             continue
@@ -104,14 +118,48 @@ def read_import_csv(path: str | Path) -> list[ImportRow]:
                 raise ImportValidationError(f"{where}: column {c!r} must be numeric, got {raw!r}; "
                                             "leave the cell empty if there is no value")
             extra.append((c, v))
-        key = (fam, axis, x, int(seed_f))
+        key = hash((fam, axis, x, int(seed_f)))
         if key in seen:
             raise ImportValidationError(f"{where}: duplicates line {seen[key]} (same family, axis, x and seed); "
                                         "keep one of them")
         seen[key] = lineno
-        rows.append(ImportRow(line=lineno, family=fam, axis=axis, x=x, seed=int(seed_f), val_loss=loss,
-                              train_loss=opt["train_loss"], val_ppl=opt["val_ppl"],
-                              tokens=int(opt["tokens"]) if opt["tokens"] is not None else None, extra=tuple(extra)))
-    if not rows:
+        n += 1
+        yield ImportRow(line=lineno, family=fam, axis=axis, x=x, seed=int(seed_f), val_loss=loss,
+                        train_loss=opt["train_loss"], val_ppl=opt["val_ppl"],
+                        tokens=int(opt["tokens"]) if opt["tokens"] is not None else None, extra=tuple(extra))
+    if not n:
         raise ImportValidationError(f"{name}: no data rows after the header; add one row per run")
-    return rows
+
+
+@dataclass(frozen=True)
+class ImportFile:
+    """A CSV validated in full by one streaming pass (``scan_import_csv``); ``chunks()`` reads it again in
+    chunks of ``CHUNK_ROWS`` rows for ``Store.import_rows``, so a file of any size imports in bounded memory."""
+
+    path: Path
+    rows: int
+    axes: tuple[str, ...]
+
+    def chunks(self) -> Iterator[list[ImportRow]]:
+        chunk: list[ImportRow] = []
+        for r in _rows(self.path):
+            chunk.append(r)
+            if len(chunk) == CHUNK_ROWS:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
+def scan_import_csv(path: str | Path) -> ImportFile:
+    """Validate every row of ``path`` (streaming) before anything is written."""
+    n, axes = 0, set()
+    for r in _rows(path):
+        n += 1
+        axes.add(r.axis)
+    return ImportFile(Path(path), n, tuple(sorted(axes)))
+
+
+def read_import_csv(path: str | Path) -> list[ImportRow]:
+    """All rows of ``path``, validated (or ``ImportValidationError`` naming the first bad row)."""
+    return list(_rows(path))
