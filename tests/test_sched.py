@@ -202,12 +202,30 @@ def test_kill_dash_9_then_rerun_completes_every_run_exactly_once(tmp_path):
     drv = start_cli(*args)
     try:
         _wait_for(first_done_and_one_checkpointed, 240, drv, "the first completed run")
+        from typer.testing import CliRunner
+
+        from ebt_scaling.cli.main import app
+
+        live_status = CliRunner().invoke(app, ["status", "--sweep", "kill", "--json", "--db", url])
+        live_sweeps = CliRunner().invoke(app, ["sweeps", "--json", "--db", url])
         os.kill(drv.pid, signal.SIGKILL)
         drv.wait(30)
     finally:
         if drv.poll() is None:
             drv.kill()
         drv.stdout.close()
+    # While the driver ran, `ebt-scale status` and `ebt-scale sweeps` (another process's view, from the
+    # database alone) showed its progress and the driver holding the sweep.
+    assert live_status.exit_code == 0, live_status.output
+    (snap,) = json.loads(live_status.output)
+    assert snap["sweep"] == "kill" and snap["runs"] == 4 and snap["done"] >= 1 and snap["running"] >= 1
+    assert snap["lease"]["pid"] == drv.pid and not snap["finished"]
+    running = [r for r in snap["runs_detail"] if r["status"] == "running" and r["step"] > 0]
+    assert running and all(r["steps"] == 120 and r["tokens_per_s"] > 0 and r["eta_s"] > 0 and r["train_loss"]
+                           for r in running)
+    assert snap["eta_s"] and snap["eta_s"] > 0
+    (listed,) = json.loads(live_sweeps.output)
+    assert listed["sweep"] == "kill" and listed["driver"]["pid"] == drv.pid and sum(listed["runs"].values()) == 4
     st = store(url)
     before = {r.config_hash: r for r in st.list_runs(sweep="kill")}
     done_before = {h for h, r in before.items() if r.status == "completed"}
@@ -229,6 +247,8 @@ def test_kill_dash_9_then_rerun_completes_every_run_exactly_once(tmp_path):
         assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
     after = st.list_runs(sweep="kill")
     assert len(after) == 4 and all(x.status == "completed" for x in after)
+    done = CliRunner().invoke(app, ["status", "--sweep", "kill", "--watch", "--db", url])  # nothing to wait for
+    assert done.exit_code == 0 and "4/4 done" in done.output and "no live driver" in done.output, done.output
     assert {x.family for x in after} == {"ebt", "transformer_pp"}
     for run in after:
         assert_contiguous(st, run)

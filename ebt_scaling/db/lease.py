@@ -22,6 +22,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -56,9 +57,53 @@ def _held_message(sweep: str, info: dict | None) -> str:
             "with `ebt-scale runs`, or stop that process first - its lease ends the moment it exits")
 
 
+def _lease_file(db_path: Path, sweep: str) -> Path:
+    return db_path.with_name(f"{db_path.name}.lease-{_key(sweep) & 0xFFFFFFFFFFFF:012x}")
+
+
+def sqlite_holder(db_path: Path, sweep: str) -> dict | None:
+    """Who holds the sweep's lease ({host, pid, since}), or None when no live driver does."""
+    path = _lease_file(db_path, sweep)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return json.loads(os.pread(fd, 4096, 0).decode() or "null") or {}
+            except ValueError:
+                return {}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _pg_holder_info(conn: Any, key: int) -> dict | None:
+    row = conn.execute(text(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :hi AND l.objid = :lo "
+        "AND l.objsubid = 1"), {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF}).first()
+    if row is None:
+        return None
+    name = str(row[0])
+    if not name.startswith(APP_PREFIX + " "):
+        return {}
+    return dict(kv.split("=", 1) for kv in name.split(" ")[1:] if "=" in kv)
+
+
+def postgres_holder(engine: Engine, sweep: str) -> dict | None:
+    """Who holds the sweep's lease on PostgreSQL, or None."""
+    with engine.connect() as conn:
+        return _pg_holder_info(conn, _key(sweep))
+
+
 @contextlib.contextmanager
 def sqlite_lease(db_path: Path, sweep: str) -> Iterator[None]:
-    path = db_path.with_name(f"{db_path.name}.lease-{_key(sweep) & 0xFFFFFFFFFFFF:012x}")
+    path = _lease_file(db_path, sweep)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -90,14 +135,7 @@ def postgres_lease(engine: Engine, sweep: str) -> Iterator[None]:
     try:
         conn.execute(text("SELECT set_config('application_name', :a, false)"), {"a": app})
         if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
-            row = conn.execute(text(
-                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :hi AND l.objid = :lo "
-                "AND l.objsubid = 1"), {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF}).first()
-            info = None
-            if row and str(row[0]).startswith(APP_PREFIX + " "):
-                info = dict(kv.split("=", 1) for kv in str(row[0]).split(" ")[1:] if "=" in kv)
-            raise LeaseHeld(_held_message(sweep, info))
+            raise LeaseHeld(_held_message(sweep, _pg_holder_info(conn, key)))
         try:
             yield
         finally:

@@ -190,6 +190,15 @@ class Store:
 
     # -------------------------------------------------------------- plumbing
 
+    def lease_holder(self, sweep: str) -> dict[str, Any] | None:
+        """The live driver holding ``sweep``'s lease ({host, pid, since}; {} when not recorded), or None."""
+        from ebt_scaling.db.lease import postgres_holder, sqlite_holder
+
+        if self.dialect == "postgresql":
+            return postgres_holder(self._engine, sweep)
+        path = sqlite_path(parse_url(self._raw_url))
+        return None if path is None else sqlite_holder(path, sweep)
+
     def lease(self, sweep: str) -> contextlib.AbstractContextManager[None]:
         """Hold the sweep's driver lease (``db/lease.py``) while the ``with`` block runs; ``LeaseHeld`` (one
         line: who holds it, since when) if another live driver has it."""
@@ -274,7 +283,7 @@ class Store:
         def unit(conn: Connection) -> SweepRecord:
             row = conn.execute(select(SWEEPS).where(SWEEPS.c.name == name)).one_or_none()
             if row is None:
-                raise NotFound(f"no sweep named {name!r}; list sweeps with `ebt-scale runs`")
+                self._sweep_id(conn, name)  # raises NotFound naming the closest sweeps
             return _sweep(row)
 
         return self._unit(unit, write=False)
@@ -286,7 +295,14 @@ class Store:
     def _sweep_id(self, conn: Connection, name: str) -> int:
         sid = conn.execute(select(SWEEPS.c.id).where(SWEEPS.c.name == name)).scalar_one_or_none()
         if sid is None:
-            raise NotFound(f"no sweep named {name!r}; create it first (ebt-scale sweep or Store.create_sweep)")
+            import difflib
+
+            names = list(conn.execute(select(SWEEPS.c.name)).scalars())
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+            hint = (f"did you mean {', '.join(repr(c) for c in close)}?" if close else
+                    "`ebt-scale sweeps` lists them" if names else
+                    "create it first (ebt-scale sweep or ebt-scale import)")
+            raise NotFound(f"no sweep named {name!r}; {hint}")
         return int(sid)
 
     # -------------------------------------------------------------- runs

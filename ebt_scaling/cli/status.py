@@ -1,0 +1,138 @@
+"""``ebt-scale status`` (what a sweep's runs are doing, from any machine) and ``ebt-scale sweeps`` (the list)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+
+from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
+
+
+def _dur(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _sweep_names(store: Any, sweep: str | None) -> list[str]:
+    if sweep is not None:
+        store.get_sweep(sweep)  # NotFound names the closest sweeps
+        return [sweep]
+    return [s.name for s in store.list_sweeps()]
+
+
+def _snapshot(store: Any, names: list[str]) -> list[dict[str, Any]]:
+    from ebt_scaling.db.status import run_rows, sweep_summary
+
+    out = []
+    for name in names:
+        rows = run_rows(store, name)
+        out.append({"sweep": name, **sweep_summary(rows), "lease": store.lease_holder(name), "runs_detail": rows})
+    return out
+
+
+def _render(snap: list[dict[str, Any]]) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+
+    parts = []
+    for s in snap:
+        lease = s["lease"]
+        driver = ("no live driver" if lease is None else
+                  f"driver pid {lease.get('pid', '?')} on {lease.get('host', '?')} since {lease.get('since', '?')}")
+        title = (f"{s['sweep']}: {s['done']}/{s['runs']} done, {s['running']} running, {s['failed']} failed; "
+                 f"ETA {_dur(s['eta_s'])}; {driver}")
+        t = Table(title=title, title_justify="left", expand=False)
+        for col, just in (("run", "right"), ("family", "left"), ("x", "right"), ("seed", "right"),
+                          ("status", "left"), ("step", "right"), ("train", "right"), ("val", "right"),
+                          ("tok/s", "right"), ("elapsed", "right"), ("ETA", "right"), ("tries", "right"),
+                          ("host", "left")):
+            t.add_column(col, justify=just, no_wrap=True)
+        for r in s["runs_detail"]:
+            t.add_row(str(r["id"]), r["family"], f"{r['x']:g}", str(r["seed"]), r["status"],
+                      f"{r['step']}/{r['steps'] or '?'}", _num(r["train_loss"], ".3f"), _num(r["val_loss"], ".3f"),
+                      _num(r["tokens_per_s"], ",.0f"), _dur(r["elapsed_s"]), _dur(r["eta_s"]), str(r["attempts"]),
+                      r["host"] or "-")
+        parts.append(t)
+    return Group(*parts)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("status")
+    @handle_errors
+    def status(
+        sweep: Annotated[str | None, typer.Option("--sweep", help="One sweep (default: every sweep).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the snapshot as JSON.")] = False,
+        watch: Annotated[bool, typer.Option("--watch", help="Refresh until nothing is left to run.")] = False,
+        interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes.", min=0.2)] = 5.0,
+        db: DbOption = None,
+    ) -> None:
+        """Per run: status, step, latest losses, tokens/s, elapsed, ETA, attempts, host; per sweep an ETA."""
+        from rich.console import Console
+        from rich.live import Live
+
+        from ebt_scaling.db.store import Store
+
+        with Store(resolve_db(db), create=False) as store:
+            names = _sweep_names(store, sweep)
+            if not names:
+                typer.echo("no sweeps")
+                return
+            if as_json:
+                typer.echo(json.dumps(_snapshot(store, names), indent=1, default=str))
+                return
+            console = Console(width=max(100, Console().width))
+            if not watch:
+                console.print(_render(_snapshot(store, names)))
+                return
+            snap = _snapshot(store, names)
+            with Live(_render(snap), console=console, refresh_per_second=1, transient=False) as live:
+                while not all(s["finished"] for s in snap):
+                    time.sleep(interval)
+                    snap = _snapshot(store, names)
+                    live.update(_render(snap))
+            typer.echo("nothing left to run", err=True)
+
+    @app.command("sweeps")
+    @handle_errors
+    def sweeps(
+        as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+        db: DbOption = None,
+    ) -> None:
+        """List the sweeps: axis, runs by status, created, the live driver holding each (if any)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from ebt_scaling.db.store import Store
+
+        with Store(resolve_db(db), create=False) as store:
+            out = []
+            for s in store.list_sweeps():
+                counts: dict[str, int] = {}
+                for r in store.list_runs(sweep=s.name):
+                    counts[r.status] = counts.get(r.status, 0) + 1
+                out.append({"sweep": s.name, "axis": s.axis, "runs": counts,
+                            "created": s.created_at.isoformat(sep=" ", timespec="seconds") if s.created_at else None,
+                            "driver": store.lease_holder(s.name)})
+        if as_json:
+            typer.echo(json.dumps(out, indent=1))
+            return
+        if not out:
+            typer.echo("no sweeps")
+            return
+        t = Table()
+        for col in ("sweep", "axis", "runs", "created", "driver"):
+            t.add_column(col, no_wrap=col != "runs")
+        for s in out:
+            d = s["driver"]
+            t.add_row(s["sweep"], s["axis"], ", ".join(f"{n} {st}" for st, n in sorted(s["runs"].items())) or "-",
+                      s["created"] or "-", "-" if d is None else f"pid {d.get('pid', '?')} on {d.get('host', '?')}")
+        Console(width=max(100, Console().width)).print(t)
