@@ -45,7 +45,7 @@ LIMITS: dict[str, int | float] = {
     "ffn_hidden": 1 << 20, "mcmc_num_steps": 1000, "replay_buffer_size": 1 << 24, "randomize_num_steps": 1000,
     "randomize_num_steps_min": 1000, "step_size": 1e6, "step_size_lr_multiplier": 1e6,
     "steps": 10**9, "batch_size": 1 << 20, "eval_batches": 10**6, "log_interval": 10**9, "warmup_steps": 10**9,
-    "eval_interval": 10**9, "checkpoint_interval": 10**9, "threads": 4096, "lr": 10.0, "min_lr_div": 1e6,
+    "eval_interval": 10**9, "checkpoint_interval": 10**9, "threads": 4096, "min_lr_div": 1e6,
     "grad_clip": 1e6, "seed": 2**31 - 1, "split_seed": 2**31 - 1,
 }
 
