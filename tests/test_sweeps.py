@@ -220,7 +220,7 @@ def test_cli_dry_run_matches_flops_module():
     r = CliRunner().invoke(app, ["sweep", "--axis", "params", "--preset", "paper", "--dry-run", "--json",
                                  "--total-gpus", "8", "--total-cpus", "64"])
     assert r.exit_code == 0, r.output
-    plan = json.loads(r.output)
+    plan = json.loads(r.stdout)  # the database check's line goes to stderr
     sw = load_spec(spec_path("params", "paper"))
     runs = {x.config_hash: x for x in expand(sw)}
     assert len(plan["runs"]) == len(runs) == 10
@@ -271,13 +271,17 @@ def test_cuda_graph_in_a_spec_needs_gpus_and_not_s2(tmp_path):
     assert {x.spec.train.cuda_graph for x in expand(load_spec(p))} == {True}
 
 
-def test_dry_run_imports_neither_torch_nor_ray():
+@pytest.mark.parametrize("extra,heavy", [([], ("torch", "ray")), (["--no-db-check"], ("torch", "ray", "sqlalchemy"))])
+def test_dry_run_imports_neither_torch_nor_ray(tmp_path, extra, heavy):
     code = ("import sys\nfrom typer.testing import CliRunner\nfrom ebt_scaling.cli.main import app\n"
-            "r = CliRunner().invoke(app, ['sweep', '--axis', 'flops', '--preset', 'paper', '--dry-run'])\n"
+            f"r = CliRunner().invoke(app, ['sweep', '--axis', 'flops', '--preset', 'paper', '--dry-run', '--db', "
+            f"'sqlite:///{tmp_path}/d.db', *{extra!r}])\n"
             "assert r.exit_code == 0, r.output\n"
-            "bad = [m for m in ('torch', 'ray', 'sqlalchemy') if m in sys.modules]; assert not bad, bad")
+            f"bad = [m for m in {heavy!r} if m in sys.modules]; assert not bad, bad\n"
+            "print(r.output)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert ("database: not checked (--no-db-check)" if extra else "(will be created)") in r.stdout
 
 
 def test_data_evaluations_become_points_of_the_sweep(tmp_path):
@@ -356,3 +360,22 @@ def test_compile_in_a_spec_compiles_the_transformer_pp_runs_only(tmp_path):
     r = CliRunner().invoke(app, ["sweep", "--spec", str(p), "--dry-run"])
     assert r.exit_code == 0, r.output
     assert "train.compile applies to the transformer_pp runs; the EBT runs stay eager" in r.stderr, r.output
+
+
+def test_dry_run_checks_the_database_and_writes_nothing(tmp_path):
+    from ebt_scaling.cli.main import app
+
+    db = tmp_path / "new.db"
+    r = CliRunner().invoke(app, ["sweep", "--axis", "depth", "--dry-run", "--db", f"sqlite:///{db}"])
+    assert r.exit_code == 0 and f"database: SQLite file {db} (will be created)" in r.output, r.output
+    assert not db.exists()
+    r = CliRunner().invoke(app, ["sweep", "--axis", "depth", "--dry-run", "--db", f"sqlite:///{tmp_path}/no/x.db"])
+    assert r.exit_code == 1 and "directory" in r.output and "does not exist" in r.output
+    import socket
+
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = CliRunner().invoke(app, ["sweep", "--axis", "depth", "--dry-run", "--db",
+                                 f"postgresql://u:S3cretPw@127.0.0.1:{port}/x"])
+    assert r.exit_code == 1 and "checking the database" in r.output and "S3cretPw" not in r.output, r.output

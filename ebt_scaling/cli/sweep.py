@@ -64,6 +64,8 @@ def sweep(
                                                      "of a dry run (default: this machine's).",
                                                      show_default=False)] = None,
     progress: Annotated[str, typer.Option("--progress", help="auto, rich, plain or off.")] = "auto",
+    no_db_check: Annotated[bool, typer.Option("--no-db-check", help="With --dry-run: do not check that the "
+                                              "database is valid and reachable.")] = False,
 ) -> None:
     """Run a single-axis scaling sweep for EBT and Transformer++ on Ray Tune; results go to the database.
 
@@ -113,6 +115,12 @@ def sweep(
             if plan.slots == 0:
                 typer.echo(f"note: no trial fits on {resources.total_gpus:g} GPU / {resources.total_cpus:g} CPU "
                            "here; pass --total-gpus/--total-cpus to plan for a cluster")
+        if no_db_check:
+            typer.echo("database: not checked (--no-db-check)", err=True)
+            return
+        from ebt_scaling.db.engine import check_database
+
+        typer.echo(f"database: {check_database(resolve_db(db))}", err=True)  # valid and reachable; nothing written
         return
 
     from ebt_scaling.db import Store

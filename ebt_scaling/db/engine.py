@@ -41,6 +41,31 @@ URL_HELP = "use sqlite:///PATH.db or postgresql+psycopg://USER:PASSWORD@HOST:POR
 T = TypeVar("T")
 
 
+def check_database(url: str, timeout_s: int = 5) -> str:
+    """Check, without writing anything, that ``url`` is valid and reachable (``sweep --dry-run``); returns a
+    one-line description, raises StoreError (one masked line) otherwise."""
+    u = parse_url(url)
+    path = sqlite_path(u)
+    if u.get_backend_name() == "sqlite":
+        if path is None:
+            return "in-memory SQLite (nothing is kept)"
+        if path.exists():
+            return f"SQLite file {path} (exists)"
+        if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+            raise StoreError(f"cannot create SQLite database {path}: directory {path.parent} does not exist or is "
+                             "not writable; create it or choose another --db path")
+        return f"SQLite file {path} (will be created)"
+    engine = create_engine(u, poolclass=NullPool, connect_args={"connect_timeout": timeout_s})
+    try:
+        with engine.connect() as conn:
+            version = conn.exec_driver_sql("SHOW server_version").scalar()
+    except SQLAlchemyError as exc:
+        raise translate(exc, url, "checking the database") from None
+    finally:
+        engine.dispose()
+    return f"PostgreSQL {version} at {mask_url(url)} (reachable)"
+
+
 def _create_private(path: Path) -> None:
     """Create a new SQLite file readable by its owner only (0600; SQLite gives its -wal/-shm files the same
     mode). An existing file is left as it is."""
