@@ -193,3 +193,12 @@ def test_kill_dash_9_then_rerun_gives_the_uninterrupted_tokens(tmp_path):
     for k in ("documents", "documents_empty", "tokens", "shards"):
         assert got[k] == want[k], k
     assert TokenStore(killed).verify() == []
+
+
+def test_cli_default_shard_size_is_the_stores():
+    import inspect
+
+    from ebt_scaling.cli.data import prepare_cmd
+    from ebt_scaling.data.store import DEFAULT_SHARD_TOKENS
+
+    assert inspect.signature(prepare_cmd).parameters["shard_tokens"].default == DEFAULT_SHARD_TOKENS

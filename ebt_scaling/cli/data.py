@@ -33,7 +33,8 @@ def prepare_cmd(
     field: Annotated[str, typer.Option("--field", help="JSON key / column holding the text.")] = "text",
     data_files: Annotated[str | None, typer.Option(
         "--data-files", help="hf: data_files for a builder such as hf:json or hf:parquet (local files).")] = None,
-    shard_tokens: Annotated[int, typer.Option("--shard-tokens", help="Tokens per shard.", min=1)] = 1 << 27,
+    shard_tokens: Annotated[int, typer.Option("--shard-tokens", help="Tokens per shard (the writer holds one "
+                                              "in memory).", min=1)] = 1 << 26,  # store.DEFAULT_SHARD_TOKENS
     workers: Annotated[int, typer.Option("--workers", help="Tokenising processes (default: cores, at most 8).",
                                          min=1)] = min(8, os.cpu_count() or 1),
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="Without --out: BPE/synthetic vocabulary size.",

@@ -40,7 +40,7 @@ from ebt_scaling.errors import DataError
 
 FORMAT = 1
 MANIFEST = "manifest.json"
-DEFAULT_SHARD_TOKENS = 1 << 27  # 128 Mi tokens: 256 MB shards in uint16
+DEFAULT_SHARD_TOKENS = 1 << 26  # 64 Mi tokens: 128 MB shards in uint16 (the writer's buffer is one shard)
 BATCH_CHARS = 4_000_000  # characters per tokenisation batch (bounds the memory per batch in flight)
 BATCH_DOCS = 1024
 
@@ -139,7 +139,7 @@ class _ShardWriter:
         if self.fill == 0:
             return
         i = len(self.m["shards"])
-        data = self.buf[:self.fill].tobytes()
+        data = memoryview(self.buf[:self.fill]).cast("B")  # written and hashed in place: no copy of the shard
         idx = np.asarray(self.starts, dtype="<u4").tobytes()
         atomic_write_bytes(self.out / f"{_shard_name(i)}.bin", data)
         atomic_write_bytes(self.out / f"{_shard_name(i)}.idx", idx)
