@@ -412,3 +412,24 @@ def test_callback_keeps_buffered_points_until_a_write_commits():
     cb._buf[7].append(MetricPoint("train_loss", 3, 1.0))  # arrives while the database is away
     cb.flush()
     assert sink.stored == [(7, 1), (7, 2), (7, 3)] and not cb._buf[7]
+
+
+def test_a_run_with_holes_in_its_series_is_never_recorded_completed(tmp_path):
+    """The driver's sink checks the stored train_loss series before it records `completed`."""
+    from ebt_scaling.records import MetricPoint, PlannedRun
+    from ebt_scaling.sched.service import StoreSink
+
+    st = store(f"sqlite:///{tmp_path / 'h.db'}")
+    st.create_sweep("h", "depth")
+    cfg = {"train": {"steps": 20, "log_interval": 5}}
+    a, b = st.plan_runs("h", [PlannedRun(family="ebt", axis="depth", x=float(i), seed=0, config_hash=f"h{i}",
+                                         config=cfg) for i in (1, 2)])
+    sink = StoreSink(st)
+    for rec, steps in ((a, (5, 10, 15, 20)), (b, (5, 15, 20))):  # b lost step 10 (e.g. a second driver's reset)
+        sink.started(rec.id, "host", "cpu")
+        sink.metrics({rec.id: [MetricPoint("train_loss", s, 1.0) for s in steps]})
+        sink.finished(rec.id, "completed", None, {"final_val_loss": 1.0})
+    a, b = st.get_run(a.id), st.get_run(b.id)
+    assert a.status == "completed" and a.fit_eligible
+    assert b.status == "failed" and not b.fit_eligible
+    assert "1 train_loss point(s) missing (first at step 10)" in b.reason

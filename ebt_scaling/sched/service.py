@@ -96,7 +96,23 @@ class StoreSink:
         # The worker's checkpoint folder is a temporary copy; the durable one (Ray storage) is recorded by
         # ``checkpoint`` and must not be overwritten.
         result = {k: v for k, v in result.items() if k != "checkpoint_dir"}
+        if status == "completed":
+            missing = self._missing_steps(run_id)
+            if missing:
+                status, reason = "failed", (f"metric series incomplete: {len(missing)} train_loss point(s) missing "
+                                            f"(first at step {missing[0]}); rerun with --retry-failed")
         self.store.finish_run(run_id, status, reason=reason, result=result)
+
+    def _missing_steps(self, run_id: int) -> list[int]:
+        """Logging steps of the run's train_loss series that are not stored: a run is only recorded completed
+        with its whole series (the loop logs every ``log_interval`` steps and the last)."""
+        train = self.store.get_run(run_id).config.get("train", {})
+        steps, every = int(train.get("steps", 0)), int(train.get("log_interval", 0) or 0)
+        if steps <= 0 or every <= 0:
+            return []
+        want = set(range(every, steps + 1, every)) | {steps}
+        have = {p.step for p in self.store.get_metrics(run_id, "train_loss")}
+        return sorted(want - have)
 
     def heartbeat(self, run_ids: list[int]) -> None:
         for rid in run_ids:
