@@ -57,6 +57,8 @@ def test_train_summary_table_ebt():
     (["--cuda-graph", "--recipe", "ebt_s2", "--device", "cpu"], "use the ebt_s1 recipe"),
     (["--compile"], "TrainConfig.compile: torch.compile cannot run the EBT's training step"),
     (["--compile", "--cuda-graph", "--family", "transformer_pp"], "cannot be combined with cuda_graph"),
+    (["--family", "transformer_pp", "--step-size", "2"], "--step-size and --step-size-lr-mult apply to --family ebt"),
+    (["--step-size", "-1"], "ModelConfig.step_size: must be > 0"),
 ])
 def test_train_bad_input_is_one_line_exit_2(tmp_path, args, needle):
     base = ["train", "--preset", "nano", "--data", "synthetic", "--vocab-size", "32", "--steps", "2",
@@ -87,3 +89,22 @@ def test_data_prepare_synthetic_json():
     s = json.loads(r.stdout)
     assert s["vocab_size"] == 16 and s["train_tokens"] > s["val_tokens"] > 0
     assert s["entropy_rate"] < s["unigram_loss"]
+
+
+def test_train_ebt_step_size_options_and_cpu_preset_defaults():
+    """The CPU presets' tuned S1 settings (train/defaults.py) reach the EBT's config; --step-size and
+    --step-size-lr-mult override them; S2 keeps its recipe's alpha."""
+    from ebt_scaling.train.defaults import train_defaults
+
+    def spec(*extra):
+        r = CliRunner().invoke(app, ["train", "--family", "ebt", *SMALL, "--steps", "1", "--json", *extra])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)["spec"]["model"]
+
+    tuned = dict(train_defaults("ebt", "nano").s1_options)
+    assert tuned, "the nano preset has tuned S1 options"
+    m = spec()
+    assert all(m[k] == v for k, v in tuned.items()), (m, tuned)
+    m = spec("--step-size", "7", "--step-size-lr-mult", "21")
+    assert (m["step_size"], m["step_size_lr_multiplier"]) == (7.0, 21.0)
+    assert spec("--recipe", "ebt_s2")["step_size"] == 5.0

@@ -42,6 +42,12 @@ def train_cmd(
     seq_len: Annotated[int | None, typer.Option("--seq-len", help="Context length in tokens.", min=1)] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", help="Warm-up steps.", min=0)] = None,
+    step_size: Annotated[float | None, typer.Option("--step-size", help="EBT: initial step size alpha of the "
+                                                    "energy descent (default: the recipe's or CPU preset's).")
+                         ] = None,
+    step_size_lr_mult: Annotated[float | None, typer.Option("--step-size-lr-mult", help="EBT: LR multiplier of a "
+                                                            "learnable alpha (default: the recipe's or CPU "
+                                                            "preset's).")] = None,
     data: Annotated[str, typer.Option("--data", help="shakespeare, kjv, synthetic, text:PATH or hf:NAME.")
                     ] = "shakespeare",
     tokenizer: Annotated[str, typer.Option("--tokenizer", help="bpe, byte or hf:NAME.")] = "bpe",
@@ -78,6 +84,8 @@ def train_cmd(
         raise fail(f"--family: unknown family {family!r}; use transformer_pp or ebt", 2)
     if recipe is not None and family != "ebt":
         raise fail("--recipe applies to --family ebt only; drop it for transformer_pp", 2)
+    if family != "ebt" and (step_size is not None or step_size_lr_mult is not None):
+        raise fail("--step-size and --step-size-lr-mult apply to --family ebt only; drop them for transformer_pp", 2)
     d = train_defaults(family, preset)
     steps = steps or d.steps
     seq_len = seq_len or d.seq_len
@@ -91,9 +99,15 @@ def train_cmd(
                        cuda_graph=cuda_graph, compile=compile_)
     dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab)
     recipe_name = (recipe or "ebt_s1") if family == "ebt" else None
+    # EBT settings: the recipe's, then the CPU preset's tuned S1 options (train/defaults.py), then the options given
+    model_kw: dict[str, Any] = dict(d.s1_options) if recipe_name == "ebt_s1" else {}
+    if step_size is not None:
+        model_kw["step_size"] = step_size
+    if step_size_lr_mult is not None:
+        model_kw["step_size_lr_multiplier"] = step_size_lr_mult
     # Validate the model shape (and what it allows) before any data is prepared (bad input writes nothing).
-    spec0 = RunSpec(model=model_config(family, preset, vocab_size=vocab, sequence_len=seq_len, recipe=recipe_name),
-                    train=tcfg)  # refuses cuda_graph with S2, compile with the EBT
+    spec0 = RunSpec(model=model_config(family, preset, vocab_size=vocab, sequence_len=seq_len, recipe=recipe_name,
+                                       **model_kw), train=tcfg)  # refuses cuda_graph with S2, compile with the EBT
     if cuda_graph or compile_:
         from ebt_scaling.train.graphed import check_cuda_graph
         from ebt_scaling.train.loop import check_compile, resolve_device
@@ -107,7 +121,8 @@ def train_cmd(
     from ebt_scaling.data import load_corpus
 
     corpus = load_corpus(dcfg, seq_len, progress=lambda m: err.print(f"[dim]data:[/dim] {m}"))
-    mcfg = model_config(family, preset, vocab_size=corpus.vocab_size, sequence_len=seq_len, recipe=recipe_name)
+    mcfg = model_config(family, preset, vocab_size=corpus.vocab_size, sequence_len=seq_len, recipe=recipe_name,
+                        **model_kw)
     spec = RunSpec(model=mcfg, train=tcfg, data=dcfg, checkpoint_dir=checkpoint_dir, recipe=recipe_name)
 
     from ebt_scaling.records import ListSink
