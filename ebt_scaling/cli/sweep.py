@@ -92,9 +92,6 @@ def sweep(
     if retries < 0:
         raise ConfigError("--max-retries must be >= 0; use 0 to never retry a failed run")
     runs = expand(sw)
-    if sw.train.get("compile") and any(r.spec.family == "ebt" for r in runs):
-        typer.echo(f"{path}: train.compile applies to the transformer_pp runs; the EBT runs stay eager (torch.compile "
-                   "has no double backward)", err=True)
     if gpt == 0 and any(r.spec.train.cuda_graph for r in runs):
         raise ConfigError(f"{path}: train.cuda_graph needs CUDA but the trials get no GPU; pass --gpus-per-trial "
                           "(or resources.gpus_per_trial) or drop cuda_graph")
