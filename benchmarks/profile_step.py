@@ -8,6 +8,12 @@ figures themselves (the profiler adds overhead).
 
     python benchmarks/profile_step.py --family ebt --size small --device cuda --batch 16 --out prof.json
     python benchmarks/profile_step.py --family transformer_pp --size xxs --batch 1       # CPU, fp32
+    python benchmarks/profile_step.py --family ebt --size tiny --vocab 2048 --seq 128 --batch 8 --compile
+
+``--compile`` profiles the step as ``ebt-scale train --compile`` runs it (``train.loop.compiled_loss``; the
+warm-up steps compile). Compiled kernels then replace most aten calls: on CPU the JSON's ``compiled_kernels``
+counts the calls of Inductor's kernels the profiler sees (``cpp_fused_*`` / ``triton_*``), on CUDA every launch
+is in ``kernel_launches_per_step``.
 
 Prints one JSON object (also written to --out if given).
 """
@@ -30,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--top", type=int, default=30, help="operators to list")
+    ap.add_argument("--compile", action="store_true", help="profile the torch.compile'd step (as ebt-scale train)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
 
@@ -37,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from ebt_scaling.models import build_model
+    from ebt_scaling.train.loop import compiled_loss
 
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -49,13 +57,14 @@ def main(argv: list[str] | None = None) -> dict:
     recipe = args.recipe if args.family == "ebt" else None  # as model_config_from applied it
     model = build_model(cfg).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as ebt-scale train does
+    loss_fn = compiled_loss(model) if args.compile else model.loss
     idx = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=dev)
     x, y = idx[:, :-1], idx[:, 1:]
 
     def step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=cuda):
-            loss, _ = model.loss(x, y)
+            loss, _ = loss_fn(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -82,13 +91,15 @@ def main(argv: list[str] | None = None) -> dict:
     top = [{"name": e.key, "calls_per_step": e.count / args.reps, "self_ms_per_step": dev_self_us(e) / 1e3 / args.reps,
             "share": dev_self_us(e) / total if total else None} for e in rows]
     aten_calls = sum(e.count for e in events if e.key.startswith("aten::")) / args.reps
-    launches = (sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
-                / args.reps) if cuda else None
+    launch_keys = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+    launches = (sum(e.count for e in events if e.key in launch_keys) / args.reps) if cuda else None
+    compiled_kernels = sum(e.count for e in events if e.key.startswith(("cpp_fused", "triton_"))) / args.reps
     out = {"benchmark": "profile_step", "family": args.family, "size": args.size, "recipe": recipe,
            "device": torch.cuda.get_device_name(dev) if cuda else "cpu", "batch": args.batch, "seq": args.seq,
            "vocab": args.vocab, "precision": "bf16 autocast" if cuda else "fp32", "reps": args.reps,
            "torch": torch.__version__, "self_device_ms_per_step": total / 1e3 / args.reps,
-           "aten_calls_per_step": aten_calls, "kernel_launches_per_step": launches, "top": top}
+           "compile": args.compile, "aten_calls_per_step": aten_calls, "kernel_launches_per_step": launches,
+           "compiled_kernels_per_step": compiled_kernels, "top": top}
     return emit_json(out, args.out)
 
 

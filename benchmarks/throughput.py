@@ -16,11 +16,11 @@ backward, clip, AdamW) and reports:
   observed stream reused) next to one training inner step (step time / inner steps per training step).
 
 Precision: bf16 autocast on CUDA (as ``ebt-scale train`` does), fp32 on CPU. The EBT runs its explicit
-attention (double backward); the Transformer++ runs SDPA, eager unless ``--compile``.
+prediction-stream attention (double backward) and SDPA in its observed stream; the Transformer++ runs SDPA.
 
-``--compile``: each transformer_pp job also runs under ``torch.compile`` (as ``ebt-scale train --compile``),
-next to its eager job in the same run; ``first_step_s`` holds the compile time. The EBT stays eager
-(torch.compile has no double backward).
+``--compile``: each job also runs under ``torch.compile`` (as ``ebt-scale train --compile``; for the EBT its
+descent and CEs with the inner gradient by ``torch.func.grad``), next to its eager job in the same run;
+``first_step_s`` holds the compile time (minutes on a CPU with a cold Inductor cache).
 
 ``--cuda-graph`` (CUDA, experimental; ``ebt-scale train --cuda-graph`` replays all of it but the optimizer
 step, docs/training.md): the whole optimizer step
@@ -32,7 +32,7 @@ host-side randomness in the step (S1; S2's random step count and replay buffer a
     python benchmarks/throughput.py --device cuda --batch 16 --reps 10 --out gpu.json
     python benchmarks/throughput.py --sizes xxs --families ebt --recipe ebt_s2
     python benchmarks/throughput.py --device cuda --batch 16 --train-graph    # as ebt-scale train --cuda-graph
-    python benchmarks/throughput.py --device cuda --batch 16 --compile        # T++ eager and compiled, EBT
+    python benchmarks/throughput.py --device cuda --batch 16 --compile        # both families eager and compiled
 
 Prints one JSON object (also written to --out if given).
 """
@@ -144,7 +144,7 @@ def run_one(job: dict) -> dict:
     lr = 1e-4
     graphed = bool(job.get("cuda_graph"))
     train_graph = bool(job.get("train_graph"))
-    compiled = bool(job.get("compile"))  # main() sets it for transformer_pp jobs; compiled_loss refuses the EBT
+    compiled = bool(job.get("compile"))
     loss_fn = compiled_loss(model) if compiled else model.loss  # compiles at the first (untimed) step
     opt = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"], "lr": lr * g["lr_mult"]}
                              for g in model.optim_groups(0.01)], betas=(0.9, 0.999),
@@ -231,7 +231,7 @@ def run_one(job: dict) -> dict:
            "params": param_counts(cfg), "step_s": times, "median_step_s": med, "tokens_per_s": tps,
            "exact_flops_per_token": fpt, "paper_flops_per_token": flops_per_token(cfg, "paper"),
            "achieved_flops_per_s": fpt * tps, "peak_memory_bytes": int(peak_mem)}
-    if job["family"] == "ebt" and job["think_steps"] and not (graphed or train_graph):
+    if job["family"] == "ebt" and job["think_steps"] and not (graphed or train_graph or compiled):
         out["think"] = think_cost(torch, model, x, job, sync, amp, med)
     return out
 
@@ -282,8 +282,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="replay as ebt-scale train --cuda-graph does (forward, backward and clipping captured; "
                          "AdamW eager; one host sync per step)")
     ap.add_argument("--compile", action="store_true",
-                    help="also time the transformer_pp step under torch.compile, next to its eager step (as ebt-scale "
-                         "train --compile; the EBT stays eager: double backward)")
+                    help="also time every step under torch.compile, next to its eager step (as ebt-scale train "
+                         "--compile)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one job (JSON) and print it
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--cuda-graph and --train-graph are two ways to replay a step; pick one")
     if args.compile and (args.cuda_graph or args.train_graph):
         ap.error("--compile times compiled eager steps; drop --cuda-graph/--train-graph to use it")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see docs/models.md (step cost benchmark)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see docs/models.md (Benchmarks)
 
     import torch
 
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = []
     for size in [s for s in args.sizes.split(",") if s]:
         for family, compiled in [(f, c) for f in args.families.split(",") if f
-                                 for c in ((False, True) if args.compile and f == "transformer_pp" else (False,))]:
+                                 for c in ((False, True) if args.compile else (False,))]:
             job = {"family": family, "size": size, "recipe": args.recipe, "device": args.device, "batch": batch,
                    "seq": args.seq, "vocab": args.vocab, "reps": reps, "warmup": warmup, "threads": args.threads,
                    "think_steps": args.think_steps, "cuda_graph": args.cuda_graph,

@@ -323,7 +323,7 @@ class TrainConfig:
     threads: int = 0  # torch threads on CPU; 0 = leave torch's default
     # Replay forward + backward from a captured CUDA graph (CUDA, S1 and T++; train/graphed.py).
     cuda_graph: bool = False
-    # torch.compile the training loss (Transformer++ only: the EBT's step needs double backward).
+    # torch.compile the training loss (both families; the EBT's inner gradient is then torch.func.grad).
     compile: bool = False
 
     def __post_init__(self) -> None:
@@ -414,9 +414,6 @@ class RunSpec:
             raise ConfigError("TrainConfig.cuda_graph: this EBT recipe draws its inner-step count or replay-buffer "
                               "candidates on the host at every step (S2), which a replayed graph cannot; use the "
                               "ebt_s1 recipe or train without cuda_graph")
-        if self.train.compile and self.model.family != "transformer_pp":
-            raise ConfigError(f"TrainConfig.compile: torch.compile cannot run the {self.model.family.upper()}'s "
-                              "training step (it needs double backward); compile transformer_pp runs only")
 
     def identity(self) -> dict[str, Any]:
         """The versioned fields that define the run (what is hashed)."""

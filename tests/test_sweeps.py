@@ -346,20 +346,20 @@ def test_sweep_name_taken_by_another_axis_is_one_line_error(tmp_path):
     assert Store(url).list_runs() == []
 
 
-def test_compile_in_a_spec_compiles_the_transformer_pp_runs_only(tmp_path):
-    """``[train] compile = true`` in a two-family sweep: the T++ runs compile, the EBT runs stay eager (no double
-    backward in torch.compile), the plan says so in one line, and the config hashes are those without it."""
+def test_compile_in_a_spec_compiles_both_families(tmp_path):
+    """``[train] compile = true`` in a two-family sweep: every run compiles, the plan says nothing about it,
+    and the config hashes are those without it."""
     from ebt_scaling.cli.main import app
 
     text = spec_text("depth", "values = [1, 2]")
     p = _write(tmp_path, text.replace("steps = 40", "steps = 40\ncompile = true"))
     plain = {r.spec.config_hash for r in expand(load_spec(_write(tmp_path, text, "plain.toml")))}
     runs = expand(load_spec(p))
-    assert {r.spec.family: r.spec.train.compile for r in runs} == {"transformer_pp": True, "ebt": False}
+    assert {r.spec.family: r.spec.train.compile for r in runs} == {"transformer_pp": True, "ebt": True}
     assert {r.spec.config_hash for r in runs} == plain
     r = CliRunner().invoke(app, ["sweep", "--spec", str(p), "--dry-run"])
     assert r.exit_code == 0, r.output
-    assert "train.compile applies to the transformer_pp runs; the EBT runs stay eager" in r.stderr, r.output
+    assert "train.compile" not in r.stderr, r.output
 
 
 def test_dry_run_checks_the_database_and_writes_nothing(tmp_path):

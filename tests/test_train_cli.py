@@ -55,7 +55,6 @@ def test_train_summary_table_ebt():
     (["--progress", "fancy"], "--progress: unknown value"),
     (["--cuda-graph", "--device", "cpu"], "TrainConfig.cuda_graph: needs a CUDA device"),
     (["--cuda-graph", "--recipe", "ebt_s2", "--device", "cpu"], "use the ebt_s1 recipe"),
-    (["--compile"], "TrainConfig.compile: torch.compile cannot run the EBT's training step"),
     (["--compile", "--cuda-graph", "--family", "transformer_pp"], "cannot be combined with cuda_graph"),
     (["--family", "transformer_pp", "--step-size", "2"], "--step-size and --step-size-lr-mult apply to --family ebt"),
     (["--step-size", "-1"], "ModelConfig.step_size: must be > 0"),

@@ -94,9 +94,6 @@ def sweep(
     if not 0 <= retries <= 1000:
         raise ConfigError(f"--max-retries must be between 0 and 1000, got {retries}; use 0 to never retry a failed run")
     runs = expand(sw)
-    if sw.train.get("compile") and any(r.spec.family == "ebt" for r in runs):
-        typer.echo(f"{path}: train.compile applies to the transformer_pp runs; the EBT runs stay eager (torch.compile "
-                   "has no double backward)", err=True)
     if gpt == 0 and any(r.spec.train.cuda_graph for r in runs):
         raise ConfigError(f"{path}: train.cuda_graph needs CUDA but the trials get no GPU; pass --gpus-per-trial "
                           "(or resources.gpus_per_trial) or drop cuda_graph")

@@ -58,8 +58,8 @@ def train_cmd(
     threads: Annotated[int, typer.Option("--threads", help="Torch CPU threads (0 = torch default).", min=0)] = 0,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="CUDA: replay forward + backward from a "
                                              "captured CUDA graph (T++ and ebt_s1; docs/training.md).")] = False,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step (transformer_pp "
-                                           "only; the first step compiles; docs/training.md).")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step (the first "
+                                           "step compiles; docs/training.md).")] = False,
     eval_interval: Annotated[int | None, typer.Option("--eval-interval", help="Validate every N steps.",
                                                       min=0)] = None,
     eval_batches: Annotated[int, typer.Option("--eval-batches", help="Validation batches.", min=1)] = 8,
@@ -107,7 +107,7 @@ def train_cmd(
         model_kw["step_size_lr_multiplier"] = step_size_lr_mult
     # Validate the model shape (and what it allows) before any data is prepared (bad input writes nothing).
     spec0 = RunSpec(model=model_config(family, preset, vocab_size=vocab, sequence_len=seq_len, recipe=recipe_name,
-                                       **model_kw), train=tcfg)  # refuses cuda_graph with S2, compile with the EBT
+                                       **model_kw), train=tcfg)  # refuses cuda_graph with S2
     if cuda_graph or compile_:
         from ebt_scaling.train.graphed import check_cuda_graph
         from ebt_scaling.train.loop import check_compile, resolve_device
@@ -132,7 +132,7 @@ def train_cmd(
     with _train_progress(progress_mode, err, f"{family} {preset}", steps) as on_step:
         if compile_:
             err.print("[dim]compile:[/dim] torch.compile builds the training step first "
-                      "(the first step takes up to about a minute)")
+                      "(the first step takes a minute or more)")
         result = train(spec, sink, resume_from=resume, on_step=on_step, data_progress=lambda m: None)
 
     unigram = corpus.unigram_entropy()

@@ -164,8 +164,6 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
                 tkw = dict(train_base)
                 tkw.update(train_over)
                 tkw["seed"] = seed
-                if family == "ebt":  # [train] compile applies to the T++ runs: the EBT's step needs double backward
-                    tkw["compile"] = False
                 train = TrainConfig(**tkw)
                 if train.warmup_steps >= train.steps:
                     key = "axis.values" if "steps" in train_over else "train.warmup_steps"

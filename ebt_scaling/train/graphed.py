@@ -2,7 +2,7 @@
 
 At the batch sizes a sweep uses, a GPU training step is bound by the host launching kernels one by one:
 about 1,050 launches per T++ ``small`` step and 10,800 per EBT step, whose double backward is many small
-kernels (docs/models.md, "GPU figures"). Replaying a captured step launches them all at once; the
+kernels (benchmarks/RESULTS.md, "GPU figures (H200)"). Replaying a captured step launches them all at once; the
 throughput benchmark measured 1.75-2.8x per step that way on an H200 (``throughput.py --cuda-graph``).
 
 What is captured: forward (under the run's autocast, with the autocast weight cache off, as CUDA graphs need),

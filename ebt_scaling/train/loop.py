@@ -137,12 +137,15 @@ def check_compile(spec: RunSpec, device: torch.device) -> None:
 
 
 def compiled_loss(model: torch.nn.Module) -> Callable[..., Any]:
-    """``model.loss`` under ``torch.compile`` (training steps only; evaluation stays eager, so its batch shape
-    never triggers a recompile). The first call compiles: about a minute on a 2-core CPU, mostly the C++ or
-    Triton builds of the fused kernels, cached by torch for later runs on the same machine."""
-    if model.cfg.family != "transformer_pp":  # RunSpec refuses this first; a direct caller gets the same
-        raise ConfigError("torch.compile cannot run the EBT's training step (it needs double backward); "
-                          "compile transformer_pp models only")
+    """The training loss under ``torch.compile`` (training steps only; evaluation stays eager, so its batch
+    shape never triggers a recompile). The T++: ``model.loss`` compiled. The EBT: ``model.loss`` with its
+    differentiable part compiled (``EBT.compile_loss``: descent and CEs as one graph, the inner gradient by
+    ``torch.func.grad``); its host decisions (step count, replay buffer) and the finiteness check stay eager.
+    The first call compiles (minutes on a 2-core CPU, mostly the C++ or Triton builds of the fused kernels,
+    cached by torch for later runs on the same machine); S2 compiles once per step count and batch shape."""
+    if model.cfg.family == "ebt":
+        model.compile_loss()
+        return model.loss
     return torch.compile(model.loss, dynamic=False)
 
 

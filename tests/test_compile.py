@@ -1,0 +1,161 @@
+"""The EBT under torch.compile (issue 17 item 2).
+
+Compiled, the inner gradient dE/d(prediction rows) is ``torch.func.grad`` (``EBT.energy_grad``), which the
+compiler traces with the rest of the descent into one first-order graph. Here:
+
+- float64, eager: the ``torch.func.grad`` path against the ``torch.autograd.grad(create_graph=True)``
+  reference for S1, S2 (noise, random step count and size, replay buffer), S2 untruncated, the logits
+  descent and thinking: logits and energies after every step, losses, metrics, every parameter gradient;
+- CPU Inductor: ``train()`` with ``compile=True`` follows the eager run's losses within 1e-4 relative over
+  20 steps (S1 here; S2, which compiles once per step count and batch shape, is marked ``slow``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ebt_scaling.config import RECIPE_OVERRIDES, DataConfig, ModelConfig, RunSpec, TrainConfig, model_config
+from ebt_scaling.models import build_model
+from ebt_scaling.records import ListSink
+from ebt_scaling.train import train
+
+V, T, B = 23, 10, 3
+SHAPE = dict(n_layer=2, n_embd=32, n_head=2, vocab_size=V, sequence_len=T)
+CASES = {
+    "s1": dict(RECIPE_OVERRIDES["ebt_s1"]),
+    "s2": dict(RECIPE_OVERRIDES["ebt_s2"], replay_buffer_size=8),
+    "s2-untruncated-3-landscapes": dict(RECIPE_OVERRIDES["ebt_s2"], truncate_steps=False, mcmc_num_steps=3,
+                                        replay_buffer_size=0),
+    "s1-logits-nostep": dict(RECIPE_OVERRIDES["ebt_s1"], descent_wrt="logits", step_embedding=False),
+}
+F64 = dict(rtol=1e-10, atol=1e-10)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def pair(opts: dict):
+    """(reference on autograd.grad, the same weights on torch.func.grad), float64."""
+    torch.manual_seed(0)
+    ref = build_model(ModelConfig(family="ebt", **SHAPE, **opts)).double()
+    with torch.no_grad():  # a non-trivial step embedding and alpha
+        for p in ref.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    fn = copy.deepcopy(ref)
+    fn.inner_grad = "func"
+    assert ref.inner_grad == "autograd"
+    return ref, fn
+
+
+def data(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T), generator=g)
+
+
+def assert_close_scaled(a: torch.Tensor, b: torch.Tensor, msg: str = "") -> None:
+    """float64 agreement relative to the tensor's scale (alpha = 500 makes logits of size ~1e3)."""
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * max(b.abs().max().item(), 1.0), msg=msg)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_func_grad_descent_matches_autograd_in_float64(name):
+    ref, fn = pair(CASES[name])
+    ref.train(), fn.train()
+    idx, tgt = data()
+    landscapes = ref._landscapes(train=False)
+    # Every step's logits and energies with the second-order graph, and the gradient of a loss through them.
+    out = []
+    for m in (ref, fn):
+        torch.manual_seed(5)
+        z0 = torch.randn(B, T, V, dtype=torch.float64)
+        zs, es = m.descend(idx, z0, landscapes, alpha=m.alpha_value(), sigma=m.cfg.langevin_noise_std,
+                           need_graph=True)
+        loss = sum(F.cross_entropy(z.flatten(0, 1), tgt.flatten()) for z in zs)
+        params = [p for p in m.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        out.append((zs, es, grads))
+    (zr, er, gr), (zf, ef, gf) = out
+    assert len(zr) == len(zf) == len(landscapes)
+    for i, (a, b) in enumerate(zip(zf, zr, strict=True)):
+        assert_close_scaled(a.detach(), b.detach(), f"logits after step {i}")
+    for i, (a, b) in enumerate(zip(ef, er, strict=True)):
+        torch.testing.assert_close(a, b, **F64, msg=f"energies at step {i}")
+    names = [n for n, p in ref.named_parameters() if p.requires_grad]
+    for n, a, b in zip(names, gf, gr, strict=True):
+        assert (a is None) == (b is None), n
+        if b is not None:
+            assert_close_scaled(a, b, n)
+    # Training steps through ``loss``: the recipe's randomness, the replay buffer filling up (S2).
+    for seed in range(3):
+        res = []
+        for m in (ref, fn):
+            m.zero_grad(set_to_none=True)
+            torch.manual_seed(seed)
+            loss, info = m.loss(idx, tgt)
+            loss.backward()
+            grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+            res.append((loss.detach(), info, grads))
+        (lr_, ir, gr_), (lf, if_, gf_) = res
+        torch.testing.assert_close(lf, lr_, **F64)
+        assert ir["inner_steps"] == if_["inner_steps"] and ir["replayed"] == if_["replayed"]
+        for k in ("ce", "ce_initial", "energy_initial", "energy_final", "energy_steps"):
+            torch.testing.assert_close(if_[k], ir[k], **F64, msg=k)
+        assert gf_.keys() == gr_.keys() and gr_
+        for n in gr_:
+            assert_close_scaled(gf_[n], gr_[n], f"step {seed}: {n}")
+
+
+@pytest.mark.parametrize("name", ["s1", "s2"])
+def test_func_grad_thinking_matches_autograd_in_float64(name):
+    ref, fn = pair(CASES[name])
+    ref.eval(), fn.eval()
+    idx, _ = data()
+    (lr_, er), (lf, ef) = (m.think(idx, steps=4, samples=3, generator=torch.Generator().manual_seed(3))
+                           for m in (ref, fn))
+    assert_close_scaled(lf, lr_)
+    torch.testing.assert_close(ef, er, **F64)
+    with torch.no_grad():  # validation forward (no_grad outside, the descent differentiates inside)
+        torch.manual_seed(4)
+        a = ref(idx)
+        torch.manual_seed(4)
+        b = fn(idx)
+    assert_close_scaled(b, a)
+
+
+def _spec(recipe: str, compile: bool) -> RunSpec:
+    m = model_config("ebt", "nano", vocab_size=32, sequence_len=32, recipe=recipe)
+    t = TrainConfig(steps=20, batch_size=4, lr=3e-3, warmup_steps=4, eval_interval=20, eval_batches=2,
+                    log_interval=1, seed=0, threads=1, compile=compile)
+    return RunSpec(model=m, train=t, data=DataConfig(source="synthetic", vocab_size=32), recipe=recipe)
+
+
+def _compiled_follows_eager(recipe: str) -> None:
+    eager, comp = ListSink(), ListSink()
+    r_e = train(_spec(recipe, False), eager)
+    r_c = train(_spec(recipe, True), comp)
+    assert r_e.status == r_c.status == "completed", (r_e.reason, r_c.reason)
+    le = [v for _, v in eager.series("train_loss")]
+    lc = [v for _, v in comp.series("train_loss")]
+    assert len(le) == len(lc) == 20 and le[0] != le[-1]
+    assert lc == pytest.approx(le, rel=1e-4)
+    assert r_c.final_val_loss == pytest.approx(r_e.final_val_loss, rel=1e-4)
+
+
+def test_compiled_ebt_s1_training_follows_eager():
+    """``ebt-scale train --family ebt --compile``: 20 S1 steps on CPU Inductor (one compilation) against eager."""
+    _compiled_follows_eager("ebt_s1")
+
+
+@pytest.mark.slow
+def test_compiled_ebt_s2_training_follows_eager():
+    """S2 compiled: one graph per inner-step count (2 or 3) and batch shape (with and without replayed rows)."""
+    _compiled_follows_eager("ebt_s2")
