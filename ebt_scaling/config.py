@@ -44,7 +44,8 @@ LIMITS: dict[str, int | float] = {
     "n_layer": 1024, "n_embd": 65536, "n_head": 1024, "vocab_size": 1 << 24, "sequence_len": 1 << 20,
     "ffn_hidden": 1 << 20, "mcmc_num_steps": 1000, "replay_buffer_size": 1 << 24, "randomize_num_steps": 1000,
     "randomize_num_steps_min": 1000, "step_size": 1e6, "step_size_lr_multiplier": 1e6,
-    "steps": 10**9, "batch_size": 1 << 20, "eval_batches": 10**6, "log_interval": 10**9, "warmup_steps": 10**9,
+    "steps": 10**9, "batch_size": 1 << 20, "eval_batches": 10**6, "eval_tokens": 10**10, "log_interval": 10**9,
+    "warmup_steps": 10**9,
     "eval_interval": 10**9, "checkpoint_interval": 10**9, "threads": 4096, "min_lr_div": 1e6,
     "grad_clip": 1e6, "seed": 2**31 - 1, "split_seed": 2**31 - 1,
 }
@@ -312,6 +313,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_interval: int = 50
     eval_batches: int = 8
+    # Validation set size in tokens, rounded up to whole windows of sequence_len + 1 evenly spread over the
+    # validation split: the same set whatever the batch size (sweeps set it so that every run of a sweep is
+    # scored on the same tokens). None (older configs): eval_batches x batch_size windows.
+    eval_tokens: int | None = None
     log_interval: int = 10
     checkpoint_interval: int = 0  # 0 = only at the end (and on request of the sink)
     seed: int = 0
@@ -329,6 +334,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         c = "TrainConfig"
         _check_types_and_limits(self)
+        if self.eval_tokens is not None and self.eval_tokens < 1:
+            raise _fail(c, "eval_tokens", f"must be a positive integer, got {self.eval_tokens!r}",
+                        "e.g. 4096, or leave it unset for eval_batches x batch_size windows")
         for name in ("steps", "batch_size", "eval_batches", "log_interval"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -433,6 +441,8 @@ class RunSpec:
         # Device, thread count, CUDA-graph replay and torch.compile change speed, not the measurement.
         for k in ("device", "threads", "cuda_graph", "compile"):
             d["train"].pop(k, None)
+        if d["train"].get("eval_tokens") is None:  # hashes from before the field existed stay valid
+            d["train"].pop("eval_tokens", None)
         return d
 
     @property

@@ -257,3 +257,31 @@ def test_compiled_training_follows_the_eager_run():
     assert len(le) == len(lc) == 6 and le[0] != le[-1]
     assert lc == pytest.approx(le, rel=1e-4, abs=1e-5)
     assert r_c.final_val_loss == pytest.approx(r_e.final_val_loss, rel=1e-4)
+
+
+def test_every_batch_size_of_a_sweep_is_scored_on_the_same_validation_tokens(tmp_path):
+    """eval_tokens fixes the validation windows: a batch-8 and a batch-32 run see the same tokens (issue 19)."""
+    import numpy as np
+
+    from ebt_scaling.config import DataConfig, TrainConfig
+    from ebt_scaling.data import load_corpus
+    from ebt_scaling.train.loop import validation_batches
+
+    corpus = load_corpus(DataConfig(source="synthetic", vocab_size=32, cache_dir=str(tmp_path)), 32)
+    sets = {}
+    for b in (8, 32):
+        batches = validation_batches(corpus, TrainConfig(batch_size=b, eval_batches=2, eval_tokens=1000), 32)
+        assert all(len(x) <= b for x in batches) and len(batches) == -(-32 // b)
+        sets[b] = np.concatenate(batches)
+    assert sets[8].shape == (32, 33) and np.array_equal(sets[8], sets[32])  # ceil(1000 / 32) windows
+    old = [validation_batches(corpus, TrainConfig(batch_size=b, eval_batches=2), 32) for b in (8, 32)]
+    assert sum(map(len, old[0])) == 16 and sum(map(len, old[1])) == 64  # without it: eval_batches x batch
+
+
+def test_eval_tokens_is_hashed_only_when_set():
+    from ebt_scaling.config import RunSpec, TrainConfig, model_config
+
+    m = model_config("transformer_pp", "nano", vocab_size=32, sequence_len=16)
+    a, b = RunSpec(model=m, train=TrainConfig()), RunSpec(model=m, train=TrainConfig(eval_tokens=4096))
+    assert "eval_tokens" not in a.identity()["train"] and b.identity()["train"]["eval_tokens"] == 4096
+    assert a.config_hash != b.config_hash

@@ -155,13 +155,16 @@ class TokenCorpus:
         starts = rng.integers(0, arr.size - seq_len, size=batch_size)
         return np.asarray(arr[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
 
-    def val_batches(self, n_batches: int, batch_size: int, seq_len: int) -> list[np.ndarray]:
-        """Fixed validation windows, evenly spread over the validation split (identical on every call)."""
+    def val_batches(self, n_batches: int, batch_size: int, seq_len: int,
+                    n_windows: int | None = None) -> list[np.ndarray]:
+        """Fixed validation windows of ``seq_len + 1`` tokens, evenly spread over the validation split
+        (identical on every call), in batches of ``batch_size`` (the last one may be smaller). ``n_windows``
+        fixes the set whatever the batch size; None: ``n_batches x batch_size`` windows."""
         self._check_len(self.val, seq_len, "val")
-        total = n_batches * batch_size
+        total = n_batches * batch_size if n_windows is None else n_windows
         starts = np.linspace(0, self.val.size - seq_len - 1, total).round().astype(np.int64)
         windows = np.asarray(self.val[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
-        return [windows[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+        return [windows[i:i + batch_size] for i in range(0, total, batch_size)]
 
     def unigram_entropy(self) -> float:
         """Validation cross-entropy (nats/token) of a unigram model fitted on train (add-one smoothing)."""

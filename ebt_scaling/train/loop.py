@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ebt_scaling.config import RunSpec
+from ebt_scaling.config import RunSpec, TrainConfig
 from ebt_scaling.data import load_corpus
 from ebt_scaling.data.cache import Progress
 from ebt_scaling.errors import ConfigError, TrainingDiverged
@@ -78,6 +78,13 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def validation_batches(corpus: Any, tcfg: TrainConfig, seq_len: int) -> list[np.ndarray]:
+    """The run's validation windows in batches of its batch size. With ``eval_tokens`` they are the same
+    windows for every batch size (one validation set per sweep); without, ``eval_batches`` x batch size."""
+    n_windows = -(-tcfg.eval_tokens // seq_len) if tcfg.eval_tokens else None
+    return corpus.val_batches(tcfg.eval_batches, tcfg.batch_size, seq_len, n_windows)
 
 
 def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, device: torch.device,
@@ -219,7 +226,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
         if device.type == "cuda" and st.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(st["cuda_rng"])
 
-    val_batches = [torch.from_numpy(b).to(device) for b in corpus.val_batches(tcfg.eval_batches, B, T)]
+    val_batches = [torch.from_numpy(b).to(device) for b in validation_batches(corpus, tcfg, T)]
     is_ebt = mcfg.family == "ebt"
     # Divergence reference: the first training loss. For the EBT that is the CE after one large descent step
     # from noise, often far above log V, so the explosion test is loose there; NaN/inf checks still apply.
