@@ -379,3 +379,11 @@ def test_dry_run_checks_the_database_and_writes_nothing(tmp_path):
     r = CliRunner().invoke(app, ["sweep", "--axis", "depth", "--dry-run", "--db",
                                  f"postgresql://u:S3cretPw@127.0.0.1:{port}/x"])
     assert r.exit_code == 1 and "checking the database" in r.output and "S3cretPw" not in r.output, r.output
+
+
+@pytest.mark.parametrize("preset", ["tiny", "paper"])
+@pytest.mark.parametrize("axis", AXES)
+def test_every_shipped_sweep_scores_its_runs_on_one_validation_set(axis, preset):
+    runs = expand(load_spec(spec_path(axis, preset)))
+    assert {r.spec.train.eval_tokens for r in runs} != {None}
+    assert len({(r.spec.train.eval_tokens, r.spec.model.sequence_len) for r in runs}) == 1
