@@ -109,7 +109,7 @@ def test_store_created_schema_equals_migrated_schema(db_url):
 
 def test_downgrade_upgrade_round_trip(db_url):
     migrate.upgrade(db_url)
-    assert migrate.downgrade(db_url, "0001") == ("0002", "0001")
+    assert migrate.downgrade(db_url, "0001") == (schema.SCHEMA_REVISION, "0001")
     assert "ebt_fits" not in tables(db_url) and "ebt_runs" in tables(db_url)
     assert migrate.downgrade(db_url, "base") == ("0001", None)
     assert not (tables(db_url) & ALL_TABLES)
@@ -132,7 +132,7 @@ def test_out_of_date_database_names_the_upgrade_command_and_upgrade_keeps_data(d
         Store(db_url)
     msg = str(e.value)
     assert "\n" not in msg and f"ebt-scale db upgrade --db {mask_url(db_url)}" in msg and "0001" in msg
-    assert migrate.upgrade(db_url) == ("0001", "0002")
+    assert migrate.upgrade(db_url) == ("0001", schema.SCHEMA_REVISION)
     with Store(db_url) as s:
         r = s.get_run_by_hash("h-old")
         assert (r.sweep, r.final_val_loss, r.fit_eligible) == ("old", 3.5, True)

@@ -433,3 +433,43 @@ def test_a_run_with_holes_in_its_series_is_never_recorded_completed(tmp_path):
     assert a.status == "completed" and a.fit_eligible
     assert b.status == "failed" and not b.fit_eligible
     assert "1 train_loss point(s) missing (first at step 10)" in b.reason
+
+
+def test_cancel_from_another_terminal_stops_the_driver_and_a_rerun_resumes(tmp_path):
+    """`ebt-scale cancel` sets a flag in the database; the live driver stops its trials, marks the unfinished
+    runs cancelled (checkpoints kept) and exits; the same sweep command then resumes them."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    spec = write_spec(tmp_path, "c", families='["transformer_pp"]', steps=400, values="[1, 2]")
+    args = ("sweep", "--spec", str(spec), "--db", url, "--progress", "plain")
+    r = cli("cancel", "--sweep", "c", "--db", url)  # no database yet: nothing created
+    assert r.returncode == 1 and "does not exist" in r.stderr and not (tmp_path / "c.db").exists()
+    drv = start_cli(*args)
+    try:
+        def checkpointed() -> bool:
+            try:
+                runs = store(url).list_runs(sweep="c")
+            except Exception:
+                return False
+            return len(runs) == 2 and all(x.status == "running" and x.checkpoint_dir for x in runs)
+
+        _wait_for(checkpointed, 240, drv, "two running runs with a checkpoint")
+        r = cli("cancel", "--sweep", "c", "--db", url, "--wait", "120")
+        out, _ = drv.communicate(timeout=120)
+    finally:
+        if drv.poll() is None:
+            drv.kill()
+            drv.wait()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"(pid {drv.pid} on " in r.stderr and "sweep 'c' stopped: 2 cancelled" in r.stdout, r.stdout + r.stderr
+    assert drv.returncode == 130, out  # the driver exits as after Ctrl-C
+    runs = store(url).list_runs(sweep="c")
+    assert all(x.status == "cancelled" and "ebt-scale cancel" in x.reason and x.checkpoint_dir for x in runs)
+    r = cli("cancel", "--sweep", "c", "--db", url)
+    assert r.returncode == 1 and "has no live driver" in r.stderr
+    r = cli(*args, timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 to run (2 resuming from a checkpoint)" in r.stderr
+    st = store(url)
+    for run in st.list_runs(sweep="c"):
+        assert run.status == "completed"
+        assert_contiguous(st, run)

@@ -45,9 +45,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from ebt_scaling.records import RUN_STATUSES
 
 #: The Alembic revision this code expects (``alembic/versions``); a test checks it equals the script head.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 #: Every revision this code knows, oldest first; a database at an earlier one needs ``ebt-scale db upgrade``.
-KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002")
+KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003")
 VERSION_TABLE = "ebt_scale_alembic_version"
 TABLE_PREFIX = "ebt_"
 
@@ -83,6 +83,8 @@ class Sweep(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     code_version: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime]
+    # Set by `ebt-scale cancel`; the live driver polls it and stops; the next driver clears it (revision 0003).
+    cancel_requested_at: Mapped[datetime | None]
 
 
 class Run(Base):

@@ -190,6 +190,25 @@ class Store:
 
     # -------------------------------------------------------------- plumbing
 
+    def request_cancel(self, sweep: str) -> None:
+        """Ask the live driver of ``sweep`` to stop (``ebt-scale cancel``); NotFound for an unknown sweep."""
+
+        def unit(conn: Connection) -> None:
+            sid = self._sweep_id(conn, sweep)
+            conn.execute(update(SWEEPS).where(SWEEPS.c.id == sid).values(cancel_requested_at=self._now(conn)))
+
+        self._unit(unit, what=f"requesting the cancellation of sweep {sweep!r}")
+
+    def cancel_requested(self, sweep: str) -> bool:
+        """Whether a cancellation of ``sweep`` is pending (polled by its driver)."""
+        return self._unit(lambda conn: conn.execute(select(SWEEPS.c.cancel_requested_at).where(
+            SWEEPS.c.name == sweep)).scalar_one_or_none() is not None, write=False)
+
+    def clear_cancel(self, sweep: str) -> None:
+        """Forget a pending cancellation (a new driver of the sweep starts)."""
+        self._unit(lambda conn: conn.execute(update(SWEEPS).where(SWEEPS.c.name == sweep).values(
+            cancel_requested_at=None)), what=f"clearing the cancellation of sweep {sweep!r}")
+
     def lease_holder(self, sweep: str) -> dict[str, Any] | None:
         """The live driver holding ``sweep``'s lease ({host, pid, since}; {} when not recorded), or None."""
         from ebt_scaling.db.lease import postgres_holder, sqlite_holder

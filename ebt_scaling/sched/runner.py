@@ -44,6 +44,7 @@ class DriverSink(Protocol):
     def retrying(self, run_id: int, reason: str, resume_step: int | None) -> None: ...
     def finished(self, run_id: int, status: str, reason: str | None, result: dict[str, Any]) -> None: ...
     def heartbeat(self, run_ids: list[int]) -> None: ...
+    # Optional: ``cancel_requested() -> bool``, polled every few seconds; True stops the sweep like Ctrl-C.
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class RunnerOutcome:
     finished: dict[int, str] = field(default_factory=dict)  # run_id -> status
     cancelled: list[int] = field(default_factory=list)
     interrupted: bool = False
+    cancel_requested: bool = False  # stopped by `ebt-scale cancel`
     wall_s: float = 0.0
     import_s: float = 0.0
     ray_init_s: float = 0.0
@@ -269,6 +271,9 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
                           "RAY_ADDRESS (leave both unset for a local instance)") from None
     out.ray_init_s = time.monotonic() - t_init
     callback = SweepCallback(sink, tasks, flush_s=opts.flush_s, progress=progress)
+    from ebt_scaling.sched.stopper import CancelStopper
+
+    stopper = CancelStopper(sink)
     try:
         cluster = ray.cluster_resources()
         need_cpu, need_gpu = opts.cpus_per_trial, opts.gpus_per_trial
@@ -303,6 +308,7 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
                 failure_config=tune.FailureConfig(max_failures=opts.max_retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[callback],
+                stop=stopper,
                 verbose=0,
                 log_to_file=False,
             ),
@@ -322,8 +328,11 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
                 out.cancelled.append(rs.run_id)
         if out.cancelled:
             out.interrupted = True
+            why = ("cancelled with `ebt-scale cancel` before the run finished" if stopper.fired
+                   else "sweep interrupted before the run finished")
             for rid in out.cancelled:
-                sink.finished(rid, "cancelled", "sweep interrupted before the run finished", {})
+                sink.finished(rid, "cancelled", why, {})
+        out.cancel_requested = stopper.fired
     finally:
         t_down = time.monotonic()
         try:

@@ -77,8 +77,13 @@ def default_storage(db_url: str) -> str:
 class StoreSink:
     """Driver-side sink writing to the results database (one writer: the driver)."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, sweep: str | None = None) -> None:
         self.store = store
+        self.sweep = sweep
+
+    def cancel_requested(self) -> bool:
+        """Whether `ebt-scale cancel` asked this sweep's driver to stop."""
+        return self.sweep is not None and bool(self.store.cancel_requested(self.sweep))
 
     def started(self, run_id: int, host: str | None, device: str | None) -> None:
         self.store.mark_running(run_id, host, device)
@@ -173,6 +178,7 @@ def _run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, runs: list[Exp
     # Get or create: a rerun (or more families/seeds) reuses the sweep; a name taken by another axis is an
     # error naming the fix (the store raises it).
     store.create_sweep(spec.name, spec.axis, spec.to_dict(), code_version())
+    store.clear_cancel(spec.name)  # a cancellation was meant for the driver before this one
     store.reset_interrupted(spec.name)
     records = store.plan_runs(spec.name, [r.planned for r in runs])
     by_hash = {r.config_hash: r for r in runs}
@@ -219,7 +225,7 @@ def _run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, runs: list[Exp
             Path(ray_opts.storage_path).expanduser().mkdir(mode=0o700, parents=True, exist_ok=True)
         opts = dataclasses.replace(ray_opts, experiment_name=f"{_slug(spec.name)}-"
                                    f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-        outcome.runner = run_trials(tasks, StoreSink(store), opts, progress_name=spec.name)
+        outcome.runner = run_trials(tasks, StoreSink(store, spec.name), opts, progress_name=spec.name)
         outcome.interrupted = outcome.runner.interrupted
     for rec in records:
         st = store.get_run(rec.id).status
