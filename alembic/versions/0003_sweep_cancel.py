@@ -1,4 +1,4 @@
-"""sweep cancel requests: ebt_sweeps.cancel_requested_at, set by `ebt-scale cancel`, read by the live driver
+"""cancel requests: ebt_cancel_requests, written by `ebt-scale cancel`, polled by the sweep's live driver
 
 Revision ID: 0003
 Revises: 0002
@@ -20,10 +20,13 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('ebt_sweeps', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('cancel_requested_at', sa.DateTime(), nullable=True))
+    op.create_table('ebt_cancel_requests',
+    sa.Column('sweep_id', sa.Integer(), nullable=False),
+    sa.Column('requested_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['sweep_id'], ['ebt_sweeps.id'], name=op.f('fk_ebt_cancel_requests_sweep_id_ebt_sweeps'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('sweep_id', name=op.f('pk_ebt_cancel_requests'))
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('ebt_sweeps', schema=None) as batch_op:
-        batch_op.drop_column('cancel_requested_at')
+    op.drop_table('ebt_cancel_requests')

@@ -15,6 +15,7 @@ Tables::
     ebt_metrics       metric series                (run_id, name, step)   -> value, kind
     ebt_fits          one stored fit (sweep, axis, family, method, params JSON, fingerprint)
     ebt_fit_runs      the exact runs a fit used     (fit_id, run_id)
+    ebt_cancel_requests  a pending `ebt-scale cancel` per sweep  (sweep_id) -> requested_at (revision 0003)
 
 Non-finite metric values are stored explicitly: ``kind`` is ``finite``/``nan``/``inf``/``-inf`` and
 ``value`` is NULL unless the kind is ``finite`` (a CHECK constraint enforces it). Timestamps are naive UTC.
@@ -83,8 +84,6 @@ class Sweep(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     code_version: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime]
-    # Set by `ebt-scale cancel`; the live driver polls it and stops; the next driver clears it (revision 0003).
-    cancel_requested_at: Mapped[datetime | None]
 
 
 class Run(Base):
@@ -204,5 +203,15 @@ class FitRun(Base):
                                         index=True)
 
 
-#: Tables created by revision 0001 (the rest came with 0002).
+class CancelRequest(Base):
+    """A pending ``ebt-scale cancel`` of a sweep: the live driver polls it and stops; the next driver of the
+    sweep deletes it."""
+
+    __tablename__ = "ebt_cancel_requests"
+
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("ebt_sweeps.id", ondelete="CASCADE"), primary_key=True)
+    requested_at: Mapped[datetime]
+
+
+#: Tables created by revision 0001 (the rest came with 0002 and 0003).
 TABLES_0001 = ("ebt_sweeps", "ebt_runs", "ebt_run_params", "ebt_run_flops", "ebt_run_summary", "ebt_metrics")

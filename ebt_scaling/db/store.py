@@ -64,6 +64,7 @@ SUMMARY = cast(Table, schema.RunSummary.__table__)
 METRICS = cast(Table, schema.Metric.__table__)
 FITS = cast(Table, schema.Fit.__table__)
 FIT_RUNS = cast(Table, schema.FitRun.__table__)
+CANCELS = cast(Table, schema.CancelRequest.__table__)
 
 #: Axis of a sweep whose imported rows span several axes.
 MIXED_AXIS = "mixed"
@@ -195,19 +196,21 @@ class Store:
 
         def unit(conn: Connection) -> None:
             sid = self._sweep_id(conn, sweep)
-            conn.execute(update(SWEEPS).where(SWEEPS.c.id == sid).values(cancel_requested_at=self._now(conn)))
+            conn.execute(delete(CANCELS).where(CANCELS.c.sweep_id == sid))
+            conn.execute(CANCELS.insert().values(sweep_id=sid, requested_at=self._now(conn)))
 
         self._unit(unit, what=f"requesting the cancellation of sweep {sweep!r}")
 
     def cancel_requested(self, sweep: str) -> bool:
         """Whether a cancellation of ``sweep`` is pending (polled by its driver)."""
-        return self._unit(lambda conn: conn.execute(select(SWEEPS.c.cancel_requested_at).where(
-            SWEEPS.c.name == sweep)).scalar_one_or_none() is not None, write=False)
+        q = select(CANCELS.c.sweep_id).join(SWEEPS, SWEEPS.c.id == CANCELS.c.sweep_id).where(SWEEPS.c.name == sweep)
+        return self._unit(lambda conn: conn.execute(q).first() is not None, write=False)
 
     def clear_cancel(self, sweep: str) -> None:
         """Forget a pending cancellation (a new driver of the sweep starts)."""
-        self._unit(lambda conn: conn.execute(update(SWEEPS).where(SWEEPS.c.name == sweep).values(
-            cancel_requested_at=None)), what=f"clearing the cancellation of sweep {sweep!r}")
+        sub = select(SWEEPS.c.id).where(SWEEPS.c.name == sweep).scalar_subquery()
+        self._unit(lambda conn: conn.execute(delete(CANCELS).where(CANCELS.c.sweep_id == sub)),
+                   what=f"clearing the cancellation of sweep {sweep!r}")
 
     def lease_holder(self, sweep: str) -> dict[str, Any] | None:
         """The live driver holding ``sweep``'s lease ({host, pid, since}; {} when not recorded), or None."""
