@@ -11,9 +11,10 @@ figures themselves (the profiler adds overhead).
     python benchmarks/profile_step.py --family ebt --size tiny --vocab 2048 --seq 128 --batch 8 --compile
 
 ``--compile`` profiles the step as ``ebt-scale train --compile`` runs it (``train.loop.compiled_loss``; the
-warm-up steps compile). Compiled kernels then replace most aten calls: on CPU the JSON's ``compiled_kernels``
-counts the calls of Inductor's kernels the profiler sees (``cpp_fused_*`` / ``triton_*``), on CUDA every launch
-is in ``kernel_launches_per_step``.
+warm-up steps compile). Compiled kernels then replace most aten calls (matmuls stay aten calls). On CUDA every
+launch is in ``kernel_launches_per_step`` and ``compiled_kernels_per_step`` counts the profiler's ``triton_*``
+events; on CPU Inductor's C++ kernels run inside the ``## Call CompiledFxGraph ...`` events, invisible one by one,
+so that count stays 0 there.
 
 Prints one JSON object (also written to --out if given).
 """

@@ -10,6 +10,12 @@ use; both ratios are reported.
 
     python benchmarks/step_cost.py                       # default shape, 2 CPU threads
     python benchmarks/step_cost.py --device cuda --reps 20 --n-layer 6 --n-embd 384 --n-head 6
+    python benchmarks/step_cost.py --compile        # also both families under torch.compile, interleaved
+
+``--compile`` adds ``tpp_sdpa_compiled`` and ``ebt_compiled`` (same weights, ``train.loop.compiled_loss`` as
+``ebt-scale train --compile``); the first warm-up round compiles. ``paired_ratio_median`` then also holds
+``ebt_compiled_vs_ebt`` and ``tpp_sdpa_compiled_vs_tpp_sdpa``: the median over rounds of compiled / eager step
+time, both measured back to back in the same round.
 
 Prints one JSON object (also written to --out if given).
 """
@@ -47,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "dominates op-heavy steps; 'unset' leaves the environment alone")
     ap.add_argument("--think-steps", type=int, default=4,
                     help="thinking-step cost: time think() with this many steps and one more (0 = skip)")
+    ap.add_argument("--compile", action="store_true", help="also time both families under torch.compile")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     if args.omp_wait_policy != "unset":
@@ -100,6 +107,25 @@ def main(argv: list[str] | None = None) -> dict:
         "tpp_math": lambda: step(tpp, opt_t, "math"),
         "ebt": lambda: step(ebt, opt_e),
     }
+    if args.compile:
+        import copy
+
+        from ebt_scaling.train.loop import compiled_loss
+
+        tpp_c, ebt_c = copy.deepcopy(tpp), copy.deepcopy(ebt)
+        tpp_c.attn_impl = "sdpa"
+        opt_tc, opt_ec = optimizer(tpp_c), optimizer(ebt_c)
+        loss_tc, loss_ec = compiled_loss(tpp_c), compiled_loss(ebt_c)
+
+        def step_compiled(model, opt, loss_fn):
+            opt.zero_grad(set_to_none=True)
+            loss, _ = loss_fn(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+
+        variants["tpp_sdpa_compiled"] = lambda: step_compiled(tpp_c, opt_tc, loss_tc)
+        variants["ebt_compiled"] = lambda: step_compiled(ebt_c, opt_ec, loss_ec)
     times: dict[str, list[float]] = {k: [] for k in variants}
     cpu_times: dict[str, list[float]] = {k: [] for k in variants}
     faults: dict[str, list[int]] = {k: [] for k in variants}
@@ -124,8 +150,11 @@ def main(argv: list[str] | None = None) -> dict:
     med_cpu = {k: statistics.median(v) for k, v in cpu_times.items()}
     ex_t, ex_e = flops_per_token(cfg_t, "exact"), flops_per_token(cfg_e, "exact")
     pa_t, pa_e = flops_per_token(cfg_t, "paper"), flops_per_token(cfg_e, "paper")
+    pairs = [("ebt", "tpp_math"), ("ebt", "tpp_sdpa")]
+    if args.compile:
+        pairs += [("ebt_compiled", "ebt"), ("tpp_sdpa_compiled", "tpp_sdpa"), ("ebt_compiled", "tpp_sdpa_compiled")]
     paired = {f"{e}_vs_{t}": statistics.median(a / b for a, b in zip(times[e], times[t], strict=True))
-              for e in ("ebt",) for t in ("tpp_math", "tpp_sdpa")}
+              for e, t in pairs}
     result = {
         "benchmark": "step_cost",
         "shape": {**shape, "batch": args.batch},

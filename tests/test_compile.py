@@ -7,7 +7,8 @@ compiler traces with the rest of the descent into one first-order graph. Here:
   reference for S1, S2 (noise, random step count and size, replay buffer), S2 untruncated, the logits
   descent and thinking: logits and energies after every step, losses, metrics, every parameter gradient;
 - CPU Inductor: ``train()`` with ``compile=True`` follows the eager run's losses within 1e-4 relative over
-  20 steps (S1 here; S2, which compiles once per step count and batch shape, is marked ``slow``).
+  20 steps (S1); S2 (``slow``: it compiles once per step count and batch shape) within the float32 noise of
+  its chained descent (see its test).
 """
 
 from __future__ import annotations
@@ -138,24 +139,37 @@ def _spec(recipe: str, compile: bool) -> RunSpec:
     return RunSpec(model=m, train=t, data=DataConfig(source="synthetic", vocab_size=32), recipe=recipe)
 
 
-def _compiled_follows_eager(recipe: str) -> None:
-    eager, comp = ListSink(), ListSink()
-    r_e = train(_spec(recipe, False), eager)
-    r_c = train(_spec(recipe, True), comp)
-    assert r_e.status == r_c.status == "completed", (r_e.reason, r_c.reason)
-    le = [v for _, v in eager.series("train_loss")]
-    lc = [v for _, v in comp.series("train_loss")]
-    assert len(le) == len(lc) == 20 and le[0] != le[-1]
+def _losses(spec: RunSpec) -> tuple[list[float], object]:
+    sink = ListSink()
+    r = train(spec, sink)
+    assert r.status == "completed", r.reason
+    losses = [v for _, v in sink.series("train_loss")]
+    assert len(losses) == 20 and losses[0] != losses[-1]
+    return losses, r
+
+
+def test_compiled_ebt_s1_training_follows_eager():
+    """``ebt-scale train --family ebt --compile``: 20 S1 steps on CPU Inductor (one compilation) follow the eager
+    run's losses within 1e-4 relative."""
+    le, r_e = _losses(_spec("ebt_s1", False))
+    lc, r_c = _losses(_spec("ebt_s1", True))
     assert lc == pytest.approx(le, rel=1e-4)
     assert r_c.final_val_loss == pytest.approx(r_e.final_val_loss, rel=1e-4)
 
 
-def test_compiled_ebt_s1_training_follows_eager():
-    """``ebt-scale train --family ebt --compile``: 20 S1 steps on CPU Inductor (one compilation) against eager."""
-    _compiled_follows_eager("ebt_s1")
-
-
 @pytest.mark.slow
 def test_compiled_ebt_s2_training_follows_eager():
-    """S2 compiled: one graph per inner-step count (2 or 3) and batch shape (with and without replayed rows)."""
-    _compiled_follows_eager("ebt_s2")
+    """S2 compiled (one graph per inner-step count and batch shape). Its chained, noisy descent amplifies float32
+    summation order: eager S2 itself moves by up to 1.3e-3 relative over these 20 steps between 1 and 2 threads
+    (measured), where S1 stays below 1e-4. So the first steps are held to 1e-4 and all 20 to 10x what
+    reordering eager's own sums does (the bound tests/test_observed_reuse.py uses); measured: compiled vs
+    eager 2.9e-3, eager 1 vs 2 threads 1.3e-3."""
+    import dataclasses
+
+    le, _ = _losses(_spec("ebt_s2", False))
+    two = _spec("ebt_s2", False)
+    floor_l, _ = _losses(two.with_(train=dataclasses.replace(two.train, threads=2)))
+    lc, _ = _losses(_spec("ebt_s2", True))
+    assert lc[:5] == pytest.approx(le[:5], rel=1e-4)
+    floor = max(abs(a - b) / abs(a) for a, b in zip(le, floor_l, strict=True))
+    assert lc == pytest.approx(le, rel=max(1e-4, 10 * floor)), floor

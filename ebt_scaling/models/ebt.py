@@ -36,7 +36,6 @@ from ebt_scaling.errors import ConfigError, TrainingDiverged
 from ebt_scaling.models.layers import Block, RMSNorm, Rotary, causal_mask, init_linear_xavier, upcast
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: observed keys, values, each (B, H, So, Dh)
-INNER_GRADS = ("autograd", "func")
 
 
 class EBT(nn.Module):
