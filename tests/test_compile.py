@@ -148,6 +148,7 @@ def _losses(spec: RunSpec) -> tuple[list[float], object]:
     return losses, r
 
 
+@pytest.mark.slow  # a cold Inductor compile of the EBT step: 250-450 s on the 2-core build machine (29 s warm)
 def test_compiled_ebt_s1_training_follows_eager():
     """``ebt-scale train --family ebt --compile``: 20 S1 steps on CPU Inductor (one compilation) follow the eager
     run's losses within 1e-4 relative."""

@@ -122,14 +122,16 @@ def test_training_losses_energies_and_gradients_match(name, dtype):
         assert fast_r[1]["replayed"] > 0
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", list(CASES))
-def test_validation_and_think_match(name, dtype):
+def test_validation_and_think_match(name):
+    """In float64, where the comparison tests the paths and not the processor: a fixed fp32 bound failed on
+    some CPUs (4.3e-3 against 3.95e-3 for an S2 variant with 3 landscapes, whose chained noisy descent
+    amplifies summation order); the training test above keeps an fp32 case with a measured noise floor."""
+    dtype = torch.float64
     fast, ref = pair(CASES[name])
-    if dtype == torch.float64:
-        fast.double(), ref.double()
+    fast.double(), ref.double()
     fast.eval(), ref.eval()
-    rel = 1e-3 if dtype == torch.float32 else 1e-9  # 4 steps at alpha = 500 amplify fp32 rounding
+    rel = 1e-9
     idx, tgt = data(2)
     with torch.no_grad():
         torch.manual_seed(5)
@@ -140,8 +142,8 @@ def test_validation_and_think_match(name, dtype):
         zf = fast(idx)
         torch.manual_seed(6)
         zr = ref(idx)
-    close(lf, lr_)
-    close(zf, zr)
+    close(lf, lr_, rel)
+    close(zf, zr, rel)
     zf, ef = fast.think(idx, steps=4, samples=3, generator=torch.Generator().manual_seed(7))
     zr, er = ref.think(idx, steps=4, samples=3, generator=torch.Generator().manual_seed(7))
     close(ef, er, rel)
