@@ -119,7 +119,8 @@ def test_vectorised_bootstrap_refits_match_careful_single_fits():
     ys = [E + A * (x / 1e8) ** -a + rng.normal(0, 0.01, x.size) for E, A, a in truth]
     sat = saturating.fit_saturating(us, ys, 1e8)
     Ystar = [y[None, :] + rng.normal(0, 0.01, (4, y.size)) for y in ys]
-    th, F = saturating.bootstrap_saturating(us, Ystar, sat.theta)
+    bf = saturating.bootstrap_saturating(us, Ystar, sat.theta)
+    th, F = bf.theta, bf.objective
     for b in range(4):
         one = saturating.fit_saturating(us, [Y[b] for Y in Ystar], 1e8)
         assert F[b] <= one.objective * (1 + 1e-6) + 1e-6

@@ -162,3 +162,32 @@ def test_report_out_is_a_directory(tmp_path):
     url = f"sqlite:///{tmp_path / 'd.db'}"
     r = invoke("report", "--out", str(tmp_path), "--db", url)
     assert r.exit_code == 2 and "is a directory" in r.stderr
+
+
+def test_family_of_tests_and_holdout_options(tmp_path):
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    assert invoke("import", write_csv(tmp_path / "runs.csv"), "--sweep", "synth", "--db", url).exit_code == 0
+    # a family that leaves out a reported axis: one line naming the fix, exit 2, no fit stored
+    r = invoke("fit", "--sweep", "synth", "--family-of-tests", "data", "--db", url)
+    assert r.exit_code == 2, r.output
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "leaves out synth/flops" in err[0] and "--axis" in err[0]
+    r = invoke("fit", "--sweep", "synth", "--family-of-tests", "data,widht", "--db", url)
+    assert r.exit_code == 2 and "'widht' is not an axis" in r.stderr
+    store = Store(url)
+    try:
+        assert store.list_fits() == []
+    finally:
+        store.close()
+    r = invoke("fit", "--sweep", "synth", "--axis", "data", "--family-of-tests", "data", "--json", "--resamples",
+               "200", "--holdout-largest", "--db", url)
+    assert r.exit_code == 0, r.output
+    (a,) = json.loads(r.stdout)["axes"]
+    assert a["comparison"]["holm_axes"] == 1 and a["p_value_holm"] == a["p_value"]
+    for fam in ("ebt", "transformer_pp"):
+        h = a["holdout"][fam]
+        assert h["n_levels_fit"] == 5 and h["error_ci"][0] <= 0 <= h["error_ci"][1]
+    r = invoke("fit", "--sweep", "synth", "--resamples", "200", "--holdout-largest", "--db", url)
+    assert r.exit_code == 0 and "Hold-out EBT: line on 5 levels predicts" in r.stdout
+    r = invoke("fit", "--sweep", "synth", "--resamples", "200", "--db", url)
+    assert "Hold-out" not in r.stdout and "warning" in r.stdout  # the law at its bound on log-linear data

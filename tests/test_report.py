@@ -96,3 +96,42 @@ def test_pages_render_to_png(tmp_path):
     pngs = sorted(tmp_path.glob("p-*.png"))
     assert len(pngs) == count_pages(out)
     assert all(p.stat().st_size > 1000 for p in pngs)
+
+
+def _guarded_report(tmp_path, unigram):
+    from ebt_scaling.fit import axis_data_from_arrays
+
+    rng = np.random.default_rng(14)
+    x = np.repeat(np.geomspace(1e7, 10**8.5, 6), 3)
+    fam = ["transformer_pp"] * x.size + ["ebt"] * x.size
+    y = np.concatenate([4.0 - 0.08 * np.log(x / 1e7), 4.0 - 0.12 * np.log(x / 1e7)]) + rng.normal(0, 0.01, 2 * x.size)
+    data = axis_data_from_arrays(fam, np.concatenate([x, x]), y, list(range(3)) * 12, axis="data",
+                                 unigram_loss=unigram)
+    fits = fit_axes([data], FAST)
+    out = tmp_path / f"g{unigram}.pdf"
+    n = build_report(ReportData("guards", [f.to_dict() for f in fits]), out)
+    return fits[0], out, n
+
+
+@pytest.mark.skipif(not shutil.which("pdftotext"), reason="pdftotext (poppler-utils) not installed")
+def test_guard_rails_show_on_every_page_and_the_baseline_on_the_axis_page(tmp_path):
+    fit, out, n = _guarded_report(tmp_path, unigram=4.2)  # losses within 0.5 nats of the unigram loss
+    assert fit.comparison["unreliable"]
+    for page in range(1, n + 1):
+        text = subprocess.run(["pdftotext", "-f", str(page), "-l", str(page), str(out), "-"], capture_output=True,
+                              text=True, check=True).stdout
+        assert "Warning: guard-rails fired on 1 of 1 axes (data)" in text, (page, text[-300:])
+    axis_page = subprocess.run(["pdftotext", "-f", "2", "-l", "2", "-layout", str(out), "-"], capture_output=True,
+                               text=True, check=True).stdout
+    assert "unigram baseline: ppl 67 (4.200 nats)" in axis_page
+    assert "within 0.5 nats of the unigram baseline" in axis_page.replace("\n", " ")
+    assert "lack-of-fit p" in axis_page and "corr(E, alpha)" in axis_page and "starts at best" in axis_page
+    summary = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(out), "-"], capture_output=True, text=True,
+                             check=True).stdout
+    assert "withheld: unreliable" in summary and "near baseline" in summary
+    # far from the baseline no rate guard fires: no footer on the pages, the verdict stands
+    fit, out, n = _guarded_report(tmp_path, unigram=7.0)
+    assert not fit.comparison["unreliable"] and fit.comparison["verdict"] == "EBT faster"
+    text = subprocess.run(["pdftotext", "-f", "3", "-l", "3", str(out), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    assert ("Warning: guard-rails" in text) == bool(fit.guards)  # exponent-view guards still warn, nothing else

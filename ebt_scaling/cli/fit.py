@@ -14,6 +14,12 @@ AxisOption = Annotated[str | None, typer.Option("--axis", help="Only this axis (
 ResamplesOption = Annotated[int, typer.Option("--resamples", help="Bootstrap resamples (>= 100).")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the bootstrap and permutation draws.")]
 EModeOption = Annotated[str, typer.Option("--e-mode", help="Floor E of the saturating law: auto, shared or free.")]
+FamilyOption = Annotated[str | None, typer.Option(
+    "--family-of-tests", help="Axes Holm-corrected together, comma-separated (AXIS or SWEEP/AXIS); "
+    "default: all axes of each sweep.")]
+HoldoutOption = Annotated[bool, typer.Option(
+    "--holdout-largest", help="Also show the extrapolation check: the line fitted without the largest level, "
+    "its prediction error there with an interval.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -22,12 +28,14 @@ def register(app: typer.Typer) -> None:
     def fit_cmd(sweep: SweepOption = None, axis: AxisOption = None,
                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
                 db: DbOption = None, resamples: ResamplesOption = 2000, seed: SeedOption = 0,
-                e_mode: EModeOption = "auto") -> None:
+                e_mode: EModeOption = "auto", family_of_tests: FamilyOption = None,
+                holdout_largest: HoldoutOption = False) -> None:
         """Fit scaling rates and laws per axis and compare EBT with Transformer++.
 
         Per family: the paper's rate (OLS slope of log10 ppl on log10 x) and a law E + A x^-alpha.
 
-        Per axis: rate gain with a bootstrap interval and a Holm-adjusted p-value for equal slopes.
+        Per axis: rate gain with a bootstrap interval and a Holm-adjusted p-value for equal slopes, withheld
+        (with the reason) when a guard-rail fires.
 
         Fits are stored linked to their runs and reused while the runs are unchanged."""
         from ebt_scaling.db import Store
@@ -37,10 +45,10 @@ def register(app: typer.Typer) -> None:
         settings = FitSettings(resamples=resamples, seed=seed, e_mode=e_mode)
         store = Store(resolve_db(db))
         try:
-            result = fit_store(store, sweep=sweep, axis=axis, settings=settings)
+            result = fit_store(store, sweep=sweep, axis=axis, settings=settings, family_of_tests=family_of_tests)
         finally:
             store.close()
-        data = result.to_json()
+        data = result.to_json(holdout=holdout_largest)
         if as_json:
             typer.echo(json.dumps(data, indent=2, allow_nan=False))
             return
@@ -69,11 +77,21 @@ def _p(v: float | None) -> str:
     return f"{v:.1e}" if v < 1e-3 else f"{v:.3f}"
 
 
+def _warnings(a: dict[str, Any]) -> str:
+    """Count of guard-rails and which view they withhold (the rate verdict, or only the exponent)."""
+    if not a["guards"]:
+        return "-"
+    view = "verdict withheld" if a.get("unreliable") else "exponent only"
+    return f"{len(a['guards'])}: {view}"
+
+
 def print_table(data: dict[str, Any]) -> None:
     import sys
 
     from rich.console import Console
     from rich.table import Table
+
+    from ebt_scaling.fit.axis import holdout_text
 
     console = Console(width=None if sys.stdout.isatty() else 180)
     for m in data.get("messages", []):
@@ -82,7 +100,7 @@ def print_table(data: dict[str, Any]) -> None:
         return
     t = Table(title=f"Scaling fits - sweep {data['sweep'] or ', '.join(data['sweeps']) or '-'}")
     for col in ("axis", "runs (excl.)", "slope T++ [95% CI]", "slope EBT [95% CI]", "rate gain [95% CI]",
-                "p (Holm)", "verdict", "alpha T++", "alpha EBT", "stored"):
+                "p (Holm)", "verdict", "alpha T++", "alpha EBT", "warnings", "stored"):
         t.add_column(col, overflow="fold")
     for a in data["axes"]:
         fams = a["families"]
@@ -104,7 +122,8 @@ def print_table(data: dict[str, Any]) -> None:
         t.add_row(name, f"{a['n_runs']} ({a['n_excluded']})", slope("transformer_pp"), slope("ebt"),
                   f"{_pct(a['rate_gain'])}\n{_ci(a['rate_gain_ci'], pct=True)}",
                   f"{_p(a['p_value'])} ({_p(a.get('p_value_holm'))})", a.get("verdict") or "-",
-                  alpha("transformer_pp"), alpha("ebt"), "reused" if a["reused"] else "new")
+                  alpha("transformer_pp"), alpha("ebt"), _warnings(a),
+                  "reused" if a["reused"] else "new")
     console.print(t)
     for a in data["axes"]:
         notes = list(a["messages"])
@@ -116,7 +135,15 @@ def print_table(data: dict[str, Any]) -> None:
         cross = a.get("crossover")
         if cross and cross.get("message") and a["axis"] == "flops":
             notes.append("crossover: " + cross["message"])
+        comp = a.get("comparison") or {}
+        if comp.get("holm_note"):
+            notes.append("Holm: " + comp["holm_note"])
+        for fam, h in (a.get("holdout") or {}).items():
+            notes.append(holdout_text(fam, h))
         for n in notes:
-            console.print(f"  {a['axis']}: {n}")
+            console.print(f"  {a['axis']}: {n}", highlight=False)
+        for g in a["guards"]:
+            console.print(f"  {a['axis']}: [red]warning[/red]: {g['message']}", highlight=False)
     console.print("slope = OLS slope of log10(perplexity) on log10(x) (paper's rate, not an exponent); "
-                  "alpha = exponent of L = E + A x^-alpha; p: equal-slope test, Holm-adjusted across axes.")
+                  "alpha = exponent of L = E + A x^-alpha; p: equal-slope test, Holm-adjusted over the sweep's "
+                  "axes (or --family-of-tests).")

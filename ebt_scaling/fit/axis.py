@@ -179,9 +179,9 @@ def fit_axis(data: AxisData, settings: FitSettings | None = None) -> AxisFit:
 
     guards: list[dict[str, Any]] = []
     for name, entry in fams.items():
-        line = lines.get(name)
+        fit_line = lines.get(name)
         fired = guard_rails.family_guards(data.families[name], entry, data.baselines.get(name),
-                                          line.resid if line is not None else None)
+                                          fit_line.resid if fit_line is not None else None)
         entry["guards"] = [g["code"] for g in fired]
         guards += fired
         if data.baselines.get(name):
@@ -274,7 +274,8 @@ def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, dict[str, Any]], p
                 n_par = 3 if len(grp) == 1 else 2.5
                 Y = np.exp(parametric_resample(mp, r, n_par, s.resamples, rng))
             Ys.append(Y)
-        th, _ = saturating.bootstrap_saturating(us, Ys, sat.theta, s.delta)
+        bf = saturating.bootstrap_saturating(us, Ys, sat.theta, s.delta)
+        th = bf.theta
         K = len(grp)
         Eb = np.exp(th[:, 0])
         for k, (name, fd, mp) in enumerate(zip(grp, fds, m_parts, strict=True)):
@@ -294,6 +295,9 @@ def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, dict[str, Any]], p
                 "n_starts": sat.n_starts, "n_starts_at_best": sat.n_at_best, "r2": _f(r2),
                 "E_alpha_corr": _f(corr),
                 "alpha_at_bound_frac": _f(np.mean((al_b < 0.01) | (al_b > 1.99))),
+                "boot_stopped_early_frac": _f(np.mean(bf.stopped_early)),
+                "boot_rechecked_frac": _f(np.mean(bf.thorough)),
+                "boot_unconverged_frac": _f(np.mean(bf.unconverged)),
                 "bootstrap": fams[name]["bootstrap"] if ystar[name] is not None
                 else "parametric bootstrap (log residuals of this law)",
             }
@@ -341,6 +345,22 @@ def _compare(data: AxisData, s: FitSettings, lines: dict[str, ols.Line], boot: d
             out["warning"] = (f"M1 rate gain ({gain:+.1%}) and M2 exponent gain ({ag:+.1%}) differ in size: "
                               "M1 mixes the exponent with the remaining reducible loss")
     return out
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def holdout_text(fam: str, h: dict[str, Any]) -> str:
+    """The hold-out-largest check of one family in one line."""
+    from ebt_scaling.fit.guards import LABELS
+
+    ci = h.get("error_ci") or [None, None]
+    span = "-" if ci[0] is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+    return (f"Hold-out {LABELS.get(fam, fam)}: line on {h['n_levels_fit']} levels predicts "
+            f"{_fmt(h['predicted'], '.4f')} at x = {h['x']:.3g}, observed {_fmt(h['observed'], '.4f')}: "
+            f"error {_fmt(h['error_nats'], '+.4f')} nats "
+            f"{span} ({'0 inside' if h.get('covered') else '0 outside: the line does not extrapolate'})")
 
 
 def _crossover(data: AxisData, s: FitSettings, lines: dict[str, ols.Line],
@@ -406,8 +426,7 @@ def adjust_holm(fits: list[AxisFit], tests: list[list[int]] | None = None, note:
     tests = tests if tests is not None else [[i] for i in range(len(fits))]
     ps: list[float | None] = []
     for grp in tests:
-        vals = [f.comparison.get("p_value") for i in grp if (f := fits[i]).comparison is not None]
-        vals = [v for v in vals if v is not None]
+        vals = [float(p) for i in grp if (c := fits[i].comparison) is not None and (p := c.get("p_value")) is not None]
         ps.append(max(vals) if vals else None)
     adj = ols.holm(ps)
     labels = [f"{f.sweep}/{f.axis}" for f in fits if f.comparison is not None]

@@ -42,6 +42,20 @@ SCOPES = {"not_falling": "both", "near_baseline": "both", "at_bound": "exponent"
           "single_seed": "both", "few_levels": "both", "non_monotone": "both"}
 
 
+# one plain sentence per guard, for pages that list codes rather than the full messages
+EXPLAIN = {
+    "not_falling": "the loss does not fall with x, so a rate gain against it means nothing",
+    "near_baseline": "the loss sits near the unigram (or uniform) baseline: the model learned little beyond "
+                     "token frequencies",
+    "at_bound": "the saturating law's exponent or floor sits at a bound: the law is not identified",
+    "lack_of_fit": "a straight line in ln x does not fit (p < 0.05): the slope depends on the x range",
+    "single_seed": "a level has one seed: seed noise is inferred, not measured",
+    "few_levels": "fewer than 4 levels",
+    "non_monotone": "the loss falls and rises across levels beyond seed noise",
+    "wide_interval": "a 95% interval is wider than the estimate itself",
+}
+
+
 def _g(code: str, family: str | None, message: str, scope: str | None = None) -> dict[str, Any]:
     return {"code": code, "family": family, "scope": scope or SCOPES[code], "message": message}
 

@@ -81,10 +81,11 @@ def _resid_jac(theta: np.ndarray, logy: np.ndarray, lay: Layout) -> tuple[np.nda
 
 
 def lm_refine(theta0: np.ndarray, logy: np.ndarray, lay: Layout, delta: float, max_iter: int = 80,
-              tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+              tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Levenberg-Marquardt / IRLS on the Huber log-residual objective for B rows at once.
 
-    theta0 (B, P), logy (B, n). Returns (theta, objective) of shape (B, P), (B,).
+    theta0 (B, P), logy (B, n). Returns (theta, objective, converged) of shape (B, P), (B,), (B,):
+    ``converged`` is False for rows still moving when ``max_iter`` ran out.
     """
     lo, hi = lay.lower(), lay.upper()
     theta = np.clip(theta0.astype(float), lo, hi)
@@ -128,7 +129,7 @@ def lm_refine(theta0: np.ndarray, logy: np.ndarray, lay: Layout, delta: float, m
         done[acc[(moved < tol) | (rel < 1e-14)]] = True
         done[rej[lam[rej] > 1e12]] = True
         active &= ~done
-    return theta, F
+    return theta, F, ~active
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -215,7 +216,7 @@ class SatFit:
     K: int
     n_starts: int
     n_at_best: int  # starts whose polished optimum agrees with the best (objective and alphas)
-    converged: bool
+    converged: bool  # the best polished point is stationary (``polish``)
 
     @property
     def E(self) -> float:
@@ -245,6 +246,30 @@ def _scalar_objective(lay: Layout, logy: np.ndarray, delta: float):
     return fun
 
 
+def chinchilla_grid(K: int) -> np.ndarray:
+    """Chinchilla-style starts (alpha 0..2 step 0.5, e -1..1 step 0.5, a over a coarse range; x is rescaled):
+    (100, 1 + 2K)."""
+    return np.array([[e] + [a] * K + [al] * K for al in (0.05, 0.5, 1.0, 1.5, 1.95)
+                     for e in (-1.0, -0.5, 0.0, 0.5, 1.0) for a in (-1.0, 0.0, 1.0, 2.0)])
+
+
+STATIONARY_GRAD = 1e-3  # projected-gradient max-norm (objective in units of delta^2) that counts as an optimum
+
+
+def polish(theta0: np.ndarray, logy: np.ndarray, lay: Layout, delta: float) -> tuple[float, np.ndarray, bool]:
+    """L-BFGS-B from ``theta0`` with the analytic gradient and tight tolerances: (objective, theta, stationary).
+
+    ``stationary``: the projected gradient at the end is below STATIONARY_GRAD (L-BFGS-B's own success flag is
+    False at many true optima, when ftol = 1e-15 ends in a failed line search)."""
+    fun = _scalar_objective(lay, logy, delta)
+    lo, hi = lay.lower(), lay.upper()
+    res = optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=list(zip(lo, hi, strict=True)),
+                            options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 20000, "maxfun": 40000})
+    g = fun(res.x)[1]
+    g = np.where(((res.x <= lo) & (g > 0)) | ((res.x >= hi) & (g < 0)), 0.0, g)
+    return float(res.fun), res.x, bool(np.abs(g).max() < STATIONARY_GRAD)
+
+
 def fit_saturating(us: list[np.ndarray], ys: list[np.ndarray], x_scale: float, delta: float = 1e-3) -> SatFit:
     """Fit K = len(us) families with one shared E. us[k] = ln(x / x_scale), ys[k] = loss in nats."""
     K = len(us)
@@ -254,25 +279,12 @@ def fit_saturating(us: list[np.ndarray], ys: list[np.ndarray], x_scale: float, d
     alphas = np.arange(0.01, 2.0, 0.01) if K == 1 else np.arange(0.02, 2.0, 0.02)
     vp, _ = vp_grid(us, [y[None, :] for y in ys], alphas, top=8)
     starts = [vp[0]]
-    # 2. Chinchilla-style grid (alpha 0..2 step 0.5, e -1..1 step 0.5, a over a coarse range; x is rescaled)
-    grid = []
-    for al in (0.05, 0.5, 1.0, 1.5, 1.95):
-        for e in (-1.0, -0.5, 0.0, 0.5, 1.0):
-            for a in (-1.0, 0.0, 1.0, 2.0):
-                grid.append([e] + [a] * K + [al] * K)
-    starts.append(np.array(grid))
+    starts.append(chinchilla_grid(K))
     S = np.concatenate(starts, axis=0)
-    theta, F = lm_refine(S, np.broadcast_to(logy, (S.shape[0], logy.size)).copy(), lay, delta, max_iter=200)
+    theta, F, _ = lm_refine(S, np.broadcast_to(logy, (S.shape[0], logy.size)).copy(), lay, delta, max_iter=200)
     # 3. polish the best five distinct local optima with L-BFGS-B (tight tolerances, analytic gradient)
     order = np.argsort(F)
-    fun = _scalar_objective(lay, logy, delta)
-    bounds = list(zip(lay.lower(), lay.upper(), strict=True))
-    polished = []
-    for i in order[:5]:
-        res = optimize.minimize(fun, theta[i], jac=True, method="L-BFGS-B", bounds=bounds,
-                                options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 20000, "maxfun": 40000})
-        polished.append((float(res.fun), res.x, bool(res.success)))
-    polished.sort(key=lambda t: t[0])
+    polished = sorted((polish(theta[i], logy, lay, delta) for i in order[:5]), key=lambda t: t[0])
     best_F, best_theta, ok = polished[0]
     # agreement: every start whose LM optimum lies within a tiny objective tolerance of the best
     tolF = 1e-6 * max(1.0, abs(best_F))
@@ -281,28 +293,56 @@ def fit_saturating(us: list[np.ndarray], ys: list[np.ndarray], x_scale: float, d
     return SatFit(best_theta, best_F, x_scale, K, S.shape[0], max(n_at_best, 1), ok)
 
 
+@dataclass(frozen=True)
+class BootFits:
+    """Bootstrap refits of the saturating law: theta (B, P), objective (B,), and how they were reached."""
+
+    theta: np.ndarray
+    objective: np.ndarray
+    stopped_early: np.ndarray  # (B,) the warm start alone ended above the multi-start optimum (the old refit)
+    unconverged: np.ndarray  # (B,) the final optimum still moving when LM's iteration cap ran out
+    thorough: np.ndarray  # (B,) refitted from scratch with fit_saturating (starts disagreed or unconverged)
+
+
 def bootstrap_saturating(us: list[np.ndarray], Ystar: list[np.ndarray], warm: np.ndarray,
-                         delta: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-    """Refit B resampled data sets. Every resample starts from the full-data optimum; where its own best
-    variable-projection grid point lies in another basin (an alpha more than one grid step away from
-    where the warm start ended), it is refined too and the better optimum is kept.
-    Returns theta (B, P) and objective (B,)."""
-    K = len(us)
+                         delta: float = 1e-3) -> BootFits:
+    """Refit B resampled data sets so that each reaches its own optimum, not the nearest stop of a warm start.
+
+    Multi-start per resample, vectorised: the full-data optimum (warm start), the best three points of a
+    variable-projection alpha grid computed on that resample, and the best one with the floor E at its
+    E >= 0 edge (pure power law; LM walks there slowly). Every start runs LM to convergence (cap 200). A
+    resample is then checked: when its starts disagree (best objectives differ by more than 1e-6 relative) or
+    its best start hit the iteration cap, it is refitted from the 100 starts of ``chinchilla_grid`` as well
+    and the best optimum is kept. A best optimum that LM left still moving is finished with L-BFGS-B
+    (``polish``). ``stopped_early`` records the resamples where the warm start alone (a single refit from
+    the full-data optimum) stopped above the optimum found; ``unconverged`` those whose final point is not
+    stationary (projected gradient >= STATIONARY_GRAD after L-BFGS-B).
+    """
     lay = make_layout(us)
     Y = np.concatenate(Ystar, axis=1)
     logy = np.log(np.clip(Y, 1e-12, None))
     B = Y.shape[0]
-    theta, F = lm_refine(np.broadcast_to(warm, (B, warm.size)).copy(), logy, lay, delta, max_iter=50)
-    alphas = np.arange(0.04, 2.0, 0.08)
-    vp, _ = vp_grid(us, Ystar, alphas, top=1)
-    far = np.abs(vp[:, 0, 1 + K:] - theta[:, 1 + K:]).max(axis=1) > 0.08
-    if far.any():
-        ix = np.flatnonzero(far)
-        th2, F2 = lm_refine(vp[ix, 0, :], logy[ix], lay, delta, max_iter=50)
-        better = F2 < F[ix]
-        theta[ix[better]] = th2[better]
-        F[ix[better]] = F2[better]
-    return theta, F
+    vp, _ = vp_grid(us, Ystar, np.arange(0.04, 2.0, 0.08), top=3)  # (B, 3, P)
+    edge = vp[:, :1].copy()
+    edge[:, :, 0] = -10.0  # E = 4.5e-5 nats: the pure-power-law edge
+    starts = np.concatenate([warm[None, None, :].repeat(B, axis=0), vp, edge], axis=1)  # (B, S, P)
+    n_s = starts.shape[1]
+    th, F, conv = lm_refine(starts.reshape(B * n_s, -1), np.repeat(logy, n_s, axis=0), lay, delta, max_iter=200)
+    th, F, conv = th.reshape(B, n_s, -1), F.reshape(B, n_s), conv.reshape(B, n_s)
+    best = np.argmin(F, axis=1)
+    rows = np.arange(B)
+    theta, Fb, conv_b = th[rows, best], F[rows, best], conv[rows, best]
+    tol = 1e-6 * np.maximum(1.0, np.abs(Fb))
+    polished = ~conv_b  # LM still creeping (along a Huber kink, or a flat valley): more LM, then L-BFGS-B
+    ix = np.flatnonzero(polished)
+    if ix.size:
+        theta[ix], Fb[ix], conv_b[ix] = lm_refine(theta[ix], logy[ix], lay, delta, max_iter=2000)
+    for b in np.flatnonzero(~conv_b):
+        Fp, thp, conv_b[b] = polish(theta[b], logy[b], lay, delta)
+        if Fp <= Fb[b]:
+            theta[b], Fb[b] = thp, Fp
+    stopped_early = F[:, 0] > Fb + tol
+    return BootFits(theta, Fb, stopped_early, ~conv_b, polished)
 
 
 def choose_e_mode(levels: list[np.ndarray], requested: str) -> str:

@@ -39,17 +39,17 @@ class SweepFits:
     runs: list[Any] = field(default_factory=list)  # every run considered (RunRecords), for reports
     messages: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, holdout: bool = False) -> dict[str, Any]:
         return {
             "sweep": self.sweep if self.sweep is not None else (self.sweeps[0] if len(self.sweeps) == 1 else None),
             "sweeps": self.sweeps,
-            "axes": [axis_json(f) for f in self.fits],
+            "axes": [axis_json(f, holdout) for f in self.fits],
             "messages": self.messages,
         }
 
 
-def axis_json(f: AxisFit) -> dict[str, Any]:
-    """The documented JSON shape of one axis (plus extra keys)."""
+def axis_json(f: AxisFit, holdout: bool = False) -> dict[str, Any]:
+    """The documented JSON shape of one axis (plus extra keys); ``holdout`` adds the hold-out-largest check."""
     comp = f.comparison or {}
     families = {}
     for name, entry in f.families.items():
@@ -76,6 +76,8 @@ def axis_json(f: AxisFit) -> dict[str, Any]:
         "reused": f.reused,
         "settings": f.settings,
     }
+    if holdout:
+        out["holdout"] = f.holdout
     return out
 
 

@@ -13,6 +13,7 @@ run timestamp) or none, and nothing else varies between renders.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from ebt_scaling.fit.axis import PAPER_ICLR, PAPER_V1  # noqa: E402
 from ebt_scaling.fit.design import exclusion_reason  # noqa: E402
+from ebt_scaling.fit.guards import EXPLAIN  # noqa: E402
 from ebt_scaling.report import plots  # noqa: E402
 
 PAGE_SIZE = (11.69, 8.27)  # A4 landscape, inches
@@ -86,6 +88,7 @@ def build_report(data: ReportData, out: str | Path, extra_pages: Sequence[PageBu
 
                     b(data, new_page)
                     for fig in figs:
+                        _footer(fig, data)
                         pdf.savefig(fig)
                         n += 1
         tmp.replace(out)
@@ -93,6 +96,29 @@ def build_report(data: ReportData, out: str | Path, extra_pages: Sequence[PageBu
         if tmp.exists():
             tmp.unlink()
     return n
+
+
+def _footer(fig: Figure, data: ReportData) -> None:
+    """On every page: which comparisons are unreliable, so no page can be read without the warning."""
+    bad = [f for f in _sorted_fits(data) if f.get("guards")]
+    if not bad:
+        return
+    withheld = [_label(f, data) for f in bad if (f.get("comparison") or {}).get("unreliable")]
+    names = ", ".join(_label(f, data) for f in bad)
+    text = (f"Warning: guard-rails fired on {len(bad)} of {len(data.fits)} axes ({names})"
+            + (f"; no faster/slower verdict on {', '.join(withheld)}" if withheld else "")
+            + ". The axis pages say why.")
+    fig.text(0.5, 0.008, text, ha="center", va="bottom", fontsize=7.5, color="#a00000")
+
+
+def _guard_summary(f: dict[str, Any], data: ReportData) -> str:
+    """One line per axis: which guards fired for which family (codes; EXPLAIN says what they mean)."""
+    per: dict[str, list[str]] = {}
+    for g in f.get("guards") or []:
+        per.setdefault(plots.LABELS.get(g["family"], g["family"] or "comparison"), []).append(
+            g["code"].replace("_", " "))
+    body = "; ".join(f"{fam}: {', '.join(dict.fromkeys(c))}" for fam, c in per.items())
+    return f"- {_label(f, data)}: {body}"
 
 
 def _sorted_fits(data: ReportData) -> list[dict[str, Any]]:
@@ -130,13 +156,17 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         if not c:
             v1, iclr = PAPER_V1.get(f["axis"]), PAPER_ICLR.get(f["axis"])
         ag = "-" if c.get("alpha_gain") is None else f"{plots.fmt_pct(c['alpha_gain'], 1)} " \
-                                                    f"{plots.fmt_ci_pct(c['alpha_gain_ci'])}"
+                                                    f"{plots.fmt_ci_pct(c['alpha_gain_ci'])}" \
+                                                    + (" *" if c.get("exponent_unreliable") else "")
         verdict = c.get("verdict", "not testable")
+        if c.get("unreliable"):  # the reason is listed under the table (the column is too narrow for it)
+            verdict = "no verdict: not falling" if verdict.startswith("no verdict") else "withheld: unreliable"
         rows.append([_label(f, data), f"{n_t}/{n_e}", str(sum(f.get("excluded", {}).values())),
                      plots.fmt_pct(c.get("rate_gain")), plots.fmt_ci_pct(c.get("rate_gain_ci")),
                      plots.fmt_p(c.get("p_value")), plots.fmt_p(c.get("p_value_holm")),
                      plots.fmt_pct(v1), plots.fmt_pct(iclr), verdict, ag])
-        colors.append({"EBT faster": "#e6f4e6", "EBT slower": "#fbe6e6"}.get(verdict, "white"))
+        colors.append({"EBT faster": "#e6f4e6", "EBT slower": "#fbe6e6"}.get(
+            verdict, "#fff1c9" if c.get("unreliable") else "white"))
     table_h = min(0.6, 0.034 * (len(rows) + 1) + 0.01)
     ax = fig.add_axes((0.04, 0.87 - table_h, 0.92, table_h))
     plots.draw_table(ax, header, rows, [0.06, 0.09, 0.04, 0.10, 0.12, 0.06, 0.06, 0.065, 0.075, 0.15, 0.17],
@@ -152,8 +182,10 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         "- Intervals: percentile bootstrap (seeds resampled within each level; parametric bootstrap with one seed "
         "per level). They cover",
         "  seed noise only, not learning-rate tuning, schedules, checkpoint choice or the chosen x range.",
-        "- p: interaction t-test of equal slopes (pure-error variance when seeds are replicated); a "
-        "Freedman-Lane permutation p-value is on each axis page.",
+        "- p: interaction t-test of equal slopes (per-family pure-error variance, Welch df, when seeds are "
+        "replicated); a Freedman-Lane permutation p-value is on each axis page.",
+        "- Holm family: the axes of the sweep (params and flops count once when they share runs), or "
+        "--family-of-tests. * = exponent view unreliable (guard-rails below).",
     ]
     for m in data.messages:
         notes.append(f"- {m}")
@@ -162,26 +194,46 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         if c.get("warning"):
             notes.append(f"- {_label(f, data)}: {c['warning']}")
     fig.text(0.04, 0.87 - table_h - 0.05, "\n".join(notes), fontsize=8, va="top", linespacing=1.5)
+    flagged = [f for f in _sorted_fits(data) if f.get("guards")]
+    if flagged:
+        codes = sorted({g["code"] for f in flagged for g in f["guards"]})
+        warn = ["Guard-rails (a verdict is withheld when one of these fires for the rate view; details on the axis "
+                "pages)"] + [_guard_summary(f, data) for f in flagged] + [
+                    f"  {c.replace('_', ' ')}: {EXPLAIN[c]}" for c in codes]
+        fig.text(0.04, 0.87 - table_h - 0.05 - 0.026 * (len(notes) + 0.6), "\n".join(warn), fontsize=8, va="top",
+                 linespacing=1.5, color="#a00000")
+
+
+TEXT_PT = 6.5  # the numbers and warnings under the axis plots
+LINE_H = TEXT_PT * 1.3 / 72 / PAGE_SIZE[1]  # one text line, in figure height
 
 
 def axis_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
+    """Per axis: the scaling plot (seeds, M1 lines, M2 curves, bands, baseline), residuals, then the numbers
+    and, in red, every guard-rail message, wrapped to the page and laid out from the top down."""
     for f in _sorted_fits(data):
         fig = new_page()
-        gs = fig.add_gridspec(3, 2, height_ratios=[3.2, 1.4, 1.1], left=0.07, right=0.97, top=0.92, bottom=0.05,
-                              hspace=0.45, wspace=0.18)
+        gs = fig.add_gridspec(2, 2, height_ratios=[2.5, 1.0], left=0.07, right=0.97, top=0.92, bottom=0.45,
+                              hspace=0.42, wspace=0.18)
         fig.suptitle(f"Axis: {_label(f, data)}", fontsize=13, weight="bold", x=0.07, ha="left")
-        ax = fig.add_subplot(gs[0, :])
-        plots.draw_scaling(ax, f)
+        plots.draw_scaling(fig.add_subplot(gs[0, :]), f)
         plots.draw_residuals(fig.add_subplot(gs[1, 0]), f, "m1")
         plots.draw_residuals(fig.add_subplot(gs[1, 1]), f, "m2")
-        txt = fig.add_subplot(gs[2, :])
-        txt.set_axis_off()
         text = plots.axis_text(f)
         c = f.get("comparison") or {}
         if c.get("p_value_permutation") is not None:
             text += (f"\nFreedman-Lane permutation p = {plots.fmt_p(c['p_value_permutation'])} "
                      f"({c.get('n_permutations')} permutations); t-test variance: {c.get('p_value_method', '-')}")
-        txt.text(0.0, 1.0, text, va="top", fontsize=7.5, family="monospace", transform=txt.transAxes)
+        top = 0.375
+        fig.text(0.04, top, text, va="top", fontsize=TEXT_PT, family="monospace", linespacing=1.3)
+        warn = [line for w in plots.guard_lines(f) for line in textwrap.wrap(f"- {w}", 190, subsequent_indent="  ")]
+        if warn:
+            y = top - LINE_H * (text.count("\n") + 1.6)
+            room = max(1, int((y - 0.035) / LINE_H) - 1)
+            if len(warn) > room:
+                warn = warn[:room - 1] + [f"  ... {len(warn) - room + 1} more lines: see `ebt-scale fit --json`"]
+            fig.text(0.04, y, "\n".join(["Warnings:"] + warn), va="top", fontsize=TEXT_PT, color="#a00000",
+                     linespacing=1.3)
 
 
 def crossover_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
@@ -200,6 +252,9 @@ def crossover_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         if cr.get("loss_gap_nats") is not None:
             lines.append(f"Loss gap EBT - T++ at x = {cr['gap_at_x']:.3g}: {cr['loss_gap_nats']:+.4f} nats "
                          f"[{cr['loss_gap_ci'][0]:+.4f}, {cr['loss_gap_ci'][1]:+.4f}] (M1 lines)")
+        if f.get("guards"):
+            lines.append("Guard-rails on this axis (the M1 lines above inherit them): "
+                         + _guard_summary(f, data)[2:])
     if not flops:
         lines.append("")
         lines.append("This report has no 'flops' axis.")
@@ -252,7 +307,7 @@ def runs_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
             rows.append([str(r.id), str(r.sweep)[:14], r.axis, r.family, f"{r.x:.4g}" if r.x is not None else "-",
                          str(r.seed), r.status, "-" if y is None else f"{y:.4f}", ppl, "no" if why else "yes",
                          (why or (r.reason or ""))[:38], _config_summary(r)[:34]])
-        ax = fig.add_axes((0.04, 0.03, 0.92, 0.88))
+        ax = fig.add_axes((0.04, 0.05, 0.92, 0.86))
         plots.draw_table(ax, header, rows, widths, fontsize=7, fill=False)
 
 

@@ -14,9 +14,11 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.ticker import FuncFormatter
 
+from ebt_scaling.fit.axis import holdout_text
+from ebt_scaling.fit.guards import LABELS, baseline_of
+
 COLORS = {"transformer_pp": "#1f77b4", "ebt": "#d62728"}
 MARKERS = {"transformer_pp": "o", "ebt": "s"}
-LABELS = {"transformer_pp": "Transformer++", "ebt": "EBT"}
 X_LABELS = {"data": "training tokens", "batch": "batch size (tokens)", "depth": "layers",
             "width": "embedding width", "params": "non-embedding parameters", "flops": "training FLOPs"}
 
@@ -75,6 +77,7 @@ def draw_scaling(ax: Axes, fit: dict[str, Any]) -> None:
                     label=f"{LABELS[fam]} M2 E + A x^-a, a = {law['alpha']:.3f}")
             ax.fill_between(m["x"], 10 ** np.asarray(m["lo"]), 10 ** np.asarray(m["hi"]), color=c, alpha=0.10,
                             lw=0, hatch=None, zorder=1)
+    _draw_baseline(ax, plot)
     ax.set_xscale("log")
     ax.set_yscale("log")
     _plain_y(ax)
@@ -82,9 +85,30 @@ def draw_scaling(ax: Axes, fit: dict[str, Any]) -> None:
     ax.set_ylabel("validation perplexity")
     ax.grid(True, which="both", alpha=0.25, lw=0.5)
     if any_data:
-        ax.legend(fontsize=7, loc="upper right", frameon=False)
+        ax.legend(fontsize=6.5, loc="best", frameon=True, framealpha=0.85, edgecolor="0.8", ncol=2)
     else:
         ax.text(0.5, 0.5, "no fit-eligible runs", ha="center", va="center", transform=ax.transAxes)
+
+
+def _draw_baseline(ax: Axes, plot: dict[str, Any]) -> None:
+    """The unigram baseline (else the uniform ln V) as a horizontal line: a model on it learned only token
+    frequencies. One line when the families share it (the same validation set), else one per family."""
+    seen: dict[float, list[str]] = {}
+    kinds: dict[float, str] = {}
+    for fam in ("transformer_pp", "ebt"):
+        base = baseline_of((plot.get(fam) or {}).get("baseline"))
+        if base is not None:
+            seen.setdefault(round(base[0], 6), []).append(fam)
+            kinds[round(base[0], 6)] = base[1]
+    top = ax.get_ylim()[1]  # the data's range so far: a baseline far above it would squash the runs
+    for b, fams in seen.items():
+        who = "" if len(seen) == 1 else f" ({', '.join(LABELS[f] for f in fams)})"
+        ppl = math.exp(min(b, 700))
+        label = f"{kinds[b]} baseline{who}: ppl {ppl:.0f} ({b:.3f} nats)"
+        if ppl <= 3 * top:
+            ax.axhline(ppl, color="0.3", ls="-.", lw=1.1, zorder=1, label=label)
+        else:  # more than 3x the worst perplexity drawn: say so instead of stretching the axis
+            ax.plot([], [], color="0.3", ls="-.", lw=1.1, label=f"{label}, above this plot")
 
 
 def draw_residuals(ax: Axes, fit: dict[str, Any], which: str = "m1") -> None:
@@ -130,6 +154,7 @@ def axis_text(fit: dict[str, Any]) -> str:
                                   f"[{law['alpha_ci'][0]:.3f}, {law['alpha_ci'][1]:.3f}] ({law['e_mode']} E)")
         lines.append(f"{LABELS[fam]}: n={e['n_runs']} ({e['n_levels']} levels), M1 slope {s}; M2 {lw}")
         lines.append(f"    intervals: {e['bootstrap']}")
+        lines.append("    diagnostics: " + diagnostics(e))
     c = fit.get("comparison")
     if c:
         lines.append(f"Rate gain {fmt_pct(c['rate_gain'])} {fmt_ci_pct(c['rate_gain_ci'])}; p = {fmt_p(c['p_value'])}"
@@ -137,11 +162,38 @@ def axis_text(fit: dict[str, Any]) -> str:
         if c.get("alpha_gain") is not None:
             lines.append(f"Exponent gain alpha_EBT/alpha_T++ - 1 = {fmt_pct(c['alpha_gain'])} "
                          f"{fmt_ci_pct(c['alpha_gain_ci'])}")
+        if c.get("exponent_unreliable_note"):
+            lines.append(f"Exponent view: {c['exponent_unreliable_note']}")
+    for fam, h in (fit.get("holdout") or {}).items():
+        lines.append(holdout_text(fam, h))
     for m in fit.get("messages", []):
         lines.append(f"Note: {m}")
     if fit.get("excluded"):
         lines.append("Excluded runs: " + ", ".join(f"{n} {r}" for r, n in fit["excluded"].items()))
     return "\n".join(lines)
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def diagnostics(entry: dict[str, Any]) -> str:
+    """The fit diagnostics of one family in one line (lack of fit; the law's bound share, E-alpha correlation,
+    starts at the best optimum, bootstrap refits a single warm start would have stopped short on)."""
+    law = entry.get("law") or {}
+    parts = [f"lack-of-fit p {fmt_p(entry.get('lack_of_fit_p'))}"]
+    if law:
+        parts += [f"alpha at bound in {_num(law.get('alpha_at_bound_frac'), '.0%')} of refits",
+                  f"corr(E, alpha) {_num(law.get('E_alpha_corr'), '+.2f')}",
+                  f"starts at best {law.get('n_starts_at_best', '-')}/{law.get('n_starts', '-')}",
+                  f"warm start short in {_num(law.get('boot_stopped_early_frac'), '.0%')} of refits, "
+                  f"unconverged {_num(law.get('boot_unconverged_frac'), '.0%')}"]
+    return "; ".join(parts)
+
+
+def guard_lines(fit: dict[str, Any]) -> list[str]:
+    """Every guard-rail message of one axis, as plain lines."""
+    return [g["message"] for g in fit.get("guards") or []]
 
 
 def draw_crossover(ax: Axes, fit: dict[str, Any] | None) -> None:
