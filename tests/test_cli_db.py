@@ -230,7 +230,8 @@ def test_wrong_password_is_refused_and_never_printed(pg_db_url):
     assert re.search(r"ebt-scale db upgrade --db postgresql\+psycopg://postgres:\*\*\*@", r.stderr)
 
 
-@pytest.mark.parametrize("cmd", [["runs"], ["export", "--table", "runs"], ["think", "--sweep", "x"]])
+@pytest.mark.parametrize("cmd", [["runs"], ["export", "--table", "runs"], ["think", "--sweep", "x"], ["fit"],
+                                 ["report", "--out", "r.pdf"], ["status"], ["sweeps"], ["cancel", "--sweep", "x"]])
 def test_read_only_commands_never_create_a_database(tmp_path, cmd):
     """A mistyped --db on a read-only command says the file does not exist, exits non-zero, creates nothing."""
     db = tmp_path / "typo.db"

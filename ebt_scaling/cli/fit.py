@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         from ebt_scaling.fit.service import fit_store
 
         settings = FitSettings(resamples=resamples, seed=seed, e_mode=e_mode)
-        store = Store(resolve_db(db))
+        store = Store(resolve_db(db), create=False)
         try:
             result = fit_store(store, sweep=sweep, axis=axis, settings=settings, family_of_tests=family_of_tests)
         finally:

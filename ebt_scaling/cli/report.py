@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--out {out}: is a directory; pass a file name such as {out / 'report.pdf'}")
         settings = FitSettings(resamples=resamples, seed=seed)
         url = resolve_db(db)
-        store = Store(url)
+        store = Store(url, create=False)
         try:
             result = fit_store(store, sweep=sweep, settings=settings)
             from ebt_scaling.think.pages import think_pages
