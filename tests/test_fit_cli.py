@@ -134,8 +134,15 @@ def test_awkward_sweep_reports_per_axis_messages(tmp_path):
     assert count_pages(pdf) >= 3
 
 
+def _empty_db(url: str) -> str:
+    from ebt_scaling.db.store import Store
+
+    Store(url).close()  # fit and report never create a database (read-only commands)
+    return url
+
+
 def test_empty_database(tmp_path):
-    url = f"sqlite:///{tmp_path / 'e.db'}"
+    url = _empty_db(f"sqlite:///{tmp_path / 'e.db'}")
     r = invoke("fit", "--json", "--db", url)
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
@@ -150,7 +157,7 @@ def test_empty_database(tmp_path):
     (["report", "--sweep", "nope", "--out", "r.pdf"], 1, "nope"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, code, text):
-    url = f"sqlite:///{tmp_path / 'b.db'}"
+    url = _empty_db(f"sqlite:///{tmp_path / 'b.db'}")
     r = invoke(*args, "--db", url)
     assert r.exit_code == code, r.output
     err = r.stderr.strip().splitlines()
@@ -159,7 +166,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, code, text):
 
 
 def test_report_out_is_a_directory(tmp_path):
-    url = f"sqlite:///{tmp_path / 'd.db'}"
+    url = _empty_db(f"sqlite:///{tmp_path / 'd.db'}")
     r = invoke("report", "--out", str(tmp_path), "--db", url)
     assert r.exit_code == 2 and "is a directory" in r.stderr
 
