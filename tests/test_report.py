@@ -126,6 +126,7 @@ def test_guard_rails_show_on_every_page_and_the_baseline_on_the_axis_page(tmp_pa
     assert "unigram baseline: ppl 67 (4.200 nats)" in axis_page
     assert "within 0.5 nats of the unigram baseline" in axis_page.replace("\n", " ")
     assert "lack-of-fit p" in axis_page and "corr(E, alpha)" in axis_page and "starts at best" in axis_page
+    assert "Holm family (1 tests): synthetic/data" in axis_page
     summary = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(out), "-"], capture_output=True, text=True,
                              check=True).stdout
     assert "withheld: unreliable" in summary and "near baseline" in summary

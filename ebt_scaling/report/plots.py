@@ -162,6 +162,9 @@ def axis_text(fit: dict[str, Any]) -> str:
         if c.get("alpha_gain") is not None:
             lines.append(f"Exponent gain alpha_EBT/alpha_T++ - 1 = {fmt_pct(c['alpha_gain'])} "
                          f"{fmt_ci_pct(c['alpha_gain_ci'])}")
+        if c.get("holm_family"):
+            lines.append(f"Holm family ({c.get('holm_axes')} tests): {', '.join(c['holm_family'])}"
+                         + (f"; {c['holm_note']}" if c.get("holm_note") else ""))
         if c.get("exponent_unreliable_note"):
             lines.append(f"Exponent view: {c['exponent_unreliable_note']}")
     for fam, h in (fit.get("holdout") or {}).items():
