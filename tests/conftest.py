@@ -24,6 +24,18 @@ def shared_cache(tmp_path_factory):
     return tmp_path_factory.getbasetemp() / "cache"
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test (tiny ops on a shared 2-core machine are faster and less noisy
+    single-threaded, and summation order stays fixed); modules opt in with ``pytestmark``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pg_url_or_skip() -> str:
     if not PG_URL:
         pytest.skip("no PostgreSQL server: set EBT_SCALE_TEST_PG (scripts/test.sh starts one)")

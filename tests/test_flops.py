@@ -24,12 +24,7 @@ S2_FIXED = dict(RECIPE_OVERRIDES["ebt_s2"], randomize_num_steps=0, step_size_ran
 B = 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _count(fn) -> int:

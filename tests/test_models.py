@@ -13,13 +13,7 @@ from ebt_scaling.models.flops import param_counts
 V, T = 23, 10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny ops on a shared 2-core box are much faster (and less noisy) single-threaded.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def tpp_cfg(**kw) -> ModelConfig:
