@@ -24,13 +24,17 @@ X_LABELS = {"data": "training tokens", "batch": "batch size (tokens)", "depth": 
 
 
 def fmt_pct(v: float | None, digits: int = 2) -> str:
-    return "-" if v is None else f"{v * 100:+.{digits}f}%"
+    """A share as a signed percentage; beyond +-10,000% in powers of ten, so that a wild interval bound still
+    fits its table cell."""
+    if v is None:
+        return "-"
+    return f"{v * 100:+.{digits}f}%" if abs(v) < 100 else f"{v * 100:+.1e}%"
 
 
 def fmt_ci_pct(ci: Sequence[float | None] | None, digits: int = 1) -> str:
     if not ci or ci[0] is None or ci[1] is None:
         return "-"
-    return f"[{ci[0] * 100:+.{digits}f}%, {ci[1] * 100:+.{digits}f}%]"
+    return f"[{fmt_pct(ci[0], digits)}, {fmt_pct(ci[1], digits)}]"
 
 
 def fmt_p(p: float | None) -> str:
