@@ -169,7 +169,7 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
             verdict, "#fff1c9" if c.get("unreliable") else "white"))
     table_h = min(0.6, 0.034 * (len(rows) + 1) + 0.01)
     ax = fig.add_axes((0.04, 0.87 - table_h, 0.92, table_h))
-    plots.draw_table(ax, header, rows, [0.06, 0.09, 0.04, 0.10, 0.12, 0.06, 0.06, 0.065, 0.075, 0.15, 0.17],
+    plots.draw_table(ax, header, rows, [0.05, 0.09, 0.04, 0.09, 0.12, 0.055, 0.06, 0.06, 0.07, 0.14, 0.21],
                      fontsize=8, row_colors=colors, fill=True)
     notes = [
         "How to read this page",
