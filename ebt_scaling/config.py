@@ -33,6 +33,16 @@ LEGACY_STEP_SIZE_LR_FLOOR = "scaled"
 # Bumped when the meaning of a config field changes, so that old hashes never collide with new runs.
 CONFIG_SCHEMA_VERSION = 1
 
+# How RunSpec.identity() is formed (stored with every run config as ``hash_version``, so that a stored hash can
+# always be recomputed from its config): 1 hashed every ModelConfig field for both families; 2 leaves the EBT-only
+# fields out of a Transformer++ run (an EBT run's identity is the same under both).
+HASH_VERSION = 2
+HASH_VERSIONS = (1, 2)
+
+# ModelConfig fields both families use; every other field is an EBT option (ignored by a Transformer++).
+SHARED_MODEL_FIELDS = ("family", "n_layer", "n_embd", "n_head", "vocab_size", "sequence_len", "ffn_hidden",
+                       "norm_eps", "rope_theta")
+
 
 def _fail(cls: str, field_name: str, problem: str, fix: str) -> ConfigError:
     return ConfigError(f"{cls}.{field_name}: {problem}; {fix}")
@@ -79,7 +89,8 @@ def _check_types_and_limits(obj: Any) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of one model. EBT-only fields are ignored by (and hashed for) T++ runs as set.
+    """Architecture of one model. The EBT-only fields (all but ``SHARED_MODEL_FIELDS``) are ignored by a
+    Transformer++ and left out of its identity hash.
 
     Paper references (``../shared/reference/ebt-paper.md``): section 2 backbone, 3 candidate input,
     6 inner loop, 7 replay buffer, 9 recipes.
@@ -240,7 +251,14 @@ RECIPE_OVERRIDES: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Preset:
-    """A size preset: shape plus the paper's peak LR and batch size (sequences)."""
+    """A size preset, the one source of defaults for every run that names it.
+
+    The shape, the peak LR and batch size (sequences; the paper's Table D.1 for the paper presets), and the run
+    settings that ``ebt-scale train --preset P`` and a sweep spec with ``preset = "P"`` use for every field they
+    leave unset. ``ebt_train`` holds what differs for a lone EBT run of ``ebt-scale train`` (a sweep gives both
+    families the same training settings); ``ebt_s1`` holds ModelConfig overrides of the ``ebt_s1`` recipe at this
+    size (explicit values win).
+    """
 
     name: str
     n_layer: int
@@ -249,14 +267,47 @@ class Preset:
     peak_lr: float
     batch_size: int
     cpu: bool = False
+    sequence_len: int = 256
+    vocab_size: int = 2048  # the BPE vocabulary where the data settings name none (DataConfig.vocab_size)
+    steps: int = 1000
+    warmup_steps: int = 100
+    eval_interval: int = 200
+    ebt_train: tuple[tuple[str, Any], ...] = ()
+    ebt_s1: tuple[tuple[str, Any], ...] = ()
 
+    def train_defaults(self, family: str | None = None) -> dict[str, Any]:
+        """TrainConfig fields this preset sets: for a sweep (``family=None``, both families alike) or for a lone
+        run of ``family``."""
+        d: dict[str, Any] = dict(steps=self.steps, batch_size=self.batch_size, lr=self.peak_lr,
+                                 warmup_steps=self.warmup_steps, eval_interval=self.eval_interval)
+        if family == "ebt":
+            d.update(self.ebt_train)
+        return d
+
+    def ebt_options(self, recipe: str | None) -> dict[str, Any]:
+        """ModelConfig overrides of ``recipe`` at this size (the tuned S1 step size of the CPU presets)."""
+        return dict(self.ebt_s1) if recipe == "ebt_s1" else {}
+
+
+# The CPU presets' EBT (S1) step size: S1's alpha 500 makes the first descent steps wildly overconfident at these
+# sizes (a training CE in the thousands of nats), and the EBT then sits on the unigram loss for most of a short
+# run; alpha 1 with an LR multiplier of 3 x alpha (the authors' rule of thumb) learns from the start
+# (benchmarks/RESULTS.md, "Tiny presets").
+CPU_EBT_S1: tuple[tuple[str, Any], ...] = (("step_size", 1.0), ("step_size_lr_multiplier", 3.0))
+# A lone CPU EBT run costs about 6.7x the Transformer++ per step (ebt-paper.md section 17): fewer steps at a
+# higher LR keep `ebt-scale train --preset tiny` near 3 minutes on 2 cores and clearly below the unigram loss
+# (docs/training.md).
+CPU_EBT_TRAIN: tuple[tuple[str, Any], ...] = (("steps", 400), ("lr", 1e-2), ("warmup_steps", 40),
+                                              ("eval_interval", 100))
+_CPU = dict(cpu=True, sequence_len=64, vocab_size=512, steps=1000, warmup_steps=100, eval_interval=200,
+            ebt_train=CPU_EBT_TRAIN, ebt_s1=CPU_EBT_S1)
 
 # Paper Table D.1 / p.34 (ebt-paper.md section 11); CPU presets are ours.
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("nano", 1, 32, 2, 3e-3, 8, cpu=True),
-        Preset("tiny", 2, 128, 4, 2.4e-3, 8, cpu=True),
+        Preset("nano", 1, 32, 2, 3e-3, 16, **_CPU),
+        Preset("tiny", 2, 128, 4, 3e-3, 16, **_CPU),
         Preset("4xs", 2, 128, 2, 2.4e-3, 32),
         Preset("3xs", 4, 256, 4, 1.8e-3, 32),
         Preset("xxs", 6, 384, 6, 1.2e-3, 32),
@@ -403,10 +454,17 @@ class DataConfig:
         return _from_dict(cls, d)
 
 
+def tokenizer_vocab_size(data: DataConfig) -> int:
+    """The model's vocabulary size, decided once, by the tokenizer: 256 for ``byte``; otherwise ``vocab_size``
+    (the BPE's size, the synthetic source's symbols, or an ``hf:`` tokenizer's size, checked when it loads)."""
+    return 256 if data.tokenizer == "byte" else data.vocab_size
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One training run. ``config_hash`` (its identity) covers model, train, data and seed; the sweep
-    bookkeeping fields (sweep, axis, x, checkpoint_dir) are deliberately not hashed."""
+    bookkeeping fields (sweep, axis, x, checkpoint_dir) are deliberately not hashed. ``hash_version`` says how
+    the identity is formed (``HASH_VERSION`` for new runs; a config stored without it reads back as 1)."""
 
     model: ModelConfig
     train: TrainConfig
@@ -416,8 +474,12 @@ class RunSpec:
     x: float | None = None
     checkpoint_dir: str | None = None
     recipe: str | None = None
+    hash_version: int = HASH_VERSION
 
     def __post_init__(self) -> None:
+        if isinstance(self.hash_version, bool) or self.hash_version not in HASH_VERSIONS:
+            raise ConfigError(f"RunSpec.hash_version: unknown version {self.hash_version!r}; a config written by a "
+                              f"newer ebt-scaling? use {HASH_VERSION} (or upgrade)")
         if self.train.cuda_graph and draws_on_host_per_step(self.model):
             raise ConfigError("TrainConfig.cuda_graph: this EBT recipe draws its inner-step count or replay-buffer "
                               "candidates on the host at every step (S2), which a replayed graph cannot; use the "
@@ -432,6 +494,8 @@ class RunSpec:
         floor = model.pop("step_size_lr_floor")
         if self.model.step_size_lr_floor_matters and floor != LEGACY_STEP_SIZE_LR_FLOOR:
             model["step_size_lr_floor"] = floor
+        if self.hash_version >= 2 and self.model.family != "ebt":  # EBT options do not change a T++ run
+            model = {k: v for k, v in model.items() if k in SHARED_MODEL_FIELDS}
         d = {
             "schema": CONFIG_SCHEMA_VERSION,
             "model": model,
@@ -472,6 +536,7 @@ class RunSpec:
             "x": self.x,
             "checkpoint_dir": self.checkpoint_dir,
             "recipe": self.recipe,
+            "hash_version": self.hash_version,
         }
 
     @classmethod
@@ -485,6 +550,7 @@ class RunSpec:
             x=d.get("x"),
             checkpoint_dir=d.get("checkpoint_dir"),
             recipe=d.get("recipe"),
+            hash_version=d.get("hash_version", 1),  # stored before the field existed: hashed by version 1
         )
 
     def with_(self, **changes: Any) -> RunSpec:

@@ -4,11 +4,14 @@ import pytest
 
 from ebt_scaling.config import (
     RECIPE_OVERRIDES,
+    SHARED_MODEL_FIELDS,
     DataConfig,
     ModelConfig,
     RunSpec,
     TrainConfig,
+    get_preset,
     model_config,
+    tokenizer_vocab_size,
 )
 from ebt_scaling.errors import ConfigError
 from ebt_scaling.security import mask_url, scrub
@@ -190,3 +193,73 @@ def test_spec_limits_fail_in_one_line_before_anything_is_written(tmp_path, edit,
                         f"sqlite:///{db}"], capture_output=True, text=True, timeout=120, cwd=root)
     assert r.returncode == 2 and msg in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert str(spec) in r.stderr and not db.exists()
+
+
+# A Transformer++ spec hashed before hash version 2 (commit 88d02bf), when every EBT field was in its identity.
+PRE_V2_GOLDEN_TPP_HASH = "00f9a626436aee64b7030a3fb185d8bf64ddd4983961e961c38301b53c9b50dd"
+
+
+def _golden_tpp(**model_kw):
+    m = model_config("transformer_pp", "nano", vocab_size=32, sequence_len=32, **model_kw)
+    t = TrainConfig(steps=20, batch_size=4, lr=3e-3, warmup_steps=4, eval_interval=20, eval_batches=2,
+                    log_interval=1, seed=0, threads=1)
+    return RunSpec(model=m, train=t, data=DataConfig(source="synthetic", vocab_size=32))
+
+
+def test_ebt_only_fields_are_out_of_a_transformer_pp_hash_and_old_hashes_stay_readable():
+    new = _golden_tpp()
+    assert new.hash_version == 2
+    # EBT options change nothing for a T++: not hashed ...
+    assert _golden_tpp(step_size=7.0, mcmc_num_steps=5).config_hash == new.config_hash
+    assert set(new.identity()["model"]) <= set(SHARED_MODEL_FIELDS)
+    # ... while the shape still is
+    assert _golden_tpp(norm_eps=1e-6).config_hash != new.config_hash
+    # a config stored before the field existed reads back as version 1, with the hash it was stored under
+    old = new.to_dict()
+    del old["hash_version"]
+    back = RunSpec.from_dict(old)
+    assert back.hash_version == 1 and back.config_hash == PRE_V2_GOLDEN_TPP_HASH
+    assert RunSpec.from_dict(new.to_dict()) == new
+    # an EBT run's identity is the same under both versions (its hashes did not move)
+    ebt = _golden_ebt(step_size_lr_floor="scaled")
+    assert ebt.with_(hash_version=1).config_hash == ebt.config_hash == PRE_FLOOR_GOLDEN_EBT_HASH
+    for bad in (3, 0, True):
+        with pytest.raises(ConfigError, match="RunSpec.hash_version"):
+            new.with_(hash_version=bad)
+
+
+def test_presets_are_the_one_source_of_run_defaults():
+    """`ebt-scale train --preset P` and a spec naming P take every unset setting from config.PRESETS."""
+    from ebt_scaling.sweeps import expand, parse_spec
+
+    for name in ("nano", "tiny", "xxs"):
+        p = get_preset(name)
+        raw = {"sweep": {"axis": "depth", "families": ["ebt", "transformer_pp"]},
+               "model": {"preset": name}, "data": {"source": "synthetic"}, "axis": {"values": [1]}}
+        runs = expand(parse_spec(raw))
+        assert len(runs) == 2
+        for r in runs:
+            t = r.spec.train
+            assert (t.steps, t.batch_size, t.lr, t.warmup_steps, t.eval_interval) == (
+                p.steps, p.batch_size, p.peak_lr, p.warmup_steps, p.eval_interval)  # one setting for both families
+            assert r.spec.model.sequence_len == p.sequence_len
+            assert r.spec.model.vocab_size == r.spec.data.vocab_size == p.vocab_size
+        ebt = next(r.spec.model for r in runs if r.spec.family == "ebt")
+        assert all(getattr(ebt, k) == v for k, v in p.ebt_options("ebt_s1").items())
+    assert get_preset("tiny").ebt_options("ebt_s1") and not get_preset("xxs").ebt_options("ebt_s1")
+    assert get_preset("tiny").ebt_options("ebt_s2") == {}
+
+
+def test_vocab_size_is_decided_once_by_the_tokenizer():
+    from ebt_scaling.errors import SpecError
+    from ebt_scaling.sweeps import expand, parse_spec
+
+    assert tokenizer_vocab_size(DataConfig(tokenizer="byte", vocab_size=2048)) == 256
+    assert tokenizer_vocab_size(DataConfig(tokenizer="bpe", vocab_size=777)) == 777
+    raw = {"sweep": {"axis": "depth"}, "model": {"preset": "nano"},
+           "data": {"tokenizer": "byte"}, "axis": {"values": [1]}}
+    assert {r.spec.model.vocab_size for r in expand(parse_spec(raw))} == {256}
+    raw["model"]["vocab_size"] = 300
+    with pytest.raises(SpecError, match=r"model.vocab_size: .*decided once.*set \[data\] vocab_size") as e:
+        parse_spec(raw, source="s.toml")
+    assert "\n" not in str(e.value)

@@ -243,3 +243,29 @@ def test_store_masks_password_and_rejects_bad_urls(tmp_path):
     mem.create_sweep("m", "data")
     assert mem.get_sweep("m").axis == "data"
     mem.close()
+
+
+def test_a_sweep_planned_under_hash_version_1_keeps_its_transformer_pp_runs(store):
+    """A T++ run planned before EBT fields left its hash (hash version 1) is found by its old hash when the sweep
+    is planned again, and reused, instead of being planned (and trained) a second time."""
+    from ebt_scaling.sweeps import expand, parse_spec
+    from ebt_scaling.sweeps.expand import keep_stored_hash_versions
+
+    raw = {"sweep": {"name": "hv", "axis": "depth"}, "model": {"preset": "nano"},
+           "data": {"source": "synthetic", "vocab_size": 64}, "axis": {"values": [1, 2]}}
+    runs = expand(parse_spec(raw))
+    legacy = []
+    for r in runs:  # what an older version planned: every run hashed by version 1
+        spec = r.spec.with_(hash_version=1)
+        legacy.append(dataclasses.replace(r.planned, config_hash=spec.config_hash,
+                                          config={**r.planned.config, "hash_version": 1}))
+    store.create_sweep("hv", "depth", {}, "test")
+    old = store.plan_runs("hv", legacy)
+    kept = keep_stored_hash_versions(runs, store.stored_hashes)
+    again = store.plan_runs("hv", [r.planned for r in kept])
+    assert [r.id for r in again] == [r.id for r in old]  # nothing new planned
+    assert len(store.list_runs(sweep="hv")) == len(runs)
+    for r, k in zip(runs, kept, strict=True):
+        assert k.config_hash == k.spec.config_hash
+        assert (k.config_hash == r.config_hash) == (r.spec.family == "ebt")  # only the T++ hashes moved
+    assert keep_stored_hash_versions(runs, lambda hashes: set()) == runs  # a fresh database: new hashes

@@ -91,16 +91,16 @@ def test_data_prepare_synthetic_json():
 
 
 def test_train_ebt_step_size_options_and_cpu_preset_defaults():
-    """The CPU presets' tuned S1 settings (train/defaults.py) reach the EBT's config; --step-size and
+    """The CPU presets' tuned S1 settings (config.PRESETS) reach the EBT's config; --step-size and
     --step-size-lr-mult override them; S2 keeps its recipe's alpha."""
-    from ebt_scaling.train.defaults import train_defaults
+    from ebt_scaling.config import get_preset
 
     def spec(*extra):
         r = CliRunner().invoke(app, ["train", "--family", "ebt", *SMALL, "--steps", "1", "--json", *extra])
         assert r.exit_code == 0, r.output
         return json.loads(r.stdout)["spec"]["model"]
 
-    tuned = dict(train_defaults("ebt", "nano").s1_options)
+    tuned = get_preset("nano").ebt_options("ebt_s1")
     assert tuned, "the nano preset has tuned S1 options"
     m = spec()
     assert all(m[k] == v for k, v in tuned.items()), (m, tuned)

@@ -74,8 +74,7 @@ def train_cmd(
                                                "otherwise), rich, plain or off.")] = "auto",
 ) -> None:
     """Train one model and print a summary (final losses vs. the unigram baseline, tokens, params, time)."""
-    from ebt_scaling.config import DataConfig, RunSpec, TrainConfig, model_config
-    from ebt_scaling.train.defaults import train_defaults
+    from ebt_scaling.config import DataConfig, RunSpec, TrainConfig, get_preset, model_config, tokenizer_vocab_size
 
     _check_data_arg(data)
     if progress_mode not in ("auto", "rich", "plain", "off"):
@@ -86,21 +85,22 @@ def train_cmd(
         raise fail("--recipe applies to --family ebt only; drop it for transformer_pp", 2)
     if family != "ebt" and (step_size is not None or step_size_lr_mult is not None):
         raise fail("--step-size and --step-size-lr-mult apply to --family ebt only; drop them for transformer_pp", 2)
-    d = train_defaults(family, preset)
-    steps = steps or d.steps
-    seq_len = seq_len or d.seq_len
-    batch_size = batch_size or d.batch_size
-    vocab = vocab_size or d.vocab_size
-    tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr if lr is not None else d.lr,
-                       warmup_steps=min(steps - 1, warmup if warmup is not None else d.warmup_steps),
-                       eval_interval=d.eval_interval if eval_interval is None else eval_interval,
+    p = get_preset(preset)  # the one source of defaults (config.PRESETS)
+    d = p.train_defaults(family)
+    steps = steps or d["steps"]
+    seq_len = seq_len or p.sequence_len
+    batch_size = batch_size or d["batch_size"]
+    tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr if lr is not None else d["lr"],
+                       warmup_steps=min(steps - 1, warmup if warmup is not None else d["warmup_steps"]),
+                       eval_interval=d["eval_interval"] if eval_interval is None else eval_interval,
                        eval_batches=eval_batches, log_interval=log_interval,
                        checkpoint_interval=checkpoint_interval, seed=seed, device=device, threads=threads,
                        cuda_graph=cuda_graph, compile=compile_)
-    dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab)
+    dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab_size or p.vocab_size)
+    vocab = tokenizer_vocab_size(dcfg)
     recipe_name = (recipe or "ebt_s1") if family == "ebt" else None
-    # EBT settings: the recipe's, then the CPU preset's tuned S1 options (train/defaults.py), then the options given
-    model_kw: dict[str, Any] = dict(d.s1_options) if recipe_name == "ebt_s1" else {}
+    # EBT settings: the recipe's, then the preset's tuned S1 options (config.PRESETS), then the options given
+    model_kw: dict[str, Any] = p.ebt_options(recipe_name)
     if step_size is not None:
         model_kw["step_size"] = step_size
     if step_size_lr_mult is not None:
@@ -121,9 +121,7 @@ def train_cmd(
     from ebt_scaling.data import load_corpus
 
     corpus = load_corpus(dcfg, seq_len, progress=lambda m: err.print(f"[dim]data:[/dim] {m}"))
-    mcfg = model_config(family, preset, vocab_size=corpus.vocab_size, sequence_len=seq_len, recipe=recipe_name,
-                        **model_kw)
-    spec = RunSpec(model=mcfg, train=tcfg, data=dcfg, checkpoint_dir=checkpoint_dir, recipe=recipe_name)
+    spec = spec0.with_(data=dcfg, checkpoint_dir=checkpoint_dir, recipe=recipe_name)
 
     from ebt_scaling.records import ListSink
     from ebt_scaling.train import train

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ebt_scaling.config import DataConfig
+from ebt_scaling.config import DataConfig, tokenizer_vocab_size
 from ebt_scaling.data import synthetic as syn
 from ebt_scaling.data.cache import (
     Progress,
@@ -266,7 +266,7 @@ def load_corpus(cfg: DataConfig, sequence_len: int, progress: Progress | None = 
     else:
         docs, corpus_sha, doc_meta = load_documents(cfg.source, root, progress)
         tokenizer = _make_tokenizer(cfg, docs, corpus_sha, root, progress)
-        vocab = tokenizer.vocab_size if cfg.tokenizer == "byte" else cfg.vocab_size
+        vocab = tokenizer_vocab_size(cfg)
         key = hashlib.sha256(f"{corpus_sha}|{tokenizer.ident}|{vocab}|{cfg.val_fraction}|{cfg.split_seed}|"
                              f"{TOKENS_FORMAT}".encode()).hexdigest()[:16]
         folder = root / "tokens" / f"{corpus_sha[:12]}-{tokenizer.ident}-{key}"

@@ -513,6 +513,10 @@ class Store:
 
         return self._unit(unit, write=False)
 
+    def stored_hashes(self, hashes: Sequence[str]) -> set[str]:
+        """Those of ``hashes`` that name a stored run."""
+        return set(self._unit(lambda conn: self._ids_by_hash(conn, list(hashes)), write=False))
+
     def find_run_by_hash(self, config_hash: str) -> RunRecord | None:
         """Like ``get_run_by_hash`` but None when absent."""
         try:

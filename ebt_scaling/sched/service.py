@@ -25,6 +25,7 @@ from ebt_scaling.records import MetricPoint
 from ebt_scaling.sched.runner import RayOptions, RunnerOutcome, prefetch_ray, run_trials
 from ebt_scaling.sched.trainable import checkpoint_info
 from ebt_scaling.sweeps import ExpandedRun, SweepSpec, expand
+from ebt_scaling.sweeps.expand import keep_stored_hash_versions
 
 SKIP_BY_DEFAULT = ("failed", "diverged")
 
@@ -169,6 +170,7 @@ def run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, *, retry_failed
     runs = expand(spec) if runs is None else runs
     store.reconnect_s = db_retry_s()  # ride out a database restart (connections retried with backoff)
     with store.lease(spec.name):  # one driver per sweep, before any run is touched
+        runs = keep_stored_hash_versions(runs, store.stored_hashes)
         prefetch_ray()
         return _run_sweep(spec, store, ray_opts, runs, retry_failed, say)
 

@@ -17,18 +17,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from ebt_scaling.config import DataConfig, ModelConfig, RunSpec, TrainConfig, get_preset
+from ebt_scaling.config import (
+    RECIPE_OVERRIDES,
+    SHARED_MODEL_FIELDS,
+    DataConfig,
+    ModelConfig,
+    RunSpec,
+    TrainConfig,
+    get_preset,
+    tokenizer_vocab_size,
+)
 from ebt_scaling.errors import ConfigError, SpecError
 from ebt_scaling.records import PlannedRun
 from ebt_scaling.sweeps.spec import SweepSpec
 
-# ModelConfig fields both families use; every other field is an EBT option and is applied to EBT only,
-# so that a Transformer++ run's hash does not depend on EBT settings.
-SHARED_MODEL_FIELDS = ("n_layer", "n_embd", "n_head", "vocab_size", "sequence_len", "ffn_hidden",
-                       "norm_eps", "rope_theta")
 FAMILY_ORDER = {"transformer_pp": 0, "ebt": 1}
 
 
@@ -54,17 +60,6 @@ def _section_error(spec: SweepSpec, exc: ConfigError) -> SpecError:
     return SpecError(f"{spec.source}: {msg}")
 
 
-def _vocab_size(spec: SweepSpec, data: DataConfig) -> int:
-    if "vocab_size" in spec.model:
-        return int(spec.model["vocab_size"])
-    if data.tokenizer == "byte":
-        return 256
-    if data.tokenizer == "bpe":
-        return data.vocab_size
-    raise SpecError(f"{spec.source}: model.vocab_size: required with tokenizer {data.tokenizer!r}; "
-                    "set it to that tokenizer's vocabulary size (gpt-neox-20b: 50277)")
-
-
 def accounting(cfg: ModelConfig) -> tuple[dict[str, int], dict[str, float]]:
     """Parameter groups and training FLOPs per token under both conventions (pure Python)."""
     from ebt_scaling.models.flops import flops_per_token, param_counts
@@ -85,13 +80,15 @@ def expand(spec: SweepSpec) -> list[ExpandedRun]:
 
 
 def _expand(spec: SweepSpec) -> list[ExpandedRun]:
-    data = DataConfig(**spec.data)
+    # Every setting the spec leaves unset comes from its preset (config.PRESETS), for both families alike.
     preset = get_preset(spec.preset)
+    data = DataConfig(**{"vocab_size": preset.vocab_size, **spec.data})
     shape: dict[str, Any] = dict(n_layer=preset.n_layer, n_embd=preset.n_embd, n_head=preset.n_head,
-                                 sequence_len=256, vocab_size=_vocab_size(spec, data))
+                                 sequence_len=preset.sequence_len, vocab_size=tokenizer_vocab_size(data))
     shape.update({k: v for k, v in spec.model.items() if k in SHARED_MODEL_FIELDS})
-    ebt_options = {k: v for k, v in spec.model.items() if k not in SHARED_MODEL_FIELDS}
-    train_base: dict[str, Any] = dict(lr=preset.peak_lr, batch_size=preset.batch_size)
+    ebt_options = {**preset.ebt_options(spec.recipe),
+                   **{k: v for k, v in spec.model.items() if k not in SHARED_MODEL_FIELDS}}
+    train_base: dict[str, Any] = preset.train_defaults()
     train_base.update(spec.train)
     seq = int(shape["sequence_len"])
 
@@ -155,8 +152,6 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
                 mkw.update(shape_over)
                 recipe = None
                 if family == "ebt":
-                    from ebt_scaling.config import RECIPE_OVERRIDES
-
                     recipe = spec.recipe
                     mkw.update(RECIPE_OVERRIDES[recipe])
                     mkw.update(ebt_options)
@@ -194,4 +189,25 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
     if len(set(hashes)) != len(hashes):
         raise SpecError(f"{spec.source}: axis.values: two values give the same run configuration; "
                         "list values that change the run")
+    return out
+
+
+def keep_stored_hash_versions(runs: list[ExpandedRun],
+                              stored: Callable[[list[str]], Collection[str]]) -> list[ExpandedRun]:
+    """A run already stored under an older hash version keeps it: a Transformer++ run planned before
+    ``HASH_VERSION`` 2 is found by its version-1 hash (``stored(hashes)`` returns those the database holds), and
+    that identity is reused with its results and checkpoints instead of being planned and trained again."""
+    old = {i: r.spec.with_(hash_version=1) for i, r in enumerate(runs)
+           if r.spec.hash_version != 1 and r.spec.family != "ebt"}
+    if not old:
+        return runs
+    known = set(stored([r.config_hash for r in runs] + [s.config_hash for s in old.values()]))
+    out = list(runs)
+    for i, spec in old.items():
+        r = runs[i]
+        if r.config_hash in known or spec.config_hash not in known:
+            continue
+        config = {**r.planned.config, "hash_version": 1}
+        planned = dataclasses.replace(r.planned, config_hash=spec.config_hash, config=config)
+        out[i] = ExpandedRun(spec=spec, planned=planned, label=r.label)
     return out

@@ -15,8 +15,8 @@ axis values. Layout (every section but ``[sweep]`` and ``[axis]`` is optional)::
     preset = "xxs"
     sequence_len = 256
 
-    [train]                        # TrainConfig fields (default lr / batch_size: the preset's)
-    [data]                         # DataConfig fields
+    [train]                        # TrainConfig fields (unset: the preset's, config.PRESETS)
+    [data]                         # DataConfig fields (vocab_size: the tokenizer's, also the model's)
     [resources]                    # gpus_per_trial, cpus_per_trial, max_concurrent, max_retries
     [cost]                         # throughput assumptions of the dry-run plan
 
@@ -222,6 +222,9 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> SweepSpec:
         raise _err(src, "sweep.description", "must be a string", "write it in quotes")
 
     model = check_keys("model", MODEL_KEYS)
+    if "vocab_size" in model:
+        raise _err(src, "model.vocab_size", "the vocabulary size is decided once, by the tokenizer",
+                   "drop it and set [data] vocab_size to the tokenizer's size (ignored for tokenizer = \"byte\")")
     preset = model.pop("preset", "tiny")
     if preset not in PRESETS:
         raise _err(src, "model.preset", f"unknown preset {preset!r}", f"use one of {', '.join(PRESETS)}")
