@@ -194,7 +194,9 @@ def test_family_of_tests_and_holdout_options(tmp_path):
     for fam in ("ebt", "transformer_pp"):
         h = a["holdout"][fam]
         assert h["n_levels_fit"] == 5 and h["error_ci"][0] <= 0 <= h["error_ci"][1]
+        assert h["m2"]["n_levels_fit"] == 5 and h["m2"]["x"] == h["x"]  # 5 levels to fit: the law's check too
     r = invoke("fit", "--sweep", "synth", "--resamples", "200", "--holdout-largest", "--db", url)
     assert r.exit_code == 0 and "Hold-out EBT: line on 5 levels predicts" in r.stdout
+    assert "Hold-out EBT: M2 law on 5 levels predicts" in r.stdout
     r = invoke("fit", "--sweep", "synth", "--resamples", "200", "--db", url)
     assert "Hold-out" not in r.stdout and "warning" in r.stdout  # the law at its bound on log-linear data

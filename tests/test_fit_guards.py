@@ -4,6 +4,7 @@ the pure-error test, crossover intervals that count order flips, and the hold-ou
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ from test_fit import FAST, inside, loglinear, saturating_data
 
 from ebt_scaling.errors import ConfigError
 from ebt_scaling.fit import FitSettings, axis_data_from_arrays, fit_axes, fit_axis, ols, saturating
+from ebt_scaling.fit.axis import holdout_lines
 from ebt_scaling.fit.design import axis_data_from_runs, parametric_resample
 from ebt_scaling.records import RunRecord
 
@@ -97,7 +99,9 @@ def test_law_at_bound_fires_on_a_straight_line_and_not_on_a_saturating_law():
     assert fit.comparison["exponent_unreliable"] is True and fit.comparison["verdict"] == "EBT faster"
     rng = np.random.default_rng(3)
     laws = {"transformer_pp": (1.8, 4.0, 0.30), "ebt": (1.8, 4.4, 0.36)}
-    sat = one(axis_data_from_arrays(*saturating_data(rng, laws), axis="data"))
+    sat_data = axis_data_from_arrays(*saturating_data(rng, laws), axis="data")
+    assert all("m2" not in h for h in one(sat_data).holdout.values())  # the law's check only when asked
+    sat = fit_axes([sat_data], dataclasses.replace(QUICK, holdout_law=True))[0]
     assert not any(g["scope"] == "exponent" for g in sat.guards), sat.guards
     assert sat.comparison["exponent_unreliable"] is False
 
@@ -308,11 +312,20 @@ def test_holdout_largest_predicts_a_straight_line_and_flags_curvature():
         assert h["error_ci"][1] - h["error_ci"][0] < 0.05
     rng = np.random.default_rng(3)
     laws = {"transformer_pp": (1.8, 4.0, 0.30), "ebt": (1.8, 4.4, 0.36)}
-    sat = one(axis_data_from_arrays(*saturating_data(rng, laws), axis="data"))
+    sat_data = axis_data_from_arrays(*saturating_data(rng, laws), axis="data")
+    assert all("m2" not in h for h in one(sat_data).holdout.values())  # the law's check only when asked
+    sat = fit_axes([sat_data], dataclasses.replace(QUICK, holdout_law=True))[0]
     for fam in ("ebt", "transformer_pp"):
         h = sat.holdout[fam]  # the curve flattens: the extrapolated line undershoots the observed loss
         assert h["error_nats"] > 0 and h["error_ci"][0] > 0 and h["covered"] is False
+        m2 = h["m2"]  # ... while the saturating law, fitted on the same levels, predicts it
+        assert m2["n_levels_fit"] == h["n_levels_fit"] and m2["x"] == h["x"]
+        assert m2["covered"] is True and abs(m2["error_nats"]) < 0.5 * h["error_nats"]
+        assert m2["error_ci"][0] < m2["error_nats"] < m2["error_ci"][1]
+        assert "M2 law" in "\n".join(holdout_lines(fam, h)) and len(holdout_lines(fam, h)) == 2
     single = one(axis_data_from_arrays(*loglinear(np.random.default_rng(4), CLEAN, seeds=1), axis="data"))
     assert inside(single.holdout["ebt"]["error_ci"], 0.0)
     few = one(axis_data_from_arrays(*loglinear(rng, CLEAN, levels=3), axis="data"))
     assert few.holdout == {}
+    four = one(axis_data_from_arrays(*loglinear(rng, CLEAN, levels=4), axis="data"))
+    assert four.holdout and all("m2" not in h for h in four.holdout.values())  # M2 needs 4 levels to fit

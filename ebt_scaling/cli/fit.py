@@ -18,8 +18,8 @@ FamilyOption = Annotated[str | None, typer.Option(
     "--family-of-tests", help="Axes Holm-corrected together, comma-separated (AXIS or SWEEP/AXIS); "
     "default: all axes of each sweep.")]
 HoldoutOption = Annotated[bool, typer.Option(
-    "--holdout-largest", help="Also show the extrapolation check: the line fitted without the largest level, "
-    "its prediction error there with an interval.")]
+    "--holdout-largest", help="Also show the extrapolation check: the line (and, with 5 or more levels, the "
+    "saturating law) fitted without the largest level, its prediction error there with an interval.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         from ebt_scaling.fit import FitSettings
         from ebt_scaling.fit.service import fit_store
 
-        settings = FitSettings(resamples=resamples, seed=seed, e_mode=e_mode)
+        settings = FitSettings(resamples=resamples, seed=seed, e_mode=e_mode, holdout_law=holdout_largest)
         store = Store(resolve_db(db), create=False)
         try:
             result = fit_store(store, sweep=sweep, axis=axis, settings=settings, family_of_tests=family_of_tests)
@@ -91,7 +91,7 @@ def print_table(data: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ebt_scaling.fit.axis import holdout_text
+    from ebt_scaling.fit.axis import holdout_lines
 
     console = Console(width=None if sys.stdout.isatty() else 180)
     for m in data.get("messages", []):
@@ -139,7 +139,7 @@ def print_table(data: dict[str, Any]) -> None:
         if comp.get("holm_note"):
             notes.append("Holm: " + comp["holm_note"])
         for fam, h in (a.get("holdout") or {}).items():
-            notes.append(holdout_text(fam, h))
+            notes += holdout_lines(fam, h)
         for n in notes:
             console.print(f"  {a['axis']}: {n}", highlight=False)
         for g in a["guards"]:

@@ -45,6 +45,9 @@ class FitSettings:
     delta: float = 1e-3
     e_mode: str = "auto"  # auto | shared | free
     permutations: int = 2000
+    # The hold-out check of the saturating law as well as of the line (``fit --holdout-largest``): a refit and a
+    # bootstrap of the law per family, about doubling the fit's time on axes of 5 or more levels.
+    holdout_law: bool = False
 
     def __post_init__(self) -> None:
         from ebt_scaling.errors import ConfigError
@@ -187,6 +190,9 @@ def fit_axis(data: AxisData, settings: FitSettings | None = None) -> AxisFit:
         if data.baselines.get(name):
             plot[name]["baseline"] = data.baselines[name]
     holdout = {name: h for name in fams if (h := _holdout(data.families[name], s, rng)) is not None}
+    for name, h in holdout.items():
+        if s.holdout_law and (m2 := _holdout_m2(data.families[name], s, x_scale, rng)) is not None:
+            h["m2"] = m2
 
     comparison = None
     crossover = None
@@ -237,6 +243,37 @@ def _holdout(fd: FamilyData, s: FitSettings, rng: np.random.Generator) -> dict[s
             "error_nats": _f(error), "error_ci": _ci(error + lo, error + hi),
             "covered": bool(error + lo <= 0.0 <= error + hi),
             "method": "M1 line on all levels but the largest"}
+
+
+def _holdout_m2(fd: FamilyData, s: FitSettings, x_scale: float, rng: np.random.Generator) -> dict[str, Any] | None:
+    """The same check for the saturating law (this family alone, its own E): fitted on every level but the
+    largest, its prediction there, and the error with a bootstrap prediction interval (each resample refitted
+    to its optimum by ``bootstrap_saturating``). None with fewer than MIN_LEVELS_M2 levels left to fit."""
+    if fd.n_levels < MIN_LEVELS_M2 + 1:
+        return None
+    x_out = float(fd.levels.max())
+    keep = fd.x < x_out
+    u = np.log(fd.x / x_scale)
+    sat = saturating.fit_saturating([u[keep]], [fd.y[keep]], x_scale, s.delta)
+    at_all = saturating.make_layout([u])
+    m_all = saturating.model_log(sat.theta[None, :], at_all)[0]  # ln L of the reduced law at every point
+    observed = float(fd.y[~keep].mean())
+    predicted = float(np.exp(m_all[~keep][0]))
+    error = observed - predicted
+    if bootstrap_kind(fd) == PARAMETRIC:  # noise on the log scale around the reduced law: centred on 0
+        Y = np.exp(parametric_resample(m_all, np.log(fd.y[keep]) - m_all[keep], 3, s.resamples, rng))
+        centre = 0.0
+    else:
+        Y = stratified_resample(fd, fd.y, s.resamples, rng)
+        centre = error
+    bf = saturating.bootstrap_saturating([u[keep]], [Y[:, keep]], sat.theta, s.delta)
+    pred_b = np.exp(saturating.model_log(bf.theta, saturating.make_layout([np.array([math.log(x_out / x_scale)])])))
+    err_b = Y[:, ~keep].mean(axis=1) - pred_b[:, 0] - centre
+    lo, hi = percentile_ci(err_b, s.level)
+    return {"x": x_out, "n_levels_fit": fd.n_levels - 1, "observed": _f(observed), "predicted": _f(predicted),
+            "error_nats": _f(error), "error_ci": _ci(error + lo, error + hi),
+            "covered": bool(error + lo <= 0.0 <= error + hi), "alpha": _f(sat.alpha(0)), "E": _f(sat.E),
+            "method": "M2 law (own E) on all levels but the largest"}
 
 
 def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, dict[str, Any]], plot: dict[str, Any],
@@ -351,16 +388,20 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def holdout_text(fam: str, h: dict[str, Any]) -> str:
-    """The hold-out-largest check of one family in one line."""
+def holdout_lines(fam: str, h: dict[str, Any]) -> list[str]:
+    """The hold-out-largest check of one family: one line for the M1 line, and one for the M2 law when the
+    family has enough levels for it."""
     from ebt_scaling.fit.guards import LABELS
 
-    ci = h.get("error_ci") or [None, None]
-    span = "-" if ci[0] is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
-    return (f"Hold-out {LABELS.get(fam, fam)}: line on {h['n_levels_fit']} levels predicts "
-            f"{_fmt(h['predicted'], '.4f')} at x = {h['x']:.3g}, observed {_fmt(h['observed'], '.4f')}: "
-            f"error {_fmt(h['error_nats'], '+.4f')} nats "
-            f"{span} ({'0 inside' if h.get('covered') else '0 outside: the line does not extrapolate'})")
+    def line(what: str, c: dict[str, Any], law: str) -> str:
+        ci = c.get("error_ci") or [None, None]
+        span = "-" if ci[0] is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+        return (f"Hold-out {LABELS.get(fam, fam)}: {what} on {c['n_levels_fit']} levels predicts "
+                f"{_fmt(c['predicted'], '.4f')} at x = {c['x']:.3g}, observed {_fmt(c['observed'], '.4f')}: "
+                f"error {_fmt(c['error_nats'], '+.4f')} nats "
+                f"{span} ({'0 inside' if c.get('covered') else f'0 outside: the {law} does not extrapolate'})")
+
+    return [line("line", h, "line")] + ([line("M2 law", h["m2"], "law")] if h.get("m2") else [])
 
 
 def _crossover(data: AxisData, s: FitSettings, lines: dict[str, ols.Line],

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.ticker import FuncFormatter
 
-from ebt_scaling.fit.axis import holdout_text
+from ebt_scaling.fit.axis import holdout_lines
 from ebt_scaling.fit.guards import LABELS, baseline_of
 
 COLORS = {"transformer_pp": "#1f77b4", "ebt": "#d62728"}
@@ -172,7 +172,7 @@ def axis_text(fit: dict[str, Any]) -> str:
         if c.get("exponent_unreliable_note"):
             lines.append(f"Exponent view: {c['exponent_unreliable_note']}")
     for fam, h in (fit.get("holdout") or {}).items():
-        lines.append(holdout_text(fam, h))
+        lines += holdout_lines(fam, h)
     for m in fit.get("messages", []):
         lines.append(f"Note: {m}")
     if fit.get("excluded"):
