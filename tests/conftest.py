@@ -14,6 +14,7 @@ PG_URL = os.environ.get("EBT_SCALE_TEST_PG")
 def _isolated_env(monkeypatch, tmp_path_factory):
     # Never touch the user's database or cache from a test.
     monkeypatch.delenv("EBT_SCALE_DB", raising=False)
+    monkeypatch.delenv("COLUMNS", raising=False)  # piped CLI output: the wide tables, whatever the CI terminal
     monkeypatch.setenv("EBT_SCALE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))
 

@@ -269,3 +269,22 @@ def test_a_sweep_planned_under_hash_version_1_keeps_its_transformer_pp_runs(stor
         assert k.config_hash == k.spec.config_hash
         assert (k.config_hash == r.config_hash) == (r.spec.family == "ebt")  # only the T++ hashes moved
     assert keep_stored_hash_versions(runs, lambda hashes: set()) == runs  # a fresh database: new hashes
+
+
+def test_loss_curves_for_the_report_read_every_trained_run_in_one_pass(store):
+    from ebt_scaling.cli.report import loss_curves
+    from ebt_scaling.records import MetricPoint, PlannedRun
+
+    store.create_sweep("lc", "depth", {}, "test")
+    cfg = {"train": {"batch_size": 4}, "model": {"sequence_len": 16}}
+    a, b = store.plan_runs("lc", [PlannedRun(family="ebt", axis="depth", x=float(i), seed=0, config_hash=f"lc{i}",
+                                             config=cfg, params={}, flops_per_token={}, tokens=640)
+                                  for i in (1, 2)])
+    store.log_metrics(a.id, [MetricPoint("train_loss", s, 6.0 - s / 10) for s in (0, 5, 10)]
+                      + [MetricPoint("val_loss", 10, 5.5), MetricPoint("val_loss", 5, float("nan")),
+                         MetricPoint("lr", 5, 1e-3)])
+    curves = loss_curves(store, store.list_runs(sweep="lc"))
+    assert set(curves) == {a.id}  # b has no series
+    assert curves[a.id]["train_loss"] == ([320, 640], [5.5, 5.0])  # tokens = step x 4 x 16; step 0 is off a log axis
+    assert curves[a.id]["val_loss"] == ([640], [5.5])  # a non-finite point is not drawn
+    assert set(store.metric_series([a.id, b.id], ["lr"])) == {a.id}

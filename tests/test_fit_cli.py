@@ -200,3 +200,21 @@ def test_family_of_tests_and_holdout_options(tmp_path):
     assert "Hold-out EBT: M2 law on 5 levels predicts" in r.stdout
     r = invoke("fit", "--sweep", "synth", "--resamples", "200", "--db", url)
     assert "Hold-out" not in r.stdout and "warning" in r.stdout  # the law at its bound on log-linear data
+
+
+def test_fit_table_reads_at_80_columns(tmp_path, monkeypatch):
+    """In an 80-column terminal the table keeps its words whole ("verdict", not "verdi ct") and no line is
+    wider than the terminal; the slopes and exponents move to lines under it."""
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    assert invoke("import", write_csv(tmp_path / "runs.csv"), "--sweep", "synth", "--db", url).exit_code == 0
+    monkeypatch.setenv("COLUMNS", "80")
+    r = invoke("fit", "--sweep", "synth", "--resamples", "200", "--db", url)
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    header = next(line for line in lines if "rate gain" in line)
+    assert "verdict" in header and "p (Holm)" in header
+    assert any(line.strip().startswith("data: EBT slope -0.") for line in lines)
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal keeps the one-row-per-axis table
+    r = invoke("fit", "--sweep", "synth", "--resamples", "200", "--db", url)
+    assert "slope T++ [95% CI]" in r.stdout

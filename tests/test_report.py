@@ -79,13 +79,25 @@ def test_extra_page_builders_are_appended(tmp_path):
     out = tmp_path / "x.pdf"
     n = build_report(report_data(synthetic_runs(axes=("depth",), seeds=1)), out, extra_pages=[extra])
     assert seen == [1]
-    assert count_pages(out) == n == 6
+    assert count_pages(out) == n == 5  # summary, depth, runs, provenance, extra: no FLOPs page without that axis
 
 
 def test_empty_report_still_renders(tmp_path):
     out = tmp_path / "empty.pdf"
     n = build_report(ReportData("empty", [], [], {"database": "sqlite:///x.db"}, None, ["no runs"]), out)
-    assert n == 4 and count_pages(out) == 4
+    assert n == 3 and count_pages(out) == 3  # summary, runs, provenance
+
+
+def test_loss_curves_page_follows_each_axis_whose_runs_have_series(tmp_path):
+    runs = synthetic_runs(axes=("data", "flops"), seeds=1)
+    data = report_data(runs)
+    plain = build_report(data, tmp_path / "a.pdf")
+    # series for the data-axis runs only (the flops axis holds imported results without curves)
+    data.curves = {r.id: {"train_loss": ([1e4 * k for k in range(1, 6)], [6.0 - 0.3 * k for k in range(1, 6)]),
+                          "val_loss": ([2e4, 5e4], [5.2, 4.6])}
+                   for r in runs if r.axis == "data" and r.status == "completed"}
+    out = tmp_path / "b.pdf"
+    assert build_report(data, out) == count_pages(out) == plain + 1
 
 
 @pytest.mark.skipif(not shutil.which("pdftoppm"), reason="pdftoppm (poppler-utils) not installed")

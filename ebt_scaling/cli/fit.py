@@ -86,45 +86,93 @@ def _warnings(a: dict[str, Any]) -> str:
 
 
 def print_table(data: dict[str, Any]) -> None:
+    import os
     import sys
 
     from rich.console import Console
-    from rich.table import Table
 
-    from ebt_scaling.fit.axis import holdout_lines
-
-    console = Console(width=None if sys.stdout.isatty() else 180)
+    # A terminal (or $COLUMNS) sets the width; piped output gets a wide table.
+    console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 180)
     for m in data.get("messages", []):
         console.print(f"[yellow]{m}[/yellow]")
     if not data["axes"]:
         return
-    t = Table(title=f"Scaling fits - sweep {data['sweep'] or ', '.join(data['sweeps']) or '-'}")
+    title = f"Scaling fits - sweep {data['sweep'] or ', '.join(data['sweeps']) or '-'}"
+    if console.width < WIDE_TABLE_COLUMNS:
+        _print_narrow(console, data, title)
+    else:
+        _print_wide(console, data, title)
+    _print_notes(console, data)
+
+
+WIDE_TABLE_COLUMNS = 120  # below this, the table keeps 4 columns and the rest goes on lines under it
+
+
+def _print_narrow(console: Any, data: dict[str, Any], title: str) -> None:
+    """The fit table for an 80-column terminal: the verdict per axis in a 4-column table, then the slopes and
+    exponents of each axis on lines of their own."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("axis", no_wrap=True)
+    t.add_column("rate gain [95% CI]", no_wrap=True)
+    t.add_column("p (Holm)", no_wrap=True)
+    t.add_column("verdict", overflow="fold", min_width=16)
+    for a in data["axes"]:
+        v = a.get("verdict") or "-"
+        if a.get("unreliable"):
+            v = "withheld: see the warnings below"
+        t.add_row(_axis_name(a, data), f"{_pct(a['rate_gain'])} {_ci(a['rate_gain_ci'], pct=True)}",
+                  f"{_p(a['p_value'])} ({_p(a.get('p_value_holm'))})", v)
+    console.print(t)
+    for a in data["axes"]:
+        fams = a["families"]
+        console.print(f"  {a['axis']}: {a['n_runs']} runs ({a['n_excluded']} excluded), "
+                      f"{'reused' if a['reused'] else 'new'} fit; guard-rails {_warnings(a)}", highlight=False)
+        for f, lab in (("transformer_pp", "T++"), ("ebt", "EBT")):
+            console.print(f"  {a['axis']}: {lab} slope {_slope(fams, f, ' ')}, alpha {_alpha(fams, f, ' ')}",
+                          highlight=False)
+
+
+def _axis_name(a: dict[str, Any], data: dict[str, Any]) -> str:
+    return a["axis"] if len(data["sweeps"]) <= 1 else f"{a['sweep']}/{a['axis']}"
+
+
+def _slope(fams: dict[str, Any], f: str, sep: str = "\n") -> str:
+    e = fams.get(f)
+    if not e or e.get("slope") is None:
+        return "-"
+    return f"{e['slope']:.4f}{sep}{_ci(e['slope_ci'], digits=4)}"
+
+
+def _alpha(fams: dict[str, Any], f: str, sep: str = "\n") -> str:
+    e = fams.get(f)
+    if not e or not e.get("law"):
+        return "-"
+    law = e["law"]
+    return f"{law['alpha']:.3f}{sep}{_ci(law['alpha_ci'])}"
+
+
+def _print_wide(console: Any, data: dict[str, Any], title: str) -> None:
+    from rich.table import Table
+
+    t = Table(title=title)
     for col in ("axis", "runs (excl.)", "slope T++ [95% CI]", "slope EBT [95% CI]", "rate gain [95% CI]",
                 "p (Holm)", "verdict", "alpha T++", "alpha EBT", "warnings", "stored"):
         t.add_column(col, overflow="fold")
     for a in data["axes"]:
         fams = a["families"]
-
-        def slope(f: str, fams: dict[str, Any] = fams) -> str:
-            e = fams.get(f)
-            if not e or e.get("slope") is None:
-                return "-"
-            return f"{e['slope']:.4f}\n{_ci(e['slope_ci'], digits=4)}"
-
-        def alpha(f: str, fams: dict[str, Any] = fams) -> str:
-            e = fams.get(f)
-            if not e or not e.get("law"):
-                return "-"
-            law = e["law"]
-            return f"{law['alpha']:.3f}\n{_ci(law['alpha_ci'])}"
-
-        name = a["axis"] if len(data["sweeps"]) <= 1 else f"{a['sweep']}/{a['axis']}"
-        t.add_row(name, f"{a['n_runs']} ({a['n_excluded']})", slope("transformer_pp"), slope("ebt"),
-                  f"{_pct(a['rate_gain'])}\n{_ci(a['rate_gain_ci'], pct=True)}",
+        t.add_row(_axis_name(a, data), f"{a['n_runs']} ({a['n_excluded']})", _slope(fams, "transformer_pp"),
+                  _slope(fams, "ebt"), f"{_pct(a['rate_gain'])}\n{_ci(a['rate_gain_ci'], pct=True)}",
                   f"{_p(a['p_value'])} ({_p(a.get('p_value_holm'))})", a.get("verdict") or "-",
-                  alpha("transformer_pp"), alpha("ebt"), _warnings(a),
+                  _alpha(fams, "transformer_pp"), _alpha(fams, "ebt"), _warnings(a),
                   "reused" if a["reused"] else "new")
     console.print(t)
+
+
+def _print_notes(console: Any, data: dict[str, Any]) -> None:
+    from ebt_scaling.fit.axis import holdout_lines
+
     for a in data["axes"]:
         notes = list(a["messages"])
         if a["excluded"]:

@@ -61,6 +61,7 @@ def register(app: typer.Typer) -> None:
         store = Store(url, create=False)
         try:
             result = fit_store(store, sweep=sweep, settings=settings)
+            curves = loss_curves(store, result.runs)
             from ebt_scaling.think.pages import think_pages
 
             extra_pages = think_pages(store, sweep)  # System-2 thinking pages (issue 6), when measured
@@ -76,6 +77,25 @@ def register(app: typer.Typer) -> None:
         }
         data = ReportData(title=f"EBT vs Transformer++ scaling - {label}", fits=[f.to_dict() for f in result.fits],
                           runs=result.runs, provenance=provenance, date=data_date(result.runs),
-                          messages=result.messages)
+                          messages=result.messages, curves=curves)
         n = build_report(data, out, extra_pages=extra_pages)
         typer.echo(f"wrote {out} ({n} pages)")
+
+
+def loss_curves(store: Any, runs: list[Any]) -> dict[int, dict[str, tuple[list[float], list[float]]]]:
+    """Train and validation loss of every trained run against its training tokens (step x batch x context, from
+    the run's stored config), for the report's loss-curve pages."""
+    import math
+
+    out: dict[int, dict[str, tuple[list[float], list[float]]]] = {}
+    trained = {r.id: r for r in runs if getattr(r, "source", "trained") == "trained"}
+    for rid, series in store.metric_series(list(trained), ["train_loss", "val_loss"]).items():
+        cfg = trained[rid].config or {}
+        try:
+            per_step = int(cfg["train"]["batch_size"]) * int(cfg["model"]["sequence_len"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        out[rid] = {name: ([p.step * per_step for p in pts if p.step > 0 and math.isfinite(p.value)],
+                           [p.value for p in pts if p.step > 0 and math.isfinite(p.value)])
+                    for name, pts in series.items()}
+    return out

@@ -658,6 +658,22 @@ class Store:
 
         return self._unit(unit, write=False)
 
+    def metric_series(self, run_ids: Sequence[int], names: Sequence[str]) -> dict[int, dict[str, list[MetricPoint]]]:
+        """The ``names`` series of many runs in a few queries: run id -> name -> points by step (runs without
+        any of these series are absent)."""
+
+        def unit(conn: Connection) -> dict[int, dict[str, list[MetricPoint]]]:
+            out: dict[int, dict[str, list[MetricPoint]]] = {}
+            for chunk in _chunks(list(run_ids)):
+                q = (select(METRICS.c.run_id, METRICS.c.name, METRICS.c.step, METRICS.c.value, METRICS.c.kind)
+                     .where(METRICS.c.run_id.in_(chunk), METRICS.c.name.in_(list(names)))
+                     .order_by(METRICS.c.run_id, METRICS.c.name, METRICS.c.step))
+                for rid, n, st, v, k in conn.execute(q):
+                    out.setdefault(int(rid), {}).setdefault(n, []).append(MetricPoint(n, int(st), decode_value(v, k)))
+            return out
+
+        return self._unit(unit, write=False)
+
     def metric_names(self, run_id: int | None = None, prefix: str | None = None) -> list[str]:
         """Distinct metric names (of one run, or all), optionally starting with ``prefix``
         (e.g. ``think_ppl/``)."""

@@ -1,7 +1,8 @@
 """Assemble the multi-page PDF report. The only module of ``report`` that creates figures.
 
-Pages (in order): summary, one page per axis, FLOPs crossover, runs table (as many pages as needed),
-provenance, then any extra page builders (``register_page_builder`` or ``extra_pages=``).
+Pages (in order): summary, per axis its fit page and (when the runs have metric series) its loss curves,
+the FLOPs crossover (when a FLOPs axis is reported), runs table (as many pages as needed), provenance, then
+any extra page builders (``register_page_builder`` or ``extra_pages=``).
 
 A page builder is ``builder(data: ReportData, new_page: Callable[[], Figure]) -> None``: it asks for as
 many pages as it needs and draws on them (figures stay owned by this module).
@@ -47,6 +48,9 @@ class ReportData:
     provenance: dict[str, str] = field(default_factory=dict)
     date: datetime | None = None  # derived from the data; None -> no date in the metadata
     messages: list[str] = field(default_factory=list)
+    # run id -> {"train_loss" | "val_loss": (tokens, losses)}: the loss curves (runs trained here; imported
+    # results have none)
+    curves: dict[int, dict[str, tuple[list[float], list[float]]]] = field(default_factory=dict)
 
 
 PageBuilder = Callable[[ReportData, Callable[[], Figure]], None]
@@ -224,6 +228,8 @@ def axis_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
         if c.get("p_value_permutation") is not None:
             text += (f"\nFreedman-Lane permutation p = {plots.fmt_p(c['p_value_permutation'])} "
                      f"({c.get('n_permutations')} permutations); t-test variance: {c.get('p_value_method', '-')}")
+        text = "\n".join(w for line in text.splitlines()  # nothing past the right edge
+                         for w in (textwrap.wrap(line, 200, subsequent_indent="      ") or [""]))
         top = 0.375
         fig.text(0.04, top, text, va="top", fontsize=TEXT_PT, family="monospace", linespacing=1.3)
         warn = [line for w in plots.guard_lines(f) for line in textwrap.wrap(f"- {w}", 190, subsequent_indent="  ")]
@@ -234,10 +240,40 @@ def axis_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
                 warn = warn[:room - 1] + [f"  ... {len(warn) - room + 1} more lines: see `ebt-scale fit --json`"]
             fig.text(0.04, y, "\n".join(["Warnings:"] + warn), va="top", fontsize=TEXT_PT, color="#a00000",
                      linespacing=1.3)
+        _curves_page(f, data, new_page)
+
+
+def _curves_page(f: dict[str, Any], data: ReportData, new_page: Callable[[], Figure]) -> None:
+    """Train and validation loss against tokens for every run of the axis, one panel per family, coloured by
+    level. Skipped when none of the axis's runs has a stored series (imported results)."""
+    by_id = {r.id: r for r in data.runs}
+    runs = [by_id[i] for i in f.get("run_ids", []) if i in by_id and data.curves.get(i)]
+    if not runs:
+        return
+    fig = new_page()
+    fig.suptitle(f"Loss curves: {_label(f, data)}", fontsize=13, weight="bold", x=0.07, ha="left")
+    fams = [fam for fam in ("transformer_pp", "ebt") if any(r.family == fam for r in runs)]
+    levels = sorted({r.x for r in runs})
+    gs = fig.add_gridspec(1, len(fams), left=0.07, right=0.97, top=0.88, bottom=0.2, wspace=0.15)
+    base = (f.get("baselines") or {})
+    first = None
+    for k, fam in enumerate(fams):
+        ax = fig.add_subplot(gs[0, k], sharey=first)  # one loss scale for both families
+        first = first or ax
+        plots.draw_curves(ax, [r for r in runs if r.family == fam], data.curves, levels,
+                          (base.get(fam) or {}).get("unigram"))
+        ax.set_title(plots.LABELS.get(fam, fam), fontsize=10)
+    fig.text(0.07, 0.1, "Thin lines: training loss (logged every few steps); dots joined by a thicker line: "
+             "validation loss on the sweep's fixed validation set.\nColour: the level of the axis (legend). "
+             "Dashed grey: the unigram baseline (loss of predicting token frequencies).", fontsize=8, va="top")
 
 
 def crossover_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
+    """The FLOPs axis's crossover (skipped when the report has no FLOPs axis: every other axis page states its
+    own crossover)."""
     flops = [f for f in _sorted_fits(data) if f["axis"] == "flops"]
+    if not flops:
+        return
     fig = new_page()
     fig.suptitle("FLOPs axis: where would the fitted lines cross?", fontsize=13, weight="bold", x=0.07, ha="left")
     ax = fig.add_axes((0.08, 0.30, 0.86, 0.60))
@@ -255,15 +291,13 @@ def crossover_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         if f.get("guards"):
             lines.append("Guard-rails on this axis (the M1 lines above inherit them): "
                          + _guard_summary(f, data)[2:])
-    if not flops:
-        lines.append("")
-        lines.append("This report has no 'flops' axis.")
     others = [f for f in _sorted_fits(data) if f["axis"] != "flops" and f.get("crossover")]
     if others:
         lines.append("")
         lines.append("Other axes (M1 lines):")
         for f in others:
             lines.append(f"  {_label(f, data)}: {f['crossover'].get('message', '-')}")
+    lines = [w for line in lines for w in (textwrap.wrap(line, 150, subsequent_indent="    ") or [""])]
     fig.text(0.08, 0.24, "\n".join(lines), fontsize=8, va="top", linespacing=1.4)
 
 

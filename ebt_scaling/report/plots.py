@@ -73,14 +73,14 @@ def draw_scaling(ax: Axes, fit: dict[str, Any]) -> None:
             ax.plot(m["x"], 10 ** np.asarray(m["fit"]), color=c, lw=1.6, zorder=2,
                     label=f"{LABELS[fam]} M1 line, slope {slope:.4f}")
             ax.fill_between(m["x"], 10 ** np.asarray(m["lo"]), 10 ** np.asarray(m["hi"]), color=c, alpha=0.18,
-                            lw=0, zorder=1)
+                            lw=0, zorder=1, label=f"{LABELS[fam]} M1 95% band (bootstrap)")
         if "m2" in p:
             m = p["m2"]
             law = fit["families"][fam]["law"]
             ax.plot(m["x"], 10 ** np.asarray(m["fit"]), color=c, lw=1.2, ls="--", zorder=2,
                     label=f"{LABELS[fam]} M2 E + A x^-a, a = {law['alpha']:.3f}")
             ax.fill_between(m["x"], 10 ** np.asarray(m["lo"]), 10 ** np.asarray(m["hi"]), color=c, alpha=0.10,
-                            lw=0, hatch=None, zorder=1)
+                            lw=0, hatch=None, zorder=1, label=f"{LABELS[fam]} M2 95% band (bootstrap)")
     _draw_baseline(ax, plot)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -143,6 +143,37 @@ def draw_residuals(ax: Axes, fit: dict[str, Any], which: str = "m1") -> None:
         ax.text(0.5, 0.5, "not fitted", ha="center", va="center", transform=ax.transAxes, fontsize=8)
 
 
+def draw_curves(ax: Axes, runs: Sequence[Any], curves: dict[int, dict[str, tuple[list[float], list[float]]]],
+                levels: Sequence[float], unigram: float | None = None) -> None:
+    """Loss (nats) against training tokens (log x) of ``runs``: the training loss as a thin line, the validation
+    loss as dots on a thicker line, one colour per axis level (viridis, in the order of ``levels``)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    shade = {x: cmap(0.9 * i / max(1, len(levels) - 1)) for i, x in enumerate(levels)}
+    shown: set[float] = set()
+    for r in sorted(runs, key=lambda r: (r.x, r.seed)):
+        c = curves.get(r.id) or {}
+        col = shade.get(r.x, "k")
+        label = None if r.x in shown else f"{r.x:.4g}"
+        shown.add(r.x)
+        tx, ty = c.get("train_loss", ([], []))
+        if tx:
+            ax.plot(tx, ty, color=col, lw=0.6, alpha=0.55, label=label)
+            label = None
+        vx, vy = c.get("val_loss", ([], []))
+        if vx:
+            ax.plot(vx, vy, color=col, lw=1.4, marker="o", ms=3, label=label)
+    if unigram:
+        ax.axhline(unigram, color="0.5", ls="--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(True, which="major", alpha=0.3)
+    if shown:
+        ax.legend(title="level", fontsize=7, title_fontsize=7, loc="upper right")
+
+
 def axis_text(fit: dict[str, Any]) -> str:
     """The numbers of one axis as a few lines of text."""
     lines = []
@@ -171,6 +202,9 @@ def axis_text(fit: dict[str, Any]) -> str:
                          + (f"; {c['holm_note']}" if c.get("holm_note") else ""))
         if c.get("exponent_unreliable_note"):
             lines.append(f"Exponent view: {c['exponent_unreliable_note']}")
+    cr = fit.get("crossover") or {}
+    if cr.get("message"):
+        lines.append(f"Crossover (M1 lines): {cr['message']}")
     for fam, h in (fit.get("holdout") or {}).items():
         lines += holdout_lines(fam, h)
     for m in fit.get("messages", []):
