@@ -26,7 +26,11 @@ if [ "$status" -ne 130 ]; then
 fi
 echo
 echo "quickstart finished in $(( $(date +%s) - t0 )) s (exit status $status)"
-echo "database: $dir/ebt_scale.db   (ebt-scale runs --db $db)"
+echo "database: $dir/ebt_scale.db"
 echo "checkpoints: $dir/ebt_scale.runs"
 if [ -n "$report" ]; then echo "report: $report"; else echo "report: not written (ebt-scale report is not available or failed)"; fi
+echo "next, in this folder ($(pwd)):"
+echo "  source .venv/bin/activate            # puts ebt-scale on PATH"
+echo "  ebt-scale runs --db $db"
+echo "  ebt-scale fit --sweep depth-tiny --holdout-largest --db $db"
 exit "$status"

@@ -15,6 +15,29 @@ from ebt_scaling.security import scrub
 
 DEFAULT_DB_URL = "sqlite:///ebt_scale.db"
 
+# Help as plain text (click's layout): no "<bool>" beside flags, readable at 80 columns.
+HELP_MARKUP = None
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Messages of the library's loggers (``ebt_scaling.*``) on stderr: info by default, debug with
+    ``--verbose``. A terminal gets rich's handler; logs and pipes get the bare message, one line each."""
+    import logging
+
+    log = logging.getLogger("ebt_scaling")
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_time=False, show_path=verbose, markup=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
+
 DbOption = Annotated[
     str | None,
     typer.Option("--db", help="Database URL (default: $EBT_SCALE_DB or sqlite:///ebt_scale.db).",

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from ebt_scaling.cli.common import fail, handle_errors
+from ebt_scaling.cli.common import HELP_MARKUP, fail, handle_errors
 
 data_app = typer.Typer(name="data", help="Prepare corpora: sharded token stores and the training cache.",
-                       no_args_is_help=True)
+                       no_args_is_help=True, rich_markup_mode=HELP_MARKUP)
 
 
 def _echo_err(msg: str) -> None:

@@ -6,11 +6,12 @@ from typing import Annotated
 
 import typer
 
-from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
+from ebt_scaling.cli.common import HELP_MARKUP, DbOption, handle_errors, resolve_db
 
 
 def register(app: typer.Typer) -> None:
-    db_app = typer.Typer(help="Manage the results database schema (Alembic migrations).", no_args_is_help=True)
+    db_app = typer.Typer(help="Manage the results database schema (Alembic migrations).", no_args_is_help=True,
+                         rich_markup_mode=HELP_MARKUP)
 
     @db_app.command("upgrade")
     @handle_errors

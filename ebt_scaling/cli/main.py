@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+from typing import Annotated
 
 import typer
 
+from ebt_scaling.cli.common import HELP_MARKUP, setup_logging
 from ebt_scaling.security import scrub
 
 app = typer.Typer(
@@ -14,11 +16,27 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    rich_markup_mode=HELP_MARKUP,
 )
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ebt_scaling import __version__
+
+        typer.echo(f"ebt-scale {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also log details (debug level) on stderr.")]
+    = False,
+    _version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                           callback=_print_version)] = False,
+) -> None:
     """Measure how Energy-Based Transformers scale against Transformer++, one axis at a time."""
+    setup_logging(verbose)
 
 
 @app.command()

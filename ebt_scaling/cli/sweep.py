@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Annotated
 
@@ -128,6 +129,10 @@ def sweep(
     Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc)  # validates the requests
     opts = RayOptions(address=address, gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc,
                       max_retries=retries, storage_path=storage or default_storage(url), progress=progress)
+    log = logging.getLogger("ebt_scaling.cli.sweep")
+    log.debug("spec %s: %d run(s); database %s; checkpoints %s; Ray %s; per trial %g GPU, %g CPU", path,
+              len(expand(sw)), mask_url(url), opts.storage_path,
+              address or os.environ.get("RAY_ADDRESS") or "local", gpt, cpt)
     if address or os.environ.get("RAY_ADDRESS"):
         from ebt_scaling.sched.runner import check_reachable
 

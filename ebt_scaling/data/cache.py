@@ -18,10 +18,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,7 +34,8 @@ Progress = Callable[[str], None]
 
 
 def stderr_progress(msg: str) -> None:
-    print(f"ebt-scale data: {msg}", file=sys.stderr, flush=True)
+    """Data preparation progress on the ``ebt_scaling.data`` logger (the CLI shows it on stderr)."""
+    logging.getLogger("ebt_scaling.data").info("ebt-scale data: %s", msg)
 
 
 def quiet_progress(msg: str) -> None:  # noqa: ARG001 - the callback signature

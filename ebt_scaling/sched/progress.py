@@ -4,9 +4,12 @@ A rich live bar on a terminal; one plain line per change otherwise (CI logs, pip
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 
 def fmt_duration(s: float | None) -> str:
@@ -74,7 +77,7 @@ class SweepProgress:
             self._progress.start()
             self._task = self._progress.add_task(self.name, total=1.0, info="starting Ray")
         elif self.mode == "plain":
-            print(f"[{self.name}] {self.state.total} run(s) to do", file=sys.stderr, flush=True)
+            log.info("[%s] %d run(s) to do", self.name, self.state.total)
 
     def message(self, text: str) -> None:
         if self.mode == "off":
@@ -82,7 +85,7 @@ class SweepProgress:
         if self._progress is not None:
             self._progress.console.print(text)
         else:
-            print(text, file=sys.stderr, flush=True)
+            log.info("%s", text)
 
     def update(self, force: bool = False) -> None:
         s = self.state
@@ -95,7 +98,7 @@ class SweepProgress:
             now = time.monotonic()
             if force or key != self._last_line or now - self._last_plain > 30:
                 self._last_line, self._last_plain = key, now
-                print(s.line(self.name), file=sys.stderr, flush=True)
+                log.info("%s", s.line(self.name))
 
     def stop(self) -> None:
         self.update(force=True)

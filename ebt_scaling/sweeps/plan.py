@@ -196,8 +196,8 @@ def format_plan(plan: CostPlan) -> str:
     """A plain-text plan: one line per run, then totals."""
     d = plan.to_dict()
     lines = [
-        f"sweep {d['sweep']}  axis {d['axis']}  spec {d['spec_file']}",
-        f"families {', '.join(d['families'])}  seeds {', '.join(map(str, d['seeds']))}  EBT recipe {d['recipe']}",
+        f"sweep: {d['sweep']}  axis: {d['axis']}  spec: {d['spec_file']}",
+        f"families: {', '.join(d['families'])}  seeds: {list(d['seeds'])}  EBT recipe: {d['recipe']}",
         f"throughput assumption: {plan.throughput_note}; time from the exact FLOPs count",
         "",
     ]

@@ -1,0 +1,51 @@
+"""What every command shares: --version, --help without type noise on flags, --verbose logging, the dry-run
+header."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from ebt_scaling import __version__
+from ebt_scaling.cli.main import app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_version_option_and_command():
+    r = CliRunner().invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.stdout.strip() == f"ebt-scale {__version__}"
+    assert CliRunner().invoke(app, ["version"]).stdout.strip() == __version__
+
+
+def test_help_shows_no_bool_metavar_on_flags():
+    for cmd in (["--help"], ["train", "--help"], ["sweep", "--help"], ["fit", "--help"], ["data", "--help"]):
+        r = CliRunner().invoke(app, cmd)
+        assert r.exit_code == 0, r.output
+        assert "<bool>" not in r.stdout, cmd
+    train = CliRunner().invoke(app, ["train", "--help"]).stdout
+    assert "--compile" in train and "--steps <int range>" in train  # valued options keep their type
+
+
+def test_verbose_logs_details_on_stderr_and_default_does_not(tmp_path):
+    # a sweep against an unreachable Ray address fails after the debug line and before anything is written
+    base = [sys.executable, "-m", "ebt_scaling", "sweep", "--axis", "depth", "--db", f"sqlite:///{tmp_path}/x.db",
+            "--address", "127.0.0.1:1"]
+    quiet = subprocess.run(base, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    loud = subprocess.run(base[:3] + ["--verbose"] + base[3:], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert quiet.returncode == loud.returncode != 0
+    assert "spec " not in quiet.stderr
+    assert "depth.toml: 8 run(s); database sqlite:///" in loud.stderr, loud.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_dry_run_header_names_its_fields():
+    r = CliRunner().invoke(app, ["sweep", "--axis", "depth", "--dry-run", "--no-db-check"])
+    assert r.exit_code == 0, r.output
+    head = r.stdout.splitlines()[:2]
+    assert head[0].startswith("sweep: depth-tiny  axis: depth  spec: ")
+    assert "seeds: [0]" in head[1] and "families: ebt, transformer_pp" in head[1]
