@@ -1,5 +1,5 @@
 """What every command shares: --version, --help without type noise on flags, --verbose logging, the dry-run
-header."""
+header, the driver's progress line."""
 
 from __future__ import annotations
 
@@ -49,3 +49,25 @@ def test_dry_run_header_names_its_fields():
     head = r.stdout.splitlines()[:2]
     assert head[0].startswith("sweep: depth-tiny  axis: depth  spec: ")
     assert "seeds: [0]" in head[1] and "families: ebt, transformer_pp" in head[1]
+
+
+def test_driver_eta_comes_from_the_measured_rate_not_the_start_up(monkeypatch):
+    """A sweep that spends 60 s starting Ray and preparing data, then does 1% of its compute per second: the
+    ETA is the time the remaining compute takes at that rate (89 s at 11%), not elapsed x (1 - f) / f, which
+    counted the start-up as work (11 minutes where 4 were left)."""
+    import ebt_scaling.sched.progress as prog
+
+    now = [1000.0]
+    monkeypatch.setattr(prog.time, "monotonic", lambda: now[0])
+    s = prog.ProgressState(total=4)
+    now[0] += 60.0  # start-up: no progress
+    s.observe(0.0)
+    assert s.eta is None
+    s.observe(0.01)  # the first step reported
+    now[0] += 2.0
+    s.observe(0.03)
+    assert s.eta is None  # under ETA_MIN_S of measured progress
+    now[0] += 8.0
+    s.observe(0.11)
+    assert abs(s.eta - 89.0) < 1e-6  # 0.89 left at 0.01 per second
+    assert "ETA 1m29s" in s.line("x")

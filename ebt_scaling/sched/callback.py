@@ -89,7 +89,7 @@ class SweepCallback(Callback):
             elif r.started:
                 s.running += 1
                 frac += r.weight * min(1.0, r.step / max(1, r.total_steps))
-        s.fraction = frac / tot
+        s.observe(frac / tot)
         self.progress.update()
 
     def _finish(self, rs: _RunState, status: str, reason: str | None, result: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
+ETA_MIN_S = 5.0  # seconds of measured progress before an ETA is shown
 
 
 def fmt_duration(s: float | None) -> str:
@@ -31,6 +32,16 @@ class ProgressState:
     running: int = 0
     fraction: float = 0.0  # of the planned compute, running runs counted by their steps
     started: float = field(default_factory=time.monotonic)
+    # When progress was first seen above 0, and how much: the ETA's rate is measured from there, so Ray's
+    # start-up, data preparation and the first step's set-up do not stretch it.
+    first_progress_at: float | None = None
+    first_fraction: float = 0.0
+
+    def observe(self, fraction: float) -> None:
+        """Record the share of the planned compute done so far."""
+        if fraction > 0 and self.first_progress_at is None:
+            self.first_progress_at, self.first_fraction = time.monotonic(), fraction
+        self.fraction = fraction
 
     @property
     def pending(self) -> int:
@@ -42,9 +53,15 @@ class ProgressState:
 
     @property
     def eta(self) -> float | None:
-        if self.fraction <= 0.0:
+        """Remaining compute over the measured rate since progress was first seen (None until a rate exists:
+        ETA_MIN_S of progress)."""
+        if self.first_progress_at is None:
             return None
-        return self.elapsed * (1.0 - self.fraction) / self.fraction
+        dt = time.monotonic() - self.first_progress_at
+        gained = self.fraction - self.first_fraction
+        if dt < ETA_MIN_S or gained <= 0:
+            return None
+        return (1.0 - self.fraction) * dt / gained
 
     def line(self, name: str) -> str:
         return (f"[{name}] done {self.done}/{self.total} · running {self.running} · failed {self.failed} · "
