@@ -22,6 +22,7 @@ from typing import Any, Literal
 from ebt_scaling.errors import ConfigError
 
 FAMILIES = ("transformer_pp", "ebt")
+TRACKERS = ("mlflow", "tensorboard", "wandb")  # experiment trackers through Ray Tune (sched/trackers.py)
 AXES = ("data", "batch", "depth", "width", "params", "flops")
 RECIPES = ("ebt_s1", "ebt_s2")
 Family = Literal["transformer_pp", "ebt"]

@@ -71,3 +71,16 @@ def test_driver_eta_comes_from_the_measured_rate_not_the_start_up(monkeypatch):
     s.observe(0.11)
     assert abs(s.eta - 89.0) < 1e-6  # 0.89 left at 0.01 per second
     assert "ETA 1m29s" in s.line("x")
+
+
+def test_unknown_or_missing_tracker_fails_in_one_line_before_anything_is_written(tmp_path, monkeypatch):
+    import importlib.util
+
+    db = tmp_path / "t.db"
+    r = CliRunner().invoke(app, ["sweep", "--axis", "depth", "--tracker", "neptune", "--db", f"sqlite:///{db}"])
+    assert r.exit_code == 2 and "unknown tracker 'neptune'" in r.stderr and r.stderr.count("\n") == 1
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    r = CliRunner().invoke(app, ["sweep", "--axis", "depth", "--tracker", "wandb", "--db", f"sqlite:///{db}"])
+    assert r.exit_code == 2 and "pip install 'ebt-scaling[wandb]'" in r.stderr, r.output
+    assert not db.exists()

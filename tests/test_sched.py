@@ -473,3 +473,41 @@ def test_cancel_from_another_terminal_stops_the_driver_and_a_rerun_resumes(tmp_p
     for run in st.list_runs(sweep="c"):
         assert run.status == "completed"
         assert_contiguous(st, run)
+
+
+def test_trackers_mlflow_tensorboard_and_wandb_offline_log_the_runs(tmp_path, monkeypatch):
+    """`--tracker` turns on Ray Tune's own logger callbacks: an MLflow experiment named after the sweep in the
+    local SQLite store with the run's config and loss history, TensorBoard event files in the trial folder, and an
+    offline W&B run - all written by the real packages, nothing mocked."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("wandb")
+    pytest.importorskip("tensorboardX")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wb").mkdir()
+    url = f"sqlite:///{tmp_path / 'trk.db'}"
+    spec = write_spec(tmp_path, "trk", families='["transformer_pp"]', steps=20, values="[1]")
+    r = cli("sweep", "--spec", str(spec), "--db", url, "--progress", "plain", "--tracker", "mlflow",
+            "--tracker", "tensorboard", "--tracker", "wandb")
+    assert r.returncode == 0, r.stdout + r.stderr
+    storage = tmp_path / "trk.runs"
+    (run,) = store(url).list_runs(sweep="trk")
+
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("trk")
+    (mrun,) = client.search_runs([exp.experiment_id])
+    assert mrun.info.run_name == f"r{run.id}" and mrun.data.tags["sweep"] == "trk"
+    assert mrun.data.params["run/family"] == "transformer_pp" and mrun.data.params["run/label"] == "1"
+    steps = [m.step for m in client.get_metric_history(mrun.info.run_id, "train_loss")]
+    assert steps and max(steps) == 20  # the training step is the trackers' x
+    val = client.get_metric_history(mrun.info.run_id, "val_loss")
+    assert val and abs(val[-1].value - run.final_val_loss) < 1e-6
+
+    events = list(storage.glob(f"trk-*/r{run.id}/events.out.tfevents.*"))
+    assert events and any(b"train_loss" in e.read_bytes() for e in events)
+
+    wb = list((tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(wb) == 1 and b"train_loss" in wb[0].read_bytes()

@@ -67,6 +67,9 @@ def sweep(
     progress: Annotated[str, typer.Option("--progress", help="auto, rich, plain or off.")] = "auto",
     no_db_check: Annotated[bool, typer.Option("--no-db-check", help="With --dry-run: do not check that the "
                                               "database is valid and reachable.")] = False,
+    tracker: Annotated[list[str] | None, typer.Option("--tracker", help="Also log to mlflow, tensorboard or "
+                                                      "wandb (repeatable; adds to the spec's [tracking]).",
+                                                      show_default=False)] = None,
 ) -> None:
     """Run a single-axis scaling sweep for EBT and Transformer++ on Ray Tune; results go to the database.
 
@@ -85,6 +88,10 @@ def sweep(
                           "pick the matching spec")
     fam_list = families.split(",") if families is not None else None
     sw = sw.select(families=fam_list, seeds=seeds, name=name, recipe=recipe)
+    from ebt_scaling.sched.trackers import check_trackers, mlflow_uri
+
+    trackers = tuple(dict.fromkeys([*sw.tracking.get("trackers", []), *(tracker or [])]))
+    check_trackers(trackers)  # known and installed, before anything is written
     if progress not in ("auto", "rich", "plain", "off"):
         raise ConfigError(f"--progress: unknown value {progress!r}; use auto, rich, plain or off")
     res = sw.resources
@@ -128,7 +135,11 @@ def sweep(
     url = resolve_db(db)
     Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc)  # validates the requests
     opts = RayOptions(address=address, gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc,
-                      max_retries=retries, storage_path=storage or default_storage(url), progress=progress)
+                      max_retries=retries, storage_path=storage or default_storage(url), progress=progress,
+                      trackers=trackers, tracking=dict(sw.tracking))
+    if "mlflow" in trackers:
+        log_uri = mlflow_uri(opts.tracking, opts.storage_path)  # a remote storage without a URI fails here
+        logging.getLogger("ebt_scaling.cli.sweep").info("mlflow: experiment %r at %s", sw.name, mask_url(log_uri))
     log = logging.getLogger("ebt_scaling.cli.sweep")
     log.debug("spec %s: %d run(s); database %s; checkpoints %s; Ray %s; per trial %g GPU, %g CPU", path,
               len(expand(sw)), mask_url(url), opts.storage_path,

@@ -63,6 +63,8 @@ class RayOptions:
     reuse_actors: bool = True
     progress: str = "auto"  # auto | rich | plain | off
     train_fn: str | None = None  # dotted "module:function"; None = ebt_scaling.train:train
+    trackers: tuple[str, ...] = ()  # mlflow | tensorboard | wandb (sched/trackers.py)
+    tracking: dict[str, Any] = field(default_factory=dict)  # [tracking] settings of the spec
 
 
 @dataclass
@@ -240,6 +242,7 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
     from ray import tune
 
     from ebt_scaling.sched.callback import SweepCallback
+    from ebt_scaling.sched.trackers import tracker_callbacks
     from ebt_scaling.sched.trainable import ebt_trial
 
     t_init = time.monotonic()
@@ -307,7 +310,7 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
                 storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=opts.max_retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[callback],
+                callbacks=[callback, *tracker_callbacks(opts.trackers, progress_name, storage, opts.tracking)],
                 stop=stopper,
                 verbose=0,
                 log_to_file=False,

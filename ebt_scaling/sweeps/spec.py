@@ -19,6 +19,8 @@ axis values. Layout (every section but ``[sweep]`` and ``[axis]`` is optional)::
     [data]                         # DataConfig fields (vocab_size: the tokenizer's, also the model's)
     [resources]                    # gpus_per_trial, cpus_per_trial, max_concurrent, max_retries
     [cost]                         # throughput assumptions of the dry-run plan
+    [tracking]                     # trackers = ["mlflow", "tensorboard", "wandb"], mlflow_tracking_uri,
+                                   # wandb_project (sched/trackers.py)
 
     [axis]
     values = [4, 8, 12, 16]        # axis-specific keys: see AXIS_KEYS
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ebt_scaling.config import AXES, FAMILIES, PRESETS, RECIPES, DataConfig, ModelConfig, TrainConfig
+from ebt_scaling.config import AXES, FAMILIES, PRESETS, RECIPES, TRACKERS, DataConfig, ModelConfig, TrainConfig
 from ebt_scaling.errors import SpecError
 from ebt_scaling.names import name_problem
 
@@ -43,7 +45,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-SECTIONS = ("sweep", "model", "train", "data", "resources", "cost", "axis")
+SECTIONS = ("sweep", "model", "train", "data", "resources", "cost", "tracking", "axis")
 SWEEP_KEYS = ("name", "axis", "families", "seeds", "recipe", "description")
 MODEL_KEYS = ("preset",) + tuple(
     f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("family",)
@@ -53,6 +55,7 @@ DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig))
 RESOURCE_KEYS = ("gpus_per_trial", "cpus_per_trial", "max_concurrent", "max_retries")
 RESOURCE_LIMITS = {"gpus_per_trial": 1024, "cpus_per_trial": 4096, "max_concurrent": 100_000, "max_retries": 1000}
 COST_KEYS = ("gpu_flops_per_s", "cpu_flops_per_s", "note")
+TRACKING_KEYS = ("trackers", "mlflow_tracking_uri", "wandb_project")
 
 # Axis-specific keys of [axis]. Every axis has ``values``.
 AXIS_KEYS: dict[str, tuple[str, ...]] = {
@@ -92,6 +95,7 @@ class SweepSpec:
     data: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
+    tracking: dict[str, Any] = field(default_factory=dict)
     mode: str | None = None
     total_tokens: int | None = None
     head_size: int | None = None
@@ -243,6 +247,15 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> SweepSpec:
         if k in cost and not (_is_num(cost[k]) and cost[k] > 0):
             raise _err(src, f"cost.{k}", f"bad value {cost[k]!r}", "use a positive number of FLOP/s, e.g. 6e13")
 
+    tracking = check_keys("tracking", TRACKING_KEYS)
+    trackers = tracking.get("trackers", [])
+    if not isinstance(trackers, list) or any(t not in TRACKERS for t in trackers):
+        raise _err(src, "tracking.trackers", f"bad value {trackers!r}",
+                   f"use a list drawn from {', '.join(TRACKERS)}, e.g. [\"mlflow\"]")
+    for k in ("mlflow_tracking_uri", "wandb_project"):
+        if k in tracking and not (isinstance(tracking[k], str) and tracking[k].strip()):
+            raise _err(src, f"tracking.{k}", "must be a non-empty string", "quote it, or leave it out")
+
     ax = check_keys("axis", AXIS_KEYS[axis])
     values = ax.get("values")
     if not isinstance(values, list) or not values:
@@ -300,7 +313,7 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> SweepSpec:
     spec = SweepSpec(
         name=name.strip(), axis=axis, families=tuple(families), seeds=tuple(seeds), recipe=recipe,
         values=tuple(values), preset=preset, model=model, train=train, data=data, resources=resources,
-        cost=cost, mode=mode, total_tokens=total_tokens, head_size=head_size,
+        cost=cost, tracking=tracking, mode=mode, total_tokens=total_tokens, head_size=head_size,
         batch_sizes=tuple(batch_sizes) if batch_sizes else None, lrs=tuple(lrs) if lrs else None,
         convention=convention, description=description, source=src,
     )
