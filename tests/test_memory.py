@@ -53,6 +53,12 @@ def test_estimate_parts_and_precision():
     n = (gpu.weights_bytes / 4)
     assert gpu.gradients_bytes == 4 * n and gpu.optimizer_bytes == 8 * n
     assert gpu.total_bytes > gpu.estimate_bytes > gpu.weights_bytes
+    from ebt_scaling.sweeps.memory import activation_bytes
+
+    assert activation_bytes(spec.model, 4, "tf32") == activation_bytes(spec.model, 4, "fp32")
+    parts = gpu.parts_gib()
+    assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k not in ("estimate", "total")),
+                                           abs=1e-3)
     s2 = _spec("ebt", "ebt_s2")  # the replay buffer's stored fp32 logits are device memory
     assert estimate_memory(s2, 1).replay_bytes == pytest.approx(192 * 256 * (16 + 4 * 50277))
 
@@ -105,6 +111,8 @@ def test_planner_picks_the_largest_divisor_that_fits():
         assert plan.memory_gib == pytest.approx(totals[mb], abs=0.01) and plan.memory_gib <= budget
     whole = plan_micro_batch(spec, 10_000)
     assert whole.fits and whole.micro_batch_size == 90
+    per_worker = plan_micro_batch(spec, 10_000, batch_size=45)  # two data-parallel workers: 45 per device
+    assert per_worker.micro_batch_size == 45
     none = plan_micro_batch(spec, totals[1] * 0.9)
     assert not none.fits and none.micro_batch_size == 1 and none.memory_gib == pytest.approx(totals[1], abs=0.01)
 

@@ -138,12 +138,11 @@ class MemoryEstimate:
     def total_gib(self) -> float:
         return self.total_bytes / GIB
 
-    def to_dict(self) -> dict[str, Any]:
-        g = {k: round(getattr(self, k) / GIB, 4) for k in ("weights_bytes", "gradients_bytes", "optimizer_bytes",
-                                                           "saved_bytes", "transient_bytes", "replay_bytes",
-                                                           "margin_bytes", "estimate_bytes", "total_bytes")}
-        return {"micro_batch_size": self.micro_batch_size, "precision": self.precision,
-                **{k.replace("_bytes", "_gib"): v for k, v in g.items()}}
+    def parts_gib(self) -> dict[str, float]:
+        """Each part in GiB (``estimate``: before the margin; ``total``: with it)."""
+        return {k.removesuffix("_bytes"): round(getattr(self, k) / GIB, 4)
+                for k in ("weights_bytes", "gradients_bytes", "optimizer_bytes", "saved_bytes", "transient_bytes",
+                          "replay_bytes", "margin_bytes", "estimate_bytes", "total_bytes")}
 
 
 def _priced(coef: dict[str, float], feats: dict[str, float]) -> float:
@@ -154,8 +153,8 @@ def activation_bytes(model: Any, batch: int, precision: str) -> tuple[float, flo
     """(saved, saved + transient) activation bytes of one training step of ``batch`` sequences at ``precision``
     ("fp32" or "bf16"): what autograd keeps for the backward, and the step's peak above weights, gradients and
     AdamW state (the peak is taken with every gradient live, an upper bound)."""
-    try:
-        coef = COEFFICIENTS[variant(model)][precision]
+    try:  # TF32 matmuls keep fp32 tensors: the fp32 coefficients
+        coef = COEFFICIENTS[variant(model)]["fp32" if precision == "tf32" else precision]
     except KeyError:
         raise ConfigError(f"memory plan: no calibration for {variant(model)} at precision {precision!r}; "
                           "use fp32 or bf16") from None
@@ -201,14 +200,20 @@ class MemoryPlan:
     estimate: MemoryEstimate
 
 
-def plan_micro_batch(spec: RunSpec, gpu_memory_gib: float, *, device: str = "gpu") -> MemoryPlan:
-    """The largest divisor of ``spec.train.batch_size`` whose estimated peak per device fits in
-    ``gpu_memory_gib`` (for ``micro_batch_size = "auto"``). Each micro-batch runs the whole forward and
-    backward; accumulating their gradients costs nothing beyond the gradients counted once."""
+def plan_micro_batch(spec: RunSpec, gpu_memory_gib: float, *, device: str = "gpu",
+                     batch_size: int | None = None) -> MemoryPlan:
+    """The largest divisor of the batch whose estimated peak per device fits in ``gpu_memory_gib`` (for
+    ``micro_batch_size = "auto"``). ``batch_size``: the sequences one device processes per optimizer step
+    (default the run's ``batch_size``; with N data-parallel workers pass batch_size / N). Each micro-batch runs
+    the whole forward and backward; accumulating their gradients costs nothing beyond the gradients counted
+    once."""
     if not gpu_memory_gib > 0:
         raise ConfigError(f"--gpu-memory must be > 0 GiB, got {gpu_memory_gib:g}; e.g. 80 for an A100 80GB")
+    batch = spec.train.batch_size if batch_size is None else batch_size
+    if batch < 1:
+        raise ConfigError(f"memory plan: batch per device must be >= 1, got {batch}")
     best: MemoryEstimate | None = None
-    for mb in divisors(spec.train.batch_size):  # the estimate grows with the micro-batch: stop at the first miss
+    for mb in divisors(batch):  # the estimate grows with the micro-batch: stop at the first miss
         est = estimate_memory(spec, mb, device=device)
         if est.total_gib > gpu_memory_gib:
             break

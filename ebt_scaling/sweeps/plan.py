@@ -219,7 +219,7 @@ def _memory_fields(mp: MemoryPlan | None) -> dict[str, Any]:
     if mp is None:
         return {}
     return {"memory_gib": mp.memory_gib, "micro_batch_size": mp.micro_batch_size, "memory_fits": mp.fits,
-            "memory_precision": mp.estimate.precision, "memory_parts_gib": mp.estimate.to_dict()}
+            "memory_precision": mp.estimate.precision, "memory_parts_gib": mp.estimate.parts_gib()}
 
 
 def makespan(durations: list[float], slots: int) -> float:
