@@ -14,12 +14,14 @@ What is counted, per device, for one optimizer step of a RunSpec at micro-batch 
   counts follow its inner loop: every step that keeps the second-order graph (all steps in S1; the last one
   with ``truncate_steps``, S2) holds the prediction stream's activations twice over (its forward and its inner
   backward) including the math attention's (B, H, T, So + 1) scores; each landscape's observed stream is kept
-  once (fused attention); the (B, T, V) candidates, probabilities and cross-entropies of every step; a replay
+  once (fused attention); the (B, T, V) candidates, probabilities and cross-entropies of every graph step (S2's
+  first-order steps hold theirs only transiently; their graphs are freed before the backward); a replay
   buffer adds ``replay_buffer_fraction`` x B replayed rows to each forward and holds its own
   ``replay_buffer_size`` x T x V fp32 logits on the device. The random step count is taken at its maximum
   (``ModelConfig.train_steps_max``);
-* a margin: ``MARGIN_FRACTION`` of all the above plus ``MARGIN_FIXED_GIB`` for what the allocator statistics
-  do not show (the CUDA context and cuBLAS workspaces, the caching allocator's fragmentation).
+* a margin: ``MARGIN_FRACTION`` of all the above for what a CPU calibration cannot see on a GPU (kernels'
+  workspaces, autocast details; see the comparison with measured CUDA peaks in benchmarks/RESULTS.md) plus
+  ``MARGIN_FIXED_GIB`` for the CUDA context and the caching allocator's slack.
 
 Precision: the run's ``precision``; ``auto`` is bf16 autocast on a GPU and fp32 on a CPU (as the trainer).
 """
@@ -47,7 +49,6 @@ MARGIN_FRACTION = 0.20
 MARGIN_FIXED_GIB = 1.0
 # The device memory a GPU plan assumes when none is given (an A100/H100 80 GB).
 DEFAULT_GPU_MEMORY_GIB = 80.0
-
 
 
 def variant(model: Any) -> str:
@@ -96,8 +97,8 @@ def features(model: Any, batch: int) -> dict[str, float]:
         "o_d": landscapes * (n_layer - 1) * b * so * d, "o_f": landscapes * (n_layer - 1) * b * so * f,
         "g_v": graph_steps * b * t * v, "g_0": graph_steps * b * t * d, "w": w,
     }
-    if model.truncate_steps:  # the chain of steps keeps every step's (B, T, V) tensors
-        out["s_v"] = steps * b * t * v
+    if model.truncate_steps:  # every step's (B, T, V) buffers: the first-order steps' transients (their graphs
+        out["s_v"] = steps * b * t * v  # are freed before the backward, and with a fixed alpha nothing chains)
     else:  # separable from g_0 only when graph steps and landscapes differ (S1)
         out["o_kv"] = landscapes * b * so * d
     return out
