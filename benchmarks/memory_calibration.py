@@ -56,14 +56,18 @@ FIT: dict[str, list[dict[str, Any]]] = {
 }
 CHECK: dict[str, list[dict[str, Any]]] = {
     "transformer_pp": [dict(n_layer=3, n_embd=96, n_head=3, vocab_size=768, sequence_len=48, batch=6),
-                       dict(n_layer=1, n_embd=128, n_head=4, vocab_size=2048, sequence_len=64, batch=2)],
+                       dict(n_layer=1, n_embd=128, n_head=4, vocab_size=2048, sequence_len=64, batch=2),
+                       dict(n_layer=4, n_embd=256, n_head=4, vocab_size=8192, sequence_len=256, batch=8)],
     "ebt_full": [dict(n_layer=3, n_embd=96, n_head=3, vocab_size=768, sequence_len=48, batch=3),
                  dict(n_layer=1, n_embd=128, n_head=4, vocab_size=1024, sequence_len=64, batch=2,
-                      mcmc_num_steps=3)],
+                      mcmc_num_steps=3),
+                 dict(n_layer=2, n_embd=128, n_head=4, vocab_size=2048, sequence_len=256, batch=4)],
     "ebt_truncated": [dict(n_layer=3, n_embd=96, n_head=3, vocab_size=768, sequence_len=48, batch=4,
                            randomize_num_steps=2),
                       dict(n_layer=1, n_embd=128, n_head=4, vocab_size=1024, sequence_len=24, batch=2,
-                           randomize_num_steps=1, replay_buffer_size=0)],
+                           randomize_num_steps=1, replay_buffer_size=0),
+                      dict(n_layer=2, n_embd=128, n_head=4, vocab_size=2048, sequence_len=256, batch=4,
+                           randomize_num_steps=2)],
 }
 # Paper shapes (T 256, V 50,277): the CPU-affordable end of what the plan is used for. --paper-shapes.
 PAPER: dict[str, list[dict[str, Any]]] = {

@@ -21,7 +21,8 @@ What is counted, per device, for one optimizer step of a RunSpec at micro-batch 
   (``ModelConfig.train_steps_max``);
 * a margin: ``MARGIN_FRACTION`` of all the above for what a CPU calibration cannot see on a GPU (kernels'
   workspaces, autocast details; see the comparison with measured CUDA peaks in benchmarks/RESULTS.md) plus
-  ``MARGIN_FIXED_GIB`` for the CUDA context and the caching allocator's slack.
+  ``MARGIN_FIXED_GIB`` on a GPU for the CUDA context and the caching allocator's slack. On a CPU the figure is
+  the tensors' memory (the process itself, Python and torch's libraries, comes on top).
 
 Precision: the run's ``precision``; ``auto`` is bf16 autocast on a GPU and fp32 on a CPU (as the trainer).
 """
@@ -180,7 +181,7 @@ def estimate_memory(spec: RunSpec, micro_batch_size: int, *, device: str = "gpu"
     return MemoryEstimate(
         micro_batch_size=micro_batch_size, precision=precision, weights_bytes=4.0 * n, gradients_bytes=4.0 * n,
         optimizer_bytes=8.0 * n, saved_bytes=saved, transient_bytes=peak - saved, replay_bytes=replay,
-        margin_bytes=MARGIN_FRACTION * base + MARGIN_FIXED_GIB * GIB)
+        margin_bytes=MARGIN_FRACTION * base + (MARGIN_FIXED_GIB * GIB if device == "gpu" else 0.0))
 
 
 def divisors(n: int) -> list[int]:
@@ -221,9 +222,9 @@ def plan_micro_batch(spec: RunSpec, gpu_memory_gib: float, *, device: str = "gpu
         best = est
     if best is None:
         one = estimate_memory(spec, 1, device=device)
-        return MemoryPlan(memory_gib=round(one.total_gib, 2), micro_batch_size=1, fits=False,
+        return MemoryPlan(memory_gib=round(one.total_gib, 4), micro_batch_size=1, fits=False,
                           memory_gib_available=gpu_memory_gib, estimate=one)
-    return MemoryPlan(memory_gib=round(best.total_gib, 2), micro_batch_size=best.micro_batch_size, fits=True,
+    return MemoryPlan(memory_gib=round(best.total_gib, 4), micro_batch_size=best.micro_batch_size, fits=True,
                       memory_gib_available=gpu_memory_gib, estimate=best)
 
 

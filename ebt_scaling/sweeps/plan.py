@@ -113,7 +113,7 @@ def plan_memory(runs: list[ExpandedRun], resources: Resources, setting: MemorySe
         out = []
         for r in runs:
             est = estimate_memory(r.spec, r.spec.train.batch_size, device="cpu")
-            out.append(MemoryPlan(memory_gib=round(est.total_gib, 2), micro_batch_size=r.spec.train.batch_size,
+            out.append(MemoryPlan(memory_gib=round(est.total_gib, 4), micro_batch_size=r.spec.train.batch_size,
                                   fits=True, memory_gib_available=math.inf, estimate=est))
         return out
     avail = setting.per_trial_gib(resources.gpus_per_trial)
@@ -195,7 +195,7 @@ class CostPlan:
                 "gpu_memory_gib": self.memory.per_gpu_gib if gpu else None,
                 "gpu_memory_assumed": self.memory.assumed if gpu else None,
                 "available_per_trial_gib": self.memory.per_trial_gib(self.resources.gpus_per_trial) if gpu else None,
-                "margin_fraction": MARGIN_FRACTION, "margin_fixed_gib": MARGIN_FIXED_GIB}
+                "margin_fraction": MARGIN_FRACTION, "margin_fixed_gib": MARGIN_FIXED_GIB if gpu else 0.0}
 
     def memory_note(self) -> str:
         """One header line: what memory the plan fits runs into, and whether it was assumed."""
@@ -203,9 +203,10 @@ class CostPlan:
             return ""
         from ebt_scaling.sweeps.memory import MARGIN_FIXED_GIB, MARGIN_FRACTION
 
-        margin = f"margin +{MARGIN_FRACTION:.0%} + {MARGIN_FIXED_GIB:g} GiB included"
         if self.device != "gpu":
-            return f"memory: host memory per trial at the whole batch (CPU runs; not checked against a limit); {margin}"
+            return (f"memory: host memory of the tensors per trial at the whole batch (CPU runs; not checked against "
+                    f"a limit); margin +{MARGIN_FRACTION:.0%} included")
+        margin = f"margin +{MARGIN_FRACTION:.0%} + {MARGIN_FIXED_GIB:g} GiB included"
         m = self.memory
         src = (f"assumed {m.per_gpu_gib:g} GiB per GPU (--gpu-memory not given)" if m.assumed
                else f"{m.per_gpu_gib:g} GiB per GPU (--gpu-memory)")
@@ -300,7 +301,7 @@ def format_plan(plan: CostPlan) -> str:
             f"{r['sequence_len']:>5}{r['batch_size']:>6}{r['steps']:>8}{r['lr']:>9.3g}"
             f"{r['params'].get('non_embedding', 0):>17,}{r['tokens']:>11.3g}{r['flops']['paper']:>13.3e}"
             f"{r['flops']['exact']:>13.3e}{r['device_hours']:>9.3g}"
-            + (f"{r['memory_gib']:>9.1f}{r['micro_batch_size']:>6}" if mem else "") + f"  {r['config_hash'][:10]}"
+            + (f"{r['memory_gib']:>9.3g}{r['micro_batch_size']:>6}" if mem else "") + f"  {r['config_hash'][:10]}"
             + ("  seed " + str(r['seed']) if len(d['seeds']) > 1 else "")
         )
     t, res = d["total"], d["resources"]
