@@ -64,6 +64,11 @@ def sweep(
     total_cpus: Annotated[float | None, typer.Option("--total-cpus", help="CPUs available, for the makespan "
                                                      "of a dry run (default: this machine's).",
                                                      show_default=False)] = None,
+    gpu_memory: Annotated[float | None, typer.Option("--gpu-memory", help="Memory per GPU in GiB for the memory "
+                                                     "plan: each GPU run gets the largest micro-batch that fits, "
+                                                     "and a run that does not fit at micro-batch 1 is refused "
+                                                     "(default: 80 GiB assumed, said in the plan).",
+                                                     show_default=False)] = None,
     progress: Annotated[str, typer.Option("--progress", help="auto, rich, plain or off.")] = "auto",
     no_db_check: Annotated[bool, typer.Option("--no-db-check", help="With --dry-run: do not check that the "
                                               "database is valid and reachable.")] = False,
@@ -78,6 +83,7 @@ def sweep(
     """
     from ebt_scaling.errors import ConfigError
     from ebt_scaling.sweeps import Resources, expand, format_plan, load_spec, local_resources, plan_cost, spec_path
+    from ebt_scaling.sweeps.plan import MemorySetting, check_memory, plan_memory
 
     if spec is None and axis is None:
         raise ConfigError("sweep: give --axis AXIS (a shipped spec) or --spec FILE")
@@ -105,6 +111,11 @@ def sweep(
     if gpt == 0 and any(r.spec.train.cuda_graph for r in runs):
         raise ConfigError(f"{path}: train.cuda_graph needs CUDA but the trials get no GPU; pass --gpus-per-trial "
                           "(or resources.gpus_per_trial) or drop cuda_graph")
+    if gpu_memory is not None and not gpu_memory > 0:
+        raise ConfigError(f"--gpu-memory must be > 0 GiB, got {gpu_memory:g}; e.g. 80 for an 80 GB GPU")
+    mem_setting = MemorySetting(gpu_memory)
+    # Before anything is planned, scheduled or written: a GPU run that cannot fit even at micro-batch 1.
+    check_memory(runs, plan_memory(runs, Resources(gpus_per_trial=gpt, cpus_per_trial=cpt), mem_setting))
 
     if dry_run:
         ncpu, ngpu = local_resources()
@@ -112,7 +123,7 @@ def sweep(
                               total_gpus=float(total_gpus if total_gpus is not None else ngpu),
                               total_cpus=float(total_cpus if total_cpus is not None
                                                else ("inf" if total_gpus is not None else ncpu)))
-        plan = plan_cost(sw, runs, resources, flops_per_s=throughput)
+        plan = plan_cost(sw, runs, resources, flops_per_s=throughput, memory=mem_setting)
         if as_json:
             typer.echo(json.dumps(plan.to_dict(), indent=1))
         else:

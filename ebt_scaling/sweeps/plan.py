@@ -13,6 +13,7 @@ from typing import Any
 
 from ebt_scaling.errors import ConfigError
 from ebt_scaling.sweeps.expand import ExpandedRun
+from ebt_scaling.sweeps.memory import DEFAULT_GPU_MEMORY_GIB, MemoryPlan, estimate_memory, plan_micro_batch, refusal
 from ebt_scaling.sweeps.spec import SweepSpec
 
 # Default throughput assumptions (overridable in a spec's [cost] section or on the command line).
@@ -82,6 +83,48 @@ class RunCost:
     flops: dict[str, float]  # training FLOPs per convention
     device_hours: float
     duration_s: float
+    memory: MemoryPlan | None = None
+
+
+@dataclass(frozen=True)
+class MemorySetting:
+    """The device memory a plan fits runs into: per GPU (``gpu_memory_gib``, given or assumed), times the
+    trial's GPU share when several trials share one GPU (``gpus_per_trial`` < 1)."""
+
+    gpu_memory_gib: float | None = None  # None: assume DEFAULT_GPU_MEMORY_GIB
+
+    @property
+    def assumed(self) -> bool:
+        return self.gpu_memory_gib is None
+
+    @property
+    def per_gpu_gib(self) -> float:
+        return DEFAULT_GPU_MEMORY_GIB if self.gpu_memory_gib is None else float(self.gpu_memory_gib)
+
+    def per_trial_gib(self, gpus_per_trial: float) -> float:
+        return self.per_gpu_gib * min(1.0, gpus_per_trial)
+
+
+def plan_memory(runs: list[ExpandedRun], resources: Resources, setting: MemorySetting) -> list[MemoryPlan]:
+    """The memory plan of every run: on GPUs the largest micro-batch that fits the trial's share of a GPU
+    (``MemoryPlan.fits`` False when not even micro-batch 1 does); on CPUs the host memory of the whole batch
+    (nothing is refused: there is no device limit to hold it to)."""
+    if not resources.uses_gpu:
+        out = []
+        for r in runs:
+            est = estimate_memory(r.spec, r.spec.train.batch_size, device="cpu")
+            out.append(MemoryPlan(memory_gib=round(est.total_gib, 4), micro_batch_size=r.spec.train.batch_size,
+                                  fits=True, memory_gib_available=math.inf, estimate=est))
+        return out
+    avail = setting.per_trial_gib(resources.gpus_per_trial)
+    return [plan_micro_batch(r.spec, avail, device="gpu") for r in runs]
+
+
+def check_memory(runs: list[ExpandedRun], plans: list[MemoryPlan]) -> None:
+    """Refuse (one ``ConfigError`` line, exit 2) the first GPU run that does not fit even at micro-batch 1."""
+    for r, mp in zip(runs, plans, strict=True):
+        if not mp.fits:
+            raise ConfigError(refusal(f"{r.planned.family} {r.label} (seed {r.planned.seed})", mp))
 
 
 @dataclass(frozen=True)
@@ -92,6 +135,7 @@ class CostPlan:
     flops_per_s: float  # per device
     throughput_note: str
     runs: list[RunCost] = field(default_factory=list)
+    memory: MemorySetting | None = None
 
     @property
     def device_hours(self) -> float:
@@ -118,6 +162,7 @@ class CostPlan:
                 "params": r.planned.params, "tokens": r.planned.tokens,
                 "flops_per_token": r.planned.flops_per_token, "flops": rc.flops,
                 "device_hours": rc.device_hours, "duration_s": rc.duration_s,
+                **_memory_fields(rc.memory),
             })
         return {
             "sweep": self.spec.name, "axis": self.spec.axis, "spec_file": self.spec.source,
@@ -130,6 +175,7 @@ class CostPlan:
                 "total_cpus": None if math.isinf(self.resources.total_cpus) else self.resources.total_cpus,
                 "slots": self.slots,
             },
+            "memory": self._memory_dict(),
             "runs": rows,
             "total": {
                 "runs": len(rows), "tokens": sum(r.planned.tokens or 0 for r in (x.run for x in self.runs)),
@@ -137,6 +183,44 @@ class CostPlan:
                 "device_hours": self.device_hours, "makespan_s": self.makespan_s,
             },
         }
+
+
+    def _memory_dict(self) -> dict[str, Any] | None:
+        if self.memory is None:
+            return None
+        from ebt_scaling.sweeps.memory import MARGIN_FIXED_GIB, MARGIN_FRACTION
+
+        gpu = self.device == "gpu"
+        return {"device": self.device, "per": "GPU" if gpu else "trial (host memory)",
+                "gpu_memory_gib": self.memory.per_gpu_gib if gpu else None,
+                "gpu_memory_assumed": self.memory.assumed if gpu else None,
+                "available_per_trial_gib": self.memory.per_trial_gib(self.resources.gpus_per_trial) if gpu else None,
+                "margin_fraction": MARGIN_FRACTION, "margin_fixed_gib": MARGIN_FIXED_GIB if gpu else 0.0}
+
+    def memory_note(self) -> str:
+        """One header line: what memory the plan fits runs into, and whether it was assumed."""
+        if self.memory is None:
+            return ""
+        from ebt_scaling.sweeps.memory import MARGIN_FIXED_GIB, MARGIN_FRACTION
+
+        if self.device != "gpu":
+            return (f"memory: host memory of the tensors per trial at the whole batch (CPU runs; not checked against "
+                    f"a limit); margin +{MARGIN_FRACTION:.0%} included")
+        margin = f"margin +{MARGIN_FRACTION:.0%} + {MARGIN_FIXED_GIB:g} GiB included"
+        m = self.memory
+        src = (f"assumed {m.per_gpu_gib:g} GiB per GPU (--gpu-memory not given)" if m.assumed
+               else f"{m.per_gpu_gib:g} GiB per GPU (--gpu-memory)")
+        share = self.resources.gpus_per_trial
+        avail = f"; {m.per_trial_gib(share):g} GiB per trial at {share:g} GPU per trial" if share < 1 else ""
+        return (f"memory: per device, {src}{avail}; micro-batch = the largest divisor of the batch that fits; "
+                f"{margin}")
+
+
+def _memory_fields(mp: MemoryPlan | None) -> dict[str, Any]:
+    if mp is None:
+        return {}
+    return {"memory_gib": mp.memory_gib, "micro_batch_size": mp.micro_batch_size, "memory_fits": mp.fits,
+            "memory_precision": mp.estimate.precision, "memory_parts_gib": mp.estimate.parts_gib()}
 
 
 def makespan(durations: list[float], slots: int) -> float:
@@ -153,8 +237,9 @@ def makespan(durations: list[float], slots: int) -> float:
 
 
 def plan_cost(spec: SweepSpec, runs: list[ExpandedRun], resources: Resources,
-              *, flops_per_s: float | None = None) -> CostPlan:
-    """Estimate the cost of ``runs``: time = exact training FLOPs / (throughput x devices per trial)."""
+              *, flops_per_s: float | None = None, memory: MemorySetting | None = None) -> CostPlan:
+    """Estimate the cost of ``runs``: time = exact training FLOPs / (throughput x devices per trial); with
+    ``memory``, also each run's memory per device and micro-batch (``plan_memory``)."""
     if resources.uses_gpu:
         device, per_dev = "gpu", resources.gpus_per_trial
         default, key = DEFAULT_GPU_FLOPS_PER_S, "gpu_flops_per_s"
@@ -167,13 +252,15 @@ def plan_cost(spec: SweepSpec, runs: list[ExpandedRun], resources: Resources,
     src = "command line" if flops_per_s else (spec.source if key in spec.cost else "default")
     note = spec.cost.get("note", "") if key in spec.cost and not flops_per_s else ""
     note = f"{tp:.3g} FLOP/s per {device.upper()} ({src}{': ' + note if note else ''})"
+    mem = plan_memory(runs, resources, memory) if memory is not None else [None] * len(runs)
     out = []
-    for r in runs:
+    for r, mp in zip(runs, mem, strict=True):
         tokens = r.planned.tokens or 0
         fl = {c: r.planned.flops_per_token[c] * tokens for c in ("paper", "exact")}
         dur = fl["exact"] / (tp * per_dev)
-        out.append(RunCost(run=r, flops=fl, device_hours=fl["exact"] / tp / 3600.0, duration_s=dur))
-    return CostPlan(spec=spec, resources=resources, device=device, flops_per_s=tp, throughput_note=note, runs=out)
+        out.append(RunCost(run=r, flops=fl, device_hours=fl["exact"] / tp / 3600.0, duration_s=dur, memory=mp))
+    return CostPlan(spec=spec, resources=resources, device=device, flops_per_s=tp, throughput_note=note, runs=out,
+                    memory=memory)
 
 
 def _h(seconds: float) -> str:
@@ -199,18 +286,22 @@ def format_plan(plan: CostPlan) -> str:
         f"sweep: {d['sweep']}  axis: {d['axis']}  spec: {d['spec_file']}",
         f"families: {', '.join(d['families'])}  seeds: {list(d['seeds'])}  EBT recipe: {d['recipe']}",
         f"throughput assumption: {plan.throughput_note}; time from the exact FLOPs count",
-        "",
     ]
+    if plan.memory is not None:
+        lines.append(plan.memory_note())
+    lines.append("")
+    mem = plan.memory is not None
     hdr = (f"{'family':<15}{'value':>11}{'x':>11}{'L':>4}{'D':>6}{'H':>4}{'ctx':>5}{'batch':>6}{'steps':>8}"
            f"{'lr':>9}{'params(non-emb)':>17}{'tokens':>11}{'FLOPs paper':>13}{'FLOPs exact':>13}"
-           f"{plan.device.upper() + '-h':>9}  hash")
+           f"{plan.device.upper() + '-h':>9}" + (f"{'mem GiB':>9}{'micro':>6}" if mem else "") + "  hash")
     lines.append(hdr)
     for r in d["runs"]:
         lines.append(
             f"{r['family']:<15}{r['value']:>11}{_n(r['x']):>11}{r['n_layer']:>4}{r['n_embd']:>6}{r['n_head']:>4}"
             f"{r['sequence_len']:>5}{r['batch_size']:>6}{r['steps']:>8}{r['lr']:>9.3g}"
             f"{r['params'].get('non_embedding', 0):>17,}{r['tokens']:>11.3g}{r['flops']['paper']:>13.3e}"
-            f"{r['flops']['exact']:>13.3e}{r['device_hours']:>9.3g}  {r['config_hash'][:10]}"
+            f"{r['flops']['exact']:>13.3e}{r['device_hours']:>9.3g}"
+            + (f"{r['memory_gib']:>9.3g}{r['micro_batch_size']:>6}" if mem else "") + f"  {r['config_hash'][:10]}"
             + ("  seed " + str(r['seed']) if len(d['seeds']) > 1 else "")
         )
     t, res = d["total"], d["resources"]
