@@ -48,6 +48,7 @@ LIMITS: dict[str, int | float] = {
     "warmup_steps": 10**9,
     "eval_interval": 10**9, "checkpoint_interval": 10**9, "threads": 4096, "min_lr_div": 1e6,
     "grad_clip": 1e6, "seed": 2**31 - 1, "split_seed": 2**31 - 1,
+    "micro_batch_size": 1 << 20,  # issue 18
 }
 
 
@@ -330,9 +331,17 @@ class TrainConfig:
     cuda_graph: bool = False
     # torch.compile the training loss (both families; the EBT's inner gradient is then torch.func.grad).
     compile: bool = False
+    # Gradient accumulation (train/accumulate.py): sequences per forward + backward; None = the whole batch. One
+    # optimizer step is the token-weighted mean over its micro-batches, i.e. the whole batch's gradient up to
+    # rounding. A remainder is allowed: the last micro-batch is smaller and weighted by its tokens. Not hashed
+    # (it changes rounding only, like device or compile). "auto" (from a memory plan) is not implemented yet.
+    micro_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         c = "TrainConfig"
+        if isinstance(self.micro_batch_size, str):
+            raise _fail(c, "micro_batch_size", f"{self.micro_batch_size!r} is not supported yet (only an integer; "
+                        "'auto' needs the memory plan of issue 18 item 3)", "give an integer <= batch_size")
         _check_types_and_limits(self)
         if self.eval_tokens is not None and self.eval_tokens < 1:
             raise _fail(c, "eval_tokens", f"must be a positive integer, got {self.eval_tokens!r}",
@@ -356,6 +365,13 @@ class TrainConfig:
         for name in ("cuda_graph", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise _fail(c, name, f"must be true or false, got {getattr(self, name)!r}", "set it to a boolean")
+        if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
+            raise _fail(c, "micro_batch_size", f"must be an integer in 1..batch_size ({self.batch_size}), got "
+                        f"{self.micro_batch_size!r}", "give a divisor of batch_size, or leave it unset for the "
+                        "whole batch")
+        if self.cuda_graph and self.micro_batch_size not in (None, self.batch_size):
+            raise _fail(c, "micro_batch_size", "cannot be combined with cuda_graph (a captured step is one "
+                        "forward + backward)", "drop micro_batch_size or cuda_graph")
         if self.cuda_graph and self.compile:
             raise _fail(c, "compile", "cannot be combined with cuda_graph (the graphed step replays the eager "
                         "kernels)", "choose one of compile and cuda_graph")
@@ -443,6 +459,7 @@ class RunSpec:
             d["train"].pop(k, None)
         if d["train"].get("eval_tokens") is None:  # hashes from before the field existed stay valid
             d["train"].pop("eval_tokens", None)
+        d["train"].pop("micro_batch_size", None)  # issue 18: gradient accumulation changes rounding only
         return d
 
     @property

@@ -67,7 +67,7 @@ def test_func_grad_descent_matches_autograd_in_float64(name):
     ref, fn = pair(CASES[name])
     ref.train(), fn.train()
     idx, tgt = data()
-    landscapes = ref._landscapes(train=False)
+    landscapes = ref.landscapes(train=False)
     # Every step's logits and energies with the second-order graph, and the gradient of a loss through them.
     out = []
     for m in (ref, fn):
