@@ -55,6 +55,9 @@ def train_cmd(
                                                          "sequences per forward + backward (an integer <= the "
                                                          "batch size; default: the whole batch). Same result up to "
                                                          "rounding (docs/training.md).")] = None,
+    schedule_steps: Annotated[int | None, typer.Option("--schedule-steps", help="Length of the LR schedule "
+                                                       "(warm-up + cosine) when the run stops earlier at --steps "
+                                                       "(default: --steps).", min=1)] = None,
     seq_len: Annotated[int | None, typer.Option("--seq-len", help="Context length in tokens.", min=1)] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", help="Warm-up steps.", min=0)] = None,
@@ -113,7 +116,7 @@ def train_cmd(
                        eval_interval=d.eval_interval if eval_interval is None else eval_interval,
                        eval_batches=eval_batches, log_interval=log_interval,
                        checkpoint_interval=checkpoint_interval, seed=seed, device=device, threads=threads,
-                       cuda_graph=cuda_graph, compile=compile_, micro_batch_size=micro)
+                       cuda_graph=cuda_graph, compile=compile_, micro_batch_size=micro, schedule_steps=schedule_steps)
     dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab)
     recipe_name = (recipe or "ebt_s1") if family == "ebt" else None
     # EBT settings: the recipe's, then the CPU preset's tuned S1 options (train/defaults.py), then the options given

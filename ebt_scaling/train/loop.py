@@ -1,7 +1,8 @@
 """``train(spec, sink) -> RunResult``: one training run, knowing nothing of Ray or the database.
 
-Per optimizer step ``s = 1..steps``: set the LR of every group to ``lr_at(s - 1)``, times ``lr_mult`` for the
-EBT's alpha group with the floor its ``step_size_lr_floor`` names (``schedule.group_lr_at``); draw a batch of
+Per optimizer step ``s = 1..steps``: set the LR of every group to ``lr_at(s - 1)`` (a schedule over
+``schedule_steps``, default ``steps``; the run may stop before the schedule ends), times ``lr_mult`` for the EBT's
+alpha group with the floor its ``step_size_lr_floor`` names (``schedule.group_lr_at``); draw a batch of
 ``batch_size`` random windows of ``sequence_len + 1`` tokens; forward and backward over micro-batches of
 ``micro_batch_size`` rows, the EBT's random inputs keyed by (seed, step, sample) (``accumulate.forward_backward``;
 bf16 autocast on CUDA, fp32 on CPU); clip the accumulated gradient's norm (the pre-clip norm is recorded); check
@@ -281,7 +282,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
             # stays exact for the S2 recipe too.
             "ebt_replay": list(getattr(model, "replay", None) or []),
             "lr_schedule": {"step": step, "lr": lr_at(max(0, step - 1), peak=tcfg.lr, warmup=tcfg.warmup_steps,
-                                                      total=tcfg.steps, min_div=tcfg.min_lr_div)},
+                                                      total=tcfg.schedule_length, min_div=tcfg.min_lr_div)},
         }
 
     def run_eval() -> None:
@@ -296,9 +297,9 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
     while step < tcfg.steps:
         t0 = time.perf_counter()
         reason = None
-        lr = lr_at(step, peak=tcfg.lr, warmup=tcfg.warmup_steps, total=tcfg.steps, min_div=tcfg.min_lr_div)
+        lr = lr_at(step, peak=tcfg.lr, warmup=tcfg.warmup_steps, total=tcfg.schedule_length, min_div=tcfg.min_lr_div)
         for g in optimizer.param_groups:
-            g["lr"] = group_lr_at(step, peak=tcfg.lr, warmup=tcfg.warmup_steps, total=tcfg.steps,
+            g["lr"] = group_lr_at(step, peak=tcfg.lr, warmup=tcfg.warmup_steps, total=tcfg.schedule_length,
                                   min_div=tcfg.min_lr_div, lr_mult=g["lr_mult"], floor_mode=mcfg.step_size_lr_floor)
         batch = torch.from_numpy(corpus.sample_batch("train", B, T, data_rng)).to(device)
         idx, tgt = batch[:, :-1], batch[:, 1:]
