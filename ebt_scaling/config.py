@@ -370,8 +370,8 @@ class TrainConfig:
                 raise _fail(c, name, f"must be true or false, got {getattr(self, name)!r}", "set it to a boolean")
         if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
             raise _fail(c, "micro_batch_size", f"must be an integer in 1..batch_size ({self.batch_size}), got "
-                        f"{self.micro_batch_size!r}", "give a divisor of batch_size, or leave it unset for the "
-                        "whole batch")
+                        f"{self.micro_batch_size!r}", "give at most batch_size (a divisor keeps the micro-batches "
+                        "equal), or leave it unset for the whole batch")
         if self.schedule_steps is not None and self.schedule_steps < self.steps:
             raise _fail(c, "schedule_steps", f"{self.schedule_steps!r} is shorter than the run (steps = "
                         f"{self.steps})", "give schedule_steps >= steps, or leave it unset for steps")
