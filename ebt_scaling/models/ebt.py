@@ -49,17 +49,13 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: observed keys, values
 
 @dataclass(frozen=True)
 class Draws:
-    """The random inputs of one EBT forward (``EBT.draw``). Rows are independent: ``rows(sl)`` of a batch's draws
-    are the draws of those rows alone."""
+    """The random inputs of one EBT forward (``EBT.draw``), row by row: row j of a batch's draws is what that row
+    draws alone."""
 
     landscapes: tuple[int, ...]  # landscape of every inner step (S2: the step count is drawn per optimizer step)
     z0: torch.Tensor  # (B, T, V) initial candidate logits, N(0, init_noise_scale^2), or a replayed row's stored ones
     noise: torch.Tensor | None = None  # (B, steps, T, V) standard normal Langevin noise; None when sigma = 0
     step_scale: torch.Tensor | None = None  # (B, T, 1) alpha's multiplier U[1/s, s]; None: the fixed alpha
-
-    def rows(self, sl: slice) -> Draws:
-        return Draws(self.landscapes, self.z0[sl], None if self.noise is None else self.noise[sl],
-                     None if self.step_scale is None else self.step_scale[sl])
 
 
 class EBT(nn.Module):
@@ -168,11 +164,11 @@ class EBT(nn.Module):
         Returns the logits after every step and the detached energies (B, T) at every step's input.
         ``alpha``: a scalar or (B, T, 1). ``sigma``: Langevin noise std. ``need_graph``: keep the
         second-order graph so an outer loss can train through the descent (with truncation, on the last step
-        only); without it every step is first order and the results are detached. ``noise``: the standard normal
-        Langevin noise of every step (B, steps, T, V); without it each step draws from ``generator`` (None: torch's
-        global generator). ``kv_cache``: a dict that
-        shares the observed stream across calls on the same ``idx`` (best-of-N samples); it must not outlive
-        a parameter update. Raises ``TrainingDiverged`` on a non-finite inner gradient."""
+        only); without it every step is first order and the results are detached. ``noise``: the standard
+        normal Langevin noise of every step (B, steps, T, V); without it each step draws from ``generator``
+        (None: torch's global generator). ``kv_cache``: a dict that shares the observed stream across calls on
+        the same ``idx`` (best-of-N samples); it must not outlive a parameter update. Raises
+        ``TrainingDiverged`` on a non-finite inner gradient."""
         zs, es, grad_sums = self._descend(idx, z, landscapes, alpha=alpha, sigma=sigma, need_graph=need_graph,
                                           generator=generator, kv_cache=kv_cache, noise=noise)
         self._check_finite(grad_sums)
