@@ -6,9 +6,9 @@ compiler traces with the rest of the descent into one first-order graph. Here:
 - float64, eager: the ``torch.func.grad`` path against the ``torch.autograd.grad(create_graph=True)``
   reference for S1, S2 (noise, random step count and size, replay buffer), S2 untruncated, the logits
   descent and thinking: logits and energies after every step, losses, metrics, every parameter gradient;
-- CPU Inductor: ``train()`` with ``compile=True`` follows the eager run's losses within 1e-4 relative over
-  20 steps (S1); S2 (``slow``: it compiles once per step count and batch shape) within the float32 noise of
-  its chained descent (see its test).
+- CPU Inductor (``slow``): one training step from the same weights and keyed draws equals eager to float32
+  rounding (S1, S2); ``train()`` with ``compile=True`` follows the eager run's losses over 20 steps within what
+  the descent's amplification of that rounding allows (see each test's measured figures).
 """
 
 from __future__ import annotations
@@ -146,26 +146,69 @@ def _losses(spec: RunSpec) -> tuple[list[float], object]:
 @pytest.mark.slow  # a cold Inductor compile of the EBT step: 250-450 s on the 2-core build machine (29 s warm)
 def test_compiled_ebt_s1_training_follows_eager():
     """``ebt-scale train --family ebt --compile``: 20 S1 steps on CPU Inductor (one compilation) follow the eager
-    run's losses within 1e-4 relative."""
+    run's losses. Step by step they are equal to float32 rounding (the step test below); along the run S1's alpha
+    500 amplifies it. Measured with issue 18's keyed draws: compiled vs eager below 1.5e-5 over the first 10
+    steps, then 4.6e-4 at step 12 and 1.3e-3 at step 20, where eager itself moves by 6.5e-5 and 4.2e-5 between
+    1 and 2 threads (the same sensitive steps; on the noise realisation before the keyed draws all 20 steps
+    stayed within 1e-4). Held to 1e-4 over the first 10 steps and 1e-2 over all 20."""
     le, r_e = _losses(_spec("ebt_s1", False))
     lc, r_c = _losses(_spec("ebt_s1", True))
-    assert lc == pytest.approx(le, rel=1e-4)
-    assert r_c.final_val_loss == pytest.approx(r_e.final_val_loss, rel=1e-4)
+    assert lc[:10] == pytest.approx(le[:10], rel=1e-4)
+    assert lc == pytest.approx(le, rel=1e-2)
+    assert r_c.final_val_loss == pytest.approx(r_e.final_val_loss, rel=1e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["ebt_s1", "ebt_s2"])
+def test_compiled_ebt_step_equals_eager_given_the_same_draws(recipe):
+    """The EBT compiled against eager, one training step at a time from the same weights and the same keyed draws
+    (train/accumulate.py; S2: both inner-step counts, rows replayed from the buffer): the loss to 1e-5 relative
+    and every gradient to 1e-4 of its own scale, i.e. float32 rounding of Inductor's fused kernels (measured
+    with issue 18's keyed draws: S1 1e-7 and 2.1e-6, S2 1.1e-6 and 3.9e-5). The draws being inputs is what
+    makes this comparable step by step."""
+    from ebt_scaling.train.accumulate import draws_for, step_rows
+
+    torch.manual_seed(0)
+    eager = build_model(model_config("ebt", "nano", vocab_size=32, sequence_len=32, recipe=recipe)).train()
+    comp = copy.deepcopy(eager)
+    comp.compile_loss()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 32, (4, 33), generator=g)
+    idx, tgt = x[:, :-1], x[:, 1:]
+    eager.loss(idx, tgt)  # S2: fills the replay buffer (the whole-batch path pushes the fresh rows)
+    counts, replayed = set(), set()
+    for step in range(6):
+        rows = step_rows(eager, idx, tgt, seed=0, step=step)
+        draws = draws_for(eager, rows, slice(None), 0)
+        counts.add(len(rows.landscapes))
+        replayed.add(rows.n_replayed)
+        out = []
+        for m in (eager, comp):
+            m.zero_grad(set_to_none=True)
+            loss, _ = m.loss(rows.idx, rows.tgt, draws)
+            loss.backward()
+            out.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+        (le, ge), (lc, gc) = out
+        assert float(lc) == pytest.approx(float(le), rel=1e-5)
+        assert ge.keys() == gc.keys() and ge
+        for n in ge:
+            err = float((gc[n] - ge[n]).abs().max()) / max(float(ge[n].abs().max()), 1e-12)
+            assert err < 1e-4, (step, n, err)
+    if recipe == "ebt_s2":
+        assert counts == {2, 3} and replayed == {2}
 
 
 @pytest.mark.slow
 def test_compiled_ebt_s2_training_follows_eager():
-    """S2 compiled (one graph per inner-step count and batch shape). Its chained, noisy descent amplifies float32
-    summation order: eager S2 itself moves by up to 1.3e-3 relative over these 20 steps between 1 and 2 threads
-    (measured), where S1 stays below 1e-4. So the first steps are held to 1e-4 and all 20 to 10x what
-    reordering eager's own sums does (the bound tests/test_observed_reuse.py uses); measured: compiled vs
-    eager 2.9e-3, eager 1 vs 2 threads 1.3e-3."""
-    import dataclasses
-
+    """S2 compiled over 20 training steps (one graph per inner-step count and batch shape). Step by step it equals
+    eager to float32 rounding (the test above), but its chained, noisy descent and AdamW's sign-like first updates
+    amplify those roundings along the run, and Inductor rounds differently from eager in more places than a
+    change of thread count does. Measured with issue 18's keyed draws: compiled vs eager 5.4e-7 at step 1,
+    1.4e-4 by step 5, up to 2.9e-2 by step 20; eager 1 vs 2 threads up to 4.8e-4 (before the keyed draws, on
+    another noise realisation: 2.9e-3 and 1.3e-3). So this is a trajectory check with loose bounds (step 1 to
+    1e-5, the first five to 1e-3, all 20 to 1e-1); the equivalence check is the step test above."""
     le, _ = _losses(_spec("ebt_s2", False))
-    two = _spec("ebt_s2", False)
-    floor_l, _ = _losses(two.with_(train=dataclasses.replace(two.train, threads=2)))
     lc, _ = _losses(_spec("ebt_s2", True))
-    assert lc[:5] == pytest.approx(le[:5], rel=1e-4)
-    floor = max(abs(a - b) / abs(a) for a, b in zip(le, floor_l, strict=True))
-    assert lc == pytest.approx(le, rel=max(1e-4, 10 * floor)), floor
+    assert lc[0] == pytest.approx(le[0], rel=1e-5)
+    assert lc[:5] == pytest.approx(le[:5], rel=1e-3)
+    assert lc == pytest.approx(le, rel=1e-1)
