@@ -6,9 +6,11 @@ compiler traces with the rest of the descent into one first-order graph. Here:
 - float64, eager: the ``torch.func.grad`` path against the ``torch.autograd.grad(create_graph=True)``
   reference for S1, S2 (noise, random step count and size, replay buffer), S2 untruncated, the logits
   descent and thinking: logits and energies after every step, losses, metrics, every parameter gradient;
-- CPU Inductor (``slow``): ``train()`` with ``compile=True`` follows the eager run's losses within 1e-4 relative
-  over 20 steps (S1); S2 draws the same random numbers and follows eager within 1e-9 in float64, and in
-  float32 within 10x eager's own rounding noise over the same steps (see the note above the S2 tests).
+- CPU Inductor (``slow``): one training step from the same weights and keyed draws equals eager to float32
+  rounding (S1, S2); ``train()`` with ``compile=True`` follows the eager run's losses over 20 steps within what
+  the descent's amplification of that rounding allows (S1: see its measured figures); S2 follows eager within
+  1e-9 in float64, and in float32 within 10x eager's own rounding noise over the same steps (see the note above
+  the S2 tests).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def test_func_grad_descent_matches_autograd_in_float64(name):
     ref, fn = pair(CASES[name])
     ref.train(), fn.train()
     idx, tgt = data()
-    landscapes = ref._landscapes(train=False)
+    landscapes = ref.landscapes(train=False)
     # Every step's logits and energies with the second-order graph, and the gradient of a loss through them.
     out = []
     for m in (ref, fn):
@@ -159,8 +161,8 @@ def _run(spec: RunSpec, monkeypatch, *, double: bool = False, inner_grad: str = 
         m = m.double() if double else m
         inner = m.loss
 
-        def loss(idx, tgt):  # the training steps' losses, before train() rounds them to float32
-            out = inner(idx, tgt)
+        def loss(*args, **kwargs):  # the training steps' losses, before train() rounds them to float32
+            out = inner(*args, **kwargs)
             if m.training:
                 raw.append(out[0].item())
             return out
@@ -190,11 +192,56 @@ def _drift(a: list[float], b: list[float]) -> list[float]:
 @pytest.mark.slow  # a cold Inductor compile of the EBT step: 250-450 s on the 2-core build machine (29 s warm)
 def test_compiled_ebt_s1_training_follows_eager():
     """``ebt-scale train --family ebt --compile``: 20 S1 steps on CPU Inductor (one compilation) follow the eager
-    run's losses within 1e-4 relative."""
+    run's losses. Step by step they are equal to float32 rounding (the step test below); along the run S1's alpha
+    500 amplifies it. Measured with issue 18's keyed draws: compiled vs eager below 1.5e-5 over the first 10
+    steps, then 4.6e-4 at step 12 and 1.3e-3 at step 20, where eager itself moves by 6.5e-5 and 4.2e-5 between
+    1 and 2 threads (the same sensitive steps; on the noise realisation before the keyed draws all 20 steps
+    stayed within 1e-4). Held to 1e-4 over the first 10 steps and 1e-2 over all 20."""
     le, r_e = _losses(_spec("ebt_s1", False))
     lc, r_c = _losses(_spec("ebt_s1", True))
-    assert lc == pytest.approx(le, rel=1e-4)
-    assert r_c.final_val_loss == pytest.approx(r_e.final_val_loss, rel=1e-4)
+    assert lc[:10] == pytest.approx(le[:10], rel=1e-4)
+    assert lc == pytest.approx(le, rel=1e-2)
+    assert r_c.final_val_loss == pytest.approx(r_e.final_val_loss, rel=1e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["ebt_s1", "ebt_s2"])
+def test_compiled_ebt_step_equals_eager_given_the_same_draws(recipe):
+    """The EBT compiled against eager, one training step at a time from the same weights and the same keyed draws
+    (train/accumulate.py; S2: both inner-step counts, rows replayed from the buffer): the loss to 1e-5 relative
+    and every gradient to 1e-4 of its own scale, i.e. float32 rounding of Inductor's fused kernels (measured
+    with issue 18's keyed draws: S1 1e-7 and 2.1e-6, S2 1.1e-6 and 3.9e-5). The draws being inputs is what
+    makes this comparable step by step."""
+    from ebt_scaling.train.accumulate import draws_for, step_rows
+
+    torch.manual_seed(0)
+    eager = build_model(model_config("ebt", "nano", vocab_size=32, sequence_len=32, recipe=recipe)).train()
+    comp = copy.deepcopy(eager)
+    comp.compile_loss()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 32, (4, 33), generator=g)
+    idx, tgt = x[:, :-1], x[:, 1:]
+    eager.loss(idx, tgt)  # S2: fills the replay buffer (the whole-batch path pushes the fresh rows)
+    counts, replayed = set(), set()
+    for step in range(6):
+        rows = step_rows(eager, idx, tgt, seed=0, step=step)
+        draws = draws_for(eager, rows, slice(None), 0)
+        counts.add(len(rows.landscapes))
+        replayed.add(rows.n_replayed)
+        out = []
+        for m in (eager, comp):
+            m.zero_grad(set_to_none=True)
+            loss, _ = m.loss(rows.idx, rows.tgt, draws)
+            loss.backward()
+            out.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+        (le, ge), (lc, gc) = out
+        assert float(lc) == pytest.approx(float(le), rel=1e-5)
+        assert ge.keys() == gc.keys() and ge
+        for n in ge:
+            err = float((gc[n] - ge[n]).abs().max()) / max(float(ge[n].abs().max()), 1e-12)
+            assert err < 1e-4, (step, n, err)
+    if recipe == "ebt_s2":
+        assert counts == {2, 3} and replayed == {2}
 
 
 # S2 compiled against eager (benchmarks/RESULTS.md, "Issue 17: why compiled S2 drifts from eager in float32").
