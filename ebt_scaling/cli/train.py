@@ -88,6 +88,10 @@ def train_cmd(
     checkpoint_interval: Annotated[int, typer.Option("--checkpoint-interval", help="Checkpoint every N steps "
                                                      "(0 = only at the end).", min=0)] = 0,
     resume: Annotated[str | None, typer.Option("--resume", help="Resume from a checkpoint folder.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Data-parallel worker processes on this machine "
+                                         "(torch.distributed: gloo on CPU, NCCL on CUDA with one GPU each); "
+                                         "the batch size must be a multiple. Same result up to rounding "
+                                         "(docs/training.md).", min=1)] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the RunResult as JSON on stdout.")] = False,
     progress_mode: Annotated[str, typer.Option("--progress", help="auto (a bar on a terminal, plain lines "
                                                "otherwise), rich, plain or off.")] = "auto",
@@ -128,6 +132,16 @@ def train_cmd(
     # Validate the model shape (and what it allows) before any data is prepared (bad input writes nothing).
     spec0 = RunSpec(model=model_config(family, preset, vocab_size=vocab, sequence_len=seq_len, recipe=recipe_name,
                                        **model_kw), train=tcfg)  # refuses cuda_graph with S2
+    if workers > 1:
+        if batch_size % workers:
+            raise fail(f"--workers {workers}: the batch size {batch_size} is not divisible by {workers}; use a "
+                       f"batch size that is a multiple of {workers}", 2)
+        if cuda_graph:
+            raise fail("--cuda-graph: not supported with --workers > 1 (the gradient all-reduce runs between "
+                       "capture and step); drop one of them", 2)
+        from ebt_scaling.train.distributed import check_local
+
+        check_local(spec0, workers)
     if cuda_graph or compile_:
         from ebt_scaling.train.graphed import check_cuda_graph
         from ebt_scaling.train.loop import check_compile, resolve_device
@@ -144,14 +158,15 @@ def train_cmd(
     spec = spec0.with_(data=dcfg, checkpoint_dir=checkpoint_dir, recipe=recipe_name)
 
     from ebt_scaling.records import ListSink
-    from ebt_scaling.train import train
+    from ebt_scaling.train.distributed import launch_local
 
     sink = ListSink()
     with _train_progress(progress_mode, err, f"{family} {preset}", steps) as on_step:
         if compile_:
             err.print("[dim]compile:[/dim] torch.compile builds the training step first "
                       "(the first step takes a minute or more)")
-        result = train(spec, sink, resume_from=resume, on_step=on_step, data_progress=lambda m: None)
+        result = launch_local(spec, workers, sink, resume_from=resume, on_step=on_step,
+                              data_progress=lambda m: None)
 
     unigram = corpus.unigram_entropy()
     if as_json:

@@ -40,6 +40,15 @@ from ebt_scaling.records import MetricPoint, MetricSink, RunResult
 from ebt_scaling.train import keyed
 from ebt_scaling.train.accumulate import draws_for, forward_backward, micro_slices, step_rows
 from ebt_scaling.train.checkpoint import load_checkpoint, save_checkpoint
+from ebt_scaling.train.distributed import (
+    Rank,
+    all_reduce_sums,
+    broadcast_module,
+    check_world,
+    gather_objects,
+    rank_of,
+    reduce_step,
+)
 from ebt_scaling.train.graphed import GraphedStep, check_cuda_graph
 from ebt_scaling.train.schedule import group_lr_at, lr_at
 
@@ -93,10 +102,12 @@ def validation_batches(corpus: Any, tcfg: TrainConfig, seq_len: int) -> list[np.
 
 
 def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, device: torch.device,
-             autocast: Callable[[], Any], family: str, micro_batch_size: int | None = None) -> dict[str, float]:
+             autocast: Callable[[], Any], family: str, micro_batch_size: int | None = None,
+             rank: Rank | None = None) -> dict[str, float]:
     """Token-weighted validation CE (nats) and, for the EBT, initial-step CE and energy gap. Batches run in
     micro-batches of ``micro_batch_size`` rows; the EBT's noise is keyed by (seed, window index in the validation
-    set), so neither the batch size nor the split changes it."""
+    set), so neither the batch size nor the split changes it. With ``rank`` (data-parallel workers) each rank
+    evaluates its slice of every batch and the sums are reduced: every rank returns the same numbers."""
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -110,8 +121,12 @@ def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, 
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed + EVAL_SEED_OFFSET)
             window = 0
-            for batch in batches:
-                for sl in micro_slices(batch.shape[0], micro_batch_size):
+            for whole in batches:
+                own = rank.shard(whole.shape[0]) if rank is not None else slice(None)
+                batch = whole[own]
+                window += own.start or 0
+                slices = micro_slices(batch.shape[0], micro_batch_size) if batch.shape[0] else []
+                for sl in slices:
                     b = batch[sl]
                     idx, tgt = b[:, :-1], b[:, 1:]
                     with grad_ctx(), autocast():
@@ -132,8 +147,11 @@ def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, 
                         vals["val_energy_gap"] = _f(info["energy_initial"]) - _f(info["energy_final"])
                     for k, v in vals.items():
                         sums[k] = sums.get(k, 0.0) + v * n
+                window += whole.shape[0] - (own.stop if own.stop is not None else whole.shape[0])
     finally:
         model.train(was_training)
+    if rank is not None:
+        sums, n_tok = all_reduce_sums(sums, n_tok, ("val_loss", "val_loss_initial", "val_energy_gap"), rank, device)
     out = {k: v / max(1, n_tok) for k, v in sums.items()}
     out["val_ppl"] = math.exp(out["val_loss"]) if out["val_loss"] < 700 else math.inf
     return out
@@ -175,13 +193,17 @@ def compiled_loss(model: torch.nn.Module) -> Callable[..., Any]:
 
 def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
           on_step: Callable[[dict[str, Any]], None] | None = None,
-          data_progress: Progress | None = None) -> RunResult:
+          data_progress: Progress | None = None, process_group: Any = None) -> RunResult:
     """Train ``spec`` and report to ``sink``; returns the RunResult (status ``completed`` or ``diverged``).
 
     ``resume_from``: a checkpoint folder (or a checkpoint root with ``LATEST``) written by a run of the same
     spec; the run continues after its step and reproduces the uninterrupted run exactly on CPU.
     ``on_step``: optional callback after every optimizer step (CLI progress), given a small dict.
     ``data_progress``: callback for corpus-preparation messages (default: stderr).
+    ``process_group``: a ``torch.distributed`` process group of N > 1 data-parallel workers, this process one of
+    them (train/distributed.py): each rank trains on its slice of every batch, gradients and metrics are
+    all-reduced, and every rank calls its sink at the same points (give ranks > 0 a ``NullSink``); only rank 0
+    writes checkpoint files. ``None`` (or a group of one): plain training.
     """
     t_wall0 = time.perf_counter()
     mcfg, tcfg = spec.model, spec.train
@@ -192,6 +214,12 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
         torch.set_num_threads(tcfg.threads)
     autocast = autocast_context(device, tcfg.precision)
     T, B = mcfg.sequence_len, tcfg.batch_size
+    dp = rank_of(process_group)
+    if dp is not None and dp.world == 1:
+        dp = None
+    if dp is not None:
+        check_world(spec, dp)
+    lead = dp is None or dp.rank == 0  # writes checkpoint files
 
     corpus = load_corpus(spec.data, T, progress=data_progress)
     if corpus.vocab_size > mcfg.vocab_size:
@@ -201,6 +229,8 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
     _seed_everything(tcfg.seed)
     data_rng = np.random.default_rng(tcfg.seed)
     model = build_model(mcfg).to(device)
+    if dp is not None:
+        broadcast_module(model, dp)
     model.train()
     groups = model.optim_groups(tcfg.weight_decay)
     for g in groups:
@@ -228,6 +258,17 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
 
     def run_step(idx: torch.Tensor, tgt: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
         nonlocal landscapes
+        if dp is not None:  # this rank's slice of the global batch; draws keyed by the global sample index
+            sl = dp.shard(idx.shape[0])
+            rows = step_rows(model, idx[sl], tgt[sl], seed=tcfg.seed, step=step, row_offset=sl.start, rank=dp.rank)
+            error: TrainingDiverged | None = None
+            try:
+                loss, info = forward_backward(model, loss_fn, rows, seed=tcfg.seed, micro=tcfg.micro_batch_size,
+                                              autocast=step_autocast)
+            except TrainingDiverged as exc:  # every rank must reach the collective; reduce_step re-raises
+                loss, info, error = None, {}, exc
+            loss, info = reduce_step(params, rows.tgt, rows.idx.shape[0], loss, info, error, dp)
+            return loss, info, torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
         rows = step_rows(model, idx, tgt, seed=tcfg.seed, step=step)
         if graphed is None:
             loss, info = forward_backward(model, loss_fn, rows, seed=tcfg.seed, micro=tcfg.micro_batch_size,
@@ -256,7 +297,10 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
         data_rng.bit_generator.state = st["data_rng"]
         torch.set_rng_state(st["torch_rng"])
         if isinstance(getattr(model, "replay", None), list):
-            model.replay[:] = [tuple(t.to(device) for t in item) for item in st.get("ebt_replay", [])]
+            per_rank = st.get("ebt_replay_ranks")
+            mine = per_rank[dp.rank] if dp is not None and per_rank and len(per_rank) == dp.world \
+                else st.get("ebt_replay", [])
+            model.replay[:] = [tuple(t.to(device) for t in item) for item in mine]
         if device.type == "cuda" and st.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(st["cuda_rng"])
 
@@ -271,7 +315,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
     def wall() -> float:
         return elapsed_before + (time.perf_counter() - t_wall0)
 
-    def trainer_state() -> dict[str, Any]:
+    def trainer_state(replay_ranks: list[Any] | None = None) -> dict[str, Any]:
         return {
             "step": step, "tokens": tokens, "elapsed": wall(), "initial_loss": initial_loss,
             "last_val": last_val, "last_train_loss": last_train_loss,
@@ -281,6 +325,8 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
             # The EBT's replay buffer (S2) is plain Python state of the model: saved here so that resume
             # stays exact for the S2 recipe too.
             "ebt_replay": list(getattr(model, "replay", None) or []),
+            # data-parallel: every rank's buffer (the replay buffer is per worker), rank r resumes with entry r
+            "ebt_replay_ranks": replay_ranks,
             "lr_schedule": {"step": step, "lr": lr_at(max(0, step - 1), peak=tcfg.lr, warmup=tcfg.warmup_steps,
                                                       total=tcfg.schedule_length, min_div=tcfg.min_lr_div)},
         }
@@ -288,7 +334,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
     def run_eval() -> None:
         nonlocal last_val
         last_val = evaluate(model, val_batches, seed=tcfg.seed, device=device, autocast=autocast,
-                            family=mcfg.family, micro_batch_size=tcfg.micro_batch_size)
+                            family=mcfg.family, micro_batch_size=tcfg.micro_batch_size, rank=dp)
         sink.log([MetricPoint(k, step, v) for k, v in sorted(last_val.items())])
 
     if step >= tcfg.steps and not last_val:
@@ -360,8 +406,15 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
             break
         if spec.checkpoint_dir and ((tcfg.checkpoint_interval and step % tcfg.checkpoint_interval == 0)
                                     or step == tcfg.steps):
-            ckpt_path = save_checkpoint(spec.checkpoint_dir, step, spec, model, optimizer, trainer_state())
-            sink.checkpoint(ckpt_path, step)
+            replay_ranks = None
+            if dp is not None and getattr(model, "replay", None) is not None and mcfg.replay_buffer_size:
+                replay_ranks = gather_objects([tuple(t.cpu() for t in item) for item in model.replay], dp)
+            if lead:
+                ckpt_path = save_checkpoint(spec.checkpoint_dir, step, spec, model, optimizer,
+                                            trainer_state(replay_ranks))
+                sink.checkpoint(ckpt_path, step)
+            else:  # rank 0 wrote it; the call keeps every rank's sink in step (see train/distributed.py)
+                sink.checkpoint("", step)
 
     extra: dict[str, Any] = {"unigram_loss": corpus.unigram_entropy(), "initial_loss": initial_loss,
                              "train_tokens_available": int(corpus.train.size),
