@@ -41,6 +41,10 @@ def sweep(
                                                          show_default=False)] = None,
     cpus_per_trial: Annotated[float | None, typer.Option("--cpus-per-trial", help="CPUs per run (default: "
                                                          "the spec's).", show_default=False)] = None,
+    workers_per_trial: Annotated[int | None, typer.Option("--workers-per-trial", help="Data-parallel workers "
+                                                          "per run on Ray Train (default: the spec's, else 1); "
+                                                          "--gpus-per-trial and --cpus-per-trial are then per "
+                                                          "worker.", min=1, show_default=False)] = None,
     max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", help="At most K runs at once "
                                                        "(default: as many as the resources allow).",
                                                        show_default=False)] = None,
@@ -104,10 +108,20 @@ def sweep(
     gpt = float(gpus_per_trial if gpus_per_trial is not None else res.get("gpus_per_trial", 0))
     cpt = float(cpus_per_trial if cpus_per_trial is not None else res.get("cpus_per_trial", 1))
     mc = max_concurrent if max_concurrent is not None else res.get("max_concurrent")
+    wpt = int(workers_per_trial if workers_per_trial is not None else res.get("workers_per_trial", 1))
     retries = max_retries if max_retries is not None else int(res.get("max_retries", 2))
     if not 0 <= retries <= 1000:
         raise ConfigError(f"--max-retries must be between 0 and 1000, got {retries}; use 0 to never retry a failed run")
     runs = expand(sw)
+    from ebt_scaling.sched.runner import RayOptions, check_request
+
+    check_request(RayOptions(gpus_per_trial=gpt, cpus_per_trial=cpt, workers_per_trial=wpt))
+    odd = [r for r in runs if r.spec.train.batch_size % wpt]
+    if odd:
+        raise ConfigError(f"{path}: batch size {odd[0].spec.train.batch_size} ({odd[0].label}) is not divisible by "
+                          f"workers_per_trial = {wpt}; use batch sizes that are multiples of {wpt}")
+    if wpt > 1 and any(r.spec.train.cuda_graph for r in runs):
+        raise ConfigError(f"{path}: train.cuda_graph is not supported with workers_per_trial > 1; drop one of them")
     if gpt == 0 and any(r.spec.train.cuda_graph for r in runs):
         raise ConfigError(f"{path}: train.cuda_graph needs CUDA but the trials get no GPU; pass --gpus-per-trial "
                           "(or resources.gpus_per_trial) or drop cuda_graph")
@@ -140,12 +154,12 @@ def sweep(
         return
 
     from ebt_scaling.db import Store
-    from ebt_scaling.sched.runner import RayOptions
     from ebt_scaling.sched.service import default_storage, run_sweep
 
     url = resolve_db(db)
     Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc)  # validates the requests
-    opts = RayOptions(address=address, gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc,
+    opts = RayOptions(address=address, gpus_per_trial=gpt, cpus_per_trial=cpt, workers_per_trial=wpt,
+                      max_concurrent=mc,
                       max_retries=retries, storage_path=storage or default_storage(url), progress=progress,
                       trackers=trackers, tracking=dict(sw.tracking))
     if "mlflow" in trackers:

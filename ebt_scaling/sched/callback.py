@@ -118,6 +118,10 @@ class SweepCallback(Callback):
         rs.step = max(rs.step, int(result.get("ebt_step") or 0))
         if "ebt_ckpt_step" in result:
             rs.pending_ckpt_step = int(result["ebt_ckpt_step"])
+        if result.get("ebt_ckpt_path"):  # a data-parallel trial: Ray Train persisted rank 0's checkpoint
+            rs.ckpt_step = int(result.get("ebt_ckpt_step") or rs.step)
+            self.flush()  # points up to the checkpoint are stored before it is recorded
+            self.sink.checkpoint(rs.run_id, str(result["ebt_ckpt_path"]), rs.ckpt_step)
         if result.get("ebt_error"):
             rs.reason = str(result["ebt_error"])
             rs.diverged = False

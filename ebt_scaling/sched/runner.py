@@ -50,8 +50,9 @@ class DriverSink(Protocol):
 @dataclass(frozen=True)
 class RayOptions:
     address: str | None = None  # None: $RAY_ADDRESS, else a fresh local instance
-    gpus_per_trial: float = 0.0
-    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0  # with workers_per_trial > 1: per worker (0 or 1)
+    cpus_per_trial: float = 1.0  # with workers_per_trial > 1: per worker
+    workers_per_trial: int = 1  # data-parallel workers of one run (Ray Train, sched/ddp.py)
     max_concurrent: int | None = None
     max_retries: int = 2
     storage_path: str = "ebt_scale_runs"
@@ -203,7 +204,33 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
                           "for a local Ray instance") from None
 
 
+def check_request(opts: RayOptions) -> None:
+    """Refuse, in one line, a trial that would train on fewer devices than it reserves."""
+    from ebt_scaling.errors import ConfigError
+
+    n, g = opts.workers_per_trial, opts.gpus_per_trial
+    if n < 1:
+        raise ConfigError(f"resources: workers_per_trial must be >= 1, got {n}")
+    if n == 1 and g > 1:
+        raise ConfigError(f"resources: gpus_per_trial = {g:g} reserves {g:g} GPUs for a run that trains on one; "
+                          f"use --workers-per-trial {int(g) if g == int(g) else 'N'} --gpus-per-trial 1 (one GPU per "
+                          "data-parallel worker)")
+    if n > 1 and g not in (0, 1):
+        raise ConfigError(f"resources: with workers_per_trial = {n}, gpus_per_trial is per worker and each worker "
+                          f"trains on one whole GPU; use --gpus-per-trial 1 (or 0 for CPU workers), not {g:g}")
+
+
+def trial_footprint(opts: RayOptions) -> tuple[float, float]:
+    """(CPUs, GPUs) one trial holds while it runs: its workers' together."""
+    n = max(1, opts.workers_per_trial)
+    return opts.cpus_per_trial * n, opts.gpus_per_trial * n
+
+
 def _task_resources(opts: RayOptions) -> dict[str, float]:
+    if opts.workers_per_trial > 1:
+        # The trial only drives a TorchTrainer, whose own placement group reserves the workers (placement groups
+        # do not nest); Tune refuses an all-zero request, so the driver reserves 1 MiB of memory and no CPU.
+        return {"cpu": 0.0, "memory": float(1 << 20)}
     res: dict[str, float] = {"cpu": float(opts.cpus_per_trial)}
     if opts.gpus_per_trial:
         res["gpu"] = float(opts.gpus_per_trial)
@@ -217,6 +244,7 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
     t0 = time.monotonic()
     if not tasks:
         return out
+    check_request(opts)
     tune_env()
     address = opts.address or os.environ.get("RAY_ADDRESS") or None
     local = address is None or address == "local"
@@ -279,28 +307,40 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
     stopper = CancelStopper(sink)
     try:
         cluster = ray.cluster_resources()
-        need_cpu, need_gpu = opts.cpus_per_trial, opts.gpus_per_trial
+        need_cpu, need_gpu = trial_footprint(opts)
         if need_cpu > cluster.get("CPU", 0) + 1e-9 or need_gpu > cluster.get("GPU", 0) + 1e-9:
             from ebt_scaling.errors import ConfigError
 
             raise ConfigError(f"resources: a trial asks for {need_cpu:g} CPU and {need_gpu:g} GPU but the Ray "
                               f"cluster has {cluster.get('CPU', 0):g} CPU and {cluster.get('GPU', 0):g} GPU; "
-                              "lower --cpus-per-trial/--gpus-per-trial or use a bigger cluster")
+                              "lower --cpus-per-trial/--gpus-per-trial/--workers-per-trial or use a bigger cluster")
+        workers_note = f" ({opts.workers_per_trial} workers on Ray Train)" if opts.workers_per_trial > 1 else ""
         progress.message(f"Ray: {'local instance' if local else 'cluster ' + str(address)} with "
                          f"{cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU; "
-                         f"{len(tasks)} trial(s), {opts.cpus_per_trial:g} CPU + {opts.gpus_per_trial:g} GPU each")
+                         f"{len(tasks)} trial(s), {need_cpu:g} CPU + {need_gpu:g} GPU each{workers_note}")
+        storage = str(Path(opts.storage_path).expanduser().resolve()) if "://" not in opts.storage_path \
+            else opts.storage_path
         for t in tasks:
             t.setdefault("report_every_s", opts.report_every_s)
             if opts.train_fn:
                 t.setdefault("train_fn", opts.train_fn)
+            if opts.workers_per_trial > 1:
+                t.update(workers=opts.workers_per_trial, cpus_per_worker=opts.cpus_per_trial,
+                         gpus_per_worker=opts.gpus_per_trial, storage=storage, experiment=opts.experiment_name)
+        max_concurrent = opts.max_concurrent
+        if opts.workers_per_trial > 1:
+            # The trials hold no resources of their own; as many at once as the cluster holds worker groups
+            # (more would start Train drivers whose placement groups wait, and can deadlock each other).
+            fit = [cluster.get("CPU", 0) / need_cpu if need_cpu else float("inf"),
+                   cluster.get("GPU", 0) / need_gpu if need_gpu else float("inf")]
+            cap = max(1, int(min(fit) + 1e-9)) if min(fit) != float("inf") else 1
+            max_concurrent = min(cap, max_concurrent) if max_concurrent else cap
         trainable = tune.with_resources(ebt_trial, _task_resources(opts))
-        storage = str(Path(opts.storage_path).expanduser().resolve()) if "://" not in opts.storage_path \
-            else opts.storage_path
         tuner = tune.Tuner(
             trainable,
             param_space={"run": tune.grid_search(tasks)},
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=opts.max_concurrent,
+                max_concurrent_trials=max_concurrent,
                 reuse_actors=opts.reuse_actors,
                 trial_name_creator=lambda t: f"r{t.config['run']['run_id']}",
                 trial_dirname_creator=lambda t: f"r{t.config['run']['run_id']}",

@@ -109,10 +109,16 @@ class RaySink:
 
 
 def ebt_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable. ``config["run"]`` is a task dict built by the runner."""
+    """Tune function trainable. ``config["run"]`` is a task dict built by the runner; a task with ``workers`` > 1
+    runs its training on Ray Train (``sched/ddp.py``)."""
     from ray import tune
 
     task = config["run"]
+    if int(task.get("workers") or 1) > 1:
+        from ebt_scaling.sched.ddp import ddp_trial
+
+        ddp_trial(task)
+        return
     spec = RunSpec.from_dict(task["spec"])
     sink = RaySink(float(task.get("report_every_s", 2.0)))
     work = tempfile.mkdtemp(prefix="ebt-run-")

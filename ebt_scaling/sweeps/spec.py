@@ -17,7 +17,8 @@ axis values. Layout (every section but ``[sweep]`` and ``[axis]`` is optional)::
 
     [train]                        # TrainConfig fields (unset: the preset's, config.PRESETS)
     [data]                         # DataConfig fields (vocab_size: the tokenizer's, also the model's)
-    [resources]                    # gpus_per_trial, cpus_per_trial, max_concurrent, max_retries
+    [resources]                    # gpus_per_trial, cpus_per_trial, workers_per_trial, max_concurrent,
+                                   # max_retries
     [cost]                         # throughput assumptions of the dry-run plan
     [tracking]                     # trackers = ["mlflow", "tensorboard", "wandb"], mlflow_tracking_uri,
                                    # wandb_project (sched/trackers.py)
@@ -52,8 +53,9 @@ MODEL_KEYS = ("preset",) + tuple(
 )
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig))
-RESOURCE_KEYS = ("gpus_per_trial", "cpus_per_trial", "max_concurrent", "max_retries")
-RESOURCE_LIMITS = {"gpus_per_trial": 1024, "cpus_per_trial": 4096, "max_concurrent": 100_000, "max_retries": 1000}
+RESOURCE_KEYS = ("gpus_per_trial", "cpus_per_trial", "workers_per_trial", "max_concurrent", "max_retries")
+RESOURCE_LIMITS = {"gpus_per_trial": 1024, "cpus_per_trial": 4096, "workers_per_trial": 4096, "max_concurrent": 100_000,
+                   "max_retries": 1000}
 COST_KEYS = ("gpu_flops_per_s", "cpu_flops_per_s", "note")
 TRACKING_KEYS = ("trackers", "mlflow_tracking_uri", "wandb_project")
 
@@ -239,6 +241,8 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> SweepSpec:
         ok = _is_num(v) and v >= 0 if k in ("gpus_per_trial", "cpus_per_trial") else _is_int(v) and v >= 0
         if not ok:
             raise _err(src, f"resources.{k}", f"bad value {v!r}", "use a non-negative number")
+        if k == "workers_per_trial" and v < 1:
+            raise _err(src, f"resources.{k}", f"bad value {v!r}", "use 1 (one process) or more data-parallel workers")
         if v > RESOURCE_LIMITS[k]:
             raise _err(src, f"resources.{k}", f"{v!r} is above the limit {RESOURCE_LIMITS[k]:,}",
                        "check for a typo")
