@@ -195,3 +195,14 @@ def test_sweep_with_two_workers_survives_a_killed_worker(tmp_path):
     rows = json.loads(subprocess.run([sys.executable, "-m", "ebt_scaling", "runs", "--sweep", "ddp", "--format",
                                       "json", "--db", url], capture_output=True, text=True, cwd=ROOT).stdout)
     assert [(x["status"], x["config_hash"]) for x in rows] == [("completed", run.config_hash)]
+
+
+def test_memory_plan_counts_one_workers_share_of_the_batch(tmp_path):
+    from ebt_scaling.sweeps.expand import expand
+    from ebt_scaling.sweeps.plan import MemorySetting, Resources, plan_memory
+    from ebt_scaling.sweeps.spec import load_spec
+
+    runs = expand(load_spec(write_spec(tmp_path, batch=8)))
+    res, mem = Resources(gpus_per_trial=1), MemorySetting(80.0)
+    assert [p.micro_batch_size for p in plan_memory(runs, res, mem)] == [8]
+    assert [p.micro_batch_size for p in plan_memory(runs, res, mem, workers=2)] == [4]

@@ -129,7 +129,8 @@ def sweep(
         raise ConfigError(f"--gpu-memory must be > 0 GiB, got {gpu_memory:g}; e.g. 80 for an 80 GB GPU")
     mem_setting = MemorySetting(gpu_memory)
     # Before anything is planned, scheduled or written: a GPU run that cannot fit even at micro-batch 1.
-    check_memory(runs, plan_memory(runs, Resources(gpus_per_trial=gpt, cpus_per_trial=cpt), mem_setting))
+    check_memory(runs, plan_memory(runs, Resources(gpus_per_trial=gpt, cpus_per_trial=cpt), mem_setting,
+                                   workers=wpt))
 
     if dry_run:
         ncpu, ngpu = local_resources()

@@ -105,10 +105,12 @@ class MemorySetting:
         return self.per_gpu_gib * min(1.0, gpus_per_trial)
 
 
-def plan_memory(runs: list[ExpandedRun], resources: Resources, setting: MemorySetting) -> list[MemoryPlan]:
+def plan_memory(runs: list[ExpandedRun], resources: Resources, setting: MemorySetting, *,
+                workers: int = 1) -> list[MemoryPlan]:
     """The memory plan of every run: on GPUs the largest micro-batch that fits the trial's share of a GPU
     (``MemoryPlan.fits`` False when not even micro-batch 1 does); on CPUs the host memory of the whole batch
-    (nothing is refused: there is no device limit to hold it to)."""
+    (nothing is refused: there is no device limit to hold it to). ``workers``: data-parallel workers per run,
+    each device holding ``batch_size / workers`` sequences."""
     if not resources.uses_gpu:
         out = []
         for r in runs:
@@ -117,7 +119,8 @@ def plan_memory(runs: list[ExpandedRun], resources: Resources, setting: MemorySe
                                   fits=True, memory_gib_available=math.inf, estimate=est))
         return out
     avail = setting.per_trial_gib(resources.gpus_per_trial)
-    return [plan_micro_batch(r.spec, avail, device="gpu") for r in runs]
+    return [plan_micro_batch(r.spec, avail, device="gpu", batch_size=max(1, r.spec.train.batch_size // workers))
+            for r in runs]
 
 
 def check_memory(runs: list[ExpandedRun], plans: list[MemoryPlan]) -> None:
