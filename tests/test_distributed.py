@@ -2,7 +2,7 @@
 
 - 2 workers equal 1 worker (T++ and EBT S1, nano, synthetic, fp32): every logged train loss and the validation
   losses to 1e-4 relative (each worker takes half of every batch, its draws keyed by the global sample index);
-- a 2-worker run resumed from its step-2 checkpoint equals the straight 2-worker run;
+- a 2-worker EBT S2 run (per-worker replay buffers) resumed from its step-2 checkpoint equals the straight run;
 - a batch size that is not a multiple of the workers is one ``ConfigError`` line;
 - ``gpu``: the same on NCCL with one GPU per worker (skipped without 2 CUDA devices).
 
@@ -22,11 +22,11 @@ from ebt_scaling.train.distributed import check_local, launch_local
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
-def _spec(family: str, ckpt=None, **train_kw) -> RunSpec:
+def _spec(family: str, ckpt=None, recipe: str = "ebt_s1", **train_kw) -> RunSpec:
     kw = dict(steps=4, batch_size=4, lr=3e-3, warmup_steps=1, eval_interval=2, eval_batches=2, log_interval=1,
               seed=0, threads=1, precision="fp32", device="cpu")
     kw.update(train_kw)
-    recipe = "ebt_s1" if family == "ebt" else None
+    recipe = recipe if family == "ebt" else None
     m = model_config(family, "nano", vocab_size=32, sequence_len=16, recipe=recipe)
     return RunSpec(model=m, train=TrainConfig(**kw), data=DataConfig(source="synthetic", vocab_size=32),
                    recipe=recipe, checkpoint_dir=str(ckpt) if ckpt else None)
@@ -56,7 +56,9 @@ def test_two_workers_equal_one(family):
 
 
 def test_two_workers_resume_from_a_checkpoint(tmp_path):
-    spec = _spec("ebt", ckpt=tmp_path / "a", checkpoint_interval=2)
+    """EBT S2: random step count and size, noise, and a replay buffer per worker (every rank's is saved, rank r
+    resumes with its own): resumed from step 2 equals straight."""
+    spec = _spec("ebt", ckpt=tmp_path / "a", recipe="ebt_s2", checkpoint_interval=2)
     straight = ListSink()
     r1 = launch_local(spec, 2, straight)
     assert [s for _, s in straight.checkpoints] == [2, 4]  # rank 0's sink only; rank 0 wrote the files
