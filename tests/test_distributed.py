@@ -87,3 +87,13 @@ def test_two_workers_on_nccl_equal_one():
     launch_local(spec, 1, one)
     launch_local(spec, 2, two)
     _close(_series(two, "train_loss"), _series(one, "train_loss"), rel=1e-3)
+
+
+def test_train_cli_refuses_workers_that_do_not_divide_the_batch():
+    from typer.testing import CliRunner
+
+    from ebt_scaling.cli.main import app
+
+    r = CliRunner().invoke(app, ["train", "--family", "ebt", "--preset", "nano", "--data", "synthetic",
+                                 "--batch-size", "6", "--steps", "2", "--device", "cpu", "--workers", "4"])
+    assert r.exit_code == 2 and "the batch size 6 is not divisible by 4" in r.output, r.output
