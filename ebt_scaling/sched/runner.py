@@ -341,7 +341,9 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
             param_space={"run": tune.grid_search(tasks)},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=max_concurrent,
-                reuse_actors=opts.reuse_actors,
+                # A data-parallel trial's Train controller and workers are owned by the trial's actor: a stopped
+                # trial must take its actor (and so them) down, not hand it to the next trial.
+                reuse_actors=opts.reuse_actors and opts.workers_per_trial == 1,
                 trial_name_creator=lambda t: f"r{t.config['run']['run_id']}",
                 trial_dirname_creator=lambda t: f"r{t.config['run']['run_id']}",
             ),
