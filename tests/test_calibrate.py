@@ -248,3 +248,28 @@ def test_time_training_steps_restores_threads(tmp_path):
     assert torch.get_num_threads() == before
     with pytest.raises(ConfigError, match="steps must be >= 1"):
         time_training_steps(spec, steps=0)
+
+
+def test_a_configuration_that_does_not_fit_is_one_line_and_keeps_the_earlier_ones(tmp_path, monkeypatch):
+    import torch
+
+    from ebt_scaling.db import Store
+    from ebt_scaling.train import calibrate as cal_mod
+
+    calls = []
+
+    def fake(spec, steps, warmup):
+        calls.append(spec.family)
+        if len(calls) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore text")
+        return 0.5
+
+    monkeypatch.setattr(cal_mod, "time_training_steps", fake)
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    r = CliRunner().invoke(app, ["calibrate", "--spec", str(_spec(tmp_path)), "--size", "1", "--device", "cpu",
+                                 "--db", db])
+    assert r.exit_code == 1, r.output
+    line = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(line) == 1 and "ebt 1" in line[0] and "does not fit" in line[0] and "1 configuration(s)" in line[0]
+    with Store(db) as s:
+        assert [(c.family, c.seconds_per_step) for c in s.list_calibrations()] == [("transformer_pp", 0.5)]

@@ -71,6 +71,7 @@ def calibrate(
 
     import torch
 
+    from ebt_scaling.errors import EbtScaleError
     from ebt_scaling.records import CalibrationRecord
     from ebt_scaling.sweeps.calibration import cpu_model_name
     from ebt_scaling.train.calibrate import time_training_steps
@@ -93,7 +94,12 @@ def calibrate(
     try:
         for i, ((fam, key, prec, rec), r) in enumerate(configs.items(), 1):
             train = dataclasses.replace(r.spec.train, device=str(dev), threads=n_threads)
-            seconds = time_training_steps(r.spec.with_(train=train), steps=steps, warmup=warmup)
+            try:
+                seconds = time_training_steps(r.spec.with_(train=train), steps=steps, warmup=warmup)
+            except torch.OutOfMemoryError:
+                raise EbtScaleError(f"calibrate: {fam} {r.label} ({key}, {prec}) does not fit on {name} at batch "
+                                    f"{train.batch_size}; the {len(out)} configuration(s) before it are stored; "
+                                    "narrow with --size/--family") from None
             flops_per_step = r.planned.flops_per_token["exact"] * train.batch_size * r.spec.model.sequence_len
             cal = store.save_calibration(CalibrationRecord(
                 device_kind=kind, device_name=name, family=fam, shape_key=key, precision=prec, recipe=rec,
