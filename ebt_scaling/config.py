@@ -60,6 +60,7 @@ LIMITS: dict[str, int | float] = {
     "warmup_steps": 10**9,
     "eval_interval": 10**9, "checkpoint_interval": 10**9, "threads": 4096, "min_lr_div": 1e6,
     "grad_clip": 1e6, "seed": 2**31 - 1, "split_seed": 2**31 - 1,
+    "micro_batch_size": 1 << 20, "schedule_steps": 10**9,  # issue 18
 }
 
 
@@ -385,9 +386,20 @@ class TrainConfig:
     cuda_graph: bool = False
     # torch.compile the training loss (both families; the EBT's inner gradient is then torch.func.grad).
     compile: bool = False
+    # Gradient accumulation (train/accumulate.py): sequences per forward + backward; None = the whole batch. One
+    # optimizer step is the token-weighted mean over its micro-batches, i.e. the whole batch's gradient up to
+    # rounding. A remainder is allowed: the last micro-batch is smaller and weighted by its tokens. Not hashed
+    # (it changes rounding only, like device or compile). "auto" (from a memory plan) is not implemented yet.
+    micro_batch_size: int | None = None
+    # Length of the LR schedule (warm-up + cosine over schedule_steps) when the run stops earlier, at ``steps``
+    # (the paper's 1M-step cosine stopped at 105k); None = steps. Hashed only when set.
+    schedule_steps: int | None = None
 
     def __post_init__(self) -> None:
         c = "TrainConfig"
+        if isinstance(self.micro_batch_size, str):
+            raise _fail(c, "micro_batch_size", f"{self.micro_batch_size!r} is not supported yet (only an integer; "
+                        "'auto' needs the memory plan of issue 18 item 3)", "give an integer <= batch_size")
         _check_types_and_limits(self)
         if self.eval_tokens is not None and self.eval_tokens < 1:
             raise _fail(c, "eval_tokens", f"must be a positive integer, got {self.eval_tokens!r}",
@@ -411,6 +423,16 @@ class TrainConfig:
         for name in ("cuda_graph", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise _fail(c, name, f"must be true or false, got {getattr(self, name)!r}", "set it to a boolean")
+        if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
+            raise _fail(c, "micro_batch_size", f"must be an integer in 1..batch_size ({self.batch_size}), got "
+                        f"{self.micro_batch_size!r}", "give at most batch_size (a divisor keeps the micro-batches "
+                        "equal), or leave it unset for the whole batch")
+        if self.schedule_steps is not None and self.schedule_steps < self.steps:
+            raise _fail(c, "schedule_steps", f"{self.schedule_steps!r} is shorter than the run (steps = "
+                        f"{self.steps})", "give schedule_steps >= steps, or leave it unset for steps")
+        if self.cuda_graph and self.micro_batch_size not in (None, self.batch_size):
+            raise _fail(c, "micro_batch_size", "cannot be combined with cuda_graph (a captured step is one "
+                        "forward + backward)", "drop micro_batch_size or cuda_graph")
         if self.cuda_graph and self.compile:
             raise _fail(c, "compile", "cannot be combined with cuda_graph (the graphed step replays the eager "
                         "kernels)", "choose one of compile and cuda_graph")
@@ -418,6 +440,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         return _from_dict(cls, d)
+
+    @property
+    def schedule_length(self) -> int:
+        """Steps the LR schedule spans: ``schedule_steps``, or ``steps`` when unset."""
+        return self.schedule_steps if self.schedule_steps is not None else self.steps
 
 
 @dataclass(frozen=True)
@@ -511,6 +538,10 @@ class RunSpec:
             d["train"].pop(k, None)
         if d["train"].get("eval_tokens") is None:  # hashes from before the field existed stay valid
             d["train"].pop("eval_tokens", None)
+        # issue 18: gradient accumulation changes rounding only; schedule_steps is hashed only when set
+        d["train"].pop("micro_batch_size", None)
+        if d["train"].get("schedule_steps") is None:
+            d["train"].pop("schedule_steps", None)
         return d
 
     @property

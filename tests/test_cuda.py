@@ -62,7 +62,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def descent_loss(m, idx: torch.Tensor, tgt: torch.Tensor, z0: torch.Tensor) -> torch.Tensor:
     """The EBT's training-style objective from a given start (no random draws), so that CPU and CUDA
     compute the same function: a second-order descent over every landscape, then the CE of every step."""
-    landscapes = m._landscapes(train=False)
+    landscapes = m.landscapes(train=False)
     zs, _ = m.descend(idx, z0, landscapes, alpha=m.alpha_value(), sigma=0.0, need_graph=True)
     ces = [torch.nn.functional.cross_entropy(z.flatten(0, 1).float(), tgt.flatten()) for z in zs]
     return torch.stack(ces).mean()

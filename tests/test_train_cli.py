@@ -58,6 +58,11 @@ def test_train_summary_table_ebt():
     (["--compile", "--cuda-graph", "--family", "transformer_pp"], "cannot be combined with cuda_graph"),
     (["--family", "transformer_pp", "--step-size", "2"], "--step-size and --step-size-lr-mult apply to --family ebt"),
     (["--step-size", "-1"], "ModelConfig.step_size: must be > 0"),
+    (["--micro-batch-size", "auto"], "--micro-batch-size auto: not supported yet"),
+    (["--micro-batch-size", "two"], "--micro-batch-size: expected an integer"),
+    (["--batch-size", "4", "--micro-batch-size", "5"], "in 1..batch_size (4), got 5"),
+    (["--micro-batch-size", "0"], "TrainConfig.micro_batch_size: must be an integer in 1.."),
+    (["--schedule-steps", "1"], "TrainConfig.schedule_steps: 1 is shorter than the run (steps = 2)"),
 ])
 def test_train_bad_input_is_one_line_exit_2(tmp_path, args, needle):
     base = ["train", "--preset", "nano", "--data", "synthetic", "--vocab-size", "32", "--steps", "2",

@@ -32,6 +32,18 @@ def _check_data_arg(data: str) -> None:
         raise fail(f"--data {data}: no such file or folder; give an existing .txt file or a folder of them", 2)
 
 
+def _micro_batch_size(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value.strip().lower() == "auto":
+        raise fail("--micro-batch-size auto: not supported yet (it needs the memory plan of issue 18 item 3); "
+                   "give an integer", 2)
+    try:
+        return int(value)
+    except ValueError:
+        raise fail(f"--micro-batch-size: expected an integer, got {value!r}", 2) from None
+
+
 @handle_errors
 def train_cmd(
     family: Annotated[str, typer.Option("--family", "-f", help="transformer_pp or ebt.")] = "ebt",
@@ -39,6 +51,13 @@ def train_cmd(
     recipe: Annotated[str | None, typer.Option("--recipe", help="EBT recipe: ebt_s1 (default) or ebt_s2.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps.", min=1)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Sequences per step.", min=1)] = None,
+    micro_batch_size: Annotated[str | None, typer.Option("--micro-batch-size", help="Gradient accumulation: "
+                                                         "sequences per forward + backward (an integer <= the "
+                                                         "batch size; default: the whole batch). Same result up to "
+                                                         "rounding (docs/training.md).")] = None,
+    schedule_steps: Annotated[int | None, typer.Option("--schedule-steps", help="Length of the LR schedule "
+                                                       "(warm-up + cosine) when the run stops earlier at --steps "
+                                                       "(default: --steps).", min=1)] = None,
     seq_len: Annotated[int | None, typer.Option("--seq-len", help="Context length in tokens.", min=1)] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", help="Warm-up steps.", min=0)] = None,
@@ -88,6 +107,7 @@ def train_cmd(
         raise fail("--recipe applies to --family ebt only; drop it for transformer_pp", 2)
     if family != "ebt" and (step_size is not None or step_size_lr_mult is not None):
         raise fail("--step-size and --step-size-lr-mult apply to --family ebt only; drop them for transformer_pp", 2)
+    micro = _micro_batch_size(micro_batch_size)
     p = get_preset(preset)  # the one source of defaults (config.PRESETS)
     d = p.train_defaults(family)
     steps = steps or d["steps"]
@@ -98,7 +118,8 @@ def train_cmd(
                        eval_interval=d["eval_interval"] if eval_interval is None else eval_interval,
                        eval_batches=eval_batches, log_interval=log_interval,
                        checkpoint_interval=checkpoint_interval, seed=seed, device=device, threads=threads,
-                       cuda_graph=cuda_graph, compile=compile_, precision=precision)
+                       cuda_graph=cuda_graph, compile=compile_, micro_batch_size=micro, schedule_steps=schedule_steps,
+                       precision=precision)
     dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab_size or p.vocab_size)
     vocab = tokenizer_vocab_size(dcfg)
     recipe_name = (recipe or "ebt_s1") if family == "ebt" else None

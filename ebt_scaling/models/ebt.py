@@ -19,6 +19,12 @@ The algorithm in one reading:
                    the last step only; a replay buffer restarts part of each batch from stored final logits.
   thinking         more steps and best-of-N samples; per position keep the candidate of lowest energy.
 
+Randomness enters as inputs (``Draws``: z0, the noise of every step, alpha's multiplier, the step count), drawn
+row by row from one generator per sample (``draw``), so ``loss`` is a deterministic function of its inputs. The
+training loop keys those generators by (seed, step, global sample index) (train/keyed.py): a sample's draws do not
+depend on how its batch is split into micro-batches. Without ``draws``, ``loss`` draws them from torch's global
+generator and runs the replay buffer itself (the whole batch in one call).
+
 Training differentiates the CE through dE/dp, i.e. twice through the prediction stream. ``energy_grad``
 computes the inner gradient with ``torch.autograd.grad(create_graph=True)`` (eager, the reference) or with
 ``torch.func.grad``, which ``torch.compile`` traces into one graph whose outer backward is an ordinary
@@ -26,6 +32,9 @@ backward (``compile_loss``). The observed stream is differentiated once only, so
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +45,17 @@ from ebt_scaling.errors import ConfigError, TrainingDiverged
 from ebt_scaling.models.layers import Block, RMSNorm, Rotary, causal_mask, init_linear_xavier, upcast
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: observed keys, values, each (B, H, So, Dh)
+
+
+@dataclass(frozen=True)
+class Draws:
+    """The random inputs of one EBT forward (``EBT.draw``), row by row: row j of a batch's draws is what that row
+    draws alone."""
+
+    landscapes: tuple[int, ...]  # landscape of every inner step (S2: the step count is drawn per optimizer step)
+    z0: torch.Tensor  # (B, T, V) initial candidate logits, N(0, init_noise_scale^2), or a replayed row's stored ones
+    noise: torch.Tensor | None = None  # (B, steps, T, V) standard normal Langevin noise; None when sigma = 0
+    step_scale: torch.Tensor | None = None  # (B, T, 1) alpha's multiplier U[1/s, s]; None: the fixed alpha
 
 
 class EBT(nn.Module):
@@ -137,23 +157,27 @@ class EBT(nn.Module):
     # ------------------------------------------------------------------------------------------------
     def descend(self, idx: torch.Tensor, z: torch.Tensor, landscapes: list[int], *, alpha: torch.Tensor,
                 sigma: float, need_graph: bool, generator: torch.Generator | None = None,
-                kv_cache: dict | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                kv_cache: dict | None = None, noise: torch.Tensor | None = None
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Run the inner loop from candidate logits z (B, T, V), one step per entry of ``landscapes``.
 
         Returns the logits after every step and the detached energies (B, T) at every step's input.
         ``alpha``: a scalar or (B, T, 1). ``sigma``: Langevin noise std. ``need_graph``: keep the
         second-order graph so an outer loss can train through the descent (with truncation, on the last step
-        only); without it every step is first order and the results are detached. ``kv_cache``: a dict that
-        shares the observed stream across calls on the same ``idx`` (best-of-N samples); it must not outlive
-        a parameter update. Raises ``TrainingDiverged`` on a non-finite inner gradient."""
+        only); without it every step is first order and the results are detached. ``noise``: the standard
+        normal Langevin noise of every step (B, steps, T, V); without it each step draws from ``generator``
+        (None: torch's global generator). ``kv_cache``: a dict that shares the observed stream across calls on
+        the same ``idx`` (best-of-N samples); it must not outlive a parameter update. Raises
+        ``TrainingDiverged`` on a non-finite inner gradient."""
         zs, es, grad_sums = self._descend(idx, z, landscapes, alpha=alpha, sigma=sigma, need_graph=need_graph,
-                                          generator=generator, kv_cache=kv_cache)
+                                          generator=generator, kv_cache=kv_cache, noise=noise)
         self._check_finite(grad_sums)
         return zs, es
 
     def _descend(self, idx: torch.Tensor, z: torch.Tensor, landscapes: list[int], *, alpha: torch.Tensor,
                  sigma: float, need_graph: bool, generator: torch.Generator | None = None,
-                 kv_cache: dict | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+                 kv_cache: dict | None = None, noise: torch.Tensor | None = None
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """``descend`` without the finiteness check (no host sync: compilable); also returns every step's
         inner-gradient sum (steps,) for that check."""
         cfg = self.cfg
@@ -169,8 +193,9 @@ class EBT(nn.Module):
                 graph = need_graph and (not cfg.truncate_steps or i == n - 1)
                 if cfg.detach_between_steps or not need_graph:
                     z = z.detach()  # S1: the outer gradient flows through one step at a time
-                if sigma > 0:
-                    z = z + sigma * self._noise(z.shape, z.device, generator)  # Langevin noise, logit space
+                if sigma > 0:  # Langevin noise, logit space
+                    eps = noise[:, i] if noise is not None else self._noise(z.shape, z.device, generator)
+                    z = z + sigma * eps
                 p = upcast(z).softmax(dim=-1)  # (B, T, V), fp32
                 kvs = self._observed(idx, landscape, graph, need_graph, cache)
                 e, g_emb = self.energy_grad(F.linear(p, w), kvs, graph)  # (B, T), (B, T, D)
@@ -228,15 +253,16 @@ class EBT(nn.Module):
         """alpha = clamp(param, min 1e-4) (section 6.3)."""
         return self.alpha.clamp(min=1e-4)
 
-    def _landscapes(self, train: bool) -> list[int]:
-        """Landscape index of every inner step (section 6.2; repetition on the last landscape only)."""
+    def landscapes(self, train: bool, generator: torch.Generator | None = None) -> list[int]:
+        """Landscape index of every inner step (section 6.2; repetition on the last landscape only). In training
+        the repetition count is drawn from ``generator`` (None: torch's global generator)."""
         cfg = self.cfg
         m, k = cfg.mcmc_num_steps, cfg.randomize_num_steps
         if not k:
             r = 1
         elif train:
             lo = max(cfg.randomize_num_steps_min, 1)
-            r = int(torch.randint(lo, k + 2, (1,)).item())  # r ~ U{lo..k+1}, once per forward
+            r = int(torch.randint(lo, k + 2, (1,), generator=generator).item())  # r ~ U{lo..k+1}
         else:
             r = k + 1
         return list(range(m - 1)) + [m - 1] * r
@@ -245,6 +271,28 @@ class EBT(nn.Module):
         # Candidates live in fp32 (fp64 when the whole model was cast to double, e.g. for gradcheck).
         dtype = torch.float64 if self.vocab_to_embed.weight.dtype == torch.float64 else torch.float32
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+    def draw(self, generators: Sequence[torch.Generator | None], t: int, landscapes: Sequence[int], device, *,
+             train: bool, starts: Sequence[torch.Tensor | None] | None = None) -> Draws:
+        """The random inputs of a batch of ``len(generators)`` rows of length ``t``, each row from its own
+        generator in a fixed order (initial logits, alpha's multiplier in training, the Langevin noise of every
+        step), so a row's draws depend on its generator alone. ``starts``: per row, stored logits (T, V) to start
+        from instead of noise (a replayed row), or None."""
+        cfg = self.cfg
+        s = cfg.step_size_random_scale
+        z0s, scales, noises = [], [], []
+        for j, g in enumerate(generators):
+            z0 = self._noise((t, cfg.vocab_size), device, g) * cfg.init_noise_scale  # (T, V)
+            if starts is not None and starts[j] is not None:
+                z0 = starts[j].to(z0.device, z0.dtype)
+            z0s.append(z0)
+            if train and s != 1.0:
+                u = torch.rand((t, 1), generator=g, device=device)
+                scales.append(1.0 / s + (s - 1.0 / s) * u)  # alpha ~ U[alpha/s, alpha*s] per position
+            if cfg.langevin_noise_std > 0:
+                noises.append(self._noise((len(landscapes), t, cfg.vocab_size), device, g))  # (steps, T, V)
+        return Draws(tuple(landscapes), torch.stack(z0s), torch.stack(noises) if noises else None,
+                     torch.stack(scales) if scales else None)
 
     def _initial_logits(self, b: int, t: int, device, generator: torch.Generator | None) -> torch.Tensor:
         """z0 ~ N(0, init_noise_scale^2), (B, T, V)."""
@@ -255,7 +303,7 @@ class EBT(nn.Module):
     # ------------------------------------------------------------------------------------------------
     # Training objective (section 8), validation forward, thinking
     # ------------------------------------------------------------------------------------------------
-    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor, draws: Draws | None = None) -> tuple[torch.Tensor, dict]:
         """Training objective and metrics (section 8).
 
         loss = mean over inner steps of the CE (S1) or the last step's CE (truncation, S2). ``info``: ``ce``
@@ -263,43 +311,57 @@ class EBT(nn.Module):
         ``energy_final``, ``energy_steps`` (mean energy at every step's input), ``alpha``, ``inner_steps``,
         ``replayed``; all detached. Training mode applies the recipe's randomisation (step count,
         per-element step size, replay buffer); evaluation mode none of it except Langevin noise (kept at NLP
-        validation in the paper). Host decisions happen here; ``_loss_core`` holds the differentiable rest.
+        validation in the paper).
+
+        ``draws``: the random inputs of every row (``draw``), e.g. keyed per sample by the training loop, which
+        then also runs the replay buffer (rows of ``idx`` may be replayed ones) and gets the final logits back in
+        ``info["final_logits"]`` when the buffer is on. Without ``draws`` they come from torch's global generator
+        and, in training, the replay buffer runs here: stored rows are appended to the batch and the fresh rows'
+        final logits pushed. Host decisions happen here; ``_loss_core`` holds the differentiable rest.
         """
         self._check_idx(idx)
         if targets.shape != idx.shape:
             raise ConfigError(f"targets: shape {tuple(targets.shape)} differs from idx {tuple(idx.shape)}")
         cfg = self.cfg
         train = self.training
+        replay = train and cfg.replay_buffer_size > 0
         b, t = idx.shape
-        z0 = self._initial_logits(b, t, idx.device, None)
+        own_draws = draws is None
         n_replayed = 0
-        if train and cfg.replay_buffer_size:
-            idx, targets, z0, n_replayed = self._replay_draw(idx, targets, z0)
+        if draws is None:
+            starts: list[torch.Tensor | None] = [None] * b
+            if replay:
+                r_idx, r_tgt, r_z = self.replay_pick(b, t, None)
+                idx, targets, n_replayed = torch.cat((idx, r_idx)), torch.cat((targets, r_tgt)), len(r_z)
+                starts += list(r_z)
+            draws = self.draw([None] * len(starts), t, self.landscapes(train), idx.device, train=train,
+                              starts=starts)
         alpha = self.alpha_value()
-        if train and cfg.step_size_random_scale != 1.0:
-            s = cfg.step_size_random_scale
-            u = torch.rand((idx.shape[0], t, 1), device=idx.device)
-            alpha = alpha * (1.0 / s + (s - 1.0 / s) * u)  # alpha ~ U[alpha/s, alpha*s] per (batch, position)
-        landscapes = tuple(self._landscapes(train))
+        if draws.step_scale is not None:
+            alpha = alpha * draws.step_scale  # (B, T, 1)
         need_graph = train and torch.is_grad_enabled()
         core = self._compiled_core if (need_graph and self._compiled_core is not None) else self._loss_core
-        loss, ce_initial, ce_final, z_final, energy_steps, grad_sums = core(idx, targets, z0, alpha, landscapes,
+        loss, ce_initial, ce_final, z_final, energy_steps, grad_sums = core(idx, targets, draws.z0, alpha,
+                                                                            draws.noise, draws.landscapes,
                                                                             need_graph)
         self._check_finite(grad_sums)
-        if train and cfg.replay_buffer_size:
-            self._replay_push(idx[:b], targets[:b], z_final[:b])
         info = {"ce": ce_final, "ce_initial": ce_initial, "energy_initial": energy_steps[0],
                 "energy_final": energy_steps[-1], "energy_steps": energy_steps,
-                "alpha": self.alpha_value().detach(), "inner_steps": float(len(landscapes)),
+                "alpha": self.alpha_value().detach(), "inner_steps": float(len(draws.landscapes)),
                 "replayed": float(n_replayed)}
+        if replay and own_draws:
+            self.replay_push(idx[:b], targets[:b], z_final[:b])
+        elif replay:
+            info["final_logits"] = z_final  # (B, T, V), detached: the caller pushes its fresh rows
         return loss, info
 
     def _loss_core(self, idx: torch.Tensor, targets: torch.Tensor, z0: torch.Tensor, alpha: torch.Tensor,
-                   landscapes: tuple[int, ...], need_graph: bool):
+                   noise: torch.Tensor | None, landscapes: tuple[int, ...], need_graph: bool):
         """The descent and its cross-entropies: (loss, ce_initial, ce_final, final logits, mean energy per step,
-        inner-gradient sums). No host decision or sync, so ``torch.compile`` traces it as one graph."""
+        inner-gradient sums). No random draw, host decision or sync, so ``torch.compile`` traces it as one
+        graph."""
         zs, es, grad_sums = self._descend(idx, z0, list(landscapes), alpha=alpha, sigma=self.cfg.langevin_noise_std,
-                                          need_graph=need_graph)
+                                          need_graph=need_graph, noise=noise)
 
         def ce(z: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(upcast(z).flatten(0, 1), targets.flatten(), ignore_index=-100)
@@ -319,8 +381,8 @@ class EBT(nn.Module):
     def compile_loss(self, **options) -> None:
         """Run the training part of ``loss`` (``_loss_core``, when a graph is needed) under ``torch.compile``
         from now on. Its inner gradient is then ``torch.func.grad`` (``energy_grad``), which the compiler
-        traces with the rest into one first-order graph. Random draws inside (Langevin noise) use torch's
-        own generator (``fallback_random``), so a compiled run draws what the eager run draws."""
+        traces with the rest into one first-order graph. It draws nothing: the noise comes in as ``Draws``
+        (``fallback_random`` only keeps any draw added later in step with eager)."""
         self._compiled_core = torch.compile(self._loss_core, dynamic=False,
                                             options={"fallback_random": True, **options})
 
@@ -332,7 +394,7 @@ class EBT(nn.Module):
         grad_on = torch.is_grad_enabled()
         b, t = idx.shape
         z0 = self._initial_logits(b, t, idx.device, None)
-        zs, _ = self.descend(idx, z0, self._landscapes(train=False), alpha=self.alpha_value(),
+        zs, _ = self.descend(idx, z0, self.landscapes(train=False), alpha=self.alpha_value(),
                              sigma=self.cfg.langevin_noise_std, need_graph=self.training and grad_on)
         return zs[-1] if grad_on else zs[-1].detach()
 
@@ -394,22 +456,24 @@ class EBT(nn.Module):
     # ------------------------------------------------------------------------------------------------
     # Replay buffer (section 7)
     # ------------------------------------------------------------------------------------------------
-    def _replay_draw(self, idx: torch.Tensor, targets: torch.Tensor, z0: torch.Tensor):
-        """Append min(fraction * B, len(buffer)) stored samples after the fresh rows; they start from their
-        stored final logits instead of noise."""
-        b, t = idx.shape
+    def replay_pick(self, b: int, t: int, generator: torch.Generator | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The stored rows to replay with a batch of ``b`` fresh rows of length ``t``: min(fraction * b, len(buffer))
+        records chosen by ``generator`` (None: torch's global one) -> tokens (n, T), targets (n, T) and their
+        stored final logits (n of (T, V)); they start from those logits instead of noise."""
         if self.replay and self.replay[0][0].shape[0] != t:
             self.replay.clear()  # a different sequence length: stored candidates no longer fit
         n = min(int(self.cfg.replay_buffer_fraction * b), len(self.replay))
+        device = self.vocab_to_embed.weight.device
         if n == 0:
-            return idx, targets, z0, 0
-        pick = torch.randperm(len(self.replay))[:n].tolist()
-        r_idx = torch.stack([self.replay[j][0] for j in pick]).to(idx.device)
-        r_tgt = torch.stack([self.replay[j][1] for j in pick]).to(idx.device)
-        r_z = torch.stack([self.replay[j][2] for j in pick]).to(z0.device, z0.dtype)
-        return torch.cat((idx, r_idx)), torch.cat((targets, r_tgt)), torch.cat((z0, r_z)), n
+            empty = torch.empty((0, t), dtype=torch.long, device=device)
+            return empty, empty, []
+        pick = torch.randperm(len(self.replay), generator=generator)[:n].tolist()
+        r_idx = torch.stack([self.replay[j][0] for j in pick]).to(device)
+        r_tgt = torch.stack([self.replay[j][1] for j in pick]).to(device)
+        return r_idx, r_tgt, [self.replay[j][2] for j in pick]
 
-    def _replay_push(self, idx: torch.Tensor, targets: torch.Tensor, z: torch.Tensor) -> None:
+    def replay_push(self, idx: torch.Tensor, targets: torch.Tensor, z: torch.Tensor) -> None:
         """Push the fresh rows' final logits; keep the newest ``replay_buffer_size`` records."""
         z = z.detach()
         for j in range(idx.shape[0]):

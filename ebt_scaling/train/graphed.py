@@ -29,7 +29,9 @@ from ebt_scaling.errors import ConfigError
 
 WARMUP_STEPS = 3  # eager steps on a side stream before the capture (cuBLAS workspaces, autograd state)
 
-StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, Any], torch.Tensor]]
+# step(idx, targets, *more) -> (loss, info, grad_norm); ``more``: further inputs (the EBT's keyed draws), tensors or
+# None, the same kind at every call.
+StepFn = Callable[..., tuple[torch.Tensor, dict[str, Any], torch.Tensor]]
 
 
 def check_cuda_graph(spec: RunSpec, device: torch.device) -> None:
@@ -41,8 +43,9 @@ def check_cuda_graph(spec: RunSpec, device: torch.device) -> None:
 
 
 class GraphedStep:
-    """``step(idx, targets) -> (loss, info, grad_norm)``, eager for the first ``warmup`` calls (on a side
-    stream), then captured once and replayed. The returned tensors are the graph's static outputs: read them
+    """``step(idx, targets, *more) -> (loss, info, grad_norm)``, eager for the first ``warmup`` calls (on a side
+    stream), then captured once and replayed; every tensor input is copied into a static buffer of the graph.
+    The returned tensors are the graph's static outputs: read them
     (``float(...)``) before the next call overwrites them."""
 
     def __init__(self, fn: StepFn, params: list[torch.nn.Parameter], device: torch.device,
@@ -52,26 +55,28 @@ class GraphedStep:
         self.replays = 0  # steps computed by replaying the graph
         self._side: torch.cuda.Stream | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
-        self._idx: torch.Tensor | None = None
-        self._tgt: torch.Tensor | None = None
+        self._inputs: tuple[torch.Tensor | None, ...] | None = None
         self._out: tuple[torch.Tensor, dict[str, Any], torch.Tensor] | None = None
 
     @property
     def captured(self) -> bool:
         return self.graph is not None
 
-    def __call__(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+    def __call__(self, *inputs: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
         if self.graph is None and self.eager_calls < self.warmup:
             self.eager_calls += 1
-            return self._on_side_stream(lambda: self.fn(idx, targets))
+            return self._on_side_stream(lambda: self.fn(*inputs))
         if self.graph is None:
-            self._capture(idx, targets)
-        assert self._idx is not None and self._tgt is not None and self._out is not None and self.graph is not None
-        if idx.shape != self._idx.shape or targets.shape != self._tgt.shape:
-            raise ConfigError(f"cuda_graph: batch shape {tuple(idx.shape)} differs from the captured "
-                              f"{tuple(self._idx.shape)}; a replayed step needs a fixed batch size and length")
-        self._idx.copy_(idx)
-        self._tgt.copy_(targets)
+            self._capture(inputs)
+        assert self._inputs is not None and self._out is not None and self.graph is not None
+        for static, x in zip(self._inputs, inputs, strict=True):
+            if (static is None) != (x is None) or (x is not None and static is not None and x.shape != static.shape):
+                shape = None if x is None else tuple(x.shape)
+                was = None if static is None else tuple(static.shape)
+                raise ConfigError(f"cuda_graph: input shape {shape} differs from the captured {was}; a replayed "
+                                  "step needs a fixed batch size and length")
+            if static is not None and x is not None:
+                static.copy_(x)
         self.graph.replay()
         self.replays += 1
         return self._out
@@ -87,8 +92,8 @@ class GraphedStep:
         main.wait_stream(side)
         return out
 
-    def _capture(self, idx: torch.Tensor, targets: torch.Tensor) -> None:
-        self._idx, self._tgt = idx.clone(), targets.clone()
+    def _capture(self, inputs: tuple[torch.Tensor | None, ...]) -> None:
+        self._inputs = tuple(None if x is None else x.clone() for x in inputs)
         graph = torch.cuda.CUDAGraph()
         # Capture starts from no gradients, so the captured backward writes (not accumulates) them, into
         # buffers of the graph's pool that every replay overwrites.
@@ -96,5 +101,5 @@ class GraphedStep:
             p.grad = None
         torch.cuda.synchronize(self.device)
         with torch.cuda.graph(graph):
-            self._out = self.fn(self._idx, self._tgt)
+            self._out = self.fn(*self._inputs)
         self.graph = graph

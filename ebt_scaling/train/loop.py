@@ -1,16 +1,18 @@
 """``train(spec, sink) -> RunResult``: one training run, knowing nothing of Ray or the database.
 
-Per optimizer step ``s = 1..steps``: set the LR of every group to ``lr_at(s - 1)``, times ``lr_mult`` for the
-EBT's alpha group with the floor its ``step_size_lr_floor`` names (``schedule.group_lr_at``); draw a batch
-of ``batch_size`` random windows of ``sequence_len + 1`` tokens; ``loss, info = model.loss(idx, targets)``
-(bf16 autocast on CUDA, fp32 on CPU); backward; clip the gradient norm (the pre-clip norm is recorded);
-check for divergence; AdamW step. Then, in this order: metric points (every ``log_interval`` steps and the
-last), validation (every ``eval_interval`` steps and the last), checkpoint (every ``checkpoint_interval``
-steps and the last, when ``spec.checkpoint_dir`` is set).
+Per optimizer step ``s = 1..steps``: set the LR of every group to ``lr_at(s - 1)`` (a schedule over
+``schedule_steps``, default ``steps``; the run may stop before the schedule ends), times ``lr_mult`` for the EBT's
+alpha group with the floor its ``step_size_lr_floor`` names (``schedule.group_lr_at``); draw a batch of
+``batch_size`` random windows of ``sequence_len + 1`` tokens; forward and backward over micro-batches of
+``micro_batch_size`` rows, the EBT's random inputs keyed by (seed, step, sample) (``accumulate.forward_backward``;
+bf16 autocast on CUDA, fp32 on CPU); clip the accumulated gradient's norm (the pre-clip norm is recorded); check
+for divergence; AdamW step. Then, in this order: metric points (every ``log_interval`` steps and the last),
+validation (every ``eval_interval`` steps and the last), checkpoint (every ``checkpoint_interval`` steps and the
+last, when ``spec.checkpoint_dir`` is set).
 
 Validation loss = token-weighted mean of ``info["ce"]`` (the EBT's final-step CE) over ``eval_batches``
-fixed validation batches, computed under a forked RNG with a fixed seed: it is a deterministic function of
-the weights and never perturbs the training RNG stream, which is what makes resume bit-exact on CPU.
+fixed validation batches (in micro-batches too), the EBT's noise keyed by (seed, window): it is a deterministic
+function of the weights and never perturbs the training RNG stream, which is what makes resume bit-exact on CPU.
 """
 
 from __future__ import annotations
@@ -33,14 +35,17 @@ from ebt_scaling.data import load_corpus
 from ebt_scaling.data.cache import Progress
 from ebt_scaling.errors import ConfigError, TrainingDiverged
 from ebt_scaling.models import build_model
+from ebt_scaling.models.ebt import Draws
 from ebt_scaling.models.flops import flops_per_token, param_counts
 from ebt_scaling.records import MetricPoint, MetricSink, RunResult
+from ebt_scaling.train import keyed
+from ebt_scaling.train.accumulate import draws_for, forward_backward, micro_slices, step_rows
 from ebt_scaling.train.checkpoint import load_checkpoint, save_checkpoint
 from ebt_scaling.train.graphed import GraphedStep, check_cuda_graph
 from ebt_scaling.train.precision import matmul_precision
 from ebt_scaling.train.schedule import group_lr_at, lr_at
 
-EVAL_SEED_OFFSET = 7919  # validation noise (EBT initial candidates) uses seed + this, in a forked RNG
+EVAL_SEED_OFFSET = 7919  # anything else drawn at validation uses seed + this, in a forked RNG
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,8 +96,10 @@ def validation_batches(corpus: Any, tcfg: TrainConfig, seq_len: int) -> list[np.
 
 
 def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, device: torch.device,
-             autocast: Callable[[], Any], family: str) -> dict[str, float]:
-    """Token-weighted validation CE (nats) and, for the EBT, initial-step CE and energy gap."""
+             autocast: Callable[[], Any], family: str, micro_batch_size: int | None = None) -> dict[str, float]:
+    """Token-weighted validation CE (nats) and, for the EBT, initial-step CE and energy gap. Batches run in
+    micro-batches of ``micro_batch_size`` rows; the EBT's noise is keyed by (seed, window index in the validation
+    set), so neither the batch size nor the split changes it."""
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -105,19 +112,29 @@ def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, 
     try:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed + EVAL_SEED_OFFSET)
-            for b in batches:
-                idx, tgt = b[:, :-1], b[:, 1:]
-                with grad_ctx(), autocast():
-                    loss, info = _as_loss(model.loss(idx, tgt))
-                n = int((tgt != -100).sum())
-                n_tok += n
-                vals = {"val_loss": _f(info.get("ce", loss))}
-                if "ce_initial" in info:
-                    vals["val_loss_initial"] = _f(info["ce_initial"])
-                if "energy_initial" in info and "energy_final" in info:
-                    vals["val_energy_gap"] = _f(info["energy_initial"]) - _f(info["energy_final"])
-                for k, v in vals.items():
-                    sums[k] = sums.get(k, 0.0) + v * n
+            window = 0
+            for batch in batches:
+                for sl in micro_slices(batch.shape[0], micro_batch_size):
+                    b = batch[sl]
+                    idx, tgt = b[:, :-1], b[:, 1:]
+                    with grad_ctx(), autocast():
+                        if family == "ebt":
+                            rows = range(window, window + b.shape[0])
+                            gens = [keyed.generator(idx.device, seed, keyed.EVAL, w) for w in rows]
+                            draws = model.draw(gens, idx.shape[1], model.landscapes(False), idx.device, train=False)
+                            loss, info = _as_loss(model.loss(idx, tgt, draws))
+                        else:
+                            loss, info = _as_loss(model.loss(idx, tgt))
+                    window += b.shape[0]
+                    n = int((tgt != -100).sum())
+                    n_tok += n
+                    vals = {"val_loss": _f(info.get("ce", loss))}
+                    if "ce_initial" in info:
+                        vals["val_loss_initial"] = _f(info["ce_initial"])
+                    if "energy_initial" in info and "energy_final" in info:
+                        vals["val_energy_gap"] = _f(info["energy_initial"]) - _f(info["energy_final"])
+                    for k, v in vals.items():
+                        sums[k] = sums.get(k, 0.0) + v * n
     finally:
         model.train(was_training)
     out = {k: v / max(1, n_tok) for k, v in sums.items()}
@@ -210,15 +227,32 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
 
     step_autocast = autocast_context(device, tcfg.precision, cache=not tcfg.cuda_graph)
     loss_fn = compiled_loss(model) if tcfg.compile else model.loss
+    is_ebt = mcfg.family == "ebt"
+    landscapes: tuple[int, ...] = ()  # of the current step (fixed for the recipes a CUDA graph allows)
 
-    def forward_backward(idx: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+    def captured_step(idx: torch.Tensor, tgt: torch.Tensor, *draw_tensors: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+        """The whole batch in one forward + backward + clip (what ``GraphedStep`` captures)."""
         with step_autocast():
-            loss, info = _as_loss(loss_fn(idx, tgt))
+            if is_ebt:
+                loss, info = _as_loss(loss_fn(idx, tgt, Draws(landscapes, *draw_tensors)))
+            else:
+                loss, info = _as_loss(loss_fn(idx, tgt))
         loss.backward()
         return loss, info, torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
 
-    graphed = GraphedStep(forward_backward, params, device) if tcfg.cuda_graph else None
-    run_step = graphed or forward_backward
+    def run_step(idx: torch.Tensor, tgt: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+        nonlocal landscapes
+        rows = step_rows(model, idx, tgt, seed=tcfg.seed, step=step)
+        if graphed is None:
+            loss, info = forward_backward(model, loss_fn, rows, seed=tcfg.seed, micro=tcfg.micro_batch_size,
+                                          autocast=step_autocast)
+            return loss, info, torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+        landscapes = rows.landscapes
+        d = draws_for(model, rows, slice(None), tcfg.seed) if is_ebt else None
+        return graphed(rows.idx, rows.tgt, *((d.z0, d.noise, d.step_scale) if d is not None else ()))
+
+    graphed = GraphedStep(captured_step, params, device) if tcfg.cuda_graph else None
 
     fpt = {c: flops_per_token(mcfg, c, mode="train") for c in ("paper", "exact")}
     counts = param_counts(mcfg)
@@ -242,7 +276,6 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
             torch.cuda.set_rng_state_all(st["cuda_rng"])
 
     val_batches = [torch.from_numpy(b).to(device) for b in validation_batches(corpus, tcfg, T)]
-    is_ebt = mcfg.family == "ebt"
     # Divergence reference: the first training loss. For the EBT that is the CE after one large descent step
     # from noise, often far above log V, so the explosion test is loose there; NaN/inf checks still apply.
     status, reason = "completed", None
@@ -264,13 +297,13 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
             # stays exact for the S2 recipe too.
             "ebt_replay": list(getattr(model, "replay", None) or []),
             "lr_schedule": {"step": step, "lr": lr_at(max(0, step - 1), peak=tcfg.lr, warmup=tcfg.warmup_steps,
-                                                      total=tcfg.steps, min_div=tcfg.min_lr_div)},
+                                                      total=tcfg.schedule_length, min_div=tcfg.min_lr_div)},
         }
 
     def run_eval() -> None:
         nonlocal last_val
         last_val = evaluate(model, val_batches, seed=tcfg.seed, device=device, autocast=autocast,
-                            family=mcfg.family)
+                            family=mcfg.family, micro_batch_size=tcfg.micro_batch_size)
         sink.log([MetricPoint(k, step, v) for k, v in sorted(last_val.items())])
 
     if step >= tcfg.steps and not last_val:
@@ -279,14 +312,14 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
     while step < tcfg.steps:
         t0 = time.perf_counter()
         reason = None
-        lr = lr_at(step, peak=tcfg.lr, warmup=tcfg.warmup_steps, total=tcfg.steps, min_div=tcfg.min_lr_div)
+        lr = lr_at(step, peak=tcfg.lr, warmup=tcfg.warmup_steps, total=tcfg.schedule_length, min_div=tcfg.min_lr_div)
         for g in optimizer.param_groups:
-            g["lr"] = group_lr_at(step, peak=tcfg.lr, warmup=tcfg.warmup_steps, total=tcfg.steps,
+            g["lr"] = group_lr_at(step, peak=tcfg.lr, warmup=tcfg.warmup_steps, total=tcfg.schedule_length,
                                   min_div=tcfg.min_lr_div, lr_mult=g["lr_mult"], floor_mode=mcfg.step_size_lr_floor)
         batch = torch.from_numpy(corpus.sample_batch("train", B, T, data_rng)).to(device)
         idx, tgt = batch[:, :-1], batch[:, 1:]
         try:
-            loss, info, norm = run_step(idx, tgt)
+            loss, info, norm = run_step(idx, tgt, step)
             grad_norm = float(norm)
             loss_v = _f(loss)
         except TrainingDiverged as exc:  # raised by the EBT's descent on a non-finite energy gradient
