@@ -165,6 +165,10 @@ def test_shape_key_and_trained_precision(tmp_path):
     assert keys[("transformer_pp", "2")] == "L2-D32-H2-F32-T16-V32-B2"
     assert keys[("ebt", "1")] == "L1-D32-H2-F32-T16-V32-B2-S2-K0-R0"
     assert shape_key(runs[0].spec, batch_size=1).endswith("-B1")
+    micro = runs[0].spec.with_(train=dataclasses.replace(runs[0].spec.train, micro_batch_size=1))
+    assert shape_key(micro).endswith("-B2-M1")  # micro-batches change the step: not the whole-batch calibration
+    whole = runs[0].spec.with_(train=dataclasses.replace(runs[0].spec.train, micro_batch_size=2))
+    assert shape_key(whole) == shape_key(runs[0].spec)
     assert [trained_precision(p, "cpu") for p in ("auto", "fp32", "tf32", "bf16")] == ["fp32", "fp32", "fp32", "bf16"]
     assert [trained_precision(p, "cuda") for p in ("auto", "fp32", "tf32", "bf16")] == ["bf16", "fp32", "tf32", "bf16"]
 
@@ -248,6 +252,9 @@ def test_time_training_steps_restores_threads(tmp_path):
     assert torch.get_num_threads() == before
     with pytest.raises(ConfigError, match="steps must be >= 1"):
         time_training_steps(spec, steps=0)
+    ebt = next(r for r in expand(load_spec(_spec(tmp_path))) if r.spec.family == "ebt")
+    micro = ebt.spec.with_(train=dataclasses.replace(ebt.spec.train, device="cpu", threads=1, micro_batch_size=1))
+    assert time_training_steps(micro, steps=1, warmup=1) > 0  # the trainer's accumulated step, keyed draws
 
 
 def test_a_configuration_that_does_not_fit_is_one_line_and_keeps_the_earlier_ones(tmp_path, monkeypatch):
@@ -273,3 +280,23 @@ def test_a_configuration_that_does_not_fit_is_one_line_and_keeps_the_earlier_one
     assert len(line) == 1 and "ebt 1" in line[0] and "does not fit" in line[0] and "1 configuration(s)" in line[0]
     with Store(db) as s:
         assert [(c.family, c.seconds_per_step) for c in s.list_calibrations()] == [("transformer_pp", 0.5)]
+
+
+@pytest.mark.gpu
+def test_calibrate_on_cuda_stores_the_gpu_name_and_tf32(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    spec = _spec(tmp_path, train_extra='precision = "tf32"')
+    r = CliRunner().invoke(app, ["calibrate", "--spec", str(spec), "--size", "1", "--steps", "3", "--device", "cuda",
+                                 "--db", db, "--json"])
+    assert r.exit_code == 0, r.output
+    stored = json.loads(r.stdout)
+    assert {(c["device_kind"], c["device_name"], c["precision"], c["threads"]) for c in stored} == {
+        ("cuda", torch.cuda.get_device_name(), "tf32", 0)}
+    plan = json.loads(CliRunner().invoke(app, ["sweep", "--spec", str(spec), "--dry-run", "--json", "--db", db,
+                                               "--gpus-per-trial", "1", "--total-gpus", "1"]).stdout)
+    assert {x["throughput_source"].rsplit(" ", 1)[0] for x in plan["runs"] if x["value"] == "1"} == {
+        f"calibrated {torch.cuda.get_device_name()}"}

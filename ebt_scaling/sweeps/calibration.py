@@ -25,13 +25,16 @@ from ebt_scaling.records import CalibrationRecord
 
 
 def shape_key(spec: RunSpec, batch_size: int | None = None) -> str:
-    """The shape one training step runs: layers, width, heads, SwiGLU width, context, vocabulary and batch
-    (``batch_size``, default the run's; the micro-batch once gradient accumulation lands), and for an EBT what
+    """The shape one training step runs: layers, width, heads, SwiGLU width, context, vocabulary, batch
+    (``batch_size``, default the run's) and micro-batch (``-M``, when smaller than the batch), and for an EBT what
     changes its step's work beyond the recipe: landscapes S, random extra steps K, replay buffer R, truncation and
     an undetached chain."""
     m = spec.model
     b = spec.train.batch_size if batch_size is None else batch_size
+    micro = spec.train.micro_batch_size
     key = f"L{m.n_layer}-D{m.n_embd}-H{m.n_head}-F{m.ffn_dim}-T{m.sequence_len}-V{m.vocab_size}-B{b}"
+    if micro is not None and micro < b:
+        key += f"-M{micro}"  # micro-batches of M rows: the forward's shape, and B / M backwards per step
     if m.family == "ebt":
         key += f"-S{m.mcmc_num_steps}-K{m.randomize_num_steps}-R{m.replay_buffer_size}"
         key += ("-trunc" if m.truncate_steps else "") + ("" if m.detach_between_steps else "-chain")

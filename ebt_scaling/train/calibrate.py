@@ -1,5 +1,6 @@
 """Time training steps of a run's shape on this machine's device (``ebt-scale calibrate``): the real model, loss,
-backward, gradient clipping and fused AdamW step of ``train()``, at the run's precision (autocast and TF32 flags as
+backward over the run's micro-batches (``accumulate.forward_backward``, the EBT's keyed draws included), gradient
+clipping and fused AdamW step of ``train()``, at the run's precision (autocast and TF32 flags as
 the trainer sets them) and torch.compile setting, on synthetic tokens (no corpus needed: throughput does not depend
 on the token values). Knows nothing of the database; the command module stores what it measures.
 
@@ -17,7 +18,8 @@ import torch
 from ebt_scaling.config import RunSpec
 from ebt_scaling.errors import ConfigError
 from ebt_scaling.models import build_model
-from ebt_scaling.train.loop import _as_loss, autocast_context, compiled_loss, resolve_device
+from ebt_scaling.train.accumulate import forward_backward, step_rows
+from ebt_scaling.train.loop import autocast_context, compiled_loss, resolve_device
 from ebt_scaling.train.precision import matmul_precision
 
 
@@ -56,11 +58,10 @@ def _time(spec: RunSpec, device: torch.device, steps: int, warmup: int) -> float
     # Synthetic windows of T + 1 tokens, drawn on the host like the trainer's batches and copied per step.
     batches = [torch.randint(0, V, (B, T + 1), generator=gen) for _ in range(min(steps + warmup, 4))]
 
-    def step(i: int) -> None:
+    def step(i: int) -> None:  # the trainer's step (loop.run_step without a captured graph)
         b = batches[i % len(batches)].to(device, non_blocking=True)
-        with autocast():
-            loss, _ = _as_loss(loss_fn(b[:, :-1], b[:, 1:]))
-        loss.backward()
+        rows = step_rows(model, b[:, :-1], b[:, 1:], seed=tcfg.seed, step=i)
+        forward_backward(model, loss_fn, rows, seed=tcfg.seed, micro=tcfg.micro_batch_size, autocast=autocast)
         torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
