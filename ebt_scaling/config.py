@@ -25,6 +25,7 @@ FAMILIES = ("transformer_pp", "ebt")
 TRACKERS = ("mlflow", "tensorboard", "wandb")  # experiment trackers through Ray Tune (sched/trackers.py)
 AXES = ("data", "batch", "depth", "width", "params", "flops")
 RECIPES = ("ebt_s1", "ebt_s2")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # TrainConfig.precision
 Family = Literal["transformer_pp", "ebt"]
 
 # ModelConfig.step_size_lr_floor values; "scaled" is what runs stored before the field existed were trained with.
@@ -374,7 +375,9 @@ class TrainConfig:
     checkpoint_interval: int = 0  # 0 = only at the end (and on request of the sink)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # auto: bf16 autocast on CUDA, fp32 on CPU; tf32: fp32 tensors with TF32 matmuls on CUDA (train/precision.py),
+    # plain fp32 on CPU.
+    precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     # Divergence: NaN/inf, or train loss above this multiple of the initial loss after warm-up.
     divergence_factor: float = 3.0
     # Optional hard stop in tokens (for data-axis runs); 0 = steps x batch x seq.
@@ -413,8 +416,8 @@ class TrainConfig:
             raise _fail(c, "lr", f"must be > 0, got {self.lr}", "use e.g. the preset's peak LR")
         if self.min_lr_div < 1:
             raise _fail(c, "min_lr_div", f"must be >= 1, got {self.min_lr_div}", "the paper uses 10")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise _fail(c, "precision", f"unknown value {self.precision!r}", "use auto, fp32 or bf16")
+        if self.precision not in PRECISIONS:
+            raise _fail(c, "precision", f"unknown value {self.precision!r}", "use auto, fp32, tf32 or bf16")
         if self.grad_clip <= 0:
             raise _fail(c, "grad_clip", f"must be > 0, got {self.grad_clip}", "the paper uses 1.0")
         for name in ("cuda_graph", "compile"):

@@ -74,6 +74,9 @@ def train_cmd(
                                                    min=2)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of init, data order and noise.", min=0)] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, "
+                                           "tf32 (fp32 with TF32 matmuls on CUDA; fp32 on CPU) or bf16.")
+                         ] = "auto",
     threads: Annotated[int, typer.Option("--threads", help="Torch CPU threads (0 = torch default).", min=0)] = 0,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="CUDA: replay forward + backward from a "
                                              "captured CUDA graph (T++ and ebt_s1; docs/training.md).")] = False,
@@ -115,7 +118,8 @@ def train_cmd(
                        eval_interval=d["eval_interval"] if eval_interval is None else eval_interval,
                        eval_batches=eval_batches, log_interval=log_interval,
                        checkpoint_interval=checkpoint_interval, seed=seed, device=device, threads=threads,
-                       cuda_graph=cuda_graph, compile=compile_, micro_batch_size=micro, schedule_steps=schedule_steps)
+                       cuda_graph=cuda_graph, compile=compile_, micro_batch_size=micro, schedule_steps=schedule_steps,
+                       precision=precision)
     dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab_size or p.vocab_size)
     vocab = tokenizer_vocab_size(dcfg)
     recipe_name = (recipe or "ebt_s1") if family == "ebt" else None

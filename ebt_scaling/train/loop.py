@@ -18,6 +18,7 @@ function of the weights and never perturbs the training RNG stream, which is wha
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import math
 import random
@@ -41,6 +42,7 @@ from ebt_scaling.train import keyed
 from ebt_scaling.train.accumulate import draws_for, forward_backward, micro_slices, step_rows
 from ebt_scaling.train.checkpoint import load_checkpoint, save_checkpoint
 from ebt_scaling.train.graphed import GraphedStep, check_cuda_graph
+from ebt_scaling.train.precision import matmul_precision
 from ebt_scaling.train.schedule import group_lr_at, lr_at
 
 EVAL_SEED_OFFSET = 7919  # anything else drawn at validation uses seed + this, in a forked RNG
@@ -61,8 +63,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_context(device: torch.device, precision: str, cache: bool = True) -> Callable[[], Any]:
-    """bf16 autocast on CUDA by default (``precision`` auto), or as asked; ``cache=False`` turns autocast's
-    weight-cast cache off, which a captured CUDA graph needs."""
+    """bf16 autocast on CUDA by default (``precision`` auto), or as asked; none for fp32 and tf32 (whose TF32
+    matmuls are the flags ``train.precision.matmul_precision`` sets around the run); ``cache=False`` turns
+    autocast's weight-cast cache off, which a captured CUDA graph needs."""
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if bf16:
         return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
@@ -173,6 +176,18 @@ def compiled_loss(model: torch.nn.Module) -> Callable[..., Any]:
     return torch.compile(model.loss, dynamic=False)
 
 
+def _with_matmul_precision(fn: Callable[..., RunResult]) -> Callable[..., RunResult]:
+    """Run ``train`` under its spec's float32 matmul precision (TF32 flags set for the run, then restored)."""
+
+    @functools.wraps(fn)
+    def wrapper(spec: RunSpec, *args: Any, **kwargs: Any) -> RunResult:
+        with matmul_precision(resolve_device(spec.train.device), spec.train.precision):
+            return fn(spec, *args, **kwargs)
+
+    return wrapper
+
+
+@_with_matmul_precision
 def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
           on_step: Callable[[dict[str, Any]], None] | None = None,
           data_progress: Progress | None = None) -> RunResult:
