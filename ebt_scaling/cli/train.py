@@ -67,8 +67,11 @@ def train_cmd(
     step_size_lr_mult: Annotated[float | None, typer.Option("--step-size-lr-mult", help="EBT: LR multiplier of a "
                                                             "learnable alpha (default: the recipe's or CPU "
                                                             "preset's).")] = None,
-    data: Annotated[str, typer.Option("--data", help="shakespeare, kjv, synthetic, text:PATH or hf:NAME.")
+    data: Annotated[str, typer.Option("--data", help="shakespeare, kjv, synthetic, text:PATH, hf:NAME or "
+                                      "store:DIR (a token store from `ebt-scale data prepare --out DIR`).")
                     ] = "shakespeare",
+    sampling: Annotated[str, typer.Option("--sampling", help="packed (windows across documents) or document "
+                                          "(one padded document per sample; docs/data.md).")] = "packed",
     tokenizer: Annotated[str, typer.Option("--tokenizer", help="bpe, byte or hf:NAME.")] = "bpe",
     vocab_size: Annotated[int | None, typer.Option("--vocab-size", help="BPE/synthetic vocabulary size.",
                                                    min=2)] = None,
@@ -120,7 +123,8 @@ def train_cmd(
                        checkpoint_interval=checkpoint_interval, seed=seed, device=device, threads=threads,
                        cuda_graph=cuda_graph, compile=compile_, micro_batch_size=micro, schedule_steps=schedule_steps,
                        precision=precision)
-    dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab_size or p.vocab_size)
+    dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab_size or p.vocab_size,
+                      sampling=sampling)
     vocab = tokenizer_vocab_size(dcfg)
     recipe_name = (recipe or "ebt_s1") if family == "ebt" else None
     # EBT settings: the recipe's, then the preset's tuned S1 options (config.PRESETS), then the options given
@@ -142,9 +146,9 @@ def train_cmd(
     from rich.console import Console
 
     err = Console(stderr=True)
-    from ebt_scaling.data import load_corpus
+    from ebt_scaling.data import open_data
 
-    corpus = load_corpus(dcfg, seq_len, progress=lambda m: err.print(f"[dim]data:[/dim] {m}"))
+    corpus = open_data(dcfg, seq_len, seed=seed, progress=lambda m: err.print(f"[dim]data:[/dim] {m}"))
     spec = spec0.with_(data=dcfg, checkpoint_dir=checkpoint_dir, recipe=recipe_name)
 
     from ebt_scaling.records import ListSink

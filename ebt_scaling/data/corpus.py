@@ -155,6 +155,18 @@ class TokenCorpus:
         starts = rng.integers(0, arr.size - seq_len, size=batch_size)
         return np.asarray(arr[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
 
+    def train_batch(self, step: int, batch_size: int, seq_len: int, rng: np.random.Generator,  # noqa: ARG002
+                    indices: np.ndarray | None = None) -> np.ndarray:
+        """The training loop's entry: the global batch of the next step as consecutive draws of ``rng`` (the
+        windows of every run trained before token stores existed; call it once per step, in order, with the
+        checkpointed generator), or its rows ``indices`` (a data-parallel worker's share)."""
+        batch = self.sample_batch("train", batch_size, seq_len, rng)
+        return batch if indices is None else batch[np.asarray(indices)]
+
+    @property
+    def train_tokens(self) -> int:
+        return int(self.train.size)
+
     def val_batches(self, n_batches: int, batch_size: int, seq_len: int,
                     n_windows: int | None = None) -> list[np.ndarray]:
         """Fixed validation windows of ``seq_len + 1`` tokens, evenly spread over the validation split
@@ -286,3 +298,58 @@ def load_corpus(cfg: DataConfig, sequence_len: int, progress: Progress | None = 
     corpus._check_len(corpus.train, sequence_len, "train")
     corpus._check_len(corpus.val, sequence_len, "val")
     return corpus
+
+
+# ---------------------------------------------------------------------------------------- training data
+class _DocsSource:
+    """A list of documents as a ``data prepare`` source (the corpus cache's documents of a built-in source)."""
+
+    def __init__(self, spec: str, docs: Sequence[str]) -> None:
+        self.spec, self.field, self.data_files, self._docs = spec, "text", None, docs
+
+    def documents(self, cache_dir: str | None = None) -> Any:  # noqa: ARG002 - Source's signature
+        n = len(self._docs)
+        return ((d, (i + 1) / n) for i, d in enumerate(self._docs))
+
+
+def builtin_store(cfg: DataConfig, progress: Progress | None = None) -> Any:
+    """The token store of a built-in source (shakespeare, kjv, text:PATH, hf:NAME) and its tokenizer, prepared
+    in the cache on first use (``stores/<corpus sha>-<tokenizer>-<key>/``) with the same documents and
+    tokenizer as ``load_corpus``."""
+    from ebt_scaling.data.store import FORMAT, TokenStore, prepare
+
+    progress = progress or stderr_progress
+    if cfg.source == "synthetic":
+        raise ConfigError("DataConfig.sampling: the synthetic source has no documents; use sampling = \"packed\"")
+    root = cache_root(cfg.cache_dir)
+    docs, corpus_sha, _ = load_documents(cfg.source, root, progress)
+    tokenizer = _make_tokenizer(cfg, docs, corpus_sha, root, progress)
+    if cfg.tokenizer == "bpe":  # bpe_tokenizer's cache file
+        spec = f"file:{root / 'tokenizers' / f'bpe-{corpus_sha[:16]}-{cfg.vocab_size}.json'}"
+    else:
+        spec = cfg.tokenizer  # byte or hf:NAME
+    key = hashlib.sha256(f"{corpus_sha}|{tokenizer.ident}|{FORMAT}".encode()).hexdigest()[:16]
+    out = root / "stores" / f"{corpus_sha[:12]}-{tokenizer.ident}-{key}"
+    with locked(root, f"store-{out.name}"):
+        if not ((out / "manifest.json").exists() and read_json(out / "manifest.json").get("complete")):
+            progress(f"writing the token store of {cfg.source} to {out}")
+            prepare(_DocsSource(cfg.source, docs), spec, out, workers=1, progress=progress,  # type: ignore[arg-type]
+                    shard_tokens=1 << 22)
+    return TokenStore(out)
+
+
+def open_data(cfg: DataConfig, sequence_len: int, *, seed: int = 0, progress: Progress | None = None) -> Any:
+    """The training data of ``cfg``: a ``StoreData`` (sampler.py) for ``store:DIR`` sources and for the
+    ``document`` mode, else the corpus cache's ``TokenCorpus`` (built-in sources, ``packed``: the block split
+    and windows of every run trained before token stores existed; docs/data.md says why)."""
+    from ebt_scaling.data.sampler import StoreData, store_path
+    from ebt_scaling.data.store import TokenStore
+
+    if cfg.source.startswith("store:"):
+        store = TokenStore(store_path(cfg.source))
+    elif cfg.sampling == "document":
+        store = builtin_store(cfg, progress)
+    else:
+        return load_corpus(cfg, sequence_len, progress)
+    return StoreData(store, seq_len=sequence_len, sampling=cfg.sampling, val_fraction=cfg.val_fraction,
+                     split_seed=cfg.split_seed, seed=seed, name=cfg.source)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ebt_scaling.config import RunSpec, TrainConfig
-from ebt_scaling.data import load_corpus
+from ebt_scaling.data import open_data
 from ebt_scaling.data.cache import Progress
 from ebt_scaling.errors import ConfigError, TrainingDiverged
 from ebt_scaling.models import build_model
@@ -95,6 +95,13 @@ def validation_batches(corpus: Any, tcfg: TrainConfig, seq_len: int) -> list[np.
     return corpus.val_batches(tcfg.eval_batches, tcfg.batch_size, seq_len, n_windows)
 
 
+def inputs_targets(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of sample rows (B, T+1). Document-mode rows are padded with -100 (the models' ignore
+    index): the targets keep it, so pads drop out of the CE; the inputs get token 0 there (a pad input
+    sits after every real position of its row, which causal attention never lets a real position see)."""
+    return batch[:, :-1].clamp(min=0), batch[:, 1:]
+
+
 def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, device: torch.device,
              autocast: Callable[[], Any], family: str, micro_batch_size: int | None = None) -> dict[str, float]:
     """Token-weighted validation CE (nats) and, for the EBT, initial-step CE and energy gap. Batches run in
@@ -116,7 +123,7 @@ def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, 
             for batch in batches:
                 for sl in micro_slices(batch.shape[0], micro_batch_size):
                     b = batch[sl]
-                    idx, tgt = b[:, :-1], b[:, 1:]
+                    idx, tgt = inputs_targets(b)
                     with grad_ctx(), autocast():
                         if family == "ebt":
                             rows = range(window, window + b.shape[0])
@@ -208,7 +215,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
     autocast = autocast_context(device, tcfg.precision)
     T, B = mcfg.sequence_len, tcfg.batch_size
 
-    corpus = load_corpus(spec.data, T, progress=data_progress)
+    corpus = open_data(spec.data, T, seed=tcfg.seed, progress=data_progress)
     if corpus.vocab_size > mcfg.vocab_size:
         raise ConfigError(f"ModelConfig.vocab_size: {mcfg.vocab_size} is smaller than the corpus vocabulary "
                           f"({corpus.vocab_size}); set the model's vocab_size to {corpus.vocab_size}")
@@ -316,8 +323,9 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
         for g in optimizer.param_groups:
             g["lr"] = group_lr_at(step, peak=tcfg.lr, warmup=tcfg.warmup_steps, total=tcfg.schedule_length,
                                   min_div=tcfg.min_lr_div, lr_mult=g["lr_mult"], floor_mode=mcfg.step_size_lr_floor)
-        batch = torch.from_numpy(corpus.sample_batch("train", B, T, data_rng)).to(device)
-        idx, tgt = batch[:, :-1], batch[:, 1:]
+        batch_np = corpus.train_batch(step, B, T, data_rng)  # step's global batch, a function of (seed, step)
+        n_real = int((batch_np[:, 1:] >= 0).sum())  # target tokens; fewer than B x T with document padding
+        idx, tgt = inputs_targets(torch.from_numpy(batch_np).to(device))
         try:
             loss, info, norm = run_step(idx, tgt, step)
             grad_norm = float(norm)
@@ -326,7 +334,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
             loss_v, grad_norm, info = math.nan, math.nan, {}
             reason = f"{exc} (step {step + 1})"
         step += 1
-        tokens += B * T
+        tokens += n_real
         if initial_loss is None:
             initial_loss = loss_v
         if reason is not None:
@@ -347,7 +355,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
         dt = time.perf_counter() - t0
         train_time += dt
         total_train_time += dt
-        interval_tokens += B * T
+        interval_tokens += n_real
         last_train_loss = loss_v
 
         if reason is not None or step % tcfg.log_interval == 0 or step == tcfg.steps:
@@ -368,7 +376,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
             run_eval()
         if on_step is not None:  # after this step's validation, so progress shows it at once
             on_step({"step": step, "steps": tcfg.steps, "loss": loss_v, "lr": lr, "grad_norm": grad_norm,
-                     "tokens": tokens, "tokens_per_s": (B * T) / dt if dt > 0 else 0.0,
+                     "tokens": tokens, "tokens_per_s": n_real / dt if dt > 0 else 0.0,
                      "val_loss": last_val.get("val_loss")})
         if reason is not None:
             status = "diverged"
@@ -379,7 +387,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
             sink.checkpoint(ckpt_path, step)
 
     extra: dict[str, Any] = {"unigram_loss": corpus.unigram_entropy(), "initial_loss": initial_loss,
-                             "train_tokens_available": int(corpus.train.size),
+                             "train_tokens_available": int(corpus.train_tokens),
                              "tokens_per_s": (tokens / total_train_time) if total_train_time > 0 else None,
                              "resumed_from": resume_from}
     if graphed is not None:  # how many steps ran as graph replays (the first few are eager)
