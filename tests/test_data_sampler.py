@@ -152,13 +152,13 @@ seeds = [0]
 [model]
 preset = "nano"
 sequence_len = 32
-vocab_size = 256
 [train]
 steps = 10
 warmup_steps = 2
 eval_tokens = 1024
 [data]
 source = "store:{store_dir}"
+tokenizer = "byte"
 sampling = "document"
 [axis]
 values = [8, 32]
