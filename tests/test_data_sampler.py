@@ -193,10 +193,10 @@ def test_open_data_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ models and loop
-@pytest.mark.parametrize("family", ["transformer_pp", "ebt"])
-def test_padding_is_masked_out_of_the_loss(family, one_torch_thread):
-    """The CE over a padded row is the CE over its real targets; pad inputs change nothing (causal)."""
-    recipe = "ebt_s1" if family == "ebt" else None
+@pytest.mark.parametrize(("family", "recipe"), [("transformer_pp", None), ("ebt", "ebt_s1"), ("ebt", "ebt_s2")])
+def test_padding_is_masked_out_of_the_loss(family, recipe, one_torch_thread):
+    """The CE over a padded row is the CE over its real targets; pad inputs change nothing (causal), in the
+    T++ and in the EBT's S1 and S2 recipes (S2: random step count and step sizes, Langevin noise, replay)."""
     torch.manual_seed(0)
     from ebt_scaling.models import build_model
 
@@ -209,8 +209,12 @@ def test_padding_is_masked_out_of_the_loss(family, one_torch_thread):
     other[tgt == PAD] = 7  # different pad inputs
     for recipe_train in (True, False):
         model.train(recipe_train)
+        if family == "ebt":
+            model.replay.clear()
         torch.manual_seed(1)
         loss_a, info_a = model.loss(idx, tgt)
+        if family == "ebt":
+            model.replay.clear()
         torch.manual_seed(1)
         loss_b, info_b = model.loss(other, tgt)
         torch.testing.assert_close(loss_a, loss_b)
@@ -224,10 +228,13 @@ def test_padding_is_masked_out_of_the_loss(family, one_torch_thread):
         torch.testing.assert_close(model.loss(idx, tgt)[0], ref)
     else:  # the EBT's gradient ignores the pads too: no parameter gets a gradient from a pad target
         model.train()
-        torch.manual_seed(2)
-        loss, _ = model.loss(idx, tgt)
-        g = torch.autograd.grad(loss, [model.tok_embeddings.weight])[0]
-        assert torch.isfinite(g).all() and g.abs().sum() > 0
+        for _ in range(2):  # S2: the second call replays the rows (and their -100 targets) the first pushed
+            torch.manual_seed(2)
+            loss, info = model.loss(idx, tgt)
+            g = torch.autograd.grad(loss, [model.tok_embeddings.weight])[0]
+            assert torch.isfinite(loss) and torch.isfinite(g).all() and g.abs().sum() > 0
+        if recipe == "ebt_s2":
+            assert info["replayed"] > 0
 
 
 def _doc_store(tmp_path: pathlib.Path) -> pathlib.Path:
