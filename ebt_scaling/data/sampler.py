@@ -124,6 +124,13 @@ class StoreData:
             out[m] = np.searchsorted(st._starts(int(i)), local, side="right") - 1 + st._doc_offsets[i]
         return out
 
+    def _touches_val(self, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """Per row, whether any of documents ``first[i]..last[i]`` is a validation document (one hash call)."""
+        n = last - first + 1
+        offsets = np.concatenate(([0], np.cumsum(n)[:-1]))
+        docs = np.repeat(first - offsets, n) + np.arange(int(n.sum()))  # every document of every row
+        return np.add.reduceat(self.is_val(docs).astype(np.int64), offsets) > 0
+
     def doc_len(self, d: int) -> int:
         return self.store.doc_start(d + 1) - self.store.doc_start(d)
 
@@ -159,8 +166,7 @@ class StoreData:
                 break
             p = (keyed(_TAG_PACKED, self.seed, step, idx[pending], attempt) % np.uint64(n_tok - T)).astype(np.int64)
             first, last = self.doc_at(p), self.doc_at(p + T)
-            ok = np.array([not self.is_val(np.arange(a, b + 1)).any() for a, b in zip(first, last, strict=True)],
-                          dtype=bool)
+            ok = ~self._touches_val(first, last)
             starts[pending[ok]] = p[ok]
             pending = pending[~ok]
         if pending.size:
@@ -170,18 +176,36 @@ class StoreData:
             out[r] = self.store.read(int(s), T + 1)
         return out
 
+    def doc_starts(self, docs: np.ndarray) -> np.ndarray:
+        """Stream positions of the first tokens of documents ``docs`` (``num_tokens`` for ``num_documents``)."""
+        st = self.store
+        docs = np.asarray(docs, dtype=np.int64)
+        out = np.full(docs.shape, st.num_tokens, dtype=np.int64)
+        inside = docs < st.num_documents
+        shard = np.searchsorted(st._doc_offsets, docs, side="right") - 1
+        for i in np.unique(shard[inside]):
+            m = inside & (shard == i)
+            out[m] = st._tok_offsets[i] + st._starts(int(i))[docs[m] - st._doc_offsets[i]].astype(np.int64)
+        return out
+
     def _documents(self, step: int, idx: np.ndarray) -> np.ndarray:
         T, n_docs = self.seq_len, self.store.num_documents
+        starts = np.zeros(idx.size, dtype=np.int64)
+        lens = np.zeros(idx.size, dtype=np.int64)
+        pending = np.arange(idx.size)
+        for attempt in range(MAX_ATTEMPTS):
+            if not pending.size:
+                break
+            d = (keyed(_TAG_DOCUMENT, self.seed, step, idx[pending], attempt) % np.uint64(n_docs)).astype(np.int64)
+            s0, s1 = self.doc_starts(d), self.doc_starts(d + 1)
+            ok = ~self.is_val(d) & (s1 - s0 >= 2)
+            starts[pending[ok]], lens[pending[ok]] = s0[ok], np.minimum(s1 - s0, T + 1)[ok]
+            pending = pending[~ok]
+        if pending.size:
+            raise self._give_up("training document of 2 tokens or more")
         out = np.full((idx.size, T + 1), PAD, dtype=np.int64)
-        for r, j in enumerate(idx):
-            for attempt in range(MAX_ATTEMPTS):
-                d = int(keyed(_TAG_DOCUMENT, self.seed, step, j, attempt) % np.uint64(n_docs))
-                if not bool(self.is_val(d)) and self.doc_len(d) >= 2:
-                    n = min(self.doc_len(d), T + 1)
-                    out[r, :n] = self.store.read(self.store.doc_start(d), n)
-                    break
-            else:
-                raise self._give_up("training document of 2 tokens or more")
+        for r in range(idx.size):
+            out[r, :lens[r]] = self.store.read(int(starts[r]), int(lens[r]))
         return out
 
     # ------------------------------------------------------------------------------------ validation
