@@ -288,3 +288,25 @@ def test_train_cli_from_a_prepared_store_and_resume(tmp_path, one_torch_thread):
     a = [v for s, v in full.series("train_loss") if s > 3]
     b = [v for s, v in resumed.series("train_loss") if s > 3]
     assert a == b and len(a) == 3
+
+
+def test_every_evaluation_of_a_run_scores_the_one_validation_set(tmp_path, monkeypatch, one_torch_thread):
+    """A run evaluated at several steps (the data axis's mode = "evaluations") builds its validation set once
+    and scores every evaluation on it."""
+    store = _doc_store(tmp_path)
+    calls = []
+    real = StoreData.val_batches
+
+    def spy(self, *a, **k):
+        out = real(self, *a, **k)
+        calls.append(np.concatenate(out))
+        return out
+
+    monkeypatch.setattr(StoreData, "val_batches", spy)
+    spec = RunSpec(model=model_config("transformer_pp", "nano", vocab_size=256, sequence_len=32),
+                   train=TrainConfig(steps=3, batch_size=4, warmup_steps=1, eval_interval=1, eval_tokens=256,
+                                     log_interval=1, threads=1),
+                   data=DataConfig(source=f"store:{store}", sampling="document", val_fraction=0.2))
+    sink = ListSink()
+    train(spec, sink)
+    assert len(calls) == 1 and [s for s, _ in sink.series("val_loss")] == [1, 2, 3]
