@@ -2,17 +2,19 @@
 
 Per optimizer step ``s = 1..steps``: set the LR of every group to ``lr_at(s - 1)`` (a schedule over
 ``schedule_steps``, default ``steps``; the run may stop before the schedule ends), times ``lr_mult`` for the EBT's
-alpha group with the floor its ``step_size_lr_floor`` names (``schedule.group_lr_at``); draw a batch of
-``batch_size`` random windows of ``sequence_len + 1`` tokens; forward and backward over micro-batches of
+alpha group with the floor its ``step_size_lr_floor`` names (``schedule.group_lr_at``); draw the step's batch of
+``batch_size`` samples of ``sequence_len + 1`` tokens (``open_data(...).train_batch``: packed windows or padded
+documents, docs/data.md; tokens count real targets only); forward and backward over micro-batches of
 ``micro_batch_size`` rows, the EBT's random inputs keyed by (seed, step, sample) (``accumulate.forward_backward``;
 bf16 autocast on CUDA, fp32 on CPU); clip the accumulated gradient's norm (the pre-clip norm is recorded); check
 for divergence; AdamW step. Then, in this order: metric points (every ``log_interval`` steps and the last),
 validation (every ``eval_interval`` steps and the last), checkpoint (every ``checkpoint_interval`` steps and the
 last, when ``spec.checkpoint_dir`` is set).
 
-Validation loss = token-weighted mean of ``info["ce"]`` (the EBT's final-step CE) over ``eval_batches``
-fixed validation batches (in micro-batches too), the EBT's noise keyed by (seed, window): it is a deterministic
-function of the weights and never perturbs the training RNG stream, which is what makes resume bit-exact on CPU.
+Validation loss = token-weighted mean (real tokens) of ``info["ce"]`` (the EBT's final-step CE) over the run's
+fixed validation set (``validation_batches``: ``eval_tokens``, else ``eval_batches`` batches; in micro-batches
+too), the EBT's noise keyed by (seed, window): it is a deterministic function of the weights and never perturbs
+the training RNG stream, which is what makes resume bit-exact on CPU.
 """
 
 from __future__ import annotations
