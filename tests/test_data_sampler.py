@@ -310,3 +310,43 @@ def test_every_evaluation_of_a_run_scores_the_one_validation_set(tmp_path, monke
     sink = ListSink()
     train(spec, sink)
     assert len(calls) == 1 and [s for s, _ in sink.series("val_loss")] == [1, 2, 3]
+
+
+# ------------------------------------------------------------------------------------------ built-in sources
+def test_builtin_packed_runs_sample_their_store_with_the_corpus_cache_windows(tmp_path):
+    """A built-in source trains from a token store the cache prepares, and in packed mode draws exactly the
+    windows, validation windows and unigram baseline of the corpus cache (load_corpus): runs stored before
+    token stores existed keep their meaning under their hashes."""
+    from ebt_scaling.data import load_corpus
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i, d in enumerate(_docs(40, 50, 400, seed=2)):
+        (folder / f"d{i:02d}.txt").write_text(d + "\n")
+    for cfg, T in ((DataConfig(source="synthetic", vocab_size=32, cache_dir=str(tmp_path)), 32),
+                   (DataConfig(source=f"text:{folder}", tokenizer="byte", cache_dir=str(tmp_path)), 48)):
+        legacy = load_corpus(cfg, T, progress=lambda m: None)
+        data = open_data(cfg, T, seed=0, progress=lambda m: None)
+        assert isinstance(data, StoreData) and data.store.path.parent.name == "stores"
+        r1, r2 = np.random.default_rng(3), np.random.default_rng(3)
+        for s in range(5):
+            assert np.array_equal(legacy.sample_batch("train", 8, T, r1), data.train_batch(s, 8, T, r2))
+        for a, b in zip(legacy.val_batches(2, 8, T, 30), data.val_batches(2, 8, T, 30), strict=True):
+            assert np.array_equal(a, b)
+        assert data.unigram_entropy() == legacy.unigram_entropy() and data.train_tokens == legacy.train_tokens
+    assert data.store.num_documents == 40  # one per file: the document mode's rows
+
+
+def test_builtin_store_is_rebuilt_when_corrupt(tmp_path):
+    cfg = DataConfig(source="synthetic", vocab_size=16, cache_dir=str(tmp_path))
+    first = open_data(cfg, 16, progress=lambda m: None)
+    rows = first.val_batches(1, 4, 16)
+    shard = first.store.path / "shard-00000.bin"
+    del first
+    data = bytearray(shard.read_bytes())
+    data[10] ^= 1
+    shard.write_bytes(bytes(data))
+    msgs: list[str] = []
+    again = open_data(cfg, 16, progress=msgs.append)
+    assert any("fails its checksums" in m for m in msgs)
+    assert np.array_equal(again.val_batches(1, 4, 16)[0], rows[0])

@@ -1,10 +1,12 @@
 """Corpora, tokenizers and batching (numpy + tokenizers; never torch).
 
 ``open_data(DataConfig, sequence_len, seed=)`` is the training entry point: a ``StoreData`` (``sampler.py``:
-token stores, packed and document sampling, the document-hash split) or, for built-in sources in packed
-mode, ``load_corpus(DataConfig, sequence_len) -> TokenCorpus``; see ``corpus.py`` for the cache pipeline and
-its split, ``store.py`` for token stores, ``sources.py`` for the sources, ``synthetic.py`` for the Markov
-source with a known entropy rate. Documented in ``docs/data.md``.
+packed and document sampling of a token store, its splits, one validation set per sweep) over ``store:DIR``
+or the store the cache prepares for a built-in source (``corpus.builtin_store``).
+``load_corpus(DataConfig, sequence_len) -> TokenCorpus`` is the cache's in-memory view (think, analysis);
+see ``corpus.py`` for the cache pipeline and its block split, ``store.py`` for token stores, ``sources.py`` for
+the sources, ``synthetic.py`` for the Markov source with a known entropy rate. Documented in
+``docs/data.md``.
 """
 
 from ebt_scaling.data.corpus import TokenCorpus, load_corpus, open_data, split_blocks

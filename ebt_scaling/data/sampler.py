@@ -23,6 +23,9 @@ Modes (``DataConfig.sampling``):
   position, are never attended to by a real one (causal attention). Documents of fewer than 2 tokens have
   no target and are redrawn.
 
+Built-in corpora in packed mode use ``split = "blocks"`` instead: the corpus cache's block split and the
+run's sequential generator (``train_batch``), i.e. the windows of every run trained before token stores existed.
+
 Validation set (fixed per sweep): the validation documents in store order, as many as needed for the
 requested tokens: ``packed``: ``n_windows`` windows of ``seq_len + 1`` tokens spread evenly over the
 concatenated validation documents; ``document``: one row per document until the real target tokens reach
@@ -77,9 +80,13 @@ class StoreData:
     arrays: inputs ``[:, :-1]``, targets ``[:, 1:]``, ``PAD`` where a document mode row has no token."""
 
     def __init__(self, store: TokenStore, *, seq_len: int, sampling: str = "packed", val_fraction: float = 0.05,
-                 split_seed: int = 33, seed: int = 0, name: str | None = None) -> None:
+                 split_seed: int = 33, seed: int = 0, name: str | None = None, split: str = "documents",
+                 block_size: int | None = None) -> None:
         if sampling not in SAMPLING_MODES:
             raise DataError(f"sampling {sampling!r}: use packed or document")
+        if split not in ("documents", "blocks") or (split == "blocks" and sampling != "packed"):
+            raise DataError(f"split {split!r} with sampling {sampling!r}: use documents, or blocks with packed")
+        self.split = split
         self.store, self.seq_len, self.sampling = store, int(seq_len), sampling
         self.val_fraction, self.split_seed, self.seed = float(val_fraction), int(split_seed), int(seed)
         self.name = name or f"store:{store.path}"
@@ -88,9 +95,47 @@ class StoreData:
         self._val_cache: dict[tuple[int, int], np.ndarray] = {}
         self._train_tokens: int | None = None
         self._unigram: float | None = None
-        if store.num_documents == 0 or store.num_tokens < self.seq_len + 1:
+        if split == "documents" and (store.num_documents == 0 or store.num_tokens < self.seq_len + 1):
             raise DataError(f"{self.name}: {store.num_tokens} tokens in {store.num_documents} documents, fewer than "
                             f"sequence_len+1 = {self.seq_len + 1}; use a shorter --seq-len or a larger store")
+        if split == "blocks":
+            self._blocks(block_size)
+
+    # ------------------------------------------------------------------------------------ the block split
+    def _blocks(self, block_size: int | None) -> None:
+        """The corpus cache's split (corpus.split_blocks: contiguous blocks, a seeded permutation picks the
+        validation ones) as runs of train and validation positions; the built-in corpora's packed mode."""
+        from ebt_scaling.data.corpus import split_blocks
+
+        n = self.store.num_tokens
+        bs, val_blocks = split_blocks(n, self.val_fraction, self.split_seed, block_size)
+        is_val = np.zeros(-(-n // bs), dtype=bool)
+        is_val[val_blocks] = True
+        edges = np.flatnonzero(np.diff(is_val.astype(np.int8))) + 1  # block indices where the side changes
+        run_starts = np.concatenate(([0], edges)) * bs
+        run_ends = np.minimum(np.concatenate((edges * bs, [n])), n)
+        side = is_val[np.concatenate(([0], edges))]
+        self._runs = {}
+        for val in (False, True):
+            st, en = run_starts[side == val], run_ends[side == val]
+            self._runs[val] = (st, np.concatenate(([0], np.cumsum(en - st))))
+        for val, label in ((False, "train"), (True, "val")):
+            if self._runs[val][1][-1] < self.seq_len + 1:
+                raise DataError(f"{self.name}: the {label} split has {int(self._runs[val][1][-1])} tokens, fewer "
+                                f"than sequence_len+1 = {self.seq_len + 1}; use a shorter --seq-len or more text")
+
+    def _read_runs(self, val: bool, pos: int, n: int) -> np.ndarray:
+        """Tokens ``pos .. pos + n - 1`` of the concatenated train (or validation) runs of the block split."""
+        starts, cum = self._runs[val]
+        out = np.empty(n, dtype=np.int64)
+        filled = 0
+        while filled < n:
+            k = int(np.searchsorted(cum, pos, side="right") - 1)
+            take = min(n - filled, int(cum[k + 1]) - pos)
+            out[filled:filled + take] = self.store.read(int(starts[k]) + pos - int(cum[k]), take)
+            filled += take
+            pos += take
+        return out
 
     # ------------------------------------------------------------------------------------ the split
     def is_val(self, docs: np.ndarray | int) -> np.ndarray:
@@ -138,6 +183,8 @@ class StoreData:
     def sample_batch(self, step: int, indices: np.ndarray | list[int] | range) -> np.ndarray:
         """Rows ``indices`` of the global training batch of step ``step``: (len(indices), seq_len + 1) int64.
         A pure function of (seed, step, index): any split of a step's indices over workers gives the same rows."""
+        if self.split == "blocks":
+            raise DataError("the block split's order is sequential: use train_batch with the run's generator")
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or step < 0):
             raise ValueError("step and sample indices must be non-negative")
@@ -147,9 +194,17 @@ class StoreData:
 
     def train_batch(self, step: int, batch_size: int, seq_len: int, rng: Any = None,
                     indices: np.ndarray | None = None) -> np.ndarray:
-        """The training loop's entry: step ``step``'s global batch (or its rows ``indices``); ``rng`` unused."""
+        """The training loop's entry: step ``step``'s global batch (or its rows ``indices``). ``rng`` serves the
+        block split only (built-in corpora, packed): its windows are the next ``batch_size`` draws of the run's
+        checkpointed generator, as in every run trained before token stores existed; call it once per step, in
+        order (a data-parallel worker draws the whole batch from its copy and keeps its rows)."""
         if seq_len != self.seq_len:
             raise ValueError(f"seq_len {seq_len} differs from the sampler's {self.seq_len}")
+        if self.split == "blocks":
+            n_train = int(self._runs[False][1][-1])
+            starts = rng.integers(0, n_train - seq_len, size=batch_size)
+            rows = np.stack([self._read_runs(False, int(p), seq_len + 1) for p in starts])
+            return rows if indices is None else rows[np.asarray(indices)]
         return self.sample_batch(step, np.arange(batch_size) if indices is None else indices)
 
     def _give_up(self, what: str) -> DataError:
@@ -212,8 +267,14 @@ class StoreData:
     def _val_rows(self, n_windows: int) -> np.ndarray:
         key = (self.seq_len, n_windows)
         if key not in self._val_cache:
-            self._val_cache[key] = (self._val_packed(n_windows) if self.sampling == "packed"
-                                    else self._val_documents(n_windows * self.seq_len))
+            if self.split == "blocks":  # windows spread evenly over the validation runs (the corpus cache's rule)
+                T, n_val = self.seq_len, int(self._runs[True][1][-1])
+                starts = np.linspace(0, n_val - T - 1, n_windows).round().astype(np.int64)
+                self._val_cache[key] = np.stack([self._read_runs(True, int(p), T + 1) for p in starts])
+            elif self.sampling == "packed":
+                self._val_cache[key] = self._val_packed(n_windows)
+            else:
+                self._val_cache[key] = self._val_documents(n_windows * self.seq_len)
         return self._val_cache[key]
 
     def _val_packed(self, n_windows: int) -> np.ndarray:
@@ -280,6 +341,8 @@ class StoreData:
     @property
     def train_tokens(self) -> int:
         """Tokens of the training documents (one pass over the document indexes, not the tokens)."""
+        if self._train_tokens is None and self.split == "blocks":
+            self._train_tokens = int(self._runs[False][1][-1])
         if self._train_tokens is None:
             self._train_tokens = int(sum(int(lens.sum()) for _, _, lens in self._iter_docs(val=False)))
         return self._train_tokens
@@ -287,6 +350,15 @@ class StoreData:
     def unigram_entropy(self, max_train: int = 1 << 22, max_val: int = 1 << 20) -> float:
         """Validation cross-entropy (nats/token) of a unigram model (add-one smoothing) fitted on the first
         ``max_train`` training tokens and scored on the first ``max_val`` validation tokens (store order)."""
+        if self._unigram is None and self.split == "blocks":  # small corpora: fitted and scored on everything
+            c = {}
+            for val in (False, True):
+                c[val] = np.zeros(self.vocab_size, dtype=np.float64)
+                starts, cum = self._runs[val]
+                for st, n in zip(starts.tolist(), np.diff(cum).tolist(), strict=True):
+                    c[val] += np.bincount(self.store.read(st, n), minlength=self.vocab_size)
+            logq = np.log((c[False] + 1.0) / (c[False] + 1.0).sum())
+            self._unigram = float(-(c[True] * logq).sum() / c[True].sum())
         if self._unigram is None:
             def counts(val: bool, limit: int) -> np.ndarray:
                 c = np.zeros(self.vocab_size, dtype=np.float64)
