@@ -230,12 +230,6 @@ def _encode_docs(docs: Sequence[str], tokenizer: Any, progress: Progress) -> lis
     return [np.concatenate(p) if p else np.zeros(0, dtype=np.int64) for p in per_doc]
 
 
-def _encode_stream(docs: Sequence[str], tokenizer: Any, progress: Progress) -> np.ndarray:
-    """The token stream: every document's tokens (``_encode_docs``), back to back."""
-    out = _encode_docs(docs, tokenizer, progress)
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
-
-
 def _make_tokenizer(cfg: DataConfig, docs: Sequence[str], corpus_sha: str, root: pathlib.Path,
                     progress: Progress) -> ByteTokenizer | HFTokenizer:
     if cfg.tokenizer == "byte":
@@ -287,7 +281,8 @@ def load_corpus(cfg: DataConfig, sequence_len: int, progress: Progress | None = 
         with locked(root, folder.name):
             meta = _valid_token_dir(folder)
             if meta is None:
-                stream = _encode_stream(docs, tokenizer, progress)
+                store = builtin_store(cfg, progress)  # tokenised once, for training and this view alike
+                stream = store.read(0, store.num_tokens)
                 _write_split(folder, stream, vocab, cfg, None, {
                     "source": cfg.source, "tokenizer": tokenizer.kind, "tokenizer_ident": tokenizer.ident,
                     "corpus_sha256": corpus_sha, "documents": doc_meta.get("documents"),
