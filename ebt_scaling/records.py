@@ -162,3 +162,36 @@ class FitRecord:
     run_ids: tuple[int, ...]
     fingerprint: str
     created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """A measured training throughput (``ebt-scale calibrate``): FLOP/s of one (device, family, shape, precision,
+    recipe, threads) under the exact FLOPs convention, from ``steps`` timed steps after ``warmup`` untimed ones.
+
+    ``device_kind`` is ``cpu`` or ``cuda``; ``device_name`` the GPU's name (``torch.cuda.get_device_name``) or the
+    CPU model (``/proc/cpuinfo``). ``shape_key`` names the model shape and the batch a step runs
+    (``sweeps.calibration.shape_key``). ``recipe`` is None for a Transformer++. ``threads``: torch's CPU threads
+    of a CPU measurement (0 on CUDA). ``flops_per_s = flops_per_step / seconds_per_step``.
+    """
+
+    device_kind: str
+    device_name: str
+    family: str
+    shape_key: str
+    precision: str
+    recipe: str | None
+    threads: int
+    batch_size: int
+    flops_per_step: float
+    seconds_per_step: float
+    steps: int
+    warmup: int
+    host: str | None = None
+    torch_version: str | None = None
+    measured_at: datetime | None = None
+    id: int | None = None
+
+    @property
+    def flops_per_s(self) -> float:
+        return self.flops_per_step / self.seconds_per_step

@@ -12,7 +12,7 @@ from ebt_scaling.db import migrate, schema
 from ebt_scaling.db.engine import make_engine
 from ebt_scaling.db.store import Store
 from ebt_scaling.errors import SchemaOutOfDate, StoreError
-from ebt_scaling.records import PlannedRun
+from ebt_scaling.records import CalibrationRecord, PlannedRun
 from ebt_scaling.security import mask_url
 
 ALL_TABLES = {t for t in schema.Base.metadata.tables}
@@ -105,6 +105,27 @@ def test_store_created_schema_equals_migrated_schema(db_url):
     assert migrate.current(db_url) == schema.SCHEMA_REVISION
     assert diffs(db_url) == []
     assert migrate.upgrade(db_url) == (schema.SCHEMA_REVISION, schema.SCHEMA_REVISION)
+
+
+def test_calibrations_table_up_and_down_keeps_older_data(db_url):
+    """0004 adds ebt_calibrations and nothing else; its downgrade drops only that table."""
+    migrate.upgrade(db_url, "0003")
+    with make_engine(db_url).begin() as conn:
+        conn.execute(sa.text("INSERT INTO ebt_sweeps (name, axis, spec, created_at) "
+                             "VALUES ('kept', 'depth', '{}', '2026-01-01 00:00:00')"))
+    before = tables(db_url)
+    assert "ebt_calibrations" not in before
+    assert migrate.upgrade(db_url, "0004") == ("0003", "0004")
+    assert tables(db_url) - before == {"ebt_calibrations"}
+    assert diffs(db_url) == []
+    with Store(db_url) as s:
+        s.save_calibration(CalibrationRecord("cpu", "cpu model", "ebt", "L1-D32", "fp32", "ebt_s1", 1, 2, 1e9, 0.5,
+                                             3, 1))
+        assert [c.flops_per_s for c in s.list_calibrations()] == [2e9]
+    assert migrate.downgrade(db_url, "0003") == (schema.SCHEMA_REVISION, "0003")
+    assert tables(db_url) == before
+    with make_engine(db_url).connect() as conn:
+        assert conn.execute(sa.text("SELECT name FROM ebt_sweeps")).scalar() == "kept"
 
 
 def test_downgrade_upgrade_round_trip(db_url):

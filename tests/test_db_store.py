@@ -10,7 +10,7 @@ from db_backends import db_url_fixture  # noqa: F401  (the parametrised ``db_url
 
 from ebt_scaling.db.store import ImportRow, Store
 from ebt_scaling.errors import DuplicateError, NotFound, StoreError
-from ebt_scaling.records import FitRecord, MetricPoint, PlannedRun, RunResult
+from ebt_scaling.records import CalibrationRecord, FitRecord, MetricPoint, PlannedRun, RunResult
 
 
 def planned(i: int, family: str = "ebt", axis: str = "depth", **kw) -> PlannedRun:
@@ -288,3 +288,26 @@ def test_loss_curves_for_the_report_read_every_trained_run_in_one_pass(store):
     assert curves[a.id]["train_loss"] == ([320, 640], [5.5, 5.0])  # tokens = step x 4 x 16; step 0 is off a log axis
     assert curves[a.id]["val_loss"] == ([640], [5.5])  # a non-finite point is not drawn
     assert set(store.metric_series([a.id, b.id], ["lr"])) == {a.id}
+
+
+def test_calibrations_replace_per_key_and_come_back_as_records(store):
+    cal = CalibrationRecord(device_kind="cuda", device_name="NVIDIA H200", family="ebt", shape_key="L12-D768-B32",
+                            precision="tf32", recipe="ebt_s1", threads=0, batch_size=32, flops_per_step=6e14,
+                            seconds_per_step=2.0, steps=3, warmup=2, host="node1", torch_version="2.13.0")
+    first = store.save_calibration(cal)
+    assert first.id is not None and first.measured_at is not None and first.flops_per_s == 3e14
+    assert dataclasses.replace(first, id=None, measured_at=None) == cal
+    tpp = store.save_calibration(dataclasses.replace(cal, family="transformer_pp", recipe=None, seconds_per_step=1.0))
+    assert tpp.recipe is None
+    again = store.save_calibration(dataclasses.replace(cal, seconds_per_step=1.5))  # the same key: replaced
+    cpu = store.save_calibration(dataclasses.replace(cal, device_kind="cpu", device_name="Some CPU", threads=1))
+    got = store.list_calibrations()
+    assert [(c.device_name, c.family, c.seconds_per_step) for c in got] == [
+        ("NVIDIA H200", "ebt", 1.5), ("NVIDIA H200", "transformer_pp", 1.0), ("Some CPU", "ebt", 2.0)]
+    assert all(isinstance(c, CalibrationRecord) for c in got) and again.flops_per_s == 4e14
+    assert store.list_calibrations(device_kind="cpu") == [cpu]
+    assert [c.family for c in store.list_calibrations(device_name="NVIDIA H200")] == ["ebt", "transformer_pp"]
+    with pytest.raises(StoreError, match="must be > 0"):
+        store.save_calibration(dataclasses.replace(cal, seconds_per_step=0.0))
+    with pytest.raises(StoreError, match="device_kind 'tpu'"):
+        store.save_calibration(dataclasses.replace(cal, device_kind="tpu"))

@@ -148,3 +148,28 @@ def test_guard_rails_show_on_every_page_and_the_baseline_on_the_axis_page(tmp_pa
     text = subprocess.run(["pdftotext", "-f", "3", "-l", "3", str(out), "-"], capture_output=True, text=True,
                           check=True).stdout
     assert ("Warning: guard-rails" in text) == bool(fit.guards)  # exponent-view guards still warn, nothing else
+
+
+@pytest.mark.skipif(not shutil.which("pdftotext"), reason="pdftotext (poppler-utils) not installed")
+def test_no_text_beyond_the_page_box(tmp_path):
+    """Every word of every page lies inside the page (pdftotext -bbox), with long guard-rail messages, a
+    crossover, loss curves and a runs table with long reasons."""
+    runs = synthetic_runs(axes=("data", "flops", "depth"), seeds=1)
+    import dataclasses
+
+    runs[-1] = dataclasses.replace(runs[-1], reason="loss was NaN at step 120 after the learning rate warm-up; " * 4)
+    data = report_data(runs)
+    data.curves = {r.id: {"train_loss": ([1e3 * k for k in range(1, 40)], [6.0 - 0.02 * k for k in range(1, 40)]),
+                          "val_loss": ([1e4, 3e4], [5.4, 5.1])} for r in runs if r.axis == "data"}
+    out = tmp_path / "r.pdf"
+    n = build_report(data, out)
+    html = subprocess.run(["pdftotext", "-bbox", str(out), "-"], capture_output=True, text=True, check=True).stdout
+    pages = re.findall(r'<page width="([\d.]+)" height="([\d.]+)">(.*?)</page>', html, re.S)
+    assert len(pages) == n
+    for k, (w, h, body) in enumerate(pages, 1):
+        words = re.findall(r'xMin="([\d.-]+)" yMin="([\d.-]+)" xMax="([\d.-]+)" yMax="([\d.-]+)">([^<]*)<', body)
+        assert words, k
+        for x0, y0, x1, y1, word in words:
+            assert 0 <= float(x0) and float(x1) <= float(w) + 0.5, (k, word, x1, w)
+            assert 0 <= float(y0) and float(y1) <= float(h) + 0.5, (k, word, y1, h)
+    assert sum(">curves:<" in body for _, _, body in pages) == 1  # the data axis has series: one curves page

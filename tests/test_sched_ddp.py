@@ -75,9 +75,9 @@ def _no_leftover_ray():
 
 
 def test_a_trial_that_trains_on_fewer_gpus_than_it_reserves_is_refused():
-    with pytest.raises(ConfigError, match="reserves 4 GPUs for a run that trains on one.*--workers-per-trial 4"):
+    with pytest.raises(ConfigError, match="trains on 1 GPU but reserves 4.*--workers-per-trial 4"):
         check_request(RayOptions(gpus_per_trial=4))
-    with pytest.raises(ConfigError, match="per worker"):
+    with pytest.raises(ConfigError, match="one whole GPU"):
         check_request(RayOptions(gpus_per_trial=0.5, workers_per_trial=2))
     for ok in (RayOptions(gpus_per_trial=0.5), RayOptions(gpus_per_trial=1, workers_per_trial=4),
                RayOptions(cpus_per_trial=2, workers_per_trial=2)):
@@ -203,6 +203,6 @@ def test_memory_plan_counts_one_workers_share_of_the_batch(tmp_path):
     from ebt_scaling.sweeps.spec import load_spec
 
     runs = expand(load_spec(write_spec(tmp_path, batch=8)))
-    res, mem = Resources(gpus_per_trial=1), MemorySetting(80.0)
-    assert [p.micro_batch_size for p in plan_memory(runs, res, mem)] == [8]
-    assert [p.micro_batch_size for p in plan_memory(runs, res, mem, workers=2)] == [4]
+    mem = MemorySetting(80.0)
+    assert [p.micro_batch_size for p in plan_memory(runs, Resources(gpus_per_trial=1), mem)] == [8]
+    assert [p.micro_batch_size for p in plan_memory(runs, Resources(gpus_per_trial=1, workers_per_trial=2), mem)] == [4]

@@ -48,8 +48,8 @@ def version() -> None:
 
 
 # Order = order in --help.
-COMMAND_MODULES = ("sweep", "status", "cancel", "train", "data", "runs", "fit", "report", "think", "importcsv",
-                   "export", "db")
+COMMAND_MODULES = ("sweep", "status", "cancel", "train", "calibrate", "data", "runs", "fit", "report", "think",
+                   "importcsv", "export", "db")
 
 for _name in COMMAND_MODULES:
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -73,6 +73,10 @@ def sweep(
                                                      "and a run that does not fit at micro-batch 1 is refused "
                                                      "(default: 80 GiB assumed, said in the plan).",
                                                      show_default=False)] = None,
+    device_name: Annotated[str | None, typer.Option("--device-name", help="With --dry-run on GPUs: use the "
+                                                    "calibrations (ebt-scale calibrate) of this GPU model, e.g. "
+                                                    "'NVIDIA H200' (default: the only GPU model the database "
+                                                    "holds).", show_default=False)] = None,
     progress: Annotated[str, typer.Option("--progress", help="auto, rich, plain or off.")] = "auto",
     no_db_check: Annotated[bool, typer.Option("--no-db-check", help="With --dry-run: do not check that the "
                                               "database is valid and reachable.")] = False,
@@ -107,15 +111,16 @@ def sweep(
     res = sw.resources
     gpt = float(gpus_per_trial if gpus_per_trial is not None else res.get("gpus_per_trial", 0))
     cpt = float(cpus_per_trial if cpus_per_trial is not None else res.get("cpus_per_trial", 1))
-    mc = max_concurrent if max_concurrent is not None else res.get("max_concurrent")
     wpt = int(workers_per_trial if workers_per_trial is not None else res.get("workers_per_trial", 1))
+    from ebt_scaling.sweeps.plan import gpu_request_problem
+
+    if (why := gpu_request_problem(gpt, wpt)) is not None:  # before anything is planned, scheduled or written
+        raise ConfigError(why)
+    mc = max_concurrent if max_concurrent is not None else res.get("max_concurrent")
     retries = max_retries if max_retries is not None else int(res.get("max_retries", 2))
     if not 0 <= retries <= 1000:
         raise ConfigError(f"--max-retries must be between 0 and 1000, got {retries}; use 0 to never retry a failed run")
     runs = expand(sw)
-    from ebt_scaling.sched.runner import RayOptions, check_request
-
-    check_request(RayOptions(gpus_per_trial=gpt, cpus_per_trial=cpt, workers_per_trial=wpt))
     odd = [r for r in runs if r.spec.train.batch_size % wpt]
     if odd:
         raise ConfigError(f"{path}: batch size {odd[0].spec.train.batch_size} ({odd[0].label}) is not divisible by "
@@ -129,16 +134,23 @@ def sweep(
         raise ConfigError(f"--gpu-memory must be > 0 GiB, got {gpu_memory:g}; e.g. 80 for an 80 GB GPU")
     mem_setting = MemorySetting(gpu_memory)
     # Before anything is planned, scheduled or written: a GPU run that cannot fit even at micro-batch 1.
-    check_memory(runs, plan_memory(runs, Resources(gpus_per_trial=gpt, cpus_per_trial=cpt), mem_setting,
-                                   workers=wpt))
+    check_memory(runs, plan_memory(runs, Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, workers_per_trial=wpt),
+                                   mem_setting))
 
     if dry_run:
         ncpu, ngpu = local_resources()
-        resources = Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc,
+        resources = Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc, workers_per_trial=wpt,
                               total_gpus=float(total_gpus if total_gpus is not None else ngpu),
                               total_cpus=float(total_cpus if total_cpus is not None
                                                else ("inf" if total_gpus is not None else ncpu)))
-        plan = plan_cost(sw, runs, resources, flops_per_s=throughput, memory=mem_setting)
+        db_line = None
+        calibrations = None
+        if not no_db_check:
+            from ebt_scaling.db.engine import check_database
+
+            db_line = check_database(resolve_db(db))  # valid and reachable; nothing written
+            calibrations = _calibrations(resolve_db(db), "gpu" if resources.uses_gpu else "cpu", device_name)
+        plan = plan_cost(sw, runs, resources, flops_per_s=throughput, memory=mem_setting, calibrations=calibrations)
         if as_json:
             typer.echo(json.dumps(plan.to_dict(), indent=1))
         else:
@@ -149,16 +161,15 @@ def sweep(
         if no_db_check:
             typer.echo("database: not checked (--no-db-check)", err=True)
             return
-        from ebt_scaling.db.engine import check_database
-
-        typer.echo(f"database: {check_database(resolve_db(db))}", err=True)  # valid and reachable; nothing written
+        typer.echo(f"database: {db_line}", err=True)
         return
 
     from ebt_scaling.db import Store
+    from ebt_scaling.sched.runner import RayOptions
     from ebt_scaling.sched.service import default_storage, run_sweep
 
     url = resolve_db(db)
-    Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc)  # validates the requests
+    Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc, workers_per_trial=wpt)  # validates
     opts = RayOptions(address=address, gpus_per_trial=gpt, cpus_per_trial=cpt, workers_per_trial=wpt,
                       max_concurrent=mc,
                       max_retries=retries, storage_path=storage or default_storage(url), progress=progress,
@@ -191,3 +202,22 @@ def sweep(
         typer.echo(f"not all runs completed ({', '.join(f'{v} {k}' for k, v in bad.items())}); see "
                    f"`ebt-scale runs --sweep {sw.name}`", err=True)
         raise typer.Exit(1)
+
+
+def _calibrations(url: str, device: str, device_name: str | None) -> Any:
+    """The stored calibrations of the plan's device (``sweeps.calibration.device_calibrations``), read without
+    writing anything; a database that does not exist yet, holds no schema or is at an older revision has none,
+    and the plan's header says why."""
+    from ebt_scaling.db import Store
+    from ebt_scaling.errors import SchemaOutOfDate, StoreError
+    from ebt_scaling.sweeps.calibration import DeviceCalibrations, device_calibrations
+
+    try:
+        with Store(url, create=False) as store:
+            cals = store.list_calibrations()
+    except SchemaOutOfDate:
+        return DeviceCalibrations(None, {}, "calibrations: not read (database schema out of date; run ebt-scale db "
+                                            "upgrade)")
+    except StoreError:
+        return DeviceCalibrations(None, {}, "calibrations: none (no ebt-scaling database yet)")
+    return device_calibrations(cals, device, device_name=device_name)

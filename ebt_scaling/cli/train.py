@@ -67,13 +67,19 @@ def train_cmd(
     step_size_lr_mult: Annotated[float | None, typer.Option("--step-size-lr-mult", help="EBT: LR multiplier of a "
                                                             "learnable alpha (default: the recipe's or CPU "
                                                             "preset's).")] = None,
-    data: Annotated[str, typer.Option("--data", help="shakespeare, kjv, synthetic, text:PATH or hf:NAME.")
+    data: Annotated[str, typer.Option("--data", help="shakespeare, kjv, synthetic, text:PATH, hf:NAME or "
+                                      "store:DIR (a token store from `ebt-scale data prepare --out DIR`).")
                     ] = "shakespeare",
+    sampling: Annotated[str, typer.Option("--sampling", help="packed (windows across documents) or document "
+                                          "(one padded document per sample; docs/data.md).")] = "packed",
     tokenizer: Annotated[str, typer.Option("--tokenizer", help="bpe, byte or hf:NAME.")] = "bpe",
     vocab_size: Annotated[int | None, typer.Option("--vocab-size", help="BPE/synthetic vocabulary size.",
                                                    min=2)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of init, data order and noise.", min=0)] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, "
+                                           "tf32 (fp32 with TF32 matmuls on CUDA; fp32 on CPU) or bf16.")
+                         ] = "auto",
     threads: Annotated[int, typer.Option("--threads", help="Torch CPU threads (0 = torch default).", min=0)] = 0,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="CUDA: replay forward + backward from a "
                                              "captured CUDA graph (T++ and ebt_s1; docs/training.md).")] = False,
@@ -119,8 +125,10 @@ def train_cmd(
                        eval_interval=d["eval_interval"] if eval_interval is None else eval_interval,
                        eval_batches=eval_batches, log_interval=log_interval,
                        checkpoint_interval=checkpoint_interval, seed=seed, device=device, threads=threads,
-                       cuda_graph=cuda_graph, compile=compile_, micro_batch_size=micro, schedule_steps=schedule_steps)
-    dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab_size or p.vocab_size)
+                       cuda_graph=cuda_graph, compile=compile_, micro_batch_size=micro, schedule_steps=schedule_steps,
+                       precision=precision)
+    dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab_size or p.vocab_size,
+                      sampling=sampling)
     vocab = tokenizer_vocab_size(dcfg)
     recipe_name = (recipe or "ebt_s1") if family == "ebt" else None
     # EBT settings: the recipe's, then the preset's tuned S1 options (config.PRESETS), then the options given
@@ -152,9 +160,9 @@ def train_cmd(
     from rich.console import Console
 
     err = Console(stderr=True)
-    from ebt_scaling.data import load_corpus
+    from ebt_scaling.data import open_data
 
-    corpus = load_corpus(dcfg, seq_len, progress=lambda m: err.print(f"[dim]data:[/dim] {m}"))
+    corpus = open_data(dcfg, seq_len, seed=seed, progress=lambda m: err.print(f"[dim]data:[/dim] {m}"))
     spec = spec0.with_(data=dcfg, checkpoint_dir=checkpoint_dir, recipe=recipe_name)
 
     from ebt_scaling.records import ListSink

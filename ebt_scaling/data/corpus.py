@@ -155,6 +155,10 @@ class TokenCorpus:
         starts = rng.integers(0, arr.size - seq_len, size=batch_size)
         return np.asarray(arr[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
 
+    @property
+    def train_tokens(self) -> int:
+        return int(self.train.size)
+
     def val_batches(self, n_batches: int, batch_size: int, seq_len: int,
                     n_windows: int | None = None) -> list[np.ndarray]:
         """Fixed validation windows of ``seq_len + 1`` tokens, evenly spread over the validation split
@@ -198,10 +202,12 @@ def _open(folder: pathlib.Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.nd
     return train, val
 
 
-def _encode_stream(docs: Sequence[str], tokenizer: Any, progress: Progress) -> np.ndarray:
-    # Long documents are encoded in ~64k-character pieces cut after a newline (parallel in `tokenizers`).
+def _encode_docs(docs: Sequence[str], tokenizer: Any, progress: Progress) -> list[np.ndarray]:
+    """Every document's tokens. Long documents are encoded in ~64k-character pieces cut after a newline
+    (parallel in `tokenizers`); a document's tokens are its pieces' tokens back to back."""
     pieces: list[str] = []
-    for d in docs:
+    owner: list[int] = []
+    for n, d in enumerate(docs):
         start = 0
         while start < len(d):
             end = min(len(d), start + _ENCODE_CHUNK_CHARS)
@@ -209,17 +215,19 @@ def _encode_stream(docs: Sequence[str], tokenizer: Any, progress: Progress) -> n
                 nl = d.rfind("\n", start, end)
                 end = nl + 1 if nl > start else end
             pieces.append(d[start:end])
+            owner.append(n)
             start = end
     total = sum(len(p) for p in pieces)
     progress(f"tokenizing {total / 1e6:.1f} MB with {tokenizer.kind} (vocab {tokenizer.vocab_size})")
-    out: list[np.ndarray] = []
+    per_doc: list[list[np.ndarray]] = [[] for _ in docs]
     batch = 256
     for i in range(0, len(pieces), batch):
         ids = tokenizer.encode_batch(pieces[i:i + batch])
-        out.extend(np.asarray(x, dtype=np.int64) for x in ids)
+        for n, x in zip(owner[i:i + batch], ids, strict=True):
+            per_doc[n].append(np.asarray(x, dtype=np.int64))
         if len(pieces) > 4 * batch and (i // batch) % 8 == 7:
             progress(f"  tokenized {min(i + batch, len(pieces))}/{len(pieces)} pieces")
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    return [np.concatenate(p) if p else np.zeros(0, dtype=np.int64) for p in per_doc]
 
 
 def _make_tokenizer(cfg: DataConfig, docs: Sequence[str], corpus_sha: str, root: pathlib.Path,
@@ -273,7 +281,8 @@ def load_corpus(cfg: DataConfig, sequence_len: int, progress: Progress | None = 
         with locked(root, folder.name):
             meta = _valid_token_dir(folder)
             if meta is None:
-                stream = _encode_stream(docs, tokenizer, progress)
+                store = builtin_store(cfg, progress)  # tokenised once, for training and this view alike
+                stream = store.read(0, store.num_tokens)
                 _write_split(folder, stream, vocab, cfg, None, {
                     "source": cfg.source, "tokenizer": tokenizer.kind, "tokenizer_ident": tokenizer.ident,
                     "corpus_sha256": corpus_sha, "documents": doc_meta.get("documents"),
@@ -286,3 +295,83 @@ def load_corpus(cfg: DataConfig, sequence_len: int, progress: Progress | None = 
     corpus._check_len(corpus.train, sequence_len, "train")
     corpus._check_len(corpus.val, sequence_len, "val")
     return corpus
+
+
+# ---------------------------------------------------------------------------------------- training data
+BUILTIN_STORE_FORMAT = 1  # bump when the built-in stores' content rule changes
+
+
+def builtin_store(cfg: DataConfig, progress: Progress | None = None) -> Any:
+    """The token store of a built-in source (shakespeare, kjv, synthetic, text:PATH, hf:NAME), prepared in the
+    cache on first use (``stores/``; checked against its checksums on every open, rebuilt when corrupt). Its
+    documents are ``load_corpus``'s, tokenised the same way, so its token stream is ``load_corpus``'s stream
+    (synthetic: one document per chain)."""
+    from ebt_scaling.data.store import FORMAT, TokenStore, store_dtype, write_documents
+
+    progress = progress or stderr_progress
+    root = cache_root(cfg.cache_dir)
+    if cfg.source == "synthetic":
+        vocab = cfg.vocab_size
+        syn._check_vocab(vocab)
+        name, tok_ident = f"synthetic-{vocab}", f"symbols-{vocab}-{syn.SYNTHETIC_SEED}"
+
+        def make() -> list[np.ndarray]:
+            progress(f"sampling the synthetic Markov source (vocab {vocab}, "
+                     f"{syn.SYNTHETIC_CHAINS * syn.SYNTHETIC_CHAIN_LEN} tokens)")
+            return list(syn.sample_synthetic(vocab))
+    else:
+        docs, corpus_sha, _ = load_documents(cfg.source, root, progress)
+        tokenizer = _make_tokenizer(cfg, docs, corpus_sha, root, progress)
+        vocab = tokenizer_vocab_size(cfg)
+        name, tok_ident = corpus_sha[:12], tokenizer.ident
+
+        def make() -> list[np.ndarray]:
+            return _encode_docs(docs, tokenizer, progress)
+    key = hashlib.sha256(f"{name}|{tok_ident}|{vocab}|{FORMAT}|{BUILTIN_STORE_FORMAT}".encode()).hexdigest()[:16]
+    out = root / "stores" / f"{name}-{tok_ident}-{key}"
+    with locked(root, f"store-{out.name}"):
+        store = None
+        if (out / "manifest.json").exists():
+            try:
+                store = TokenStore(out)
+            except DataError:
+                store = None
+            if store is not None and store.verify():
+                progress(f"token store {out} fails its checksums; preparing it again")
+                store = None
+        if store is None:
+            tokens = make()
+            top = max((int(t.max()) for t in tokens if t.size), default=0)
+            if top >= vocab:
+                raise DataError(f"token id {top} >= vocab_size {vocab}; this is a bug in the tokenizer setup, "
+                                "please report it")
+            params = {"format": FORMAT, "source": cfg.source, "field": None, "data_files": None,
+                      "tokenizer": tok_ident, "tokenizer_hash": tok_ident, "vocab_size": vocab,
+                      "dtype": store_dtype(vocab).name, "shard_tokens": 1 << 22, "builtin": BUILTIN_STORE_FORMAT}
+            with staging_dir(out) as tmp:
+                write_documents(tmp, params, tokens)
+            store = TokenStore(out)
+            progress(f"wrote the token store of {cfg.source}: {store.num_tokens:,} tokens, "
+                     f"{store.num_documents:,} documents, {out}")
+    return store
+
+
+def open_data(cfg: DataConfig, sequence_len: int, *, seed: int = 0, progress: Progress | None = None) -> Any:
+    """The training data of ``cfg``, always a ``StoreData`` (sampler.py) over a token store: ``store:DIR``, or
+    the cache's store of a built-in source. The document-hash split and keyed order for stores and the
+    ``document`` mode; for a built-in source in ``packed`` mode the block split and sequential generator of
+    every run trained before token stores existed (same windows; docs/data.md says why)."""
+    from ebt_scaling.data.sampler import StoreData, store_path
+    from ebt_scaling.data.store import TokenStore
+
+    kw: dict[str, Any] = dict(seq_len=sequence_len, sampling=cfg.sampling, val_fraction=cfg.val_fraction,
+                              split_seed=cfg.split_seed, seed=seed, name=cfg.source)
+    if cfg.source.startswith("store:"):
+        return StoreData(TokenStore(store_path(cfg.source)), **kw)
+    store = builtin_store(cfg, progress)
+    if cfg.sampling == "packed":
+        kw.update(split="blocks", block_size=syn.SYNTHETIC_CHAIN_LEN if cfg.source == "synthetic" else None)
+    data = StoreData(store, **kw)
+    if cfg.source == "synthetic":
+        data.entropy_rate = syn.synthetic_entropy_rate(cfg.vocab_size)
+    return data

@@ -285,6 +285,22 @@ def prepare(source: Source, tokenizer: str, out: pathlib.Path, *, shard_tokens: 
     return m
 
 
+def write_documents(out: pathlib.Path, params: dict, docs: list[np.ndarray]) -> dict:
+    """Write already tokenised documents (small, in memory: the built-in corpora of the corpus cache) as a
+    complete store at ``out``, in one go (the caller holds the artefact's lock). ``params`` as ``_params``
+    makes them, with ``dtype`` and ``shard_tokens``. Returns the manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    m = {"params": params, "complete": False, "shards": [], "documents": 0, "documents_empty": 0, "tokens": 0,
+         "resume": {"next_doc": 0, "next_offset": 0}}
+    writer = _ShardWriter(out, m, np.dtype(params["dtype"]))
+    for n, toks in enumerate(docs):
+        writer.add(n, np.asarray(toks).astype(writer.dtype, copy=False))
+    writer.flush(next_doc=len(docs), next_offset=0)
+    m["complete"], m["resume"] = True, None
+    atomic_write_json(out / MANIFEST, m)
+    return m
+
+
 def summary(m: dict) -> dict:
     """The manifest's summary for ``--json``: counts, tokenizer, shards with their checksums."""
     p = m["params"]

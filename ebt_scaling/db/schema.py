@@ -16,6 +16,8 @@ Tables::
     ebt_fits          one stored fit (sweep, axis, family, method, params JSON, fingerprint)
     ebt_fit_runs      the exact runs a fit used     (fit_id, run_id)
     ebt_cancel_requests  a pending `ebt-scale cancel` per sweep  (sweep_id) -> requested_at (revision 0003)
+    ebt_calibrations  measured training throughput  (device, family, shape, precision, recipe, threads)
+                      -> seconds and FLOPs per step (revision 0004, ``ebt-scale calibrate``)
 
 Non-finite metric values are stored explicitly: ``kind`` is ``finite``/``nan``/``inf``/``-inf`` and
 ``value`` is NULL unless the kind is ``finite`` (a CHECK constraint enforces it). Timestamps are naive UTC.
@@ -46,9 +48,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from ebt_scaling.records import RUN_STATUSES
 
 #: The Alembic revision this code expects (``alembic/versions``); a test checks it equals the script head.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 #: Every revision this code knows, oldest first; a database at an earlier one needs ``ebt-scale db upgrade``.
-KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003")
+KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
 VERSION_TABLE = "ebt_scale_alembic_version"
 TABLE_PREFIX = "ebt_"
 
@@ -62,6 +64,7 @@ NAMING_CONVENTION = {
 
 VALUE_KINDS = ("finite", "nan", "inf", "-inf")
 RUN_SOURCES = ("trained", "imported")
+DEVICE_KINDS = ("cpu", "cuda")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -211,6 +214,38 @@ class CancelRequest(Base):
 
     sweep_id: Mapped[int] = mapped_column(ForeignKey("ebt_sweeps.id", ondelete="CASCADE"), primary_key=True)
     requested_at: Mapped[datetime]
+
+
+class Calibration(Base):
+    """A measured training throughput of one (device, family, shape, precision, recipe, threads): the latest
+    ``ebt-scale calibrate`` of that key replaces the earlier one. ``recipe`` is '' for a Transformer++ (a NULL
+    would not take part in the unique key)."""
+
+    __tablename__ = "ebt_calibrations"
+    __table_args__ = (
+        # Named by hand: the convention's column list would exceed PostgreSQL's 63-character identifiers.
+        UniqueConstraint("device_name", "family", "shape_key", "precision", "recipe", "threads",
+                         name="uq_ebt_calibrations_key"),
+        CheckConstraint(_in("device_kind", DEVICE_KINDS), name="device_kind"),
+        CheckConstraint("seconds_per_step > 0 AND flops_per_step > 0", name="positive"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_kind: Mapped[str] = mapped_column(String(8))
+    device_name: Mapped[str] = mapped_column(String(255))
+    family: Mapped[str] = mapped_column(String(32))
+    shape_key: Mapped[str] = mapped_column(String(200))
+    precision: Mapped[str] = mapped_column(String(8))
+    recipe: Mapped[str] = mapped_column(String(32))
+    threads: Mapped[int] = mapped_column(Integer)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    flops_per_step: Mapped[float] = mapped_column(Double)
+    seconds_per_step: Mapped[float] = mapped_column(Double)
+    steps: Mapped[int] = mapped_column(Integer)
+    warmup: Mapped[int] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
+    torch_version: Mapped[str | None] = mapped_column(String(64))
+    measured_at: Mapped[datetime]
 
 
 #: Tables created by revision 0001 (the rest came with 0002 and 0003).

@@ -45,6 +45,7 @@ from ebt_scaling.names import name_problem
 from ebt_scaling.records import (
     RUN_STATUSES,
     TERMINAL_STATUSES,
+    CalibrationRecord,
     FitRecord,
     MetricPoint,
     PlannedRun,
@@ -65,6 +66,7 @@ METRICS = cast(Table, schema.Metric.__table__)
 FITS = cast(Table, schema.Fit.__table__)
 FIT_RUNS = cast(Table, schema.FitRun.__table__)
 CANCELS = cast(Table, schema.CancelRequest.__table__)
+CALIBRATIONS = cast(Table, schema.Calibration.__table__)
 
 #: Axis of a sweep whose imported rows span several axes.
 MIXED_AXIS = "mixed"
@@ -852,6 +854,46 @@ class Store:
                           params=from_json(r.params), run_ids=tuple(sorted(links.get(r.id, []))),
                           fingerprint=r.fingerprint, created_at=r.created_at) for r in rows]
 
+    # -------------------------------------------------------------- throughput calibrations
+
+    def save_calibration(self, cal: CalibrationRecord) -> CalibrationRecord:
+        """Store a measured throughput; it replaces an earlier one of the same (device name, family, shape key,
+        precision, recipe, threads). Returns the stored record (with its id and measurement time)."""
+        if cal.device_kind not in schema.DEVICE_KINDS:
+            raise StoreError(f"calibration device_kind {cal.device_kind!r}: use one of "
+                             f"{', '.join(schema.DEVICE_KINDS)}")
+        if not (cal.seconds_per_step > 0 and cal.flops_per_step > 0 and math.isfinite(cal.flops_per_s)):
+            raise StoreError(f"calibration of {cal.family} {cal.shape_key}: seconds and FLOPs per step must be > 0 "
+                             f"and finite, got {cal.seconds_per_step!r} s and {cal.flops_per_step!r} FLOPs")
+        key = dict(device_name=cal.device_name, family=cal.family, shape_key=cal.shape_key, precision=cal.precision,
+                   recipe=cal.recipe or "", threads=int(cal.threads))
+
+        def unit(conn: Connection) -> CalibrationRecord:
+            values = dict(key, device_kind=cal.device_kind, batch_size=int(cal.batch_size),
+                          flops_per_step=float(cal.flops_per_step), seconds_per_step=float(cal.seconds_per_step),
+                          steps=int(cal.steps), warmup=int(cal.warmup), host=cal.host,
+                          torch_version=cal.torch_version, measured_at=cal.measured_at or self._now(conn))
+            where = and_(*(CALIBRATIONS.c[k] == v for k, v in key.items()))
+            conn.execute(delete(CALIBRATIONS).where(where))
+            conn.execute(CALIBRATIONS.insert().values(**values))
+            return _calibration(conn.execute(select(CALIBRATIONS).where(where)).one())
+
+        return self._unit(unit, what=f"saving a calibration of {cal.family} {cal.shape_key} on {cal.device_name}")
+
+    def list_calibrations(self, device_kind: str | None = None,
+                          device_name: str | None = None) -> list[CalibrationRecord]:
+        """Stored calibrations, optionally of one device kind (``cpu``/``cuda``) or device name; ordered by
+        device, family, shape key, precision."""
+        conds = []
+        if device_kind is not None:
+            conds.append(CALIBRATIONS.c.device_kind == device_kind)
+        if device_name is not None:
+            conds.append(CALIBRATIONS.c.device_name == device_name)
+        q = select(CALIBRATIONS).where(and_(*conds)) if conds else select(CALIBRATIONS)
+        q = q.order_by(CALIBRATIONS.c.device_name, CALIBRATIONS.c.family, CALIBRATIONS.c.shape_key,
+                       CALIBRATIONS.c.precision, CALIBRATIONS.c.recipe, CALIBRATIONS.c.threads)
+        return self._unit(lambda conn: [_calibration(r) for r in conn.execute(q)], write=False)
+
     # -------------------------------------------------------------- dataframes
 
     def runs_dataframe(self, **filters: Any) -> Any:
@@ -931,3 +973,11 @@ def _run(r: Row[Any], params: dict[str, int], flops: dict[str, float], extra: di
         tokens=int(r.tokens) if r.tokens is not None else None, fit_eligible=bool(r.fit_eligible), source=r.source,
         created_at=r.created_at, started_at=r.started_at, finished_at=r.finished_at, heartbeat_at=r.heartbeat_at,
         host=r.host, device=r.device, checkpoint_dir=r.checkpoint_dir, extra_metrics=extra)
+
+
+def _calibration(r: Row[Any]) -> CalibrationRecord:
+    return CalibrationRecord(
+        id=r.id, device_kind=r.device_kind, device_name=r.device_name, family=r.family, shape_key=r.shape_key,
+        precision=r.precision, recipe=r.recipe or None, threads=int(r.threads), batch_size=int(r.batch_size),
+        flops_per_step=float(r.flops_per_step), seconds_per_step=float(r.seconds_per_step), steps=int(r.steps),
+        warmup=int(r.warmup), host=r.host, torch_version=r.torch_version, measured_at=r.measured_at)

@@ -375,7 +375,11 @@ class EBT(nn.Module):
             ces = [ce(z) for z in zs]
             loss = torch.stack(ces).mean()
             ce_initial, ce_final = ces[0].detach(), ces[-1].detach()
-        energy_steps = torch.stack([e.mean() for e in es])  # (steps,)
+        # Mean energy per step over the real positions: targets of -100 (document padding) are left out, as
+        # in the CE. Without padding this is e.mean() (same sum, same count).
+        real = targets != -100  # (B, T)
+        n_real = real.sum().clamp(min=1)
+        energy_steps = torch.stack([torch.where(real, e, 0.0).sum() / n_real for e in es])  # (steps,)
         return loss, ce_initial, ce_final, zs[-1].detach(), energy_steps, grad_sums
 
     def compile_loss(self, **options) -> None:

@@ -175,7 +175,7 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
     ax = fig.add_axes((0.04, 0.87 - table_h, 0.92, table_h))
     plots.draw_table(ax, header, rows, [0.05, 0.09, 0.04, 0.09, 0.12, 0.055, 0.06, 0.06, 0.07, 0.14, 0.21],
                      fontsize=8, row_colors=colors, fill=True)
-    notes = [
+    notes = ["What these data support"] + [f"- {_supports(f, data)}" for f in _sorted_fits(data)] + [""] + [
         "How to read this page",
         "- 'paper v1' are the figure titles of arXiv v1 (one seed, no intervals); 'paper ICLR' the camera-ready "
         "caption (params and FLOPs).",
@@ -197,15 +197,54 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         c = f.get("comparison") or {}
         if c.get("warning"):
             notes.append(f"- {_label(f, data)}: {c['warning']}")
-    fig.text(0.04, 0.87 - table_h - 0.05, "\n".join(notes), fontsize=8, va="top", linespacing=1.5)
+    notes = [w for line in notes for w in (textwrap.wrap(line, 175, subsequent_indent="  ") or [""])]
     flagged = [f for f in _sorted_fits(data) if f.get("guards")]
+    warn: list[str] = []
     if flagged:
         codes = sorted({g["code"] for f in flagged for g in f["guards"]})
         warn = ["Guard-rails (a verdict is withheld when one of these fires for the rate view; details on the axis "
                 "pages)"] + [_guard_summary(f, data) for f in flagged] + [
                     f"  {c.replace('_', ' ')}: {EXPLAIN[c]}" for c in codes]
-        fig.text(0.04, 0.87 - table_h - 0.05 - 0.026 * (len(notes) + 0.6), "\n".join(warn), fontsize=8, va="top",
-                 linespacing=1.5, color="#a00000")
+        warn = [w for line in warn for w in (textwrap.wrap(line, 175, subsequent_indent="    ") or [""])]
+    # both blocks between the table and the footer: the font shrinks (to 6.5 pt), then the notes are cut
+    top, bottom = 0.87 - table_h - 0.04, 0.05
+    pt = 8.0
+    while pt > 6.5 and (len(notes) + len(warn) + 1) * pt * 1.5 / 72 / PAGE_SIZE[1] > top - bottom:
+        pt -= 0.5
+    line_h = pt * 1.5 / 72 / PAGE_SIZE[1]
+    room = int((top - bottom) / line_h) - len(warn) - 1
+    if len(notes) > room:
+        notes = notes[:max(room - 1, 0)] + ["... (see the axis pages and `ebt-scale fit`)"]
+    fig.text(0.04, top, "\n".join(notes), fontsize=pt, va="top", linespacing=1.5)
+    if warn:
+        fig.text(0.04, top - line_h * (len(notes) + 1), "\n".join(warn), fontsize=pt, va="top", linespacing=1.5,
+                 color="#a00000")
+
+
+def _supports(f: dict[str, Any], data: ReportData) -> str:
+    """What one axis's comparison supports, in words."""
+    c = f.get("comparison") or {}
+    name = _label(f, data)
+    if not c:
+        why = "; ".join(f.get("messages", [])[:1]) or "a family is missing"
+        return f"{name}: no EBT vs Transformer++ comparison ({why})."
+    gain = f"rate gain {plots.fmt_pct(c.get('rate_gain'))} {plots.fmt_ci_pct(c.get('rate_gain_ci'))}"
+    verdict = c.get("verdict", "not testable")
+    if c.get("unreliable"):
+        codes = sorted({g["code"].replace("_", " ") for g in f.get("guards", [])})
+        return (f"{name}: no faster/slower claim can be defended ({gain}); guard-rails: {', '.join(codes)}. "
+                "Fix those (more levels, seeds or steps) before reading a gain.")
+    if verdict in ("EBT faster", "EBT slower"):
+        word = "faster" if verdict == "EBT faster" else "more slowly"
+        out = (f"{name}: the EBT's loss falls {word} along this axis than the Transformer++'s ({gain}, Holm p = "
+               f"{plots.fmt_p(c.get('p_value_holm'))}), within the range of x measured.")
+    elif verdict.startswith("not distinguishable"):
+        out = f"{name}: the two rates are not distinguishable at 95% ({gain}); more seeds or levels may separate them."
+    else:
+        out = f"{name}: {verdict} ({gain})."
+    if c.get("exponent_unreliable"):
+        out += " The exponent (M2) view is not a measurement here."
+    return out
 
 
 TEXT_PT = 6.5  # the numbers and warnings under the axis plots
@@ -291,13 +330,10 @@ def crossover_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         if f.get("guards"):
             lines.append("Guard-rails on this axis (the M1 lines above inherit them): "
                          + _guard_summary(f, data)[2:])
-    others = [f for f in _sorted_fits(data) if f["axis"] != "flops" and f.get("crossover")]
-    if others:
-        lines.append("")
-        lines.append("Other axes (M1 lines):")
-        for f in others:
-            lines.append(f"  {_label(f, data)}: {f['crossover'].get('message', '-')}")
     lines = [w for line in lines for w in (textwrap.wrap(line, 150, subsequent_indent="    ") or [""])]
+    room = int((0.24 - 0.05) / (8 * 1.4 / 72 / PAGE_SIZE[1]))  # lines of 8 pt between the plot and the footer
+    if len(lines) > room:
+        lines = lines[:room - 1] + [f"... {len(lines) - room + 1} more lines: see `ebt-scale fit --json`"]
     fig.text(0.08, 0.24, "\n".join(lines), fontsize=8, va="top", linespacing=1.4)
 
 

@@ -207,17 +207,12 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
 def check_request(opts: RayOptions) -> None:
     """Refuse, in one line, a trial that would train on fewer devices than it reserves."""
     from ebt_scaling.errors import ConfigError
+    from ebt_scaling.sweeps.plan import gpu_request_problem  # the one rule, shared with the cost plan
 
-    n, g = opts.workers_per_trial, opts.gpus_per_trial
-    if n < 1:
-        raise ConfigError(f"resources: workers_per_trial must be >= 1, got {n}")
-    if n == 1 and g > 1:
-        raise ConfigError(f"resources: gpus_per_trial = {g:g} reserves {g:g} GPUs for a run that trains on one; "
-                          f"use --workers-per-trial {int(g) if g == int(g) else 'N'} --gpus-per-trial 1 (one GPU per "
-                          "data-parallel worker)")
-    if n > 1 and g not in (0, 1):
-        raise ConfigError(f"resources: with workers_per_trial = {n}, gpus_per_trial is per worker and each worker "
-                          f"trains on one whole GPU; use --gpus-per-trial 1 (or 0 for CPU workers), not {g:g}")
+    if opts.workers_per_trial < 1:
+        raise ConfigError(f"resources: workers_per_trial must be >= 1, got {opts.workers_per_trial}")
+    if (why := gpu_request_problem(opts.gpus_per_trial, opts.workers_per_trial)) is not None:
+        raise ConfigError(why)
 
 
 def trial_footprint(opts: RayOptions) -> tuple[float, float]:

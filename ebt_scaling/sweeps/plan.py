@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ebt_scaling.errors import ConfigError
+from ebt_scaling.sweeps import calibration
+from ebt_scaling.sweeps.calibration import DeviceCalibrations
 from ebt_scaling.sweeps.expand import ExpandedRun
 from ebt_scaling.sweeps.memory import DEFAULT_GPU_MEMORY_GIB, MemoryPlan, estimate_memory, plan_micro_batch, refusal
 from ebt_scaling.sweeps.spec import SweepSpec
@@ -23,19 +25,43 @@ DEFAULT_GPU_FLOPS_PER_S = 6.0e13
 DEFAULT_CPU_FLOPS_PER_S = 1.0e10
 
 
+def gpu_request_problem(gpus_per_trial: float, workers_per_trial: int = 1) -> str | None:
+    """Why a GPU request is refused, or None: a trial trains on one GPU per worker, so a request above 1 GPU per
+    trial (per worker) would reserve devices the run never uses."""
+    g = gpus_per_trial
+    if g > 1:
+        n = f"{g:g}" if g == int(g) else "N"
+        return (f"resources: gpus_per_trial {g:g} trains on 1 GPU but reserves {g:g}; use --gpus-per-trial 1 "
+                f"(fractions allowed) and --workers-per-trial {n} for a run on {n} GPUs (one per data-parallel "
+                "worker)")
+    if workers_per_trial > 1 and 0 < g < 1:
+        return (f"resources: gpus_per_trial {g:g} with workers_per_trial {workers_per_trial}: each data-parallel "
+                "worker trains on one whole GPU (NCCL ranks cannot share one); use --gpus-per-trial 1, or 0 for "
+                "CPU workers")
+    return None
+
+
 @dataclass(frozen=True)
 class Resources:
-    """Per-trial requests and what is available to run them."""
+    """Per-trial requests and what is available to run them. ``gpus_per_trial`` is per worker and at most 1
+    (fractions share a GPU, with one worker only); ``workers_per_trial`` data-parallel workers per run
+    (``sched/ddp.py``), each on ``batch_size / workers_per_trial`` sequences."""
 
     gpus_per_trial: float = 0.0
     cpus_per_trial: float = 1.0
     max_concurrent: int | None = None
     total_gpus: float = 0.0
     total_cpus: float = 1.0
+    workers_per_trial: int = 1
 
     def __post_init__(self) -> None:
         if self.gpus_per_trial < 0 or self.cpus_per_trial < 0:
             raise ConfigError("resources: per-trial GPUs/CPUs must be >= 0; use e.g. --gpus-per-trial 0.5")
+        if (why := gpu_request_problem(self.gpus_per_trial, self.workers_per_trial)) is not None:
+            raise ConfigError(why)
+        if isinstance(self.workers_per_trial, bool) or not isinstance(self.workers_per_trial, int) \
+                or self.workers_per_trial < 1:
+            raise ConfigError(f"resources: workers_per_trial must be an integer >= 1, got {self.workers_per_trial!r}")
         if self.gpus_per_trial == 0 and self.cpus_per_trial == 0:
             raise ConfigError("resources: a trial needs at least some CPU or GPU; set --cpus-per-trial 1")
         if self.max_concurrent is not None and self.max_concurrent < 1:
@@ -48,10 +74,11 @@ class Resources:
     def slots(self) -> int:
         """How many trials can run at once."""
         caps = []
+        w = self.workers_per_trial
         if self.gpus_per_trial > 0:
-            caps.append(math.floor(self.total_gpus / self.gpus_per_trial + 1e-9))
+            caps.append(math.floor(self.total_gpus / (self.gpus_per_trial * w) + 1e-9))
         if self.cpus_per_trial > 0 and not math.isinf(self.total_cpus):
-            caps.append(math.floor(self.total_cpus / self.cpus_per_trial + 1e-9))
+            caps.append(math.floor(self.total_cpus / (self.cpus_per_trial * w) + 1e-9))
         n = min(caps) if caps else (self.max_concurrent or 1)
         if self.max_concurrent is not None:
             n = min(n, self.max_concurrent)
@@ -84,6 +111,9 @@ class RunCost:
     device_hours: float
     duration_s: float
     memory: MemoryPlan | None = None
+    flops_per_s: float = 0.0  # of the whole trial (per-device x share x workers x efficiency)
+    flops_per_s_per_device: float = 0.0  # per GPU, per CPU core (spec/default) or per trial's threads (calibrated)
+    throughput_source: str = "default"  # "calibrated <device> <date>", "spec [cost]", "default", "command line"
 
 
 @dataclass(frozen=True)
@@ -105,12 +135,11 @@ class MemorySetting:
         return self.per_gpu_gib * min(1.0, gpus_per_trial)
 
 
-def plan_memory(runs: list[ExpandedRun], resources: Resources, setting: MemorySetting, *,
-                workers: int = 1) -> list[MemoryPlan]:
+def plan_memory(runs: list[ExpandedRun], resources: Resources, setting: MemorySetting) -> list[MemoryPlan]:
     """The memory plan of every run: on GPUs the largest micro-batch that fits the trial's share of a GPU
     (``MemoryPlan.fits`` False when not even micro-batch 1 does); on CPUs the host memory of the whole batch
-    (nothing is refused: there is no device limit to hold it to). ``workers``: data-parallel workers per run,
-    each device holding ``batch_size / workers`` sequences."""
+    (nothing is refused: there is no device limit to hold it to). With ``resources.workers_per_trial`` = N each
+    device holds ``batch_size / N`` sequences."""
     if not resources.uses_gpu:
         out = []
         for r in runs:
@@ -119,7 +148,8 @@ def plan_memory(runs: list[ExpandedRun], resources: Resources, setting: MemorySe
                                   fits=True, memory_gib_available=math.inf, estimate=est))
         return out
     avail = setting.per_trial_gib(resources.gpus_per_trial)
-    return [plan_micro_batch(r.spec, avail, device="gpu", batch_size=max(1, r.spec.train.batch_size // workers))
+    w = resources.workers_per_trial
+    return [plan_micro_batch(r.spec, avail, device="gpu", batch_size=max(1, r.spec.train.batch_size // w))
             for r in runs]
 
 
@@ -139,6 +169,8 @@ class CostPlan:
     throughput_note: str
     runs: list[RunCost] = field(default_factory=list)
     memory: MemorySetting | None = None
+    calibrations_note: str = "calibrations: not read"
+    scaling_efficiency: float = 1.0
 
     @property
     def device_hours(self) -> float:
@@ -165,6 +197,8 @@ class CostPlan:
                 "params": r.planned.params, "tokens": r.planned.tokens,
                 "flops_per_token": r.planned.flops_per_token, "flops": rc.flops,
                 "device_hours": rc.device_hours, "duration_s": rc.duration_s,
+                "throughput_source": rc.throughput_source, "flops_per_s": rc.flops_per_s,
+                "flops_per_s_per_device": rc.flops_per_s_per_device,
                 **_memory_fields(rc.memory),
             })
         return {
@@ -172,8 +206,10 @@ class CostPlan:
             "families": list(self.spec.families), "seeds": list(self.spec.seeds), "recipe": self.spec.recipe,
             "device": self.device, "flops_per_s_per_device": self.flops_per_s,
             "throughput_note": self.throughput_note, "time_convention": "exact",
+            "calibrations_note": self.calibrations_note, "scaling_efficiency": self.scaling_efficiency,
             "resources": {
                 "gpus_per_trial": self.resources.gpus_per_trial, "cpus_per_trial": self.resources.cpus_per_trial,
+                "workers_per_trial": self.resources.workers_per_trial,
                 "max_concurrent": self.resources.max_concurrent, "total_gpus": self.resources.total_gpus,
                 "total_cpus": None if math.isinf(self.resources.total_cpus) else self.resources.total_cpus,
                 "slots": self.slots,
@@ -240,30 +276,65 @@ def makespan(durations: list[float], slots: int) -> float:
 
 
 def plan_cost(spec: SweepSpec, runs: list[ExpandedRun], resources: Resources,
-              *, flops_per_s: float | None = None, memory: MemorySetting | None = None) -> CostPlan:
-    """Estimate the cost of ``runs``: time = exact training FLOPs / (throughput x devices per trial); with
-    ``memory``, also each run's memory per device and micro-batch (``plan_memory``)."""
+              *, flops_per_s: float | None = None, memory: MemorySetting | None = None,
+              calibrations: DeviceCalibrations | None = None) -> CostPlan:
+    """Estimate the cost of ``runs``: time = exact training FLOPs / the trial's FLOP/s, where the trial's FLOP/s =
+    per-device FLOP/s x its share of the device x workers x ``[cost] scaling_efficiency``
+    (``calibration.trial_flops_per_s``). Per-device FLOP/s, in this order: ``flops_per_s`` (``--throughput``),
+    the run's exact calibration among ``calibrations`` (``ebt-scale calibrate``; on a CPU measured at the trial's
+    thread count, so it stands for the whole trial), the spec's ``[cost]``, the default; every run says which
+    (``RunCost.throughput_source``). With ``memory``, also each run's memory per device and micro-batch."""
     if resources.uses_gpu:
-        device, per_dev = "gpu", resources.gpus_per_trial
+        device, share = "gpu", min(1.0, resources.gpus_per_trial)
         default, key = DEFAULT_GPU_FLOPS_PER_S, "gpu_flops_per_s"
     else:
-        device, per_dev = "cpu", resources.cpus_per_trial
+        device, share = "cpu", resources.cpus_per_trial  # spec/default throughput is per core
         default, key = DEFAULT_CPU_FLOPS_PER_S, "cpu_flops_per_s"
     tp = float(flops_per_s or spec.cost.get(key, default))
     if tp <= 0:
         raise ConfigError("--throughput must be > 0 FLOP/s; e.g. 6e13 for an A100")
     src = "command line" if flops_per_s else (spec.source if key in spec.cost else "default")
+    fallback_source = "command line" if flops_per_s else ("spec [cost]" if key in spec.cost else "default")
     note = spec.cost.get("note", "") if key in spec.cost and not flops_per_s else ""
     note = f"{tp:.3g} FLOP/s per {device.upper()} ({src}{': ' + note if note else ''})"
+    eff = float(spec.cost.get("scaling_efficiency", 1.0))
+    workers = resources.workers_per_trial
+    threads = max(1, int(resources.cpus_per_trial))  # what the sweep's trainer uses (sched/service.py)
+    cals = calibrations if calibrations is not None and not flops_per_s else None
     mem = plan_memory(runs, resources, memory) if memory is not None else [None] * len(runs)
     out = []
     for r, mp in zip(runs, mem, strict=True):
         tokens = r.planned.tokens or 0
         fl = {c: r.planned.flops_per_token[c] * tokens for c in ("paper", "exact")}
-        dur = fl["exact"] / (tp * per_dev)
-        out.append(RunCost(run=r, flops=fl, device_hours=fl["exact"] / tp / 3600.0, duration_s=dur, memory=mp))
+        cal = cals.find(r.spec, "cuda" if device == "gpu" else "cpu", threads) if cals is not None else None
+        if cal is not None:
+            per_dev, source = cal.flops_per_s, calibration.calibrated_source(cal)
+            run_share = share if device == "gpu" else 1.0  # a CPU calibration already ran the trial's threads
+        else:
+            per_dev, source, run_share = tp, fallback_source, share
+        trial = calibration.trial_flops_per_s(per_dev, share=run_share, workers=workers, scaling_efficiency=eff)
+        dur = fl["exact"] / trial
+        devices = (share if device == "gpu" else resources.cpus_per_trial) * workers
+        out.append(RunCost(run=r, flops=fl, device_hours=dur * devices / 3600.0, duration_s=dur, memory=mp,
+                           flops_per_s=trial, flops_per_s_per_device=per_dev, throughput_source=source))
+    cal_note = "calibrations: not used (--throughput given)" if flops_per_s else (
+        calibrations.note if calibrations is not None else "calibrations: not read")
     return CostPlan(spec=spec, resources=resources, device=device, flops_per_s=tp, throughput_note=note, runs=out,
-                    memory=memory)
+                    memory=memory, calibrations_note=cal_note, scaling_efficiency=eff)
+
+
+def _short_source(source: str) -> str:
+    """The table's ``source`` column: calib, spec, default or cli (the header spells them out)."""
+    return {"spec [cost]": "spec", "command line": "cli"}.get(source, "calib" if source.startswith("calibrated")
+                                                               else source)
+
+
+def _source_counts(plan: CostPlan) -> str:
+    """``3 calibrated NVIDIA H200 2026-12-02, 1 spec [cost]``: how many runs assumed which throughput."""
+    counts: dict[str, int] = {}
+    for rc in plan.runs:
+        counts[rc.throughput_source] = counts.get(rc.throughput_source, 0) + 1
+    return ", ".join(f"{n} {src}" for src, n in counts.items()) or "no runs"
 
 
 def _h(seconds: float) -> str:
@@ -289,6 +360,8 @@ def format_plan(plan: CostPlan) -> str:
         f"sweep: {d['sweep']}  axis: {d['axis']}  spec: {d['spec_file']}",
         f"families: {', '.join(d['families'])}  seeds: {list(d['seeds'])}  EBT recipe: {d['recipe']}",
         f"throughput assumption: {plan.throughput_note}; time from the exact FLOPs count",
+        f"{plan.calibrations_note}; per run: {_source_counts(plan)}"
+        + (f"; scaling efficiency {plan.scaling_efficiency:g}" if plan.scaling_efficiency != 1.0 else ""),
     ]
     if plan.memory is not None:
         lines.append(plan.memory_note())
@@ -296,7 +369,8 @@ def format_plan(plan: CostPlan) -> str:
     mem = plan.memory is not None
     hdr = (f"{'family':<15}{'value':>11}{'x':>11}{'L':>4}{'D':>6}{'H':>4}{'ctx':>5}{'batch':>6}{'steps':>8}"
            f"{'lr':>9}{'params(non-emb)':>17}{'tokens':>11}{'FLOPs paper':>13}{'FLOPs exact':>13}"
-           f"{plan.device.upper() + '-h':>9}" + (f"{'mem GiB':>9}{'micro':>6}" if mem else "") + "  hash")
+           f"{plan.device.upper() + '-h':>9}" + (f"{'mem GiB':>9}{'micro':>6}" if mem else "")
+           + f"{'FLOP/s':>10}{'source':>9}" + "  hash")
     lines.append(hdr)
     for r in d["runs"]:
         lines.append(
@@ -304,7 +378,8 @@ def format_plan(plan: CostPlan) -> str:
             f"{r['sequence_len']:>5}{r['batch_size']:>6}{r['steps']:>8}{r['lr']:>9.3g}"
             f"{r['params'].get('non_embedding', 0):>17,}{r['tokens']:>11.3g}{r['flops']['paper']:>13.3e}"
             f"{r['flops']['exact']:>13.3e}{r['device_hours']:>9.3g}"
-            + (f"{r['memory_gib']:>9.3g}{r['micro_batch_size']:>6}" if mem else "") + f"  {r['config_hash'][:10]}"
+            + (f"{r['memory_gib']:>9.3g}{r['micro_batch_size']:>6}" if mem else "")
+            + f"{r['flops_per_s']:>10.3g}{_short_source(r['throughput_source']):>9}" + f"  {r['config_hash'][:10]}"
             + ("  seed " + str(r['seed']) if len(d['seeds']) > 1 else "")
         )
     t, res = d["total"], d["resources"]

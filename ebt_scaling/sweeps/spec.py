@@ -19,7 +19,8 @@ axis values. Layout (every section but ``[sweep]`` and ``[axis]`` is optional)::
     [data]                         # DataConfig fields (vocab_size: the tokenizer's, also the model's)
     [resources]                    # gpus_per_trial, cpus_per_trial, workers_per_trial, max_concurrent,
                                    # max_retries
-    [cost]                         # throughput assumptions of the dry-run plan
+    [cost]                         # throughput assumptions of the dry-run plan: gpu_flops_per_s, cpu_flops_per_s,
+                                   # scaling_efficiency (multi-worker trials), note
     [tracking]                     # trackers = ["mlflow", "tensorboard", "wandb"], mlflow_tracking_uri,
                                    # wandb_project (sched/trackers.py)
 
@@ -56,7 +57,7 @@ DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig))
 RESOURCE_KEYS = ("gpus_per_trial", "cpus_per_trial", "workers_per_trial", "max_concurrent", "max_retries")
 RESOURCE_LIMITS = {"gpus_per_trial": 1024, "cpus_per_trial": 4096, "workers_per_trial": 4096, "max_concurrent": 100_000,
                    "max_retries": 1000}
-COST_KEYS = ("gpu_flops_per_s", "cpu_flops_per_s", "note")
+COST_KEYS = ("gpu_flops_per_s", "cpu_flops_per_s", "scaling_efficiency", "note")
 TRACKING_KEYS = ("trackers", "mlflow_tracking_uri", "wandb_project")
 
 # Axis-specific keys of [axis]. Every axis has ``values``.
@@ -250,6 +251,10 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> SweepSpec:
     for k in ("gpu_flops_per_s", "cpu_flops_per_s"):
         if k in cost and not (_is_num(cost[k]) and cost[k] > 0):
             raise _err(src, f"cost.{k}", f"bad value {cost[k]!r}", "use a positive number of FLOP/s, e.g. 6e13")
+    if "scaling_efficiency" in cost and not (_is_num(cost["scaling_efficiency"])
+                                             and 0 < cost["scaling_efficiency"] <= 1):
+        raise _err(src, "cost.scaling_efficiency", f"bad value {cost['scaling_efficiency']!r}",
+                   "use the measured or stated share of linear multi-worker speed-up, in (0, 1]; 1.0 for one worker")
 
     tracking = check_keys("tracking", TRACKING_KEYS)
     trackers = tracking.get("trackers", [])

@@ -254,6 +254,10 @@ def think_run(spec: RunSpec, checkpoint: str, *, steps: Sequence[int], samples: 
     model = load_run_model(spec, checkpoint, dev)
     T = spec.model.sequence_len
     B = batch_size or spec.train.batch_size
+    if spec.data.source.startswith("store:") or spec.data.sampling != "packed":
+        # evaluate_split scores full (B, T+1) windows: padded document rows and the store's split need work there
+        raise DataError(f"think: runs trained on a token store or with sampling = {spec.data.sampling!r} are not "
+                        "supported yet; think evaluates runs on built-in sources in packed mode")
     corpus = load_corpus(spec.data, T, progress=lambda m: None)
     base = spec.model.eval_steps if spec.model.family == "ebt" else 1
     grid = sorted(set(steps) | {base})

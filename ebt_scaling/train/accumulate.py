@@ -27,8 +27,9 @@ import torch
 from ebt_scaling.train import keyed
 
 # EBT metrics that are token means (weighted by tokens) and means over positions (weighted by rows).
-TOKEN_MEANS = ("ce", "ce_initial")
-ROW_MEANS = ("energy_initial", "energy_final", "energy_steps")
+# The EBT's energies are means over real (non-padding) positions too (models/ebt.py), so they combine like the CE.
+TOKEN_MEANS = ("ce", "ce_initial", "energy_initial", "energy_final", "energy_steps")
+ROW_MEANS: tuple[str, ...] = ()
 
 
 def micro_slices(rows: int, micro: int | None) -> list[slice]:

@@ -2,22 +2,25 @@
 
 Per optimizer step ``s = 1..steps``: set the LR of every group to ``lr_at(s - 1)`` (a schedule over
 ``schedule_steps``, default ``steps``; the run may stop before the schedule ends), times ``lr_mult`` for the EBT's
-alpha group with the floor its ``step_size_lr_floor`` names (``schedule.group_lr_at``); draw a batch of
-``batch_size`` random windows of ``sequence_len + 1`` tokens; forward and backward over micro-batches of
+alpha group with the floor its ``step_size_lr_floor`` names (``schedule.group_lr_at``); draw the step's batch of
+``batch_size`` samples of ``sequence_len + 1`` tokens (``open_data(...).train_batch``: packed windows or padded
+documents, docs/data.md; tokens count real targets only); forward and backward over micro-batches of
 ``micro_batch_size`` rows, the EBT's random inputs keyed by (seed, step, sample) (``accumulate.forward_backward``;
 bf16 autocast on CUDA, fp32 on CPU); clip the accumulated gradient's norm (the pre-clip norm is recorded); check
 for divergence; AdamW step. Then, in this order: metric points (every ``log_interval`` steps and the last),
 validation (every ``eval_interval`` steps and the last), checkpoint (every ``checkpoint_interval`` steps and the
 last, when ``spec.checkpoint_dir`` is set).
 
-Validation loss = token-weighted mean of ``info["ce"]`` (the EBT's final-step CE) over ``eval_batches``
-fixed validation batches (in micro-batches too), the EBT's noise keyed by (seed, window): it is a deterministic
-function of the weights and never perturbs the training RNG stream, which is what makes resume bit-exact on CPU.
+Validation loss = token-weighted mean (real tokens) of ``info["ce"]`` (the EBT's final-step CE) over the run's
+fixed validation set (``validation_batches``: ``eval_tokens``, else ``eval_batches`` batches; in micro-batches
+too), the EBT's noise keyed by (seed, window): it is a deterministic function of the weights and never perturbs
+the training RNG stream, which is what makes resume bit-exact on CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import math
 import random
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 
 from ebt_scaling.config import RunSpec, TrainConfig
-from ebt_scaling.data import load_corpus
+from ebt_scaling.data import open_data
 from ebt_scaling.data.cache import Progress
 from ebt_scaling.errors import ConfigError, TrainingDiverged
 from ebt_scaling.models import build_model
@@ -50,6 +53,7 @@ from ebt_scaling.train.distributed import (
     reduce_step,
 )
 from ebt_scaling.train.graphed import GraphedStep, check_cuda_graph
+from ebt_scaling.train.precision import matmul_precision
 from ebt_scaling.train.schedule import group_lr_at, lr_at
 
 EVAL_SEED_OFFSET = 7919  # anything else drawn at validation uses seed + this, in a forked RNG
@@ -70,8 +74,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_context(device: torch.device, precision: str, cache: bool = True) -> Callable[[], Any]:
-    """bf16 autocast on CUDA by default (``precision`` auto), or as asked; ``cache=False`` turns autocast's
-    weight-cast cache off, which a captured CUDA graph needs."""
+    """bf16 autocast on CUDA by default (``precision`` auto), or as asked; none for fp32 and tf32 (whose TF32
+    matmuls are the flags ``train.precision.matmul_precision`` sets around the run); ``cache=False`` turns
+    autocast's weight-cast cache off, which a captured CUDA graph needs."""
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if bf16:
         return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
@@ -101,6 +106,13 @@ def validation_batches(corpus: Any, tcfg: TrainConfig, seq_len: int) -> list[np.
     return corpus.val_batches(tcfg.eval_batches, tcfg.batch_size, seq_len, n_windows)
 
 
+def inputs_targets(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of sample rows (B, T+1). Document-mode rows are padded with -100 (the models' ignore
+    index): the targets keep it, so pads drop out of the CE; the inputs get token 0 there (a pad input
+    sits after every real position of its row, which causal attention never lets a real position see)."""
+    return batch[:, :-1].clamp(min=0), batch[:, 1:]
+
+
 def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, device: torch.device,
              autocast: Callable[[], Any], family: str, micro_batch_size: int | None = None,
              rank: Rank | None = None) -> dict[str, float]:
@@ -128,7 +140,7 @@ def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, 
                 slices = micro_slices(batch.shape[0], micro_batch_size) if batch.shape[0] else []
                 for sl in slices:
                     b = batch[sl]
-                    idx, tgt = b[:, :-1], b[:, 1:]
+                    idx, tgt = inputs_targets(b)
                     with grad_ctx(), autocast():
                         if family == "ebt":
                             rows = range(window, window + b.shape[0])
@@ -191,6 +203,18 @@ def compiled_loss(model: torch.nn.Module) -> Callable[..., Any]:
     return torch.compile(model.loss, dynamic=False)
 
 
+def _with_matmul_precision(fn: Callable[..., RunResult]) -> Callable[..., RunResult]:
+    """Run ``train`` under its spec's float32 matmul precision (TF32 flags set for the run, then restored)."""
+
+    @functools.wraps(fn)
+    def wrapper(spec: RunSpec, *args: Any, **kwargs: Any) -> RunResult:
+        with matmul_precision(resolve_device(spec.train.device), spec.train.precision):
+            return fn(spec, *args, **kwargs)
+
+    return wrapper
+
+
+@_with_matmul_precision
 def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
           on_step: Callable[[dict[str, Any]], None] | None = None,
           data_progress: Progress | None = None, process_group: Any = None) -> RunResult:
@@ -221,7 +245,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
         check_world(spec, dp)
     lead = dp is None or dp.rank == 0  # writes checkpoint files
 
-    corpus = load_corpus(spec.data, T, progress=data_progress)
+    corpus = open_data(spec.data, T, seed=tcfg.seed, progress=data_progress)
     if corpus.vocab_size > mcfg.vocab_size:
         raise ConfigError(f"ModelConfig.vocab_size: {mcfg.vocab_size} is smaller than the corpus vocabulary "
                           f"({corpus.vocab_size}); set the model's vocab_size to {corpus.vocab_size}")
@@ -347,8 +371,9 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
         for g in optimizer.param_groups:
             g["lr"] = group_lr_at(step, peak=tcfg.lr, warmup=tcfg.warmup_steps, total=tcfg.schedule_length,
                                   min_div=tcfg.min_lr_div, lr_mult=g["lr_mult"], floor_mode=mcfg.step_size_lr_floor)
-        batch = torch.from_numpy(corpus.sample_batch("train", B, T, data_rng)).to(device)
-        idx, tgt = batch[:, :-1], batch[:, 1:]
+        batch_np = corpus.train_batch(step, B, T, data_rng)  # step's global batch, a function of (seed, step)
+        n_real = int((batch_np[:, 1:] >= 0).sum())  # target tokens; fewer than B x T with document padding
+        idx, tgt = inputs_targets(torch.from_numpy(batch_np).to(device))
         try:
             loss, info, norm = run_step(idx, tgt, step)
             grad_norm = float(norm)
@@ -357,7 +382,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
             loss_v, grad_norm, info = math.nan, math.nan, {}
             reason = f"{exc} (step {step + 1})"
         step += 1
-        tokens += B * T
+        tokens += n_real
         if initial_loss is None:
             initial_loss = loss_v
         if reason is not None:
@@ -378,7 +403,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
         dt = time.perf_counter() - t0
         train_time += dt
         total_train_time += dt
-        interval_tokens += B * T
+        interval_tokens += n_real
         last_train_loss = loss_v
 
         if reason is not None or step % tcfg.log_interval == 0 or step == tcfg.steps:
@@ -399,7 +424,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
             run_eval()
         if on_step is not None:  # after this step's validation, so progress shows it at once
             on_step({"step": step, "steps": tcfg.steps, "loss": loss_v, "lr": lr, "grad_norm": grad_norm,
-                     "tokens": tokens, "tokens_per_s": (B * T) / dt if dt > 0 else 0.0,
+                     "tokens": tokens, "tokens_per_s": n_real / dt if dt > 0 else 0.0,
                      "val_loss": last_val.get("val_loss")})
         if reason is not None:
             status = "diverged"
@@ -417,7 +442,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
                 sink.checkpoint("", step)
 
     extra: dict[str, Any] = {"unigram_loss": corpus.unigram_entropy(), "initial_loss": initial_loss,
-                             "train_tokens_available": int(corpus.train.size),
+                             "train_tokens_available": int(corpus.train_tokens),
                              "tokens_per_s": (tokens / total_train_time) if total_train_time > 0 else None,
                              "resumed_from": resume_from}
     if graphed is not None:  # how many steps ran as graph replays (the first few are eager)
