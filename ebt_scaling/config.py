@@ -398,8 +398,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         c = "TrainConfig"
         if isinstance(self.micro_batch_size, str):
-            raise _fail(c, "micro_batch_size", f"{self.micro_batch_size!r} is not supported yet (only an integer; "
-                        "'auto' needs the memory plan of issue 18 item 3)", "give an integer <= batch_size")
+            raise _fail(c, "micro_batch_size", f"{self.micro_batch_size!r} is not a number of sequences (a run "
+                        "config holds the resolved integer; 'auto' is resolved by the memory plan in a sweep spec or "
+                        "by ebt-scale train --micro-batch-size auto)", "give an integer <= batch_size")
         _check_types_and_limits(self)
         if self.eval_tokens is not None and self.eval_tokens < 1:
             raise _fail(c, "eval_tokens", f"must be a positive integer, got {self.eval_tokens!r}",

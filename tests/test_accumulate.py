@@ -178,7 +178,7 @@ def test_resume_with_micro_batches_is_exact(tmp_path):
 @pytest.mark.parametrize("value, needle", [
     (0, "must be an integer in 1..batch_size (8), got 0"),
     (9, "must be an integer in 1..batch_size (8), got 9"),
-    ("auto", "'auto' is not supported yet"),
+    ("auto", "'auto' is not a number of sequences"),
     (2.5, "must be an integer, got 2.5"),
     (True, "must be an integer, got True"),
 ])

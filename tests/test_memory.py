@@ -177,3 +177,26 @@ def test_a_gpu_run_that_cannot_fit_is_refused_in_one_line_before_anything_is_wri
     assert r.stdout == ""
     r = CliRunner().invoke(app, ["sweep", "--axis", "depth", "--dry-run", "--no-db-check", "--gpu-memory", "0"])
     assert r.exit_code == 2 and "--gpu-memory must be > 0" in r.output
+
+
+def test_micro_batch_size_auto_in_a_spec_takes_the_memory_plans_choice(tmp_path):
+    """`[train] micro_batch_size = "auto"`: every run gets the micro-batch of its memory plan (the `micro` column),
+    with the same config hash as the whole-batch run (micro-batches change rounding only)."""
+    from ebt_scaling.sweeps import expand, load_spec
+    from ebt_scaling.sweeps.expand import with_micro_batch
+    from ebt_scaling.sweeps.plan import MemorySetting, Resources, plan_memory
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "experiments" / "paper" / "params.toml").read_text()
+    text = text.replace("[train]\n", '[train]\nmicro_batch_size = "auto"\n', 1)
+    p = tmp_path / "p.toml"
+    p.write_text(text)
+    sw = load_spec(p)
+    assert sw.micro_batch_auto and "micro_batch_size" not in sw.train
+    runs = expand(sw)
+    plans = plan_memory(runs, Resources(gpus_per_trial=1), MemorySetting(80.0))
+    picked = [with_micro_batch(r, mp.micro_batch_size) for r, mp in zip(runs, plans, strict=True)]
+    assert [r.spec.train.micro_batch_size for r in picked] == [mp.micro_batch_size for mp in plans]
+    assert any(mp.micro_batch_size < r.spec.train.batch_size for r, mp in zip(runs, plans, strict=True))
+    assert [r.config_hash for r in picked] == [r.spec.config_hash for r in picked] == [r.config_hash for r in runs]
+    assert all(r.planned.config["train"]["micro_batch_size"] == r.spec.train.micro_batch_size for r in picked)

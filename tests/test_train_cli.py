@@ -58,7 +58,6 @@ def test_train_summary_table_ebt():
     (["--compile", "--cuda-graph", "--family", "transformer_pp"], "cannot be combined with cuda_graph"),
     (["--family", "transformer_pp", "--step-size", "2"], "--step-size and --step-size-lr-mult apply to --family ebt"),
     (["--step-size", "-1"], "ModelConfig.step_size: must be > 0"),
-    (["--micro-batch-size", "auto"], "--micro-batch-size auto: not supported yet"),
     (["--micro-batch-size", "two"], "--micro-batch-size: expected an integer"),
     (["--batch-size", "4", "--micro-batch-size", "5"], "in 1..batch_size (4), got 5"),
     (["--micro-batch-size", "0"], "TrainConfig.micro_batch_size: must be an integer in 1.."),
@@ -112,3 +111,12 @@ def test_train_ebt_step_size_options_and_cpu_preset_defaults():
     m = spec("--step-size", "7", "--step-size-lr-mult", "21")
     assert (m["step_size"], m["step_size_lr_multiplier"]) == (7.0, 21.0)
     assert spec("--recipe", "ebt_s2")["step_size"] == 5.0
+
+
+def test_micro_batch_size_auto_on_cpu_is_the_whole_batch():
+    r = CliRunner().invoke(app, ["train", "--family", "transformer_pp", "--preset", "nano", "--data", "synthetic",
+                                 "--vocab-size", "32", "--steps", "2", "--batch-size", "4", "--device", "cpu",
+                                 "--micro-batch-size", "auto", "--json"])
+    assert r.exit_code == 0, r.output
+    assert "auto on CPU = the whole batch" in r.stderr
+    assert json.loads(r.stdout)["spec"]["train"]["micro_batch_size"] is None

@@ -91,6 +91,7 @@ def sweep(
     """
     from ebt_scaling.errors import ConfigError
     from ebt_scaling.sweeps import Resources, expand, format_plan, load_spec, local_resources, plan_cost, spec_path
+    from ebt_scaling.sweeps.expand import with_micro_batch
     from ebt_scaling.sweeps.plan import MemorySetting, check_memory, plan_memory
 
     if spec is None and axis is None:
@@ -134,8 +135,11 @@ def sweep(
         raise ConfigError(f"--gpu-memory must be > 0 GiB, got {gpu_memory:g}; e.g. 80 for an 80 GB GPU")
     mem_setting = MemorySetting(gpu_memory)
     # Before anything is planned, scheduled or written: a GPU run that cannot fit even at micro-batch 1.
-    check_memory(runs, plan_memory(runs, Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, workers_per_trial=wpt),
-                                   mem_setting))
+    mem_plans = plan_memory(runs, Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, workers_per_trial=wpt),
+                            mem_setting)
+    check_memory(runs, mem_plans)
+    if sw.micro_batch_auto:  # micro_batch_size = "auto": the plan's micro-batch per run (not hashed)
+        runs = [with_micro_batch(r, mp.micro_batch_size) for r, mp in zip(runs, mem_plans, strict=True)]
 
     if dry_run:
         ncpu, ngpu = local_resources()
@@ -186,7 +190,8 @@ def sweep(
 
         check_reachable(address or os.environ["RAY_ADDRESS"])  # before anything is written
     store = Store(url)
-    outcome = run_sweep(sw, store, opts, retry_failed=retry_failed, echo=lambda s: typer.echo(s, err=True))
+    outcome = run_sweep(sw, store, opts, retry_failed=retry_failed, echo=lambda s: typer.echo(s, err=True),
+                        runs=runs)
     counts = ", ".join(f"{n} {st}" for st, n in sorted(outcome.statuses.items()))
     typer.echo(f"sweep {sw.name}: {counts}")
     typer.echo(f"database: {mask_url(url)}")

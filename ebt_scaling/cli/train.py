@@ -32,16 +32,41 @@ def _check_data_arg(data: str) -> None:
         raise fail(f"--data {data}: no such file or folder; give an existing .txt file or a folder of them", 2)
 
 
-def _micro_batch_size(value: str | None) -> int | None:
+def _micro_batch_size(value: str | None) -> int | str | None:
     if value is None:
         return None
     if value.strip().lower() == "auto":
-        raise fail("--micro-batch-size auto: not supported yet (it needs the memory plan of issue 18 item 3); "
-                   "give an integer", 2)
+        return "auto"
     try:
         return int(value)
     except ValueError:
         raise fail(f"--micro-batch-size: expected an integer, got {value!r}", 2) from None
+
+
+def _auto_micro_batch(spec: Any, device: str, workers: int) -> int | None:
+    """``--micro-batch-size auto``: on CUDA the largest divisor of each worker's batch that the memory plan fits
+    in the device's memory (sweeps/memory.py); on CPU the whole batch (no device limit to fit)."""
+    from rich.console import Console
+
+    from ebt_scaling.train.loop import resolve_device
+
+    dev = resolve_device(device)
+    err = Console(stderr=True)
+    if dev.type != "cuda":
+        err.print("[dim]micro-batch:[/dim] auto on CPU = the whole batch (no device memory to fit)")
+        return None
+    import torch
+
+    from ebt_scaling.sweeps.memory import plan_micro_batch
+
+    gib = torch.cuda.get_device_properties(dev).total_memory / 2**30
+    plan = plan_micro_batch(spec, gib, device="gpu", batch_size=spec.train.batch_size // workers)
+    if not plan.fits:
+        raise fail(f"--micro-batch-size auto: this run needs {plan.memory_gib:.1f} GiB per device at micro-batch 1, "
+                   f"more than this GPU's {gib:.0f} GiB; use a smaller model/sequence or a bigger GPU", 2)
+    err.print(f"[dim]micro-batch:[/dim] auto = {plan.micro_batch_size} of {spec.train.batch_size // workers} "
+              f"sequences per worker ({plan.memory_gib:.1f} of {gib:.0f} GiB by the memory plan)")
+    return plan.micro_batch_size
 
 
 @handle_errors
@@ -53,7 +78,8 @@ def train_cmd(
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Sequences per step.", min=1)] = None,
     micro_batch_size: Annotated[str | None, typer.Option("--micro-batch-size", help="Gradient accumulation: "
                                                          "sequences per forward + backward (an integer <= the "
-                                                         "batch size; default: the whole batch). Same result up to "
+                                                         "batch size, or auto: the memory plan's largest that fits "
+                                                         "the GPU; default: the whole batch). Same result up to "
                                                          "rounding (docs/training.md).")] = None,
     schedule_steps: Annotated[int | None, typer.Option("--schedule-steps", help="Length of the LR schedule "
                                                        "(warm-up + cosine) when the run stops earlier at --steps "
@@ -114,7 +140,8 @@ def train_cmd(
         raise fail("--recipe applies to --family ebt only; drop it for transformer_pp", 2)
     if family != "ebt" and (step_size is not None or step_size_lr_mult is not None):
         raise fail("--step-size and --step-size-lr-mult apply to --family ebt only; drop them for transformer_pp", 2)
-    micro = _micro_batch_size(micro_batch_size)
+    micro_arg = _micro_batch_size(micro_batch_size)
+    micro = None if micro_arg == "auto" else micro_arg
     p = get_preset(preset)  # the one source of defaults (config.PRESETS)
     d = p.train_defaults(family)
     steps = steps or d["steps"]
@@ -140,6 +167,10 @@ def train_cmd(
     # Validate the model shape (and what it allows) before any data is prepared (bad input writes nothing).
     spec0 = RunSpec(model=model_config(family, preset, vocab_size=vocab, sequence_len=seq_len, recipe=recipe_name,
                                        **model_kw), train=tcfg)  # refuses cuda_graph with S2
+    if micro_arg == "auto":
+        spec0 = spec0.with_(train=dataclasses.replace(tcfg, micro_batch_size=_auto_micro_batch(spec0, device,
+                                                                                                 workers)))
+        tcfg = spec0.train
     if workers > 1:
         if batch_size % workers:
             raise fail(f"--workers {workers}: the batch size {batch_size} is not divisible by {workers}; use a "

@@ -211,3 +211,11 @@ def keep_stored_hash_versions(runs: list[ExpandedRun],
         planned = dataclasses.replace(r.planned, config_hash=spec.config_hash, config=config)
         out[i] = ExpandedRun(spec=spec, planned=planned, label=r.label)
     return out
+
+
+def with_micro_batch(run: ExpandedRun, micro_batch_size: int) -> ExpandedRun:
+    """``run`` with its gradient accumulation set (``micro_batch_size`` changes rounding only: the config hash,
+    hence the run's identity, stays the same)."""
+    spec = run.spec.with_(train=dataclasses.replace(run.spec.train, micro_batch_size=micro_batch_size))
+    config = {**run.planned.config, "train": {**run.planned.config["train"], "micro_batch_size": micro_batch_size}}
+    return ExpandedRun(spec=spec, planned=dataclasses.replace(run.planned, config=config), label=run.label)

@@ -99,6 +99,7 @@ class SweepSpec:
     resources: dict[str, Any] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
     tracking: dict[str, Any] = field(default_factory=dict)
+    micro_batch_auto: bool = False  # [train] micro_batch_size = "auto": the memory plan picks it per run
     mode: str | None = None
     total_tokens: int | None = None
     head_size: int | None = None
@@ -236,6 +237,9 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> SweepSpec:
     if preset not in PRESETS:
         raise _err(src, "model.preset", f"unknown preset {preset!r}", f"use one of {', '.join(PRESETS)}")
     train = check_keys("train", TRAIN_KEYS)
+    micro_auto = train.get("micro_batch_size") == "auto"
+    if micro_auto:  # resolved per run by the memory plan (cli/sweep.py); the runs are expanded with the whole batch
+        del train["micro_batch_size"]
     data = check_keys("data", DATA_KEYS)
     resources = check_keys("resources", RESOURCE_KEYS)
     for k, v in resources.items():
@@ -322,7 +326,8 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> SweepSpec:
     spec = SweepSpec(
         name=name.strip(), axis=axis, families=tuple(families), seeds=tuple(seeds), recipe=recipe,
         values=tuple(values), preset=preset, model=model, train=train, data=data, resources=resources,
-        cost=cost, tracking=tracking, mode=mode, total_tokens=total_tokens, head_size=head_size,
+        cost=cost, tracking=tracking, micro_batch_auto=micro_auto, mode=mode, total_tokens=total_tokens,
+        head_size=head_size,
         batch_sizes=tuple(batch_sizes) if batch_sizes else None, lrs=tuple(lrs) if lrs else None,
         convention=convention, description=description, source=src,
     )
