@@ -107,6 +107,13 @@ def lm_refine(theta0: np.ndarray, logy: np.ndarray, lay: Layout, delta: float, m
         g = (JWt @ ra[:, :, None])[:, :, 0]
         diag = np.einsum("bpp->bp", Hm)
         A = Hm + lam[ix, None, None] * (diag[:, :, None] * eye + 1e-12 * eye)
+        # A parameter held at a bound by the slope (descent would leave the box) is frozen for this step, so the
+        # free ones take a full step instead of a clipped one creeping along the bound.
+        th = theta[ix]
+        held = ((th <= lo) & (g > 0)) | ((th >= hi) & (g < 0))
+        if held.any():
+            A = np.where(held[:, :, None] | held[:, None, :], 0.0, A) + held[:, :, None] * eye
+            g = np.where(held, 0.0, g)
         try:
             step = -np.linalg.solve(A, g[:, :, None])[:, :, 0]
         except np.linalg.LinAlgError:
