@@ -26,6 +26,11 @@ def _value(text: str):
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
+def _median(xs: list[float]) -> float | None:
+    xs = sorted(xs)
+    return round(xs[len(xs) // 2], 3) if xs else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", default="ebt", choices=["ebt", "transformer_pp"])
@@ -39,7 +44,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eval-tokens", type=int, default=None,
+                    help="validation tokens (the tiny sweep specs: 2048); default 4 batches of --batch-size")
     ap.add_argument("--model", action="append", default=[], metavar="KEY=VALUE", help="a ModelConfig field")
+    ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field")
     ap.add_argument("--tag", default="")
     a = ap.parse_args()
 
@@ -54,7 +62,8 @@ def main() -> None:
         mkw.update({k: _value(v) for k, v in over.items()})
     model = ModelConfig(family=a.family, **mkw)
     tcfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup, eval_interval=50,
-                       eval_batches=4, log_interval=10, seed=a.seed, threads=a.threads)
+                       eval_batches=4, eval_tokens=a.eval_tokens, log_interval=10, seed=a.seed, threads=a.threads,
+                       **{k: _value(v) for k, v in (kv.split("=", 1) for kv in a.train)})
     spec = RunSpec(model=model, train=tcfg, data=DataConfig(source="shakespeare", tokenizer="bpe", vocab_size=512),
                    recipe=a.recipe if a.family == "ebt" else None)
     sink = ListSink()
@@ -63,8 +72,9 @@ def main() -> None:
     vals = [round(v, 4) for _, v in sink.series("val_loss")]
     out = {"tag": a.tag, "family": a.family, "recipe": a.recipe if a.family == "ebt" else None,
            "n_layer": a.n_layer, "n_embd": a.n_embd, "steps": a.steps, "batch": a.batch_size, "lr": a.lr,
-           "warmup": a.warmup, "seed": a.seed, "model": over, "status": r.status,
+           "warmup": a.warmup, "seed": a.seed, "model": over, "train": a.train, "status": r.status,
            "val_loss": r.final_val_loss, "unigram": r.extra["unigram_loss"], "val_series": vals,
+           "grad_norm_median": _median([v for _, v in sink.series("grad_norm")]),
            "alpha_end": (sink.series("alpha") or [(0, None)])[-1][1], "wall_s": round(time.time() - t0, 1),
            "load1": round(os.getloadavg()[0], 2), "config_hash": spec.config_hash[:12]}
     print(json.dumps(out), flush=True)
