@@ -84,3 +84,13 @@ def test_unknown_or_missing_tracker_fails_in_one_line_before_anything_is_written
     r = CliRunner().invoke(app, ["sweep", "--axis", "depth", "--tracker", "wandb", "--db", f"sqlite:///{db}"])
     assert r.exit_code == 2 and "pip install 'ebt-scaling[wandb]'" in r.stderr, r.output
     assert not db.exists()
+
+
+def test_postgresql_without_its_driver_is_one_line_naming_the_extra(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a))
+    r = CliRunner().invoke(app, ["runs", "--db", "postgresql://alice:secret@127.0.0.1:1/db"])
+    assert r.exit_code != 0 and r.stderr.count("\n") == 1, r.output
+    assert "pip install 'ebt-scaling[postgres]'" in r.stderr and "secret" not in r.stderr

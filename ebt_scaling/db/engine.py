@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import random
 import re
@@ -103,6 +104,9 @@ def parse_url(url: str) -> URL:
         u = u.set(drivername="postgresql+psycopg")
     if u.get_backend_name() not in ("sqlite", "postgresql"):
         raise StoreError(f"unsupported database {u.get_backend_name()!r} in {mask_url(url)}; {URL_HELP}")
+    if u.get_backend_name() == "postgresql" and importlib.util.find_spec("psycopg") is None:
+        raise StoreError(f"{mask_url(url)}: PostgreSQL needs the psycopg driver, an optional extra: "
+                         "pip install 'ebt-scaling[postgres]'")
     return u
 
 
