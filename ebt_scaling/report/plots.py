@@ -81,9 +81,14 @@ def draw_scaling(ax: Axes, fit: dict[str, Any]) -> None:
                     label=f"{LABELS[fam]} M2 E + A x^-a, a = {law['alpha']:.3f}")
             ax.fill_between(m["x"], 10 ** np.asarray(m["lo"]), 10 ** np.asarray(m["hi"]), color=c, alpha=0.10,
                             lw=0, hatch=None, zorder=1, label=f"{LABELS[fam]} M2 95% band (bootstrap)")
-    _draw_baseline(ax, plot)
+    pts = [float(v) for fam in ("transformer_pp", "ebt") if plot.get(fam) for v in np.exp(plot[fam]["y"])]
+    if pts:  # a wide bootstrap band must not squash the runs: y spans the runs (and a drawn baseline) with room
+        ax.set_ylim(min(pts) / 2.0, max(pts) * 2.0)
+    drawn = _draw_baseline(ax, plot)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    if pts and drawn:
+        ax.set_ylim(min(pts) / 2.0, max(max(pts) * 2.0, max(drawn) * 1.3))
     _plain_y(ax)
     ax.set_xlabel(X_LABELS.get(fit["axis"], fit["axis"]))
     ax.set_ylabel("validation perplexity")
@@ -94,9 +99,11 @@ def draw_scaling(ax: Axes, fit: dict[str, Any]) -> None:
         ax.text(0.5, 0.5, "no fit-eligible runs", ha="center", va="center", transform=ax.transAxes)
 
 
-def _draw_baseline(ax: Axes, plot: dict[str, Any]) -> None:
+def _draw_baseline(ax: Axes, plot: dict[str, Any]) -> list[float]:
     """The unigram baseline (else the uniform ln V) as a horizontal line: a model on it learned only token
-    frequencies. One line when the families share it (the same validation set), else one per family."""
+    frequencies. One line when the families share it (the same validation set), else one per family. Returns the
+    perplexities drawn."""
+    drawn: list[float] = []
     seen: dict[float, list[str]] = {}
     kinds: dict[float, str] = {}
     for fam in ("transformer_pp", "ebt"):
@@ -111,8 +118,10 @@ def _draw_baseline(ax: Axes, plot: dict[str, Any]) -> None:
         label = f"{kinds[b]} baseline{who}: ppl {ppl:.0f} ({b:.3f} nats)"
         if ppl <= 3 * top:
             ax.axhline(ppl, color="0.3", ls="-.", lw=1.1, zorder=1, label=label)
+            drawn.append(ppl)
         else:  # more than 3x the worst perplexity drawn: say so instead of stretching the axis
             ax.plot([], [], color="0.3", ls="-.", lw=1.1, label=f"{label}, above this plot")
+    return drawn
 
 
 def draw_residuals(ax: Axes, fit: dict[str, Any], which: str = "m1") -> None:
