@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
+from ebt_scaling.cli.common import DbOption, SpecAxisOption, SpecFileOption, SpecPresetOption, handle_errors, resolve_db
 
 
 def register(app: typer.Typer) -> None:
@@ -18,11 +18,9 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def calibrate(
-    axis: Annotated[str | None, typer.Option("--axis", help="data, batch, depth, width, params or flops: the "
-                                             "shipped spec of that axis.")] = None,
-    spec: Annotated[str | None, typer.Option("--spec", help="A sweep spec TOML file (instead of a shipped one).",
-                                             show_default=False)] = None,
-    preset: Annotated[str, typer.Option("--preset", help="Shipped spec scale: tiny (CPU) or paper.")] = "tiny",
+    axis: SpecAxisOption = None,
+    spec: SpecFileOption = None,
+    preset: SpecPresetOption = "tiny",
     family: Annotated[str | None, typer.Option("--family", help="Only these families (comma list, default: the "
                                                "spec's).", show_default=False)] = None,
     size: Annotated[str | None, typer.Option("--size", help="Only these axis values, as the spec writes them "
@@ -47,16 +45,11 @@ def calibrate(
     that. A progress line per configuration goes to stderr.
     """
     from ebt_scaling.errors import ConfigError
-    from ebt_scaling.sweeps import expand, load_spec, spec_path
+    from ebt_scaling.sweeps import expand
     from ebt_scaling.sweeps.calibration import shape_key, trained_precision
+    from ebt_scaling.sweeps.locate import load_chosen_spec
 
-    if spec is None and axis is None:
-        raise ConfigError("calibrate: give --axis AXIS (a shipped spec) or --spec FILE")
-    path = spec if spec is not None else spec_path(axis or "", preset)
-    sw = load_spec(path)
-    if axis is not None and spec is not None and sw.axis != axis:
-        raise ConfigError(f"{path}: sweep.axis is {sw.axis!r} but --axis {axis} was given; drop --axis or "
-                          "pick the matching spec")
+    path, sw = load_chosen_spec("calibrate", axis, spec, preset)
     sw = sw.select(families=family.split(",") if family is not None else None, recipe=recipe)
     runs = expand(sw)
     if size is not None:

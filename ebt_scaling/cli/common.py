@@ -45,6 +45,14 @@ DbOption = Annotated[
 ]
 
 
+# The options that choose a sweep spec (ebt-scale sweep, calibrate).
+SpecAxisOption = Annotated[str | None, typer.Option("--axis", help="data, batch, depth, width, params or flops: "
+                                                    "the shipped spec of that axis.")]
+SpecFileOption = Annotated[str | None, typer.Option("--spec", help="A sweep spec TOML file (instead of a shipped "
+                                                    "one).", show_default=False)]
+SpecPresetOption = Annotated[str, typer.Option("--preset", help="Shipped spec scale: tiny (CPU) or paper.")]
+
+
 def resolve_db(url: str | None) -> str:
     return url or os.environ.get("EBT_SCALE_DB") or DEFAULT_DB_URL
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
+from ebt_scaling.cli.common import DbOption, SpecAxisOption, SpecFileOption, SpecPresetOption, handle_errors, resolve_db
 from ebt_scaling.security import mask_url
 
 
@@ -19,11 +19,9 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def sweep(
-    axis: Annotated[str | None, typer.Option("--axis", help="data, batch, depth, width, params or flops: "
-                                             "runs the shipped spec of that axis.")] = None,
-    spec: Annotated[str | None, typer.Option("--spec", help="A sweep spec TOML file (instead of a shipped one).",
-                                             show_default=False)] = None,
-    preset: Annotated[str, typer.Option("--preset", help="Shipped spec scale: tiny (CPU) or paper.")] = "tiny",
+    axis: SpecAxisOption = None,
+    spec: SpecFileOption = None,
+    preset: SpecPresetOption = "tiny",
     families: Annotated[str | None, typer.Option("--families", help="Comma list, e.g. ebt,transformer_pp "
                                                  "(default: the spec's).", show_default=False)] = None,
     seeds: Annotated[int | None, typer.Option("--seeds", help="Number of seeds, counting up from the spec's "
@@ -90,17 +88,12 @@ def sweep(
     interrupted ones resume from their last checkpoint.
     """
     from ebt_scaling.errors import ConfigError
-    from ebt_scaling.sweeps import Resources, expand, format_plan, load_spec, local_resources, plan_cost, spec_path
+    from ebt_scaling.sweeps import Resources, expand, format_plan, local_resources, plan_cost
     from ebt_scaling.sweeps.expand import with_micro_batch
+    from ebt_scaling.sweeps.locate import load_chosen_spec
     from ebt_scaling.sweeps.plan import MemorySetting, check_memory, plan_memory
 
-    if spec is None and axis is None:
-        raise ConfigError("sweep: give --axis AXIS (a shipped spec) or --spec FILE")
-    path = spec if spec is not None else spec_path(axis or "", preset)
-    sw = load_spec(path)
-    if axis is not None and spec is not None and sw.axis != axis:
-        raise ConfigError(f"{path}: sweep.axis is {sw.axis!r} but --axis {axis} was given; drop --axis or "
-                          "pick the matching spec")
+    path, sw = load_chosen_spec("sweep", axis, spec, preset)
     fam_list = families.split(",") if families is not None else None
     sw = sw.select(families=fam_list, seeds=seeds, name=name, recipe=recipe)
     from ebt_scaling.sched.trackers import check_trackers, mlflow_uri

@@ -4,6 +4,7 @@ in a checkout. Layout: ``<root>/<preset>/<axis>.toml`` with preset ``paper`` or 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ebt_scaling.config import AXES
 from ebt_scaling.errors import SpecError
@@ -36,3 +37,18 @@ def spec_path(axis: str, preset: str = "tiny") -> Path:
 def list_specs() -> list[Path]:
     root = experiments_dir()
     return sorted(root.glob("*/*.toml"))
+
+
+def load_chosen_spec(command: str, axis: str | None, spec: str | None, preset: str) -> tuple[Path | str, Any]:
+    """The sweep spec a command's ``--axis`` / ``--spec`` / ``--preset`` name: (its path, the loaded SweepSpec).
+    With both, the file's axis must be the one given."""
+    from ebt_scaling.sweeps.spec import load_spec
+
+    if spec is None and axis is None:
+        raise SpecError(f"{command}: give --axis AXIS (a shipped spec) or --spec FILE")
+    path: Path | str = spec if spec is not None else spec_path(axis or "", preset)
+    sw = load_spec(path)
+    if axis is not None and spec is not None and sw.axis != axis:
+        raise SpecError(f"{path}: sweep.axis is {sw.axis!r} but --axis {axis} was given; drop --axis or "
+                        "pick the matching spec")
+    return path, sw
