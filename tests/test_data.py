@@ -310,6 +310,11 @@ def test_hf_source_local_file_or_clear_error(tmp_path):
 
 def test_hf_tokenizer_offline_is_a_clear_error(tmp_path, text_folder, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable once, at import: when an earlier test imported it (datasets does), its
+    # constant is what counts; without it the download retries the network for about 20 s before it fails.
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:
+        monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     with pytest.raises(DataError) as e:
         load_corpus(_cfg(tmp_path, source=f"text:{text_folder}", tokenizer="hf:gpt2", vocab_size=60000), 32,
                     progress=quiet_progress)

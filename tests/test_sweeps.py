@@ -193,6 +193,35 @@ def test_bad_values_inside_sections(tmp_path):
         load_spec(tmp_path / "missing.toml")
 
 
+def test_a_family_can_have_its_own_optimizer_settings(tmp_path):
+    own = "\n[train.ebt]\nlr = 0.02\nwarmup_steps = 4\n"
+    text = spec_text("depth", "values = [1, 2]")
+    shared, split = (expand(load_spec(_write(tmp_path, t, n))) for t, n in ((text, "a.toml"),
+                                                                             (text + own, "b.toml")))
+    for a, b in zip(shared, split, strict=True):
+        if a.planned.family == "transformer_pp":  # untouched: same settings, same identity (nothing retrained)
+            assert a.spec.train == b.spec.train and a.config_hash == b.config_hash
+        else:  # the EBT's own LR and warm-up; the data it sees stay shared
+            assert (b.spec.train.lr, b.spec.train.warmup_steps) == (0.02, 4) and a.config_hash != b.config_hash
+            assert (b.spec.train.steps, b.spec.train.batch_size, b.spec.train.seed) == (40, 4, 0)
+            assert b.planned.config["train"]["lr"] == 0.02
+    cases = [
+        (text + "\n[train.ebt]\nsteps = 80\n", r"train\.ebt\.steps: not a per-family setting; .* set steps in \[train\]"),
+        (text + "\n[train.ebt]\nlr = \"fast\"\n", r"train\.ebt\.lr: bad value 'fast'; use a number"),
+        (text + "\n[train.ebt]\nlr = -1.0\n", r"train\.ebt\.lr: must be > 0"),
+        (text + "\n[train.transformer_pp]\nwarmup_steps = 40\n", r"train\.transformer_pp\.warmup_steps: a run of 40 "
+         r"steps is not longer than its warm-up \(40 steps\); lower train\.transformer_pp\.warmup_steps"),
+        (text.replace("warmup_steps = 2", "warmup_steps = 2\nebt = 3"), r"train\.ebt: must be a table"),
+        (spec_text("params", 'values = ["nano", "tiny"]') + own, r"train\.ebt\.lr: the params axis gives every level "
+         r"its own peak LR"),
+    ]
+    for i, (t, match) in enumerate(cases):
+        p = _write(tmp_path, t, f"f{i}.toml")
+        with pytest.raises(SpecError, match=match) as ei:
+            load_spec(p)
+        assert str(ei.value).startswith(str(p)) and "\n" not in str(ei.value), ei.value
+
+
 def test_parse_spec_requires_sections():
     with pytest.raises(SpecError, match=r"\[axis\]: section missing"):
         parse_spec({"sweep": {"axis": "depth"}}, source="x.toml")

@@ -158,12 +158,20 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
                 model = ModelConfig(family=family, **mkw)
                 tkw = dict(train_base)
                 tkw.update(train_over)
+                own = spec.family_train.get(family, {})
+                tkw.update(own)
                 tkw["seed"] = seed
-                train = TrainConfig(**tkw)
+                try:
+                    train = TrainConfig(**tkw)
+                except ConfigError as exc:
+                    if own and str(exc).startswith(tuple(f"TrainConfig.{k}:" for k in own)):
+                        raise SpecError(f"{spec.source}: train.{family}.{str(exc)[len('TrainConfig.'):]}") from None
+                    raise
                 if train.warmup_steps >= train.steps:
-                    key = "axis.values" if "steps" in train_over else "train.warmup_steps"
+                    warmup = f"train.{family}.warmup_steps" if "warmup_steps" in own else "train.warmup_steps"
+                    key = "axis.values" if "steps" in train_over else warmup
                     raise SpecError(f"{spec.source}: {key}: a run of {train.steps} steps is not longer than "
-                                    f"its warm-up ({train.warmup_steps} steps); lower train.warmup_steps "
+                                    f"its warm-up ({train.warmup_steps} steps); lower {warmup} "
                                     "or raise the steps/budget")
                 run = RunSpec(model=model, train=train, data=data, sweep=spec.name, axis=ax, x=None,
                               recipe=recipe)

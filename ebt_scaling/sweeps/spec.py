@@ -16,6 +16,8 @@ axis values. Layout (every section but ``[sweep]`` and ``[axis]`` is optional)::
     sequence_len = 256
 
     [train]                        # TrainConfig fields (unset: the preset's, config.PRESETS)
+    [train.ebt]                    # optional: one family's own optimizer settings (FAMILY_TRAIN_KEYS), e.g.
+    lr = 0.02                      # each family at its own tuned peak LR; the data, batch and steps stay shared
     [data]                         # DataConfig fields (vocab_size: the tokenizer's, also the model's)
     [resources]                    # gpus_per_trial, cpus_per_trial, workers_per_trial, max_concurrent,
                                    # max_retries
@@ -53,6 +55,10 @@ MODEL_KEYS = ("preset",) + tuple(
     f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("family",)
 )
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+# What a family's own [train.<family>] table may set: the optimizer and its schedule's shape. Everything that
+# decides which tokens a run sees (steps, batch, sequence, seeds, validation set) stays shared by both families,
+# so that a comparison at one axis value is at equal data.
+FAMILY_TRAIN_KEYS = ("lr", "warmup_steps", "min_lr_div", "weight_decay", "beta1", "beta2", "grad_clip")
 DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig))
 RESOURCE_KEYS = ("gpus_per_trial", "cpus_per_trial", "workers_per_trial", "max_concurrent", "max_retries")
 RESOURCE_LIMITS = {"gpus_per_trial": 1024, "cpus_per_trial": 4096, "workers_per_trial": 4096, "max_concurrent": 100_000,
@@ -95,6 +101,7 @@ class SweepSpec:
     preset: str
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    family_train: dict[str, dict[str, Any]] = field(default_factory=dict)  # [train.<family>]: overrides of train
     data: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
@@ -236,7 +243,26 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> SweepSpec:
     preset = model.pop("preset", "tiny")
     if preset not in PRESETS:
         raise _err(src, "model.preset", f"unknown preset {preset!r}", f"use one of {', '.join(PRESETS)}")
-    train = check_keys("train", TRAIN_KEYS)
+    train = check_keys("train", TRAIN_KEYS + FAMILIES)
+    family_train: dict[str, dict[str, Any]] = {}
+    for fam in FAMILIES:
+        if fam not in train:
+            continue
+        sub = train.pop(fam)
+        if not isinstance(sub, dict):
+            raise _err(src, f"train.{fam}", "must be a table", f"write it as a [train.{fam}] section")
+        for k, v in sub.items():
+            if k not in FAMILY_TRAIN_KEYS:
+                raise _err(src, f"train.{fam}.{k}", "not a per-family setting",
+                           f"a family's own table takes only {', '.join(FAMILY_TRAIN_KEYS)}; set {k} in [train] "
+                           "(shared, so both families see the same data)")
+            if not (_is_int(v) and v >= 0 if k == "warmup_steps" else _is_num(v)):
+                raise _err(src, f"train.{fam}.{k}", f"bad value {v!r}",
+                           "use a non-negative integer" if k == "warmup_steps" else "use a number")
+        if "lr" in sub and axis in ("params", "flops"):
+            raise _err(src, f"train.{fam}.lr", f"the {axis} axis gives every level its own peak LR (axis.lrs or the "
+                       "size presets')", f"drop it, or run the {fam} family in its own sweep with its own axis.lrs")
+        family_train[fam] = sub
     micro_auto = train.get("micro_batch_size") == "auto"
     if micro_auto:  # resolved per run by the memory plan (cli/sweep.py); the runs are expanded with the whole batch
         del train["micro_batch_size"]
@@ -325,7 +351,7 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> SweepSpec:
 
     spec = SweepSpec(
         name=name.strip(), axis=axis, families=tuple(families), seeds=tuple(seeds), recipe=recipe,
-        values=tuple(values), preset=preset, model=model, train=train, data=data, resources=resources,
+        values=tuple(values), preset=preset, model=model, train=train, family_train=family_train, data=data, resources=resources,
         cost=cost, tracking=tracking, micro_batch_auto=micro_auto, mode=mode, total_tokens=total_tokens,
         head_size=head_size,
         batch_sizes=tuple(batch_sizes) if batch_sizes else None, lrs=tuple(lrs) if lrs else None,
