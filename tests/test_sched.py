@@ -303,32 +303,6 @@ def test_ctrl_c_marks_runs_cancelled_and_a_rerun_continues(tmp_path, group):
 
 
 @pytest.mark.postgres
-def test_sweep_on_postgresql():
-    from conftest import pg_url_or_skip
-
-    url = pg_url_or_skip()
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        name = f"pg-{os.getpid()}-{int(time.time())}"
-        spec = write_spec(Path(d), name, families='["transformer_pp"]', steps=20)
-        r = cli("sweep", "--spec", str(spec), "--db", url, "--progress", "plain", "--storage", str(Path(d) / "runs"))
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert f"sweep {name}: 2 completed" in r.stdout
-        from urllib.parse import urlsplit
-
-        from ebt_scaling.security import mask_url
-
-        assert f"database: {mask_url(url)}" in r.stdout
-        pw = urlsplit(url).password
-        assert not pw or pw not in r.stdout + r.stderr
-        st = store(url)
-        runs = st.list_runs(sweep=name)
-        assert len(runs) == 2 and all(x.status == "completed" for x in runs)
-        for run in runs:
-            assert_contiguous(st, run)
-
-
 def _pg_server_or_skip() -> tuple[str, str]:
     import shutil
 
@@ -475,10 +449,31 @@ def test_cancel_from_another_terminal_stops_the_driver_and_a_rerun_resumes(tmp_p
         assert_contiguous(st, run)
 
 
-def test_trackers_mlflow_tensorboard_and_wandb_offline_log_the_runs(tmp_path, monkeypatch):
-    """`--tracker` turns on Ray Tune's own logger callbacks: an MLflow experiment named after the sweep in the
-    local SQLite store with the run's config and loss history, TensorBoard event files in the trial folder, and an
-    offline W&B run - all written by the real packages, nothing mocked."""
+@pytest.fixture
+def sweep_db(tmp_path):
+    """A fresh database of its own on the test PostgreSQL server when there is one (dropped afterwards), else
+    SQLite."""
+    from conftest import PG_URL
+
+    if not PG_URL:
+        yield f"sqlite:///{tmp_path / 'trk.db'}"
+        return
+    from db_backends import fresh_pg_database
+
+    yield from fresh_pg_database()
+
+
+def test_sweep_on_postgresql_with_every_tracker(tmp_path, monkeypatch, sweep_db):
+    """One sweep (on a fresh PostgreSQL database when the suite has a server, else SQLite; one sweep for both
+    checks keeps the suite's Ray start-ups down):
+    - the database: the run completes with a whole series; the URL is printed masked, the password never;
+    - `--tracker` turns on Ray Tune's own logger callbacks: an MLflow experiment named after the sweep in the local
+      SQLite store with the run's config and loss history, TensorBoard event files in the trial folder, and an
+      offline W&B run - all written by the real packages, nothing mocked."""
+    from urllib.parse import urlsplit
+
+    from ebt_scaling.security import mask_url
+
     pytest.importorskip("mlflow")
     pytest.importorskip("wandb")
     pytest.importorskip("tensorboardX")
@@ -486,27 +481,33 @@ def test_trackers_mlflow_tensorboard_and_wandb_offline_log_the_runs(tmp_path, mo
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
     monkeypatch.setenv("WANDB_SILENT", "true")
     (tmp_path / "wb").mkdir()
-    url = f"sqlite:///{tmp_path / 'trk.db'}"
-    spec = write_spec(tmp_path, "trk", families='["transformer_pp"]', steps=20, values="[1]")
-    r = cli("sweep", "--spec", str(spec), "--db", url, "--progress", "plain", "--tracker", "mlflow",
-            "--tracker", "tensorboard", "--tracker", "wandb")
+    url, name = sweep_db, "trk"
+    storage = tmp_path / "runs"
+    spec = write_spec(tmp_path, name, families='["transformer_pp"]', steps=20, values="[1]")
+    r = cli("sweep", "--spec", str(spec), "--db", url, "--progress", "plain", "--storage", str(storage),
+            "--tracker", "mlflow", "--tracker", "tensorboard", "--tracker", "wandb")
     assert r.returncode == 0, r.stdout + r.stderr
-    storage = tmp_path / "trk.runs"
-    (run,) = store(url).list_runs(sweep="trk")
+    assert f"sweep {name}: 1 completed" in r.stdout and f"database: {mask_url(url)}" in r.stdout, r.stdout
+    pw = urlsplit(url).password
+    assert not pw or pw not in r.stdout + r.stderr
+    st = store(url)
+    (run,) = st.list_runs(sweep=name)
+    assert run.status == "completed"
+    assert_contiguous(st, run)
 
     import mlflow
 
     client = mlflow.tracking.MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("trk")
+    exp = client.get_experiment_by_name(name)
     (mrun,) = client.search_runs([exp.experiment_id])
-    assert mrun.info.run_name == f"r{run.id}" and mrun.data.tags["sweep"] == "trk"
+    assert mrun.info.run_name == f"r{run.id}" and mrun.data.tags["sweep"] == name
     assert mrun.data.params["run/family"] == "transformer_pp" and mrun.data.params["run/label"] == "1"
     steps = [m.step for m in client.get_metric_history(mrun.info.run_id, "train_loss")]
     assert steps and max(steps) == 20  # the training step is the trackers' x
     val = client.get_metric_history(mrun.info.run_id, "val_loss")
     assert val and abs(val[-1].value - run.final_val_loss) < 1e-6
 
-    events = list(storage.glob(f"trk-*/r{run.id}/events.out.tfevents.*"))
+    events = list(storage.glob(f"{name}-*/r{run.id}/events.out.tfevents.*"))
     assert events and any(b"train_loss" in e.read_bytes() for e in events)
 
     wb = list((tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))

@@ -1,13 +1,13 @@
-"""Data-parallel trials on Ray Train (issue 18 item 2): requests, spec, driver callback, and (slow) a real sweep.
+"""Data-parallel trials on Ray Train (issue 18 item 2): requests, spec, driver callback, a sweep with a killed worker.
 
 Fast: a trial that would train on fewer GPUs than it reserves is refused in one line; ``workers_per_trial`` in a
 spec is validated; a batch size that is not a multiple of the workers is refused before anything is written; the
 driver callback records a checkpoint that Ray Train persisted (``ebt_ckpt_path``) after the points before it.
 
-Slow (``-m slow``; about 150 s on a loaded 2-core machine, mostly Ray Train's start-up, twice): a sweep with
-``workers_per_trial = 2`` on a local Ray instance (real Ray, real database, synthetic data, nano); one Ray Train
-worker process is killed with SIGKILL mid-run; the run resumes from its last checkpoint and completes, trained
-once: two attempts, one contiguous series, no step twice.
+In the default suite (about 70 s on a quiet 2-core machine, mostly Ray's and Ray Train's start-up, twice): a sweep
+with ``workers_per_trial = 2`` on a local Ray instance (real Ray, real database, synthetic data, nano, 80 steps); one
+Ray Train worker process is killed with SIGKILL mid-run; the run resumes from its last checkpoint and completes,
+trained once: two attempts, one contiguous series, no step twice.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ steps = {steps}
 batch_size = {batch}
 warmup_steps = 2
 log_interval = 5
-eval_interval = 50
+eval_interval = 20
 eval_batches = 2
 checkpoint_interval = 20
 
@@ -62,7 +62,7 @@ values = [1]
 """
 
 
-def write_spec(tmp_path: Path, name: str = "ddp", *, steps: int = 200, batch: int = 4, workers: int = 2) -> Path:
+def write_spec(tmp_path: Path, name: str = "ddp", *, steps: int = 80, batch: int = 4, workers: int = 2) -> Path:
     p = tmp_path / f"{name}.toml"
     p.write_text(SPEC.format(name=name, steps=steps, batch=batch, workers=workers))
     return p
@@ -149,7 +149,6 @@ def _train_workers(tag: str) -> list[int]:
     return sorted(pids)
 
 
-@pytest.mark.slow
 def test_sweep_with_two_workers_survives_a_killed_worker(tmp_path):
     from ebt_scaling.db import Store
 
@@ -167,7 +166,8 @@ def test_sweep_with_two_workers_survives_a_killed_worker(tmp_path):
         except Exception:  # the driver may not have created the schema yet
             return False
         info = [checkpoint_info(r.checkpoint_dir) for r in runs if r.status == "running" and r.checkpoint_dir]
-        return any(i is not None and 20 <= i["step"] <= 120 for i in info)
+        # of 80 steps: the kill lands with 40 or more steps to go, however fast the machine
+        return any(i is not None and 20 <= i["step"] <= 40 for i in info)
 
     try:
         t0 = time.monotonic()
@@ -187,11 +187,11 @@ def test_sweep_with_two_workers_survives_a_killed_worker(tmp_path):
     st = Store(url)
     (run,) = st.list_runs(sweep="ddp")
     assert run.status == "completed" and run.attempts == 2  # one retry, resumed; never trained again after
-    assert [p.step for p in st.get_metrics(run.id, "train_loss")] == list(range(5, 201, 5))
-    assert [p.step for p in st.get_metrics(run.id, "val_loss")] == [50, 100, 150, 200]
+    assert [p.step for p in st.get_metrics(run.id, "train_loss")] == list(range(5, 81, 5))
+    assert [p.step for p in st.get_metrics(run.id, "val_loss")] == [20, 40, 60, 80]
     ck = Path(run.checkpoint_dir)  # persisted by Ray Train in the sweep's storage, next to the database
     assert str(ck).startswith(str(tmp_path / "ddp.runs")) and (ck / "model.pt").exists()
-    assert json.loads((ck / "ebt_checkpoint.json").read_text())["step"] == 200
+    assert json.loads((ck / "ebt_checkpoint.json").read_text())["step"] == 80
     rows = json.loads(subprocess.run([sys.executable, "-m", "ebt_scaling", "runs", "--sweep", "ddp", "--format",
                                       "json", "--db", url], capture_output=True, text=True, cwd=ROOT).stdout)
     assert [(x["status"], x["config_hash"]) for x in rows] == [("completed", run.config_hash)]

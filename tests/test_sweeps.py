@@ -206,7 +206,8 @@ def test_a_family_can_have_its_own_optimizer_settings(tmp_path):
             assert (b.spec.train.steps, b.spec.train.batch_size, b.spec.train.seed) == (40, 4, 0)
             assert b.planned.config["train"]["lr"] == 0.02
     cases = [
-        (text + "\n[train.ebt]\nsteps = 80\n", r"train\.ebt\.steps: not a per-family setting; .* set steps in \[train\]"),
+        (text + "\n[train.ebt]\nsteps = 80\n",
+         r"train\.ebt\.steps: not a per-family setting; .* set steps in \[train\]"),
         (text + "\n[train.ebt]\nlr = \"fast\"\n", r"train\.ebt\.lr: bad value 'fast'; use a number"),
         (text + "\n[train.ebt]\nlr = -1.0\n", r"train\.ebt\.lr: must be > 0"),
         (text + "\n[train.transformer_pp]\nwarmup_steps = 40\n", r"train\.transformer_pp\.warmup_steps: a run of 40 "

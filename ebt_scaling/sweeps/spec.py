@@ -351,7 +351,8 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> SweepSpec:
 
     spec = SweepSpec(
         name=name.strip(), axis=axis, families=tuple(families), seeds=tuple(seeds), recipe=recipe,
-        values=tuple(values), preset=preset, model=model, train=train, family_train=family_train, data=data, resources=resources,
+        values=tuple(values), preset=preset, model=model, train=train, family_train=family_train, data=data,
+        resources=resources,
         cost=cost, tracking=tracking, micro_batch_auto=micro_auto, mode=mode, total_tokens=total_tokens,
         head_size=head_size,
         batch_sizes=tuple(batch_sizes) if batch_sizes else None, lrs=tuple(lrs) if lrs else None,
