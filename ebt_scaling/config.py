@@ -26,6 +26,9 @@ TRACKERS = ("mlflow", "tensorboard", "wandb")  # experiment trackers through Ray
 AXES = ("data", "batch", "depth", "width", "params", "flops")
 RECIPES = ("ebt_s1", "ebt_s2")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # TrainConfig.precision
+# The TrainConfig fields a sweep spec may set per family ([train.<family>]): the optimizer and its schedule's shape.
+# Everything that decides which tokens a run sees stays shared, so that families compare at equal data.
+FAMILY_TRAIN_KEYS = ("lr", "warmup_steps", "min_lr_div", "weight_decay", "beta1", "beta2", "grad_clip")
 Family = Literal["transformer_pp", "ebt"]
 
 # ModelConfig.step_size_lr_floor values; "scaled" is what runs stored before the field existed were trained with.

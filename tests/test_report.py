@@ -173,3 +173,27 @@ def test_no_text_beyond_the_page_box(tmp_path):
             assert 0 <= float(x0) and float(x1) <= float(w) + 0.5, (k, word, x1, w)
             assert 0 <= float(y0) and float(y1) <= float(h) + 0.5, (k, word, y1, h)
     assert sum(">curves:<" in body for _, _, body in pages) == 1  # the data axis has series: one curves page
+
+
+@pytest.mark.skipif(not shutil.which("pdftotext"), reason="pdftotext (poppler-utils) not installed")
+def test_families_trained_with_different_optimizer_settings_are_named_on_the_summary(tmp_path):
+    """A spec's [train.ebt] table gives the EBT its own LR: the summary says so, per axis; equal settings say
+    nothing."""
+    import dataclasses
+
+    from ebt_scaling.report.pdf import family_settings_notes
+
+    def with_lr(runs, ebt_lr):
+        return [dataclasses.replace(r, config={"train": {"lr": ebt_lr if r.family == "ebt" else 0.01,
+                                                         "warmup_steps": 40, "steps": 600}}) for r in runs]
+
+    assert family_settings_notes(with_lr(synthetic_runs(axes=("depth",), seeds=1), 0.01)) == []
+    runs = with_lr(synthetic_runs(axes=("depth",), seeds=1), 0.02)
+    (note,) = family_settings_notes(runs)
+    assert note.startswith("depth (synth): the families train with different optimizer settings (lr EBT 0.02, "
+                           "T++ 0.01)"), note
+    out = tmp_path / "r.pdf"
+    build_report(report_data(runs), out)
+    summary = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(out), "-"], capture_output=True, text=True,
+                             check=True).stdout.replace("\n", " ")
+    assert "different optimizer settings (lr EBT 0.02, T++ 0.01)" in summary

@@ -27,6 +27,7 @@ matplotlib.use("Agg")
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from ebt_scaling.config import FAMILY_TRAIN_KEYS  # noqa: E402
 from ebt_scaling.fit.axis import PAPER_ICLR, PAPER_V1  # noqa: E402
 from ebt_scaling.fit.design import exclusion_reason  # noqa: E402
 from ebt_scaling.fit.guards import EXPLAIN  # noqa: E402
@@ -141,6 +142,35 @@ def _label(f: dict[str, Any], data: ReportData) -> str:
 # -------------------------------------------------------------------------------------------- pages
 
 
+FAMILY_NAMES = {"ebt": "EBT", "transformer_pp": "T++"}
+
+
+def family_settings_notes(runs: Sequence[Any]) -> list[str]:
+    """One line per axis whose families train with different optimizer settings (a spec's ``[train.<family>]``
+    tables): a comparison of the two then includes that choice, and the reader should know it."""
+    seen: dict[tuple[str, str], dict[str, dict[str, set[str]]]] = {}
+    for r in runs:
+        cfg = getattr(r, "config", None)
+        tr = cfg.get("train") if isinstance(cfg, dict) else None
+        if not isinstance(tr, dict):
+            continue
+        fam = seen.setdefault((str(r.sweep), str(r.axis)), {}).setdefault(str(r.family), {})
+        for k in FAMILY_TRAIN_KEYS:
+            if k in tr:
+                fam.setdefault(k, set()).add(f"{tr[k]:g}" if isinstance(tr[k], (int, float)) else str(tr[k]))
+    out = []
+    for (sweep, axis), fams in sorted(seen.items()):
+        if len(fams) < 2:
+            continue
+        diff = [k for k in FAMILY_TRAIN_KEYS if len({frozenset(v.get(k, ())) for v in fams.values()}) > 1]
+        if diff:
+            parts = "; ".join(f"{k} " + ", ".join(f"{FAMILY_NAMES.get(f, f)} {'/'.join(sorted(v.get(k, {'-'})))}"
+                                                    for f, v in sorted(fams.items())) for k in diff)
+            out.append(f"{axis} ({sweep}): the families train with different optimizer settings ({parts}); the "
+                       "comparison includes that choice (each family at its own settings).")
+    return out
+
+
 def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
     fig = new_page()
     fig.text(0.04, 0.95, data.title, fontsize=16, weight="bold", va="top")
@@ -191,7 +221,7 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         "- Holm family: the axes of the sweep (params and flops count once when they share runs), or "
         "--family-of-tests. * = exponent view unreliable (guard-rails below).",
     ]
-    for m in data.messages:
+    for m in data.messages + family_settings_notes(data.runs):
         notes.append(f"- {m}")
     for f in _sorted_fits(data):
         c = f.get("comparison") or {}

@@ -40,7 +40,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ebt_scaling.config import AXES, FAMILIES, PRESETS, RECIPES, TRACKERS, DataConfig, ModelConfig, TrainConfig
+from ebt_scaling.config import (
+    AXES,
+    FAMILIES,
+    FAMILY_TRAIN_KEYS,
+    PRESETS,
+    RECIPES,
+    TRACKERS,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+)
 from ebt_scaling.errors import SpecError
 from ebt_scaling.names import name_problem
 
@@ -55,10 +65,6 @@ MODEL_KEYS = ("preset",) + tuple(
     f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("family",)
 )
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-# What a family's own [train.<family>] table may set: the optimizer and its schedule's shape. Everything that
-# decides which tokens a run sees (steps, batch, sequence, seeds, validation set) stays shared by both families,
-# so that a comparison at one axis value is at equal data.
-FAMILY_TRAIN_KEYS = ("lr", "warmup_steps", "min_lr_div", "weight_decay", "beta1", "beta2", "grad_clip")
 DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig))
 RESOURCE_KEYS = ("gpus_per_trial", "cpus_per_trial", "workers_per_trial", "max_concurrent", "max_retries")
 RESOURCE_LIMITS = {"gpus_per_trial": 1024, "cpus_per_trial": 4096, "workers_per_trial": 4096, "max_concurrent": 100_000,
