@@ -5,9 +5,9 @@
 #   FULL=1 bash benchmarks/gpu_suite.sh OUTDIR              # also CUDA graphs, profiles, xxs (longer)
 #   BASELINE=.bench_old FULL=1 bash benchmarks/gpu_suite.sh OUTDIR # also time another checkout side by side
 #
-# The default run fits in 8 minutes (its step limits add up to 480 s): the gpu-marked tests, then the EBT eager
-# against torch.compile (as ebt-scale train --compile) at `small`, bf16 autocast, batch 16 and 64: tokens/s and
-# MFU per job, first_step_s = the compile time (issue 17). FULL=1 adds the T++ compiled, CUDA-graph replay,
+# The default run fits in 8 minutes (its step limits add up to 480 s): the gpu-marked tests, the memory plan
+# against CUDA peaks (issue 18), then the EBT eager against torch.compile (as ebt-scale train --compile) at
+# `small`, bf16 autocast, batch 16 and 64: tokens/s and MFU per job, first_step_s = the compile time (issue 17). FULL=1 adds the T++ compiled, CUDA-graph replay,
 # profiles (eager and compiled), xxs, and with BASELINE another tree's throughput.
 #
 # Needs only torch (+ Triton for compile) and pytest on the GPU machine: the benchmarks and tests/test_cuda.py
@@ -39,14 +39,21 @@ step() {  # step NAME SECONDS DIR CMD... : run in DIR with a time limit; log rc 
     echo "$name rc=$rc wall=$(($(date +%s) - t0))s" | tee -a "$log"
 }
 
-# Correctness first: if the lease runs out, the figures are what is lost.
-step pytest_gpu 100 "$root" "$py" -m pytest -m gpu -q -p no:cacheprovider tests/test_cuda.py
+# Correctness first: if the lease runs out, the figures are what is lost. The gpu-marked tests: CUDA numerics and
+# micro-batches on CUDA (torch only; the NCCL workers test skips on one GPU), and where the CLI's packages are
+# installed the TF32 and calibration ones too.
+gpu_tests=(tests/test_cuda.py tests/test_accumulate.py tests/test_distributed.py)
+if "$py" -c "import typer, sqlalchemy" 2>/dev/null; then gpu_tests+=(tests/test_precision.py tests/test_calibrate.py); fi
+step pytest_gpu 120 "$root" "$py" -m pytest -m gpu -q -p no:cacheprovider "${gpu_tests[@]}"
+# Issue 18: the memory plan's estimate against torch.cuda.max_memory_allocated (xxs and small, batch 16 and 64).
+step memory_cuda 80 "$root" "$py" benchmarks/memory_calibration.py --check-only --cuda --variants ebt_full \
+    --precisions bf16 --out "$out/memory_cuda.json"
 tp=(benchmarks/throughput.py --device cuda)
 # Issue 17: the EBT eager vs compiled at small, bf16 (S1); eager and compiled jobs in their own processes, each
 # job's line (tokens/s, MFU) in steps.log as it finishes, the JSON (with first_step_s, the compile time) at the end.
-step compile_ebt_small_b16 210 "$root" "$py" "${tp[@]}" --sizes small --families ebt --compile --batch 16 \
+step compile_ebt_small_b16 180 "$root" "$py" "${tp[@]}" --sizes small --families ebt --compile --batch 16 \
     --reps 10 --warmup 3 --think-steps 0 --out "$out/compile_ebt_small_b16.json"
-step compile_ebt_small_b64 170 "$root" "$py" "${tp[@]}" --sizes small --families ebt --compile --batch 64 \
+step compile_ebt_small_b64 100 "$root" "$py" "${tp[@]}" --sizes small --families ebt --compile --batch 64 \
     --reps 5 --warmup 2 --think-steps 0 --out "$out/compile_ebt_small_b64.json"
 [ -n "${FULL:-}" ] || exit 0
 

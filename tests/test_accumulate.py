@@ -159,6 +159,20 @@ def test_training_with_micro_batches_equals_the_whole_batch(family, recipe):
         assert r.tokens == r0.tokens
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision, rel", [("fp32", 1e-4), ("bf16", 2e-2)])
+@pytest.mark.parametrize("family, recipe", [("transformer_pp", None), ("ebt", "ebt_s1")])
+def test_micro_batches_on_cuda_equal_the_whole_batch(family, recipe, precision, rel):
+    """The same on CUDA: fp32 to 1e-4 as on CPU, bf16 autocast to its rounding (2e-2 relative over 5 steps)."""
+    out = {}
+    for mb in (None, 2):
+        r = train(_spec(family, recipe, micro_batch_size=mb, device="cuda", precision=precision), ListSink())
+        assert r.status == "completed", r.reason
+        out[mb] = (r.final_train_loss, r.final_val_loss)
+    assert out[2] == pytest.approx(out[None], rel=rel)
+
+
 def test_resume_with_micro_batches_is_exact(tmp_path):
     """S2 (random step count and size, noise, replay buffer) with micro-batches of 3: 8 steps straight vs resumed
     from the step-4 checkpoint, bit for bit."""
