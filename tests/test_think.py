@@ -278,3 +278,60 @@ def test_s2_recipe_selectable_in_spec_file_and_train_cli(tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads(r.stdout)["spec"]["model"]
     assert m["truncate_steps"] and m["randomize_num_steps"] == 2 and m["step_size"] == 5.0
+
+
+def test_think_on_a_token_store_run_with_document_sampling(tmp_path):
+    """A run trained on `store:DIR` with padded document rows: think scores the run's own validation split, every
+    sum over real targets only (the T++'s perplexity equals one computed by hand on the same rows), the energy
+    curve over real positions; OOD needs a corpus tokenizer, so `auto` says why it is skipped and a named corpus
+    is refused in one line."""
+    import json
+
+    from ebt_scaling.data import open_data
+    from ebt_scaling.data.sampler import PAD
+    from ebt_scaling.data.store import prepare
+    from ebt_scaling.data.streams import parse_source
+    from ebt_scaling.errors import DataError
+    from ebt_scaling.think.evaluate import think_run
+
+    rng = np.random.default_rng(0)
+    words = ["the", "energy", "model", "thinks", "again", "and", "descends", "to", "a", "lower", "loss"]
+    docs = [" ".join(rng.choice(words, int(rng.integers(2, 12)))) for _ in range(200)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    prepare(parse_source(f"jsonl:{tmp_path / 'docs.jsonl'}"), "byte", tmp_path / "store", shard_tokens=4000)
+    data = DataConfig(source=f"store:{tmp_path / 'store'}", sampling="document", val_fraction=0.2, vocab_size=256)
+
+    runs = {}
+    for family in ("transformer_pp", "ebt"):
+        recipe = "ebt_s1" if family == "ebt" else None
+        spec = RunSpec(model=model_config(family, "nano", vocab_size=256, sequence_len=T, recipe=recipe),
+                       train=TrainConfig(steps=12, batch_size=4, lr=1e-2, warmup_steps=2, eval_interval=0,
+                                         eval_batches=2, log_interval=4, seed=0, threads=2),
+                       data=data, recipe=recipe, checkpoint_dir=str(tmp_path / family))
+        res = train(spec, ListSink(), data_progress=lambda m: None)
+        assert res.status == "completed", res.reason
+        runs[family] = (spec, res.checkpoint_dir)
+
+    rows = open_data(data, T, seed=0).val_batches(2, 4, T)
+    real = sum(int((np.asarray(b)[:, 1:] != PAD).sum()) for b in rows)
+    assert real < sum(b.shape[0] for b in rows) * T  # the rows are padded: the test means something
+
+    spec, ckpt = runs["transformer_pp"]
+    out = think_run(spec, ckpt, steps=[1], samples=[1], ood="auto", n_batches=2, batch_size=4)
+    model = load_run_model(spec, ckpt, torch.device("cpu"))
+    with torch.no_grad():
+        ce = sum(float(torch.nn.functional.cross_entropy(
+            model(torch.from_numpy(b[:, :-1]).clamp(min=0)).flatten(0, 1), torch.from_numpy(b[:, 1:]).flatten(),
+            ignore_index=PAD, reduction="sum")) for b in rows)
+    assert out.val.tokens == real
+    assert out.val.ppl[(1, 1)] == pytest.approx(math.exp(ce / real), rel=1e-5)
+    assert out.ood is None and any("token store" in m for m in out.messages), out.messages
+
+    spec, ckpt = runs["ebt"]
+    out = think_run(spec, ckpt, steps=[1, 2, 3], samples=[1, 2], ood=None, n_batches=2, batch_size=4)
+    assert out.val.tokens == real and all(math.isfinite(v) for v in out.val.ppl.values())
+    assert len(out.val.energy_steps) == 4 and all(math.isfinite(e) for e in out.val.energy_steps)
+    assert 0 < len(out.val.token_target) <= T and PAD not in out.val.token_target
+    with pytest.raises(DataError, match=r"--ood kjv: a run trained on a token store .* leave --ood out") as e:
+        think_run(spec, ckpt, steps=[1], samples=[1], ood="kjv", n_batches=1, batch_size=4)
+    assert "\n" not in str(e.value)

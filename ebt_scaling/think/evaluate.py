@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from ebt_scaling.config import RunSpec
-from ebt_scaling.data import TokenCorpus, load_corpus
+from ebt_scaling.data import TokenCorpus, load_corpus, open_data
 from ebt_scaling.data import synthetic as syn
+from ebt_scaling.data.sampler import PAD
 from ebt_scaling.data.sources import load_documents
 from ebt_scaling.errors import ConfigError, DataError
 from ebt_scaling.models import build_model
@@ -175,8 +176,11 @@ def evaluate_split(model: torch.nn.Module, batches: Sequence[np.ndarray], steps:
     token_target: list[int] = []
     for b, arr in enumerate(batches):
         batch = torch.from_numpy(np.asarray(arr)).to(device)
-        idx, tgt = batch[:, :-1], batch[:, 1:]
-        n_tok += tgt.numel()
+        # Document rows end in PAD (-100): those targets drop out of every sum (the cross-entropy ignores them, the
+        # energies are masked) and their inputs, after every real position, are clamped to token 0 as in training.
+        idx, tgt = batch[:, :-1].clamp(min=0), batch[:, 1:]
+        real = tgt != PAD
+        n_tok += int(real.sum())
         if not is_ebt:
             with torch.no_grad():
                 ce = float(_ce(model(idx), tgt).sum())
@@ -201,13 +205,13 @@ def evaluate_split(model: torch.nn.Module, batches: Sequence[np.ndarray], steps:
                 energies_k: dict[int, torch.Tensor] = {}
                 if s == 0:
                     e0 = model.energies(idx, z0.softmax(-1), landscapes[0])
-                    e_sums[0] += float(e0.sum())
+                    e_sums[0] += float(e0[real].sum())
                     energies_k[0] = e0
                 for k in ks:
                     z = zs[k - 1]
                     e = model.energies(idx, z.softmax(-1), landscapes[k - 1])  # the scoring pass
                     if s == 0:
-                        e_sums[k] += float(e.sum())
+                        e_sums[k] += float(e[real].sum())
                         energies_k[k] = e
                     if k not in step_set:
                         continue
@@ -221,7 +225,7 @@ def evaluate_split(model: torch.nn.Module, batches: Sequence[np.ndarray], steps:
                     if s + 1 in samples:
                         sums[(k, s + 1)] += float(best_ce[k].sum())
             if s == 0 and b == 0:
-                n = min(SENTENCE_TOKENS, idx.shape[1])
+                n = min(SENTENCE_TOKENS, int(real[0].sum()))
                 token_energy = [[float(x) for x in energies_k[k][0, :n]] for k in range(kmax + 1)]
                 token_target = [int(x) for x in tgt[0, :n]]
         if on_batch:
@@ -254,23 +258,36 @@ def think_run(spec: RunSpec, checkpoint: str, *, steps: Sequence[int], samples: 
     model = load_run_model(spec, checkpoint, dev)
     T = spec.model.sequence_len
     B = batch_size or spec.train.batch_size
-    if spec.data.source.startswith("store:") or spec.data.sampling != "packed":
-        # evaluate_split scores full (B, T+1) windows: padded document rows and the store's split need work there
-        raise DataError(f"think: runs trained on a token store or with sampling = {spec.data.sampling!r} are not "
-                        "supported yet; think evaluates runs on built-in sources in packed mode")
-    corpus = load_corpus(spec.data, T, progress=lambda m: None)
+    store_run = spec.data.source.startswith("store:")
+    if store_run and ood not in (None, "auto"):
+        raise DataError(f"--ood {ood}: a run trained on a token store ({spec.data.source}) has no corpus tokenizer "
+                        "here to encode another corpus with; leave --ood out (or --ood none) for such runs")
+    # Validation rows: a built-in source in packed mode keeps the corpus's own validation windows (as before token
+    # stores existed); a token store or document sampling takes the run's validation split from its sampler
+    # (document rows padded with PAD, handled by evaluate_split).
+    corpus = None if store_run else load_corpus(spec.data, T, progress=lambda m: None)
+    if corpus is not None and spec.data.sampling == "packed":
+        val_b = corpus.val_batches(n_batches, B, T)
+    else:
+        val_b = open_data(spec.data, T, seed=spec.train.seed, progress=lambda m: None).val_batches(n_batches, B, T)
     base = spec.model.eval_steps if spec.model.family == "ebt" else 1
     grid = sorted(set(steps) | {base})
     msgs: list[str] = []
-    val_b = corpus.val_batches(n_batches, B, T)
     val = evaluate_split(model, val_b, grid, samples, seed=seed, device=dev,
                          on_batch=(lambda b: on_batch("val", b)) if on_batch else None)
-    src = default_ood(spec.data.source) if ood == "auto" else ood
+    if store_run:
+        src = None
+    else:
+        src = default_ood(spec.data.source) if ood == "auto" else ood
     ood_res = None
-    if ood == "auto" and src is None:
+    if ood == "auto" and store_run:
+        msgs.append(f"no OOD corpus for a run trained on a token store ({spec.data.source}): think does not rebuild "
+                    "the store's tokenizer to encode another corpus")
+    elif ood == "auto" and src is None:
         msgs.append(f"no OOD corpus for a run trained on {spec.data.source} (the `bible` program is not "
                     "installed: `apt-get install bible-kjv`, or pass --ood text:PATH)")
     if src is not None:
+        assert corpus is not None
         ob = ood_batches(src, corpus, spec, n_batches, B, T)
         ood_res = evaluate_split(model, ob, grid, samples, seed=seed, device=dev,
                                  on_batch=(lambda b: on_batch("ood", b)) if on_batch else None)
