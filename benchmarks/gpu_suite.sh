@@ -7,8 +7,9 @@
 #
 # The default run fits in 8 minutes (its step limits add up to 480 s): the gpu-marked tests, the memory plan
 # against CUDA peaks (issue 18), then the EBT eager against torch.compile (as ebt-scale train --compile) at
-# `small`, bf16 autocast, batch 16 and 64: tokens/s and MFU per job, first_step_s = the compile time (issue 17). FULL=1 adds the T++ compiled, CUDA-graph replay,
-# profiles (eager and compiled), xxs, and with BASELINE another tree's throughput.
+# `small`, bf16 autocast, batch 16 and 64: tokens/s and MFU per job, first_step_s = the compile time (issue 17).
+# FULL=1 adds the T++ compiled, CUDA-graph replay, profiles (eager and compiled), xxs, and with BASELINE another
+# tree's throughput.
 #
 # Needs only torch (+ Triton for compile) and pytest on the GPU machine: the benchmarks and tests/test_cuda.py
 # import the model and training code, not the database or Ray, and the checkout is put on PYTHONPATH. BASELINE
