@@ -422,3 +422,28 @@ def test_every_shipped_sweep_scores_its_runs_on_one_validation_set(axis, preset)
     runs = expand(load_spec(spec_path(axis, preset)))
     assert {r.spec.train.eval_tokens for r in runs} != {None}
     assert len({(r.spec.train.eval_tokens, r.spec.model.sequence_len) for r in runs}) == 1
+
+
+def test_a_relative_store_or_text_path_is_stored_absolute_and_a_missing_one_is_refused(tmp_path, monkeypatch):
+    """Ray trials run in other directories: `store:DIR` / `text:PATH` relative to where `ebt-scale sweep` runs
+    become absolute in every run's config (and hash); a local sweep whose store or text is missing stops in one
+    line before anything is written."""
+    from ebt_scaling.cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    rel = spec_text("depth", "values = [1]").replace('source = "synthetic"', 'source = "store:data/st"\ntokenizer = '
+                                                      '"byte"')
+    absolute = rel.replace("store:data/st", f"store:{tmp_path / 'data' / 'st'}")
+    a, b = (expand(load_spec(_write(tmp_path, t, n))) for t, n in ((rel, "rel.toml"), (absolute, "abs.toml")))
+    assert {r.spec.data.source for r in a} == {f"store:{tmp_path / 'data' / 'st'}"}
+    assert [r.config_hash for r in a] == [r.config_hash for r in b]
+    text = rel.replace("store:data/st", "text:~/corpus.txt")
+    (run,) = {r.spec.data.source for r in expand(load_spec(_write(tmp_path, text, "t.toml")))}
+    assert run == f"text:{Path('~/corpus.txt').expanduser()}"
+
+    for spec_file, problem in ((_write(tmp_path, rel, "rel.toml"), f"no token store at {tmp_path / 'data' / 'st'}"),
+                               (_write(tmp_path, rel.replace("store:data/st", "text:books"), "txt.toml"),
+                                f"{tmp_path / 'books'} does not exist")):
+        r = CliRunner().invoke(app, ["sweep", "--spec", str(spec_file), "--db", f"sqlite:///{tmp_path / 'x.db'}"])
+        assert r.exit_code == 2 and problem in r.output and r.output.count("\n") == 1, r.output
+        assert not (tmp_path / "x.db").exists()

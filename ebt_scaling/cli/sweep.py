@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -182,6 +183,8 @@ def sweep(
         from ebt_scaling.sched.runner import check_reachable
 
         check_reachable(address or os.environ["RAY_ADDRESS"])  # before anything is written
+    else:  # a local sweep reads its data here; a cluster's paths live on its nodes
+        check_local_source(path, str(sw.data.get("source", "")))
     store = Store(url)
     outcome = run_sweep(sw, store, opts, retry_failed=retry_failed, echo=lambda s: typer.echo(s, err=True),
                         runs=runs)
@@ -200,6 +203,19 @@ def sweep(
         typer.echo(f"not all runs completed ({', '.join(f'{v} {k}' for k, v in bad.items())}); see "
                    f"`ebt-scale runs --sweep {sw.name}`", err=True)
         raise typer.Exit(1)
+
+
+def check_local_source(path: object, source: str) -> None:
+    """A ``store:DIR`` or ``text:PATH`` source (already absolute: sweeps.spec.absolute_source) must exist before
+    a local sweep writes anything."""
+    from ebt_scaling.errors import ConfigError
+
+    kind, _, loc = source.partition(":")
+    if kind == "store" and not (Path(loc) / "manifest.json").is_file():
+        raise ConfigError(f"{path}: data.source: no token store at {loc} (no manifest.json); write one with "
+                          f"`ebt-scale data prepare --source ... --out {loc}` or fix the path")
+    if kind == "text" and not Path(loc).exists():
+        raise ConfigError(f"{path}: data.source: {loc} does not exist; give an existing .txt file or folder")
 
 
 def _calibrations(url: str, device: str, device_name: str | None) -> Any:

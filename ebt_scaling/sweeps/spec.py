@@ -165,6 +165,17 @@ class SweepSpec:
         return out
 
 
+LOCAL_SOURCE_PREFIXES = ("store:", "text:")
+
+
+def absolute_source(source: str) -> str:
+    """``store:DIR`` / ``text:PATH`` with a relative path made absolute from the current directory (where
+    ``ebt-scale sweep`` runs). Ray trials run in other directories, so a run's config, and its hash, hold the
+    absolute path; ``~`` is expanded too."""
+    prefix, _, path = source.partition(":")
+    return f"{prefix}:{Path(path).expanduser().absolute()}" if path else source
+
+
 def _err(source: str, key: str, problem: str, fix: str) -> SpecError:
     return SpecError(f"{source}: {key}: {problem}; {fix}")
 
@@ -273,6 +284,9 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> SweepSpec:
     if micro_auto:  # resolved per run by the memory plan (cli/sweep.py); the runs are expanded with the whole batch
         del train["micro_batch_size"]
     data = check_keys("data", DATA_KEYS)
+    source = data.get("source")
+    if isinstance(source, str) and source.startswith(LOCAL_SOURCE_PREFIXES):
+        data["source"] = absolute_source(source)
     resources = check_keys("resources", RESOURCE_KEYS)
     for k, v in resources.items():
         ok = _is_num(v) and v >= 0 if k in ("gpus_per_trial", "cpus_per_trial") else _is_int(v) and v >= 0
