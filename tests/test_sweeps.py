@@ -440,6 +440,9 @@ def test_a_relative_store_or_text_path_is_stored_absolute_and_a_missing_one_is_r
     text = rel.replace("store:data/st", "text:~/corpus.txt")
     (run,) = {r.spec.data.source for r in expand(load_spec(_write(tmp_path, text, "t.toml")))}
     assert run == f"text:{Path('~/corpus.txt').expanduser()}"
+    as_written = absolute.replace(f"store:{tmp_path / 'data' / 'st'}", f"store:{tmp_path}//data/st/")
+    (kept,) = {r.spec.data.source for r in expand(load_spec(_write(tmp_path, as_written, "w.toml")))}
+    assert kept == f"store:{tmp_path}//data/st/"  # an absolute path stays as written: its runs keep their hashes
 
     for spec_file, problem in ((_write(tmp_path, rel, "rel.toml"), f"no token store at {tmp_path / 'data' / 'st'}"),
                                (_write(tmp_path, rel.replace("store:data/st", "text:books"), "txt.toml"),

@@ -171,9 +171,11 @@ LOCAL_SOURCE_PREFIXES = ("store:", "text:")
 def absolute_source(source: str) -> str:
     """``store:DIR`` / ``text:PATH`` with a relative path made absolute from the current directory (where
     ``ebt-scale sweep`` runs). Ray trials run in other directories, so a run's config, and its hash, hold the
-    absolute path; ``~`` is expanded too."""
+    absolute path; ``~`` is expanded too. A path written absolute is kept as written (its runs keep their hashes)."""
     prefix, _, path = source.partition(":")
-    return f"{prefix}:{Path(path).expanduser().absolute()}" if path else source
+    if not path or Path(path).is_absolute():
+        return source
+    return f"{prefix}:{Path(path).expanduser().absolute()}"
 
 
 def _err(source: str, key: str, problem: str, fix: str) -> SpecError:
