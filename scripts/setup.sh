@@ -14,7 +14,9 @@ stamp=.venv/.ebt-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
   echo "setup: installing torch (the largest download; a minute or two on a fresh machine) ..."
   .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt torch
-  stage "torch $(.venv/bin/python -c 'import torch; print(torch.__version__)') installed"
+  # The version is read from the package metadata: importing torch before numpy is installed prints
+  # "UserWarning: Failed to initialize NumPy".
+  stage "torch $(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("torch"))') installed"
   echo "setup: installing ebt-scaling and its other pinned dependencies (Ray, SQLAlchemy, ...) ..."
   .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
   touch "$stamp"
