@@ -40,7 +40,7 @@ from typing import Any
 from ebt_scaling.config import RunSpec
 from ebt_scaling.errors import TrainingDiverged
 from ebt_scaling.records import MetricPoint
-from ebt_scaling.sched.trainable import DEFAULT_TRAIN_FN, MARKER, _device_name, _load_fn, resume_path
+from ebt_scaling.sched.trial_common import DEFAULT_TRAIN_FN, MARKER, device_name, load_fn, resume_path
 
 
 class LockstepSink:
@@ -117,9 +117,9 @@ def _worker(config: dict[str, Any]) -> None:
     work = tempfile.mkdtemp(prefix="ebt-run-")
     spec = spec.with_(checkpoint_dir=work)
     sink = LockstepSink(rank, float(task.get("report_every_s", 2.0)))
-    sink.flush(ebt_hello={"host": socket.gethostname(), "device": _device_name(spec), "pid": os.getpid(),
+    sink.flush(ebt_hello={"host": socket.gethostname(), "device": device_name(spec), "pid": os.getpid(),
                           "workers": dist.get_world_size(), "backend": dist.get_backend()})
-    train_fn = _load_fn(task.get("train_fn") or DEFAULT_TRAIN_FN)
+    train_fn = load_fn(task.get("train_fn") or DEFAULT_TRAIN_FN)
     ckpt = ray.train.get_checkpoint()
     try:
         if ckpt is not None:  # a retry of this trial: the run's latest checkpoint, from Ray Train's storage

@@ -10,7 +10,6 @@ Tune's ``FailureConfig`` retries it from its latest checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import shutil
@@ -23,39 +22,15 @@ from typing import Any
 from ebt_scaling.config import RunSpec
 from ebt_scaling.errors import TrainingDiverged
 from ebt_scaling.records import MetricPoint
-
-MARKER = "ebt_checkpoint.json"
-DEFAULT_TRAIN_FN = "ebt_scaling.train:train"
-
-
-def checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The marker written next to a checkpoint (``step``, ``entry``), or None when unreadable."""
-    try:
-        with open(Path(path) / MARKER, encoding="utf-8") as f:
-            info = json.load(f)
-        return info if isinstance(info.get("step"), int) else None
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def resume_path(ckpt_dir: str | os.PathLike[str]) -> str:
-    """What to pass to ``train(resume_from=...)`` for a stored checkpoint directory."""
-    info = checkpoint_info(ckpt_dir) or {}
-    entry = info.get("entry")
-    return str(Path(ckpt_dir) / entry) if entry else str(ckpt_dir)
-
-
-def _load_fn(dotted: str) -> Any:
-    mod, _, attr = dotted.partition(":")
-    return getattr(importlib.import_module(mod), attr)
-
-
-def _device_name(spec: RunSpec) -> str:
-    dev = spec.train.device
-    if dev.startswith("cuda"):
-        gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        return f"cuda ({gpus})" if gpus else "cuda"
-    return dev
+from ebt_scaling.sched.ddp import ddp_trial
+from ebt_scaling.sched.trial_common import (  # noqa: F401  (checkpoint_info, resume_path: imported from here too)
+    DEFAULT_TRAIN_FN,
+    MARKER,
+    checkpoint_info,
+    device_name,
+    load_fn,
+    resume_path,
+)
 
 
 class RaySink:
@@ -115,16 +90,14 @@ def ebt_trial(config: dict[str, Any]) -> None:
 
     task = config["run"]
     if int(task.get("workers") or 1) > 1:
-        from ebt_scaling.sched.ddp import ddp_trial
-
         ddp_trial(task)
         return
     spec = RunSpec.from_dict(task["spec"])
     sink = RaySink(float(task.get("report_every_s", 2.0)))
     work = tempfile.mkdtemp(prefix="ebt-run-")
     spec = spec.with_(checkpoint_dir=work)
-    sink.flush(ebt_hello={"host": socket.gethostname(), "device": _device_name(spec), "pid": os.getpid()})
-    train_fn = _load_fn(task.get("train_fn") or DEFAULT_TRAIN_FN)
+    sink.flush(ebt_hello={"host": socket.gethostname(), "device": device_name(spec), "pid": os.getpid()})
+    train_fn = load_fn(task.get("train_fn") or DEFAULT_TRAIN_FN)
     ckpt = tune.get_checkpoint()
     try:
         if ckpt is not None:  # a retry inside this sweep invocation: Ray's latest checkpoint
