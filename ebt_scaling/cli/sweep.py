@@ -136,6 +136,9 @@ def sweep(
         runs = [with_micro_batch(r, mp.micro_batch_size) for r, mp in zip(runs, mem_plans, strict=True)]
 
     if dry_run:
+        src = str(sw.data.get("source", ""))
+        if src.startswith("store:") and (Path(src[len("store:"):]) / "manifest.json").is_file():
+            check_local_source(path, src, sw.data.get("cache_dir"))  # a store here is verified before planning
         ncpu, ngpu = local_resources()
         resources = Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc, workers_per_trial=wpt,
                               total_gpus=float(total_gpus if total_gpus is not None else ngpu),
@@ -184,7 +187,7 @@ def sweep(
 
         check_reachable(address or os.environ["RAY_ADDRESS"])  # before anything is written
     else:  # a local sweep reads its data here; a cluster's paths live on its nodes
-        check_local_source(path, str(sw.data.get("source", "")))
+        check_local_source(path, str(sw.data.get("source", "")), sw.data.get("cache_dir"))
     store = Store(url)
     outcome = run_sweep(sw, store, opts, retry_failed=retry_failed, echo=lambda s: typer.echo(s, err=True),
                         runs=runs)
@@ -205,15 +208,19 @@ def sweep(
         raise typer.Exit(1)
 
 
-def check_local_source(path: object, source: str) -> None:
+def check_local_source(path: object, source: str, cache_dir: str | None = None) -> None:
     """A ``store:DIR`` or ``text:PATH`` source (already absolute: sweeps.spec.absolute_source) must exist before
-    a local sweep writes anything."""
+    a local sweep writes anything, and a store must pass its checksums."""
     from ebt_scaling.errors import ConfigError
 
     kind, _, loc = source.partition(":")
     if kind == "store" and not (Path(loc) / "manifest.json").is_file():
         raise ConfigError(f"{path}: data.source: no token store at {loc} (no manifest.json); write one with "
                           f"`ebt-scale data prepare --source ... --out {loc}` or fix the path")
+    if kind == "store":  # its manifest's schema and every shard's checksum (hashed once per store and machine)
+        from ebt_scaling.data.verify import verify_store
+
+        verify_store(loc, cache_dir=cache_dir)
     if kind == "text" and not Path(loc).exists():
         raise ConfigError(f"{path}: data.source: {loc} does not exist; give an existing .txt file or folder")
 

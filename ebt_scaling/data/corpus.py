@@ -332,12 +332,11 @@ def builtin_store(cfg: DataConfig, progress: Progress | None = None) -> Any:
     with locked(root, f"store-{out.name}"):
         store = None
         if (out / "manifest.json").exists():
-            try:
-                store = TokenStore(out)
-            except DataError:
-                store = None
-            if store is not None and store.verify():
-                progress(f"token store {out} fails its checksums; preparing it again")
+            try:  # checksums checked once per machine (remembered in the cache while the files are unchanged)
+                store = TokenStore(out, verify=True, cache_dir=cfg.cache_dir)
+            except DataError as exc:
+                why = str(exc).split("; ")[0].split(": ", 1)[-1]
+                progress(f"token store {out} fails its checksums ({why}); preparing it again")
                 store = None
         if store is None:
             tokens = make()
@@ -367,7 +366,12 @@ def open_data(cfg: DataConfig, sequence_len: int, *, seed: int = 0, progress: Pr
     kw: dict[str, Any] = dict(seq_len=sequence_len, sampling=cfg.sampling, val_fraction=cfg.val_fraction,
                               split_seed=cfg.split_seed, seed=seed, name=cfg.source)
     if cfg.source.startswith("store:"):
-        return StoreData(TokenStore(store_path(cfg.source)), **kw)
+        try:  # schema and checksums, before any sample is read (hashed once per store and machine)
+            store = TokenStore(store_path(cfg.source), verify=True, cache_dir=cfg.cache_dir)
+        except DataError as exc:
+            raise DataError(f"{exc}, then rerun the sweep with --retry-failed to retrain the runs that failed "
+                            "on it") from None
+        return StoreData(store, **kw)
     store = builtin_store(cfg, progress)
     if cfg.sampling == "packed":
         kw.update(split="blocks", block_size=syn.SYNTHETIC_CHAIN_LEN if cfg.source == "synthetic" else None)

@@ -23,10 +23,13 @@ uninterrupted run.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import fcntl
 import hashlib
 import multiprocessing
 import os
 import pathlib
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -34,13 +37,24 @@ from typing import Any
 
 import numpy as np
 
-from ebt_scaling.data.cache import atomic_write_bytes, atomic_write_json, read_json
+from ebt_scaling.data.cache import atomic_write_bytes, atomic_write_json
 from ebt_scaling.data.streams import Source
+from ebt_scaling.data.verify import (
+    DEFAULT_SHARD_TOKENS,
+    FORMAT,
+    MANIFEST,
+    load_manifest,
+    prepare_command,
+    store_dtype,
+    verify_shards,
+)
+from ebt_scaling.data.verify import shard_name as _shard_name
 from ebt_scaling.errors import DataError
 
-FORMAT = 1
-MANIFEST = "manifest.json"
-DEFAULT_SHARD_TOKENS = 1 << 26  # 64 Mi tokens: 128 MB shards in uint16 (the writer's buffer is one shard)
+__all__ = ["DEFAULT_SHARD_TOKENS", "FORMAT", "LOCK", "MANIFEST", "TokenStore", "prepare", "store_dtype", "summary",
+           "write_documents", "writer_lock"]
+
+LOCK = ".prepare.lock"  # held (flock) by the one `data prepare` writing the folder; dies with its process
 BATCH_CHARS = 4_000_000  # characters per tokenisation batch (bounds the memory per batch in flight)
 BATCH_DOCS = 1024
 
@@ -98,14 +112,6 @@ def _encode(texts: list[str]) -> list[np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------- writer
-def store_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
-
-
-def _shard_name(i: int) -> str:
-    return f"shard-{i:05d}"
-
-
 class _ShardWriter:
     """Fills one shard buffer; every full shard is written and recorded in the manifest."""
 
@@ -159,33 +165,78 @@ def _params(source: Source, tok_spec: str, tok_hash: str, vocab: int, shard_toke
             "dtype": store_dtype(vocab).name, "shard_tokens": shard_tokens}
 
 
-def _start_or_resume(out: pathlib.Path, params: dict, progress: Progress) -> dict:
-    """A fresh manifest for an empty/new ``out``, or the recorded one when ``out`` holds a partial store
-    of the same parameters (its shards checked). DataError for anything else, before any write."""
-    path = out / MANIFEST
-    if path.exists():
-        try:
-            m = read_json(path)
-        except (OSError, ValueError):
-            raise DataError(f"{path}: unreadable manifest; remove {out} and prepare again") from None
-        if m.get("params") != params:
-            diff = sorted(k for k in set(params) | set(m.get("params", {}))
-                          if params.get(k) != m.get("params", {}).get(k))
+def _fresh(params: dict) -> dict:
+    return {"params": params, "complete": False, "shards": [], "documents": 0, "documents_empty": 0,
+            "tokens": 0, "resume": {"next_doc": 0, "next_offset": 0}}
+
+
+def _others(out: pathlib.Path) -> list[str]:
+    """Names in ``out`` other than the writer's lock file."""
+    return sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
+
+
+def _start_or_resume(out: pathlib.Path, params: dict, progress: Progress, cache_dir: str | None = None) -> dict:
+    """A fresh manifest for an empty/new ``out``, or the recorded one when ``out`` holds a store of the same
+    parameters whose recorded shards pass their checksums (a store whose shards do not is prepared again from
+    the start, its manifest reset first). DataError for anything else, before any write. Called under the
+    writer's lock."""
+    if (out / MANIFEST).exists():
+        m, sha = load_manifest(out)  # a malformed manifest: one line, nothing written
+        if m["params"] != params:
+            diff = sorted(k for k in set(params) | set(m["params"]) if params.get(k) != m["params"].get(k))
             raise DataError(f"{out} holds a token store prepared with other settings ({', '.join(diff)}); "
                             "use another --out, or the same arguments to continue it")
-        for s in m["shards"]:
-            f = out / f"{s['name']}.bin"
-            if not f.is_file() or f.stat().st_size != s["tokens"] * np.dtype(params["dtype"]).itemsize:
-                raise DataError(f"{f}: missing or truncated shard recorded in the manifest; remove {out} and "
-                                "prepare again")
+        try:
+            verify_shards(out, m, sha, cache_dir=cache_dir)
+        except DataError as exc:
+            why = str(exc).split(": ", 1)[-1].split("; ")[0]
+            progress(f"{out}: {why}; preparing the store again from the start")
+            m = _fresh(params)
+            atomic_write_json(out / MANIFEST, m)  # before any shard is overwritten: no manifest names them
+            return m
         if not m["complete"]:
             progress(f"continuing {out}: {len(m['shards'])} complete shards, {m['tokens']:,} tokens")
         return m
-    if out.exists() and any(out.iterdir()):
+    if _others(out):
+        raise DataError(f"{out} exists and is not a token store (no {MANIFEST}); choose an empty or new folder")
+    return _fresh(params)
+
+
+@contextlib.contextmanager
+def writer_lock(out: pathlib.Path) -> Iterator[None]:
+    """Hold the exclusive lock of the store folder ``out`` (created if needed) while writing it.
+
+    An flock on ``out/.prepare.lock``: the kernel frees it when the holder exits, killed or not, so a dead
+    writer never blocks the next one. A second writer is refused in one line naming the holder."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: exists and is not a folder; choose an empty or new folder")
+    if not (out / MANIFEST).exists() and _others(out):
         raise DataError(f"{out} exists and is not a token store (no {MANIFEST}); choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
-    return {"params": params, "complete": False, "shards": [], "documents": 0, "documents_empty": 0,
-            "tokens": 0, "resume": {"next_doc": 0, "next_offset": 0}}
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "a process that just started"
+            raise DataError(f"{out}: another `ebt-scale data prepare` ({holder}) is writing this token store; "
+                            "wait for it to end, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_orphans(out: pathlib.Path, m: dict) -> None:
+    """Shard files beyond the manifest's last shard and temporary files of killed writes (the caller holds the
+    lock, so no writer is using them)."""
+    named = {f"{s['name']}{ext}" for s in m["shards"] for ext in (".bin", ".idx")}
+    for p in out.iterdir():
+        orphan = p.name.startswith("shard-") and p.suffix in (".bin", ".idx") and p.name not in named
+        if orphan or (p.name.startswith(".") and p.name.endswith(".tmp")):
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def _batches(docs: Iterator[tuple[str, float | None]], first: int
@@ -227,10 +278,18 @@ def prepare(source: Source, tokenizer: str, out: pathlib.Path, *, shard_tokens: 
         raise DataError(f"--workers: must be >= 1, got {workers}")
     blob, tok_hash, vocab = tokenizer_blob(tokenizer)
     params = _params(source, tokenizer, tok_hash, vocab, shard_tokens)
-    m = _start_or_resume(out, params, progress)
-    if m["complete"]:
-        progress(f"{out} is already complete: {m['documents']:,} documents, {m['tokens']:,} tokens")
-        return m
+    with writer_lock(out):
+        m = _start_or_resume(out, params, progress, cache_dir)
+        if m["complete"]:
+            progress(f"{out} is already complete (checksums verified): {m['documents']:,} documents, "
+                     f"{m['tokens']:,} tokens")
+            return m
+        return _write(source, blob, vocab, tokenizer, out, m, workers, progress, every_s, cache_dir)
+
+
+def _write(source: Source, blob: str, vocab: int, tokenizer: str, out: pathlib.Path, m: dict, workers: int,
+           progress: Progress, every_s: float, cache_dir: str | None) -> dict:
+    """Tokenise the rest of ``source`` into ``out`` from where manifest ``m`` stands (under the lock)."""
     writer = _ShardWriter(out, m, store_dtype(vocab))
     first, skip = m["resume"]["next_doc"], m["resume"]["next_offset"]
     t0 = last = time.monotonic()
@@ -279,6 +338,7 @@ def prepare(source: Source, tokenizer: str, out: pathlib.Path, *, shard_tokens: 
     m["last_run"] = {"seconds": round(seconds, 3), "tokens": new_tokens, "workers": workers,
                      "tokens_per_s": round(new_tokens / max(seconds, 1e-9), 1)}
     atomic_write_json(out / MANIFEST, m)
+    _remove_orphans(out, m)
     progress(f"done: {m['documents']:,} documents ({m['documents_empty']:,} empty), {m['tokens']:,} tokens in "
              f"{len(m['shards'])} shards; this run {new_tokens:,} tokens in {_fmt_s(seconds)}, "
              f"{new_tokens / max(seconds, 1e-9):,.0f} tokens/s with {workers} worker(s)")
@@ -313,18 +373,19 @@ def summary(m: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------- reader
 class TokenStore:
-    """Read-only view of a complete store: tokens and documents through memory maps."""
+    """Read-only view of a complete store: tokens and documents through memory maps.
 
-    def __init__(self, path: pathlib.Path | str) -> None:
+    Opening checks the manifest's schema; ``verify=True`` also checks every shard's size and checksum
+    (``verify.verify_shards``: once per store and machine, remembered in the cache under ``cache_dir``)."""
+
+    def __init__(self, path: pathlib.Path | str, *, verify: bool = False, cache_dir: str | None = None) -> None:
         self.path = pathlib.Path(path)
-        try:
-            self.manifest = read_json(self.path / MANIFEST)
-        except (OSError, ValueError):
-            raise DataError(f"{self.path}: not a token store (no readable {MANIFEST}); prepare it with "
-                            "`ebt-scale data prepare`") from None
-        if not self.manifest.get("complete"):
+        self.manifest, sha = load_manifest(self.path)
+        if not self.manifest["complete"]:
             raise DataError(f"{self.path}: the token store is incomplete; rerun the same `ebt-scale data "
-                            "prepare` command to finish it")
+                            f"prepare` command to finish it ({prepare_command(self.path, self.manifest['params'])})")
+        if verify:
+            verify_shards(self.path, self.manifest, sha, cache_dir=cache_dir)
         p = self.manifest["params"]
         self.vocab_size = int(p["vocab_size"])
         self.dtype = np.dtype(p["dtype"])
