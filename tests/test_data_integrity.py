@@ -223,3 +223,108 @@ def test_a_malformed_manifest_is_refused_in_one_line(store, tmp_path, edit, prob
     with pytest.raises(DataError, match="malformed|not valid JSON"):
         prepare(parse_source(f"jsonl:{tmp_path / 'docs.jsonl'}"), "byte", store, shard_tokens=SHARD)
     assert path.read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------ one writer per store
+HOLDER = """
+import pathlib, sys, time
+from ebt_scaling.data.store import prepare
+from ebt_scaling.data.streams import parse_source
+
+src, out, go = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+real = parse_source(src)
+
+
+class Paused:  # the real source, paused after 1500 documents until `go` exists (the lock is held meanwhile)
+    spec, field, data_files = real.spec, real.field, real.data_files
+
+    def documents(self, cache_dir=None):
+        for n, doc in enumerate(real.documents(cache_dir)):
+            if n == 1500:  # after the first batch (1024 documents) is written
+                print("paused", flush=True)
+                while not go.exists():
+                    time.sleep(0.02)
+            yield doc
+
+
+prepare(Paused(), "byte", out, shard_tokens=SHARD_TOKENS, progress=lambda m: None)
+print("done", flush=True)
+""".replace("SHARD_TOKENS", str(SHARD))
+
+
+def _start_holder(tmp_path: pathlib.Path, src: pathlib.Path, out: pathlib.Path):  # noqa: ANN202
+    import subprocess
+    import sys
+
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    p = subprocess.Popen([sys.executable, str(script), f"jsonl:{src}", str(out), str(tmp_path / "go")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    assert line.strip() == "paused", (line, p.stderr.read() if p.poll() is not None else "")
+    return p
+
+
+def test_two_concurrent_prepares_into_one_folder_one_is_refused_and_the_store_verifies(tmp_path):
+    import subprocess
+    import sys
+
+    src = _corpus(tmp_path, 2000)
+    out = tmp_path / "store"
+    holder = _start_holder(tmp_path, src, out)  # a real `prepare`, holding the folder's lock mid-write
+    try:
+        assert json.loads((out / MANIFEST).read_text())["shards"], "the holder has written shards already"
+        from ebt_scaling.data.tokenizer import train_bpe
+
+        train_bpe(["some text for a tokenizer"] * 50, 300).save(str(tmp_path / "tok.json"))
+        for tok in ("byte", f"file:{tmp_path / 'tok.json'}"):  # the same and another tokenizer
+            second = subprocess.run([sys.executable, "-m", "ebt_scaling.cli.main", "data", "prepare", "--source",
+                                     f"jsonl:{src}", "--tokenizer", tok, "--shard-tokens", str(SHARD), "--out",
+                                     str(out)], capture_output=True, text=True, timeout=120)
+            assert second.returncode == 1, second.stderr
+            err = _one_line(second.stderr)
+            assert f"another `ebt-scale data prepare` (pid {holder.pid} on " in err and "choose another --out" in err
+        (tmp_path / "go").touch()
+        assert holder.wait(timeout=120) == 0, holder.stderr.read()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    m = verify_store(out, cache_dir=str(tmp_path / "c"))
+    assert m["params"]["tokenizer"] == "byte" and m["complete"]
+    names = {p.name for p in out.iterdir()}
+    assert names == {MANIFEST, ".prepare.lock"} | {f"{s['name']}{e}" for s in m["shards"] for e in (".bin", ".idx")}
+    whole = prepare(parse_source(f"jsonl:{src}"), "byte", tmp_path / "whole", shard_tokens=SHARD)
+    assert [s["sha256"] for s in whole["shards"]] == [s["sha256"] for s in m["shards"]]
+
+
+def test_a_killed_writers_lock_is_free_at_once_and_the_rerun_continues(tmp_path):
+    import signal
+
+    src = _corpus(tmp_path, 2000)
+    out = tmp_path / "store"
+    holder = _start_holder(tmp_path, src, out)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    msgs: list[str] = []
+    m = prepare(parse_source(f"jsonl:{src}"), "byte", out, shard_tokens=SHARD, progress=msgs.append)
+    assert any(s.startswith(f"continuing {out}") for s in msgs) and m["complete"]
+    whole = prepare(parse_source(f"jsonl:{src}"), "byte", tmp_path / "whole", shard_tokens=SHARD)
+    assert [s["sha256"] for s in whole["shards"]] == [s["sha256"] for s in verify_store(out)["shards"]]
+
+
+def test_the_lock_refuses_a_second_writer_in_the_same_process_and_a_non_folder(tmp_path):
+    from ebt_scaling.data.store import writer_lock
+
+    src = parse_source(f"jsonl:{_corpus(tmp_path)}")
+    with writer_lock(tmp_path / "s"), pytest.raises(DataError, match=f"pid {os.getpid()} on "):
+        prepare(src, "byte", tmp_path / "s", shard_tokens=SHARD)
+    assert prepare(src, "byte", tmp_path / "s", shard_tokens=SHARD)["complete"]  # released
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match="exists and is not a folder"):
+        prepare(src, "byte", tmp_path / "f", shard_tokens=SHARD)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.txt").write_text("x")
+    with pytest.raises(DataError, match="exists and is not a token store"):
+        prepare(src, "byte", tmp_path / "d", shard_tokens=SHARD)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["x.txt"]  # nothing written, not even the lock
