@@ -33,7 +33,7 @@ with Store(url) as store:
     for start in range(0, n_points, batch):
         store.log_metrics(run.id, [MetricPoint("train_loss", s, 10.0 / (s + 1) + idx)
                                    for s in range(start, start + batch)])
-        store.heartbeat(run.id)
+        store.heartbeat_many([run.id])
         store.list_runs(sweep="conc", status="running")  # readers interleaved with writers
     store.finish_run(run.id, "completed", result={"final_val_loss": float(idx)})
 print("done", flush=True)

@@ -7,6 +7,7 @@ import pathlib
 import pytest
 import sqlalchemy as sa
 from db_backends import db_url_fixture  # noqa: F401  (the parametrised ``db_url`` fixture)
+from db_helpers import get_run_by_hash
 
 from ebt_scaling.db import migrate, schema
 from ebt_scaling.db.engine import make_engine
@@ -117,6 +118,7 @@ def test_calibrations_table_up_and_down_keeps_older_data(db_url):
     assert "ebt_calibrations" not in before
     assert migrate.upgrade(db_url, "0004") == ("0003", "0004")
     assert tables(db_url) - before == {"ebt_calibrations"}
+    assert migrate.upgrade(db_url) == ("0004", schema.SCHEMA_REVISION)
     assert diffs(db_url) == []
     with Store(db_url) as s:
         s.save_calibration(CalibrationRecord("cpu", "cpu model", "ebt", "L1-D32", "fp32", "ebt_s1", 1, 2, 1e9, 0.5,
@@ -155,8 +157,9 @@ def test_out_of_date_database_names_the_upgrade_command_and_upgrade_keeps_data(d
     assert "\n" not in msg and f"ebt-scale db upgrade --db {mask_url(db_url)}" in msg and "0001" in msg
     assert migrate.upgrade(db_url) == ("0001", schema.SCHEMA_REVISION)
     with Store(db_url) as s:
-        r = s.get_run_by_hash("h-old")
+        r = get_run_by_hash(s, "h-old")
         assert (r.sweep, r.final_val_loss, r.fit_eligible) == ("old", 3.5, True)
+        assert [p.id for p in s.list_runs(sweep="old")] == [r.id]  # every run is a member of its own sweep
         assert s.list_fits() == []
 
 

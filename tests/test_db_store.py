@@ -7,6 +7,7 @@ import math
 
 import pytest
 from db_backends import db_url_fixture  # noqa: F401  (the parametrised ``db_url`` fixture)
+from db_helpers import delete_fits, find_run_by_hash, get_run_by_hash, metric_names, set_status
 
 from ebt_scaling.db.store import ImportRow, Store
 from ebt_scaling.errors import DuplicateError, NotFound, StoreError
@@ -62,7 +63,7 @@ def test_run_lifecycle_and_fit_eligibility(store):
     a, b, c, d = store.plan_runs("s", [planned(i) for i in range(4)])
     r = store.mark_running(a.id, host="node1", device="cpu")
     assert r.status == "running" and r.attempts == 1 and r.host == "node1" and r.started_at and r.heartbeat_at
-    store.heartbeat(a.id)
+    assert store.heartbeat_many([a.id]) == 1
     assert store.get_run(a.id).heartbeat_at >= r.heartbeat_at
     assert store.mark_running(a.id).attempts == 2
     assert store.heartbeat_many([a.id, b.id, 999999]) == 2 and store.heartbeat_many([]) == 0
@@ -112,9 +113,9 @@ def test_reset_interrupted_checkpoint_and_status(store):
     assert r0.status == "planned" and r0.attempts == 1 and r0.checkpoint_dir == "/ckpt/run0/step_100"
     assert store.get_run(other.id).status == "running"  # other sweep untouched
     assert store.get_run(runs[1].id).status == "completed"
-    assert store.set_status(runs[2].id, "cancelled", reason="user").status == "cancelled"
+    assert set_status(store, runs[2].id, "cancelled", reason="user").status == "cancelled"
     with pytest.raises(StoreError, match="unknown run status"):
-        store.set_status(runs[2].id, "paused")
+        set_status(store, runs[2].id, "paused")
 
 
 def test_metrics_nonfinite_idempotent_ordered_and_truncated(store):
@@ -138,7 +139,7 @@ def test_metrics_nonfinite_idempotent_ordered_and_truncated(store):
     store.log_metrics_many({a.id: [MetricPoint("lr", 1, 1e-3)], b.id: [MetricPoint("lr", 1, 2e-3)] * 3})
     assert store.get_metrics(b.id) == [MetricPoint("lr", 1, 2e-3)]
     assert store.final_metrics([a.id, b.id], "val_loss") == {a.id: MetricPoint("val_loss", 10, -5.0)}
-    assert store.metric_names(a.id, prefix="think_ppl/") == ["think_ppl/steps=3/samples=1/split=ood"]
+    assert metric_names(store, a.id, prefix="think_ppl/") == ["think_ppl/steps=3/samples=1/split=ood"]
     # a restart from the checkpoint at step 5 drops later points
     assert store.truncate_metrics(a.id, after_step=5) == 1
     assert [p.step for p in store.get_metrics(a.id, "val_loss")] == [0, 5]
@@ -166,10 +167,10 @@ def test_list_runs_filters_and_lookup_by_hash(store):
     assert store.list_runs(sweep="none") == []
     with pytest.raises(StoreError, match="unknown run status"):
         store.list_runs(status="done")
-    assert store.get_run_by_hash(d[1].config_hash).id == d[1].id
-    assert store.find_run_by_hash("nope") is None
+    assert get_run_by_hash(store, d[1].config_hash).id == d[1].id
+    assert find_run_by_hash(store, "nope") is None
     with pytest.raises(NotFound):
-        store.get_run_by_hash("nope")
+        get_run_by_hash(store, "nope")
 
 
 def test_fits_link_exact_runs(store):
@@ -195,8 +196,8 @@ def test_fits_link_exact_runs(store):
     assert len(store.list_fits()) == 2  # the failed save left nothing behind
     with pytest.raises(NotFound):
         store.save_fit(dataclasses.replace(fit, sweep="other"))
-    assert store.delete_fits("s", axis="width") == 1
-    assert store.delete_fits("s") == 1 and store.list_fits() == []
+    assert delete_fits(store, "s", axis="width") == 1
+    assert delete_fits(store, "s") == 1 and store.list_fits() == []
 
 
 def test_import_rows_and_dataframes(store):

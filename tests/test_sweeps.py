@@ -344,10 +344,9 @@ def test_data_evaluations_become_points_of_the_sweep(tmp_path):
 
 
 def test_flops_sweep_reuses_the_params_runs_as_its_points(tmp_path):
-    """The flops runs are the params runs (same hashes): nothing is trained twice, yet the flops sweep holds
-    one point per run with x = training FLOPs and the trained run's loss."""
+    """The flops runs are the params runs (same hashes): nothing is trained twice or copied; the flops sweep
+    links the same rows, each at x = training FLOPs, with the trained run's loss."""
     from ebt_scaling.db import Store
-    from ebt_scaling.sched.service import import_shared_points
 
     body = 'values = ["nano", "tiny", "4xs"]\nbatch_sizes = [4, 6, 8]'
     p = load_spec(_write(tmp_path, spec_text("params", body).replace('name = "t"', 'name = "p"'), "p.toml"))
@@ -359,14 +358,14 @@ def test_flops_sweep_reuses_the_params_runs_as_its_points(tmp_path):
     st.create_sweep("f", "flops", f.to_dict())
     fr = expand(f)
     recs = st.plan_runs("f", [r.planned for r in fr])
-    assert {r.sweep for r in recs} == {"p"}  # the same rows: nothing new to train
-    assert import_shared_points(st, "f", fr, recs) == 6
-    assert import_shared_points(st, "f", fr, recs) == 6  # idempotent
+    assert {r.sweep for r in recs} == {"f"} and {r.status for r in recs} == {"completed"}  # nothing to train
+    assert len(st.list_runs()) == 12 and len({r.id for r in st.list_runs()}) == 6  # 6 rows, each in both sweeps
     pts = st.list_runs(sweep="f")
-    assert len(pts) == 6 and {r.axis for r in pts} == {"flops"} and {r.source for r in pts} == {"imported"}
+    assert len(pts) == 6 and {r.axis for r in pts} == {"flops"} and {r.source for r in pts} == {"trained"}
+    assert {r.id for r in pts} == {r.id for r in st.list_runs(sweep="p")}
     want = {(r.planned.family, r.planned.x): 3.0 + rec.id / 10 for r, rec in zip(fr, recs, strict=True)}
     assert {(r.family, r.x): r.final_val_loss for r in pts} == pytest.approx(want)
-    assert len(st.list_runs(sweep="p")) == 6
+    assert st.plan_runs("f", [r.planned for r in fr]) == recs  # idempotent
 
 
 def test_sweep_name_taken_by_another_axis_is_one_line_error(tmp_path):

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from db_helpers import metric_names
 from typer.testing import CliRunner
 
 from ebt_scaling.cli.main import app
@@ -138,7 +139,7 @@ def test_think_cli_end_to_end(trained, tmp_path):
 
     store = Store(url)
     try:
-        names = store.metric_names(ebt_id, prefix="think/")
+        names = metric_names(store, ebt_id, prefix="think/")
         assert tm.ppl_name("val", 1) in names and tm.ppl_name("ood:synthetic-shift", 3) in names
         assert tm.energy_name("val") in names and tm.token_energy_name(6) in names
         val1 = store.get_metrics(ebt_id, tm.ppl_name("val", 1))
@@ -147,7 +148,7 @@ def test_think_cli_end_to_end(trained, tmp_path):
         # Best-of-N: stored at passes = steps x samples; T++ flat at every budget.
         tpp = store.get_metrics(tpp_id, tm.ppl_name("val", 1))
         assert len(tpp) == len({1, 2, 3, 6, 9, 18}) and len({p.value for p in tpp}) == 1
-        assert store.metric_names(bare_id, prefix="think/") == []
+        assert metric_names(store, bare_id, prefix="think/") == []
         n_before = store.count_metrics(ebt_id)
         snapshot = {(p.name, p.step): p.value for p in store.get_metrics(ebt_id)}
     finally:
@@ -168,7 +169,7 @@ def test_think_cli_end_to_end(trained, tmp_path):
     store = Store(url)
     try:
         assert [p.step for p in store.get_metrics(ebt_id, tm.ppl_name("val", 1))] == [3]
-        assert not [n for n in store.metric_names(ebt_id, prefix="think/ppl/split=ood")]
+        assert not [n for n in metric_names(store, ebt_id, prefix="think/ppl/split=ood")]
         assert store.get_metrics(ebt_id, "val_loss")  # the training series are untouched
         with pytest.raises(Exception, match="empty prefix"):
             store.delete_metrics(ebt_id, "")

@@ -8,7 +8,10 @@ so migrations can refer to them by name on every backend.
 Tables::
 
     ebt_sweeps        one row per sweep (unique name, axis, spec JSON, code version)
-    ebt_runs          one row per run (config_hash UNIQUE, status, final metrics, fit eligibility, source)
+    ebt_runs          one row per run (config_hash UNIQUE, status, final metrics, fit eligibility, source);
+                      ``sweep_id`` is the sweep that first planned or imported it (its owner), not its membership
+    ebt_sweep_runs    membership: the runs of each sweep, with that sweep's axis and x (sweep_id, run_id)
+                      (revision 0005): a run trained once is a point of every sweep that links it
     ebt_run_params    parameter counts per group   (run_id, name)        -> count
     ebt_run_flops     FLOPs per token per convention (run_id, convention) -> flops_per_token
     ebt_run_summary   extra final metrics, e.g. imported CSV columns (run_id, name) -> value, kind
@@ -48,9 +51,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from ebt_scaling.records import RUN_STATUSES
 
 #: The Alembic revision this code expects (``alembic/versions``); a test checks it equals the script head.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 #: Every revision this code knows, oldest first; a database at an earlier one needs ``ebt-scale db upgrade``.
-KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
+KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005")
 VERSION_TABLE = "ebt_scale_alembic_version"
 TABLE_PREFIX = "ebt_"
 
@@ -124,6 +127,20 @@ class Run(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+
+
+class SweepRun(Base):
+    """Membership: run ``run_id`` is a point of sweep ``sweep_id`` at that sweep's ``axis`` and ``x`` (a run of
+    the params axis is also a point of the flops axis, at another x). Every reader of a sweep's runs goes
+    through this table; ``ebt_runs.sweep_id`` only names the run's owner."""
+
+    __tablename__ = "ebt_sweep_runs"
+
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("ebt_sweeps.id", ondelete="CASCADE"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("ebt_runs.id", ondelete="CASCADE"), primary_key=True,
+                                        index=True)
+    axis: Mapped[str] = mapped_column(String(32))
+    x: Mapped[float] = mapped_column(Double)
 
 
 class RunParam(Base):

@@ -497,8 +497,8 @@ def verdict(comparison: dict[str, Any], p_holm: float | None, alpha: float = 0.0
 
 
 def shared_tests(datas: list[AxisData]) -> list[list[int]]:
-    """Group axes that share runs into one test: the same config hashes (the params and flops axes of a sweep
-    re-express one set of runs), or at least half of the smaller axis's (family, seed, loss) values."""
+    """Group axes that share runs into one test: the same runs (config hashes; the params and flops axes of a
+    sweep re-express one set of runs, linked to both)."""
     parent = list(range(len(datas)))
 
     def root(i: int) -> int:
@@ -509,10 +509,7 @@ def shared_tests(datas: list[AxisData]) -> list[list[int]]:
     for i, a in enumerate(datas):
         for j in range(i + 1, len(datas)):
             b = datas[j]
-            cfg = {k for k in a.run_keys if k.startswith("config:")} & b.run_keys
-            va = {k for k in a.run_keys if k.startswith("value:")}
-            vb = {k for k in b.run_keys if k.startswith("value:")}
-            if cfg or (va and vb and len(va & vb) >= 0.5 * min(len(va), len(vb))):
+            if a.run_keys & b.run_keys:
                 parent[root(j)] = root(i)
     groups: dict[int, list[int]] = {}
     for i in range(len(datas)):

@@ -59,8 +59,8 @@ class AxisData:
     # per family: {"unigram": nats or None, "uniform": ln V or None} (the loss of a model that learned nothing
     # beyond token frequencies / nothing at all), from the runs' stored ``unigram_loss`` and vocabulary size
     baselines: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    # identities of the runs behind the points (config hashes, and (family, seed, loss) values), used to tell
-    # which axes share runs (params and flops) and so are one test in a Holm family
+    # identities of the runs behind the points (config hashes: a run shared by two sweeps or axes is one row,
+    # linked to each), used to tell which axes share runs (params and flops) and so are one test in a Holm family
     run_keys: frozenset[str] = frozenset()
 
     @property
@@ -126,7 +126,6 @@ def axis_data_from_runs(sweep: str, axis: str, runs: Iterable[Any]) -> AxisData:
             vocab.setdefault(r.family, []).append(v)
         if getattr(r, "config_hash", None):
             keys.add(f"config:{r.config_hash}")
-        keys.add(f"value:{r.family}/{int(r.seed)}/{float(r.final_val_loss)!r}")
     families = {fam: _family(fam, rows) for fam, rows in sorted(keep.items())}
     baselines = {fam: {"unigram": float(np.median(unigram[fam])) if fam in unigram else None,
                        "uniform": math.log(float(np.median(vocab[fam]))) if fam in vocab else None}

@@ -6,8 +6,13 @@ planning inserts idempotently; every invocation resets runs a killed driver left
 fresh Tuner. A run with a recorded checkpoint resumes from it, after its metric series is truncated to the
 checkpoint's step, so every run ends with one contiguous series without duplicated steps.
 
-The store is passed in (duck-typed: ``ebt_scaling.db.Store`` in the product); this module never imports
-the database package.
+Runs are identified by their configuration across sweeps: planning links every run to the sweep (a run
+another sweep already trained is the same row, a point of both), and a driver claims each run it trains
+(``db/claims.py``), so two sweeps sharing configurations never train a run twice at once: the second
+driver waits for the first's runs and trains only those the first left unfinished.
+
+The store is passed in (``ebt_scaling.db.Store``, named for type checking only: this module does not import
+the database package at run time).
 """
 
 from __future__ import annotations
@@ -17,15 +22,21 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ebt_scaling.records import MetricPoint
 from ebt_scaling.sched.runner import RayOptions, RunnerOutcome, prefetch_ray, run_trials
 from ebt_scaling.sched.trainable import checkpoint_info
 from ebt_scaling.sweeps import ExpandedRun, SweepSpec, expand
 from ebt_scaling.sweeps.expand import keep_stored_hash_versions
+
+if TYPE_CHECKING:
+    from ebt_scaling.db.claims import RunClaims
+    from ebt_scaling.db.store import Store
+    from ebt_scaling.records import RunRecord
 
 SKIP_BY_DEFAULT = ("failed", "diverged")
 
@@ -76,11 +87,13 @@ def default_storage(db_url: str) -> str:
 
 
 class StoreSink:
-    """Driver-side sink writing to the results database (one writer: the driver)."""
+    """Driver-side sink writing to the results database (one writer: the driver). A run's claim (``claims``)
+    is freed as soon as the run is finished, so a driver of another sweep waiting for it goes on at once."""
 
-    def __init__(self, store: Any, sweep: str | None = None) -> None:
+    def __init__(self, store: Store, sweep: str | None = None, claims: RunClaims | None = None) -> None:
         self.store = store
         self.sweep = sweep
+        self.claims = claims
 
     def cancel_requested(self) -> bool:
         """Whether `ebt-scale cancel` asked this sweep's driver to stop."""
@@ -108,6 +121,8 @@ class StoreSink:
                 status, reason = "failed", (f"metric series incomplete: {len(missing)} train_loss point(s) missing "
                                             f"(first at step {missing[0]}); rerun with --retry-failed")
         self.store.finish_run(run_id, status, reason=reason, result=result)
+        if self.claims is not None:
+            self.claims.release(run_id)
 
     def _missing_steps(self, run_id: int) -> list[int]:
         """Logging steps of the run's train_loss series that are not stored: a run is only recorded completed
@@ -121,8 +136,7 @@ class StoreSink:
         return sorted(want - have)
 
     def heartbeat(self, run_ids: list[int]) -> None:
-        for rid in run_ids:
-            self.store.heartbeat(rid)
+        self.store.heartbeat_many(run_ids)
 
 
 def _slug(name: str) -> str:
@@ -162,47 +176,65 @@ def db_retry_s() -> float:
     return v
 
 
-def run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, *, retry_failed: bool = False,
-              echo: Any = None, runs: list[ExpandedRun] | None = None) -> SweepOutcome:
+def run_sweep(spec: SweepSpec, store: Store, ray_opts: RayOptions, *, retry_failed: bool = False,
+              echo: Callable[[str], None] | None = None, runs: list[ExpandedRun] | None = None) -> SweepOutcome:
     """Plan ``spec`` in ``store`` and run what is not done yet. ``echo(str)`` prints status lines.
     ``runs``: the planned runs (default: ``expand(spec)``), e.g. runs of several specs under one sweep."""
     say = echo or (lambda s: None)
     runs = expand(spec) if runs is None else runs
     store.reconnect_s = db_retry_s()  # ride out a database restart (connections retried with backoff)
-    with store.lease(spec.name):  # one driver per sweep, before any run is touched
+    # One driver per sweep, before any run is touched; one trainer per run across sweeps (the claims).
+    with store.lease(spec.name), store.run_claims() as claims:
         runs = keep_stored_hash_versions(runs, store.stored_hashes)
         prefetch_ray()
-        return _run_sweep(spec, store, ray_opts, runs, retry_failed, say)
+        return _run_sweep(spec, store, ray_opts, runs, retry_failed, say, claims)
 
 
-def _run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, runs: list[ExpandedRun], retry_failed: bool,
-               say: Any) -> SweepOutcome:
-    # Get or create: a rerun (or more families/seeds) reuses the sweep; a name taken by another axis is an
-    # error naming the fix (the store raises it).
-    store.create_sweep(spec.name, spec.axis, spec.to_dict(), code_version())
-    store.clear_cancel(spec.name)  # a cancellation was meant for the driver before this one
-    store.reset_interrupted(spec.name)
-    records = store.plan_runs(spec.name, [r.planned for r in runs])
-    by_hash = {r.config_hash: r for r in runs}
-    tasks: list[dict[str, Any]] = []
-    skipped_completed = skipped_failed = resumed = 0
+#: Seconds between two looks at the runs another driver trains (tests lower it).
+WAIT_POLL_S = 2.0
+
+
+@dataclass
+class _Selection:
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    waiting: dict[int, dict] = field(default_factory=dict)  # run id -> the live driver that trains it
+    completed: int = 0
+    failed: int = 0
+    resumed: int = 0
+
+
+def _select(store: Store, claims: RunClaims, spec: SweepSpec, ray_opts: RayOptions, records: list[RunRecord],
+            by_hash: dict[str, ExpandedRun], retry_failed: bool) -> _Selection:
+    """Claim the runs to train: a run another live driver trains (for this sweep or any other that links
+    it) is not started here but waited for; a run left ``running`` by a dead driver is claimed and resumed."""
+    sel = _Selection()
+    mine: list[RunRecord] = []
     for rec in records:
-        run = by_hash.get(rec.config_hash)
-        if run is None:
-            continue
-        if rec.status == "completed":
-            skipped_completed += 1
+        if rec.config_hash not in by_hash or rec.status == "completed":
+            sel.completed += rec.config_hash in by_hash
             continue
         if rec.status in SKIP_BY_DEFAULT and not retry_failed:
-            skipped_failed += 1
+            sel.failed += 1
             continue
-        if rec.status == "running" and not _stale(rec):
-            say(f"run {rec.id} is running under another driver (heartbeat {rec.heartbeat_at}); not started here")
+        holder = claims.take(rec.id)
+        if holder is not None:
+            sel.waiting[rec.id] = holder
             continue
+        fresh = store.get_run(rec.id)  # the other driver may have finished it since planning
+        if fresh.status == "completed" or (fresh.status in SKIP_BY_DEFAULT and not retry_failed):
+            claims.release(rec.id)
+            sel.completed += fresh.status == "completed"
+            sel.failed += fresh.status != "completed"
+            continue
+        mine.append(fresh)
+    # Runs left running by a dead driver: this driver holds their claims, so nobody else trains them.
+    store.reset_interrupted(spec.name, [r.id for r in mine if r.status == "running"])
+    for rec in mine:
+        run = by_hash[rec.config_hash]
         ckpt, step = _checkpoint_usable(rec.checkpoint_dir)
         if ckpt is not None and step is not None:
             store.truncate_metrics(rec.id, step)
-            resumed += 1
+            sel.resumed += 1
         elif ckpt is None:
             store.truncate_metrics(rec.id, -1)  # restart from scratch: drop a partial series
         train = dataclasses.replace(
@@ -211,36 +243,111 @@ def _run_sweep(spec: SweepSpec, store: Any, ray_opts: RayOptions, runs: list[Exp
             threads=max(1, int(ray_opts.cpus_per_trial)),
         )
         rspec = run.spec.with_(train=train)
-        tasks.append({
+        sel.tasks.append({
             "run_id": rec.id, "config_hash": rec.config_hash, "spec": rspec.to_dict(),
             "resume_from": ckpt, "resume_step": step, "family": rec.family, "label": run.label,
             "weight": (run.planned.flops_per_token.get("exact") or 1.0) * (run.planned.tokens or 1),
         })
-    say(f"sweep {spec.name}: {len(records)} run(s) planned, {skipped_completed} already completed, "
-        f"{skipped_failed} failed/diverged skipped{' (use --retry-failed)' if skipped_failed else ''}, "
-        f"{len(tasks)} to run ({resumed} resuming from a checkpoint)")
-    outcome = SweepOutcome(sweep=spec.name, planned=len(records), skipped_completed=skipped_completed,
-                           skipped_failed=skipped_failed, launched=len(tasks), resumed=resumed,
+    return sel
+
+
+def _run_sweep(spec: SweepSpec, store: Store, ray_opts: RayOptions, runs: list[ExpandedRun], retry_failed: bool,
+               say: Callable[[str], None], claims: RunClaims) -> SweepOutcome:
+    # Get or create: a rerun (or more families/seeds) reuses the sweep; a name taken by another axis is an
+    # error naming the fix (the store raises it).
+    store.create_sweep(spec.name, spec.axis, spec.to_dict(), code_version())
+    store.clear_cancel(spec.name)  # a cancellation was meant for the driver before this one
+    # Links every run to this sweep: a run another sweep planned or trained is the same row, not a copy.
+    records = store.plan_runs(spec.name, [r.planned for r in runs])
+    by_hash = {r.config_hash: r for r in runs}
+    sel = _select(store, claims, spec, ray_opts, records, by_hash, retry_failed)
+    say(f"sweep {spec.name}: {len(records)} run(s) planned, {sel.completed} already completed, "
+        f"{sel.failed} failed/diverged skipped{' (use --retry-failed)' if sel.failed else ''}, "
+        f"{len(sel.tasks)} to run ({sel.resumed} resuming from a checkpoint)"
+        + (f", {len(sel.waiting)} being trained by another driver" if sel.waiting else ""))
+    outcome = SweepOutcome(sweep=spec.name, planned=len(records), skipped_completed=sel.completed,
+                           skipped_failed=sel.failed, launched=len(sel.tasks), resumed=sel.resumed,
                            storage_path=ray_opts.storage_path)
-    if tasks:
-        if "://" not in ray_opts.storage_path:  # a local folder: checkpoints are results, readable by us only
-            Path(ray_opts.storage_path).expanduser().mkdir(mode=0o700, parents=True, exist_ok=True)
-        opts = dataclasses.replace(ray_opts, experiment_name=f"{_slug(spec.name)}-"
-                                   f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-        outcome.runner = run_trials(tasks, StoreSink(store, spec.name), opts, progress_name=spec.name)
-        outcome.interrupted = outcome.runner.interrupted
+    waiting = dict(sel.waiting)
+    tasks = sel.tasks
+    while True:
+        if tasks:
+            _train(spec, store, ray_opts, tasks, claims, outcome)
+        if not waiting or outcome.interrupted:
+            break
+        tasks = _wait_for_others(spec, store, claims, ray_opts, records, by_hash, retry_failed, waiting, say,
+                                 outcome)
+        outcome.launched += len(tasks)
     for rec in records:
         st = store.get_run(rec.id).status
         outcome.statuses[st] = outcome.statuses.get(st, 0) + 1
-    n = import_shared_points(store, spec.name, runs, [store.get_run(r.id) for r in records])
-    if n:
-        say(f"sweep {spec.name}: {n} completed run(s) of other sweeps with the same configuration stored as "
-            f"points of this sweep (not trained again)")
     if spec.axis == "data" and spec.mode == "evaluations":
         n = import_evaluation_points(store, spec.name, [store.get_run(r.id) for r in records])
         if n:
             say(f"sweep {spec.name}: {n} intermediate evaluation(s) stored as data-axis points")
     return outcome
+
+
+def _train(spec: SweepSpec, store: Store, ray_opts: RayOptions, tasks: list[dict[str, Any]], claims: RunClaims,
+           outcome: SweepOutcome) -> None:
+    if "://" not in ray_opts.storage_path:  # a local folder: checkpoints are results, readable by us only
+        Path(ray_opts.storage_path).expanduser().mkdir(mode=0o700, parents=True, exist_ok=True)
+    opts = dataclasses.replace(ray_opts, experiment_name=f"{_slug(spec.name)}-"
+                               f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    try:
+        res = run_trials(tasks, StoreSink(store, spec.name, claims), opts, progress_name=spec.name)
+    finally:
+        for t in tasks:  # finished runs released theirs already; an interrupted one is free for the next driver
+            claims.release(t["run_id"])
+    if outcome.runner is None:
+        outcome.runner = res
+    else:
+        outcome.runner.finished.update(res.finished)
+        outcome.runner.cancelled += res.cancelled
+        outcome.runner.wall_s += res.wall_s
+        outcome.runner.cancel_requested |= res.cancel_requested
+    outcome.interrupted = outcome.interrupted or res.interrupted
+
+
+def _describe(holder: dict) -> str:
+    if not holder:
+        return "a driver that did not say who it is"
+    return f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+
+
+def _wait_for_others(spec: SweepSpec, store: Store, claims: RunClaims, ray_opts: RayOptions,
+                     records: list[RunRecord], by_hash: dict[str, ExpandedRun], retry_failed: bool,
+                     waiting: dict[int, dict], say: Callable[[str], None],
+                     outcome: SweepOutcome) -> list[dict[str, Any]]:
+    """Wait until a run another driver trains is free: done (counted), or left by a dead driver (claimed and
+    returned as tasks to train here). ``waiting`` shrinks in place."""
+    shown: set[int] = set()
+    while waiting:
+        if set(waiting) != shown:
+            shown = set(waiting)
+            who = "; ".join(f"run {rid} ({_describe(h)})" for rid, h in sorted(waiting.items())[:5])
+            say(f"sweep {spec.name}: waiting for {len(waiting)} run(s) trained by another driver: {who}"
+                + (" ..." if len(waiting) > 5 else ""))
+        if store.cancel_requested(spec.name):
+            say(f"sweep {spec.name}: cancelled while waiting; the other driver goes on training its runs")
+            outcome.interrupted = True
+            return []
+        freed = [rid for rid in waiting if claims.holder(rid) is None]
+        if not freed:
+            time.sleep(WAIT_POLL_S)
+            continue
+        again = [r for r in records if r.id in freed]
+        for rid in freed:
+            del waiting[rid]
+        sel = _select(store, claims, spec, ray_opts, again, by_hash, retry_failed)
+        waiting.update(sel.waiting)  # freed and taken again by a third driver at once
+        outcome.skipped_completed += sel.completed
+        outcome.skipped_failed += sel.failed
+        outcome.resumed += sel.resumed
+        if sel.tasks:
+            say(f"sweep {spec.name}: {len(sel.tasks)} run(s) left unfinished by another driver, trained here")
+            return sel.tasks
+    return []
 
 
 @dataclass(frozen=True)
@@ -259,28 +366,7 @@ class EvalPoint:
     extra: tuple[tuple[str, float], ...] = ()
 
 
-def import_shared_points(store: Any, sweep: str, runs: list[ExpandedRun], records: list[Any]) -> int:
-    """Runs are identified by their configuration across sweeps: a run another sweep already trained (e.g.
-    the ``params`` runs for the ``flops`` axis, or Transformer++ runs shared by an S1 and an S2 sweep) is not
-    trained again, and its row stays with that sweep. So that this sweep holds every point of its axis, each
-    such completed run is stored here as a point with this sweep's axis and x and the run's final losses
-    (``source_run`` names the trained run). Idempotent. Returns the number of points."""
-    by_hash = {r.config_hash: r for r in runs}
-    points: list[EvalPoint] = []
-    for rec in records:
-        run = by_hash.get(rec.config_hash)
-        if run is None or rec.sweep == sweep or rec.status != "completed" or rec.final_val_loss is None:
-            continue
-        points.append(EvalPoint(line=rec.id, family=rec.family, axis=run.planned.axis, x=float(run.planned.x),
-                                seed=rec.seed, val_loss=float(rec.final_val_loss), train_loss=rec.final_train_loss,
-                                val_ppl=rec.final_val_ppl, tokens=rec.tokens,
-                                extra=(("source_run", float(rec.id)),)))
-    if points:
-        store.import_rows(sweep, points, source_name=f"runs shared with other sweeps, planned by {sweep}")
-    return len(points)
-
-
-def import_evaluation_points(store: Any, sweep: str, runs: list[Any]) -> int:
+def import_evaluation_points(store: Store, sweep: str, runs: list[RunRecord]) -> int:
     """Data axis, ``mode = "evaluations"``: store the validation loss of each completed long run at every
     smaller budget in its ``eval_tokens`` as a completed, fit-eligible point of ``sweep`` (x = tokens; the
     run itself is the largest budget). Idempotent. Returns the number of points."""
@@ -304,17 +390,3 @@ def import_evaluation_points(store: Any, sweep: str, runs: list[Any]) -> int:
     if points:
         store.import_rows(sweep, points, source_name=f"evaluations of the long runs of {sweep}")
     return len(points)
-
-
-def _stale(rec: Any, after_s: float = 120.0) -> bool:
-    """A ``running`` record whose driver stopped sending heartbeats (reset_interrupted only resets the
-    runs of this sweep; a run shared with another sweep may also be left running)."""
-    hb = getattr(rec, "heartbeat_at", None)
-    if hb is None:
-        return True
-    from datetime import datetime, timezone
-
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    if hb.tzinfo is not None:
-        hb = hb.astimezone(timezone.utc).replace(tzinfo=None)
-    return (now - hb).total_seconds() > after_s
