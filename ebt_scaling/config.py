@@ -1,39 +1,61 @@
-"""Configuration dataclasses that cross every boundary (stdlib only).
+"""Configuration records that cross every boundary, each field declared once (type, default, bounds, help).
 
 * ``ModelConfig``  - architecture of a Transformer++ or an autoregressive EBT, with every EBT option of
-  Gladstone et al. 2025 (defaults = the paper's System-1 recipe, ``ebt_s1``).
-* ``TrainConfig``  - optimiser, schedule, evaluation and checkpoint settings.
-* ``DataConfig``   - corpus source and tokenizer.
+  Gladstone et al. 2025 (defaults = the paper's System-1 recipe, ``RECIPE_OVERRIDES["ebt_s1"]``).
+* ``TrainConfig``  - optimiser, schedule, evaluation and checkpoint settings (size and step defaults: the
+  default preset's, ``PRESETS[DEFAULT_PRESET]``).
+* ``DataConfig``   - corpus source and tokenizer (and, for a token store, its content fingerprint).
 * ``RunSpec``      - one training run: the three configs plus its place in a sweep. Its identity is the
   sha256 of its canonical JSON (``RunSpec.config_hash``).
 
-All are frozen and validated in ``__post_init__``; an invalid value raises ``ConfigError`` with one line
-that names the field and the fix.
+One validator for all of them and for the sweep spec's tables (``sweeps/tables.py``): ``config_class`` makes a
+frozen pydantic v2 dataclass in strict mode (a string is not a number, a bool is not an integer, unknown keys
+are refused, floats must be finite) whose fields are declared with ``setting`` (default, bounds, help, and the
+fix an error names); cross-field rules are model validators. Every problem raises ``ConfigError`` with one line,
+``Class.field: problem; fix``, made from pydantic's ``ValidationError`` in one place (``error_line``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import hashlib
 import json
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal, cast, get_args
 
-from ebt_scaling.errors import ConfigError
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic_core import PydanticUndefined
+from typing_extensions import dataclass_transform
 
-FAMILIES = ("transformer_pp", "ebt")
-TRACKERS = ("mlflow", "tensorboard", "wandb")  # experiment trackers through Ray Tune (sched/trackers.py)
-AXES = ("data", "batch", "depth", "width", "params", "flops")
-RECIPES = ("ebt_s1", "ebt_s2")
-PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # TrainConfig.precision
+from ebt_scaling.errors import ConfigError, DataError
+
+Family = Literal["transformer_pp", "ebt"]
+Axis = Literal["data", "batch", "depth", "width", "params", "flops"]
+Recipe = Literal["ebt_s1", "ebt_s2"]
+Precision = Literal["auto", "fp32", "tf32", "bf16"]  # TrainConfig.precision
+Tracker = Literal["mlflow", "tensorboard", "wandb"]  # experiment trackers through Ray Tune (sched/trackers.py)
+# ModelConfig.step_size_lr_floor values; "scaled" is what runs stored before the field existed were trained with.
+StepSizeLrFloor = Literal["shared", "scaled"]
+Sampling = Literal["packed", "document"]
+# A number kept as written: 1 stays an int, 1.0 a float. The run hash is the canonical JSON of the values, and a
+# spec's `lr = 1` has always hashed as 1 (a plain ``float`` field would turn it into 1.0 and move stored hashes).
+Number = int | float
+
+# The Literal types' values, for callers that list or look them up.
+FAMILIES: tuple[str, ...] = get_args(Family)
+AXES: tuple[str, ...] = get_args(Axis)
+RECIPES: tuple[str, ...] = get_args(Recipe)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+TRACKERS: tuple[str, ...] = get_args(Tracker)
+STEP_SIZE_LR_FLOORS: tuple[str, ...] = get_args(StepSizeLrFloor)
+LEGACY_STEP_SIZE_LR_FLOOR = "scaled"
 # The TrainConfig fields a sweep spec may set per family ([train.<family>]): the optimizer and its schedule's shape.
 # Everything that decides which tokens a run sees stays shared, so that families compare at equal data.
 FAMILY_TRAIN_KEYS = ("lr", "warmup_steps", "min_lr_div", "weight_decay", "beta1", "beta2", "grad_clip")
-Family = Literal["transformer_pp", "ebt"]
-
-# ModelConfig.step_size_lr_floor values; "scaled" is what runs stored before the field existed were trained with.
-STEP_SIZE_LR_FLOORS = ("shared", "scaled")
-LEGACY_STEP_SIZE_LR_FLOOR = "scaled"
 
 # Bumped when the meaning of a config field changes, so that old hashes never collide with new runs.
 CONFIG_SCHEMA_VERSION = 1
@@ -48,156 +70,270 @@ HASH_VERSIONS = (1, 2)
 SHARED_MODEL_FIELDS = ("family", "n_layer", "n_embd", "n_head", "vocab_size", "sequence_len", "ffn_hidden",
                        "norm_eps", "rope_theta")
 
+# Upper limits at the door (``setting(le=...)``): far above any real run, low enough that a typo (depth 10^12,
+# width 2^40) stops here in one line instead of allocating for hours or overflowing a database column later.
+MAX_STEPS = 10**9
+MAX_SEED = 2**31 - 1
+
+
+# ---------------------------------------------------------------------------------------- the one validator
+_STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+def setting(*, default: Any = PydanticUndefined, help: str, fix: str | None = None, noun: str | None = None,
+            default_factory: Any = None, **bounds: Any) -> Any:
+    """One field's declaration: its default, bounds (``ge``, ``gt``, ``le``, ``lt``, ``min_length``, ``pattern``),
+    its help (the field's description) and optionally the fix an error names (``fix``) and the noun of an
+    unknown-value error (``noun``: "unknown family 'gpt'"; default "value")."""
+    extra = {k: v for k, v in (("fix", fix), ("noun", noun)) if v is not None}
+    if default_factory is not None:
+        return Field(default_factory=default_factory, description=help, json_schema_extra=cast(Any, extra or None),
+                     **bounds)
+    return Field(default, description=help, json_schema_extra=cast(Any, extra or None), **bounds)
+
 
 def _fail(cls: str, field_name: str, problem: str, fix: str) -> ConfigError:
     return ConfigError(f"{cls}.{field_name}: {problem}; {fix}")
 
 
-# Upper limits at the door: far above any real run, low enough that a typo (depth 10^12, width 2^40) stops
-# here in one line instead of allocating for hours or overflowing a database column later.
-LIMITS: dict[str, int | float] = {
-    "n_layer": 1024, "n_embd": 65536, "n_head": 1024, "vocab_size": 1 << 24, "sequence_len": 1 << 20,
-    "ffn_hidden": 1 << 20, "mcmc_num_steps": 1000, "replay_buffer_size": 1 << 24, "randomize_num_steps": 1000,
-    "randomize_num_steps_min": 1000, "step_size": 1e6, "step_size_lr_multiplier": 1e6,
-    "steps": 10**9, "batch_size": 1 << 20, "eval_batches": 10**6, "eval_tokens": 10**10, "log_interval": 10**9,
-    "warmup_steps": 10**9,
-    "eval_interval": 10**9, "checkpoint_interval": 10**9, "threads": 4096, "min_lr_div": 1e6,
-    "grad_clip": 1e6, "seed": 2**31 - 1, "split_seed": 2**31 - 1,
-    "micro_batch_size": 1 << 20, "schedule_steps": 10**9,  # issue 18
+def did_you_mean(key: str, valid: Sequence[str]) -> str:
+    """`` (did you mean 'steps'?)`` for a near miss among ``valid``, else empty."""
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_key_line(where: str, key: str, valid: Sequence[str]) -> str:
+    return f"{where}.{key}: unknown key{did_you_mean(key, valid)}; valid keys are {', '.join(valid)}"
+
+
+def _choices(values: Sequence[Any]) -> str:
+    vals = [str(v) for v in values]
+    return vals[0] if len(vals) == 1 else f"{', '.join(vals[:-1])} or {vals[-1]}"
+
+
+def _got(v: Any) -> str:
+    return f"{v!r} (a string)" if isinstance(v, str) else repr(v)
+
+
+def _limit(x: Any) -> str:
+    return f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
+
+def _literal_values(annotation: Any) -> list[Any]:
+    """The values of the Literal types inside ``annotation`` (``Recipe | None``, ``list[Family]``, ...)."""
+    if getattr(annotation, "__origin__", None) is Literal:
+        return list(get_args(annotation))
+    return [v for a in get_args(annotation) for v in _literal_values(a)]
+
+
+def _path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An error's location without pydantic's union-branch tags (``('lr', 'int')`` -> ``('lr',)``)."""
+    return tuple(p for p in loc if not (isinstance(p, str) and p in ("int", "float", "str")))
+
+
+_VALUE_ERRORS = ("literal_error", "greater_than_equal", "greater_than", "less_than_equal", "less_than",
+                 "string_pattern_mismatch", "too_short", "missing", "missing_argument")
+
+
+def error_line(cls: type, exc: ValidationError, where: str) -> str:
+    """The first problem of ``exc`` (unknown keys first) as one line ``where.field: problem; fix``."""
+    errs = exc.errors(include_url=False)
+    unknown = [e for e in errs if e["type"] in ("unexpected_keyword_argument", "extra_forbidden")]
+    if unknown:
+        valid = [f.name for f in fields(cls)]
+        return unknown_key_line(where, str(unknown[0]["loc"][-1]), valid)
+    first = errs[0]
+    if first["type"] == "value_error" and isinstance(first.get("ctx", {}).get("error"), ConfigError):
+        return str(first["ctx"]["error"])  # a validator's own line
+    loc = _path(first["loc"])
+    types = {e["type"] for e in errs if _path(e["loc"]) == loc}
+    name = str(loc[0]) if loc else ""
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+    info = getattr(cls, "__pydantic_fields__", {}).get(name)
+    extra = info.json_schema_extra if info is not None and isinstance(info.json_schema_extra, dict) else {}
+    v, ctx, t = first.get("input"), first.get("ctx", {}), first["type"]
+    # A field's own fix is for a value out of its range or set; a value of the wrong type gets the generic one.
+    fix = extra.get("fix") if t in _VALUE_ERRORS else None
+    if "finite_number" in types:
+        problem, default_fix = f"must be finite, got {v!r}", "give a finite number"
+    elif t in ("int_type", "float_type") and {"int_type", "float_type"} <= types:
+        problem, default_fix = f"must be a number, got {_got(v)}", "write it without quotes"
+    elif t == "int_type" or t == "int_from_float":
+        problem = f"must be an integer, got {_got(v)}"
+        default_fix = "write it without quotes" if isinstance(v, str) else "write a whole number, without decimals"
+    elif t == "float_type":
+        problem, default_fix = f"must be a number, got {_got(v)}", "write it without quotes"
+    elif t == "bool_type":
+        problem, default_fix = f"must be true or false, got {_got(v)}", "set it to a boolean"
+    elif t == "string_type":
+        problem, default_fix = f"must be a string, got {v!r}", "quote it"
+    elif t == "list_type":
+        problem, default_fix = f"must be a list, got {_got(v)}", "write it as [a, b, ...]"
+    elif t == "literal_error":
+        choices = _literal_values(getattr(info, "annotation", None)) or [ctx.get("expected", "")]
+        problem, default_fix = f"unknown {extra.get('noun', 'value')} {v!r}", f"use {_choices(choices)}"
+    elif t in ("greater_than_equal", "greater_than"):
+        bound, op = (ctx["ge"], ">=") if t == "greater_than_equal" else (ctx["gt"], ">")
+        if isinstance(v, int) and op == ">=" and bound in (0, 1):
+            problem = f"must be a {'positive' if bound == 1 else 'non-negative'} integer, got {v!r}"
+            default_fix = f"set it to an integer >= {bound}"
+        else:
+            problem, default_fix = f"must be {op} {bound}, got {v!r}", f"use a value {op} {bound}"
+    elif t in ("less_than_equal", "less_than"):
+        bound = ctx.get("le", ctx.get("lt"))
+        problem, default_fix = f"{v!r} is above the limit {_limit(bound)}", "check for a typo (units, exponent)"
+    elif t == "too_short":
+        problem, default_fix = "missing or empty", "give at least one value"
+    elif t in ("missing", "missing_argument"):
+        problem, default_fix = "missing", "set it"
+    elif t == "string_pattern_mismatch":
+        problem, default_fix = f"{v!r} is not in the expected form", f"match {ctx.get('pattern')}"
+    elif t in ("dataclass_exact_type", "dataclass_type", "is_instance_of", "model_type"):
+        kind = getattr(getattr(info, "annotation", None), "__name__", "record")
+        problem, default_fix = f"must be a {kind}, got {type(v).__name__}", f"build it with {kind}(...)"
+    else:
+        problem, default_fix = f"bad value {v!r} ({first['msg']})", "see the field's help"
+    return f"{where}{key}: {problem}; {fix or default_fix}"
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(setting, Field))
+def config_class(cls: Any = None, *, name: str | None = None) -> Any:
+    """A frozen, strict pydantic dataclass whose construction errors are one ``ConfigError`` line. ``name`` is the
+    prefix of its errors (default: the class name; a sweep spec's table uses its section name)."""
+
+    def wrap(c: Any) -> Any:
+        pc = pydantic_dataclass(frozen=True, config=_STRICT)(c)
+        init = pc.__init__
+        where = name or c.__name__
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                init(self, *args, **kwargs)
+            except ValidationError as exc:
+                raise ConfigError(error_line(pc, exc, where)) from None
+
+        pc.__init__ = __init__  # type: ignore[method-assign]
+        return pc
+
+    return wrap if cls is None else wrap(cls)
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's help (its declared description), e.g. for documentation."""
+    return {k: (f.description or "") for k, f in getattr(cls, "__pydantic_fields__", {}).items()}
+
+
+# ---------------------------------------------------------------------------------------- EBT recipes
+# Named EBT recipes (paper Tables D.3 / D.4; ebt-paper.md section 9): the one source of their settings.
+# ModelConfig's EBT defaults are the ebt_s1 recipe (read from here).
+RECIPE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "ebt_s1": dict(
+        mcmc_num_steps=2, step_size=500.0, step_size_learnable=True, step_size_lr_multiplier=1500.0,
+        step_size_lr_floor="shared", step_size_random_scale=1.0, randomize_num_steps=0, randomize_num_steps_min=0,
+        langevin_noise_std=0.0, detach_between_steps=True, truncate_steps=False,
+        replay_buffer_size=0, replay_buffer_fraction=0.5, step_embedding=True,
+        step_conditioning="all", descent_wrt="probs", init_noise_scale=1.0,
+    ),
+    "ebt_s2": dict(
+        mcmc_num_steps=1, step_size=5.0, step_size_learnable=False, step_size_lr_multiplier=1500.0,
+        step_size_lr_floor="shared", step_size_random_scale=2.0, randomize_num_steps=2, randomize_num_steps_min=2,
+        langevin_noise_std=3.0, detach_between_steps=False, truncate_steps=True,
+        replay_buffer_size=192, replay_buffer_fraction=0.5, step_embedding=True,
+        step_conditioning="all", descent_wrt="probs", init_noise_scale=1.0,
+    ),
 }
+_S1 = RECIPE_OVERRIDES["ebt_s1"]
 
 
-def _check_types_and_limits(obj: Any) -> None:
-    """Every field has its declared type (a bool is not an int, "5" is not a float, "no" is not a bool;
-    floats must be finite) and stays within ``LIMITS``. One ``ConfigError`` line naming the field."""
-    c = type(obj).__name__
-    for f in fields(obj):
-        v, t = getattr(obj, f.name), str(f.type)
-        if v is None and "None" in t:
-            continue
-        kind = t.split(" |")[0]
-        if kind == "bool" and not isinstance(v, bool):
-            raise _fail(c, f.name, f"must be true or false, got {v!r}", "set it to a boolean")
-        if kind == "int" and (not isinstance(v, int) or isinstance(v, bool)):
-            raise _fail(c, f.name, f"must be an integer, got {v!r}", "write it without quotes or decimals")
-        if kind == "float":
-            if not isinstance(v, int | float) or isinstance(v, bool):
-                raise _fail(c, f.name, f"must be a number, got {v!r}", "write it without quotes")
-            if v != v or v in (float("inf"), float("-inf")):
-                raise _fail(c, f.name, f"must be finite, got {v!r}", "give a finite number")
-        if kind == "str" and not isinstance(v, str):
-            raise _fail(c, f.name, f"must be a string, got {v!r}", "quote it")
-        hi = LIMITS.get(f.name)
-        if hi is not None and isinstance(v, int | float) and not isinstance(v, bool) and v > hi:
-            limit = f"{hi:,}" if isinstance(hi, int) else f"{hi:g}"
-            raise _fail(c, f.name, f"{v!r} is above the limit {limit}", "check for a typo (units, exponent)")
-
-
-@dataclass(frozen=True)
+@config_class
 class ModelConfig:
     """Architecture of one model. The EBT-only fields (all but ``SHARED_MODEL_FIELDS``) are ignored by a
-    Transformer++ and left out of its identity hash.
+    Transformer++ and left out of its identity hash; their defaults are the ``ebt_s1`` recipe's.
 
     Paper references (``../shared/reference/ebt-paper.md``): section 2 backbone, 3 candidate input,
     6 inner loop, 7 replay buffer, 9 recipes.
     """
 
-    family: Family
-    n_layer: int
-    n_embd: int
-    n_head: int
-    vocab_size: int
-    sequence_len: int
-    # SwiGLU hidden width; None means equal to n_embd (all of the paper's scaling runs).
-    ffn_hidden: int | None = None
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
+    family: Family = setting(help="Model family.", noun="family")
+    n_layer: int = setting(help="Transformer blocks.", ge=1, le=1024)
+    n_embd: int = setting(help="Embedding width.", ge=1, le=65536)
+    n_head: int = setting(help="Attention heads (head size = n_embd / n_head, even for RoPE).", ge=1, le=1024)
+    vocab_size: int = setting(help="Vocabulary size (the tokenizer's: config.tokenizer_vocab_size).", ge=2,
+                              le=1 << 24, fix="use the tokenizer's vocabulary size")
+    sequence_len: int = setting(help="Context length in tokens.", ge=1, le=1 << 20)
+    ffn_hidden: int | None = setting(default=None, help="SwiGLU hidden width; None means equal to n_embd (all of the "
+                                     "paper's scaling runs).", ge=1, le=1 << 20,
+                                     fix="leave it unset for hidden = n_embd (the paper's choice)")
+    norm_eps: Number = setting(default=1e-5, help="RMSNorm epsilon.", gt=0)
+    rope_theta: Number = setting(default=10000.0, help="RoPE base.", gt=0)
     # ---- EBT options (defaults: the paper's System-1 recipe, Table D.3) ----
-    # Number of energy landscapes (`mcmc_num_steps`); with the step embedding, one embedding row each.
-    mcmc_num_steps: int = 2
-    # Step size alpha of the energy descent.
-    step_size: float = 500.0
-    step_size_learnable: bool = True
-    # LR multiplier of alpha's own parameter group (alpha LR = multiplier x peak LR).
-    step_size_lr_multiplier: float = 1500.0
-    # Where alpha's LR decays to (train/schedule.py): "shared" = the official code's one cosine floor for all
-    # groups, peak LR / min_lr_div (alpha's LR falls from multiplier x peak to that absolute floor); "scaled" =
-    # the model schedule times the multiplier (floor multiplier x peak / min_lr_div; this project's only
-    # behaviour before the setting existed).
-    step_size_lr_floor: Literal["shared", "scaled"] = "shared"
-    # s != 1: alpha ~ Uniform[alpha/s, alpha*s] independently per (batch, position) in training.
-    step_size_random_scale: float = 1.0
-    # k > 0: the last landscape is repeated r ~ U{min..k+1} times per training batch; k+1 at eval.
-    randomize_num_steps: int = 0
-    randomize_num_steps_min: int = 0
-    # Langevin noise std added to the candidate logits before each step (0 = off).
-    langevin_noise_std: float = 0.0
-    # Detach the candidate between steps (S1) or keep the whole chain (S2).
-    detach_between_steps: bool = True
-    # Loss and second-order graph on the last step only (S2).
-    truncate_steps: bool = False
-    # Replay buffer capacity in samples (0 = off) and the share of the batch replayed.
-    replay_buffer_size: int = 0
-    replay_buffer_fraction: float = 0.5
-    # Learned step(landscape)-index embedding prepended as row 0 (the `time_embed` variant).
-    step_embedding: bool = True
-    # Which rows see the step token. Only "all" (the paper's model) remains; the field stays so that stored
-    # configs and their hashes read as before. "prediction" (observed rows blind to it) was removed.
-    step_conditioning: Literal["all"] = "all"
-    # Differentiate the energy w.r.t. the softmax probabilities (released code) or the logits (listing).
-    descent_wrt: Literal["probs", "logits"] = "probs"
-    # Std of the N(0, I) initial candidate logits.
-    init_noise_scale: float = 1.0
+    mcmc_num_steps: int = setting(default=_S1["mcmc_num_steps"],
+                                  help="Number of energy landscapes (inner descent steps); "
+                                  "with the step embedding, one embedding row each.", ge=1, le=1000)
+    step_size: Number = setting(default=_S1["step_size"], help="Step size alpha of the energy descent.", gt=0, le=1e6,
+                                fix="the paper uses 500 (S1) or 5 (S2)")
+    step_size_learnable: bool = setting(default=_S1["step_size_learnable"], help="Learn alpha.")
+    step_size_lr_multiplier: Number = setting(default=_S1["step_size_lr_multiplier"],
+                                              help="LR multiplier of alpha's own "
+                                              "parameter group (alpha LR = multiplier x peak LR).", gt=0, le=1e6)
+    step_size_lr_floor: StepSizeLrFloor = setting(
+        default=_S1["step_size_lr_floor"], help="Where alpha's LR decays to (train/schedule.py): 'shared' = the "
+        "official code's one cosine floor for all groups, peak LR / min_lr_div; 'scaled' = the model schedule times "
+        "the multiplier (floor multiplier x peak / min_lr_div; this project's only behaviour before the setting "
+        "existed).", fix="use 'shared' (official: alpha's LR decays to peak / min_lr_div) or 'scaled' (multiplier x "
+        "peak / min_lr_div)")
+    step_size_random_scale: Number = setting(default=_S1["step_size_random_scale"], help="s != 1: alpha ~ U[alpha/s, "
+                                             "alpha*s] per (batch, position) in training.", ge=1, le=1e6,
+                                             fix="use 1 for a fixed step size or e.g. 2 for U[alpha/2, 2 alpha]")
+    randomize_num_steps: int = setting(default=_S1["randomize_num_steps"],
+                                       help="k > 0: the last landscape is repeated r ~ "
+                                       "U{min..k+1} times per training batch; k+1 at eval.", ge=0, le=1000,
+                                       fix="use 0 to disable step-count randomisation")
+    randomize_num_steps_min: int = setting(default=_S1["randomize_num_steps_min"], help="Smallest r of the randomised "
+                                           "step count.", ge=0, le=1000)
+    langevin_noise_std: Number = setting(default=_S1["langevin_noise_std"], help="Langevin noise std added to the "
+                                         "candidate logits before each step (0 = off).", ge=0,
+                                         fix="use 0 to disable Langevin noise")
+    detach_between_steps: bool = setting(default=_S1["detach_between_steps"], help="Detach the candidate between steps "
+                                         "(S1) or keep the whole chain (S2).")
+    truncate_steps: bool = setting(default=_S1["truncate_steps"],
+                                   help="Loss and second-order graph on the last step only "
+                                   "(S2).")
+    replay_buffer_size: int = setting(default=_S1["replay_buffer_size"],
+                                      help="Replay buffer capacity in samples (0 = off).",
+                                      ge=0, le=1 << 24, fix="use 0 to disable, or e.g. 192")
+    replay_buffer_fraction: Number = setting(default=_S1["replay_buffer_fraction"], help="Share of the batch replayed.",
+                                             gt=0, le=1, fix="use a share in (0, 1], e.g. 0.5")
+    step_embedding: bool = setting(default=_S1["step_embedding"],
+                                   help="Learned step(landscape)-index embedding prepended "
+                                   "as row 0 (the `time_embed` variant).")
+    step_conditioning: Literal["all"] = setting(
+        default=_S1["step_conditioning"], help="Which rows see the step token. Only 'all' (the paper's model) "
+        "remains; the field stays so that stored configs and their hashes read as before.",
+        fix="use 'all' (the default) or drop the key ('prediction' was removed in issue 17: not the paper's model)")
+    descent_wrt: Literal["probs", "logits"] = setting(default=_S1["descent_wrt"],
+                                                      help="Differentiate the energy w.r.t. the "
+                                                      "softmax probabilities (released code) or the logits "
+                                                      "(listing).")
+    init_noise_scale: Number = setting(default=_S1["init_noise_scale"],
+                                       help="Std of the N(0, I) initial candidate logits.",
+                                       ge=0, fix="the paper uses 1.0")
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _shape(self) -> ModelConfig:
         c = "ModelConfig"
-        _check_types_and_limits(self)
-        if self.family not in FAMILIES:
-            raise _fail(c, "family", f"unknown family {self.family!r}", f"use one of {', '.join(FAMILIES)}")
-        for name in ("n_layer", "n_embd", "n_head", "vocab_size", "sequence_len", "mcmc_num_steps"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise _fail(c, name, f"must be a positive integer, got {v!r}", "set it to an integer >= 1")
         if self.n_embd % self.n_head:
             raise _fail(c, "n_embd", f"{self.n_embd} is not divisible by n_head={self.n_head}",
                         "choose a width that is a multiple of the number of heads")
         if (self.n_embd // self.n_head) % 2:
             raise _fail(c, "n_head", f"head size {self.n_embd // self.n_head} is odd",
                         "RoPE needs an even head size: change n_embd or n_head")
-        if self.vocab_size < 2:
-            raise _fail(c, "vocab_size", "must be at least 2", "use the tokenizer's vocabulary size")
-        if self.ffn_hidden is not None and (not isinstance(self.ffn_hidden, int) or self.ffn_hidden < 1):
-            raise _fail(c, "ffn_hidden", f"must be a positive integer or None, got {self.ffn_hidden!r}",
-                        "leave it unset for hidden = n_embd (the paper's choice)")
-        if self.step_size <= 0:
-            raise _fail(c, "step_size", f"must be > 0, got {self.step_size}", "the paper uses 500 (S1) or 5 (S2)")
-        if self.step_size_lr_floor not in STEP_SIZE_LR_FLOORS:
-            raise _fail(c, "step_size_lr_floor", f"unknown value {self.step_size_lr_floor!r}",
-                        "use 'shared' (official: alpha's LR decays to peak / min_lr_div) or 'scaled' "
-                        "(multiplier x peak / min_lr_div)")
-        if self.step_size_random_scale < 1:
-            raise _fail(c, "step_size_random_scale", f"must be >= 1, got {self.step_size_random_scale}",
-                        "use 1 for a fixed step size or e.g. 2 for U[alpha/2, 2 alpha]")
-        if self.randomize_num_steps < 0 or self.randomize_num_steps_min < 0:
-            raise _fail(c, "randomize_num_steps", "must be >= 0", "use 0 to disable step-count randomisation")
         if self.randomize_num_steps and self.randomize_num_steps_min > self.randomize_num_steps + 1:
             raise _fail(c, "randomize_num_steps_min",
                         f"{self.randomize_num_steps_min} exceeds randomize_num_steps + 1",
                         "set the minimum to at most randomize_num_steps + 1")
-        if self.langevin_noise_std < 0:
-            raise _fail(c, "langevin_noise_std", "must be >= 0", "use 0 to disable Langevin noise")
-        if self.replay_buffer_size < 0 or not 0 < self.replay_buffer_fraction <= 1:
-            raise _fail(c, "replay_buffer_size", "size must be >= 0 and fraction in (0, 1]",
-                        "use size 0 to disable, or e.g. 192 with fraction 0.5")
-        if self.step_conditioning == "prediction":
-            raise _fail(c, "step_conditioning", "'prediction' was removed in issue 17 (not the paper's model)",
-                        "use 'all' (the default) or drop the key")
-        if self.step_conditioning != "all":
-            raise _fail(c, "step_conditioning", f"unknown value {self.step_conditioning!r}", "use 'all' (the default)")
-        if self.descent_wrt not in ("probs", "logits"):
-            raise _fail(c, "descent_wrt", f"unknown value {self.descent_wrt!r}", "use 'probs' or 'logits'")
-        if self.init_noise_scale < 0:
-            raise _fail(c, "init_noise_scale", "must be >= 0", "the paper uses 1.0")
+        return self
 
     @property
     def head_dim(self) -> int:
@@ -233,31 +369,14 @@ class ModelConfig:
         was trained with the scaled floor, so it reads back as ``"scaled"`` (and keeps its stored hash)."""
         if "step_size_lr_floor" not in d:
             d = {**d, "step_size_lr_floor": LEGACY_STEP_SIZE_LR_FLOOR}
-        return _from_dict(cls, d)
+        return cls(**d)
 
 
-# ---- Named EBT recipes (paper Tables D.3 / D.4; ebt-paper.md section 9) ----
-RECIPE_OVERRIDES: dict[str, dict[str, Any]] = {
-    "ebt_s1": dict(
-        mcmc_num_steps=2, step_size=500.0, step_size_learnable=True, step_size_lr_multiplier=1500.0,
-        step_size_lr_floor="shared", step_size_random_scale=1.0, randomize_num_steps=0, randomize_num_steps_min=0,
-        langevin_noise_std=0.0, detach_between_steps=True, truncate_steps=False,
-        replay_buffer_size=0, replay_buffer_fraction=0.5, step_embedding=True,
-        step_conditioning="all", descent_wrt="probs", init_noise_scale=1.0,
-    ),
-    "ebt_s2": dict(
-        mcmc_num_steps=1, step_size=5.0, step_size_learnable=False, step_size_lr_multiplier=1500.0,
-        step_size_lr_floor="shared", step_size_random_scale=2.0, randomize_num_steps=2, randomize_num_steps_min=2,
-        langevin_noise_std=3.0, detach_between_steps=False, truncate_steps=True,
-        replay_buffer_size=192, replay_buffer_fraction=0.5, step_embedding=True,
-        step_conditioning="all", descent_wrt="probs", init_noise_scale=1.0,
-    ),
-}
-
-
+# ---------------------------------------------------------------------------------------- size presets
 @dataclass(frozen=True)
 class Preset:
-    """A size preset, the one source of defaults for every run that names it.
+    """A size preset, the one source of size and step defaults for every run that names it (and, through
+    ``DEFAULT_PRESET``, of ``TrainConfig``'s own defaults).
 
     The shape, the peak LR and batch size (sequences; the paper's Table D.1 for the paper presets), and the run
     settings that ``ebt-scale train --preset P`` and a sweep spec with ``preset = "P"`` use for every field they
@@ -305,7 +424,7 @@ CPU_EBT_S1: tuple[tuple[str, Any], ...] = (("step_size", 1.0), ("step_size_lr_mu
 # (docs/training.md).
 CPU_EBT_TRAIN: tuple[tuple[str, Any], ...] = (("steps", 400), ("lr", 1e-2), ("warmup_steps", 40),
                                               ("eval_interval", 100))
-_CPU = dict(cpu=True, sequence_len=64, vocab_size=512, steps=1000, warmup_steps=100, eval_interval=200,
+_CPU: dict[str, Any] = dict(cpu=True, sequence_len=64, vocab_size=512, steps=1000, warmup_steps=100, eval_interval=200,
             ebt_train=CPU_EBT_TRAIN, ebt_s1=CPU_EBT_S1)
 
 # Paper Table D.1 / p.34 (ebt-paper.md section 11); CPU presets are ours.
@@ -324,6 +443,9 @@ PRESETS: dict[str, Preset] = {
         Preset("xl", 24, 2048, 32, 2e-4, 256),
     )
 }
+# The preset of `ebt-scale train` and of a sweep spec that names none; TrainConfig's size and step defaults.
+DEFAULT_PRESET = "tiny"
+_D = PRESETS[DEFAULT_PRESET].train_defaults()
 
 
 def get_preset(name: str) -> Preset:
@@ -354,79 +476,74 @@ def model_config(
     return ModelConfig(**kw)
 
 
-@dataclass(frozen=True)
+# ---------------------------------------------------------------------------------------- training
+@config_class
 class TrainConfig:
-    """Optimiser, schedule and bookkeeping of one run (paper section 13 defaults where they apply)."""
+    """Optimiser, schedule and bookkeeping of one run (paper section 13 defaults where they apply; sizes and
+    steps: the default preset's)."""
 
-    steps: int = 200
-    batch_size: int = 8
-    lr: float = 2.4e-3
-    warmup_steps: int = 20
-    # Cosine decays to lr / min_lr_div (paper: peak/10).
-    min_lr_div: float = 10.0
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    grad_clip: float = 1.0
-    eval_interval: int = 50
-    eval_batches: int = 8
-    # Validation set size in tokens, rounded up to whole windows of sequence_len + 1 evenly spread over the
-    # validation split: the same set whatever the batch size (sweeps set it so that every run of a sweep is
-    # scored on the same tokens). None (older configs): eval_batches x batch_size windows.
-    eval_tokens: int | None = None
-    log_interval: int = 10
-    checkpoint_interval: int = 0  # 0 = only at the end (and on request of the sink)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # auto: bf16 autocast on CUDA, fp32 on CPU; tf32: fp32 tensors with TF32 matmuls on CUDA (train/precision.py),
-    # plain fp32 on CPU.
-    precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
-    # Divergence: NaN/inf, or train loss above this multiple of the initial loss after warm-up.
-    divergence_factor: float = 3.0
-    # Optional hard stop in tokens (for data-axis runs); 0 = steps x batch x seq.
-    threads: int = 0  # torch threads on CPU; 0 = leave torch's default
-    # Replay forward + backward from a captured CUDA graph (CUDA, S1 and T++; train/graphed.py).
-    cuda_graph: bool = False
-    # torch.compile the training loss (both families; the EBT's inner gradient is then torch.func.grad).
-    compile: bool = False
-    # Gradient accumulation (train/accumulate.py): sequences per forward + backward; None = the whole batch. One
-    # optimizer step is the token-weighted mean over its micro-batches, i.e. the whole batch's gradient up to
-    # rounding. A remainder is allowed: the last micro-batch is smaller and weighted by its tokens. Not hashed
-    # (it changes rounding only, like device or compile). "auto" (from a memory plan) is not implemented yet.
-    micro_batch_size: int | None = None
-    # Length of the LR schedule (warm-up + cosine over schedule_steps) when the run stops earlier, at ``steps``
-    # (the paper's 1M-step cosine stopped at 105k); None = steps. Hashed only when set.
-    schedule_steps: int | None = None
+    steps: int = setting(default=_D["steps"], help="Optimizer steps.", ge=1, le=MAX_STEPS)
+    batch_size: int = setting(default=_D["batch_size"], help="Sequences per optimizer step.", ge=1, le=1 << 20)
+    lr: Number = setting(default=_D["lr"], help="Peak learning rate.", gt=0, fix="use e.g. the preset's peak LR")
+    warmup_steps: int = setting(default=_D["warmup_steps"], help="Linear warm-up steps.", ge=0, le=MAX_STEPS)
+    min_lr_div: Number = setting(default=10.0, help="Cosine decays to lr / min_lr_div (paper: peak/10).", ge=1, le=1e6,
+                                 fix="the paper uses 10")
+    weight_decay: Number = setting(default=0.01, help="AdamW weight decay.", ge=0)
+    beta1: Number = setting(default=0.9, help="AdamW beta1.", ge=0, lt=1)
+    beta2: Number = setting(default=0.999, help="AdamW beta2.", ge=0, lt=1)
+    grad_clip: Number = setting(default=1.0, help="Gradient-norm clip.", gt=0, le=1e6, fix="the paper uses 1.0")
+    eval_interval: int = setting(default=_D["eval_interval"], help="Validate every N steps (0: at the end only).", ge=0,
+                                 le=MAX_STEPS)
+    eval_batches: int = setting(default=8, help="Validation batches (when eval_tokens is unset).", ge=1, le=10**6)
+    eval_tokens: int | None = setting(default=None,
+                                      help="Validation set size in tokens, rounded up to whole windows of "
+                                      "sequence_len + 1 evenly spread over the validation split: the same set "
+                                      "whatever the batch size (sweeps set it so that every run of a sweep is "
+                                      "scored on the same tokens). None (older configs): eval_batches x batch_size "
+                                      "windows.", ge=1, le=10**10,
+                                      fix="e.g. 4096, or leave it unset for eval_batches x batch_size windows")
+    log_interval: int = setting(default=10, help="Metric points every N steps.", ge=1, le=MAX_STEPS)
+    checkpoint_interval: int = setting(default=0,
+                                       help="Checkpoint every N steps (0 = only at the end, and on request of "
+                                       "the sink).", ge=0, le=MAX_STEPS)
+    seed: int = setting(default=0, help="Seed of init, data order and noise.", ge=0, le=MAX_SEED)
+    device: str = setting(default="auto", help="auto | cpu | cuda | cuda:N.")
+    precision: Precision = setting(default="auto",
+                                   help="auto: bf16 autocast on CUDA, fp32 on CPU; tf32: fp32 tensors with "
+                                   "TF32 matmuls on CUDA (train/precision.py), plain fp32 on CPU.")
+    divergence_factor: Number = setting(default=3.0,
+                                        help="Divergence: NaN/inf, or train loss above this multiple of the "
+                                        "initial loss after warm-up.", gt=0)
+    threads: int = setting(default=0, help="Torch threads on CPU; 0 = leave torch's default.", ge=0, le=4096)
+    cuda_graph: bool = setting(default=False,
+                               help="Replay forward + backward from a captured CUDA graph (CUDA, S1 and T++; "
+                               "train/graphed.py).")
+    compile: bool = setting(default=False,
+                            help="torch.compile the training loss (both families; the EBT's inner gradient "
+                            "is then torch.func.grad).")
+    micro_batch_size: int | None = setting(
+        default=None, help="Gradient accumulation (train/accumulate.py): sequences per forward + backward; None = "
+        "the whole batch. One optimizer step is the token-weighted mean over its micro-batches, i.e. the whole "
+        "batch's gradient up to rounding; a smaller last micro-batch is weighted by its tokens. Not hashed (it "
+        "changes rounding only, like device or compile).", le=1 << 20,
+        fix="give an integer <= batch_size, or leave it unset for the whole batch")
+    schedule_steps: int | None = setting(default=None, help="Length of the LR schedule (warm-up + cosine over "
+                                         "schedule_steps) when the run stops earlier, at steps (the paper's 1M-step "
+                                         "cosine stopped at 105k); None = steps. Hashed only when set.", ge=1,
+                                         le=MAX_STEPS)
 
-    def __post_init__(self) -> None:
+    @field_validator("micro_batch_size", mode="before")
+    @classmethod
+    def _micro_batch_is_resolved(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            raise _fail("TrainConfig", "micro_batch_size", f"{v!r} is not a number of sequences (a run config holds "
+                        "the resolved integer; 'auto' is resolved by the memory plan in a sweep spec or by "
+                        "ebt-scale train --micro-batch-size auto)", "give an integer <= batch_size")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
         c = "TrainConfig"
-        if isinstance(self.micro_batch_size, str):
-            raise _fail(c, "micro_batch_size", f"{self.micro_batch_size!r} is not a number of sequences (a run "
-                        "config holds the resolved integer; 'auto' is resolved by the memory plan in a sweep spec or "
-                        "by ebt-scale train --micro-batch-size auto)", "give an integer <= batch_size")
-        _check_types_and_limits(self)
-        if self.eval_tokens is not None and self.eval_tokens < 1:
-            raise _fail(c, "eval_tokens", f"must be a positive integer, got {self.eval_tokens!r}",
-                        "e.g. 4096, or leave it unset for eval_batches x batch_size windows")
-        for name in ("steps", "batch_size", "eval_batches", "log_interval"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise _fail(c, name, f"must be a positive integer, got {v!r}", "set it to an integer >= 1")
-        for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "seed", "threads"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise _fail(c, name, f"must be a non-negative integer, got {v!r}", "set it to an integer >= 0")
-        if not self.lr > 0:
-            raise _fail(c, "lr", f"must be > 0, got {self.lr}", "use e.g. the preset's peak LR")
-        if self.min_lr_div < 1:
-            raise _fail(c, "min_lr_div", f"must be >= 1, got {self.min_lr_div}", "the paper uses 10")
-        if self.precision not in PRECISIONS:
-            raise _fail(c, "precision", f"unknown value {self.precision!r}", "use auto, fp32, tf32 or bf16")
-        if self.grad_clip <= 0:
-            raise _fail(c, "grad_clip", f"must be > 0, got {self.grad_clip}", "the paper uses 1.0")
-        for name in ("cuda_graph", "compile"):
-            if not isinstance(getattr(self, name), bool):
-                raise _fail(c, name, f"must be true or false, got {getattr(self, name)!r}", "set it to a boolean")
         if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
             raise _fail(c, "micro_batch_size", f"must be an integer in 1..batch_size ({self.batch_size}), got "
                         f"{self.micro_batch_size!r}", "give at most batch_size (a divisor keeps the micro-batches "
@@ -440,10 +557,11 @@ class TrainConfig:
         if self.cuda_graph and self.compile:
             raise _fail(c, "compile", "cannot be combined with cuda_graph (the graphed step replays the eager "
                         "kernels)", "choose one of compile and cuda_graph")
+        return self
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return _from_dict(cls, d)
+        return cls(**d)
 
     @property
     def schedule_length(self) -> int:
@@ -451,7 +569,12 @@ class TrainConfig:
         return self.schedule_steps if self.schedule_steps is not None else self.steps
 
 
-@dataclass(frozen=True)
+# ---------------------------------------------------------------------------------------- data
+BUILTIN_SOURCES = ("shakespeare", "kjv", "synthetic")
+STORE_PREFIX = "store:"
+
+
+@config_class
 class DataConfig:
     """Where tokens come from.
 
@@ -463,42 +586,65 @@ class DataConfig:
     ``hf:NAME`` (online).
     """
 
-    source: str = "shakespeare"
-    tokenizer: str = "bpe"
-    vocab_size: int = 2048
-    val_fraction: float = 0.05
-    split_seed: int = 33
-    cache_dir: str | None = None  # None: $EBT_SCALE_CACHE or ~/.cache/ebt-scaling
-    # "packed": windows of sequence_len + 1 tokens across documents; "document": one document per sample,
-    # truncated and padded, pads out of the loss (the paper's). Hashed only when not "packed" (RunSpec.identity).
-    sampling: str = "packed"
+    source: str = setting(default="shakespeare", help="shakespeare, kjv, synthetic, text:PATH, hf:NAME or store:DIR.")
+    tokenizer: str = setting(default="bpe", help="bpe, byte or hf:NAME.")
+    vocab_size: int = setting(default=2048,
+                              help="The BPE's vocabulary (the synthetic source's symbols); also the model's.",
+                              ge=2, le=1 << 24, fix="use e.g. 2048 for tiny CPU runs")
+    val_fraction: Number = setting(default=0.05, help="Share of the corpus held out for validation.", gt=0, lt=0.5,
+                                   fix="use e.g. 0.05")
+    split_seed: int = setting(default=33, help="Seed of the train/validation split.", ge=0, le=MAX_SEED)
+    cache_dir: str | None = setting(default=None,
+                                    help="Cache root; None: $EBT_SCALE_CACHE or ~/.cache/ebt-scaling. Not "
+                                    "hashed.")
+    sampling: Sampling = setting(default="packed", help="packed: windows of sequence_len + 1 tokens across documents; "
+                                 "document: one document per sample, truncated and padded, pads out of the loss "
+                                 "(the paper's). Hashed only when not packed.", noun="mode")
+    store_fingerprint: str | None = setting(default=None, help="A store:DIR source's content fingerprint "
+                                            "(store_fingerprint(manifest): its shards' checksums), set when a sweep "
+                                            "is planned and checked when a trial opens the store; hashed only when "
+                                            "set.", pattern=r"^[0-9a-f]{64}$",
+                                            fix="leave it unset: sweeps fill it in from the store's manifest")
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _known(self) -> DataConfig:
         c = "DataConfig"
-        _check_types_and_limits(self)
-        ok = self.source in ("shakespeare", "kjv", "synthetic") or self.source.startswith(("text:", "hf:"))
-        if self.source.startswith("store:") and not self.source[len("store:"):]:
+        if self.source == STORE_PREFIX:
             raise _fail(c, "source", "store: needs a folder", "use store:DIR, a folder `ebt-scale data prepare "
                         "--out DIR` wrote")
-        ok = ok or self.source.startswith("store:")
-        if not ok:
+        if not (self.source in BUILTIN_SOURCES or self.source.startswith(("text:", "hf:", STORE_PREFIX))):
             raise _fail(c, "source", f"unknown source {self.source!r}",
                         "use shakespeare, kjv, synthetic, text:PATH, hf:NAME or store:DIR")
-        if self.sampling not in ("packed", "document"):
-            raise _fail(c, "sampling", f"unknown mode {self.sampling!r}", "use packed or document")
         if self.sampling == "document" and self.source == "synthetic":
             raise _fail(c, "sampling", "the synthetic source has no documents", "use sampling = \"packed\"")
         if not (self.tokenizer in ("bpe", "byte") or self.tokenizer.startswith("hf:")):
             raise _fail(c, "tokenizer", f"unknown tokenizer {self.tokenizer!r}", "use bpe, byte or hf:NAME")
-        if not isinstance(self.vocab_size, int) or self.vocab_size < 2:
-            raise _fail(c, "vocab_size", f"must be an integer >= 2, got {self.vocab_size!r}",
-                        "use e.g. 2048 for tiny CPU runs")
-        if not 0 < self.val_fraction < 0.5:
-            raise _fail(c, "val_fraction", f"must be in (0, 0.5), got {self.val_fraction}", "use e.g. 0.05")
+        if self.store_fingerprint is not None and not self.source.startswith(STORE_PREFIX):
+            raise _fail(c, "store_fingerprint", f"set for the source {self.source!r}, which is not a token store",
+                        "drop it (only store:DIR sources have one)")
+        return self
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataConfig:
-        return _from_dict(cls, d)
+        return cls(**d)
+
+    def check_store(self, manifest: dict[str, Any]) -> None:
+        """A trial opening this config's ``store:DIR``: the store must be the one the run was planned on (its
+        fingerprint, when the config holds one). One ``DataError`` line otherwise."""
+        if self.store_fingerprint is None:
+            return
+        now = store_fingerprint(manifest)
+        if now != self.store_fingerprint:
+            folder = self.source[len(STORE_PREFIX):]
+            raise DataError(f"store {folder} changed since the sweep was planned (fingerprint "
+                            f"{self.store_fingerprint[:12]} != {now[:12]}); rerun the sweep to plan new runs")
+
+
+def store_fingerprint(manifest: dict[str, Any]) -> str:
+    """A token store's content identity: the sha256 of its shards' checksums (``manifest.json``'s ``shards``:
+    each ``.bin`` and ``.idx`` sha256, in order). Re-preparing another corpus into the same folder changes it."""
+    shards = [[s.get("sha256"), s.get("idx_sha256")] for s in manifest.get("shards", [])]
+    return hashlib.sha256(canonical_json(shards).encode()).hexdigest()
 
 
 def tokenizer_vocab_size(data: DataConfig) -> int:
@@ -507,30 +653,39 @@ def tokenizer_vocab_size(data: DataConfig) -> int:
     return 256 if data.tokenizer == "byte" else data.vocab_size
 
 
-@dataclass(frozen=True)
+# ---------------------------------------------------------------------------------------- one run
+@config_class
 class RunSpec:
     """One training run. ``config_hash`` (its identity) covers model, train, data and seed; the sweep
     bookkeeping fields (sweep, axis, x, checkpoint_dir) are deliberately not hashed. ``hash_version`` says how
     the identity is formed (``HASH_VERSION`` for new runs; a config stored without it reads back as 1)."""
 
-    model: ModelConfig
-    train: TrainConfig
-    data: DataConfig = field(default_factory=DataConfig)
-    sweep: str | None = None
-    axis: str | None = None
-    x: float | None = None
-    checkpoint_dir: str | None = None
-    recipe: str | None = None
-    hash_version: int = HASH_VERSION
+    model: ModelConfig = setting(help="The architecture.")
+    train: TrainConfig = setting(help="The optimiser and schedule.")
+    data: DataConfig = setting(default_factory=DataConfig, help="The data.")
+    sweep: str | None = setting(default=None, help="The sweep that planned the run (not hashed).")
+    axis: str | None = setting(default=None, help="The sweep's axis (not hashed).")
+    x: Number | None = setting(default=None, help="The run's axis value (not hashed).")
+    checkpoint_dir: str | None = setting(default=None, help="Where checkpoints go (not hashed).")
+    recipe: Recipe | None = setting(default=None, help="The EBT recipe the model was built from (not hashed).")
+    hash_version: Literal[1, 2] = setting(default=HASH_VERSION, help="How identity() is formed.",
+                                          fix=f"a config written by a newer ebt-scaling? use {HASH_VERSION} (or "
+                                          "upgrade)")
 
-    def __post_init__(self) -> None:
-        if isinstance(self.hash_version, bool) or self.hash_version not in HASH_VERSIONS:
-            raise ConfigError(f"RunSpec.hash_version: unknown version {self.hash_version!r}; a config written by a "
-                              f"newer ebt-scaling? use {HASH_VERSION} (or upgrade)")
+    @field_validator("hash_version", mode="before")
+    @classmethod
+    def _not_a_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ConfigError(f"RunSpec.hash_version: unknown version {v!r}; use {HASH_VERSION}")
+        return v
+
+    @model_validator(mode="after")
+    def _ebt_only(self) -> RunSpec:
         if self.train.cuda_graph and draws_on_host_per_step(self.model):
             raise ConfigError("TrainConfig.cuda_graph: this EBT recipe draws its inner-step count or replay-buffer "
                               "candidates on the host at every step (S2), which a replayed graph cannot; use the "
                               "ebt_s1 recipe or train without cuda_graph")
+        return self
 
     def identity(self) -> dict[str, Any]:
         """The versioned fields that define the run (what is hashed)."""
@@ -543,7 +698,7 @@ class RunSpec:
             model["step_size_lr_floor"] = floor
         if self.hash_version >= 2 and self.model.family != "ebt":  # EBT options do not change a T++ run
             model = {k: v for k, v in model.items() if k in SHARED_MODEL_FIELDS}
-        d = {
+        d: dict[str, Any] = {
             "schema": CONFIG_SCHEMA_VERSION,
             "model": model,
             "train": dataclasses.asdict(self.train),
@@ -560,6 +715,8 @@ class RunSpec:
             d["train"].pop("schedule_steps", None)
         if d["data"].get("sampling") == "packed":  # likewise for DataConfig.sampling's default
             d["data"].pop("sampling")
+        if d["data"].get("store_fingerprint") is None:  # likewise: every run but a fingerprinted store's
+            d["data"].pop("store_fingerprint", None)
         return d
 
     @property
@@ -619,12 +776,3 @@ def draws_on_host_per_step(m: ModelConfig) -> bool:
 def canonical_json(obj: Any) -> str:
     """Deterministic JSON: sorted keys, no spaces, floats in repr form."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def _from_dict(cls: Any, d: dict[str, Any]) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}; "
-                          f"valid fields are {', '.join(sorted(known))}")
-    return cls(**d)

@@ -44,7 +44,8 @@ def test_s2_recipe_values():
     (dict(n_embd=12, n_head=4), "ModelConfig.n_head: head size 3 is odd"),
     (dict(step_size=-1.0), "ModelConfig.step_size: must be > 0"),
     (dict(descent_wrt="energy"), "ModelConfig.descent_wrt"),
-    (dict(step_conditioning="prediction"), "ModelConfig.step_conditioning: 'prediction' was removed"),
+    (dict(step_conditioning="prediction"), "ModelConfig.step_conditioning: unknown value 'prediction'; use 'all' "
+                                          "(the default) or drop the key ('prediction' was removed"),
     (dict(step_conditioning="tokens"), "ModelConfig.step_conditioning: unknown value 'tokens'"),
     (dict(step_size_lr_floor="official"), "ModelConfig.step_size_lr_floor: unknown value 'official'"),
 ])
@@ -126,7 +127,8 @@ def test_a_stored_config_without_step_size_lr_floor_reads_back_as_scaled():
 
 
 def test_from_dict_rejects_unknown_fields():
-    with pytest.raises(ConfigError, match="unknown field"):
+    with pytest.raises(ConfigError, match=r"^ModelConfig.n_layers: unknown key \(did you mean 'n_layer'\?\); "
+                                          r"valid keys are family, n_layer, "):
         ModelConfig.from_dict({**_m().to_dict(), "n_layers": 3})
 
 
@@ -148,7 +150,10 @@ def test_stored_configs_with_the_default_step_conditioning_still_load_and_hash_a
 @pytest.mark.parametrize("cls,kw,msg", [
     ("model", dict(n_layer=10**12), "ModelConfig.n_layer: 1000000000000 is above the limit 1,024"),
     ("model", dict(n_embd=2**40, n_head=2**10), "ModelConfig.n_embd: 1099511627776 is above the limit"),
-    ("model", dict(step_size="5"), "ModelConfig.step_size: must be a number, got '5'"),
+    ("model", dict(step_size="5"), "ModelConfig.step_size: must be a number, got '5' (a string); write it without "
+                                   "quotes"),
+    ("model", dict(n_head="32"), "ModelConfig.n_head: must be an integer, got '32' (a string); write it without "
+                                 "quotes"),
     ("model", dict(step_size_learnable="no"), "ModelConfig.step_size_learnable: must be true or false, got 'no'"),
     ("model", dict(norm_eps=float("nan")), "ModelConfig.norm_eps: must be finite"),
     ("train", dict(lr=float("inf")), "TrainConfig.lr: must be finite, got inf"),
@@ -171,7 +176,7 @@ def test_types_and_limits_are_checked_at_the_door(cls, kw, msg):
 @pytest.mark.parametrize("edit,msg", [
     ((r"values = \[1, 2, 3, 4\]", "values = [1, 2, 3, 4000000000000]"), "model.n_layer: 4000000000000 is above"),
     ((r"\nlr = [0-9.e-]+", "\nlr = inf"), "train.lr: must be finite"),
-    ((r"seeds = \[0\]", "seeds = [100000000000000000]"), "train.seed: 100000000000000000 is above the limit"),
+    ((r"seeds = \[0\]", "seeds = [100000000000000000]"), "sweep.seeds[0]: 100000000000000000 is above the limit"),
     (("cpus_per_trial = 1", "cpus_per_trial = 1\nmax_retries = 1000000000000"), "resources.max_retries"),
     (("name = \"depth-tiny\"", "name = \"caf\xe9\""), "not UTF-8"),
 ])
@@ -263,3 +268,85 @@ def test_vocab_size_is_decided_once_by_the_tokenizer():
     with pytest.raises(SpecError, match=r"model.vocab_size: .*decided once.*set \[data\] vocab_size") as e:
         parse_spec(raw, source="s.toml")
     assert "\n" not in str(e.value)
+
+
+# Hashes computed on main d86f286, before the configs became pydantic models (issue 26.4): every one of these
+# configurations must keep its identity (stored runs, checkpoints and sweeps find their runs by it).
+PINNED_HASHES = {
+    "tpp_nano": "3e32ed01a54ebc7a0077f183be946d9c4349154c4f05354861c45a1b0fb39dcb",
+    "tpp_nano_v1": "00f9a626436aee64b7030a3fb185d8bf64ddd4983961e961c38301b53c9b50dd",
+    "ebt_s1_shared": "584b81e05c295d93b9f9cd11925cde1dad21f8f8feba947166d91d7c6de4caba",
+    "ebt_s1_scaled": "0a249507e60409e0b198e0ed316d4e92a25a1c9365b98b67bc8eb60ada539e5f",
+    "ebt_s2_store_doc": "0b2583aa67cdd9fa9eff1840034b7871ee1e64e184afdde15ed55e9f29322bce",
+    "ints_in_float_fields": "9fee37bf7a262435909651c631ce6b21aa005c66f10b48ecce52167ce1355b17",
+    "tpp_explicit": "96e57aa70bb63684f63d4fe50911d50928156793e015f8252a87f83b015c471d",
+}
+
+
+def _pinned_specs():
+    t = dict(steps=20, batch_size=4, lr=3e-3, warmup_steps=4, eval_interval=20, eval_batches=2, log_interval=1,
+             seed=0, threads=1)
+    syn = DataConfig(source="synthetic", vocab_size=32)
+    tpp = model_config("transformer_pp", "nano", vocab_size=32, sequence_len=32)
+    ebt = model_config("ebt", "nano", vocab_size=32, sequence_len=32, recipe="ebt_s1")
+    yield "tpp_nano", RunSpec(model=tpp, train=TrainConfig(**t), data=syn)
+    yield "tpp_nano_v1", RunSpec(model=tpp, train=TrainConfig(**t), data=syn, hash_version=1)
+    yield "ebt_s1_shared", RunSpec(model=ebt, train=TrainConfig(**t), data=syn, recipe="ebt_s1")
+    yield "ebt_s1_scaled", RunSpec(model=model_config("ebt", "nano", vocab_size=32, sequence_len=32, recipe="ebt_s1",
+                                                      step_size_lr_floor="scaled"),
+                                   train=TrainConfig(**t), data=syn, recipe="ebt_s1")
+    yield "ebt_s2_store_doc", RunSpec(
+        model=model_config("ebt", "tiny", vocab_size=512, sequence_len=64, recipe="ebt_s2"),
+        train=TrainConfig(steps=300, batch_size=16, lr=3e-3, warmup_steps=30, eval_interval=100, eval_tokens=4096,
+                          schedule_steps=600, precision="bf16", seed=33),
+        data=DataConfig(source="store:/data/st", tokenizer="byte", vocab_size=256, sampling="document"),
+        recipe="ebt_s2")
+    # integers in number fields (a TOML spec's `lr = 1`) hash as written, as they always did
+    yield "ints_in_float_fields", RunSpec(
+        model=ModelConfig(family="ebt", n_layer=2, n_embd=64, n_head=4, vocab_size=256, sequence_len=32,
+                          step_size=1, step_size_lr_multiplier=3, rope_theta=10000, norm_eps=1e-5, ffn_hidden=128),
+        train=TrainConfig(steps=200, batch_size=8, warmup_steps=20, eval_interval=50, lr=1, min_lr_div=10,
+                          grad_clip=1, weight_decay=0, beta1=0.9, divergence_factor=3),
+        data=DataConfig(source="text:/tmp/corpus.txt", tokenizer="hf:gpt2", vocab_size=50257, val_fraction=0.1))
+    yield "tpp_explicit", RunSpec(
+        model=ModelConfig(family="transformer_pp", n_layer=4, n_embd=256, n_head=4, vocab_size=2048,
+                          sequence_len=256),
+        train=TrainConfig(steps=200, batch_size=8, lr=2.4e-3, warmup_steps=20, eval_interval=50),
+        data=DataConfig(source="shakespeare"))
+
+
+def test_run_hashes_are_those_of_the_stdlib_configs():
+    got = {name: spec.config_hash for name, spec in _pinned_specs()}
+    assert got == PINNED_HASHES
+    for name, spec in _pinned_specs():  # and a stored config reads back to the same identity
+        assert RunSpec.from_dict(spec.to_dict()).config_hash == PINNED_HASHES[name], name
+    # a number is kept as written: 1 and 1.0 stay distinct identities, as they were
+    assert TrainConfig(lr=1).lr == 1 and isinstance(TrainConfig(lr=1).lr, int)
+    m = _m()
+    one, one_f = (RunSpec(model=m, train=TrainConfig(lr=v)).config_hash for v in (1, 1.0))
+    assert one != one_f
+
+
+def test_one_source_per_default():
+    """EBT defaults are the ebt_s1 recipe's, TrainConfig's sizes and steps the default preset's."""
+    from dataclasses import fields
+
+    from ebt_scaling.config import DEFAULT_PRESET, PRESETS
+
+    m = _m()
+    assert {k: getattr(m, k) for k in RECIPE_OVERRIDES["ebt_s1"]} == RECIPE_OVERRIDES["ebt_s1"]
+    p, t = PRESETS[DEFAULT_PRESET], TrainConfig()
+    assert (t.steps, t.batch_size, t.lr, t.warmup_steps, t.eval_interval) == (
+        p.steps, p.batch_size, p.peak_lr, p.warmup_steps, p.eval_interval)
+    for cls in (ModelConfig, TrainConfig, DataConfig, RunSpec):  # every field has its help
+        assert all(cls.__pydantic_fields__[f.name].description for f in fields(cls)), cls
+
+
+def test_cli_train_takes_unset_settings_from_the_config():
+    """`ebt-scale train` does not re-declare TrainConfig's defaults (log_interval, eval_batches)."""
+    import inspect
+
+    from ebt_scaling.cli.train import train_cmd
+
+    params = inspect.signature(train_cmd).parameters
+    assert params["log_interval"].default is None and params["eval_batches"].default is None

@@ -157,7 +157,8 @@ def test_select_families_seeds_name(tmp_path):
     ("values = [1, 2]\nfoo = 3", "", r"axis\.foo: unknown key; valid keys are values"),
     ("values = []", "", r"axis\.values: missing or empty"),
     ("values = [1, 1]", "", r"axis\.values: duplicate values"),
-    ("values = [0, 2]", "", r"axis\.values: bad value 0; the depth axis takes positive integers"),
+    ("values = [0, 2]", "", r"axis\.values\[0\]: must be a positive integer, got 0; the depth axis takes positive "
+                            r"integers"),
 ])
 def test_bad_specs_name_file_key_and_fix(tmp_path, body, extra, match):
     p = _write(tmp_path, spec_text("depth", body) + extra)
@@ -170,10 +171,12 @@ def test_bad_specs_name_file_key_and_fix(tmp_path, body, extra, match):
 def test_bad_values_inside_sections(tmp_path):
     text = spec_text("depth", "values = [1, 2]")
     cases = [
-        (text.replace("steps = 40", "stepz = 40"), r"train\.stepz: unknown key; valid keys are"),
+        (text.replace("steps = 40", "stepz = 40"),
+         r"train\.stepz: unknown key \(did you mean 'steps'\?\); valid keys are"),
         (text.replace("steps = 40", "steps = -1"), r"train\.steps: must be a positive integer"),
         (text.replace('preset = "nano"', 'preset = "huge"'), r"model\.preset: unknown preset 'huge'"),
-        (text.replace('axis = "depth"', 'axis = "height"'), r"sweep\.axis: unknown axis 'height'; use one of"),
+        (text.replace('axis = "depth"', 'axis = "height"'),
+         r"sweep\.axis: unknown axis 'height'; use data, batch, depth, width, params or flops"),
         (text.replace('families = ["ebt", "transformer_pp"]', 'families = ["gpt"]'), r"sweep\.families"),
         (text.replace("warmup_steps = 2", "warmup_steps = 50"), r"train\.warmup_steps: a run of 40 steps"),
         (text.replace("sequence_len = 32", "sequence_len = 32\nn_head = 3"), r"model\.n_embd: 32 is not divisible"),
@@ -208,7 +211,8 @@ def test_a_family_can_have_its_own_optimizer_settings(tmp_path):
     cases = [
         (text + "\n[train.ebt]\nsteps = 80\n",
          r"train\.ebt\.steps: not a per-family setting; .* set steps in \[train\]"),
-        (text + "\n[train.ebt]\nlr = \"fast\"\n", r"train\.ebt\.lr: bad value 'fast'; use a number"),
+        (text + "\n[train.ebt]\nlr = \"fast\"\n",
+         r"train\.ebt\.lr: must be a number, got 'fast' \(a string\); write it without quotes"),
         (text + "\n[train.ebt]\nlr = -1.0\n", r"train\.ebt\.lr: must be > 0"),
         (text + "\n[train.transformer_pp]\nwarmup_steps = 40\n", r"train\.transformer_pp\.warmup_steps: a run of 40 "
          r"steps is not longer than its warm-up \(40 steps\); lower train\.transformer_pp\.warmup_steps"),
@@ -449,3 +453,105 @@ def test_a_relative_store_or_text_path_is_stored_absolute_and_a_missing_one_is_r
         r = CliRunner().invoke(app, ["sweep", "--spec", str(spec_file), "--db", f"sqlite:///{tmp_path / 'x.db'}"])
         assert r.exit_code == 2 and problem in r.output and r.output.count("\n") == 1, r.output
         assert not (tmp_path / "x.db").exists()
+
+
+def test_a_string_where_a_number_belongs_says_so_in_one_line(tmp_path):
+    cases = [
+        (spec_text("width", 'values = [32, 64]\nhead_size = "32"'),
+         "axis.head_size: must be an integer, got '32' (a string); write it without quotes"),
+        (spec_text("depth", "values = [1, 2]").replace("steps = 40", 'steps = "40"'),
+         "train.steps: must be an integer, got '40' (a string); write it without quotes"),
+        (spec_text("depth", "values = [1, 2]").replace("[model]", "[model]\nstep_size = \"5\""),
+         "model.step_size: must be a number, got '5' (a string); write it without quotes"),
+        (spec_text("depth", "values = [1, 2]").replace("[resources]", "").replace("[axis]", "[resources]\n"
+                                                                                     "max_retries = \"2\"\n\n[axis]"),
+         "resources.max_retries: must be an integer, got '2' (a string); write it without quotes"),
+        (spec_text("depth", "values = [1, 2]").replace("seeds = [0]", "seeds = [0, true]"),
+         "sweep.seeds[1]: must be an integer, got True"),
+        (spec_text("width", "values = [30, 60]\nhead_size = 15"), "axis.head_size: 15 is odd"),
+        (spec_text("depth", "values = [1, 2]").replace('families = ["ebt", "transformer_pp"]', 'familys = ["ebt"]'),
+         "sweep.familys: unknown key (did you mean 'families'?); valid keys are axis, name, families"),
+        (spec_text("depth", "values = [1, 2]").replace("[data]", "[dta]"),
+         "dta: unknown section (did you mean 'data'?); use only [sweep]"),
+        (spec_text("flops", 'values = ["nano", "tiny"]\nconvention = "chinchilla"'),
+         "axis.convention: unknown FLOPs convention 'chinchilla'; use paper or exact"),
+        (spec_text("params", 'values = ["nano", "tiny"]\nlrs = [0.1]'),
+         "axis.lrs: 1 values for 2 sizes; give one positive number per value (2)"),
+    ]
+    for i, (text, line) in enumerate(cases):
+        p = _write(tmp_path, text, f"n{i}.toml")
+        with pytest.raises(SpecError) as ei:
+            load_spec(p)
+        msg = str(ei.value)
+        assert msg.startswith(f"{p}: {line}") and "\n" not in msg, msg
+
+
+def test_sweeps_modules_import_each_other_at_the_top_only():
+    """No import inside a function between sweeps modules (spec -> expand -> tables, no circle to hide)."""
+    import ast
+
+    for path in (ROOT / "ebt_scaling" / "sweeps").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ebt_scaling.sweeps"):
+                    raise AssertionError(f"{path.name}: {fn.name} imports {node.module}")
+
+
+def _prepare(tmp_path: Path, out: Path, text: str) -> None:
+    from ebt_scaling.cli.main import app
+
+    src = tmp_path / "corpus.jsonl"
+    src.write_text("".join(json.dumps({"text": f"{text} {i} " * 20}) + "\n" for i in range(40)))
+    r = CliRunner().invoke(app, ["data", "prepare", "--source", f"jsonl:{src}", "--tokenizer", "byte", "--out",
+                                 str(out), "--workers", "1"])
+    assert r.exit_code == 0, r.output
+
+
+def test_a_store_run_is_named_by_the_store_content(tmp_path):
+    """A `store:DIR` run's identity holds the store's fingerprint (its shards' checksums): another corpus prepared
+    into the same folder plans new runs, a sweep says so in one line, and a trial planned on the old store refuses
+    the new one in one line. Runs of other sources hash as before (no fingerprint)."""
+    import shutil
+
+    from ebt_scaling.config import store_fingerprint
+    from ebt_scaling.data import open_data
+    from ebt_scaling.errors import DataError
+    from ebt_scaling.sweeps.expand import store_changes
+
+    st = tmp_path / "st"
+    _prepare(tmp_path, st, "alpha beta")
+    text = spec_text("depth", "values = [1]").replace('source = "synthetic"', f'source = "store:{st}"\n'
+                                                      'tokenizer = "byte"')
+    first = expand(load_spec(_write(tmp_path, text)))
+    manifest = json.loads((st / "manifest.json").read_text())
+    assert {r.spec.data.store_fingerprint for r in first} == {store_fingerprint(manifest)}
+    assert all(r.spec.identity()["data"]["store_fingerprint"] == store_fingerprint(manifest) for r in first)
+    assert [r.config_hash for r in expand(load_spec(_write(tmp_path, text)))] == [r.config_hash for r in first]
+    open_data(first[0].spec.data, 32)  # the store it was planned on: fine
+    assert store_changes("t", first, lambda: [r.planned.config for r in first]) == []
+
+    shutil.rmtree(st)
+    _prepare(tmp_path, st, "gamma delta")  # another corpus, same folder
+    second = expand(load_spec(_write(tmp_path, text)))
+    assert not {r.config_hash for r in second} & {r.config_hash for r in first}
+    (line,) = store_changes("t", second, lambda: [r.planned.config for r in first])
+    old, new = first[0].spec.data.store_fingerprint, second[0].spec.data.store_fingerprint
+    assert line.startswith(f"sweep t: store {st} is not the one its earlier runs were planned on (fingerprint "
+                           f"{old[:12]} != {new[:12]}); planning new runs") and "\n" not in line
+    # runs stored before fingerprints existed cannot be checked: planned again, said the same way
+    unrecorded = [{**r.planned.config, "data": {**r.planned.config["data"], "store_fingerprint": None}}
+                  for r in first]
+    assert "fingerprint none recorded !=" in store_changes("t", second, lambda: unrecorded)[0]
+    with pytest.raises(DataError) as ei:
+        open_data(first[0].spec.data, 32)  # a trial planned on the old store
+    assert str(ei.value) == (f"store {st} changed since the sweep was planned (fingerprint {old[:12]} != "
+                             f"{new[:12]}); rerun the sweep to plan new runs")
+    # no fingerprint for other sources, nor for a store this machine cannot read (hashed as before)
+    assert {r.spec.data.store_fingerprint for r in expand(load_spec(_write(tmp_path, spec_text(
+        "depth", "values = [1]"))))} == {None}
+    gone = text.replace(f"store:{st}", f"store:{tmp_path / 'elsewhere'}")
+    (r0, *_) = expand(load_spec(_write(tmp_path, gone)))
+    assert r0.spec.data.store_fingerprint is None and "store_fingerprint" not in r0.spec.identity()["data"]
+    with pytest.raises(SpecError, match=r"data\.store_fingerprint: unknown key"):
+        load_spec(_write(tmp_path, text.replace("[data]", f"[data]\nstore_fingerprint = \"{'0' * 64}\"")))

@@ -113,8 +113,10 @@ def train_cmd(
                                            "step compiles; docs/training.md).")] = False,
     eval_interval: Annotated[int | None, typer.Option("--eval-interval", help="Validate every N steps.",
                                                       min=0)] = None,
-    eval_batches: Annotated[int, typer.Option("--eval-batches", help="Validation batches.", min=1)] = 8,
-    log_interval: Annotated[int, typer.Option("--log-interval", help="Metric points every N steps.", min=1)] = 10,
+    eval_batches: Annotated[int | None, typer.Option("--eval-batches", help="Validation batches (default: "
+                                                     "TrainConfig's).", min=1, show_default=False)] = None,
+    log_interval: Annotated[int | None, typer.Option("--log-interval", help="Metric points every N steps (default: "
+                                                     "TrainConfig's).", min=1, show_default=False)] = None,
     checkpoint_dir: Annotated[str | None, typer.Option("--checkpoint-dir", help="Write checkpoints here.")
                               ] = None,
     checkpoint_interval: Annotated[int, typer.Option("--checkpoint-interval", help="Checkpoint every N steps "
@@ -147,10 +149,10 @@ def train_cmd(
     steps = steps or d["steps"]
     seq_len = seq_len or p.sequence_len
     batch_size = batch_size or d["batch_size"]
+    given = {k: v for k, v in (("eval_batches", eval_batches), ("log_interval", log_interval)) if v is not None}
     tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr if lr is not None else d["lr"],
                        warmup_steps=min(steps - 1, warmup if warmup is not None else d["warmup_steps"]),
-                       eval_interval=d["eval_interval"] if eval_interval is None else eval_interval,
-                       eval_batches=eval_batches, log_interval=log_interval,
+                       eval_interval=d["eval_interval"] if eval_interval is None else eval_interval, **given,
                        checkpoint_interval=checkpoint_interval, seed=seed, device=device, threads=threads,
                        cuda_graph=cuda_graph, compile=compile_, micro_batch_size=micro, schedule_steps=schedule_steps,
                        precision=precision)

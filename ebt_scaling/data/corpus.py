@@ -371,6 +371,7 @@ def open_data(cfg: DataConfig, sequence_len: int, *, seed: int = 0, progress: Pr
         except DataError as exc:
             raise DataError(f"{exc}, then rerun the sweep with --retry-failed to retrain the runs that failed "
                             "on it") from None
+        cfg.check_store(store.manifest)  # the store the run was planned on (its content fingerprint)
         return StoreData(store, **kw)
     store = builtin_store(cfg, progress)
     if cfg.sampling == "packed":

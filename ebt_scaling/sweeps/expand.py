@@ -11,29 +11,38 @@ Axis semantics (``docs/sweeps.md``):
 * ``params`` x = non-embedding parameters of the size presets (their batch sizes and peak LRs) or of custom
   shapes.
 * ``flops``  the same runs as ``params`` (same config hashes), x = training FLOPs in the named convention.
+
+A ``store:DIR`` source is named by content too: each run's ``DataConfig.store_fingerprint`` is the store's
+fingerprint (``config.store_fingerprint``, the shards' checksums) read from its manifest where the sweep is planned,
+so re-preparing another corpus into the same folder gives new runs (``store_changes`` says so in one line) and a
+trial refuses a store that changed after planning.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ebt_scaling.config import (
     RECIPE_OVERRIDES,
     SHARED_MODEL_FIELDS,
+    STORE_PREFIX,
     DataConfig,
     ModelConfig,
     RunSpec,
     TrainConfig,
     get_preset,
+    store_fingerprint,
     tokenizer_vocab_size,
 )
 from ebt_scaling.errors import ConfigError, SpecError
 from ebt_scaling.records import PlannedRun
-from ebt_scaling.sweeps.spec import SweepSpec
+from ebt_scaling.sweeps.tables import SweepSpec
 
 FAMILY_ORDER = {"transformer_pp": 0, "ebt": 1}
 
@@ -83,6 +92,8 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
     # Every setting the spec leaves unset comes from its preset (config.PRESETS), for both families alike.
     preset = get_preset(spec.preset)
     data = DataConfig(**{"vocab_size": preset.vocab_size, **spec.data})
+    if (fp := read_store_fingerprint(data.source)) is not None:
+        data = dataclasses.replace(data, store_fingerprint=fp)
     shape: dict[str, Any] = dict(n_layer=preset.n_layer, n_embd=preset.n_embd, n_head=preset.n_head,
                                  sequence_len=preset.sequence_len, vocab_size=tokenizer_vocab_size(data))
     shape.update({k: v for k, v in spec.model.items() if k in SHARED_MODEL_FIELDS})
@@ -115,7 +126,7 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
             points.append((label, shp, tr, None))
     elif ax == "batch":
         for v in spec.values:
-            tr: dict[str, Any] = {"batch_size": v}
+            tr = {"batch_size": v}
             if spec.mode == "fixed_tokens":
                 assert spec.total_tokens is not None
                 steps = spec.total_tokens // (v * seq)
@@ -148,14 +159,13 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
     for label, shape_over, train_over, eval_tokens in points:
         for family in sorted(spec.families, key=FAMILY_ORDER.__getitem__):
             for seed in spec.seeds:
-                mkw = dict(shape)
-                mkw.update(shape_over)
-                recipe = None
+                mkw: dict[str, Any] = {"family": family, **shape, **shape_over}
+                recipe: Any = None
                 if family == "ebt":
                     recipe = spec.recipe
                     mkw.update(RECIPE_OVERRIDES[recipe])
                     mkw.update(ebt_options)
-                model = ModelConfig(family=family, **mkw)
+                model = ModelConfig(**mkw)
                 tkw = dict(train_base)
                 tkw.update(train_over)
                 own = spec.family_train.get(family, {})
@@ -198,6 +208,40 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
         raise SpecError(f"{spec.source}: axis.values: two values give the same run configuration; "
                         "list values that change the run")
     return out
+
+
+def read_store_fingerprint(source: str) -> str | None:
+    """The content fingerprint of a ``store:DIR`` source whose manifest is readable here (None for other sources,
+    and for a store this machine cannot read: a cluster's path, checked on its nodes)."""
+    if not source.startswith(STORE_PREFIX):
+        return None
+    try:
+        manifest = json.loads((Path(source[len(STORE_PREFIX):]).expanduser() / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return store_fingerprint(manifest) if isinstance(manifest, dict) else None
+
+
+def store_changes(sweep: str, runs: list[ExpandedRun], stored: Callable[[], Iterable[dict[str, Any]]]) -> list[str]:
+    """One line per token store whose content differs from what the run configs ``sweep`` already holds
+    (``stored()``, read only when a run trains on a fingerprinted store) were planned on: those runs are not
+    reused, the new fingerprint plans new runs."""
+    now = {r.spec.data.source: r.spec.data.store_fingerprint for r in runs if r.spec.data.store_fingerprint}
+    if not now:
+        return []
+    before: dict[str, set[str | None]] = {}
+    for config in stored():
+        data = config.get("data") or {}
+        if data.get("source") in now:
+            before.setdefault(data["source"], set()).add(data.get("store_fingerprint"))
+    lines = []
+    for source, fps in sorted(before.items()):
+        old = sorted(fp[:12] if fp else "none recorded" for fp in fps if fp != now[source])
+        if old:
+            lines.append(f"sweep {sweep}: store {source[len(STORE_PREFIX):]} is not the one its earlier runs were "
+                         f"planned on (fingerprint {', '.join(old)} != {now[source][:12]}); planning new runs on it "
+                         "(the earlier runs are kept, not reused)")
+    return lines
 
 
 def keep_stored_hash_versions(runs: list[ExpandedRun],

@@ -4,10 +4,11 @@ in a checkout. Layout: ``<root>/<preset>/<axis>.toml`` with preset ``paper`` or 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ebt_scaling.config import AXES
 from ebt_scaling.errors import SpecError
+from ebt_scaling.sweeps.spec import load_spec
+from ebt_scaling.sweeps.tables import SweepSpec
 
 SPEC_PRESETS = ("tiny", "paper")
 
@@ -39,11 +40,9 @@ def list_specs() -> list[Path]:
     return sorted(root.glob("*/*.toml"))
 
 
-def load_chosen_spec(command: str, axis: str | None, spec: str | None, preset: str) -> tuple[Path | str, Any]:
+def load_chosen_spec(command: str, axis: str | None, spec: str | None, preset: str) -> tuple[Path | str, SweepSpec]:
     """The sweep spec a command's ``--axis`` / ``--spec`` / ``--preset`` name: (its path, the loaded SweepSpec).
     With both, the file's axis must be the one given."""
-    from ebt_scaling.sweeps.spec import load_spec
-
     if spec is None and axis is None:
         raise SpecError(f"{command}: give --axis AXIS (a shipped spec) or --spec FILE")
     path: Path | str = spec if spec is not None else spec_path(axis or "", preset)

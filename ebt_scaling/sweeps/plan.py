@@ -12,11 +12,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ebt_scaling.errors import ConfigError
-from ebt_scaling.sweeps import calibration
-from ebt_scaling.sweeps.calibration import DeviceCalibrations
+from ebt_scaling.sweeps.calibration import DeviceCalibrations, calibrated_source, trial_flops_per_s
 from ebt_scaling.sweeps.expand import ExpandedRun
-from ebt_scaling.sweeps.memory import DEFAULT_GPU_MEMORY_GIB, MemoryPlan, estimate_memory, plan_micro_batch, refusal
-from ebt_scaling.sweeps.spec import SweepSpec
+from ebt_scaling.sweeps.memory import (
+    DEFAULT_GPU_MEMORY_GIB,
+    MARGIN_FIXED_GIB,
+    MARGIN_FRACTION,
+    MemoryPlan,
+    estimate_memory,
+    plan_micro_batch,
+    refusal,
+)
+from ebt_scaling.sweeps.tables import SweepSpec
 
 # Default throughput assumptions (overridable in a spec's [cost] section or on the command line).
 # GPU: an A100 running the paper's fp32/TF32 recipe at ~40% of its 156 TFLOP/s TF32 peak.
@@ -227,8 +234,6 @@ class CostPlan:
     def _memory_dict(self) -> dict[str, Any] | None:
         if self.memory is None:
             return None
-        from ebt_scaling.sweeps.memory import MARGIN_FIXED_GIB, MARGIN_FRACTION
-
         gpu = self.device == "gpu"
         return {"device": self.device, "per": "GPU" if gpu else "trial (host memory)",
                 "gpu_memory_gib": self.memory.per_gpu_gib if gpu else None,
@@ -240,8 +245,6 @@ class CostPlan:
         """One header line: what memory the plan fits runs into, and whether it was assumed."""
         if self.memory is None:
             return ""
-        from ebt_scaling.sweeps.memory import MARGIN_FIXED_GIB, MARGIN_FRACTION
-
         if self.device != "gpu":
             return (f"memory: host memory of the tensors per trial at the whole batch (CPU runs; not checked against "
                     f"a limit); margin +{MARGIN_FRACTION:.0%} included")
@@ -308,11 +311,11 @@ def plan_cost(spec: SweepSpec, runs: list[ExpandedRun], resources: Resources,
         fl = {c: r.planned.flops_per_token[c] * tokens for c in ("paper", "exact")}
         cal = cals.find(r.spec, "cuda" if device == "gpu" else "cpu", threads) if cals is not None else None
         if cal is not None:
-            per_dev, source = cal.flops_per_s, calibration.calibrated_source(cal)
+            per_dev, source = cal.flops_per_s, calibrated_source(cal)
             run_share = share if device == "gpu" else 1.0  # a CPU calibration already ran the trial's threads
         else:
             per_dev, source, run_share = tp, fallback_source, share
-        trial = calibration.trial_flops_per_s(per_dev, share=run_share, workers=workers, scaling_efficiency=eff)
+        trial = trial_flops_per_s(per_dev, share=run_share, workers=workers, scaling_efficiency=eff)
         dur = fl["exact"] / trial
         devices = (share if device == "gpu" else resources.cpus_per_trial) * workers
         out.append(RunCost(run=r, flops=fl, device_hours=dur * devices / 3600.0, duration_s=dur, memory=mp,

@@ -1,0 +1,406 @@
+"""A sweep spec's tables, declared once and checked by the config validator (``config.config_class``), and the
+validated ``SweepSpec`` they make. ``[model]``, ``[train]`` and ``[data]`` are field overrides of ``ModelConfig``,
+``TrainConfig`` and ``DataConfig``: their keys are checked here, their values by those classes when the runs are
+built (``sweeps/expand.py``; ``sweeps/spec.py`` does both while loading a file).
+
+Every problem is one line ``section.key: problem; fix`` (``ConfigError``; the loader prefixes the file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ebt_scaling.config import (
+    FAMILIES,
+    FAMILY_TRAIN_KEYS,
+    MAX_SEED,
+    PRESETS,
+    RECIPES,
+    Axis,
+    DataConfig,
+    Family,
+    ModelConfig,
+    Number,
+    Recipe,
+    Tracker,
+    TrainConfig,
+    config_class,
+    did_you_mean,
+    setting,
+    unknown_key_line,
+)
+from ebt_scaling.errors import ConfigError, SpecError
+from ebt_scaling.names import name_problem
+
+SECTIONS = ("sweep", "model", "train", "data", "resources", "cost", "tracking", "axis")
+# [model]: a size preset plus ModelConfig fields (the family comes from [sweep], the vocabulary from the tokenizer)
+MODEL_KEYS = ("preset",) + tuple(f.name for f in fields(ModelConfig) if f.name != "family")
+TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))
+DATA_KEYS = tuple(f.name for f in fields(DataConfig) if f.name != "store_fingerprint")  # filled in by expand
+DEFAULT_SPEC_PRESET = "tiny"
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+PositiveNumber = Annotated[Number, Field(gt=0)]
+
+
+@config_class(name="sweep")
+class SweepTable:
+    """``[sweep]``: what is swept and for whom."""
+
+    axis: Axis = setting(help="The swept axis.", noun="axis")
+    name: str | None = setting(default=None, help="Default sweep name (--name overrides); default: the axis.")
+    families: list[Family] = setting(default_factory=lambda: list(FAMILIES), min_length=1, noun="family",
+                                     help="The model families.",
+                                     fix=f"use a non-empty list drawn from {', '.join(FAMILIES)}")
+    seeds: list[Seed] = setting(default_factory=lambda: [0], min_length=1, help="Seeds (--seeds N takes N "
+                                "consecutive seeds from the first one).",
+                                fix="use a list of non-negative integers, e.g. [33]")
+    recipe: Recipe = setting(default="ebt_s1", help="EBT recipe; Transformer++ runs ignore it.", noun="recipe")
+    description: str = setting(default="", help="Free text.")
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _one_seed(cls, v: Any) -> Any:
+        return [v] if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and (why := name_problem(v)) is not None:
+            raise ConfigError(f"sweep.name: {why}; e.g. name = \"depth-tiny\"")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SweepTable:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError("sweep.seeds: duplicate seeds; list each seed once")
+        return self
+
+
+@config_class(name="resources")
+class ResourcesTable:
+    """``[resources]``: per trial (command-line options win)."""
+
+    gpus_per_trial: Number | None = setting(default=None, help="GPUs per trial (fractions allowed).", ge=0, le=1024)
+    cpus_per_trial: Number | None = setting(default=None, help="CPUs per trial.", ge=0, le=4096)
+    workers_per_trial: int | None = setting(default=None, help="Data-parallel workers per trial.", ge=1, le=4096,
+                                            fix="use 1 (one process) or more data-parallel workers")
+    max_concurrent: int | None = setting(default=None, help="At most K trials at once.", ge=0, le=100_000)
+    max_retries: int | None = setting(default=None, help="Retries of a failed trial.", ge=0, le=1000)
+
+
+@config_class(name="cost")
+class CostTable:
+    """``[cost]``: throughput assumptions of the dry-run plan."""
+
+    gpu_flops_per_s: Number | None = setting(default=None, help="FLOP/s per GPU.", gt=0,
+                                             fix="use a positive number of FLOP/s, e.g. 6e13")
+    cpu_flops_per_s: Number | None = setting(default=None, help="FLOP/s per CPU core.", gt=0,
+                                             fix="use a positive number of FLOP/s, e.g. 6e13")
+    scaling_efficiency: Number | None = setting(default=None, help="Share of linear multi-worker speed-up.", gt=0, le=1,
+                                                fix="use the measured or stated share of linear multi-worker "
+                                                "speed-up, in (0, 1]; 1.0 for one worker")
+    note: str | None = setting(default=None, help="Where the numbers come from.")
+
+
+@config_class(name="tracking")
+class TrackingTable:
+    """``[tracking]``: experiment trackers (sched/trackers.py)."""
+
+    trackers: list[Tracker] = setting(default_factory=list, help="Trackers to log to.", noun="tracker")
+    mlflow_tracking_uri: str | None = setting(default=None, help="MLflow tracking URI.", pattern=r"\S",
+                                              fix="give a non-empty string, or leave it out")
+    wandb_project: str | None = setting(default=None, help="Weights & Biases project.", pattern=r"\S",
+                                        fix="give a non-empty string, or leave it out")
+
+
+# ---- [axis], one table per axis. Every axis has ``values``.
+def _distinct_values(values: list[Any]) -> None:
+    if len(set(map(str, values))) != len(values):
+        raise ConfigError("axis.values: duplicate values; list each value once")
+
+
+@config_class(name="axis")
+class DepthAxis:
+    """values = number of blocks at the base width."""
+
+    values: list[PositiveInt] = setting(help="Depths.", min_length=1,
+                                        fix="the depth axis takes positive integers; list the depths to sweep")
+
+    @model_validator(mode="after")
+    def _check(self) -> DepthAxis:
+        _distinct_values(self.values)
+        return self
+
+
+@config_class(name="axis")
+class WidthAxis:
+    """values = embedding sizes at the base depth; heads = width / head_size."""
+
+    values: list[PositiveInt] = setting(help="Widths.", min_length=1,
+                                        fix="the width axis takes positive integers; list the widths to sweep")
+    head_size: int = setting(help="Head size (even, for RoPE).", ge=2, le=65536,
+                             fix="set an even head size (the paper's presets use 64)")
+
+    @model_validator(mode="after")
+    def _check(self) -> WidthAxis:
+        _distinct_values(self.values)
+        if self.head_size % 2:
+            raise ConfigError(f"axis.head_size: {self.head_size} is odd; set an even head size (the paper's "
+                              "presets use 64)")
+        for v in self.values:
+            if v % self.head_size:
+                raise ConfigError(f"axis.values: width {v} is not a multiple of head_size {self.head_size}; use "
+                                  "widths that are multiples of the head size")
+        return self
+
+
+@config_class(name="axis")
+class BatchAxis:
+    """values = batch sizes in sequences (x = tokens per batch). mode fixed_steps (paper, [train] steps) or
+    fixed_tokens (steps = total_tokens / tokens per batch)."""
+
+    values: list[PositiveInt] = setting(help="Batch sizes.", min_length=1,
+                                        fix="the batch axis takes positive integers; list the batch sizes")
+    mode: Literal["fixed_steps", "fixed_tokens"] = setting(default="fixed_steps", help="What stays fixed.", noun="mode")
+    total_tokens: int | None = setting(default=None, help="Training tokens of every run (mode fixed_tokens).", ge=1,
+                                       fix="set the training tokens every batch size gets, e.g. 1_000_000")
+
+    @model_validator(mode="after")
+    def _check(self) -> BatchAxis:
+        _distinct_values(self.values)
+        if self.mode == "fixed_tokens" and self.total_tokens is None:
+            raise ConfigError("axis.total_tokens: required for mode = \"fixed_tokens\"; set the training tokens "
+                              "every batch size gets, e.g. 1_000_000")
+        return self
+
+
+@config_class(name="axis")
+class DataAxis:
+    """values = training tokens per run. mode separate (default): one run per budget, steps and cosine schedule
+    matched to the budget; evaluations: one long run evaluated at every budget (the paper)."""
+
+    values: list[PositiveInt] = setting(help="Token budgets.", min_length=1,
+                                        fix="the data axis takes positive integers; list the token budgets")
+    mode: Literal["separate", "evaluations"] = setting(default="separate", help="Runs per budget.", noun="mode")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataAxis:
+        _distinct_values(self.values)
+        return self
+
+
+SHAPE_KEYS = ("name", "n_layer", "n_embd", "n_head")
+
+
+@config_class(name="axis")
+class ParamsAxis:
+    """values = size presets (batch sizes and peak LRs default to each preset's, paper Table D.1) or custom
+    shapes { name = "s", n_layer = 2, n_embd = 64, n_head = 2 } (batch size and LR from [train])."""
+
+    values: list[Any] = setting(help="Size presets or custom shapes.", min_length=1,
+                                fix="list size presets or { n_layer, n_embd, n_head } tables")
+    batch_sizes: list[PositiveInt] | None = setting(default=None, help="One batch size per value.",
+                                                    fix="give one positive number per value")
+    lrs: list[PositiveNumber] | None = setting(default=None, help="One peak LR per value.",
+                                               fix="give one positive number per value")
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamsAxis:
+        _distinct_values(self.values)
+        axis = "flops" if isinstance(self, FlopsAxis) else "params"
+        for v in self.values:
+            if isinstance(v, dict):
+                extra = sorted(set(v) - set(SHAPE_KEYS))
+                if extra or not all(isinstance(v.get(k), int) and not isinstance(v.get(k), bool) and v[k] >= 1
+                                    for k in SHAPE_KEYS[1:]):
+                    raise ConfigError(f"axis.values: bad shape {v!r}; write a custom size as "
+                                      "{ name = \"s\", n_layer = 2, n_embd = 64, n_head = 2 }")
+            elif not isinstance(v, str) or v not in PRESETS:
+                raise ConfigError(f"axis.values: unknown preset {v!r}{did_you_mean(str(v), list(PRESETS))}; the "
+                                  f"{axis} axis takes size presets ({', '.join(PRESETS)}) or "
+                                  "{ n_layer, n_embd, n_head } tables")
+        for key in ("batch_sizes", "lrs"):
+            lst = getattr(self, key)
+            if lst is not None and len(lst) != len(self.values):
+                raise ConfigError(f"axis.{key}: {len(lst)} values for {len(self.values)} sizes; give one positive "
+                                  f"number per value ({len(self.values)}), or leave it out for the presets'")
+        return self
+
+
+@config_class(name="axis")
+class FlopsAxis(ParamsAxis):
+    """The params runs, x = training FLOPs under a named convention (paper | exact)."""
+
+    convention: Literal["paper", "exact"] = setting(default="paper", help="FLOPs convention (models/flops.py).",
+                                                    noun="FLOPs convention")
+
+
+AXIS_TABLES: dict[str, type] = {"data": DataAxis, "batch": BatchAxis, "depth": DepthAxis, "width": WidthAxis,
+                                "params": ParamsAxis, "flops": FlopsAxis}
+AXIS_KEYS: dict[str, tuple[str, ...]] = {a: tuple(f.name for f in fields(t)) for a, t in AXIS_TABLES.items()}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep specification."""
+
+    name: str
+    axis: str
+    families: tuple[str, ...]
+    seeds: tuple[int, ...]
+    recipe: str
+    values: tuple[Any, ...]
+    preset: str
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    family_train: dict[str, dict[str, Any]] = field(default_factory=dict)  # [train.<family>]: overrides of train
+    data: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
+    cost: dict[str, Any] = field(default_factory=dict)
+    tracking: dict[str, Any] = field(default_factory=dict)
+    micro_batch_auto: bool = False  # [train] micro_batch_size = "auto": the memory plan picks it per run
+    mode: str | None = None
+    total_tokens: int | None = None
+    head_size: int | None = None
+    batch_sizes: tuple[int, ...] | None = None
+    lrs: tuple[float, ...] | None = None
+    convention: str = "paper"
+    description: str = ""
+    source: str = "<spec>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (stored with the sweep in the database)."""
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    def with_(self, **changes: Any) -> SweepSpec:
+        return dataclasses.replace(self, **changes)
+
+    def select(self, *, families: list[str] | None = None, seeds: int | None = None,
+               name: str | None = None, recipe: str | None = None) -> SweepSpec:
+        """Apply the CLI's --families / --seeds / --name / --recipe to the spec (validated)."""
+        src = "command line"
+        out = self
+        if families is not None:
+            fams = tuple(dict.fromkeys(f.strip() for f in families if f.strip()))
+            for f in fams:
+                if f not in FAMILIES:
+                    raise SpecError(f"{src}: --families: unknown family {f!r}{did_you_mean(f, FAMILIES)}; use a "
+                                    f"comma list of {', '.join(FAMILIES)}")
+            if not fams:
+                raise SpecError(f"{src}: --families is empty; use e.g. --families ebt,transformer_pp")
+            out = out.with_(families=fams)
+        if seeds is not None:
+            if seeds < 1:
+                raise SpecError(f"{src}: --seeds must be >= 1, got {seeds}; use e.g. --seeds 3")
+            first = self.seeds[0]
+            out = out.with_(seeds=tuple(range(first, first + seeds)))
+        if recipe is not None:
+            if recipe not in RECIPES:
+                raise SpecError(f"{src}: --recipe: unknown recipe {recipe!r}; use one of {', '.join(RECIPES)}")
+            out = out.with_(recipe=recipe)
+        if name is not None:
+            if not name.strip():
+                raise SpecError(f"{src}: --name is empty; give a sweep name such as depth-tiny")
+            if (why := name_problem(name.strip())) is not None:
+                raise SpecError(f"{src}: --name {why}; give a sweep name such as depth-tiny")
+            out = out.with_(name=name.strip())
+        return out
+
+
+LOCAL_SOURCE_PREFIXES = ("store:", "text:")
+
+
+def absolute_source(source: str) -> str:
+    """``store:DIR`` / ``text:PATH`` with a relative path made absolute from the current directory (where
+    ``ebt-scale sweep`` runs). Ray trials run in other directories, so a run's config, and its hash, hold the
+    absolute path; ``~`` is expanded too. A path written absolute is kept as written (its runs keep their hashes)."""
+    prefix, _, path = source.partition(":")
+    if not path or Path(path).is_absolute():
+        return source
+    return f"{prefix}:{Path(path).expanduser().absolute()}"
+
+
+def _keys(section: str, table: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
+    for k in table:
+        if k not in allowed:
+            raise ConfigError(unknown_key_line(section, k, allowed))
+    return dict(table)
+
+
+def _given(table_cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``raw`` with ``table_cls`` and keep the keys that were given (their validated values)."""
+    checked = table_cls(**raw)
+    return {k: getattr(checked, k) for k in raw}
+
+
+def check_tables(raw: dict[str, Any]) -> SweepSpec:
+    """A parsed TOML document as a SweepSpec: every table's keys and the values of [sweep], [resources], [cost],
+    [tracking] and [axis]. The [model]/[train]/[data] values are checked when the runs are built (expand)."""
+    for sec in raw:
+        if sec not in SECTIONS:
+            raise ConfigError(f"{sec}: unknown section{did_you_mean(sec, SECTIONS)}; use only "
+                              f"[{'], ['.join(SECTIONS)}]")
+        if not isinstance(raw[sec], dict):
+            raise ConfigError(f"{sec}: must be a table; write it as a [{sec}] section")
+    for sec in ("sweep", "axis"):
+        if sec not in raw:
+            raise ConfigError(f"[{sec}]: section missing; add a [{sec}] section")
+    sw = SweepTable(**raw["sweep"])
+    model = _keys("model", raw.get("model", {}), MODEL_KEYS)
+    if "vocab_size" in model:
+        raise ConfigError("model.vocab_size: the vocabulary size is decided once, by the tokenizer; drop it and set "
+                          "[data] vocab_size to the tokenizer's size (ignored for tokenizer = \"byte\")")
+    preset = model.pop("preset", DEFAULT_SPEC_PRESET)
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ConfigError(f"model.preset: unknown preset {preset!r}{did_you_mean(str(preset), list(PRESETS))}; "
+                          f"use one of {', '.join(PRESETS)}")
+    train = _keys("train", raw.get("train", {}), TRAIN_KEYS + FAMILIES)
+    family_train: dict[str, dict[str, Any]] = {}
+    for fam in FAMILIES:
+        if fam not in train:
+            continue
+        sub = train.pop(fam)
+        if not isinstance(sub, dict):
+            raise ConfigError(f"train.{fam}: must be a table; write it as a [train.{fam}] section")
+        for k in sub:
+            if k not in FAMILY_TRAIN_KEYS:
+                raise ConfigError(f"train.{fam}.{k}: not a per-family setting; a family's own table takes only "
+                                  f"{', '.join(FAMILY_TRAIN_KEYS)}; set {k} in [train] (shared, so both families "
+                                  "see the same data)")
+        if "lr" in sub and sw.axis in ("params", "flops"):
+            raise ConfigError(f"train.{fam}.lr: the {sw.axis} axis gives every level its own peak LR (axis.lrs or "
+                              f"the size presets'); drop it, or run the {fam} family in its own sweep with its own "
+                              "axis.lrs")
+        family_train[fam] = sub
+    micro_auto = train.get("micro_batch_size") == "auto"
+    if micro_auto:  # resolved per run by the memory plan (cli/sweep.py); the runs are expanded with the whole batch
+        del train["micro_batch_size"]
+    data = _keys("data", raw.get("data", {}), DATA_KEYS)
+    source = data.get("source")
+    if isinstance(source, str) and source.startswith(LOCAL_SOURCE_PREFIXES):
+        data["source"] = absolute_source(source)
+    resources = _given(ResourcesTable, raw.get("resources", {}))
+    cost = _given(CostTable, raw.get("cost", {}))
+    tracking = _given(TrackingTable, raw.get("tracking", {}))
+    ax = AXIS_TABLES[sw.axis](**raw["axis"])
+    return SweepSpec(
+        name=(sw.name if sw.name is not None else sw.axis).strip(), axis=sw.axis, families=tuple(sw.families),
+        seeds=tuple(sw.seeds), recipe=sw.recipe, values=tuple(ax.values), preset=preset, model=model, train=train,
+        family_train=family_train, data=data, resources=resources, cost=cost, tracking=tracking,
+        micro_batch_auto=micro_auto, mode=getattr(ax, "mode", None), total_tokens=getattr(ax, "total_tokens", None),
+        head_size=getattr(ax, "head_size", None),
+        batch_sizes=tuple(ax.batch_sizes) if getattr(ax, "batch_sizes", None) else None,
+        lrs=tuple(ax.lrs) if getattr(ax, "lrs", None) else None,
+        convention=getattr(ax, "convention", "paper"), description=sw.description,
+    )
