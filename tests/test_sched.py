@@ -472,13 +472,30 @@ def sweep_db(tmp_path):
     yield from fresh_pg_database()
 
 
+def _tb_scalars(path: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one scalar tag in a TensorBoard event file (TFRecord framing: length, its CRC, the
+    serialized Event, its CRC), read with tensorboardX's own protobuf classes."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out, data, i = [], path.read_bytes(), 0
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i:i + 8])
+        ev = Event.FromString(data[i + 12:i + 12 + n])
+        i += 12 + n + 4
+        out += [(ev.step, v.simple_value) for v in ev.summary.value if v.tag == tag]
+    return sorted(out)
+
+
 def test_sweep_on_postgresql_with_every_tracker(tmp_path, monkeypatch, sweep_db):
     """One sweep (on a fresh PostgreSQL database when the suite has a server, else SQLite; one sweep for both
     checks keeps the suite's Ray start-ups down):
     - the database: the run completes with a whole series; the URL is printed masked, the password never;
-    - `--tracker` turns on Ray Tune's own logger callbacks: an MLflow experiment named after the sweep in the local
-      SQLite store with the run's config and loss history, TensorBoard event files in the trial folder, and an
-      offline W&B run - all written by the real packages, nothing mocked."""
+    - `--tracker` logs every stored point: an MLflow experiment named after the sweep in the local SQLite store
+      (artifacts beside it) with the run's config as parameters, TensorBoard event files in the printed folder,
+      and an offline W&B run - all written by the real packages, nothing mocked - and each tracker's series
+      equals the database's, point for point."""
     from urllib.parse import urlsplit
 
     from ebt_scaling.security import mask_url
@@ -506,18 +523,31 @@ def test_sweep_on_postgresql_with_every_tracker(tmp_path, monkeypatch, sweep_db)
 
     import mlflow
 
+    db_series: dict[str, list[tuple[int, float]]] = {}
+    for p in st.get_metrics(run.id):
+        db_series.setdefault(p.name, []).append((p.step, p.value))
+    assert len(db_series["train_loss"]) == 4 and len(db_series["val_loss"]) >= 1  # log_interval 5 of 20 steps
     client = mlflow.tracking.MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     exp = client.get_experiment_by_name(name)
+    assert exp.artifact_location == (storage.resolve() / "mlartifacts").as_uri()
     (mrun,) = client.search_runs([exp.experiment_id])
-    assert mrun.info.run_name == f"r{run.id}" and mrun.data.tags["sweep"] == name
-    assert mrun.data.params["run/family"] == "transformer_pp" and mrun.data.params["run/label"] == "1"
-    steps = [m.step for m in client.get_metric_history(mrun.info.run_id, "train_loss")]
-    assert steps and max(steps) == 20  # the training step is the trackers' x
-    val = client.get_metric_history(mrun.info.run_id, "val_loss")
-    assert val and abs(val[-1].value - run.final_val_loss) < 1e-6
+    assert mrun.info.run_name == "transformer_pp/depth=1/seed0" and mrun.data.tags["sweep"] == name
+    assert mrun.data.tags["run_id"] == str(run.id) and mrun.info.status == "FINISHED"
+    assert mrun.data.params["model.family"] == "transformer_pp" and mrun.data.params["model.n_layer"] == "1"
+    # only metric series, never config fields or Ray internals (pid, done, ...)
+    assert set(mrun.data.metrics) == set(db_series), mrun.data.metrics
+    for n, series in db_series.items():
+        got = sorted((m.step, m.value) for m in client.get_metric_history(mrun.info.run_id, n))
+        assert [s for s, _ in got] == [s for s, _ in series], n
+        assert [v for _, v in got] == pytest.approx([v for _, v in series], rel=1e-12, nan_ok=True), n
+    assert f"mlflow: experiment {name!r} at sqlite:///" in r.stdout
 
-    events = list(storage.glob(f"{name}-*/r{run.id}/events.out.tfevents.*"))
-    assert events and any(b"train_loss" in e.read_bytes() for e in events)
+    tb_dir = storage.resolve() / "tensorboard" / name / "transformer_pp" / "depth=1" / "seed0"
+    assert f"tensorboard: event files in {storage.resolve() / 'tensorboard' / name}" in r.stdout
+    (event_file,) = tb_dir.glob("events.out.tfevents.*")
+    tb = _tb_scalars(event_file, "train_loss")
+    assert [s for s, _ in tb] == [s for s, _ in db_series["train_loss"]]
+    assert [v for _, v in tb] == pytest.approx([v for _, v in db_series["train_loss"]], rel=1e-6)  # float32
 
     wb = list((tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(wb) == 1 and b"train_loss" in wb[0].read_bytes()

@@ -97,7 +97,8 @@ def sweep(
     path, sw = load_chosen_spec("sweep", axis, spec, preset)
     fam_list = families.split(",") if families is not None else None
     sw = sw.select(families=fam_list, seeds=seeds, name=name, recipe=recipe)
-    from ebt_scaling.sched.trackers import check_trackers, mlflow_uri
+    from ebt_scaling.sched.trackers import check_trackers
+    from ebt_scaling.sched.trackers import locations as tracker_locations
 
     trackers = tuple(dict.fromkeys([*sw.tracking.get("trackers", []), *(tracker or [])]))
     check_trackers(trackers)  # known and installed, before anything is written
@@ -175,9 +176,7 @@ def sweep(
                       max_concurrent=mc,
                       max_retries=retries, storage_path=storage or default_storage(url), progress=progress,
                       trackers=trackers, tracking=dict(sw.tracking))
-    if "mlflow" in trackers:
-        log_uri = mlflow_uri(opts.tracking, opts.storage_path)  # a remote storage without a URI fails here
-        logging.getLogger("ebt_scaling.cli.sweep").info("mlflow: experiment %r at %s", sw.name, mask_url(log_uri))
+    tracker_lines = tracker_locations(trackers, sw.name, opts.storage_path, opts.tracking)  # fails before writing
     log = logging.getLogger("ebt_scaling.cli.sweep")
     log.debug("spec %s: %d run(s); database %s; checkpoints %s; Ray %s; per trial %g GPU, %g CPU", path,
               len(expand(sw)), mask_url(url), opts.storage_path,
@@ -195,6 +194,8 @@ def sweep(
     typer.echo(f"sweep {sw.name}: {counts}")
     typer.echo(f"database: {mask_url(url)}")
     typer.echo(f"checkpoints: {opts.storage_path}")
+    for line in tracker_lines:
+        typer.echo(line)
     if outcome.runner is not None:
         typer.echo(f"wall time: {outcome.runner.wall_s:.1f} s")
     if outcome.interrupted:

@@ -90,8 +90,6 @@ class LockstepSink:
         metrics: dict[str, Any] = {"ebt_step": self.step}
         if self.buf and self.rank == 0:
             metrics["ebt_points"] = [(p.name, int(p.step), float(p.value)) for p in self.buf]
-            metrics.update({p.name: float(p.value) for p in self.buf})
-            metrics["timesteps_total"] = self.step
         metrics.update(extra)
         self.buf = []
         self.last = time.monotonic()

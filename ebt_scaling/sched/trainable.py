@@ -70,9 +70,6 @@ class RaySink:
         metrics: dict[str, Any] = {"ebt_step": self.step}
         if self.buf:
             metrics["ebt_points"] = [(p.name, int(p.step), float(p.value)) for p in self.buf]
-            # the latest value of each metric at the training step: what experiment trackers plot
-            metrics.update({p.name: float(p.value) for p in self.buf})
-            metrics["timesteps_total"] = self.step
         metrics.update(extra)
         self.buf = []
         self.last = time.monotonic()
