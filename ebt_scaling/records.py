@@ -39,6 +39,19 @@ def value_kind(v: float) -> str:
     return "finite"
 
 
+LOSS_MARGIN_NATS = 2.0  # above ln(vocabulary): room for a model that learned little or nothing
+MAX_LOSS_NATS = 20.0  # no vocabulary known: ln(485 million), beyond any tokenizer
+
+
+def plausible_loss_bound(vocab_size: float | None) -> float:
+    """The largest plausible loss in nats per token of a measured result: ``ln(vocab_size) + 2`` (a uniform
+    guess scores ``ln(vocab_size)``), else ``MAX_LOSS_NATS``. ``ebt-scale import`` refuses a larger one unless
+    ``--allow-outliers``, and the fit leaves such an imported point out."""
+    if vocab_size is None or not vocab_size >= 2:
+        return MAX_LOSS_NATS
+    return math.log(vocab_size) + LOSS_MARGIN_NATS
+
+
 class MetricSink(Protocol):
     """Where the training loop sends metric points and checkpoints. Implemented by the scheduler
     (reports to the Ray driver), by the CLI (prints, keeps in memory) and by tests."""

@@ -18,6 +18,9 @@ def register(app: typer.Typer) -> None:
                                                   "(nats/token) and optional extra numeric metric columns.")],
         sweep: Annotated[str, typer.Option("--sweep", help="Sweep to import into (created if missing).")],
         db: DbOption = None,
+        allow_outliers: Annotated[bool, typer.Option(
+            "--allow-outliers", help="Import finite losses above the plausible bound (ln(vocab_size) + 2 nats, or "
+            "20 without a vocab_size column); fit and report leave them out and say why.")] = False,
     ) -> None:
         """Import results from a CSV file as completed, fit-eligible runs (re-importing is idempotent)."""
         from ebt_scaling.db.importer import scan_import_csv
@@ -26,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
         if (why := name_problem(sweep)) is not None:
             raise fail(f"--sweep {ascii(sweep)[:80]} {why}; pass a name such as --sweep depth-tiny", 2)
-        rows = scan_import_csv(file)  # validates every row (streaming) before the database is opened
+        rows = scan_import_csv(file, allow_outliers)  # validates every row (streaming) before the database is opened
         with Store(resolve_db(db)) as store:
             summary = store.import_rows(sweep, rows, source_name=file.name)
         typer.echo(f"imported {summary.total} run(s) into sweep {sweep!r}: {summary.created} new, "

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ebt_scaling.config import FAMILIES
+from ebt_scaling.records import plausible_loss_bound
 
 EBT = "ebt"
 TPP = "transformer_pp"
@@ -75,6 +76,9 @@ class AxisData:
         return tuple(sorted(int(i) for f in self.families.values() for i in f.run_id))
 
 
+MAX_FIT_LOSS = 1e6  # nats per token: squares of larger residuals overflow; no run, even diverging, is useful there
+
+
 def exclusion_reason(run: Any) -> str | None:
     """Why a stored run cannot enter a fit, or None when it can. ``run`` is a RunRecord (duck-typed)."""
     if run.status != "completed":
@@ -88,6 +92,11 @@ def exclusion_reason(run: Any) -> str | None:
         return "no finite final validation loss"
     if y <= 0:
         return "non-positive validation loss"
+    if y > MAX_FIT_LOSS:
+        return f"validation loss above {MAX_FIT_LOSS:.0e} nats per token (numerically unusable)"
+    if getattr(run, "source", None) == "imported" and y > plausible_loss_bound(_run_vocab(run)):
+        return ("implausible imported validation loss (above ln(vocab_size) + 2 nats, or 20 without a vocabulary; "
+                "imported with --allow-outliers)")
     if run.x is None or not math.isfinite(run.x):
         return "x missing or not finite"
     if run.x <= 0:
@@ -136,6 +145,15 @@ def axis_data_from_runs(sweep: str, axis: str, runs: Iterable[Any]) -> AxisData:
                         "a log-log fit needs positive x")
     return AxisData(sweep, axis, families, dict(sorted(excluded.items())), tuple(messages), baselines,
                     frozenset(keys))
+
+
+def _run_vocab(run: Any) -> float | None:
+    """The run's vocabulary: its config's, else an imported ``vocab_size`` column."""
+    v = _vocab_size(run)
+    if v is None:
+        u = (getattr(run, "extra_metrics", None) or {}).get("vocab_size")
+        v = u if isinstance(u, (int, float)) and math.isfinite(u) and u >= 2 else None
+    return v
 
 
 def _vocab_size(run: Any) -> int | None:

@@ -200,5 +200,5 @@ def holm(pvalues: list[float | None]) -> list[float | None]:
 
 def crossover_u(b_e, c_e, b_t, c_t):
     """u* where c_e + b_e u = c_t + b_t u (inf / nan when parallel)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (c_e - c_t) / (b_t - b_e)
+    with np.errstate(divide="ignore", invalid="ignore"):  # numpy division: Python floats would raise
+        return np.divide(np.subtract(c_e, c_t), np.subtract(b_t, b_e))

@@ -81,7 +81,9 @@ def draw_scaling(ax: Axes, fit: dict[str, Any]) -> None:
                     label=f"{LABELS[fam]} M2 E + A x^-a, a = {law['alpha']:.3f}")
             ax.fill_between(m["x"], 10 ** np.asarray(m["lo"]), 10 ** np.asarray(m["hi"]), color=c, alpha=0.10,
                             lw=0, hatch=None, zorder=1, label=f"{LABELS[fam]} M2 95% band (bootstrap)")
-    pts = [float(v) for fam in ("transformer_pp", "ebt") if plot.get(fam) for v in np.exp(plot[fam]["y"])]
+    with np.errstate(over="ignore"):  # a loss above ~709 nats has no float perplexity: left off the limits
+        pts = [float(v) for fam in ("transformer_pp", "ebt") if plot.get(fam) for v in np.exp(plot[fam]["y"])
+               if math.isfinite(v)]
     if pts:  # a wide bootstrap band must not squash the runs: y spans the runs (and a drawn baseline) with room
         ax.set_ylim(min(pts) / 2.0, max(pts) * 2.0)
     drawn = _draw_baseline(ax, plot)
