@@ -555,3 +555,43 @@ def test_a_store_run_is_named_by_the_store_content(tmp_path):
     assert r0.spec.data.store_fingerprint is None and "store_fingerprint" not in r0.spec.identity()["data"]
     with pytest.raises(SpecError, match=r"data\.store_fingerprint: unknown key"):
         load_spec(_write(tmp_path, text.replace("[data]", f"[data]\nstore_fingerprint = \"{'0' * 64}\"")))
+
+
+@pytest.mark.slow  # two local Ray sweeps of one tiny run each (about a minute on 2 cores)
+def test_a_sweep_on_a_re_prepared_store_trains_new_runs_and_says_so(tmp_path):
+    """Acceptance of issue 26.6: another corpus prepared into the same store folder, then the same sweep again:
+    one line says so, the runs are trained on the new store (new identities), the old ones are not reused."""
+    import shutil
+
+    from ebt_scaling.db import Store
+    from ebt_scaling.sched.runner import cleanup_leftover_ray
+
+    st, url = tmp_path / "st", f"sqlite:///{tmp_path / 'r.db'}"
+    _prepare(tmp_path, st, "alpha beta")
+    text = (spec_text("depth", "values = [1]").replace('families = ["ebt", "transformer_pp"]',
+                                                       'families = ["transformer_pp"]')
+            .replace("steps = 40", "steps = 6\nlog_interval = 2\neval_interval = 0\neval_tokens = 256")
+            .replace('source = "synthetic"', f'source = "store:{st}"\ntokenizer = "byte"')
+            .replace("[axis]", "[resources]\ncpus_per_trial = 1\nmax_retries = 0\n\n[axis]"))
+    spec = _write(tmp_path, text)
+
+    def sweep() -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run([sys.executable, "-m", "ebt_scaling", "sweep", "--spec", str(spec), "--db", url,
+                                   "--progress", "off"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+        finally:
+            cleanup_leftover_ray()
+
+    r = sweep()
+    assert r.returncode == 0 and "not the one its earlier runs" not in r.stderr, r.stdout + r.stderr
+    shutil.rmtree(st)
+    _prepare(tmp_path, st, "gamma delta")
+    r = sweep()
+    assert r.returncode == 0, r.stdout + r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if "not the one its earlier runs were planned on" in x]
+    assert line.startswith(f"sweep t: store {st} ") and "planning new runs" in line
+    with Store(url, create=False) as db:
+        runs = db.list_runs(sweep="t")
+    assert len(runs) == 2 and {x.status for x in runs} == {"completed"}
+    assert len({x.config["data"]["store_fingerprint"] for x in runs}) == 2
+    assert [x.attempts for x in runs] == [1, 1]
