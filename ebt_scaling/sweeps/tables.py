@@ -374,6 +374,8 @@ def check_tables(raw: dict[str, Any]) -> SweepSpec:
         if not isinstance(sub, dict):
             raise ConfigError(f"train.{fam}: must be a table; write it as a [train.{fam}] section")
         for k in sub:
+            if k not in TRAIN_KEYS:
+                raise ConfigError(unknown_key_line(f"train.{fam}", k, FAMILY_TRAIN_KEYS))
             if k not in FAMILY_TRAIN_KEYS:
                 raise ConfigError(f"train.{fam}.{k}: not a per-family setting; a family's own table takes only "
                                   f"{', '.join(FAMILY_TRAIN_KEYS)}; set {k} in [train] (shared, so both families "
