@@ -475,6 +475,9 @@ def test_a_string_where_a_number_belongs_says_so_in_one_line(tmp_path):
          "dta: unknown section (did you mean 'data'?); use only [sweep]"),
         (spec_text("flops", 'values = ["nano", "tiny"]\nconvention = "chinchilla"'),
          "axis.convention: unknown FLOPs convention 'chinchilla'; use paper or exact"),
+        (spec_text("depth", "values = [1, 2]").replace('["ebt", "transformer_pp"]', '["transformer_pp"]')
+         .replace("[model]", "[model]\nstep_size = \"5\""),
+         "model.step_size: must be a number, got '5' (a string)"),
         (spec_text("depth", "values = [1, 2]") + "\n[train.ebt]\nlrr = 0.1\n",
          "train.ebt.lrr: unknown key (did you mean 'lr'?); valid keys are lr, warmup_steps, min_lr_div"),
         (spec_text("params", 'values = ["nano", "tiny"]\nlrs = [0.1]'),

@@ -203,6 +203,8 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
                 planned = PlannedRun(family=family, axis=ax, x=x, seed=seed, config_hash=run.config_hash,
                                      config=config, params=params, flops_per_token=fpt, tokens=tokens)
                 out.append(ExpandedRun(spec=run, planned=planned, label=label))
+    if "ebt" not in spec.families and ebt_options and out:  # EBT options a T++-only sweep ignores: checked still
+        ModelConfig(**{**out[0].spec.model.to_dict(), "family": "ebt", **RECIPE_OVERRIDES[spec.recipe], **ebt_options})
     hashes = [r.config_hash for r in out]
     if len(set(hashes)) != len(hashes):
         raise SpecError(f"{spec.source}: axis.values: two values give the same run configuration; "
