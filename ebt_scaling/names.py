@@ -7,7 +7,9 @@ rewrite a colleague's terminal, and a longer name would fail in the database aft
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from collections.abc import Iterable
 
 MAX_NAME = 200  # ebt_sweeps.name is String(200)
 
@@ -24,9 +26,20 @@ def name_problem(name: object) -> str | None:
     return None
 
 
+FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
 def csv_safe(cell: object) -> object:
     """A text cell that a spreadsheet would run as a formula (it starts with =, +, -, @, a tab or a carriage
-    return) gets a leading apostrophe (OWASP's CSV-injection rule); numbers and other cells are unchanged."""
-    if isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    return) gets a leading apostrophe (OWASP's CSV-injection rule); numbers, text that is a plain number
+    (``-3.5``, ``+1e-3``) and other cells are unchanged. Every CSV the tool writes passes its header and
+    every value through this (``csv_row``; ``export`` maps it over the frame and its columns)."""
+    if isinstance(cell, str) and cell[:1] in FORMULA_LEADS and not _PLAIN_NUMBER.fullmatch(cell):
         return "'" + cell
     return cell
+
+
+def csv_row(cells: Iterable[object]) -> list[object]:
+    """``csv_safe`` of every cell of a header or data row."""
+    return [csv_safe(c) for c in cells]

@@ -58,9 +58,10 @@ def register(app: typer.Typer) -> None:
             except ImportError as exc:
                 raise ConfigError(f"parquet export needs pyarrow ({exc}); pip install pyarrow") from None
         else:
-            from ebt_scaling.names import csv_safe
+            from ebt_scaling.names import csv_row, csv_safe
 
             df = df.map(csv_safe)  # text cells a spreadsheet would run as formulas get a leading apostrophe
+            df.columns = csv_row(str(c) for c in df.columns)  # and so do headers (imported metric names)
             df.to_csv(sys.stdout if out is None else out, index=False)
         if out is not None:
             typer.echo(f"wrote {len(df)} row(s) to {out}", err=True)

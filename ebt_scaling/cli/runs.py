@@ -47,11 +47,13 @@ def register(app: typer.Typer) -> None:
             import csv
             import sys
 
+            from ebt_scaling.names import csv_row
+
             cols = _all_columns(rows)
-            w = csv.DictWriter(sys.stdout, fieldnames=cols, lineterminator="\n")
-            w.writeheader()
+            w = csv.writer(sys.stdout, lineterminator="\n")
+            w.writerow(csv_row(cols))  # headers (imported metric names) and cells (sweep names) alike
             for r in rows:
-                w.writerow({k: _cell(v) for k, v in r.items()})
+                w.writerow(csv_row(_cell(r.get(k)) for k in cols))
         else:
             _print_table(rows)
 
