@@ -10,7 +10,7 @@ figures themselves (the profiler adds overhead).
     python benchmarks/profile_step.py --family transformer_pp --size xxs --batch 1       # CPU, fp32
     python benchmarks/profile_step.py --family ebt --size tiny --vocab 2048 --seq 128 --batch 8 --compile
 
-``--compile`` profiles the step as ``ebt-scale train --compile`` runs it (``train.loop.compiled_loss``; the
+``--compile`` profiles the step as ``ebt-scale train --compile`` runs it (``train.runtime.compiled_loss``; the
 warm-up steps compile). Compiled kernels then replace most aten calls (matmuls stay aten calls). On CUDA every
 launch is in ``kernel_launches_per_step`` and ``compiled_kernels_per_step`` counts the profiler's ``triton_*``
 events; on CPU Inductor's C++ kernels run inside the ``## Call CompiledFxGraph ...`` events, invisible one by one,
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from ebt_scaling.models import build_model
-    from ebt_scaling.train.loop import compiled_loss
+    from ebt_scaling.train.runtime import compiled_loss
 
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():

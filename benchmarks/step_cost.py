@@ -12,7 +12,7 @@ use; both ratios are reported.
     python benchmarks/step_cost.py --device cuda --reps 20 --n-layer 6 --n-embd 384 --n-head 6
     python benchmarks/step_cost.py --compile        # also both families under torch.compile, interleaved
 
-``--compile`` adds ``tpp_sdpa_compiled`` and ``ebt_compiled`` (same weights, ``train.loop.compiled_loss`` as
+``--compile`` adds ``tpp_sdpa_compiled`` and ``ebt_compiled`` (same weights, ``train.runtime.compiled_loss`` as
 ``ebt-scale train --compile``); the first warm-up round compiles. ``paired_ratio_median`` then also holds
 ``ebt_compiled_vs_ebt`` and ``tpp_sdpa_compiled_vs_tpp_sdpa``: the median over rounds of compiled / eager step
 time, both measured back to back in the same round.
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compile:
         import copy
 
-        from ebt_scaling.train.loop import compiled_loss
+        from ebt_scaling.train.runtime import compiled_loss
 
         tpp_c, ebt_c = copy.deepcopy(tpp), copy.deepcopy(ebt)
         tpp_c.attn_impl = "sdpa"

@@ -132,7 +132,7 @@ def run_one(job: dict) -> dict:
     from ebt_scaling.config import draws_on_host_per_step, model_config
     from ebt_scaling.models import build_model
     from ebt_scaling.models.flops import flops_per_token, param_counts
-    from ebt_scaling.train.loop import compiled_loss
+    from ebt_scaling.train.runtime import compiled_loss
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])

@@ -17,7 +17,7 @@ import torch
 from ebt_scaling.config import DataConfig, RunSpec, TrainConfig, model_config
 from ebt_scaling.errors import ConfigError
 from ebt_scaling.records import ListSink
-from ebt_scaling.train.distributed import check_local, launch_local
+from ebt_scaling.train.launch import check_local, launch_local
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 

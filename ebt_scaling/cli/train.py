@@ -180,7 +180,7 @@ def train_cmd(
         if cuda_graph:
             raise fail("--cuda-graph: not supported with --workers > 1 (the gradient all-reduce runs between "
                        "capture and step); drop one of them", 2)
-        from ebt_scaling.train.distributed import check_local
+        from ebt_scaling.train.launch import check_local
 
         check_local(spec0, workers)
     if cuda_graph or compile_:
@@ -199,7 +199,7 @@ def train_cmd(
     spec = spec0.with_(data=dcfg, checkpoint_dir=checkpoint_dir, recipe=recipe_name)
 
     from ebt_scaling.records import ListSink
-    from ebt_scaling.train.distributed import launch_local
+    from ebt_scaling.train.launch import launch_local
 
     sink = ListSink()
     with _train_progress(progress_mode, err, f"{family} {preset}", steps) as on_step:

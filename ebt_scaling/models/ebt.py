@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -57,10 +58,21 @@ class Draws:
     noise: torch.Tensor | None = None  # (B, steps, T, V) standard normal Langevin noise; None when sigma = 0
     step_scale: torch.Tensor | None = None  # (B, T, 1) alpha's multiplier U[1/s, s]; None: the fixed alpha
 
+    def tensors(self) -> tuple[torch.Tensor | None, ...]:
+        """(z0, noise, step_scale): what a captured CUDA graph copies into its static inputs."""
+        return self.z0, self.noise, self.step_scale
+
+    def with_tensors(self, z0: torch.Tensor, noise: torch.Tensor | None, step_scale: torch.Tensor | None) -> Draws:
+        """These landscapes with other tensors (the graph's static copies of ``tensors()``)."""
+        return Draws(self.landscapes, z0, noise, step_scale)
+
 
 class EBT(nn.Module):
-    """``model(idx)`` -> logits after the validation-time descent; ``model.loss(idx, targets)`` ->
+    """``model(idx)`` -> logits after the validation-time descent; ``model.loss(idx, targets, draws=None)`` ->
     (loss, info); ``model.think(idx, steps, samples)`` -> (logits, energies)."""
+
+    # info key -> training metric the loop logs (besides the loss): the final-step CE, the first step's, alpha
+    logged_metrics: ClassVar[dict[str, str]] = {"ce": "train_ce", "ce_initial": "train_ce_initial", "alpha": "alpha"}
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

@@ -3,8 +3,8 @@
 The batch (its rows: fresh samples, then, for an EBT with a replay buffer, the replayed ones) is cut into
 micro-batches of ``TrainConfig.micro_batch_size`` rows (the last may be smaller). Each micro-batch's loss is a
 token mean, so it is weighted by its share of the batch's tokens before its backward: the accumulated gradient is
-the whole batch's gradient, and so are the reported loss and the EBT's CE metrics (token-weighted) and energies
-(row-weighted), up to rounding.
+the whole batch's gradient, and so are the reported loss and the EBT's CE and energy metrics, up to rounding. One
+weighting rule (``TOKEN_MEANS``) serves micro-batches here and data-parallel ranks (``distributed.reduce_step``).
 
 The EBT's random inputs (``EBT.draw``) come from one generator per row, keyed by (seed, step, global sample
 index) (train/keyed.py), and are drawn one micro-batch at a time (never the whole batch's noise at once). S2's
@@ -26,10 +26,11 @@ import torch
 
 from ebt_scaling.train import keyed
 
-# EBT metrics that are token means (weighted by tokens) and means over positions (weighted by rows).
-# The EBT's energies are means over real (non-padding) positions too (models/ebt.py), so they combine like the CE.
+# The info entries that are means over the real (non-padding) target tokens of the rows they were computed on: the
+# CEs, and the EBT's energies (models/ebt.py averages them over real positions too). Parts of a batch (micro-batches,
+# data-parallel ranks) combine them weighted by their share of the batch's real tokens. Every other entry (alpha,
+# inner_steps) is the same for every part of a step.
 TOKEN_MEANS = ("ce", "ce_initial", "energy_initial", "energy_final", "energy_steps")
-ROW_MEANS: tuple[str, ...] = ()
 
 
 def micro_slices(rows: int, micro: int | None) -> list[slice]:
@@ -58,16 +59,15 @@ class StepRows:
 def step_rows(model: torch.nn.Module, idx: torch.Tensor, tgt: torch.Tensor, *, seed: int, step: int,
               row_offset: int = 0, rank: int = 0) -> StepRows:
     """Host decisions of optimizer step ``step`` (0-based) for a worker holding global samples ``row_offset ..
-    row_offset + B - 1``: the EBT's landscapes (S2's step count, keyed by (seed, step)) and its replayed rows (keyed
-    by (seed, step, rank)). The T++ has none."""
+    row_offset + B - 1``: the model's landscapes (the EBT's; S2's step count keyed by (seed, step); the T++ has
+    none), every row's draw key and, for a model with a replay buffer (EBT S2), its replayed rows (keyed by
+    (seed, step, rank))."""
     b, t = idx.shape
-    if model.cfg.family != "ebt":
-        return StepRows(idx, tgt, b)
     device = idx.device
     landscapes = tuple(model.landscapes(True, keyed.generator("cpu", seed, keyed.STEPS, step)))
     keys = [(keyed.TRAIN, (step, row_offset + j)) for j in range(b)]
     starts: list[torch.Tensor | None] = [None] * b
-    if model.cfg.replay_buffer_size:
+    if model.cfg.replay_buffer_size and getattr(model, "replay", None) is not None:
         r_idx, r_tgt, r_z = model.replay_pick(b, t, keyed.generator("cpu", seed, keyed.REPLAY_PICK, step, rank))
         idx, tgt = torch.cat((idx, r_idx.to(device))), torch.cat((tgt, r_tgt.to(device)))
         keys += [(keyed.REPLAYED, (step, rank, j)) for j in range(len(r_z))]
@@ -76,8 +76,9 @@ def step_rows(model: torch.nn.Module, idx: torch.Tensor, tgt: torch.Tensor, *, s
 
 
 def draws_for(model: torch.nn.Module, rows: StepRows, sl: slice, seed: int, *, train: bool = True) -> Any:
-    """The EBT's ``Draws`` of rows ``sl`` of ``rows``, one keyed generator per row."""
-    gens = [keyed.generator(rows.idx.device, seed, stream, *index) for stream, index in rows.keys[sl]]
+    """The model's random inputs (``model.draw``: the EBT's ``Draws``, the T++'s None) of rows ``sl`` of ``rows``,
+    one keyed generator per row."""
+    gens = keyed.Generators(rows.idx.device, seed, rows.keys[sl])
     return model.draw(gens, rows.idx.shape[1], rows.landscapes, rows.idx.device, train=train,
                       starts=rows.starts[sl])
 
@@ -86,36 +87,27 @@ def forward_backward(model: torch.nn.Module, loss_fn: Callable[..., Any], rows: 
                      micro: int | None, autocast: Callable[[], Any]) -> tuple[torch.Tensor, dict[str, Any]]:
     """Accumulate the gradient of the step's rows, one micro-batch at a time; return the batch's loss and info
     (detached). Raises ``TrainingDiverged`` from the EBT's descent as the whole-batch step would."""
-    is_ebt = model.cfg.family == "ebt"
     n_tok = int((rows.tgt != -100).sum())
-    n_rows = rows.idx.shape[0]
     total: torch.Tensor | None = None
     info: dict[str, Any] = {}
     finals: list[torch.Tensor] = []
-    for sl in micro_slices(n_rows, micro):
+    for sl in micro_slices(rows.idx.shape[0], micro):
         idx, tgt = rows.idx[sl], rows.tgt[sl]
-        w_tok = int((tgt != -100).sum()) / max(1, n_tok)
-        w_row = (sl.stop - sl.start) / n_rows
+        w = int((tgt != -100).sum()) / max(1, n_tok)
         with autocast():
-            if is_ebt:
-                loss, part = loss_fn(idx, tgt, draws_for(model, rows, sl, seed))
-            else:
-                out = loss_fn(idx, tgt)
-                loss, part = out if isinstance(out, tuple) else (out, {})
+            loss, part = loss_fn(idx, tgt, draws_for(model, rows, sl, seed))
         # One micro-batch (the whole batch) keeps the unweighted loss: bit for bit the step without accumulation.
-        (loss if w_tok == 1.0 else loss * w_tok).backward()
+        (loss if w == 1.0 else loss * w).backward()
         finals += [part.pop("final_logits")] if "final_logits" in part else []
-        total = loss.detach() * w_tok if total is None else total + loss.detach() * w_tok
+        total = loss.detach() * w if total is None else total + loss.detach() * w
         for k, v in part.items():
-            w = w_tok if k in TOKEN_MEANS else w_row if k in ROW_MEANS else None
-            if w is None:
+            if k not in TOKEN_MEANS:
                 info[k] = v  # alpha, inner_steps: the same for every micro-batch
             else:
                 v = v if w == 1.0 else v * w
                 info[k] = v if k not in info else info[k] + v
-    if is_ebt:
-        info["replayed"] = float(rows.n_replayed)
-        if finals:  # the fresh rows' final logits, in batch order, after the whole step
-            model.replay_push(rows.idx[:rows.n_fresh], rows.tgt[:rows.n_fresh], torch.cat(finals)[:rows.n_fresh])
+    info["replayed"] = float(rows.n_replayed)
+    if finals:  # a replay buffer's fresh rows' final logits, in batch order, after the whole step
+        model.replay_push(rows.idx[:rows.n_fresh], rows.tgt[:rows.n_fresh], torch.cat(finals)[:rows.n_fresh])
     assert total is not None
     return total, info

@@ -19,8 +19,8 @@ from ebt_scaling.config import RunSpec
 from ebt_scaling.errors import ConfigError
 from ebt_scaling.models import build_model
 from ebt_scaling.train.accumulate import forward_backward, step_rows
-from ebt_scaling.train.loop import autocast_context, compiled_loss, resolve_device
 from ebt_scaling.train.precision import matmul_precision
+from ebt_scaling.train.runtime import autocast_context, compiled_loss, resolve_device
 
 
 def time_training_steps(spec: RunSpec, steps: int = 3, warmup: int = 2) -> float:
@@ -58,7 +58,7 @@ def _time(spec: RunSpec, device: torch.device, steps: int, warmup: int) -> float
     # Synthetic windows of T + 1 tokens, drawn on the host like the trainer's batches and copied per step.
     batches = [torch.randint(0, V, (B, T + 1), generator=gen) for _ in range(min(steps + warmup, 4))]
 
-    def step(i: int) -> None:  # the trainer's step (loop.run_step without a captured graph)
+    def step(i: int) -> None:  # the trainer's step (step.TrainStep without a captured graph)
         b = batches[i % len(batches)].to(device, non_blocking=True)
         rows = step_rows(model, b[:, :-1], b[:, 1:], seed=tcfg.seed, step=i)
         forward_backward(model, loss_fn, rows, seed=tcfg.seed, micro=tcfg.micro_batch_size, autocast=autocast)

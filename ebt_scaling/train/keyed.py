@@ -16,7 +16,8 @@ so validation noise is the same whatever the batch size).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import overload
 
 import torch
 
@@ -38,3 +39,26 @@ def row_generators(device: torch.device | str, seed: int, stream: str, step: int
                    rows: Iterable[int]) -> list[torch.Generator]:
     """One generator per sample: ``generator(device, seed, stream, step, row)`` for each global row index."""
     return [generator(device, seed, stream, step, r) for r in rows]
+
+
+class Generators(Sequence[torch.Generator]):
+    """``generator(device, seed, stream, *index)`` for every ``(stream, index)`` of ``keys``, made when read (each
+    read a fresh one): a model that draws nothing (the T++'s ``draw``) costs no generator at all."""
+
+    def __init__(self, device: torch.device | str, seed: int, keys: Sequence[tuple[str, tuple[int, ...]]]) -> None:
+        self.device, self.seed, self.keys = device, seed, keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, i: int) -> torch.Generator: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[torch.Generator]: ...
+
+    def __getitem__(self, i: int | slice) -> torch.Generator | Sequence[torch.Generator]:
+        if isinstance(i, slice):
+            return Generators(self.device, self.seed, self.keys[i])
+        stream, index = self.keys[i]
+        return generator(self.device, self.seed, stream, *index)

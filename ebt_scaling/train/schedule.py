@@ -18,8 +18,10 @@ A group with ``lr_mult == 1`` gets exactly ``lr_at`` under both.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
-from ebt_scaling.config import STEP_SIZE_LR_FLOORS
+from ebt_scaling.config import STEP_SIZE_LR_FLOORS, RunSpec
 
 
 def lr_at(step: int, *, peak: float, warmup: int, total: int, min_div: float, floor: float | None = None) -> float:
@@ -49,3 +51,35 @@ def group_lr_at(step: int, *, peak: float, warmup: int, total: int, min_div: flo
     if floor_mode == "scaled":
         return lr_at(step, peak=peak, warmup=warmup, total=total, min_div=min_div) * lr_mult
     raise ValueError(f"floor_mode: unknown value {floor_mode!r}; use one of {', '.join(STEP_SIZE_LR_FLOORS)}")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's schedule: ``lr_at`` over ``TrainConfig.schedule_length`` steps, with the EBT alpha group's floor
+    (``group_lr_at``). Stateless: ``state_dict(step)`` records what the LR was, for the checkpoint's reader."""
+
+    peak: float
+    warmup: int
+    total: int
+    min_div: float
+    floor_mode: str
+
+    @classmethod
+    def of(cls, spec: RunSpec) -> Schedule:
+        t = spec.train
+        return cls(t.lr, t.warmup_steps, t.schedule_length, t.min_lr_div, spec.model.step_size_lr_floor)
+
+    def lr(self, step: int) -> float:
+        """The base LR (a group without multiplier) of optimizer step ``step`` (0-based)."""
+        return lr_at(step, peak=self.peak, warmup=self.warmup, total=self.total, min_div=self.min_div)
+
+    def apply(self, optimizer: Any, step: int) -> float:
+        """Set every parameter group's LR for step ``step`` (its ``lr_mult`` applied); return the base LR."""
+        for g in optimizer.param_groups:
+            g["lr"] = group_lr_at(step, peak=self.peak, warmup=self.warmup, total=self.total, min_div=self.min_div,
+                                  lr_mult=g["lr_mult"], floor_mode=self.floor_mode)
+        return self.lr(step)
+
+    def state_dict(self, step: int) -> dict[str, Any]:
+        """After ``step`` optimizer steps: the step and the base LR the last one used."""
+        return {"step": step, "lr": self.lr(max(0, step - 1))}
