@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
+
+if TYPE_CHECKING:
+    from ebt_scaling.db.store import Store
 
 
 def _dur(s: float | None) -> str:
@@ -22,14 +25,14 @@ def _num(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def _sweep_names(store: Any, sweep: str | None) -> list[str]:
+def _sweep_names(store: Store, sweep: str | None) -> list[str]:
     if sweep is not None:
         store.get_sweep(sweep)  # NotFound names the closest sweeps
         return [sweep]
     return [s.name for s in store.list_sweeps()]
 
 
-def _snapshot(store: Any, names: list[str]) -> list[dict[str, Any]]:
+def _snapshot(store: Store, names: list[str]) -> list[dict[str, Any]]:
     from ebt_scaling.db.status import run_rows, sweep_summary
 
     out = []

@@ -12,9 +12,12 @@ throughput of its running runs. Evaluation pauses are not in ``tokens_per_s``, s
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ebt_scaling.records import RunRecord
+
+if TYPE_CHECKING:
+    from ebt_scaling.db.store import Store
 
 SERIES = ("train_loss", "val_loss", "tokens_per_s", "wall_time_s")
 UNFINISHED = ("planned", "running", "cancelled")
@@ -31,7 +34,7 @@ def _finite(v: float | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
-def run_rows(store: Any, sweep: str) -> list[dict[str, Any]]:
+def run_rows(store: Store, sweep: str) -> list[dict[str, Any]]:
     """One dict per run of ``sweep``: id, family, x, seed, status, step, steps, train/val loss, tokens/s,
     elapsed_s, eta_s, attempts, host, heartbeat_at."""
     runs = [r for r in store.list_runs(sweep=sweep) if r.source == "trained"]

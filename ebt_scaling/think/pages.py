@@ -14,13 +14,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from ebt_scaling.think import metrics as tm
+
+if TYPE_CHECKING:
+    from ebt_scaling.db.store import Store
 
 COLORS = {"transformer_pp": "#1f77b4", "ebt": "#d62728"}
 SAMPLE_STYLES = ["-", "--", ":", "-."]
@@ -45,7 +48,7 @@ class ThinkData:
     runs: list[ThinkRun]
 
 
-def load_think_data(store: Any, sweep: str | None = None) -> ThinkData | None:
+def load_think_data(store: Store, sweep: str | None = None) -> ThinkData | None:
     """The thinking series of every run of ``sweep`` (or all sweeps) that has them; None if none has."""
     runs = store.list_runs(sweep=sweep)
     out: list[ThinkRun] = []
@@ -78,7 +81,7 @@ def load_think_data(store: Any, sweep: str | None = None) -> ThinkData | None:
     return ThinkData(sweep, out) if out else None
 
 
-def think_pages(store: Any, sweep: str | None = None) -> list[Callable[[Any, Callable[[], Figure]], None]]:
+def think_pages(store: Store, sweep: str | None = None) -> list[Callable[[Any, Callable[[], Figure]], None]]:
     data = load_think_data(store, sweep)
     if data is None:
         return []

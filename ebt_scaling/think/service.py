@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ebt_scaling.errors import ConfigError, DataError, NotFound
 from ebt_scaling.records import MetricPoint
 from ebt_scaling.think import metrics as tm
+
+if TYPE_CHECKING:
+    from ebt_scaling.db.store import Store
 
 
 @dataclass
@@ -83,7 +86,7 @@ def summarise(res: Any) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
 
-def think_sweep(store: Any, sweep: str, *, steps: Sequence[int], samples: Sequence[int], ood: str | None,
+def think_sweep(store: Store, sweep: str, *, steps: Sequence[int], samples: Sequence[int], ood: str | None,
                 n_batches: int, batch_size: int | None = None, seed: int = 0, device: str = "cpu",
                 on_message: Callable[[str], None] | None = None,
                 on_batch: Callable[[str, str, int], None] | None = None) -> list[RunOutcome]:
