@@ -259,3 +259,39 @@ def test_ranks_and_micro_batches_weight_the_info_alike():
         halves.append(forward_backward(h, h.loss, rows, seed=0, micro=None, autocast=NO_AUTOCAST)[1])
     by_rows = (float(halves[0]["energy_final"]) + float(halves[1]["energy_final"])) / 2
     assert abs(by_rows - ranks["energy_final"][0]) > 1e-3 * abs(ranks["energy_final"][0])
+
+
+# S2 without its host-side decisions (fixed step count, no replay buffer), which a CUDA graph allows: every draw
+# (z0, Langevin noise, alpha's multiplier) is a graph input
+S2_FIXED = dict(S2, randomize_num_steps=0, randomize_num_steps_min=0, replay_buffer_size=0)
+
+
+@pytest.mark.parametrize("family", ["transformer_pp", "ebt_s1", "ebt_s2_fixed"])
+def test_the_graphed_steps_function_equals_the_eager_step_on_cpu(family):
+    """What ``GraphedStep`` captures (``TrainStep._whole_batch``: the model's draws enter as tensors and are rebuilt
+    around them) gives the eager whole-batch step's loss, info and gradients bit for bit. The capture itself needs
+    CUDA (``tests/test_cuda.py``); here the function runs as the graph's eager warm-up calls run it."""
+    from ebt_scaling.train.step import TrainStep
+
+    cfg = {"transformer_pp": dict(family="transformer_pp"), "ebt_s1": S1, "ebt_s2_fixed": S2_FIXED}[family]
+    tcfg = TrainConfig(steps=2, batch_size=4, precision="fp32", device="cpu")
+    idx = torch.randint(0, V, (4, T + 1), generator=torch.Generator().manual_seed(3))
+    out = {}
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        m = build_model(ModelConfig(**SHAPE, **cfg)).train()
+        step = TrainStep(m, build_optimizer(m, tcfg), tcfg, torch.device("cpu"))
+        if graphed:
+            step.graphed = step._whole_batch  # GraphedStep's eager call: fn(*inputs)
+        o = step(idx[:, :-1], idx[:, 1:], 0)
+        if graphed and family != "transformer_pp":
+            d = step._draws  # the draws went in as tensors
+            assert d is not None and d.z0 is not None
+            assert (d.noise is not None and d.step_scale is not None) == (family == "ebt_s2_fixed")
+        out[graphed] = (o, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    (eager, g_e), (graph, g_g) = out[False], out[True]
+    assert graph.loss == eager.loss and graph.grad_norm == eager.grad_norm and graph.reason is None
+    assert g_e.keys() == g_g.keys() and all(torch.equal(g_e[n], g_g[n]) for n in g_e)
+    for k in ("ce", "ce_initial", "alpha"):
+        if k in eager.info:
+            assert torch.equal(torch.as_tensor(graph.info[k]), torch.as_tensor(eager.info[k])), k
