@@ -1,4 +1,5 @@
-"""The training loop: ``train(spec, sink, *, resume_from=None) -> RunResult`` (see ``loop.py``).
+"""The training loop: ``train(spec, sink, *, resume_from=None) -> RunResult`` (``loop.py``, which hands each phase
+to a part: ``state.py``, ``step.py``, ``evaluation.py``, ``checkpoint.py``; the local launcher is ``launch.py``).
 
 Knows nothing of Ray or the database; documented in ``docs/training.md``.
 """
