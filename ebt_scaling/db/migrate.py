@@ -24,9 +24,8 @@ from ebt_scaling.db.engine import (
     init_lock,
     make_engine,
     sqlite_path,
-    translate,
-    with_retries,
 )
+from ebt_scaling.db.retry import translate, with_retries
 from ebt_scaling.errors import SchemaOutOfDate, StoreError
 from ebt_scaling.security import mask_url, scrub
 

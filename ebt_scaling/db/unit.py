@@ -16,8 +16,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from ebt_scaling.db.codec import RUNS, SWEEPS, chunks
-from ebt_scaling.db.engine import SQLITE_BEGIN, WriterLock, make_engine, parse_url, sqlite_path, translate, with_retries
+from ebt_scaling.db.engine import SQLITE_BEGIN, WriterLock, make_engine, parse_url, sqlite_path
 from ebt_scaling.db.migrate import ensure_schema
+from ebt_scaling.db.retry import translate, with_retries
 from ebt_scaling.errors import NotFound, StoreError
 from ebt_scaling.security import mask_url
 
