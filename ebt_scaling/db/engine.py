@@ -6,6 +6,9 @@
   when it upgrades a read transaction), readers with a plain ``BEGIN``.
 * PostgreSQL: ``postgresql+psycopg://`` (``postgresql://`` and ``postgres://`` are rewritten to it),
   ``pool_pre_ping``.
+* SQLite files: every transaction first checks that the file is still the one the engine opened (same
+  device and inode): a database deleted or replaced under a running sweep stops it in one line instead of
+  writing into a file nobody can read again.
 * Retries of a whole unit of work and error translation live in ``retry.py``.
 """
 
@@ -147,6 +150,30 @@ def _set_wal(cur: Any) -> None:
             time.sleep(random.uniform(0.005, 0.05))
 
 
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a SQLite file, or None when it does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _identity_guard(path: Path, ident: tuple[int, int] | None) -> Callable[[Connection], None]:
+    """A "begin" hook: the file the engine opened is still the one at ``path``. SQLite keeps writing into a
+    deleted (unlinked) file, and a file put in its place is another database: either way every later write
+    would be lost or land elsewhere, so each transaction checks first (one stat) and stops with one line."""
+    def check(_conn: Connection) -> None:
+        now = file_identity(path)
+        if now != ident:
+            what = "deleted" if now is None else "replaced by another file"
+            raise StoreError(f"the SQLite database {path} was {what} while this process was using it; stopped "
+                             "before writing anything more; put the file back and rerun the same command (the "
+                             "runs' checkpoints are kept)")
+
+    return check
+
+
 def _sqlite_begin(conn: Connection) -> None:
     mode = conn.get_execution_options().get(SQLITE_BEGIN, "DEFERRED")
     conn.exec_driver_sql(f"BEGIN {mode}")
@@ -170,6 +197,8 @@ def make_engine(url: str, *, null_pool: bool = False) -> Engine:
                 kwargs["poolclass"] = NullPool
         engine = create_engine(u, **kwargs)
         event.listen(engine, "connect", _sqlite_connect_hook(wal=path is not None))
+        if path is not None:
+            event.listen(engine, "begin", _identity_guard(path, file_identity(path)))
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     kwargs = {"pool_pre_ping": True}
