@@ -89,3 +89,42 @@ def test_two_sweeps_sharing_runs_started_at_once_train_each_run_once_on_postgres
         _two_drivers_at_once(tmp_path, url)
     finally:
         gen.close()
+
+
+def test_a_driver_waits_for_runs_another_live_driver_trains_and_counts_them_done(tmp_path, monkeypatch):
+    """No Ray needed: another process holds the claims of both runs, finishes them and exits; this driver
+    trains nothing, says what it waits for, and ends with both runs completed (attempts untouched)."""
+    from ebt_scaling.db import Store
+    from ebt_scaling.sched import service
+    from ebt_scaling.sched.runner import RayOptions
+    from ebt_scaling.sweeps import expand, load_spec
+
+    monkeypatch.setattr(service, "WAIT_POLL_S", 0.2)
+    url = f"sqlite:///{tmp_path / 'wait.db'}"
+    spec = load_spec(_spec(tmp_path, "mine", "[0]"))
+    with Store(url) as st:
+        st.create_sweep("theirs", spec.axis)
+        ids = [r.id for r in st.plan_runs("theirs", [r.planned for r in expand(spec)])]
+    other = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from ebt_scaling.db.store import Store\n"
+        f"st = Store({url!r}); claims = st.run_claims()\n"
+        f"assert all(claims.take(i) is None for i in {ids!r})\n"
+        f"[st.mark_running(i) for i in {ids!r}]\n"
+        "print('claimed', flush=True); time.sleep(1.5)\n"
+        f"[st.finish_run(i, 'completed', result={{'final_val_loss': 3.0}}) for i in {ids!r}]\n")],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert other.stdout.readline().strip() == "claimed"
+        said: list[str] = []
+        with Store(url) as st:
+            out = service.run_sweep(spec, st, RayOptions(storage_path=str(tmp_path / "runs")), echo=said.append)
+            assert out.ok and out.statuses == {"completed": 2} and out.launched == 0 and out.runner is None
+            assert [r.id for r in st.list_runs(sweep="mine")] == ids
+            assert [r.attempts for r in st.list_runs(sweep="mine")] == [1, 1]
+        assert "2 being trained by another driver" in said[0]
+        assert any(f"waiting for 2 run(s) trained by another driver: run {ids[0]} (pid {other.pid} on " in s
+                   for s in said), said
+    finally:
+        other.wait(30)
+    assert other.returncode == 0
