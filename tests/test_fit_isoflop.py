@@ -315,6 +315,10 @@ def test_non_finite_loss_is_a_clear_error():
         fit_isoflop([{"family": "a", "seed": 0, "params": 1e6, "tokens": 1e9, "flops": 0.0, "loss": 3.0}], QUICK)
     with pytest.raises(FitError, match="no rows"):
         fit_isoflop([], QUICK)
+    with pytest.raises(FitError, match="expected a PerToken"):
+        fit_isoflop(design(families=("transformer_pp",)), QUICK, per_token={"transformer_pp": lambda n: 6 * n})
+    with pytest.raises(FitError, match="fit two at a time"):
+        fit_isoflop(design(families=("transformer_pp", "ebt", "c"), laws={**LAWS, "c": LAWS["ebt"]}), QUICK)
 
 
 def test_too_few_sizes_and_single_point_budget():

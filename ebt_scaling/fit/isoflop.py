@@ -36,7 +36,7 @@ Everything is numpy/scipy; no torch, ray or database import.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,7 +232,10 @@ def _ci(draws: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ci1(draws: np.ndarray) -> tuple[float, float]:
-    lo, hi = _ci(np.asarray(draws).reshape(-1))
+    d = np.asarray(draws, dtype=float).reshape(-1)
+    if np.isfinite(d).sum() < 20:
+        return float("nan"), float("nan")
+    lo, hi = _ci(d)
     return float(lo), float(hi)
 
 
@@ -674,7 +677,8 @@ def chinchilla_starts() -> np.ndarray:
 
 def polish(theta0: np.ndarray, logy: np.ndarray, u: np.ndarray, v: np.ndarray, delta: float,
            w: np.ndarray | None = None) -> tuple[float, np.ndarray, bool]:
-    """L-BFGS-B with the analytic gradient and tight tolerances: (objective, theta, stationary)."""
+    """L-BFGS-B with the analytic gradient and tight tolerances: (objective, theta, stationary), where stationary
+    means a projected gradient below 1e-3 times max(1, objective)."""
     ww = np.ones_like(logy) if w is None else w
 
     def fun(th: np.ndarray) -> tuple[float, np.ndarray]:
@@ -686,7 +690,8 @@ def polish(theta0: np.ndarray, logy: np.ndarray, u: np.ndarray, v: np.ndarray, d
                             options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 20000, "maxfun": 40000})
     g = fun(res.x)[1]
     g = np.where(((res.x <= LO) & (g > 0)) | ((res.x >= HI) & (g < 0)), 0.0, g)
-    return float(res.fun), res.x, bool(np.abs(g).max() < 1e-3)
+    # stationary: projected gradient small against the objective's own scale (units of delta^2; a sum over rows)
+    return float(res.fun), res.x, bool(np.abs(g).max() < 1e-3 * max(1.0, float(res.fun)))
 
 
 @dataclass(frozen=True)
@@ -1200,13 +1205,19 @@ class IsoflopFit:
 
 
 def fit_isoflop(rows: Iterable[IsoRow | Mapping[str, Any]], settings: IsoflopSettings | None = None,
-                per_token: Mapping[str, PerToken | Callable[..., Any]] | None = None) -> IsoflopFit:
+                per_token: Mapping[str, PerToken] | None = None) -> IsoflopFit:
     """Approaches 2 and 3 for every family in ``rows`` and, with two families, their comparison.
 
     ``per_token``: optional F(N) per family (a ``PerToken``); by default each family's rows give it (F = C / D)."""
     s = settings or IsoflopSettings()
     tables = make_tables(rows, s.budget_tol, s.budgets)
-    Fmap = {k: v for k, v in (per_token or {}).items() if isinstance(v, PerToken)}
+    Fmap = dict(per_token or {})
+    for k, v in Fmap.items():
+        if not isinstance(v, PerToken):
+            raise FitError(f"isoflop per_token[{k!r}]: expected a PerToken, got {type(v).__name__}; build it with "
+                           "PerToken.from_points(N, F)")
+        if k not in tables:
+            raise FitError(f"isoflop per_token: no rows for family {k!r} (families: {', '.join(tables)})")
     a2, g2 = approach2(tables, Fmap, s.resamples, s.seed, s.min_sizes)
     a3, g3 = approach3(tables, Fmap, s.resamples_law, s.seed, s.delta, s.simulations)
     guards = g2 + g3
