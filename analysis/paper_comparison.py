@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from ebt_scaling.db import Store  # noqa: E402
 from ebt_scaling.fit import FitSettings  # noqa: E402
+from ebt_scaling.fit.results import PAPER_ICLR, PAPER_V1  # noqa: E402
 from ebt_scaling.fit.service import fit_store  # noqa: E402
 
 
@@ -24,7 +25,7 @@ def pct(v: float | None) -> str:
     return "-" if v is None else f"{v * 100:+.2f}%"
 
 
-def ci(c: list[float | None] | None) -> str:
+def ci(c: tuple[float | None, float | None] | None) -> str:
     return "-" if not c or c[0] is None or c[1] is None else f"[{c[0] * 100:+.1f}%, {c[1] * 100:+.1f}%]"
 
 
@@ -40,14 +41,18 @@ def main() -> None:
           "p (Holm) | verdict | exponent gain (M2) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for f in res.fits:
-        c = f.comparison or {}
-        lo, hi = (c.get("rate_gain_ci") or [None, None])
-        v1 = c.get("paper_v1")
-        inside = "-" if v1 is None or lo is None else ("yes" if lo <= v1 <= hi else "no")
-        p = c.get("p_value_holm")
-        print(f"| {f.axis} | {pct(c.get('rate_gain'))} | {ci(c.get('rate_gain_ci'))} | {pct(v1)} | "
-              f"{pct(c.get('paper_iclr'))} | {inside} | {'-' if p is None else f'{p:.3g}'} | "
-              f"{c.get('verdict', 'not testable')} | {pct(c.get('alpha_gain'))} {ci(c.get('alpha_gain_ci'))} |")
+        c = f.comparison  # typed results (ebt_scaling.fit.results.Comparison), None without both families
+        if c is None:
+            print(f"| {f.axis} | - | - | {pct(PAPER_V1.get(f.axis))} | {pct(PAPER_ICLR.get(f.axis))} | - | - | "
+                  "not testable | - |")
+            continue
+        lo, hi = c.rate_gain_ci
+        v1 = c.paper_v1
+        inside = "-" if v1 is None or lo is None or hi is None else ("yes" if lo <= v1 <= hi else "no")
+        p = c.p_value_holm
+        print(f"| {f.axis} | {pct(c.rate_gain)} | {ci(c.rate_gain_ci)} | {pct(v1)} | "
+              f"{pct(c.paper_iclr)} | {inside} | {'-' if p is None else f'{p:.3g}'} | "
+              f"{c.verdict or 'not testable'} | {pct(c.alpha_gain)} {ci(c.alpha_gain_ci)} |")
     for m in res.messages:
         print(f"\n{m}")
 

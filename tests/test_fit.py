@@ -57,15 +57,15 @@ def test_known_loglog_slopes_and_gain_are_recovered_inside_intervals():
     fit = fit_axis(axis_data_from_arrays(*loglinear(rng, b), axis="data"), FAST)
     for f, truth in b.items():
         e = fit.families[f]
-        assert abs(e["slope"] - truth) < 0.005
-        assert inside(e["slope_ci"], truth), (f, e["slope_ci"], truth)
-        assert e["bootstrap"] == STRATIFIED
-        assert e["n_runs"] == 18 and e["n_levels"] == 6
+        assert abs(e.slope - truth) < 0.005
+        assert inside(e.slope_ci, truth), (f, e.slope_ci, truth)
+        assert e.bootstrap == STRATIFIED
+        assert e.n_runs == 18 and e.n_levels == 6
     gain_truth = 0.100 / 0.080 - 1
     c = fit.comparison
-    assert abs(c["rate_gain"] - gain_truth) < 0.05
-    assert inside(c["rate_gain_ci"], gain_truth)
-    assert c["p_value"] < 1e-3 and c["p_value_permutation"] < 0.05
+    assert abs(c.rate_gain - gain_truth) < 0.05
+    assert inside(c.rate_gain_ci, gain_truth)
+    assert c.p_value < 1e-3 and c.p_value_permutation < 0.05
     fit_axes([])  # no axes: nothing to adjust, no crash
 
 
@@ -84,15 +84,15 @@ def test_saturating_law_alpha_recovered_free_floor():
     laws = {"transformer_pp": (1.8, 4.0, 0.30), "ebt": (1.8, 4.4, 0.36)}
     fit = fit_axis(axis_data_from_arrays(*saturating_data(rng, laws), axis="data"), FAST)
     for f, (E, _, alpha) in laws.items():
-        law = fit.families[f]["law"]
-        assert law["e_mode"] == "free"  # 8 levels over 3 decades: E identifiable per family
-        assert abs(law["alpha"] - alpha) < 0.05
-        assert inside(law["alpha_ci"], alpha), (f, law["alpha_ci"])
-        assert inside(law["E_ci"], E)
-        assert law["n_starts_at_best"] >= 1 and law["n_starts"] > 50
+        law = fit.families[f].law
+        assert law.e_mode == "free"  # 8 levels over 3 decades: E identifiable per family
+        assert abs(law.alpha - alpha) < 0.05
+        assert inside(law.alpha_ci, alpha), (f, law.alpha_ci)
+        assert inside(law.E_ci, E)
+        assert law.n_starts_at_best >= 1 and law.n_starts > 50
     c = fit.comparison
-    assert abs(c["alpha_gain"] - (0.36 / 0.30 - 1)) < 0.05
-    assert inside(c["alpha_gain_ci"], 0.36 / 0.30 - 1)
+    assert abs(c.alpha_gain - (0.36 / 0.30 - 1)) < 0.05
+    assert inside(c.alpha_gain_ci, 0.36 / 0.30 - 1)
 
 
 def test_saturating_law_shared_floor_on_a_short_range():
@@ -100,15 +100,15 @@ def test_saturating_law_shared_floor_on_a_short_range():
     rng = np.random.default_rng(4)
     laws = {"transformer_pp": (1.8, 4.0, 0.30), "ebt": (1.8, 4.4, 0.30)}
     fit = fit_axis(axis_data_from_arrays(*saturating_data(rng, laws, levels=5, decades=1.5, sigma=0.01)), FAST)
-    lt, le = fit.families["transformer_pp"]["law"], fit.families["ebt"]["law"]
-    assert lt["e_mode"] == "shared" and lt["E"] == le["E"] and lt["shared_with"] == ["ebt"]
+    lt, le = fit.families["transformer_pp"].law, fit.families["ebt"].law
+    assert lt.e_mode == "shared" and lt.E == le.E and lt.shared_with == ("ebt",)
     for law in (lt, le):
-        assert abs(law["alpha"] - 0.30) < 0.05
-        assert inside(law["alpha_ci"], 0.30)
+        assert abs(law.alpha - 0.30) < 0.05
+        assert inside(law.alpha_ci, 0.30)
     # Same exponent, more reducible loss: M1 reports a gain the exponent does not have (scaling-fits.md s3).
-    assert fit.comparison["rate_gain"] > 0.08
-    assert inside(fit.comparison["alpha_gain_ci"], 0.0)
-    assert fit.comparison["warning"]
+    assert fit.comparison.rate_gain > 0.08
+    assert inside(fit.comparison.alpha_gain_ci, 0.0)
+    assert fit.comparison.warning
 
 
 def test_vectorised_bootstrap_refits_match_careful_single_fits():
@@ -133,10 +133,10 @@ def test_single_seed_uses_parametric_bootstrap_and_says_so():
     fit = fit_axis(axis_data_from_arrays(*loglinear(rng, b, seeds=1)), FAST)
     for f, truth in b.items():
         e = fit.families[f]
-        assert e["bootstrap"] == PARAMETRIC
-        assert inside(e["slope_ci"], truth)
-        assert e["law"]["bootstrap"].startswith("parametric bootstrap")
-    assert fit.comparison["p_value_method"].endswith("residual")
+        assert e.bootstrap == PARAMETRIC
+        assert inside(e.slope_ci, truth)
+        assert e.law.bootstrap.startswith("parametric bootstrap")
+    assert fit.comparison.p_value_method.endswith("residual")
 
 
 def test_mixed_design_uses_seeds_where_replicated():
@@ -146,9 +146,9 @@ def test_mixed_design_uses_seeds_where_replicated():
     data = axis_data_from_arrays([fam[i] for i in keep], [xs[i] for i in keep], [ys[i] for i in keep],
                                  [sd[i] for i in keep])
     fit = fit_axis(data, FAST)
-    assert fit.families["ebt"]["bootstrap"] == MIXED
-    assert fit.families["ebt"]["seeds_per_level"] == [1, 3]
-    assert inside(fit.families["ebt"]["slope_ci"], -0.09)
+    assert fit.families["ebt"].bootstrap == MIXED
+    assert fit.families["ebt"].seeds_per_level == (1, 3)
+    assert inside(fit.families["ebt"].slope_ci, -0.09)
 
 
 def test_no_runs_gives_a_message_not_a_crash():
@@ -160,12 +160,12 @@ def test_no_runs_gives_a_message_not_a_crash():
 def test_one_family_is_still_fitted():
     rng = np.random.default_rng(8)
     fit = fit_axis(axis_data_from_arrays(*loglinear(rng, {"ebt": -0.1})), FAST)
-    assert fit.families["ebt"]["slope"] == pytest.approx(-0.1, abs=0.01)
-    assert fit.families["ebt"]["law"]["e_mode"] == "single"
+    assert fit.families["ebt"].slope == pytest.approx(-0.1, abs=0.01)
+    assert fit.families["ebt"].law.e_mode == "single"
     assert fit.comparison is None and fit.crossover is None
     assert any("only one family (ebt)" in m for m in fit.messages)
     fits = fit_axes([axis_data_from_arrays(*loglinear(rng, {"ebt": -0.1}))], FAST)
-    json.dumps(fits[0].to_dict(), allow_nan=False)
+    json.dumps(fits[0].to_json(), allow_nan=False)
 
 
 def test_fewer_than_three_levels_named_per_family():
@@ -173,9 +173,9 @@ def test_fewer_than_three_levels_named_per_family():
     fam, xs, ys, sd = loglinear(rng, {"transformer_pp": -0.08}, levels=6)
     f2, x2, y2, s2 = loglinear(rng, {"ebt": -0.1}, levels=2)
     fit = fit_axis(axis_data_from_arrays(fam + f2, xs + x2, ys + y2, sd + s2), FAST)
-    assert fit.families["ebt"]["slope"] is None
-    assert "2 distinct x value(s)" in fit.families["ebt"]["message"]
-    assert fit.families["transformer_pp"]["slope"] == pytest.approx(-0.08, abs=0.01)
+    assert fit.families["ebt"].slope is None
+    assert "2 distinct x value(s)" in fit.families["ebt"].message
+    assert fit.families["transformer_pp"].slope == pytest.approx(-0.08, abs=0.01)
     assert fit.comparison is None
     assert any("at least 4 distinct x" in m for m in fit.messages)  # M2 for ebt
 
@@ -227,12 +227,12 @@ def test_holm_across_axes_and_verdicts():
     null = axis_data_from_arrays(*loglinear(rng, {"transformer_pp": -0.08, "ebt": -0.08}), axis="width")
     fits = fit_axes([strong, null], FAST)
     a, b = (f.comparison for f in fits)
-    assert a["verdict"] == "EBT faster" and a["holm_axes"] == 2
-    assert a["p_value_holm"] >= a["p_value"]
-    assert b["verdict"] in ("not distinguishable at 95%", "EBT slower", "EBT faster")
-    assert b["p_value_holm"] >= b["p_value"]
+    assert a.verdict == "EBT faster" and a.holm_axes == 2
+    assert a.p_value_holm >= a.p_value
+    assert b.verdict in ("not distinguishable at 95%", "EBT slower", "EBT faster")
+    assert b.p_value_holm >= b.p_value
     slow = axis_data_from_arrays(*loglinear(rng, {"transformer_pp": -0.10, "ebt": -0.07}), axis="depth")
-    assert fit_axes([slow], FAST)[0].comparison["verdict"] == "EBT slower"
+    assert fit_axes([slow], FAST)[0].comparison.verdict == "EBT slower"
 
 
 def test_flops_axis_crossover_beyond_range():
@@ -242,9 +242,9 @@ def test_flops_axis_crossover_beyond_range():
     xs = [x * (6.67 if f == "ebt" else 1.0) for f, x in zip(fam, xs, strict=True)]
     fit = fit_axis(axis_data_from_arrays(fam, xs, ys, sd, axis="flops"), FAST)
     cr = fit.crossover
-    assert cr["in_range"] is False
-    assert cr["message"].startswith("no crossover in range")
-    assert cr["log10_x"] > math.log10(max(xs))
+    assert cr.in_range is False
+    assert cr.message.startswith("no crossover in range")
+    assert cr.log10_x > math.log10(max(xs))
 
 
 def test_crossover_inside_range():
@@ -256,9 +256,9 @@ def test_crossover_inside_range():
     inter = {"transformer_pp": 4.0, "ebt": 4.0 + (-0.08 + 0.12) * u_star}
     fit = fit_axis(axis_data_from_arrays(*loglinear(rng, b, x0=x0, intercepts=inter), axis="flops"), FAST)
     cr = fit.crossover
-    assert cr["in_range"] is True and cr["ebt_better_above"] is True
-    assert abs(cr["log10_x"] - 7.75) < 0.05
-    assert cr["log10_x_ci"][0] <= 7.75 <= cr["log10_x_ci"][1]
+    assert cr.in_range is True and cr.ebt_better_above is True
+    assert abs(cr.log10_x - 7.75) < 0.05
+    assert cr.log10_x_ci[0] <= 7.75 <= cr.log10_x_ci[1]
 
 
 def test_fingerprint_tracks_runs_values_and_settings():
@@ -275,8 +275,8 @@ def test_fingerprint_tracks_runs_values_and_settings():
 def test_results_are_deterministic_for_a_seed():
     rng = np.random.default_rng(15)
     data = axis_data_from_arrays(*loglinear(rng, {"transformer_pp": -0.08, "ebt": -0.09}))
-    a = json.dumps(fit_axis(data, FAST).to_dict(), sort_keys=True)
-    b = json.dumps(fit_axis(data, FAST).to_dict(), sort_keys=True)
+    a = json.dumps(fit_axis(data, FAST).to_json(), sort_keys=True)
+    b = json.dumps(fit_axis(data, FAST).to_json(), sort_keys=True)
     assert a == b
 
 
@@ -304,14 +304,14 @@ def test_interval_coverage_is_near_nominal():
         rng = np.random.default_rng(1000 + k)
         lin = fit_axis(axis_data_from_arrays(*loglinear(rng, {"transformer_pp": -0.08, "ebt": -0.0824},
                                                             levels=6, seeds=3)), settings)
-        hits["slope_tpp"] += inside(lin.families["transformer_pp"]["slope_ci"], -0.08)
-        hits["slope_ebt"] += inside(lin.families["ebt"]["slope_ci"], -0.0824)
-        hits["gain"] += inside(lin.comparison["rate_gain_ci"], 0.0824 / 0.08 - 1)
+        hits["slope_tpp"] += inside(lin.families["transformer_pp"].slope_ci, -0.08)
+        hits["slope_ebt"] += inside(lin.families["ebt"].slope_ci, -0.0824)
+        hits["gain"] += inside(lin.comparison.rate_gain_ci, 0.0824 / 0.08 - 1)
         laws = {"transformer_pp": (1.8, 4.0, 0.30), "ebt": (1.8, 4.4, 0.33)}
         sat = fit_axis(axis_data_from_arrays(*saturating_data(rng, laws, levels=6, decades=2.0, sigma=0.01)),
                        settings)
-        hits["alpha_tpp"] += inside(sat.families["transformer_pp"]["law"]["alpha_ci"], 0.30)
-        hits["alpha_ebt"] += inside(sat.families["ebt"]["law"]["alpha_ci"], 0.33)
+        hits["alpha_tpp"] += inside(sat.families["transformer_pp"].law.alpha_ci, 0.30)
+        hits["alpha_ebt"] += inside(sat.families["ebt"].law.alpha_ci, 0.33)
     rates = {k: v / n_sim for k, v in hits.items()}
     print(rates)
     for k, r in rates.items():
@@ -326,5 +326,5 @@ def test_equal_slope_test_has_nominal_size():
     for k in range(n_sim):
         rng = np.random.default_rng(5000 + k)
         data = axis_data_from_arrays(*loglinear(rng, {"transformer_pp": -0.08, "ebt": -0.08}, levels=5, seeds=2))
-        rejections += fit_axis(data, FitSettings(resamples=100, permutations=99)).comparison["p_value"] < 0.05
+        rejections += fit_axis(data, FitSettings(resamples=100, permutations=99)).comparison.p_value < 0.05
     assert 0.02 <= rejections / n_sim <= 0.09

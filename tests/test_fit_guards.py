@@ -13,15 +13,15 @@ from test_fit import FAST, inside, loglinear, saturating_data
 
 from ebt_scaling.errors import ConfigError
 from ebt_scaling.fit import FitSettings, axis_data_from_arrays, fit_axes, fit_axis, ols, saturating
-from ebt_scaling.fit.axis import holdout_lines
 from ebt_scaling.fit.design import axis_data_from_runs, parametric_resample
+from ebt_scaling.fit.results import holdout_lines
 from ebt_scaling.records import RunRecord
 
 CLEAN = {"transformer_pp": -0.08, "ebt": -0.12}
 
 
 def codes(fit, family=None):
-    return {g["code"] for g in fit.guards if family is None or g["family"] == family}
+    return {g.code for g in fit.guards if family is None or g.family == family}
 
 
 QUICK = FitSettings(resamples=200, permutations=99)  # guard tests: intervals need not be precise
@@ -46,19 +46,19 @@ def test_rising_loss_gets_no_faster_verdict():
     rng = np.random.default_rng(1)
     fit = one(axis_data_from_arrays(*loglinear(rng, {"transformer_pp": -0.10, "ebt": 0.20}), axis="data"))
     c = fit.comparison
-    assert c["rate_gain"] == pytest.approx(1.0, abs=0.1) and c["p_value"] < 1e-6  # the trap is there
-    assert c["verdict"] == "no verdict: EBT loss does not fall with x"
-    assert "faster" not in c["verdict"] and "slower" not in c["verdict"]
-    assert c["unreliable"] is True
-    (g,) = [g for g in fit.guards if g["code"] == "not_falling"]
-    assert g["family"] == "ebt" and "does not clearly fall" in g["message"]
+    assert c.rate_gain == pytest.approx(1.0, abs=0.1) and c.p_value < 1e-6  # the trap is there
+    assert c.verdict == "no verdict: EBT loss does not fall with x"
+    assert "faster" not in c.verdict and "slower" not in c.verdict
+    assert c.unreliable is True
+    (g,) = [g for g in fit.guards if g.code == "not_falling"]
+    assert g.family == "ebt" and "does not clearly fall" in g.message
     assert "not_falling" not in codes(fit, "transformer_pp")
 
 
 def test_clean_falling_losses_keep_their_verdict():
     fit = one(clean_loglinear(unigram_loss=7.0))
-    assert not any(g["scope"] in ("rate", "both") for g in fit.guards), fit.guards
-    assert fit.comparison["verdict"] == "EBT faster" and fit.comparison["unreliable"] is False
+    assert not any(g.scope in ("rate", "both") for g in fit.guards), fit.guards
+    assert fit.comparison.verdict == "EBT faster" and fit.comparison.unreliable is False
 
 
 # ------------------------------------------------------------------------------------- guard-rails
@@ -66,10 +66,10 @@ def test_clean_falling_losses_keep_their_verdict():
 
 def test_near_unigram_baseline_fires_and_blocks_the_verdict():
     fit = one(clean_loglinear(unigram_loss=4.2))  # losses 4.0 -> 3.6: within 0.5 nats at several levels
-    (g,) = [g for g in fit.guards if g["code"] == "near_baseline" and g["family"] == "ebt"]
-    assert "unigram baseline (4.200 nats" in g["message"] and "token frequencies" in g["message"]
-    assert fit.comparison["verdict"].startswith("unreliable: ") and "near baseline" in fit.comparison["verdict"]
-    assert fit.plot["ebt"]["baseline"]["unigram"] == 4.2
+    (g,) = [g for g in fit.guards if g.code == "near_baseline" and g.family == "ebt"]
+    assert "unigram baseline (4.200 nats" in g.message and "token frequencies" in g.message
+    assert fit.comparison.verdict.startswith("unreliable: ") and "near baseline" in fit.comparison.verdict
+    assert fit.plot["ebt"].baseline["unigram"] == 4.2
     assert "near_baseline" not in codes(one(clean_loglinear(unigram_loss=5.0)))  # 1 nat above: silent
     assert "near_baseline" not in codes(one(clean_loglinear()))  # no baseline known: nothing to compare
 
@@ -83,45 +83,45 @@ def test_uniform_baseline_from_the_vocabulary_when_no_unigram_is_stored():
                 for i, (f, x, y, s) in enumerate(zip(fam, xs, ys, sd, strict=True))]
     data = axis_data_from_runs("s", "data", runs)
     assert data.baselines["ebt"] == {"unigram": None, "uniform": pytest.approx(math.log(128))}
-    g = [g for g in fit_axis(data, FAST).guards if g["code"] == "near_baseline"]
-    assert g and "uniform (ln V) baseline" in g[0]["message"]
+    g = [g for g in fit_axis(data, FAST).guards if g.code == "near_baseline"]
+    assert g and "uniform (ln V) baseline" in g[0].message
     # a stored unigram loss takes precedence over ln V
     runs2 = [RunRecord(**{**r.__dict__, "extra_metrics": {"unigram_loss": 9.0}}) for r in runs]
     assert not [g for g in fit_axis(axis_data_from_runs("s", "data", runs2), FAST).guards
-                if g["code"] == "near_baseline"]
+                if g.code == "near_baseline"]
 
 
 def test_law_at_bound_fires_on_a_straight_line_and_not_on_a_saturating_law():
     fit = one(clean_loglinear())  # no curvature: alpha runs to its bound 0
-    g = [g for g in fit.guards if g["code"] == "at_bound"]
-    assert g and all(x["scope"] == "exponent" for x in g)
-    assert "do not pin the law down" in g[0]["message"]
-    assert fit.comparison["exponent_unreliable"] is True and fit.comparison["verdict"] == "EBT faster"
+    g = [g for g in fit.guards if g.code == "at_bound"]
+    assert g and all(x.scope == "exponent" for x in g)
+    assert "do not pin the law down" in g[0].message
+    assert fit.comparison.exponent_unreliable is True and fit.comparison.verdict == "EBT faster"
     rng = np.random.default_rng(3)
     laws = {"transformer_pp": (1.8, 4.0, 0.30), "ebt": (1.8, 4.4, 0.36)}
     sat_data = axis_data_from_arrays(*saturating_data(rng, laws), axis="data")
-    assert all("m2" not in h for h in one(sat_data).holdout.values())  # the law's check only when asked
+    assert all(h.m2 is None for h in one(sat_data).holdout.values())  # the law's check only when asked
     sat = fit_axes([sat_data], dataclasses.replace(QUICK, holdout_law=True))[0]
-    assert not any(g["scope"] == "exponent" for g in sat.guards), sat.guards
-    assert sat.comparison["exponent_unreliable"] is False
+    assert not any(g.scope == "exponent" for g in sat.guards), sat.guards
+    assert sat.comparison.exponent_unreliable is False
 
 
 def test_lack_of_fit_fires_on_curvature():
     rng = np.random.default_rng(3)
     laws = {"transformer_pp": (1.8, 4.0, 0.30), "ebt": (1.8, 4.4, 0.36)}
     fit = one(axis_data_from_arrays(*saturating_data(rng, laws), axis="data"))
-    assert {"ebt", "transformer_pp"} <= {g["family"] for g in fit.guards if g["code"] == "lack_of_fit"}
-    assert fit.comparison["verdict"] == "unreliable: lack of fit"
+    assert {"ebt", "transformer_pp"} <= {g.family for g in fit.guards if g.code == "lack_of_fit"}
+    assert fit.comparison.verdict == "unreliable: lack of fit"
     assert "lack_of_fit" not in codes(one(clean_loglinear()))
 
 
 def test_single_seed_and_few_levels_fire():
     rng = np.random.default_rng(4)
     fit = one(axis_data_from_arrays(*loglinear(rng, CLEAN, seeds=1), axis="data"))
-    g = [g for g in fit.guards if g["code"] == "single_seed"]
-    assert len(g) == 2 and "one seed at 6 of 6 levels" in g[0]["message"]
+    g = [g for g in fit.guards if g.code == "single_seed"]
+    assert len(g) == 2 and "one seed at 6 of 6 levels" in g[0].message
     few = one(axis_data_from_arrays(*loglinear(rng, CLEAN, levels=3), axis="data"))
-    assert "few_levels" in codes(few, "ebt") and few.comparison["verdict"].startswith("unreliable")
+    assert "few_levels" in codes(few, "ebt") and few.comparison.verdict.startswith("unreliable")
     clean = one(clean_loglinear())
     assert not codes(clean) & {"single_seed", "few_levels"}
 
@@ -141,9 +141,9 @@ def test_interval_wider_than_the_estimate_fires():
     rng = np.random.default_rng(6)
     fit = one(axis_data_from_arrays(*loglinear(rng, {"transformer_pp": -0.08, "ebt": -0.01}, sigma=0.05),
                                     axis="data"))
-    g = [g for g in fit.guards if g["code"] == "wide_interval" and g["scope"] == "rate"]
-    assert g and g[0]["family"] == "ebt" and "wider than the slope itself" in g[0]["message"]
-    assert not [g for g in one(clean_loglinear()).guards if g["code"] == "wide_interval" and g["scope"] == "rate"]
+    g = [g for g in fit.guards if g.code == "wide_interval" and g.scope == "rate"]
+    assert g and g[0].family == "ebt" and "wider than the slope itself" in g[0].message
+    assert not [g for g in one(clean_loglinear()).guards if g.code == "wide_interval" and g.scope == "rate"]
 
 
 # ------------------------------------------------------------------------------------- Holm
@@ -190,7 +190,7 @@ def test_importing_an_unrelated_sweep_changes_no_p_value(tmp_path):
         import_csv(store, _csv_shared(tmp_path / "x.csv"), "X")
 
         def holm(sweep=None):
-            return {(f.sweep, f.axis): (f.comparison["p_value"], f.comparison["p_value_holm"])
+            return {(f.sweep, f.axis): (f.comparison.p_value, f.comparison.p_value_holm)
                     for f in fit_store(store, sweep=sweep, settings=FAST).fits}
 
         before, before_all = holm("X"), holm()
@@ -202,11 +202,11 @@ def test_importing_an_unrelated_sweep_changes_no_p_value(tmp_path):
         assert holm("X") == before
         fits = {f.axis: f.comparison for f in fit_store(store, sweep="X", settings=FAST).fits}
         # params and flops share their runs: one test, so the family has 2 tests for 3 axes
-        assert fits["params"]["holm_axes"] == 2 and fits["params"]["p_value_holm"] == fits["flops"]["p_value_holm"]
-        assert "params and flops share runs: one test" in fits["params"]["holm_note"]
+        assert fits["params"].holm_axes == 2 and fits["params"].p_value_holm == fits["flops"].p_value_holm
+        assert "params and flops share runs: one test" in fits["params"].holm_note
         # an explicit family of tests: just data (and only data reported)
         only = fit_store(store, sweep="X", axis="data", settings=FAST, family_of_tests="data").fits[0].comparison
-        assert only["holm_axes"] == 1 and only["p_value_holm"] == only["p_value"]
+        assert only.holm_axes == 1 and only.p_value_holm == only.p_value
         with pytest.raises(ConfigError, match="leaves out X/flops"):
             fit_store(store, sweep="X", settings=FAST, family_of_tests="data,params")
         with pytest.raises(ConfigError, match="is not an axis"):
@@ -222,8 +222,8 @@ def test_params_and_flops_on_different_runs_are_two_tests_and_say_so():
     p = axis_data_from_arrays(*loglinear(rng, CLEAN), axis="params", sweep="s")
     f = axis_data_from_arrays(*loglinear(rng, CLEAN), axis="flops", sweep="s")
     fits = fit_axes([p, f], FAST)
-    assert fits[0].comparison["holm_axes"] == 2
-    assert fits[0].comparison["holm_note"] == "params and flops use different runs: two tests"
+    assert fits[0].comparison.holm_axes == 2
+    assert fits[0].comparison.holm_note == "params and flops use different runs: two tests"
 
 
 # ------------------------------------------------------------------------------------- bootstrap refits
@@ -253,8 +253,8 @@ def test_bootstrap_refits_reach_the_optimum_of_each_resample():
     bf = saturating.bootstrap_saturating(us, Ys, sat.theta)
     assert (bf.objective <= thorough + tol).all(), np.flatnonzero(bf.objective > thorough + tol)
     assert 0 < bf.stopped_early.sum() < B and not bf.unconverged.any()
-    law = fit_axis(axis_data_from_arrays(fam, xs, ys), FAST).families["ebt"]["law"]
-    assert 0.0 <= law["boot_stopped_early_frac"] <= 1.0 and law["boot_unconverged_frac"] == 0.0
+    law = fit_axis(axis_data_from_arrays(fam, xs, ys), FAST).families["ebt"].law
+    assert 0.0 <= law.boot_stopped_early_frac <= 1.0 and law.boot_unconverged_frac == 0.0
 
 
 # ------------------------------------------------------------------------------------- Welch, crossover
@@ -292,12 +292,12 @@ def test_crossover_interval_counts_order_flips():
     b = {"transformer_pp": -0.080, "ebt": -0.082}  # barely different slopes: the order flips in many resamples
     fit = fit_axis(axis_data_from_arrays(*loglinear(rng, b, sigma=0.03), axis="flops"), FAST)
     cr = fit.crossover
-    assert cr["fraction_resamples_same_direction"] < 0.975
-    assert cr["log10_x_ci"][1] is None and "to infinity" in cr["message"]
-    assert cr["log10_x_ci"][0] is not None
+    assert cr.fraction_resamples_same_direction < 0.975
+    assert cr.log10_x_ci[1] is None and "to infinity" in cr.message
+    assert cr.log10_x_ci[0] is not None
     sharp = fit_axis(axis_data_from_arrays(*loglinear(rng, {"transformer_pp": -0.08, "ebt": -0.12}),
                                            axis="flops"), FAST).crossover
-    assert sharp["fraction_resamples_same_direction"] == 1.0 and None not in sharp["log10_x_ci"]
+    assert sharp.fraction_resamples_same_direction == 1.0 and None not in sharp.log10_x_ci
 
 
 # ------------------------------------------------------------------------------------- hold-out
@@ -307,25 +307,25 @@ def test_holdout_largest_predicts_a_straight_line_and_flags_curvature():
     lin = one(clean_loglinear())
     for fam in ("ebt", "transformer_pp"):
         h = lin.holdout[fam]
-        assert h["n_levels_fit"] == 5 and h["x"] == pytest.approx(1e7 * 10**1.5)
-        assert inside(h["error_ci"], 0.0) and h["covered"] is True
-        assert h["error_ci"][1] - h["error_ci"][0] < 0.05
+        assert h.n_levels_fit == 5 and h.x == pytest.approx(1e7 * 10**1.5)
+        assert inside(h.error_ci, 0.0) and h.covered is True
+        assert h.error_ci[1] - h.error_ci[0] < 0.05
     rng = np.random.default_rng(3)
     laws = {"transformer_pp": (1.8, 4.0, 0.30), "ebt": (1.8, 4.4, 0.36)}
     sat_data = axis_data_from_arrays(*saturating_data(rng, laws), axis="data")
-    assert all("m2" not in h for h in one(sat_data).holdout.values())  # the law's check only when asked
+    assert all(h.m2 is None for h in one(sat_data).holdout.values())  # the law's check only when asked
     sat = fit_axes([sat_data], dataclasses.replace(QUICK, holdout_law=True))[0]
     for fam in ("ebt", "transformer_pp"):
         h = sat.holdout[fam]  # the curve flattens: the extrapolated line undershoots the observed loss
-        assert h["error_nats"] > 0 and h["error_ci"][0] > 0 and h["covered"] is False
-        m2 = h["m2"]  # ... while the saturating law, fitted on the same levels, predicts it
-        assert m2["n_levels_fit"] == h["n_levels_fit"] and m2["x"] == h["x"]
-        assert m2["covered"] is True and abs(m2["error_nats"]) < 0.5 * h["error_nats"]
-        assert m2["error_ci"][0] < m2["error_nats"] < m2["error_ci"][1]
+        assert h.error_nats > 0 and h.error_ci[0] > 0 and h.covered is False
+        m2 = h.m2  # ... while the saturating law, fitted on the same levels, predicts it
+        assert m2.n_levels_fit == h.n_levels_fit and m2.x == h.x
+        assert m2.covered is True and abs(m2.error_nats) < 0.5 * h.error_nats
+        assert m2.error_ci[0] < m2.error_nats < m2.error_ci[1]
         assert "M2 law" in "\n".join(holdout_lines(fam, h)) and len(holdout_lines(fam, h)) == 2
     single = one(axis_data_from_arrays(*loglinear(np.random.default_rng(4), CLEAN, seeds=1), axis="data"))
-    assert inside(single.holdout["ebt"]["error_ci"], 0.0)
+    assert inside(single.holdout["ebt"].error_ci, 0.0)
     few = one(axis_data_from_arrays(*loglinear(rng, CLEAN, levels=3), axis="data"))
     assert few.holdout == {}
     four = one(axis_data_from_arrays(*loglinear(rng, CLEAN, levels=4), axis="data"))
-    assert four.holdout and all("m2" not in h for h in four.holdout.values())  # M2 needs 4 levels to fit
+    assert four.holdout and all(h.m2 is None for h in four.holdout.values())  # M2 needs 4 levels to fit

@@ -44,7 +44,7 @@ def synthetic_runs(axes=("data", "flops"), seeds=2):
 
 def report_data(runs):
     fits = fit_axes(list(group_runs(runs).values()), FAST)
-    return ReportData("EBT vs Transformer++ scaling - synth", [f.to_dict() for f in fits], runs,
+    return ReportData("EBT vs Transformer++ scaling - synth", fits, runs,
                       {"code version": "test", "database": "postgresql://u:***@h/db"},
                       datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
 
@@ -121,14 +121,14 @@ def _guarded_report(tmp_path, unigram):
                                  unigram_loss=unigram)
     fits = fit_axes([data], FAST)
     out = tmp_path / f"g{unigram}.pdf"
-    n = build_report(ReportData("guards", [f.to_dict() for f in fits]), out)
+    n = build_report(ReportData("guards", fits), out)
     return fits[0], out, n
 
 
 @pytest.mark.skipif(not shutil.which("pdftotext"), reason="pdftotext (poppler-utils) not installed")
 def test_guard_rails_show_on_every_page_and_the_baseline_on_the_axis_page(tmp_path):
     fit, out, n = _guarded_report(tmp_path, unigram=4.2)  # losses within 0.5 nats of the unigram loss
-    assert fit.comparison["unreliable"]
+    assert fit.comparison.unreliable
     for page in range(1, n + 1):
         text = subprocess.run(["pdftotext", "-f", str(page), "-l", str(page), str(out), "-"], capture_output=True,
                               text=True, check=True).stdout
@@ -144,7 +144,7 @@ def test_guard_rails_show_on_every_page_and_the_baseline_on_the_axis_page(tmp_pa
     assert "withheld: unreliable" in summary and "near baseline" in summary
     # far from the baseline no rate guard fires: no footer on the pages, the verdict stands
     fit, out, n = _guarded_report(tmp_path, unigram=7.0)
-    assert not fit.comparison["unreliable"] and fit.comparison["verdict"] == "EBT faster"
+    assert not fit.comparison.unreliable and fit.comparison.verdict == "EBT faster"
     text = subprocess.run(["pdftotext", "-f", "3", "-l", "3", str(out), "-"], capture_output=True, text=True,
                           check=True).stdout
     assert ("Warning: guard-rails" in text) == bool(fit.guards)  # exponent-view guards still warn, nothing else

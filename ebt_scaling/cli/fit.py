@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
+
+if TYPE_CHECKING:
+    from ebt_scaling.fit.results import AxisFit, FamilyFit
+    from ebt_scaling.fit.service import SweepFits
 
 SweepOption = Annotated[str | None, typer.Option("--sweep", help="Sweep name (default: every sweep).")]
 AxisOption = Annotated[str | None, typer.Option("--axis", help="Only this axis (data, batch, depth, ...).")]
@@ -48,18 +52,17 @@ def register(app: typer.Typer) -> None:
             result = fit_store(store, sweep=sweep, axis=axis, settings=settings, family_of_tests=family_of_tests)
         finally:
             store.close()
-        data = result.to_json(holdout=holdout_largest)
         if as_json:
-            typer.echo(json.dumps(data, indent=2, allow_nan=False))
+            typer.echo(json.dumps(result.to_json(holdout=holdout_largest), indent=2, allow_nan=False))
             return
-        print_table(data)
+        print_table(result, holdout=holdout_largest)
 
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:+.2%}"
 
 
-def _ci(ci: list[Any] | None, pct: bool = False, digits: int = 3) -> str:
+def _ci(ci: tuple[float | None, float | None] | None, pct: bool = False, digits: int = 3) -> str:
     if not ci or ci[0] is None or ci[1] is None:
         return ""
     if pct:
@@ -77,15 +80,30 @@ def _p(v: float | None) -> str:
     return f"{v:.1e}" if v < 1e-3 else f"{v:.3f}"
 
 
-def _warnings(a: dict[str, Any]) -> str:
+def _warnings(a: AxisFit) -> str:
     """Count of guard-rails and which view they withhold (the rate verdict, or only the exponent)."""
-    if not a["guards"]:
+    if not a.guards:
         return "-"
-    view = "verdict withheld" if a.get("unreliable") else "exponent only"
-    return f"{len(a['guards'])}: {view}"
+    view = "verdict withheld" if a.comparison is not None and a.comparison.unreliable else "exponent only"
+    return f"{len(a.guards)}: {view}"
 
 
-def print_table(data: dict[str, Any]) -> None:
+def _gain(a: AxisFit, sep: str = " ") -> str:
+    c = a.comparison
+    return "-" if c is None else f"{_pct(c.rate_gain)}{sep}{_ci(c.rate_gain_ci, pct=True)}"
+
+
+def _holm(a: AxisFit) -> str:
+    c = a.comparison
+    return "- (-)" if c is None else f"{_p(c.p_value)} ({_p(c.p_value_holm)})"
+
+
+def _verdict(a: AxisFit) -> str:
+    c = a.comparison
+    return c.verdict if c is not None and c.verdict else "not testable"
+
+
+def print_table(result: SweepFits, holdout: bool = False) -> None:
     import os
     import sys
 
@@ -93,22 +111,22 @@ def print_table(data: dict[str, Any]) -> None:
 
     # A terminal (or $COLUMNS) sets the width; piped output gets a wide table.
     console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 180)
-    for m in data.get("messages", []):
+    for m in result.messages:
         console.print(f"[yellow]{m}[/yellow]")
-    if not data["axes"]:
+    if not result.fits:
         return
-    title = f"Scaling fits - sweep {data['sweep'] or ', '.join(data['sweeps']) or '-'}"
+    title = f"Scaling fits - sweep {result.sweep or ', '.join(result.sweeps) or '-'}"
     if console.width < WIDE_TABLE_COLUMNS:
-        _print_narrow(console, data, title)
+        _print_narrow(console, result, title)
     else:
-        _print_wide(console, data, title)
-    _print_notes(console, data)
+        _print_wide(console, result, title)
+    _print_notes(console, result, holdout)
 
 
 WIDE_TABLE_COLUMNS = 120  # below this, the table keeps 4 columns and the rest goes on lines under it
 
 
-def _print_narrow(console: Any, data: dict[str, Any], title: str) -> None:
+def _print_narrow(console: Any, result: SweepFits, title: str) -> None:
     """The fit table for an 80-column terminal: the verdict per axis in a 4-column table, then the slopes and
     exponents of each axis on lines of their own."""
     from rich.table import Table
@@ -118,80 +136,72 @@ def _print_narrow(console: Any, data: dict[str, Any], title: str) -> None:
     t.add_column("rate gain [95% CI]", no_wrap=True)
     t.add_column("p (Holm)", no_wrap=True)
     t.add_column("verdict", overflow="fold", min_width=16)
-    for a in data["axes"]:
-        v = a.get("verdict") or "-"
-        if a.get("unreliable"):
+    for a in result.fits:
+        v = _verdict(a)
+        if a.comparison is not None and a.comparison.unreliable:
             v = "withheld: see the warnings below"
-        t.add_row(_axis_name(a, data), f"{_pct(a['rate_gain'])} {_ci(a['rate_gain_ci'], pct=True)}",
-                  f"{_p(a['p_value'])} ({_p(a.get('p_value_holm'))})", v)
+        t.add_row(_axis_name(a, result), _gain(a), _holm(a), v)
     console.print(t)
-    for a in data["axes"]:
-        fams = a["families"]
-        console.print(f"  {a['axis']}: {a['n_runs']} runs ({a['n_excluded']} excluded), "
-                      f"{'reused' if a['reused'] else 'new'} fit; guard-rails {_warnings(a)}", highlight=False)
+    for a in result.fits:
+        console.print(f"  {a.axis}: {a.n_runs} runs ({sum(a.excluded.values())} excluded), "
+                      f"{'reused' if a.reused else 'new'} fit; guard-rails {_warnings(a)}", highlight=False)
         for f, lab in (("transformer_pp", "T++"), ("ebt", "EBT")):
-            console.print(f"  {a['axis']}: {lab} slope {_slope(fams, f, ' ')}, alpha {_alpha(fams, f, ' ')}",
-                          highlight=False)
+            e = a.families.get(f)
+            console.print(f"  {a.axis}: {lab} slope {_slope(e, ' ')}, alpha {_alpha(e, ' ')}", highlight=False)
 
 
-def _axis_name(a: dict[str, Any], data: dict[str, Any]) -> str:
-    return a["axis"] if len(data["sweeps"]) <= 1 else f"{a['sweep']}/{a['axis']}"
+def _axis_name(a: AxisFit, result: SweepFits) -> str:
+    return a.axis if len(result.sweeps) <= 1 else a.label
 
 
-def _slope(fams: dict[str, Any], f: str, sep: str = "\n") -> str:
-    e = fams.get(f)
-    if not e or e.get("slope") is None:
+def _slope(e: FamilyFit | None, sep: str = "\n") -> str:
+    if e is None or e.slope is None:
         return "-"
-    return f"{e['slope']:.4f}{sep}{_ci(e['slope_ci'], digits=4)}"
+    return f"{e.slope:.4f}{sep}{_ci(e.slope_ci, digits=4)}"
 
 
-def _alpha(fams: dict[str, Any], f: str, sep: str = "\n") -> str:
-    e = fams.get(f)
-    if not e or not e.get("law"):
+def _alpha(e: FamilyFit | None, sep: str = "\n") -> str:
+    if e is None or e.law is None or e.law.alpha is None:
         return "-"
-    law = e["law"]
-    return f"{law['alpha']:.3f}{sep}{_ci(law['alpha_ci'])}"
+    return f"{e.law.alpha:.3f}{sep}{_ci(e.law.alpha_ci)}"
 
 
-def _print_wide(console: Any, data: dict[str, Any], title: str) -> None:
+def _print_wide(console: Any, result: SweepFits, title: str) -> None:
     from rich.table import Table
 
     t = Table(title=title)
     for col in ("axis", "runs (excl.)", "slope T++ [95% CI]", "slope EBT [95% CI]", "rate gain [95% CI]",
                 "p (Holm)", "verdict", "alpha T++", "alpha EBT", "warnings", "stored"):
         t.add_column(col, overflow="fold")
-    for a in data["axes"]:
-        fams = a["families"]
-        t.add_row(_axis_name(a, data), f"{a['n_runs']} ({a['n_excluded']})", _slope(fams, "transformer_pp"),
-                  _slope(fams, "ebt"), f"{_pct(a['rate_gain'])}\n{_ci(a['rate_gain_ci'], pct=True)}",
-                  f"{_p(a['p_value'])} ({_p(a.get('p_value_holm'))})", a.get("verdict") or "-",
-                  _alpha(fams, "transformer_pp"), _alpha(fams, "ebt"), _warnings(a),
-                  "reused" if a["reused"] else "new")
+    for a in result.fits:
+        tp, eb = a.families.get("transformer_pp"), a.families.get("ebt")
+        t.add_row(_axis_name(a, result), f"{a.n_runs} ({sum(a.excluded.values())})", _slope(tp), _slope(eb),
+                  _gain(a, "\n"), _holm(a), _verdict(a), _alpha(tp), _alpha(eb), _warnings(a),
+                  "reused" if a.reused else "new")
     console.print(t)
 
 
-def _print_notes(console: Any, data: dict[str, Any]) -> None:
-    from ebt_scaling.fit.axis import holdout_lines
+def _print_notes(console: Any, result: SweepFits, holdout: bool = False) -> None:
+    from ebt_scaling.fit.results import holdout_lines
 
-    for a in data["axes"]:
-        notes = list(a["messages"])
-        if a["excluded"]:
-            notes.append("excluded: " + ", ".join(f"{n} {r}" for r, n in a["excluded"].items()))
-        kinds = sorted({e["bootstrap"] for e in a["families"].values()})
+    for a in result.fits:
+        notes = list(a.messages)
+        if a.excluded:
+            notes.append("excluded: " + ", ".join(f"{n} {r}" for r, n in a.excluded.items()))
+        kinds = sorted({e.bootstrap for e in a.families.values()})
         if kinds:
             notes.append("intervals: " + "; ".join(kinds))
-        cross = a.get("crossover")
-        if cross and cross.get("message") and a["axis"] == "flops":
-            notes.append("crossover: " + cross["message"])
-        comp = a.get("comparison") or {}
-        if comp.get("holm_note"):
-            notes.append("Holm: " + comp["holm_note"])
-        for fam, h in (a.get("holdout") or {}).items():
-            notes += holdout_lines(fam, h)
+        if a.crossover is not None and a.crossover.message and a.axis == "flops":
+            notes.append("crossover: " + a.crossover.message)
+        if a.comparison is not None and a.comparison.holm_note:
+            notes.append("Holm: " + a.comparison.holm_note)
+        if holdout:
+            for fam, h in a.holdout.items():
+                notes += holdout_lines(fam, h)
         for n in notes:
-            console.print(f"  {a['axis']}: {n}", highlight=False)
-        for g in a["guards"]:
-            console.print(f"  {a['axis']}: [red]warning[/red]: {g['message']}", highlight=False)
+            console.print(f"  {a.axis}: {n}", highlight=False)
+        for g in a.guards:
+            console.print(f"  {a.axis}: [red]warning[/red]: {g.message}", highlight=False)
     console.print("slope = OLS slope of log10(perplexity) on log10(x) (paper's rate, not an exponent); "
                   "alpha = exponent of L = E + A x^-alpha; p: equal-slope test, Holm-adjusted over the sweep's "
                   "axes (or --family-of-tests).")

@@ -3,27 +3,12 @@ provenance). Fits are reused from the database when the runs are unchanged, comp
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
-
-
-def code_version() -> str:
-    """Package version plus the git commit of the checkout it runs from (when there is one)."""
-    from ebt_scaling import __version__
-
-    here = Path(__file__).resolve().parent
-    try:
-        r = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty", "--abbrev=12"],
-                           capture_output=True, text=True, timeout=10)
-        commit = r.stdout.strip() if r.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{__version__} (git {commit})" if commit else __version__
 
 
 def data_date(runs: list[Any]) -> Any:
@@ -51,6 +36,7 @@ def register(app: typer.Typer) -> None:
         from ebt_scaling.errors import ConfigError
         from ebt_scaling.fit import FitSettings
         from ebt_scaling.fit.service import fit_store
+        from ebt_scaling.provenance import code_version
         from ebt_scaling.report.pdf import ReportData, build_report
         from ebt_scaling.security import mask_url
 
@@ -75,7 +61,7 @@ def register(app: typer.Typer) -> None:
             "runs": f"{len(result.runs)} stored, "
                     f"{sum(f.n_runs for f in result.fits)} fit-eligible on the reported axes",
         }
-        data = ReportData(title=f"EBT vs Transformer++ scaling - {label}", fits=[f.to_dict() for f in result.fits],
+        data = ReportData(title=f"EBT vs Transformer++ scaling - {label}", fits=list(result.fits),
                           runs=result.runs, provenance=provenance, date=data_date(result.runs),
                           messages=result.messages, curves=curves)
         n = build_report(data, out, extra_pages=extra_pages)

@@ -1,7 +1,7 @@
 """Fit one axis: M1 per family, M2 per family, EBT-vs-T++ comparison, crossover; then Holm across axes.
 
 Every number comes with the bootstrap that produced its interval; awkward data produce messages instead
-of exceptions, and whatever can be fitted still is.
+of exceptions, and whatever can be fitted still is. Results are the frozen dataclasses of ``fit/results.py``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -28,11 +28,24 @@ from ebt_scaling.fit.design import (
     percentile_ci,
     stratified_resample,
 )
+from ebt_scaling.fit.results import (
+    PAPER_ICLR,
+    PAPER_V1,
+    AxisFit,
+    Band,
+    Comparison,
+    Crossover,
+    FamilyFit,
+    FamilyPlot,
+    Guard,
+    Interval,
+    LawFit,
+    LawHoldout,
+    LineHoldout,
+)
 
 FIT_CODE_VERSION = 3  # bump when a change alters fitted numbers, so stored fits are not reused
 LN10 = math.log(10.0)
-PAPER_V1 = {"data": 0.3598, "batch": 0.2846, "depth": 0.0529, "params": 0.0291, "flops": 0.0292, "width": 0.0002}
-PAPER_ICLR = {"params": 0.0897, "flops": 0.0897}
 MIN_LEVELS_M1 = 3
 MIN_LEVELS_M2 = 4
 
@@ -65,35 +78,6 @@ class FitSettings:
         return {**asdict(self), "fit_code_version": FIT_CODE_VERSION}
 
 
-@dataclass
-class AxisFit:
-    """Everything fitted on one axis, JSON-ready (``to_dict``) and rebuilt from a stored dict."""
-
-    sweep: str
-    axis: str
-    families: dict[str, dict[str, Any]]
-    comparison: dict[str, Any] | None
-    crossover: dict[str, Any] | None
-    n_runs: int
-    excluded: dict[str, int]
-    messages: list[str]
-    settings: dict[str, Any]
-    fingerprint: str
-    run_ids: list[int]
-    plot: dict[str, Any] = field(default_factory=dict)
-    reused: bool = False
-    guards: list[dict[str, Any]] = field(default_factory=list)  # guard-rails that fired (fit/guards.py)
-    holdout: dict[str, Any] = field(default_factory=dict)  # family -> prediction check at the largest level
-    baselines: dict[str, Any] = field(default_factory=dict)  # family -> {"unigram", "uniform"} in nats
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AxisFit:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-
 def fingerprint(data: AxisData, settings: FitSettings) -> str:
     """sha256 of the exact points (run id, family, x, seed, loss) and the method settings."""
     rows = sorted((int(r), f.family, repr(float(x)), int(s), repr(float(y)))
@@ -112,8 +96,12 @@ def _f(v: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _ci(lo: Any, hi: Any) -> list[float | None]:
-    return [_f(lo), _f(hi)]
+def _ci(lo: Any, hi: Any) -> Interval:
+    return (_f(lo), _f(hi))
+
+
+def _t(a: np.ndarray) -> tuple[Any, ...]:
+    return tuple(a.tolist())
 
 
 def _x_scale(data: AxisData) -> float:
@@ -125,12 +113,13 @@ def fit_axis(data: AxisData, settings: FitSettings | None = None) -> AxisFit:
     s = settings or FitSettings()
     fp = fingerprint(data, s)
     messages = list(data.messages)
-    fams: dict[str, dict[str, Any]] = {}
-    plot: dict[str, Any] = {}
+    fams: dict[str, FamilyFit] = {}
+    plot: dict[str, FamilyPlot] = {}
     if not data.families:
         messages.append("no fit-eligible runs on this axis" + (f" ({data.n_excluded} excluded)" if data.n_excluded
                                                                else ""))
-        return AxisFit(data.sweep, data.axis, {}, None, None, 0, dict(data.excluded), messages, s.as_dict(), fp, [])
+        return AxisFit(data.sweep, data.axis, {}, None, None, 0, dict(data.excluded), tuple(messages), s.as_dict(),
+                       fp, ())
     rng = np.random.default_rng([s.seed, zlib.crc32(f"{data.sweep}/{data.axis}".encode())])
     B = s.resamples
     x_scale = _x_scale(data)
@@ -143,20 +132,16 @@ def fit_axis(data: AxisData, settings: FitSettings | None = None) -> AxisFit:
         fd = data.families[name]
         u = np.log(fd.x)
         kind = bootstrap_kind(fd)
-        entry: dict[str, Any] = {
-            "n_runs": fd.n, "n_levels": fd.n_levels, "x_range": [_f(fd.x.min()), _f(fd.x.max())],
-            "seeds_per_level": [int(min(c.size for c in fd.cells())), int(max(c.size for c in fd.cells()))],
-            "bootstrap": kind, "slope": None, "slope_ci": [None, None], "law": None, "message": None,
-            "law_message": None,
-        }
+        entry = FamilyFit(n_runs=fd.n, n_levels=fd.n_levels, x_range=(_f(fd.x.min()), _f(fd.x.max())),
+                          seeds_per_level=(int(min(c.size for c in fd.cells())), int(max(c.size for c in fd.cells()))),
+                          bootstrap=kind)
         fams[name] = entry
-        plot[name] = {"x": fd.x.tolist(), "y": fd.y.tolist(), "seed": fd.seed.tolist(),
-                      "run_id": fd.run_id.tolist()}
+        plot[name] = FamilyPlot(_t(fd.x), _t(fd.y), _t(fd.seed), _t(fd.run_id))
         ystar[name] = stratified_resample(fd, fd.y, B, rng) if kind != PARAMETRIC else None
         if fd.n_levels < MIN_LEVELS_M1:
-            entry["message"] = (f"{name}: {fd.n_levels} distinct x value(s); a slope needs at least {MIN_LEVELS_M1}"
-                                " - add levels")
-            messages.append(entry["message"])
+            msg = f"{name}: {fd.n_levels} distinct x value(s); a slope needs at least {MIN_LEVELS_M1} - add levels"
+            fams[name] = replace(entry, message=msg)
+            messages.append(msg)
             continue
         line = ols.fit_line(u, fd.y)
         lines[name] = line
@@ -164,59 +149,56 @@ def fit_axis(data: AxisData, settings: FitSettings | None = None) -> AxisFit:
         bs, bc = ols.bootstrap_lines(u, Y1)
         boot[name] = {"slope": bs, "intercept": bc}
         lo, hi = percentile_ci(bs, s.level)
-        entry.update({
-            "slope": _f(line.slope), "slope_ci": _ci(lo, hi), "slope_se": _f(line.slope_se),
-            "intercept_log10_ppl": _f(line.intercept / LN10), "r2": _f(line.r2),
-            "lack_of_fit_p": _f(line.lack_of_fit_p),
-            "loss_change_per_decade_nats": _f(line.slope * LN10),
-        })
+        fams[name] = replace(entry, slope=_f(line.slope), slope_ci=_ci(lo, hi), slope_se=_f(line.slope_se),
+                             intercept_log10_ppl=_f(line.intercept / LN10), r2=_f(line.r2),
+                             lack_of_fit_p=_f(line.lack_of_fit_p),
+                             loss_change_per_decade_nats=_f(line.slope * LN10))
         ug = np.linspace(u.min(), u.max(), 60)
         band = (bc[:, None] + bs[:, None] * ug[None, :]) / LN10
         blo, bhi = percentile_ci(band, s.level)
-        plot[name]["m1"] = {"x": np.exp(ug).tolist(), "fit": ((line.intercept + line.slope * ug) / LN10).tolist(),
-                            "lo": blo.tolist(), "hi": bhi.tolist()}
-        plot[name]["resid_m1"] = line.resid.tolist()
+        plot[name] = replace(plot[name], m1=Band(_t(np.exp(ug)), _t((line.intercept + line.slope * ug) / LN10),
+                                                 _t(blo), _t(bhi)), resid_m1=_t(line.resid))
 
     alpha_boot: dict[str, np.ndarray] = {}
     _fit_laws(data, s, fams, plot, ystar, x_scale, rng, messages, alpha_boot)
 
-    guards: list[dict[str, Any]] = []
-    for name, entry in fams.items():
+    guards: list[Guard] = []
+    for name, entry in list(fams.items()):
         fit_line = lines.get(name)
         fired = guard_rails.family_guards(data.families[name], entry, data.baselines.get(name),
                                           fit_line.resid if fit_line is not None else None)
-        entry["guards"] = [g["code"] for g in fired]
+        fams[name] = replace(entry, guards=tuple(g.code for g in fired))
         guards += fired
         if data.baselines.get(name):
-            plot[name]["baseline"] = data.baselines[name]
+            plot[name] = replace(plot[name], baseline=dict(data.baselines[name]))
     holdout = {name: h for name in fams if (h := _holdout(data.families[name], s, rng)) is not None}
-    for name, h in holdout.items():
+    for name, h in list(holdout.items()):
         if s.holdout_law and (m2 := _holdout_m2(data.families[name], s, x_scale, rng)) is not None:
-            h["m2"] = m2
+            holdout[name] = replace(h, m2=m2)
 
     comparison = None
     crossover = None
     if EBT in lines and TPP in lines:
         comparison = _compare(data, s, lines, boot, fams, alpha_boot, rng)
-        comparison["guards"] = sorted({g["code"] for g in guards})
-        comparison["unreliable_verdict"] = guard_rails.unreliable_verdict(guards, "rate")
-        comparison["unreliable"] = comparison["unreliable_verdict"] is not None
-        comparison["exponent_unreliable_note"] = guard_rails.unreliable_verdict(guards, "exponent")
-        comparison["exponent_unreliable"] = comparison["exponent_unreliable_note"] is not None
+        rate_note = guard_rails.unreliable_verdict(guards, "rate")
+        exponent_note = guard_rails.unreliable_verdict(guards, "exponent")
+        comparison = replace(comparison, guards=tuple(sorted({g.code for g in guards})),
+                             unreliable_verdict=rate_note, unreliable=rate_note is not None,
+                             exponent_unreliable_note=exponent_note, exponent_unreliable=exponent_note is not None)
         crossover = _crossover(data, s, lines, boot)
-        if comparison.get("warning"):
-            messages.append(comparison["warning"])
+        if comparison.warning:
+            messages.append(comparison.warning)
     elif len(data.families) == 1:
         only = next(iter(data.families))
         messages.append(f"only one family ({only}) has fit-eligible runs; no EBT vs Transformer++ comparison")
     else:
         messages.append("no comparison: a slope is missing for one family")
-    return AxisFit(data.sweep, data.axis, fams, comparison, crossover, data.n_runs, dict(data.excluded), messages,
-                   s.as_dict(), fp, list(data.run_ids()), plot, guards=guards, holdout=holdout,
+    return AxisFit(data.sweep, data.axis, fams, comparison, crossover, data.n_runs, dict(data.excluded),
+                   tuple(messages), s.as_dict(), fp, data.run_ids(), plot, guards=tuple(guards), holdout=holdout,
                    baselines=dict(data.baselines))
 
 
-def _holdout(fd: FamilyData, s: FitSettings, rng: np.random.Generator) -> dict[str, Any] | None:
+def _holdout(fd: FamilyData, s: FitSettings, rng: np.random.Generator) -> LineHoldout | None:
     """Extrapolation check: the M1 line fitted on every level but the largest, its prediction at the largest
     level, and the prediction error (observed mean - predicted, nats) with a bootstrap interval. The interval
     resamples both the fit (seeds, or the fitted line plus drawn noise for single seeds) and the held-out
@@ -239,13 +221,12 @@ def _holdout(fd: FamilyData, s: FitSettings, rng: np.random.Generator) -> dict[s
     bs, bc = ols.bootstrap_lines(u[keep], Y[:, keep])
     err_b = Y[:, ~keep].mean(axis=1) - (bc + bs * u_out) - centre
     lo, hi = percentile_ci(err_b, s.level)
-    return {"x": x_out, "n_levels_fit": fd.n_levels - 1, "observed": _f(observed), "predicted": _f(predicted),
-            "error_nats": _f(error), "error_ci": _ci(error + lo, error + hi),
-            "covered": bool(error + lo <= 0.0 <= error + hi),
-            "method": "M1 line on all levels but the largest"}
+    return LineHoldout(x=x_out, n_levels_fit=fd.n_levels - 1, observed=_f(observed), predicted=_f(predicted),
+                       error_nats=_f(error), error_ci=_ci(error + lo, error + hi),
+                       covered=bool(error + lo <= 0.0 <= error + hi), method="M1 line on all levels but the largest")
 
 
-def _holdout_m2(fd: FamilyData, s: FitSettings, x_scale: float, rng: np.random.Generator) -> dict[str, Any] | None:
+def _holdout_m2(fd: FamilyData, s: FitSettings, x_scale: float, rng: np.random.Generator) -> LawHoldout | None:
     """The same check for the saturating law (this family alone, its own E): fitted on every level but the
     largest, its prediction there, and the error with a bootstrap prediction interval (each resample refitted
     to its optimum by ``bootstrap_saturating``). None with fewer than MIN_LEVELS_M2 levels left to fit."""
@@ -270,13 +251,13 @@ def _holdout_m2(fd: FamilyData, s: FitSettings, x_scale: float, rng: np.random.G
     pred_b = np.exp(saturating.model_log(bf.theta, saturating.make_layout([np.array([math.log(x_out / x_scale)])])))
     err_b = Y[:, ~keep].mean(axis=1) - pred_b[:, 0] - centre
     lo, hi = percentile_ci(err_b, s.level)
-    return {"x": x_out, "n_levels_fit": fd.n_levels - 1, "observed": _f(observed), "predicted": _f(predicted),
-            "error_nats": _f(error), "error_ci": _ci(error + lo, error + hi),
-            "covered": bool(error + lo <= 0.0 <= error + hi), "alpha": _f(sat.alpha(0)), "E": _f(sat.E),
-            "method": "M2 law (own E) on all levels but the largest"}
+    return LawHoldout(x=x_out, n_levels_fit=fd.n_levels - 1, observed=_f(observed), predicted=_f(predicted),
+                      error_nats=_f(error), error_ci=_ci(error + lo, error + hi),
+                      covered=bool(error + lo <= 0.0 <= error + hi), alpha=_f(sat.alpha(0)), E=_f(sat.E),
+                      method="M2 law (own E) on all levels but the largest")
 
 
-def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, dict[str, Any]], plot: dict[str, Any],
+def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, FamilyFit], plot: dict[str, FamilyPlot],
               ystar: dict[str, np.ndarray | None], x_scale: float, rng: np.random.Generator,
               messages: list[str], alpha_boot: dict[str, np.ndarray]) -> None:
     ok = []
@@ -286,7 +267,7 @@ def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, dict[str, Any]], p
             if fd.n_levels < MIN_LEVELS_M2:
                 msg = (f"{name}: saturating law needs at least {MIN_LEVELS_M2} distinct x values "
                        f"(have {fd.n_levels})")
-                fams[name]["law_message"] = msg
+                fams[name] = replace(fams[name], law_message=msg)
                 messages.append(msg)
             else:
                 ok.append(name)
@@ -323,89 +304,67 @@ def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, dict[str, Any]], p
             r2 = 1.0 - float(((fd.y - yhat) ** 2).sum()) / tss if tss > 0 else float("nan")
             with np.errstate(invalid="ignore"):
                 corr = float(np.corrcoef(Eb, al_b)[0, 1]) if np.std(Eb) > 0 and np.std(al_b) > 0 else float("nan")
-            law = {
-                "E": _f(sat.E), "A": _f(sat.A(k)), "alpha": _f(sat.alpha(k)),
-                "E_ci": _ci(*percentile_ci(Eb, s.level)), "A_ci": _ci(*percentile_ci(Ab, s.level)),
-                "alpha_ci": _ci(*percentile_ci(al_b, s.level)),
-                "A_scaled": _f(sat.A_scaled(k)), "x_scale": x_scale, "e_mode": mode if len(ok) == 2 else "single",
-                "shared_with": [n for n in grp if n != name], "objective": _f(sat.objective),
-                "n_starts": sat.n_starts, "n_starts_at_best": sat.n_at_best, "r2": _f(r2),
-                "E_alpha_corr": _f(corr),
-                "alpha_at_bound_frac": _f(np.mean((al_b < 0.01) | (al_b > 1.99))),
-                "boot_stopped_early_frac": _f(np.mean(bf.stopped_early)),
-                "boot_rechecked_frac": _f(np.mean(bf.thorough)),
-                "boot_unconverged_frac": _f(np.mean(bf.unconverged)),
-                "bootstrap": fams[name]["bootstrap"] if ystar[name] is not None
+            law = LawFit(
+                E=_f(sat.E), A=_f(sat.A(k)), alpha=_f(sat.alpha(k)),
+                E_ci=_ci(*percentile_ci(Eb, s.level)), A_ci=_ci(*percentile_ci(Ab, s.level)),
+                alpha_ci=_ci(*percentile_ci(al_b, s.level)),
+                A_scaled=_f(sat.A_scaled(k)), x_scale=x_scale, e_mode=mode if len(ok) == 2 else "single",
+                shared_with=tuple(n for n in grp if n != name), objective=_f(sat.objective),
+                n_starts=int(sat.n_starts), n_starts_at_best=int(sat.n_at_best), r2=_f(r2),
+                E_alpha_corr=_f(corr),
+                alpha_at_bound_frac=_f(np.mean((al_b < 0.01) | (al_b > 1.99))),
+                boot_stopped_early_frac=_f(np.mean(bf.stopped_early)),
+                boot_rechecked_frac=_f(np.mean(bf.thorough)),
+                boot_unconverged_frac=_f(np.mean(bf.unconverged)),
+                bootstrap=fams[name].bootstrap if ystar[name] is not None
                 else "parametric bootstrap (log residuals of this law)",
-            }
-            fams[name]["law"] = law
+            )
+            fams[name] = replace(fams[name], law=law)
             alpha_boot[name] = al_b
             xg = np.exp(np.linspace(np.log(fd.x.min()), np.log(fd.x.max()), 60))
             with np.errstate(over="ignore", invalid="ignore"):
                 curves = Eb[:, None] + Ab[:, None] * xg[None, :] ** (-al_b[:, None])
                 lo, hi = percentile_ci(curves / LN10, s.level)
             fit_curve = sat.E + sat.A(k) * xg ** (-sat.alpha(k))
-            plot[name]["m2"] = {"x": xg.tolist(), "fit": (fit_curve / LN10).tolist(), "lo": lo.tolist(),
-                                "hi": hi.tolist()}
-            plot[name]["resid_m2"] = (np.log(fd.y) - mp).tolist()
+            plot[name] = replace(plot[name], m2=Band(_t(xg), _t(fit_curve / LN10), _t(lo), _t(hi)),
+                                 resid_m2=_t(np.log(fd.y) - mp))
 
 
 def _compare(data: AxisData, s: FitSettings, lines: dict[str, ols.Line], boot: dict[str, dict[str, np.ndarray]],
-             fams: dict[str, dict[str, Any]], alpha_boot: dict[str, np.ndarray],
-             rng: np.random.Generator) -> dict[str, Any]:
+             fams: dict[str, FamilyFit], alpha_boot: dict[str, np.ndarray],
+             rng: np.random.Generator) -> Comparison:
     le, lt = lines[EBT], lines[TPP]
     gain = float(ols.rate_gain(le.slope, lt.slope))
     gb = ols.rate_gain(boot[EBT]["slope"], boot[TPP]["slope"])
     glo, ghi = percentile_ci(gb, s.level)
     fe, ft = data.families[EBT], data.families[TPP]
     test = ols.slope_test(np.log(fe.x), fe.y, np.log(ft.x), ft.y, s.permutations, rng)
-    out: dict[str, Any] = {
-        "rate_gain": _f(gain), "rate_gain_ci": _ci(glo, ghi), "p_value": _f(test.p_value),
-        "p_value_method": f"interaction t-test (y ~ ln x * family), {test.variance}",
-        "p_value_permutation": _f(test.p_value_permutation),
-        "n_permutations": test.n_permutations, "slope_diff": _f(test.diff), "t": _f(test.t), "df": test.df,
-        "paper_v1": PAPER_V1.get(data.axis), "paper_iclr": PAPER_ICLR.get(data.axis),
-        "alpha_gain": None, "alpha_gain_ci": [None, None], "warning": None,
-    }
-    le_law, lt_law = fams[EBT].get("law"), fams[TPP].get("law")
+    out = Comparison(
+        rate_gain=_f(gain), rate_gain_ci=_ci(glo, ghi), p_value=_f(test.p_value),
+        p_value_method=f"interaction t-test (y ~ ln x * family), {test.variance}",
+        p_value_permutation=_f(test.p_value_permutation),
+        n_permutations=int(test.n_permutations), slope_diff=_f(test.diff), t=_f(test.t), df=_f(test.df),
+        paper_v1=PAPER_V1.get(data.axis), paper_iclr=PAPER_ICLR.get(data.axis),
+    )
+    le_law, lt_law = fams[EBT].law, fams[TPP].law
     ae, at = alpha_boot.get(EBT), alpha_boot.get(TPP)
     if le_law and lt_law and ae is not None and at is not None:
-        ag = le_law["alpha"] / lt_law["alpha"] - 1.0 if lt_law["alpha"] else float("nan")
+        ag = le_law.alpha / lt_law.alpha - 1.0 if lt_law.alpha else float("nan")  # type: ignore[operator]
         with np.errstate(divide="ignore", invalid="ignore"):
             agb = ae / at - 1.0
-        out["alpha_gain"] = _f(ag)
-        out["alpha_gain_ci"] = _ci(*percentile_ci(agb, s.level))
+        warning = None
         if math.isfinite(ag) and math.isfinite(gain) and (np.sign(ag) != np.sign(gain)):
-            out["warning"] = (f"M1 rate gain ({gain:+.1%}) and M2 exponent gain ({ag:+.1%}) disagree in sign: "
-                              "the M1 gap reflects reducible loss, not the exponent")
+            warning = (f"M1 rate gain ({gain:+.1%}) and M2 exponent gain ({ag:+.1%}) disagree in sign: "
+                       "the M1 gap reflects reducible loss, not the exponent")
         elif math.isfinite(ag) and math.isfinite(gain) and abs(ag - gain) > 0.5 * max(abs(ag), abs(gain), 0.02):
-            out["warning"] = (f"M1 rate gain ({gain:+.1%}) and M2 exponent gain ({ag:+.1%}) differ in size: "
-                              "M1 mixes the exponent with the remaining reducible loss")
+            warning = (f"M1 rate gain ({gain:+.1%}) and M2 exponent gain ({ag:+.1%}) differ in size: "
+                       "M1 mixes the exponent with the remaining reducible loss")
+        out = replace(out, alpha_gain=_f(ag), alpha_gain_ci=_ci(*percentile_ci(agb, s.level)), warning=warning)
     return out
 
 
-def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def holdout_lines(fam: str, h: dict[str, Any]) -> list[str]:
-    """The hold-out-largest check of one family: one line for the M1 line, and one for the M2 law when the
-    family has enough levels for it."""
-    from ebt_scaling.fit.guards import LABELS
-
-    def line(what: str, c: dict[str, Any], law: str) -> str:
-        ci = c.get("error_ci") or [None, None]
-        span = "-" if ci[0] is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
-        return (f"Hold-out {LABELS.get(fam, fam)}: {what} on {c['n_levels_fit']} levels predicts "
-                f"{_fmt(c['predicted'], '.4f')} at x = {c['x']:.3g}, observed {_fmt(c['observed'], '.4f')}: "
-                f"error {_fmt(c['error_nats'], '+.4f')} nats "
-                f"{span} ({'0 inside' if c.get('covered') else f'0 outside: the {law} does not extrapolate'})")
-
-    return [line("line", h, "line")] + ([line("M2 law", h["m2"], "law")] if h.get("m2") else [])
-
-
 def _crossover(data: AxisData, s: FitSettings, lines: dict[str, ols.Line],
-               boot: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+               boot: dict[str, dict[str, np.ndarray]]) -> Crossover:
     le, lt = lines[EBT], lines[TPP]
     u_star = float(ols.crossover_u(le.slope, le.intercept, lt.slope, lt.intercept))
     ub = ols.crossover_u(boot[EBT]["slope"], boot[EBT]["intercept"], boot[TPP]["slope"], boot[TPP]["intercept"])
@@ -414,25 +373,18 @@ def _crossover(data: AxisData, s: FitSettings, lines: dict[str, ols.Line],
     steeper = np.sign(lt.slope - le.slope)  # > 0: EBT falls faster, so EBT is better above the crossover
     same_dir = np.sign(boot[TPP]["slope"] - boot[EBT]["slope"]) == steeper
     frac = float(np.mean(same_dir))
-    out: dict[str, Any] = {
-        "x": None, "x_ci": [None, None], "log10_x": None, "in_range": False, "range": [lo_x, hi_x],
-        "ebt_better_above": bool(steeper > 0) if steeper != 0 else None,
-        "fraction_resamples_same_direction": frac,
-    }
+    base = Crossover(x=None, x_ci=(None, None), log10_x=None, in_range=False, range=(lo_x, hi_x),
+                     ebt_better_above=bool(steeper > 0) if steeper != 0 else None,
+                     fraction_resamples_same_direction=frac)
     if not math.isfinite(u_star) or steeper == 0:
-        out["message"] = "no crossover: the fitted lines are parallel"
-        return out
-    out["log10_x"] = u_star / LN10
-    out["x"] = _f(math.exp(u_star)) if u_star < 700 else None
+        return replace(base, message="no crossover: the fitted lines are parallel")
     lo_x_ln, hi_x_ln = math.log(lo_x), math.log(hi_x)
-    out["in_range"] = bool(lo_x_ln <= u_star <= hi_x_ln)
+    in_range = bool(lo_x_ln <= u_star <= hi_x_ln)
     # A resample whose slope order flips has no x above which the steeper family is lower: its crossover (in
     # that sense) is at +infinity. It is counted as such, not dropped, so flips widen the interval upwards.
     q = (1 - s.level) / 2
     ub_eff = np.where(same_dir & np.isfinite(ub), ub, np.inf)
     ulo, uhi = (float(v) for v in np.quantile(ub_eff, [q, 1 - q], method="inverted_cdf"))
-    out["log10_x_ci"] = [_f(ulo / LN10), _f(uhi / LN10)]
-    out["x_ci"] = [_f(math.exp(ulo)) if ulo < 700 else None, _f(math.exp(uhi)) if uhi < 700 else None]
     lo_note = f"10^{ulo / LN10:.2f}" if math.isfinite(ulo) else "infinity"
     if math.isfinite(uhi):
         ci_note = f"95% interval 10^{ulo / LN10:.2f} to 10^{uhi / LN10:.2f}"
@@ -442,24 +394,26 @@ def _crossover(data: AxisData, s: FitSettings, lines: dict[str, ols.Line],
         ci_note = (f"95% interval {lo_note} to infinity: in {1 - frac:.0%} of resamples the slope order flips, "
                    "so the lines may never cross")
     better = "EBT" if steeper > 0 else "Transformer++"
-    where = "inside the fitted range" if out["in_range"] else (
+    where = "inside the fitted range" if in_range else (
         f"{(u_star - hi_x_ln) / LN10:.1f} decades above the largest x" if u_star > hi_x_ln
         else f"{(lo_x_ln - u_star) / LN10:.1f} decades below the smallest x")
-    prefix = "" if out["in_range"] else "no crossover in range; "
-    out["message"] = f"{prefix}lines cross at x = 10^{u_star / LN10:.2f} ({where}; {better} lower above it); " \
-                     + ci_note
+    prefix = "" if in_range else "no crossover in range; "
     gap_x = min(float(data.families[EBT].x.max()), float(data.families[TPP].x.max()))
     gu = math.log(gap_x)
     gap = (le.intercept + le.slope * gu) - (lt.intercept + lt.slope * gu)
     gapb = (boot[EBT]["intercept"] + boot[EBT]["slope"] * gu) - (boot[TPP]["intercept"] + boot[TPP]["slope"] * gu)
-    out["gap_at_x"] = gap_x
-    out["loss_gap_nats"] = _f(gap)
-    out["loss_gap_ci"] = _ci(*percentile_ci(gapb, s.level))
-    return out
+    return replace(
+        base, x=_f(math.exp(u_star)) if u_star < 700 else None,
+        x_ci=(_f(math.exp(ulo)) if ulo < 700 else None, _f(math.exp(uhi)) if uhi < 700 else None),
+        log10_x=u_star / LN10, in_range=in_range, log10_x_ci=(_f(ulo / LN10), _f(uhi / LN10)),
+        message=f"{prefix}lines cross at x = 10^{u_star / LN10:.2f} ({where}; {better} lower above it); " + ci_note,
+        gap_at_x=gap_x, loss_gap_nats=_f(gap), loss_gap_ci=_ci(*percentile_ci(gapb, s.level)))
 
 
-def adjust_holm(fits: list[AxisFit], tests: list[list[int]] | None = None, note: str | None = None) -> None:
-    """Holm-adjust the comparison p-values of one family of tests (in place).
+def adjust_holm(fits: list[AxisFit], tests: list[list[int]] | None = None,
+                note: str | None = None) -> list[AxisFit]:
+    """Holm-adjust the comparison p-values of one family of tests: ``fits`` with their comparisons' Holm fields
+    set (a new list; results are frozen).
 
     ``fits`` are the axes of the family; ``tests`` groups indices into ``fits`` that are one test (axes that
     share runs, such as params and flops re-expressing the same runs): a group counts once, with the largest
@@ -467,30 +421,30 @@ def adjust_holm(fits: list[AxisFit], tests: list[list[int]] | None = None, note:
     tests = tests if tests is not None else [[i] for i in range(len(fits))]
     ps: list[float | None] = []
     for grp in tests:
-        vals = [float(p) for i in grp if (c := fits[i].comparison) is not None and (p := c.get("p_value")) is not None]
+        vals = [float(p) for i in grp if (c := fits[i].comparison) is not None and (p := c.p_value) is not None]
         ps.append(max(vals) if vals else None)
     adj = ols.holm(ps)
-    labels = [f"{f.sweep}/{f.axis}" for f in fits if f.comparison is not None]
+    labels = tuple(f"{f.sweep}/{f.axis}" for f in fits if f.comparison is not None)
+    out = list(fits)
     for grp, a in zip(tests, adj, strict=True):
         for i in grp:
             c = fits[i].comparison
             if c is None:
                 continue
-            c["p_value_holm"] = a
-            c["holm_axes"] = sum(p is not None for p in ps)
-            c["holm_family"] = labels
-            c["holm_note"] = note
-            c["verdict"] = verdict(c, a)
+            c = replace(c, p_value_holm=a, holm_axes=sum(p is not None for p in ps), holm_family=labels,
+                        holm_note=note)
+            out[i] = replace(fits[i], comparison=replace(c, verdict=verdict(c, a)))
+    return out
 
 
-def verdict(comparison: dict[str, Any], p_holm: float | None, alpha: float = 0.05) -> str:
+def verdict(comparison: Comparison, p_holm: float | None, alpha: float = 0.05) -> str:
     """EBT faster/slower at Holm-adjusted p < alpha, unless a guard-rail fired (then the reason, never a
     direction): a family whose loss does not fall, or any other guard, makes the rate gain unreadable."""
-    gain = comparison.get("rate_gain")
+    gain = comparison.rate_gain
     if gain is None or p_holm is None:
         return "not testable"
-    if comparison.get("unreliable_verdict"):
-        return str(comparison["unreliable_verdict"])
+    if comparison.unreliable_verdict:
+        return str(comparison.unreliable_verdict)
     if p_holm < alpha:
         return "EBT faster" if gain > 0 else "EBT slower"
     return "not distinguishable at 95%"
@@ -534,11 +488,12 @@ def fit_axes(datas: list[AxisData], settings: FitSettings | None = None) -> list
     fits = [fit_axis(d, settings) for d in datas]
     for sweep in dict.fromkeys(d.sweep for d in datas):
         idx = [i for i, d in enumerate(datas) if d.sweep == sweep]
-        holm_family([fits[i] for i in idx], [datas[i] for i in idx])
+        for i, f in zip(idx, holm_family([fits[i] for i in idx], [datas[i] for i in idx]), strict=True):
+            fits[i] = f
     return fits
 
 
-def holm_family(fits: list[AxisFit], datas: list[AxisData]) -> None:
-    """Holm over exactly these axes (one family of tests), axes sharing runs counted once."""
+def holm_family(fits: list[AxisFit], datas: list[AxisData]) -> list[AxisFit]:
+    """Holm over exactly these axes (one family of tests), axes sharing runs counted once: the adjusted fits."""
     tests = shared_tests(datas)
-    adjust_holm(fits, tests, holm_note(fits, tests))
+    return adjust_holm(fits, tests, holm_note(fits, tests))

@@ -1,8 +1,8 @@
 """Guard-rails: conditions under which a fitted rate, or an EBT-vs-T++ comparison built on it, should not be
 read as a scaling result. Each fires with a plain-language message.
 
-A guard is a dict ``{"code", "family", "scope", "message"}``. ``scope`` says which view it makes unreadable:
-``rate`` (the M1 slope, hence the rate gain and its faster/slower verdict), ``exponent`` (the M2 law, hence
+A guard is a ``Guard`` (``fit/results.py``: code, family, scope, message). ``scope`` says which view it makes
+unreadable: ``rate`` (the M1 slope, hence the rate gain and its faster/slower verdict), ``exponent`` (the M2 law, hence
 the exponent gain) or ``both``. The two views cannot both be clean on one data set as a rule: a lack-of-fit
 test that finds curvature is exactly what identifies alpha, and data a straight line fits leave alpha at or
 near its bound 0. So a comparison is marked ``unreliable`` (no faster/slower verdict, the verdict says why)
@@ -22,11 +22,14 @@ Codes:
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
 from ebt_scaling.fit.design import FamilyData
+from ebt_scaling.fit.results import EXPLAIN, LABELS, FamilyFit, Guard, baseline_of
+
+__all__ = ["EXPLAIN", "LABELS", "SCOPES", "baseline_of", "family_guards", "unreliable_verdict"]
 
 NEAR_BASELINE_NATS = 0.5  # issue 16: every run should end below the unigram loss by at least this much
 LACK_OF_FIT_P = 0.05
@@ -35,44 +38,14 @@ ALPHA_BOUND_TOL = 0.01  # alpha within this of 0 or 2 is at its bound
 E_BOUND = 1e-3  # E (nats) below this is the E >= 0 edge (pure power law)
 ALPHA_BOUND_FRAC = 0.10  # share of bootstrap refits with alpha at a bound that fires the guard
 NOISE_Z = 2.0  # a change between level means counts when it exceeds this many standard errors
-LABELS = {"transformer_pp": "Transformer++", "ebt": "EBT"}
 
 
 SCOPES = {"not_falling": "both", "near_baseline": "both", "at_bound": "exponent", "lack_of_fit": "rate",
           "single_seed": "both", "few_levels": "both", "non_monotone": "both"}
 
 
-# one plain sentence per guard, for pages that list codes rather than the full messages
-EXPLAIN = {
-    "not_falling": "the loss does not fall with x, so a rate gain against it means nothing",
-    "near_baseline": "the loss sits near the unigram (or uniform) baseline: the model learned little beyond "
-                     "token frequencies",
-    "at_bound": "the saturating law's exponent or floor sits at a bound: the law is not identified",
-    "lack_of_fit": "a straight line in ln x does not fit (p < 0.05): the slope depends on the x range",
-    "single_seed": "a level has one seed: seed noise is inferred, not measured",
-    "few_levels": "fewer than 4 levels",
-    "non_monotone": "the loss falls and rises across levels beyond seed noise",
-    "wide_interval": "a 95% interval is wider than the estimate itself",
-}
-
-
-def _g(code: str, family: str | None, message: str, scope: str | None = None) -> dict[str, Any]:
-    return {"code": code, "family": family, "scope": scope or SCOPES[code], "message": message}
-
-
-def blocks(guard: dict[str, Any], view: str) -> bool:
-    """Whether ``guard`` makes ``view`` (``rate`` or ``exponent``) unreadable."""
-    return guard["scope"] in (view, "both")
-
-
-def baseline_of(baselines: dict[str, float | None] | None) -> tuple[float, str] | None:
-    """The baseline a family is compared with: the unigram loss when stored, else ln V, else None."""
-    b = baselines or {}
-    if b.get("unigram") is not None:
-        return float(b["unigram"]), "unigram"  # type: ignore[arg-type]
-    if b.get("uniform") is not None:
-        return float(b["uniform"]), "uniform (ln V)"  # type: ignore[arg-type]
-    return None
+def _g(code: str, family: str | None, message: str, scope: str | None = None) -> Guard:
+    return Guard(code, family, scope or SCOPES[code], message)
 
 
 def _level_means(fd: FamilyData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -96,15 +69,15 @@ def _noise_sd(fd: FamilyData, resid: np.ndarray | None) -> float | None:
     return None
 
 
-def family_guards(fd: FamilyData, entry: dict[str, Any], baselines: dict[str, float | None] | None,
-                  resid: np.ndarray | None) -> list[dict[str, Any]]:
+def family_guards(fd: FamilyData, entry: FamilyFit, baselines: dict[str, float | None] | None,
+                  resid: np.ndarray | None) -> list[Guard]:
     """Every guard that fires for one family, given its fitted entry (slope, slope_ci, lack_of_fit_p, law)."""
     name = fd.family
     who = LABELS.get(name, name)
-    out: list[dict[str, Any]] = []
+    out: list[Guard] = []
     xs, means, counts = _level_means(fd)
     n_lv = xs.size
-    slope, ci = entry.get("slope"), entry.get("slope_ci") or [None, None]
+    slope, ci = entry.slope, entry.slope_ci or (None, None)
     if slope is not None and (slope >= 0 or (ci[1] is not None and ci[1] >= 0)):
         out.append(_g("not_falling", name, f"{who}: the loss does not clearly fall with x (slope {slope:+.4f} per "
                       f"ln x, 95% interval up to {ci[1]:+.4f}); a rate gain against a flat or rising loss means "
@@ -121,21 +94,21 @@ def family_guards(fd: FamilyData, entry: dict[str, Any], baselines: dict[str, fl
                           f"perplexity {math.exp(min(b, 700)):.0f}) at {int(near.sum())} of {n_lv} levels: the model "
                           f"has learned little beyond {what}, so its slope does not measure scaling - train longer "
                           "or tune the preset"))
-    law = entry.get("law")
+    law = entry.law
     if law:
-        a, E = law.get("alpha"), law.get("E")
+        a, E = law.alpha, law.E
         parts = []
         if a is not None and (a <= ALPHA_BOUND_TOL or a >= 2.0 - ALPHA_BOUND_TOL):
             parts.append(f"exponent alpha = {a:.3f} sits at its bound (0 or 2)")
         if E is not None and E <= E_BOUND:
             parts.append(f"floor E = {E:.2g} sits at its bound 0")
-        frac = law.get("alpha_at_bound_frac")
+        frac = law.alpha_at_bound_frac
         if frac is not None and frac >= ALPHA_BOUND_FRAC:
             parts.append(f"alpha ends at a bound in {frac:.0%} of bootstrap refits")
         if parts:
             out.append(_g("at_bound", name, f"{who}: saturating law " + "; ".join(parts)
                           + ": these data do not pin the law down, so its exponent is not a measurement"))
-    lof = entry.get("lack_of_fit_p")
+    lof = entry.lack_of_fit_p
     if lof is not None and lof < LACK_OF_FIT_P:
         out.append(_g("lack_of_fit", name, f"{who}: a straight line in ln x does not fit (lack-of-fit p = {lof:.3g} < "
                       f"{LACK_OF_FIT_P}); the slope depends on which x range was run"))
@@ -157,23 +130,23 @@ def family_guards(fd: FamilyData, entry: dict[str, Any], baselines: dict[str, fl
     if slope is not None and ci[0] is not None and ci[1] is not None and ci[1] - ci[0] > abs(slope):
         out.append(_g("wide_interval", name, f"{who}: 95% interval of the slope wider than the slope itself "
                       f"({slope:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]): the rate is mostly noise", "rate"))
-    if law and law.get("alpha") is not None:
-        aci = law.get("alpha_ci") or [None, None]
-        if aci[0] is not None and aci[1] is not None and aci[1] - aci[0] > abs(law["alpha"]):
+    if law and law.alpha is not None:
+        aci = law.alpha_ci or (None, None)
+        if aci[0] is not None and aci[1] is not None and aci[1] - aci[0] > abs(law.alpha):
             out.append(_g("wide_interval", name, f"{who}: 95% interval of the exponent wider than the exponent "
-                          f"itself ({law['alpha']:.3f} [{aci[0]:.3f}, {aci[1]:.3f}]): alpha is mostly noise",
+                          f"itself ({law.alpha:.3f} [{aci[0]:.3f}, {aci[1]:.3f}]): alpha is mostly noise",
                           "exponent"))
     return out
 
 
-def unreliable_verdict(guards: list[dict[str, Any]], view: str = "rate") -> str | None:
+def unreliable_verdict(guards: Sequence[Guard], view: str = "rate") -> str | None:
     """Why ``view`` of a comparison is not called (instead of faster/slower), or None when no guard blocks it."""
-    guards = [g for g in guards if blocks(g, view)]
+    guards = [g for g in guards if g.blocks(view)]
     if not guards:
         return None
-    falling = [g for g in guards if g["code"] == "not_falling"]
+    falling = [g for g in guards if g.code == "not_falling"]
     if falling:
-        fams = " and ".join(LABELS.get(g["family"], g["family"]) for g in falling)
+        fams = " and ".join(LABELS.get(g.family or "", g.family or "comparison") for g in falling)
         return f"no verdict: {fams} loss does not fall with x"
-    codes = sorted({g["code"].replace("_", " ") for g in guards})
+    codes = sorted({g.code.replace("_", " ") for g in guards})
     return "unreliable: " + ", ".join(codes)

@@ -10,6 +10,8 @@ the method settings):
 * ``ols_log_ppl`` and ``saturating_huber`` per family, linked to that family's runs;
 * ``comparison`` and ``crossover`` (family ``ebt_vs_transformer_pp``), linked to all runs of the axis.
 
+The rows hold ``to_json()`` of the typed results (``fit/results.py``): the one place a fit becomes JSON.
+
 Holm adjustment is not stored. Its family of tests is defined by the analysis, never by whatever else the
 database holds: by default the axes of each sweep (so importing an unrelated sweep changes no p-value), or
 the axes named by ``family_of_tests``; axes of one family that share runs (params and flops) are one test.
@@ -17,14 +19,14 @@ the axes named by ``family_of_tests``; axes of one family that share runs (param
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ebt_scaling.config import AXES
 from ebt_scaling.errors import ConfigError, DuplicateError
-from ebt_scaling.fit.axis import AxisFit, FitSettings, fingerprint, fit_axis, holm_family
+from ebt_scaling.fit.axis import FitSettings, fingerprint, fit_axis, holm_family
 from ebt_scaling.fit.design import AxisData, group_runs
+from ebt_scaling.fit.results import AxisFit, json_value
 from ebt_scaling.records import FitRecord
 
 PAIR = "ebt_vs_transformer_pp"
@@ -40,45 +42,13 @@ class SweepFits:
     messages: list[str] = field(default_factory=list)
 
     def to_json(self, holdout: bool = False) -> dict[str, Any]:
+        """What ``ebt-scale fit --json`` prints (docs/fits.md)."""
         return {
             "sweep": self.sweep if self.sweep is not None else (self.sweeps[0] if len(self.sweeps) == 1 else None),
             "sweeps": self.sweeps,
-            "axes": [axis_json(f, holdout) for f in self.fits],
+            "axes": [f.summary_json(holdout) for f in self.fits],
             "messages": self.messages,
         }
-
-
-def axis_json(f: AxisFit, holdout: bool = False) -> dict[str, Any]:
-    """The documented JSON shape of one axis (plus extra keys); ``holdout`` adds the hold-out-largest check."""
-    comp = f.comparison or {}
-    families = {}
-    for name, entry in f.families.items():
-        families[name] = {k: v for k, v in entry.items()}
-    out: dict[str, Any] = {
-        "axis": f.axis,
-        "sweep": f.sweep,
-        "families": families,
-        "rate_gain": comp.get("rate_gain"),
-        "rate_gain_ci": comp.get("rate_gain_ci", [None, None]),
-        "p_value": comp.get("p_value"),
-        "p_value_holm": comp.get("p_value_holm"),
-        "verdict": comp.get("verdict", "not testable"),
-        "comparison": comp or None,
-        "crossover": f.crossover,
-        "n_runs": f.n_runs,
-        "n_excluded": sum(f.excluded.values()),
-        "excluded": f.excluded,
-        "messages": f.messages,
-        "guards": f.guards,
-        "unreliable": bool(comp.get("unreliable")),
-        "baselines": f.baselines,
-        "fingerprint": f.fingerprint,
-        "reused": f.reused,
-        "settings": f.settings,
-    }
-    if holdout:
-        out["holdout"] = f.holdout
-    return out
 
 
 def _axis_order(key: tuple[str, str]) -> tuple[str, int, str]:
@@ -149,7 +119,7 @@ def fit_store(store: Any, sweep: str | None = None, axis: str | None = None,
     order = sorted(groups, key=_axis_order)
     fitted = {key: _fit_or_reuse(store, groups[key], s, save) for key in order}
     for fam in holm:
-        holm_family([fitted[k] for k in fam], [groups[k] for k in fam])
+        fitted.update(zip(fam, holm_family([fitted[k] for k in fam], [groups[k] for k in fam]), strict=True))
     fits = [fitted[k] for k in order]
     if axis is not None:
         fits = [f for f in fits if f.axis == axis]
@@ -166,47 +136,39 @@ def _fit_or_reuse(store: Any, data: AxisData, s: FitSettings, save: bool) -> Axi
     fp = fingerprint(data, s)
     found = store.find_fit(data.sweep, data.axis, PAIR, AXIS_METHOD, fp)
     if found is not None:
-        fit = AxisFit.from_dict(found.params)
-        fit.reused = True
-        return fit
+        return replace(AxisFit.from_json(found.params), reused=True)
     fit = fit_axis(data, s)
     if save:
-        _save(store, data, fit)
+        _save(store, fit_records(data, fit))
     return fit
 
 
-def _save(store: Any, data: AxisData, fit: AxisFit) -> None:
-    snapshot = _jsonable(fit.to_dict())
-    snapshot["reused"] = False
+def fit_records(data: AxisData, fit: AxisFit) -> list[FitRecord]:
+    """The rows that store one axis's fit: the whole result (``axis_fit``, reused while the runs are unchanged),
+    then per family its line (``ols_log_ppl``) and law (``saturating_huber``), then the comparison and the
+    crossover, each linked to the runs it used."""
     all_ids = tuple(fit.run_ids)
-    rows = [FitRecord(None, data.sweep, data.axis, PAIR, AXIS_METHOD, snapshot, all_ids, fit.fingerprint)]
+    rows = [FitRecord(None, data.sweep, data.axis, PAIR, AXIS_METHOD, {**fit.to_json(), "reused": False}, all_ids,
+                      fit.fingerprint)]
     for name, entry in fit.families.items():
         ids = tuple(sorted(int(i) for i in data.families[name].run_id))
-        m1 = {k: v for k, v in entry.items() if k != "law"}
-        rows.append(FitRecord(None, data.sweep, data.axis, name, "ols_log_ppl", _jsonable(m1), ids, fit.fingerprint))
-        if entry.get("law"):
-            rows.append(FitRecord(None, data.sweep, data.axis, name, "saturating_huber", _jsonable(entry["law"]), ids,
+        m1 = {k: v for k, v in entry.to_json().items() if k != "law"}
+        rows.append(FitRecord(None, data.sweep, data.axis, name, "ols_log_ppl", m1, ids, fit.fingerprint))
+        if entry.law is not None:
+            rows.append(FitRecord(None, data.sweep, data.axis, name, "saturating_huber", entry.law.to_json(), ids,
                                   fit.fingerprint))
-    if fit.comparison:
-        rows.append(FitRecord(None, data.sweep, data.axis, PAIR, "comparison", _jsonable(fit.comparison), all_ids,
+    if fit.comparison is not None:
+        rows.append(FitRecord(None, data.sweep, data.axis, PAIR, "comparison", json_value(fit.comparison), all_ids,
                               fit.fingerprint))
-    if fit.crossover:
-        rows.append(FitRecord(None, data.sweep, data.axis, PAIR, "crossover", _jsonable(fit.crossover), all_ids,
+    if fit.crossover is not None:
+        rows.append(FitRecord(None, data.sweep, data.axis, PAIR, "crossover", json_value(fit.crossover), all_ids,
                               fit.fingerprint))
+    return rows
+
+
+def _save(store: Any, rows: list[FitRecord]) -> None:
     for rec in rows:
         try:
             store.save_fit(rec)
         except DuplicateError:  # a concurrent `fit` stored the same thing first: identical by construction
             continue
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if hasattr(v, "item") and not isinstance(v, (str, bytes)):  # numpy scalar
-        return _jsonable(v.item())
-    return v

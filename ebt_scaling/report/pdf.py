@@ -2,7 +2,7 @@
 
 Pages (in order): summary, per axis its fit page and (when the runs have metric series) its loss curves,
 the FLOPs crossover (when a FLOPs axis is reported), runs table (as many pages as needed), provenance, then
-any extra page builders (``register_page_builder`` or ``extra_pages=``).
+any extra page builders (``extra_pages=``, e.g. the System-2 thinking pages).
 
 A page builder is ``builder(data: ReportData, new_page: Callable[[], Figure]) -> None``: it asks for as
 many pages as it needs and draws on them (figures stay owned by this module).
@@ -28,9 +28,8 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from ebt_scaling.config import FAMILY_TRAIN_KEYS  # noqa: E402
-from ebt_scaling.fit.axis import PAPER_ICLR, PAPER_V1  # noqa: E402
-from ebt_scaling.fit.design import exclusion_reason  # noqa: E402
-from ebt_scaling.fit.guards import EXPLAIN  # noqa: E402
+from ebt_scaling.fit import exclusion_reason  # noqa: E402
+from ebt_scaling.fit.results import EXPLAIN, PAPER_ICLR, PAPER_V1, AxisFit  # noqa: E402
 from ebt_scaling.report import plots  # noqa: E402
 
 PAGE_SIZE = (11.69, 8.27)  # A4 landscape, inches
@@ -40,11 +39,11 @@ AXIS_ORDER = ("data", "batch", "depth", "width", "params", "flops")
 
 @dataclass
 class ReportData:
-    """Everything a report shows. ``fits`` are ``AxisFit.to_dict()`` dicts (with ``plot`` data),
+    """Everything a report shows. ``fits`` are the typed fit results (``AxisFit``, with ``plot`` data),
     ``runs`` are RunRecords (duck-typed), ``provenance`` holds strings (code version, masked DB URL, ...)."""
 
     title: str
-    fits: list[dict[str, Any]]
+    fits: list[AxisFit]
     runs: list[Any] = field(default_factory=list)
     provenance: dict[str, str] = field(default_factory=dict)
     date: datetime | None = None  # derived from the data; None -> no date in the metadata
@@ -55,14 +54,6 @@ class ReportData:
 
 
 PageBuilder = Callable[[ReportData, Callable[[], Figure]], None]
-PAGE_BUILDERS: list[PageBuilder] = []  # extra pages appended after the built-in ones (e.g. issue 6)
-
-
-def register_page_builder(builder: PageBuilder) -> PageBuilder:
-    """Add a page builder to every report (usable as a decorator)."""
-    if builder not in PAGE_BUILDERS:
-        PAGE_BUILDERS.append(builder)
-    return builder
 
 
 def build_report(data: ReportData, out: str | Path, extra_pages: Sequence[PageBuilder] = ()) -> int:
@@ -72,7 +63,7 @@ def build_report(data: ReportData, out: str | Path, extra_pages: Sequence[PageBu
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
     builders: list[PageBuilder] = [summary_page, axis_pages, crossover_page, runs_pages, provenance_page,
-                                   *PAGE_BUILDERS, *extra_pages]
+                                   *extra_pages]
     meta: dict[str, Any] = {"Title": data.title, "Creator": "ebt-scale report", "Producer": "ebt-scale (matplotlib)",
                             "CreationDate": None, "ModDate": None}
     if data.date is not None:
@@ -105,10 +96,10 @@ def build_report(data: ReportData, out: str | Path, extra_pages: Sequence[PageBu
 
 def _footer(fig: Figure, data: ReportData) -> None:
     """On every page: which comparisons are unreliable, so no page can be read without the warning."""
-    bad = [f for f in _sorted_fits(data) if f.get("guards")]
+    bad = [f for f in _sorted_fits(data) if f.guards]
     if not bad:
         return
-    withheld = [_label(f, data) for f in bad if (f.get("comparison") or {}).get("unreliable")]
+    withheld = [_label(f, data) for f in bad if f.comparison is not None and f.comparison.unreliable]
     names = ", ".join(_label(f, data) for f in bad)
     text = (f"Warning: guard-rails fired on {len(bad)} of {len(data.fits)} axes ({names})"
             + (f"; no faster/slower verdict on {', '.join(withheld)}" if withheld else "")
@@ -116,27 +107,26 @@ def _footer(fig: Figure, data: ReportData) -> None:
     fig.text(0.5, 0.008, text, ha="center", va="bottom", fontsize=7.5, color="#a00000")
 
 
-def _guard_summary(f: dict[str, Any], data: ReportData) -> str:
+def _guard_summary(f: AxisFit, data: ReportData) -> str:
     """One line per axis: which guards fired for which family (codes; EXPLAIN says what they mean)."""
     per: dict[str, list[str]] = {}
-    for g in f.get("guards") or []:
-        per.setdefault(plots.LABELS.get(g["family"], g["family"] or "comparison"), []).append(
-            g["code"].replace("_", " "))
+    for g in f.guards:
+        per.setdefault(plots.LABELS.get(g.family or "", g.family or "comparison"), []).append(
+            g.code.replace("_", " "))
     body = "; ".join(f"{fam}: {', '.join(dict.fromkeys(c))}" for fam, c in per.items())
     return f"- {_label(f, data)}: {body}"
 
 
-def _sorted_fits(data: ReportData) -> list[dict[str, Any]]:
-    def key(f: dict[str, Any]) -> tuple[str, int, str]:
-        a = f["axis"]
-        return (f["sweep"], AXIS_ORDER.index(a) if a in AXIS_ORDER else 99, a)
+def _sorted_fits(data: ReportData) -> list[AxisFit]:
+    def key(f: AxisFit) -> tuple[str, int, str]:
+        return (f.sweep, AXIS_ORDER.index(f.axis) if f.axis in AXIS_ORDER else 99, f.axis)
 
     return sorted(data.fits, key=key)
 
 
-def _label(f: dict[str, Any], data: ReportData) -> str:
-    sweeps = {x["sweep"] for x in data.fits}
-    return f["axis"] if len(sweeps) <= 1 else f"{f['sweep']}/{f['axis']}"
+def _label(f: AxisFit, data: ReportData) -> str:
+    sweeps = {x.sweep for x in data.fits}
+    return f.axis if len(sweeps) <= 1 else f.label
 
 
 # -------------------------------------------------------------------------------------------- pages
@@ -181,26 +171,23 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
               "paper v1", "paper ICLR", "verdict", "exponent gain (M2) [95%]"]
     rows, colors = [], []
     for f in _sorted_fits(data):
-        c = f.get("comparison") or {}
-        fams = f.get("families", {})
-        n_t = fams.get("transformer_pp", {}).get("n_runs", 0)
-        n_e = fams.get("ebt", {}).get("n_runs", 0)
-        v1 = c.get("paper_v1") if c else None
-        iclr = c.get("paper_iclr") if c else None
-        if not c:
-            v1, iclr = PAPER_V1.get(f["axis"]), PAPER_ICLR.get(f["axis"])
-        ag = "-" if c.get("alpha_gain") is None else f"{plots.fmt_pct(c['alpha_gain'], 1)} " \
-                                                    f"{plots.fmt_ci_pct(c['alpha_gain_ci'])}" \
-                                                    + (" *" if c.get("exponent_unreliable") else "")
-        verdict = c.get("verdict", "not testable")
-        if c.get("unreliable"):  # the reason is listed under the table (the column is too narrow for it)
+        c = f.comparison
+        t, e = f.families.get("transformer_pp"), f.families.get("ebt")
+        n_t, n_e = (t.n_runs if t else 0), (e.n_runs if e else 0)
+        v1, iclr = (c.paper_v1, c.paper_iclr) if c else (PAPER_V1.get(f.axis), PAPER_ICLR.get(f.axis))
+        ag = "-" if c is None or c.alpha_gain is None else f"{plots.fmt_pct(c.alpha_gain, 1)} " \
+                                                          f"{plots.fmt_ci_pct(c.alpha_gain_ci)}" \
+                                                          + (" *" if c.exponent_unreliable else "")
+        verdict = _verdict(f)
+        unreliable = c is not None and c.unreliable
+        if unreliable:  # the reason is listed under the table (the column is too narrow for it)
             verdict = "no verdict: not falling" if verdict.startswith("no verdict") else "withheld: unreliable"
-        rows.append([_label(f, data), f"{n_t}/{n_e}", str(sum(f.get("excluded", {}).values())),
-                     plots.fmt_pct(c.get("rate_gain")), plots.fmt_ci_pct(c.get("rate_gain_ci")),
-                     plots.fmt_p(c.get("p_value")), plots.fmt_p(c.get("p_value_holm")),
+        rows.append([_label(f, data), f"{n_t}/{n_e}", str(sum(f.excluded.values())),
+                     plots.fmt_pct(c.rate_gain if c else None), plots.fmt_ci_pct(c.rate_gain_ci if c else None),
+                     plots.fmt_p(c.p_value if c else None), plots.fmt_p(c.p_value_holm if c else None),
                      plots.fmt_pct(v1), plots.fmt_pct(iclr), verdict, ag])
         colors.append({"EBT faster": "#e6f4e6", "EBT slower": "#fbe6e6"}.get(
-            verdict, "#fff1c9" if c.get("unreliable") else "white"))
+            verdict, "#fff1c9" if unreliable else "white"))
     table_h = min(0.6, 0.034 * (len(rows) + 1) + 0.01)
     ax = fig.add_axes((0.04, 0.87 - table_h, 0.92, table_h))
     plots.draw_table(ax, header, rows, [0.05, 0.09, 0.04, 0.09, 0.12, 0.055, 0.06, 0.06, 0.07, 0.14, 0.21],
@@ -224,14 +211,13 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
     for m in data.messages + family_settings_notes(data.runs):
         notes.append(f"- {m}")
     for f in _sorted_fits(data):
-        c = f.get("comparison") or {}
-        if c.get("warning"):
-            notes.append(f"- {_label(f, data)}: {c['warning']}")
+        if f.comparison is not None and f.comparison.warning:
+            notes.append(f"- {_label(f, data)}: {f.comparison.warning}")
     notes = [w for line in notes for w in (textwrap.wrap(line, 175, subsequent_indent="  ") or [""])]
-    flagged = [f for f in _sorted_fits(data) if f.get("guards")]
+    flagged = [f for f in _sorted_fits(data) if f.guards]
     warn: list[str] = []
     if flagged:
-        codes = sorted({g["code"] for f in flagged for g in f["guards"]})
+        codes = sorted({g.code for f in flagged for g in f.guards})
         warn = ["Guard-rails (a verdict is withheld when one of these fires for the rate view; details on the axis "
                 "pages)"] + [_guard_summary(f, data) for f in flagged] + [
                     f"  {c.replace('_', ' ')}: {EXPLAIN[c]}" for c in codes]
@@ -251,28 +237,33 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
                  color="#a00000")
 
 
-def _supports(f: dict[str, Any], data: ReportData) -> str:
+def _verdict(f: AxisFit) -> str:
+    c = f.comparison
+    return c.verdict if c is not None and c.verdict is not None else "not testable"
+
+
+def _supports(f: AxisFit, data: ReportData) -> str:
     """What one axis's comparison supports, in words."""
-    c = f.get("comparison") or {}
+    c = f.comparison
     name = _label(f, data)
-    if not c:
-        why = "; ".join(f.get("messages", [])[:1]) or "a family is missing"
+    if c is None:
+        why = "; ".join(f.messages[:1]) or "a family is missing"
         return f"{name}: no EBT vs Transformer++ comparison ({why})."
-    gain = f"rate gain {plots.fmt_pct(c.get('rate_gain'))} {plots.fmt_ci_pct(c.get('rate_gain_ci'))}"
-    verdict = c.get("verdict", "not testable")
-    if c.get("unreliable"):
-        codes = sorted({g["code"].replace("_", " ") for g in f.get("guards", [])})
+    gain = f"rate gain {plots.fmt_pct(c.rate_gain)} {plots.fmt_ci_pct(c.rate_gain_ci)}"
+    verdict = _verdict(f)
+    if c.unreliable:
+        codes = sorted({g.code.replace("_", " ") for g in f.guards})
         return (f"{name}: no faster/slower claim can be defended ({gain}); guard-rails: {', '.join(codes)}. "
                 "Fix those (more levels, seeds or steps) before reading a gain.")
     if verdict in ("EBT faster", "EBT slower"):
         word = "faster" if verdict == "EBT faster" else "more slowly"
         out = (f"{name}: the EBT's loss falls {word} along this axis than the Transformer++'s ({gain}, Holm p = "
-               f"{plots.fmt_p(c.get('p_value_holm'))}), within the range of x measured.")
+               f"{plots.fmt_p(c.p_value_holm)}), within the range of x measured.")
     elif verdict.startswith("not distinguishable"):
         out = f"{name}: the two rates are not distinguishable at 95% ({gain}); more seeds or levels may separate them."
     else:
         out = f"{name}: {verdict} ({gain})."
-    if c.get("exponent_unreliable"):
+    if c.exponent_unreliable:
         out += " The exponent (M2) view is not a measurement here."
     return out
 
@@ -293,10 +284,10 @@ def axis_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
         plots.draw_residuals(fig.add_subplot(gs[1, 0]), f, "m1")
         plots.draw_residuals(fig.add_subplot(gs[1, 1]), f, "m2")
         text = plots.axis_text(f)
-        c = f.get("comparison") or {}
-        if c.get("p_value_permutation") is not None:
-            text += (f"\nFreedman-Lane permutation p = {plots.fmt_p(c['p_value_permutation'])} "
-                     f"({c.get('n_permutations')} permutations); t-test variance: {c.get('p_value_method', '-')}")
+        c = f.comparison
+        if c is not None and c.p_value_permutation is not None:
+            text += (f"\nFreedman-Lane permutation p = {plots.fmt_p(c.p_value_permutation)} "
+                     f"({c.n_permutations} permutations); t-test variance: {c.p_value_method or '-'}")
         text = "\n".join(w for line in text.splitlines()  # nothing past the right edge
                          for w in (textwrap.wrap(line, 200, subsequent_indent="      ") or [""]))
         top = 0.375
@@ -312,11 +303,11 @@ def axis_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
         _curves_page(f, data, new_page)
 
 
-def _curves_page(f: dict[str, Any], data: ReportData, new_page: Callable[[], Figure]) -> None:
+def _curves_page(f: AxisFit, data: ReportData, new_page: Callable[[], Figure]) -> None:
     """Train and validation loss against tokens for every run of the axis, one panel per family, coloured by
     level. Skipped when none of the axis's runs has a stored series (imported results)."""
     by_id = {r.id: r for r in data.runs}
-    runs = [by_id[i] for i in f.get("run_ids", []) if i in by_id and data.curves.get(i)]
+    runs = [by_id[i] for i in f.run_ids if i in by_id and data.curves.get(i)]
     if not runs:
         return
     fig = new_page()
@@ -324,7 +315,7 @@ def _curves_page(f: dict[str, Any], data: ReportData, new_page: Callable[[], Fig
     fams = [fam for fam in ("transformer_pp", "ebt") if any(r.family == fam for r in runs)]
     levels = sorted({r.x for r in runs})
     gs = fig.add_gridspec(1, len(fams), left=0.07, right=0.97, top=0.88, bottom=0.2, wspace=0.15)
-    base = (f.get("baselines") or {})
+    base = f.baselines
     first = None
     for k, fam in enumerate(fams):
         ax = fig.add_subplot(gs[0, k], sharey=first)  # one loss scale for both families
@@ -340,7 +331,7 @@ def _curves_page(f: dict[str, Any], data: ReportData, new_page: Callable[[], Fig
 def crossover_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
     """The FLOPs axis's crossover (skipped when the report has no FLOPs axis: every other axis page states its
     own crossover)."""
-    flops = [f for f in _sorted_fits(data) if f["axis"] == "flops"]
+    flops = [f for f in _sorted_fits(data) if f.axis == "flops"]
     if not flops:
         return
     fig = new_page()
@@ -351,13 +342,15 @@ def crossover_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
              "without changing its log-log slope,",
              "so the FLOPs slope says nothing about FLOP efficiency; the matched-compute view below does."]
     for f in flops:
-        cr = f.get("crossover") or {}
+        cr = f.crossover
         lines.append("")
-        lines.append(f"{_label(f, data)}: {cr.get('message', 'no crossover computed (a family is missing)')}")
-        if cr.get("loss_gap_nats") is not None:
-            lines.append(f"Loss gap EBT - T++ at x = {cr['gap_at_x']:.3g}: {cr['loss_gap_nats']:+.4f} nats "
-                         f"[{cr['loss_gap_ci'][0]:+.4f}, {cr['loss_gap_ci'][1]:+.4f}] (M1 lines)")
-        if f.get("guards"):
+        lines.append(f"{_label(f, data)}: "
+                     + (cr.message if cr and cr.message else "no crossover computed (a family is missing)"))
+        if cr is not None and cr.loss_gap_nats is not None and cr.gap_at_x is not None:
+            lo, hi = cr.loss_gap_ci
+            span = "" if lo is None or hi is None else f" [{lo:+.4f}, {hi:+.4f}]"
+            lines.append(f"Loss gap EBT - T++ at x = {cr.gap_at_x:.3g}: {cr.loss_gap_nats:+.4f} nats{span} (M1 lines)")
+        if f.guards:
             lines.append("Guard-rails on this axis (the M1 lines above inherit them): "
                          + _guard_summary(f, data)[2:])
     lines = [w for line in lines for w in (textwrap.wrap(line, 150, subsequent_indent="    ") or [""])]
@@ -420,9 +413,9 @@ def provenance_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
     lines.append("")
     lines.append("Fits (fingerprint = sha256 of the exact runs' ids, x, seeds and losses plus the fit settings):")
     for f in _sorted_fits(data):
-        st = f.get("settings", {})
-        lines.append(f"  {_label(f, data)}: {f['n_runs']} runs, fingerprint {f['fingerprint'][:16]}, "
-                     f"{'reused from the database' if f.get('reused') else 'fitted now'}; resamples "
+        st = f.settings
+        lines.append(f"  {_label(f, data)}: {f.n_runs} runs, fingerprint {f.fingerprint[:16]}, "
+                     f"{'reused from the database' if f.reused else 'fitted now'}; resamples "
                      f"{st.get('resamples')}, seed {st.get('seed')}, Huber delta {st.get('delta')}, E mode "
                      f"{st.get('e_mode')}, fit code v{st.get('fit_code_version')}")
     lines += [

@@ -1,7 +1,8 @@
 """Figures drawn on a given Axes (never creates figures; ``report/pdf.py`` does that).
 
-Inputs are the JSON-ready dicts of ``ebt_scaling.fit.AxisFit`` (``families``, ``comparison``, ``crossover``,
-``plot``), so a report can be drawn from stored fits without refitting.
+Inputs are the typed results of ``ebt_scaling.fit.results`` (``AxisFit``: ``families``, ``comparison``,
+``crossover``, ``plot``), read by attribute; a stored fit is rebuilt with ``AxisFit.from_json``, so a report can
+be drawn without refitting.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.ticker import FuncFormatter
 
-from ebt_scaling.fit.axis import holdout_lines
-from ebt_scaling.fit.guards import LABELS, baseline_of
+from ebt_scaling.fit.results import LABELS, AxisFit, FamilyFit, FamilyPlot, baseline_of, holdout_lines
 
 COLORS = {"transformer_pp": "#1f77b4", "ebt": "#d62728"}
 MARKERS = {"transformer_pp": "o", "ebt": "s"}
@@ -43,6 +43,11 @@ def fmt_p(p: float | None) -> str:
     return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
 
 
+def _arr(v: Sequence[float | None]) -> np.ndarray:
+    """Floats, with None (a NaN stored as JSON null) as NaN."""
+    return np.asarray(v, dtype=float)
+
+
 def _plain_y(ax: Axes) -> None:
     """Perplexities as plain numbers (40, 60) rather than 4x10^1 on a log axis; small x values too."""
     fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
@@ -55,9 +60,13 @@ def _plain_y(ax: Axes) -> None:
         ax.tick_params(axis="x", which="minor", labelsize=7)
 
 
-def draw_scaling(ax: Axes, fit: dict[str, Any]) -> None:
+def _num_label(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def draw_scaling(ax: Axes, fit: AxisFit) -> None:
     """Perplexity vs x (log-log): every seed as a point, M1 line with its bootstrap band, M2 curve."""
-    plot = fit.get("plot", {})
+    plot = fit.plot
     any_data = False
     for fam in ("transformer_pp", "ebt"):
         p = plot.get(fam)
@@ -65,24 +74,25 @@ def draw_scaling(ax: Axes, fit: dict[str, Any]) -> None:
             continue
         any_data = True
         c = COLORS[fam]
-        ax.scatter(p["x"], np.exp(p["y"]), s=22, marker=MARKERS[fam], color=c, alpha=0.75, zorder=3,
-                   label=f"{LABELS[fam]} runs ({len(p['x'])})", edgecolors="none")
-        if "m1" in p:
-            m = p["m1"]
-            slope = fit["families"][fam]["slope"]
-            ax.plot(m["x"], 10 ** np.asarray(m["fit"]), color=c, lw=1.6, zorder=2,
-                    label=f"{LABELS[fam]} M1 line, slope {slope:.4f}")
-            ax.fill_between(m["x"], 10 ** np.asarray(m["lo"]), 10 ** np.asarray(m["hi"]), color=c, alpha=0.18,
+        entry = fit.families.get(fam)
+        ax.scatter(p.x, np.exp(p.y), s=22, marker=MARKERS[fam], color=c, alpha=0.75, zorder=3,
+                   label=f"{LABELS[fam]} runs ({len(p.x)})", edgecolors="none")
+        if p.m1 is not None:
+            m = p.m1
+            slope = entry.slope if entry else None
+            ax.plot(m.x, 10 ** _arr(m.fit), color=c, lw=1.6, zorder=2,
+                    label=f"{LABELS[fam]} M1 line, slope {_num_label(slope, '.4f')}")
+            ax.fill_between(m.x, 10 ** _arr(m.lo), 10 ** _arr(m.hi), color=c, alpha=0.18,
                             lw=0, zorder=1, label=f"{LABELS[fam]} M1 95% band (bootstrap)")
-        if "m2" in p:
-            m = p["m2"]
-            law = fit["families"][fam]["law"]
-            ax.plot(m["x"], 10 ** np.asarray(m["fit"]), color=c, lw=1.2, ls="--", zorder=2,
-                    label=f"{LABELS[fam]} M2 E + A x^-a, a = {law['alpha']:.3f}")
-            ax.fill_between(m["x"], 10 ** np.asarray(m["lo"]), 10 ** np.asarray(m["hi"]), color=c, alpha=0.10,
+        if p.m2 is not None:
+            m = p.m2
+            law = entry.law if entry else None
+            ax.plot(m.x, 10 ** _arr(m.fit), color=c, lw=1.2, ls="--", zorder=2,
+                    label=f"{LABELS[fam]} M2 E + A x^-a, a = {_num_label(law.alpha if law else None, '.3f')}")
+            ax.fill_between(m.x, 10 ** _arr(m.lo), 10 ** _arr(m.hi), color=c, alpha=0.10,
                             lw=0, hatch=None, zorder=1, label=f"{LABELS[fam]} M2 95% band (bootstrap)")
     with np.errstate(over="ignore"):  # a loss above ~709 nats has no float perplexity: left off the limits
-        pts = [float(v) for fam in ("transformer_pp", "ebt") if plot.get(fam) for v in np.exp(plot[fam]["y"])
+        pts = [float(v) for fam in ("transformer_pp", "ebt") if plot.get(fam) for v in np.exp(plot[fam].y)
                if math.isfinite(v)]
     if pts:  # a wide bootstrap band must not squash the runs: y spans the runs (and a drawn baseline) with room
         ax.set_ylim(min(pts) / 2.0, max(pts) * 2.0)
@@ -92,7 +102,7 @@ def draw_scaling(ax: Axes, fit: dict[str, Any]) -> None:
     if pts and drawn:
         ax.set_ylim(min(pts) / 2.0, max(max(pts) * 2.0, max(drawn) * 1.3))
     _plain_y(ax)
-    ax.set_xlabel(X_LABELS.get(fit["axis"], fit["axis"]))
+    ax.set_xlabel(X_LABELS.get(fit.axis, fit.axis))
     ax.set_ylabel("validation perplexity")
     ax.grid(True, which="both", alpha=0.25, lw=0.5)
     if any_data:
@@ -101,7 +111,7 @@ def draw_scaling(ax: Axes, fit: dict[str, Any]) -> None:
         ax.text(0.5, 0.5, "no fit-eligible runs", ha="center", va="center", transform=ax.transAxes)
 
 
-def _draw_baseline(ax: Axes, plot: dict[str, Any]) -> list[float]:
+def _draw_baseline(ax: Axes, plot: dict[str, FamilyPlot]) -> list[float]:
     """The unigram baseline (else the uniform ln V) as a horizontal line: a model on it learned only token
     frequencies. One line when the families share it (the same validation set), else one per family. Returns the
     perplexities drawn."""
@@ -109,7 +119,8 @@ def _draw_baseline(ax: Axes, plot: dict[str, Any]) -> list[float]:
     seen: dict[float, list[str]] = {}
     kinds: dict[float, str] = {}
     for fam in ("transformer_pp", "ebt"):
-        base = baseline_of((plot.get(fam) or {}).get("baseline"))
+        p = plot.get(fam)
+        base = baseline_of(p.baseline if p else None)
         if base is not None:
             seen.setdefault(round(base[0], 6), []).append(fam)
             kinds[round(base[0], 6)] = base[1]
@@ -126,17 +137,16 @@ def _draw_baseline(ax: Axes, plot: dict[str, Any]) -> list[float]:
     return drawn
 
 
-def draw_residuals(ax: Axes, fit: dict[str, Any], which: str = "m1") -> None:
+def draw_residuals(ax: Axes, fit: AxisFit, which: str = "m1") -> None:
     """Residuals per run: M1 in log10(ppl) units, M2 as ln(y) - ln(fit)."""
-    plot = fit.get("plot", {})
-    key = "resid_m1" if which == "m1" else "resid_m2"
     drawn = False
     for fam in ("transformer_pp", "ebt"):
-        p = plot.get(fam)
-        if not p or key not in p:
+        p = fit.plot.get(fam)
+        resid = None if p is None else (p.resid_m1 if which == "m1" else p.resid_m2)
+        if p is None or resid is None:
             continue
-        r = np.asarray(p[key]) / (math.log(10) if which == "m1" else 1.0)
-        ax.scatter(p["x"], r, s=14, marker=MARKERS[fam], color=COLORS[fam], alpha=0.75, label=LABELS[fam],
+        r = _arr(resid) / (math.log(10) if which == "m1" else 1.0)
+        ax.scatter(p.x, r, s=14, marker=MARKERS[fam], color=COLORS[fam], alpha=0.75, label=LABELS[fam],
                    edgecolors="none")
         drawn = True
     ax.axhline(0, color="k", lw=0.8)
@@ -146,7 +156,7 @@ def draw_residuals(ax: Axes, fit: dict[str, Any], which: str = "m1") -> None:
         ax.xaxis.set_major_formatter(fmt)
         ax.xaxis.set_minor_formatter(fmt)
     ax.grid(True, alpha=0.25, lw=0.5)
-    ax.set_xlabel(X_LABELS.get(fit["axis"], fit["axis"]), fontsize=8)
+    ax.set_xlabel(X_LABELS.get(fit.axis, fit.axis), fontsize=8)
     ax.set_ylabel("residual, log10 ppl" if which == "m1" else "residual, ln loss", fontsize=8)
     ax.set_title("M1 residuals (curvature = lack of fit)" if which == "m1" else "M2 residuals", fontsize=9)
     ax.tick_params(labelsize=7)
@@ -185,43 +195,41 @@ def draw_curves(ax: Axes, runs: Sequence[Any], curves: dict[int, dict[str, tuple
         ax.legend(title="level", fontsize=7, title_fontsize=7, loc="upper right")
 
 
-def axis_text(fit: dict[str, Any]) -> str:
+def axis_text(fit: AxisFit) -> str:
     """The numbers of one axis as a few lines of text."""
     lines = []
     for fam in ("transformer_pp", "ebt"):
-        e = fit["families"].get(fam)
+        e = fit.families.get(fam)
         if not e:
             lines.append(f"{LABELS[fam]}: no fit-eligible runs")
             continue
-        s = "-" if e.get("slope") is None else (
-            f"{e['slope']:.4f} [{e['slope_ci'][0]:.4f}, {e['slope_ci'][1]:.4f}]")
-        law = e.get("law")
-        lw = "-" if not law else (f"E={law['E']:.3f} alpha={law['alpha']:.3f} "
-                                  f"[{law['alpha_ci'][0]:.3f}, {law['alpha_ci'][1]:.3f}] ({law['e_mode']} E)")
-        lines.append(f"{LABELS[fam]}: n={e['n_runs']} ({e['n_levels']} levels), M1 slope {s}; M2 {lw}")
-        lines.append(f"    intervals: {e['bootstrap']}")
+        s = "-" if e.slope is None else f"{e.slope:.4f} [{_num(e.slope_ci[0], '.4f')}, {_num(e.slope_ci[1], '.4f')}]"
+        law = e.law
+        lw = "-" if not law else (f"E={_num(law.E, '.3f')} alpha={_num(law.alpha, '.3f')} "
+                                  f"[{_num(law.alpha_ci[0], '.3f')}, {_num(law.alpha_ci[1], '.3f')}] ({law.e_mode} E)")
+        lines.append(f"{LABELS[fam]}: n={e.n_runs} ({e.n_levels} levels), M1 slope {s}; M2 {lw}")
+        lines.append(f"    intervals: {e.bootstrap}")
         lines.append("    diagnostics: " + diagnostics(e))
-    c = fit.get("comparison")
+    c = fit.comparison
     if c:
-        lines.append(f"Rate gain {fmt_pct(c['rate_gain'])} {fmt_ci_pct(c['rate_gain_ci'])}; p = {fmt_p(c['p_value'])}"
-                     f" (Holm {fmt_p(c.get('p_value_holm'))}); verdict: {c.get('verdict', '-')}")
-        if c.get("alpha_gain") is not None:
-            lines.append(f"Exponent gain alpha_EBT/alpha_T++ - 1 = {fmt_pct(c['alpha_gain'])} "
-                         f"{fmt_ci_pct(c['alpha_gain_ci'])}")
-        if c.get("holm_family"):
-            lines.append(f"Holm family ({c.get('holm_axes')} tests): {', '.join(c['holm_family'])}"
-                         + (f"; {c['holm_note']}" if c.get("holm_note") else ""))
-        if c.get("exponent_unreliable_note"):
-            lines.append(f"Exponent view: {c['exponent_unreliable_note']}")
-    cr = fit.get("crossover") or {}
-    if cr.get("message"):
-        lines.append(f"Crossover (M1 lines): {cr['message']}")
-    for fam, h in (fit.get("holdout") or {}).items():
+        lines.append(f"Rate gain {fmt_pct(c.rate_gain)} {fmt_ci_pct(c.rate_gain_ci)}; p = {fmt_p(c.p_value)}"
+                     f" (Holm {fmt_p(c.p_value_holm)}); verdict: {c.verdict or '-'}")
+        if c.alpha_gain is not None:
+            lines.append(f"Exponent gain alpha_EBT/alpha_T++ - 1 = {fmt_pct(c.alpha_gain)} "
+                         f"{fmt_ci_pct(c.alpha_gain_ci)}")
+        if c.holm_family:
+            lines.append(f"Holm family ({c.holm_axes} tests): {', '.join(c.holm_family)}"
+                         + (f"; {c.holm_note}" if c.holm_note else ""))
+        if c.exponent_unreliable_note:
+            lines.append(f"Exponent view: {c.exponent_unreliable_note}")
+    if fit.crossover is not None and fit.crossover.message:
+        lines.append(f"Crossover (M1 lines): {fit.crossover.message}")
+    for fam, h in fit.holdout.items():
         lines += holdout_lines(fam, h)
-    for m in fit.get("messages", []):
+    for m in fit.messages:
         lines.append(f"Note: {m}")
-    if fit.get("excluded"):
-        lines.append("Excluded runs: " + ", ".join(f"{n} {r}" for r, n in fit["excluded"].items()))
+    if fit.excluded:
+        lines.append("Excluded runs: " + ", ".join(f"{n} {r}" for r, n in fit.excluded.items()))
     return "\n".join(lines)
 
 
@@ -229,36 +237,36 @@ def _num(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def diagnostics(entry: dict[str, Any]) -> str:
+def diagnostics(entry: FamilyFit) -> str:
     """The fit diagnostics of one family in one line (lack of fit; the law's bound share, E-alpha correlation,
     starts at the best optimum, bootstrap refits a single warm start would have stopped short on)."""
-    law = entry.get("law") or {}
-    parts = [f"lack-of-fit p {fmt_p(entry.get('lack_of_fit_p'))}"]
+    law = entry.law
+    parts = [f"lack-of-fit p {fmt_p(entry.lack_of_fit_p)}"]
     if law:
-        parts += [f"alpha at bound in {_num(law.get('alpha_at_bound_frac'), '.0%')} of refits",
-                  f"corr(E, alpha) {_num(law.get('E_alpha_corr'), '+.2f')}",
-                  f"starts at best {law.get('n_starts_at_best', '-')}/{law.get('n_starts', '-')}",
-                  f"warm start short in {_num(law.get('boot_stopped_early_frac'), '.0%')} of refits, "
-                  f"unconverged {_num(law.get('boot_unconverged_frac'), '.0%')}"]
+        parts += [f"alpha at bound in {_num(law.alpha_at_bound_frac, '.0%')} of refits",
+                  f"corr(E, alpha) {_num(law.E_alpha_corr, '+.2f')}",
+                  f"starts at best {law.n_starts_at_best}/{law.n_starts}",
+                  f"warm start short in {_num(law.boot_stopped_early_frac, '.0%')} of refits, "
+                  f"unconverged {_num(law.boot_unconverged_frac, '.0%')}"]
     return "; ".join(parts)
 
 
-def guard_lines(fit: dict[str, Any]) -> list[str]:
+def guard_lines(fit: AxisFit) -> list[str]:
     """Every guard-rail message of one axis, as plain lines."""
-    return [g["message"] for g in fit.get("guards") or []]
+    return [g.message for g in fit.guards]
 
 
-def draw_crossover(ax: Axes, fit: dict[str, Any] | None) -> None:
+def draw_crossover(ax: Axes, fit: AxisFit | None) -> None:
     """Both M1 lines on the compute axis, extended towards their crossover (when it is within 4 decades)."""
-    if not fit or not fit.get("plot"):
+    if not fit or not fit.plot:
         ax.text(0.5, 0.5, "no FLOPs-axis runs in this report", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
-    plot = fit["plot"]
-    cross = fit.get("crossover") or {}
-    allx = np.concatenate([np.asarray(plot[f]["x"]) for f in plot])
+    plot = fit.plot
+    cross = fit.crossover
+    allx = np.concatenate([_arr(plot[f].x) for f in plot])
     lo, hi = math.log10(allx.min()), math.log10(allx.max())
-    lx = cross.get("log10_x")
+    lx = cross.log10_x if cross else None
     if lx is not None and math.isfinite(lx) and lo - 4 <= lx <= hi + 4:
         lo, hi = min(lo, lx - 0.3), max(hi, lx + 0.3)
     grid = np.logspace(lo, hi, 100)
@@ -266,15 +274,15 @@ def draw_crossover(ax: Axes, fit: dict[str, Any] | None) -> None:
         p = plot.get(fam)
         if not p:
             continue
-        ax.scatter(p["x"], np.exp(p["y"]), s=22, marker=MARKERS[fam], color=COLORS[fam], alpha=0.75,
+        ax.scatter(p.x, np.exp(p.y), s=22, marker=MARKERS[fam], color=COLORS[fam], alpha=0.75,
                    edgecolors="none", label=f"{LABELS[fam]} runs", zorder=3)
-        e = fit["families"][fam]
-        if e.get("slope") is not None:
-            yl = e["intercept_log10_ppl"] + e["slope"] * np.log10(grid)
+        e = fit.families.get(fam)
+        if e is not None and e.slope is not None and e.intercept_log10_ppl is not None:
+            yl = e.intercept_log10_ppl + e.slope * np.log10(grid)
             ax.plot(grid, 10**yl, color=COLORS[fam], lw=1.4, label=f"{LABELS[fam]} M1 line (extrapolated)")
     if lx is not None and lo <= lx <= hi:
         ax.axvline(10**lx, color="k", ls=":", lw=1)
-        ci = cross.get("log10_x_ci") or [None, None]
+        ci = cross.log10_x_ci if cross else (None, None)
         if ci[0] is not None and ci[1] is not None:
             ax.axvspan(10 ** max(ci[0], lo), 10 ** min(ci[1], hi), color="0.5", alpha=0.15, lw=0,
                        label="crossover 95% interval")
@@ -282,7 +290,7 @@ def draw_crossover(ax: Axes, fit: dict[str, Any] | None) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     _plain_y(ax)
-    ax.set_xlabel(X_LABELS.get(fit["axis"], fit["axis"]))
+    ax.set_xlabel(X_LABELS.get(fit.axis, fit.axis))
     ax.set_ylabel("validation perplexity")
     ax.grid(True, which="both", alpha=0.25, lw=0.5)
     ax.legend(fontsize=7, frameon=False)

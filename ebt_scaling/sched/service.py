@@ -20,13 +20,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ebt_scaling.provenance import code_version
 from ebt_scaling.records import MetricPoint
 from ebt_scaling.sched.runner import RayOptions, RunnerOutcome, prefetch_ray, run_trials
 from ebt_scaling.sched.trainable import checkpoint_info
@@ -57,20 +57,6 @@ class SweepOutcome:
     @property
     def ok(self) -> bool:
         return not self.interrupted and set(self.statuses) <= {"completed"}
-
-
-def code_version() -> str:
-    from ebt_scaling import __version__
-
-    root = Path(__file__).resolve().parents[2]
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        if rev.returncode == 0 and rev.stdout.strip():
-            return f"{__version__}+g{rev.stdout.strip()}"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return __version__
 
 
 def default_storage(db_url: str) -> str:

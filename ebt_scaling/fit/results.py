@@ -1,0 +1,451 @@
+"""Typed fit results: what ``ebt_scaling.fit`` returns and ``ebt_scaling.report`` and the CLI read.
+
+Frozen dataclasses, one per part of an axis's fit: a family's line and saturating law (``FamilyFit``,
+``LawFit``), the EBT-vs-Transformer++ comparison (``Comparison``), the crossover of the two lines
+(``Crossover``), the hold-out-largest checks (``LineHoldout``, ``LawHoldout``), the guard-rails that fired
+(``Guard``), the plot data (``FamilyPlot``, ``Band``) and the axis that holds them (``AxisFit``).
+
+JSON happens once, at the boundary: ``to_json()`` for the snapshot stored in the database and for
+``ebt-scale fit --json``, ``from_json()`` for a stored snapshot. The keys, their order and which keys are
+left out when a part was not fitted are the documented shape (``docs/fits.md``), unchanged from the dict
+results of earlier releases, so stored fits and users' scripts keep working.
+
+Also here, because the report reads them with the results: the paper's published gains, the family labels,
+the guard explanations, the baseline rule and the hold-out lines. Pure stdlib: no numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any
+
+Interval = tuple[float | None, float | None]
+NO_INTERVAL: Interval = (None, None)
+
+PAPER_V1 = {"data": 0.3598, "batch": 0.2846, "depth": 0.0529, "params": 0.0291, "flops": 0.0292, "width": 0.0002}
+PAPER_ICLR = {"params": 0.0897, "flops": 0.0897}
+LABELS = {"transformer_pp": "Transformer++", "ebt": "EBT"}
+
+# one plain sentence per guard, for pages that list codes rather than the full messages
+EXPLAIN = {
+    "not_falling": "the loss does not fall with x, so a rate gain against it means nothing",
+    "near_baseline": "the loss sits near the unigram (or uniform) baseline: the model learned little beyond "
+                     "token frequencies",
+    "at_bound": "the saturating law's exponent or floor sits at a bound: the law is not identified",
+    "lack_of_fit": "a straight line in ln x does not fit (p < 0.05): the slope depends on the x range",
+    "single_seed": "a level has one seed: seed noise is inferred, not measured",
+    "few_levels": "fewer than 4 levels",
+    "non_monotone": "the loss falls and rises across levels beyond seed noise",
+    "wide_interval": "a 95% interval is wider than the estimate itself",
+}
+
+
+# ------------------------------------------------------------------------------------------ JSON helpers
+
+
+def json_value(v: Any) -> Any:
+    """``v`` as plain JSON: dataclasses via their ``to_json``, tuples as lists, NaN/inf as None (JSON has none),
+    numpy scalars as Python numbers."""
+    if is_dataclass(v) and not isinstance(v, type):
+        return v.to_json()  # type: ignore[attr-defined]
+    if isinstance(v, dict):
+        return {str(k): json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_value(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):  # numpy scalar
+        return json_value(v.item())
+    return v
+
+
+def _frozen(v: Any) -> Any:
+    """JSON lists as tuples (recursively, also inside dicts), so a result rebuilt from JSON is immutable."""
+    if isinstance(v, list):
+        return tuple(_frozen(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _frozen(x) for k, x in v.items()}
+    return v
+
+
+def _fields_json(obj: Any, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    return {f.name: json_value(getattr(obj, f.name)) for f in fields(obj) if f.name not in skip}
+
+
+def _from(cls: Any, d: dict[str, Any], **nested: Any) -> Any:
+    """``cls`` from a JSON dict: known keys only (unknown ones are ignored, missing ones take defaults),
+    ``nested[name]`` turning a non-null value into its dataclass."""
+    kw = {}
+    for f in fields(cls):
+        if f.name in d:
+            v = d[f.name]
+            kw[f.name] = nested[f.name](v) if f.name in nested and v is not None else _frozen(v)
+    return cls(**kw)
+
+
+# ------------------------------------------------------------------------------------------ one family
+
+
+@dataclass(frozen=True)
+class LawFit:
+    """M2, the saturating law L = E + A x^-alpha (nats) of one family, with bootstrap intervals and diagnostics."""
+
+    E: float | None
+    A: float | None
+    alpha: float | None
+    E_ci: Interval
+    A_ci: Interval
+    alpha_ci: Interval
+    A_scaled: float | None
+    x_scale: float
+    e_mode: str  # shared | free | single
+    shared_with: tuple[str, ...]
+    objective: float | None
+    n_starts: int
+    n_starts_at_best: int
+    r2: float | None
+    E_alpha_corr: float | None
+    alpha_at_bound_frac: float | None
+    boot_stopped_early_frac: float | None
+    boot_rechecked_frac: float | None
+    boot_unconverged_frac: float | None
+    bootstrap: str
+
+    def to_json(self) -> dict[str, Any]:
+        return _fields_json(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LawFit:
+        return _from(cls, d)
+
+
+LINE_STATS = frozenset({"slope_se", "intercept_log10_ppl", "r2", "lack_of_fit_p", "loss_change_per_decade_nats"})
+
+
+@dataclass(frozen=True)
+class FamilyFit:
+    """One family on one axis: M1 (the paper's rate: OLS slope of loss on ln x) and M2 (``law``).
+
+    ``slope`` is None with fewer than 3 levels (``message`` says so), ``law`` None with fewer than 4
+    (``law_message``). The line statistics (``slope_se`` ... ``loss_change_per_decade_nats``) exist only when
+    the line was fitted, and only then appear in the JSON. ``guards``: codes of the guard-rails that fired."""
+
+    n_runs: int
+    n_levels: int
+    x_range: Interval
+    seeds_per_level: tuple[int, int]
+    bootstrap: str
+    slope: float | None = None
+    slope_ci: Interval = NO_INTERVAL
+    law: LawFit | None = None
+    message: str | None = None
+    law_message: str | None = None
+    slope_se: float | None = None
+    intercept_log10_ppl: float | None = None
+    r2: float | None = None
+    lack_of_fit_p: float | None = None
+    loss_change_per_decade_nats: float | None = None
+    guards: tuple[str, ...] = ()
+
+    @property
+    def line_fitted(self) -> bool:
+        return any(getattr(self, k) is not None for k in LINE_STATS)
+
+    def to_json(self) -> dict[str, Any]:
+        return _fields_json(self, frozenset() if self.line_fitted else LINE_STATS)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FamilyFit:
+        return _from(cls, d, law=LawFit.from_json)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A guard-rail that fired: ``scope`` says which view it makes unreadable (``rate``, ``exponent`` or
+    ``both``); ``family`` is None for one about the comparison itself."""
+
+    code: str
+    family: str | None
+    scope: str
+    message: str
+
+    def blocks(self, view: str) -> bool:
+        """Whether this guard makes ``view`` (``rate`` or ``exponent``) unreadable."""
+        return self.scope in (view, "both")
+
+    def to_json(self) -> dict[str, Any]:
+        return _fields_json(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Guard:
+        return _from(cls, d)
+
+
+# ------------------------------------------------------------------------------------------ two families
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """EBT vs Transformer++ on one axis: rate gain |b_EBT|/|b_T++| - 1, equal-slope test, exponent gain, and the
+    guard-rails that withhold a verdict. The Holm fields (``p_value_holm`` ... ``verdict``) are set by
+    ``adjust_holm`` and appear in the JSON only then."""
+
+    rate_gain: float | None
+    rate_gain_ci: Interval
+    p_value: float | None
+    p_value_method: str
+    p_value_permutation: float | None
+    n_permutations: int
+    slope_diff: float | None
+    t: float | None
+    df: float | None
+    paper_v1: float | None
+    paper_iclr: float | None
+    alpha_gain: float | None = None
+    alpha_gain_ci: Interval = NO_INTERVAL
+    warning: str | None = None
+    guards: tuple[str, ...] = ()
+    unreliable_verdict: str | None = None
+    unreliable: bool = False
+    exponent_unreliable_note: str | None = None
+    exponent_unreliable: bool = False
+    p_value_holm: float | None = None
+    holm_axes: int | None = None
+    holm_family: tuple[str, ...] | None = None
+    holm_note: str | None = None
+    verdict: str | None = None  # None until Holm-adjusted ("not testable" in the JSON summary)
+
+    def to_json(self) -> dict[str, Any]:
+        holm = frozenset({"p_value_holm", "holm_axes", "holm_family", "holm_note", "verdict"})
+        return _fields_json(self, frozenset() if self.verdict is not None else holm)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Comparison:
+        return _from(cls, d)
+
+
+@dataclass(frozen=True)
+class Crossover:
+    """Where the two M1 lines cross (``log10_x`` None when they are parallel; then only ``message`` explains)."""
+
+    x: float | None
+    x_ci: Interval
+    log10_x: float | None
+    in_range: bool
+    range: tuple[float, float]
+    ebt_better_above: bool | None
+    fraction_resamples_same_direction: float
+    log10_x_ci: Interval = NO_INTERVAL
+    message: str | None = None
+    gap_at_x: float | None = None
+    loss_gap_nats: float | None = None
+    loss_gap_ci: Interval = NO_INTERVAL
+
+    def to_json(self) -> dict[str, Any]:
+        crossing = frozenset({"log10_x_ci", "gap_at_x", "loss_gap_nats", "loss_gap_ci"})
+        return _fields_json(self, frozenset() if self.log10_x is not None else crossing)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Crossover:
+        return _from(cls, d)
+
+
+# ------------------------------------------------------------------------------------------ hold-out checks
+
+
+@dataclass(frozen=True)
+class LawHoldout:
+    """The saturating law (own E) fitted without the largest level, and its prediction error there (nats)."""
+
+    x: float
+    n_levels_fit: int
+    observed: float | None
+    predicted: float | None
+    error_nats: float | None
+    error_ci: Interval
+    covered: bool
+    alpha: float | None
+    E: float | None
+    method: str
+
+    def to_json(self) -> dict[str, Any]:
+        return _fields_json(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LawHoldout:
+        return _from(cls, d)
+
+
+@dataclass(frozen=True)
+class LineHoldout:
+    """The M1 line fitted without the largest level, and its prediction error there (nats); ``m2`` the same
+    check for the saturating law (``fit --holdout-largest`` with 5 or more levels)."""
+
+    x: float
+    n_levels_fit: int
+    observed: float | None
+    predicted: float | None
+    error_nats: float | None
+    error_ci: Interval
+    covered: bool
+    method: str
+    m2: LawHoldout | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _fields_json(self, frozenset() if self.m2 is not None else frozenset({"m2"}))
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LineHoldout:
+        return _from(cls, d, m2=LawHoldout.from_json)
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def holdout_lines(fam: str, h: LineHoldout) -> list[str]:
+    """The hold-out-largest check of one family: one line for the M1 line, and one for the M2 law when the
+    family has enough levels for it."""
+
+    def line(what: str, c: LineHoldout | LawHoldout, law: str) -> str:
+        ci = c.error_ci or NO_INTERVAL
+        span = "-" if ci[0] is None or ci[1] is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+        return (f"Hold-out {LABELS.get(fam, fam)}: {what} on {c.n_levels_fit} levels predicts "
+                f"{_fmt(c.predicted, '.4f')} at x = {c.x:.3g}, observed {_fmt(c.observed, '.4f')}: "
+                f"error {_fmt(c.error_nats, '+.4f')} nats "
+                f"{span} ({'0 inside' if c.covered else f'0 outside: the {law} does not extrapolate'})")
+
+    return [line("line", h, "line")] + ([line("M2 law", h.m2, "law")] if h.m2 is not None else [])
+
+
+# ------------------------------------------------------------------------------------------ plot data
+
+
+@dataclass(frozen=True)
+class Band:
+    """A fitted curve on a grid of x, with its pointwise bootstrap band (log10 perplexity)."""
+
+    x: tuple[float, ...]
+    fit: tuple[float, ...]
+    lo: tuple[float | None, ...]
+    hi: tuple[float | None, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return _fields_json(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Band:
+        return _from(cls, d)
+
+
+@dataclass(frozen=True)
+class FamilyPlot:
+    """What the report draws for one family: every run (x, loss in nats, seed, run id), the M1 line and M2
+    curve with bands, residuals (M1 in nats, M2 as ln y - ln fit), and the baseline."""
+
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+    seed: tuple[int, ...]
+    run_id: tuple[int, ...]
+    m1: Band | None = None
+    resid_m1: tuple[float, ...] | None = None
+    m2: Band | None = None
+    resid_m2: tuple[float, ...] | None = None
+    baseline: dict[str, float | None] | None = None  # {"unigram", "uniform"} in nats
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in _fields_json(self).items()
+                if v is not None or k in ("x", "y", "seed", "run_id")}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FamilyPlot:
+        return _from(cls, d, m1=Band.from_json, m2=Band.from_json)
+
+
+# ------------------------------------------------------------------------------------------ one axis
+
+
+def baseline_of(baselines: dict[str, float | None] | None) -> tuple[float, str] | None:
+    """The baseline a family is compared with: the unigram loss when stored, else ln V, else None."""
+    b = baselines or {}
+    unigram, uniform = b.get("unigram"), b.get("uniform")
+    if unigram is not None:
+        return float(unigram), "unigram"
+    if uniform is not None:
+        return float(uniform), "uniform (ln V)"
+    return None
+
+
+@dataclass(frozen=True)
+class AxisFit:
+    """Everything fitted on one axis of one sweep. ``to_json()`` is the snapshot stored in the database
+    (``axis_fit`` rows) and read back with ``from_json``."""
+
+    sweep: str
+    axis: str
+    families: dict[str, FamilyFit]
+    comparison: Comparison | None
+    crossover: Crossover | None
+    n_runs: int
+    excluded: dict[str, int]  # reason -> count
+    messages: tuple[str, ...]
+    settings: dict[str, Any]  # FitSettings.as_dict(): resamples, seed, level, delta, e_mode, ..., fit_code_version
+    fingerprint: str
+    run_ids: tuple[int, ...]
+    plot: dict[str, FamilyPlot] = field(default_factory=dict)
+    reused: bool = False  # read back from the database rather than fitted now
+    guards: tuple[Guard, ...] = ()  # guard-rails that fired (fit/guards.py)
+    holdout: dict[str, LineHoldout] = field(default_factory=dict)  # family -> prediction check at the largest x
+    baselines: dict[str, dict[str, float | None]] = field(default_factory=dict)  # family -> {"unigram", "uniform"}
+
+    @property
+    def label(self) -> str:
+        return f"{self.sweep}/{self.axis}"
+
+    def family(self, name: str) -> FamilyFit | None:
+        return self.families.get(name)
+
+    def with_(self, **changes: Any) -> AxisFit:
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return _fields_json(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> AxisFit:
+        return _from(cls, d,
+                     families=lambda v: {k: FamilyFit.from_json(x) for k, x in v.items()},
+                     comparison=Comparison.from_json, crossover=Crossover.from_json,
+                     plot=lambda v: {k: FamilyPlot.from_json(x) for k, x in v.items()},
+                     guards=lambda v: tuple(Guard.from_json(g) for g in v),
+                     holdout=lambda v: {k: LineHoldout.from_json(x) for k, x in v.items()})
+
+    def summary_json(self, holdout: bool = False) -> dict[str, Any]:
+        """The documented JSON of one axis in ``ebt-scale fit --json`` (``holdout`` adds the hold-out check)."""
+        c = self.comparison
+        out: dict[str, Any] = {
+            "axis": self.axis,
+            "sweep": self.sweep,
+            "families": json_value(self.families),
+            "rate_gain": c.rate_gain if c else None,
+            "rate_gain_ci": json_value(c.rate_gain_ci) if c else [None, None],
+            "p_value": c.p_value if c else None,
+            "p_value_holm": c.p_value_holm if c else None,
+            "verdict": (c.verdict if c and c.verdict is not None else "not testable"),
+            "comparison": json_value(c),
+            "crossover": json_value(self.crossover),
+            "n_runs": self.n_runs,
+            "n_excluded": sum(self.excluded.values()),
+            "excluded": json_value(self.excluded),
+            "messages": json_value(self.messages),
+            "guards": json_value(self.guards),
+            "unreliable": bool(c and c.unreliable),
+            "baselines": json_value(self.baselines),
+            "fingerprint": self.fingerprint,
+            "reused": self.reused,
+            "settings": json_value(self.settings),
+        }
+        if holdout:
+            out["holdout"] = json_value(self.holdout)
+        return out
