@@ -53,6 +53,14 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 TRACKERS: tuple[str, ...] = get_args(Tracker)
 STEP_SIZE_LR_FLOORS: tuple[str, ...] = get_args(StepSizeLrFloor)
 LEGACY_STEP_SIZE_LR_FLOOR = "scaled"
+# TrainConfig.lr_schedule values (train/schedule.py): "official" is the released EBT trainer's warm-up + cosine;
+# "held" is this project's first schedule (the peak held one step longer), what every run stored before the field
+# existed was trained with. The field's default is the legacy value, so that those runs keep their identity; every
+# run planned through a size preset (sweeps, ebt-scale train) gets "official" (Preset.train_defaults).
+LrSchedule = Literal["official", "held"]
+LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
+LEGACY_LR_SCHEDULE = "held"
+NEW_LR_SCHEDULE = "official"
 # The TrainConfig fields a sweep spec may set per family ([train.<family>]): the optimizer and its schedule's shape.
 # Everything that decides which tokens a run sees stays shared, so that families compare at equal data.
 FAMILY_TRAIN_KEYS = ("lr", "warmup_steps", "min_lr_div", "weight_decay", "beta1", "beta2", "grad_clip")
@@ -404,7 +412,8 @@ class Preset:
         """TrainConfig fields this preset sets: for a sweep (``family=None``, both families alike) or for a lone
         run of ``family``."""
         d: dict[str, Any] = dict(steps=self.steps, batch_size=self.batch_size, lr=self.peak_lr,
-                                 warmup_steps=self.warmup_steps, eval_interval=self.eval_interval)
+                                 warmup_steps=self.warmup_steps, eval_interval=self.eval_interval,
+                                 lr_schedule=NEW_LR_SCHEDULE)  # new runs: the official schedule (issue 28.7)
         if family == "ebt":
             d.update(self.ebt_train)
         return d
@@ -527,6 +536,18 @@ class TrainConfig:
         "batch's gradient up to rounding; a smaller last micro-batch is weighted by its tokens. Not hashed (it "
         "changes rounding only, like device or compile).", le=1 << 20,
         fix="give an integer <= batch_size, or leave it unset for the whole batch")
+    lr_schedule: LrSchedule = setting(
+        default=LEGACY_LR_SCHEDULE, help="Shape of the warm-up + cosine (train/schedule.py): 'official' = the released "
+        "EBT trainer's (cosine factor cos(pi (s - W + 1) / (N - W)) from step W; every run planned through a size "
+        "preset: sweeps and ebt-scale train); 'held' = this project's first schedule (peak held one step longer: "
+        "cos(pi (s - W) / (N - W - 1))), the default so that runs stored before the field existed keep their "
+        "identity. Hashed only when not 'held'.", noun="schedule",
+        fix="use 'official' (the released EBT code's) or 'held' (runs stored before issue 28)")
+    select_tokens: int | None = setting(
+        default=None, help="Size in tokens of a second, fixed validation set disjoint from the evaluation set (the "
+        "selection set of a [tune] sweep: it picks the LR, the evaluation set gives the fitted loss). Logged as "
+        "val_select_loss at every validation. None: off. Hashed only when set.", ge=1, le=10**10,
+        fix="e.g. the evaluation set's size (eval_tokens), or leave it unset")
     schedule_steps: int | None = setting(default=None, help="Length of the LR schedule (warm-up + cosine over "
                                          "schedule_steps) when the run stops earlier, at steps (the paper's 1M-step "
                                          "cosine stopped at 105k); None = steps. Hashed only when set.", ge=1,
@@ -713,6 +734,12 @@ class RunSpec:
         d["train"].pop("micro_batch_size", None)
         if d["train"].get("schedule_steps") is None:
             d["train"].pop("schedule_steps", None)
+        # issue 28: the official LR schedule and the selection set are hashed only where they differ from what
+        # every run stored before them had (the held schedule, no selection set): those runs keep their identity
+        if d["train"].get("lr_schedule", LEGACY_LR_SCHEDULE) == LEGACY_LR_SCHEDULE:
+            d["train"].pop("lr_schedule", None)
+        if d["train"].get("select_tokens") is None:
+            d["train"].pop("select_tokens", None)
         if d["data"].get("sampling") == "packed":  # likewise for DataConfig.sampling's default
             d["data"].pop("sampling")
         if d["data"].get("store_fingerprint") is None:  # likewise: every run but a fingerprinted store's

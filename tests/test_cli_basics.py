@@ -39,7 +39,7 @@ def test_verbose_logs_details_on_stderr_and_default_does_not(tmp_path):
                           cwd=ROOT)
     assert quiet.returncode == loud.returncode != 0
     assert "spec " not in quiet.stderr
-    assert "depth.toml: 8 run(s); database sqlite:///" in loud.stderr, loud.stderr
+    assert "depth.toml: 16 run(s); database sqlite:///" in loud.stderr, loud.stderr
     assert not (tmp_path / "x.db").exists()
 
 
@@ -48,7 +48,7 @@ def test_dry_run_header_names_its_fields():
     assert r.exit_code == 0, r.output
     head = r.stdout.splitlines()[:2]
     assert head[0].startswith("sweep: depth-tiny  axis: depth  spec: ")
-    assert "seeds: [0]" in head[1] and "families: ebt, transformer_pp" in head[1]
+    assert "seeds: [0, 1]" in head[1] and "families: ebt, transformer_pp" in head[1]
 
 
 def test_driver_eta_comes_from_the_measured_rate_not_the_start_up(monkeypatch):

@@ -70,8 +70,9 @@ def test_shipped_specs_load_and_expand(axis, preset):
     xs = sorted({r.planned.x for r in runs})
     assert len(xs) >= 3 or (axis == "data" and sw.mode == "evaluations")
     for r in runs:
-        assert r.planned.config == {**r.spec.to_dict(), **({"eval_tokens": r.planned.config["eval_tokens"]}
-                                                           if "eval_tokens" in r.planned.config else {})}
+        extra = {k: r.planned.config[k] for k in ("eval_tokens", "tune") if k in r.planned.config}
+        assert r.planned.config == {**r.spec.to_dict(), **extra}
+        assert ("tune" in extra) == bool(sw.tune)  # a [tune] spec's runs record their grid point (issue 28)
         assert r.planned.config_hash == r.spec.config_hash
         if preset == "paper":
             assert r.spec.model.sequence_len == 256
@@ -262,7 +263,7 @@ def test_cli_dry_run_matches_flops_module():
     plan = json.loads(r.stdout)  # the database check's line goes to stderr
     sw = load_spec(spec_path("params", "paper"))
     runs = {x.config_hash: x for x in expand(sw)}
-    assert len(plan["runs"]) == len(runs) == 10
+    assert len(plan["runs"]) == len(runs) == 10 * 3  # 5 sizes x 2 families x the lr_scale grid's 3 points
     for row in plan["runs"]:
         m = runs[row["config_hash"]].spec.model
         tokens = runs[row["config_hash"]].spec.tokens

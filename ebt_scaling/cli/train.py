@@ -155,7 +155,7 @@ def train_cmd(
                        eval_interval=d["eval_interval"] if eval_interval is None else eval_interval, **given,
                        checkpoint_interval=checkpoint_interval, seed=seed, device=device, threads=threads,
                        cuda_graph=cuda_graph, compile=compile_, micro_batch_size=micro, schedule_steps=schedule_steps,
-                       precision=precision)
+                       precision=precision, lr_schedule=d["lr_schedule"])
     dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab_size or p.vocab_size,
                       sampling=sampling)
     vocab = tokenizer_vocab_size(dcfg)

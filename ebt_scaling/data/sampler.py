@@ -31,6 +31,10 @@ requested tokens: ``packed``: ``n_windows`` windows of ``seq_len + 1`` tokens sp
 concatenated validation documents; ``document``: one row per document until the real target tokens reach
 ``n_windows x seq_len``. It depends on the store, the split, the mode, ``seq_len`` and the token budget;
 never on the batch size, the worker count or the family.
+
+Selection set (issue 28, ``select_batches``): a second fixed validation set disjoint from the evaluation set, which
+a ``[tune]`` sweep uses to pick the LR: the validation documents after the evaluation set's (same rules), or, with
+the block split, windows spread over the validation tokens no evaluation window covers.
 """
 
 from __future__ import annotations
@@ -94,6 +98,8 @@ class StoreData:
         self.vocab_size = store.vocab_size
         self.entropy_rate: float | None = None
         self._val_cache: dict[tuple[int, int], np.ndarray] = {}
+        self._select_cache: dict[tuple[int, int, int], np.ndarray] = {}
+        self._val_docs_used = 0
         self._train_tokens: int | None = None
         self._unigram: float | None = None
         if split == "documents" and (store.num_documents == 0 or store.num_tokens < self.seq_len + 1):
@@ -276,22 +282,27 @@ class StoreData:
                 self._val_cache[key] = self._val_documents(n_windows * self.seq_len)
         return self._val_cache[key]
 
-    def _val_packed(self, n_windows: int) -> np.ndarray:
+    def _val_packed(self, n_windows: int, skip: int = 0) -> np.ndarray:
         T = self.seq_len
         need = n_windows * (T + 1)
         segs: list[tuple[int, int]] = []
-        total = 0
+        total = seen = 0
         for _, starts, lens in self._iter_docs(val=True):
             for s, n in zip(starts.tolist(), lens.tolist(), strict=True):
+                seen += 1
+                if seen <= skip:  # the evaluation set's documents (a selection set starts after them)
+                    continue
                 segs.append((s, n))
                 total += n
                 if total >= need:
                     break
             if total >= need:
                 break
+        self._val_docs_used = seen
         if total < T + 1:
-            raise DataError(f"{self.name}: the validation split holds {total} tokens, fewer than sequence_len+1 = "
-                            f"{T + 1}; raise val_fraction, change split_seed or use a larger store")
+            after = " after the evaluation set" if skip else ""
+            raise DataError(f"{self.name}: the validation split holds {total} tokens{after}, fewer than "
+                            f"sequence_len+1 = {T + 1}; raise val_fraction, change split_seed or use a larger store")
         cum = np.cumsum([0] + [n for _, n in segs])
         out = np.empty((n_windows, T + 1), dtype=np.int64)
         for r, v in enumerate(np.linspace(0, total - T - 1, n_windows).round().astype(np.int64).tolist()):
@@ -304,13 +315,14 @@ class StoreData:
                 pos += take
         return out
 
-    def _val_documents(self, n_targets: int) -> np.ndarray:
+    def _val_documents(self, n_targets: int, skip: int = 0) -> np.ndarray:
         T = self.seq_len
         rows: list[np.ndarray] = []
-        got = 0
+        got = seen = 0
         for _, starts, lens in self._iter_docs(val=True):
             for s, n in zip(starts.tolist(), lens.tolist(), strict=True):
-                if n < 2:
+                seen += 1
+                if seen <= skip or n < 2:
                     continue
                 row = np.full(T + 1, PAD, dtype=np.int64)
                 k = min(n, T + 1)
@@ -321,10 +333,68 @@ class StoreData:
                     break
             if got >= n_targets:
                 break
+        self._val_docs_used = seen
         if not rows:
-            raise DataError(f"{self.name}: the validation split holds no document of 2 tokens or more; raise "
-                            "val_fraction, change split_seed or use a larger store")
+            raise DataError(f"{self.name}: the validation split holds no document of 2 tokens or more"
+                            f"{' after the evaluation set' if skip else ''}; raise val_fraction, change split_seed "
+                            "or use a larger store")
         return np.stack(rows)
+
+    def _select_rows(self, n_eval: int, n_windows: int) -> np.ndarray:
+        """The selection set (issue 28): validation rows disjoint from the evaluation set of ``n_eval`` windows
+        (``_val_rows(n_eval)``), as many as ``n_windows`` evaluation windows. Document split: the validation
+        documents after the evaluation set's, by the same rule (disjoint documents). Block split: windows spread
+        evenly over the validation tokens no evaluation window covers (the evaluation windows cut out of the
+        validation stream, the rest concatenated). Fixed like the evaluation set: a function of the store, the
+        split, the mode, ``seq_len`` and the two sizes."""
+        key = (self.seq_len, n_eval, n_windows)
+        if key in self._select_cache:
+            return self._select_cache[key]
+        T = self.seq_len
+        if self.split == "blocks":
+            n_val = int(self._runs[True][1][-1])
+            starts = np.unique(np.linspace(0, n_val - T - 1, n_eval).round().astype(np.int64))
+            free: list[tuple[int, int]] = []  # (position in the validation stream, length) outside every window
+            pos = 0
+            for st in starts.tolist():
+                if st > pos:
+                    free.append((pos, st - pos))
+                pos = max(pos, st + T + 1)
+            if pos < n_val:
+                free.append((pos, n_val - pos))
+            cum = np.cumsum([0] + [n for _, n in free])
+            n_free = int(cum[-1])
+            if n_free < T + 1:
+                raise DataError(f"{self.name}: the validation split holds {n_val} tokens, {n_free} of them outside "
+                                f"the evaluation set's {n_eval} windows, fewer than sequence_len+1 = {T + 1} for a "
+                                "selection set; raise val_fraction or lower eval_tokens")
+            rows = np.empty((n_windows, T + 1), dtype=np.int64)
+            for r, v in enumerate(np.linspace(0, n_free - T - 1, n_windows).round().astype(np.int64).tolist()):
+                p, filled = v, 0
+                while filled < T + 1:
+                    k = int(np.searchsorted(cum, p, side="right") - 1)
+                    take = min(T + 1 - filled, int(cum[k + 1]) - p)
+                    rows[r, filled:filled + take] = self._read_runs(True, free[k][0] + p - int(cum[k]), take)
+                    filled += take
+                    p += take
+        else:
+            if self.sampling == "packed":
+                self._val_packed(n_eval)  # how many validation documents the evaluation set spans
+                rows = self._val_packed(n_windows, skip=self._val_docs_used)
+            else:
+                self._val_documents(n_eval * T)
+                rows = self._val_documents(n_windows * T, skip=self._val_docs_used)
+        self._select_cache[key] = rows
+        return rows
+
+    def select_batches(self, batch_size: int, seq_len: int, n_eval_windows: int,
+                       n_windows: int) -> list[np.ndarray]:
+        """The selection set (``_select_rows``) in batches of ``batch_size`` rows: ``n_windows`` windows (or
+        documents up to ``n_windows x seq_len`` targets) disjoint from the evaluation set of ``n_eval_windows``."""
+        if seq_len != self.seq_len:
+            raise ValueError(f"seq_len {seq_len} differs from the sampler's {self.seq_len}")
+        rows = self._select_rows(n_eval_windows, n_windows)
+        return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
 
     def val_batches(self, n_batches: int, batch_size: int, seq_len: int,
                     n_windows: int | None = None) -> list[np.ndarray]:

@@ -48,6 +48,9 @@ from ebt_scaling.models.layers import Block, RMSNorm, Rotary, causal_mask, init_
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: observed keys, values, each (B, H, So, Dh)
 
 
+ALPHA_FLOOR = 1e-4  # alpha's clamp (section 6.3): below it a learnable alpha gets no gradient
+
+
 @dataclass(frozen=True)
 class Draws:
     """The random inputs of one EBT forward (``EBT.draw``), row by row: row j of a batch's draws is what that row
@@ -263,7 +266,13 @@ class EBT(nn.Module):
 
     def alpha_value(self) -> torch.Tensor:
         """alpha = clamp(param, min 1e-4) (section 6.3)."""
-        return self.alpha.clamp(min=1e-4)
+        return self.alpha.clamp(min=ALPHA_FLOOR)
+
+    @property
+    def alpha_died(self) -> bool:
+        """A learnable alpha at or below its floor: the clamp (the official code's) passes it no gradient, so it
+        stays there for the rest of the run (issue 28.7b; the training loop records it in the run's result)."""
+        return bool(self.cfg.step_size_learnable and float(self.alpha.detach()) <= ALPHA_FLOOR)
 
     def landscapes(self, train: bool, generator: torch.Generator | None = None) -> list[int]:
         """Landscape index of every inner step (section 6.2; repetition on the last landscape only). In training

@@ -21,6 +21,7 @@ trial refuses a store that changed after planning.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from collections.abc import Callable, Collection, Iterable
@@ -42,7 +43,7 @@ from ebt_scaling.config import (
 )
 from ebt_scaling.errors import ConfigError, SpecError
 from ebt_scaling.records import PlannedRun
-from ebt_scaling.sweeps.tables import SweepSpec
+from ebt_scaling.sweeps.tables import TUNE_GRID_KEYS, SweepSpec
 
 FAMILY_ORDER = {"transformer_pp": 0, "ebt": 1}
 
@@ -158,51 +159,10 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
     out: list[ExpandedRun] = []
     for label, shape_over, train_over, eval_tokens in points:
         for family in sorted(spec.families, key=FAMILY_ORDER.__getitem__):
-            for seed in spec.seeds:
-                mkw: dict[str, Any] = {"family": family, **shape, **shape_over}
-                recipe: Any = None
-                if family == "ebt":
-                    recipe = spec.recipe
-                    mkw.update(RECIPE_OVERRIDES[recipe])
-                    mkw.update(ebt_options)
-                model = ModelConfig(**mkw)
-                tkw = dict(train_base)
-                tkw.update(train_over)
-                own = spec.family_train.get(family, {})
-                tkw.update(own)
-                tkw["seed"] = seed
-                try:
-                    train = TrainConfig(**tkw)
-                except ConfigError as exc:
-                    if own and str(exc).startswith(tuple(f"TrainConfig.{k}:" for k in own)):
-                        raise SpecError(f"{spec.source}: train.{family}.{str(exc)[len('TrainConfig.'):]}") from None
-                    raise
-                if train.warmup_steps >= train.steps:
-                    warmup = f"train.{family}.warmup_steps" if "warmup_steps" in own else "train.warmup_steps"
-                    key = "axis.values" if "steps" in train_over else warmup
-                    raise SpecError(f"{spec.source}: {key}: a run of {train.steps} steps is not longer than "
-                                    f"its warm-up ({train.warmup_steps} steps); lower {warmup} "
-                                    "or raise the steps/budget")
-                run = RunSpec(model=model, train=train, data=data, sweep=spec.name, axis=ax, x=None,
-                              recipe=recipe)
-                params, fpt = accounting(model)
-                tokens = run.tokens
-                if ax in ("depth", "width", "batch"):
-                    x = float(model.n_layer if ax == "depth" else model.n_embd if ax == "width"
-                              else train.batch_size * seq)
-                elif ax == "data":
-                    x = float(tokens)
-                elif ax == "params":
-                    x = float(params["non_embedding"])
-                else:
-                    x = float(fpt[spec.convention] * tokens)
-                run = dataclasses.replace(run, x=x)
-                config = run.to_dict()
-                if eval_tokens is not None:
-                    config["eval_tokens"] = eval_tokens
-                planned = PlannedRun(family=family, axis=ax, x=x, seed=seed, config_hash=run.config_hash,
-                                     config=config, params=params, flops_per_token=fpt, tokens=tokens)
-                out.append(ExpandedRun(spec=run, planned=planned, label=label))
+            for point in grid_points(spec.tune.get(family, {})):
+                for seed in spec.seeds:
+                    out.append(_run(spec, family, seed, label, point, shape, shape_over, ebt_options, train_base,
+                                    train_over, eval_tokens, data, seq))
     if "ebt" not in spec.families and ebt_options and out:  # EBT options a T++-only sweep ignores: checked still
         ModelConfig(**{**out[0].spec.model.to_dict(), "family": "ebt", **RECIPE_OVERRIDES[spec.recipe], **ebt_options})
     hashes = [r.config_hash for r in out]
@@ -210,6 +170,89 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
         raise SpecError(f"{spec.source}: axis.values: two values give the same run configuration; "
                         "list values that change the run")
     return out
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The cartesian product of a family's ``[tune]`` grid, keys in ``TUNE_GRID_KEYS`` order (``[{}]``: no grid)."""
+    keys = [k for k in TUNE_GRID_KEYS if k in grid]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def scaled_lr(base: Any, scale: Any) -> Any:
+    """``base x scale`` (``lr_scale``): the base itself at scale 1 (its run is the untuned level's LR, hashed as
+    written), else rounded to 12 significant digits (0.003 x 3 is 0.009, not 0.009000000000000001)."""
+    if scale == 1:
+        return base
+    v = base * scale
+    return float(f"{v:.12g}") if isinstance(v, float) else v
+
+
+def _run(spec: SweepSpec, family: str, seed: int, label: str, point: dict[str, Any], shape: dict[str, Any],
+         shape_over: dict[str, Any], ebt_options: dict[str, Any], train_base: dict[str, Any],
+         train_over: dict[str, Any], eval_tokens: list[int] | None, data: DataConfig, seq: int) -> ExpandedRun:
+    ax = spec.axis
+    mkw: dict[str, Any] = {"family": family, **shape, **shape_over}
+    recipe: Any = None
+    if family == "ebt":
+        recipe = spec.recipe
+        mkw.update(RECIPE_OVERRIDES[recipe])
+        mkw.update(ebt_options)
+    model = ModelConfig(**mkw)
+    tkw = dict(train_base)
+    tkw.update(train_over)
+    own = spec.family_train.get(family, {})
+    tkw.update(own)
+    tkw["seed"] = seed
+    tune: dict[str, Any] = {}
+    tuned = "tune"  # where the point's keys were given: [tune] or [tune.<family>]
+    if point:
+        for k, v in point.items():
+            if k == "lr_scale":
+                tkw["lr"] = scaled_lr(tkw["lr"], v)
+            else:
+                tkw[k] = v
+        tune = {**point, "lr": tkw["lr"]}
+    try:
+        train = TrainConfig(**tkw)
+    except ConfigError as exc:
+        for keys, where in ((point, tuned), (own, f"train.{family}")):
+            if keys and str(exc).startswith(tuple(f"TrainConfig.{k}:" for k in keys)):
+                raise SpecError(f"{spec.source}: {where}.{str(exc)[len('TrainConfig.'):]}") from None
+        raise
+    if spec.tune and train.select_tokens is None:
+        # a [tune] sweep scores every run on a selection set as large as its evaluation set and disjoint from it
+        # (data/sampler.py): the selection set picks the LR, the evaluation set gives the fitted loss
+        train = dataclasses.replace(train, select_tokens=train.eval_tokens or train.eval_batches * train.batch_size
+                                    * seq)
+    if train.warmup_steps >= train.steps:
+        warmup = (f"{tuned}.warmup_steps" if "warmup_steps" in point else
+                  f"train.{family}.warmup_steps" if "warmup_steps" in own else "train.warmup_steps")
+        key = "axis.values" if "steps" in train_over else warmup
+        raise SpecError(f"{spec.source}: {key}: a run of {train.steps} steps is not longer than "
+                        f"its warm-up ({train.warmup_steps} steps); lower {warmup} "
+                        "or raise the steps/budget")
+    run = RunSpec(model=model, train=train, data=data, sweep=spec.name, axis=ax, x=None,
+                  recipe=recipe)
+    params, fpt = accounting(model)
+    tokens = run.tokens
+    if ax in ("depth", "width", "batch"):
+        x = float(model.n_layer if ax == "depth" else model.n_embd if ax == "width"
+                  else train.batch_size * seq)
+    elif ax == "data":
+        x = float(tokens)
+    elif ax == "params":
+        x = float(params["non_embedding"])
+    else:
+        x = float(fpt[spec.convention] * tokens)
+    run = dataclasses.replace(run, x=x)
+    config = run.to_dict()
+    if eval_tokens is not None:
+        config["eval_tokens"] = eval_tokens
+    if tune:  # the run's grid point (not hashed beyond the optimizer values themselves): the fit groups by it
+        config["tune"] = tune
+    planned = PlannedRun(family=family, axis=ax, x=x, seed=seed, config_hash=run.config_hash,
+                         config=config, params=params, flops_per_token=fpt, tokens=tokens)
+    return ExpandedRun(spec=run, planned=planned, label=label)
 
 
 def read_store_fingerprint(source: str) -> str | None:

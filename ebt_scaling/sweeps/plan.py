@@ -201,6 +201,7 @@ class CostPlan:
                 "seed": r.planned.seed, "config_hash": r.config_hash, "n_layer": m.n_layer, "n_embd": m.n_embd,
                 "n_head": m.n_head, "sequence_len": m.sequence_len, "vocab_size": m.vocab_size,
                 "batch_size": t.batch_size, "steps": t.steps, "lr": t.lr, "recipe": r.spec.recipe,
+                "tune": r.planned.config.get("tune"),
                 "params": r.planned.params, "tokens": r.planned.tokens,
                 "flops_per_token": r.planned.flops_per_token, "flops": rc.flops,
                 "device_hours": rc.device_hours, "duration_s": rc.duration_s,
@@ -211,6 +212,7 @@ class CostPlan:
         return {
             "sweep": self.spec.name, "axis": self.spec.axis, "spec_file": self.spec.source,
             "families": list(self.spec.families), "seeds": list(self.spec.seeds), "recipe": self.spec.recipe,
+            "tune": {f: g for f, g in self.spec.tune.items() if f in self.spec.families},
             "device": self.device, "flops_per_s_per_device": self.flops_per_s,
             "throughput_note": self.throughput_note, "time_convention": "exact",
             "calibrations_note": self.calibrations_note, "scaling_efficiency": self.scaling_efficiency,
@@ -224,7 +226,8 @@ class CostPlan:
             "memory": self._memory_dict(),
             "runs": rows,
             "total": {
-                "runs": len(rows), "tokens": sum(r.planned.tokens or 0 for r in (x.run for x in self.runs)),
+                "runs": len(rows), "steps": sum(r["steps"] for r in rows),
+                "tokens": sum(r.planned.tokens or 0 for r in (x.run for x in self.runs)),
                 "flops": {c: sum(rc.flops[c] for rc in self.runs) for c in ("paper", "exact")},
                 "device_hours": self.device_hours, "makespan_s": self.makespan_s,
             },
@@ -356,6 +359,28 @@ def _n(v: float) -> str:
     return f"{v:.3g}" if v < 1e4 else f"{v:.3e}"
 
 
+def tune_lines(d: dict[str, Any]) -> list[str]:
+    """The ``[tune]`` grid of a plan's dict (``CostPlan.to_dict``) and what it costs: per family the grid and its
+    points, the runs x steps of the tuned sweep and its device time (issue 28). Empty for an untuned sweep."""
+    if not d["tune"]:
+        return []
+    lines = []
+    for fam in d["families"]:
+        grid = d["tune"].get(fam)
+        rows = [r for r in d["runs"] if r["family"] == fam]
+        if not grid:
+            lines.append(f"tune: {fam}: no grid (one point per level and seed)")
+            continue
+        points = math.prod(len(v) for v in grid.values())
+        keys = "; ".join(f"{k} = [{', '.join(format(v, 'g') for v in vals)}]" for k, vals in grid.items())
+        trial_s = sum(r["duration_s"] for r in rows)
+        lines.append(f"tune: {fam}: {keys}: {points} point(s) x {len(d['seeds'])} seed(s) per level; "
+                     f"{len(rows)} runs, {sum(r['steps'] for r in rows):,} steps, {_h(trial_s)} of trial time")
+    lines.append("tune: every run is scored on the selection set (val_select_loss: picks the LR) and on the "
+                 "evaluation set (val_loss: fitted), disjoint and fixed for the sweep")
+    return lines
+
+
 def format_plan(plan: CostPlan) -> str:
     """A plain-text plan: one line per run, then totals."""
     d = plan.to_dict()
@@ -366,6 +391,7 @@ def format_plan(plan: CostPlan) -> str:
         f"{plan.calibrations_note}; per run: {_source_counts(plan)}"
         + (f"; scaling efficiency {plan.scaling_efficiency:g}" if plan.scaling_efficiency != 1.0 else ""),
     ]
+    lines += tune_lines(d)
     if plan.memory is not None:
         lines.append(plan.memory_note())
     lines.append("")
@@ -390,8 +416,9 @@ def format_plan(plan: CostPlan) -> str:
            else f"{res['cpus_per_trial']:g} CPU")
     lines += [
         "",
-        f"total: {t['runs']} runs, {t['tokens']:.3g} tokens, FLOPs paper {t['flops']['paper']:.3e}, "
-        f"exact {t['flops']['exact']:.3e}; estimated {t['device_hours']:.3g} {plan.device.upper()}-hours",
+        f"total: {t['runs']} runs, {t['steps']:,} steps, {t['tokens']:.3g} tokens, "
+        f"FLOPs paper {t['flops']['paper']:.3e}, exact {t['flops']['exact']:.3e}; "
+        f"estimated {t['device_hours']:.3g} {plan.device.upper()}-hours",
         f"resources: {per} per trial on {res['total_gpus']:g} GPU / "
         f"{'unlimited' if res['total_cpus'] is None else format(res['total_cpus'], 'g')} CPU "
         f"-> {res['slots']} trial(s) at once; estimated makespan {_h(t['makespan_s'])}",

@@ -37,7 +37,9 @@ from ebt_scaling.config import (
 from ebt_scaling.errors import ConfigError, SpecError
 from ebt_scaling.names import name_problem
 
-SECTIONS = ("sweep", "model", "train", "data", "resources", "cost", "tracking", "axis")
+SECTIONS = ("sweep", "model", "train", "data", "resources", "cost", "tracking", "tune", "axis")
+# [tune] (issue 28): grids of the per-family optimizer settings, and lr_scale (multipliers of each level's own LR)
+TUNE_GRID_KEYS = FAMILY_TRAIN_KEYS + ("lr_scale",)
 # [model]: a size preset plus ModelConfig fields (the family comes from [sweep], the vocabulary from the tokenizer)
 MODEL_KEYS = ("preset",) + tuple(f.name for f in fields(ModelConfig) if f.name != "family")
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))
@@ -265,6 +267,9 @@ class SweepSpec:
     resources: dict[str, Any] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
     tracking: dict[str, Any] = field(default_factory=dict)
+    # [tune]: per family, the grid of each tuned key (shared [tune] keys overridden by [tune.<family>]'s); empty:
+    # no tuning. Every (family, level, seed) trains every point of the cartesian product (sweeps/expand.py).
+    tune: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     micro_batch_auto: bool = False  # [train] micro_batch_size = "auto": the memory plan picks it per run
     mode: str | None = None
     total_tokens: int | None = None
@@ -344,6 +349,61 @@ def _given(table_cls: type, raw: dict[str, Any]) -> dict[str, Any]:
     return {k: getattr(checked, k) for k in raw}
 
 
+def _grid(where: str, key: str, values: Any) -> list[Any]:
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where}.{key}: must be a non-empty list of values, got {values!r}; write it as "
+                          f"{key} = [a, b, ...]")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ConfigError(f"{where}.{key}: {v!r} is not a number; list numbers, e.g. {key} = [0.5, 1, 2]"
+                              if key == "lr_scale" else f"{where}.{key}: {v!r} is not a number; write it without "
+                              "quotes")
+        if key == "lr_scale" and not (v > 0 and v == v and v != float("inf")):
+            raise ConfigError(f"{where}.lr_scale: {v!r} is not a positive multiplier; use e.g. [0.5, 1, 2]")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{where}.{key}: duplicate values; list each value once")
+    return list(values)
+
+
+def check_tune(raw: dict[str, Any], axis: str, values: list[Any], axis_lrs: bool,
+               families: list[str]) -> dict[str, dict[str, list[Any]]]:
+    """``[tune]``'s grids per family (shared keys, then ``[tune.<family>]``'s), checked: lists of distinct numbers,
+    ``lr`` or ``lr_scale`` (not both), and no ``lr`` grid on an axis whose levels carry their own LR."""
+    shared: dict[str, list[Any]] = {}
+    own: dict[str, dict[str, list[Any]]] = {}
+    for k, v in raw.items():
+        if k in FAMILIES:
+            if not isinstance(v, dict):
+                raise ConfigError(f"tune.{k}: must be a table; write it as a [tune.{k}] section")
+            for kk, vv in v.items():
+                if kk not in TUNE_GRID_KEYS:
+                    raise ConfigError(unknown_key_line(f"tune.{k}", kk, TUNE_GRID_KEYS))
+                own.setdefault(k, {})[kk] = _grid(f"tune.{k}", kk, vv)
+        elif k in TUNE_GRID_KEYS:
+            shared[k] = _grid("tune", k, v)
+        else:
+            raise ConfigError(unknown_key_line("tune", k, TUNE_GRID_KEYS + FAMILIES))
+    per_level_lr = axis in ("params", "flops") and (axis_lrs or any(not isinstance(v, dict) for v in values))
+    out: dict[str, dict[str, list[Any]]] = {}
+    for where, table in [("tune", shared)] + [(f"tune.{f}", t) for f, t in own.items()]:
+        if "lr" in table and "lr_scale" in table:
+            raise ConfigError(f"{where}.lr_scale: given with lr; give absolute LRs (lr) or multipliers of each "
+                              "level's LR (lr_scale), not both")
+    for fam in families:
+        mine = own.get(fam, {})
+        # lr and lr_scale are one dimension: a family's own LR grid (either form) replaces the shared one
+        base = {k: v for k, v in shared.items() if not ({"lr", "lr_scale"} & set(mine) and k in ("lr", "lr_scale"))}
+        grid = {**base, **mine}
+        if not grid:
+            continue
+        if "lr" in grid and per_level_lr:
+            lr_where = f"tune.{fam}" if "lr" in own.get(fam, {}) else "tune"
+            raise ConfigError(f"{lr_where}.lr: the {axis} axis gives every level its own peak LR (axis.lrs or the size "
+                              "presets'); give the grid as multipliers of it instead: lr_scale = [0.5, 1, 2]")
+        out[fam] = grid
+    return out
+
+
 def check_tables(raw: dict[str, Any]) -> SweepSpec:
     """A parsed TOML document as a SweepSpec: every table's keys and the values of [sweep], [resources], [cost],
     [tracking] and [axis]. The [model]/[train]/[data] values are checked when the runs are built (expand)."""
@@ -396,10 +456,12 @@ def check_tables(raw: dict[str, Any]) -> SweepSpec:
     cost = _given(CostTable, raw.get("cost", {}))
     tracking = _given(TrackingTable, raw.get("tracking", {}))
     ax = AXIS_TABLES[sw.axis](**raw["axis"])
+    # every family's grid (--families may add one the spec's [sweep] leaves out)
+    tune = check_tune(raw.get("tune", {}), sw.axis, list(ax.values), bool(getattr(ax, "lrs", None)), list(FAMILIES))
     return SweepSpec(
         name=(sw.name if sw.name is not None else sw.axis).strip(), axis=sw.axis, families=tuple(sw.families),
         seeds=tuple(sw.seeds), recipe=sw.recipe, values=tuple(ax.values), preset=preset, model=model, train=train,
-        family_train=family_train, data=data, resources=resources, cost=cost, tracking=tracking,
+        family_train=family_train, data=data, resources=resources, cost=cost, tracking=tracking, tune=tune,
         micro_batch_auto=micro_auto, mode=getattr(ax, "mode", None), total_tokens=getattr(ax, "total_tokens", None),
         head_size=getattr(ax, "head_size", None),
         batch_sizes=tuple(ax.batch_sizes) if getattr(ax, "batch_sizes", None) else None,

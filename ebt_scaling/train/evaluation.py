@@ -2,8 +2,9 @@
 
 Validation loss = token-weighted mean (real tokens) of ``info["ce"]`` (the EBT's final-step CE) over the run's
 fixed validation set (``validation_batches``: ``eval_tokens``, else ``eval_batches`` batches; in micro-batches
-too), the EBT's noise keyed by (seed, window): it is a deterministic function of the weights and never perturbs
-the training RNG stream, which is what makes resume bit-exact on CPU.
+too) and, with ``select_tokens``, ``val_select_loss`` over the selection set disjoint from it
+(``selection_batches``; issue 28), the EBT's noise keyed by (seed, window): it is a deterministic function of the
+weights and never perturbs the training RNG stream, which is what makes resume bit-exact on CPU.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ebt_scaling.train.runtime import scalar
 
 EVAL_SEED_OFFSET = 7919  # anything else drawn at validation uses seed + this, in a forked RNG
 VAL_KEYS = ("val_loss", "val_loss_initial", "val_energy_gap")
+SELECT_WINDOW_OFFSET = 1 << 40  # the selection set's windows draw the EBT's noise under their own keys
 
 
 def validation_batches(corpus: Any, tcfg: TrainConfig, seq_len: int) -> list[np.ndarray]:
@@ -31,6 +33,15 @@ def validation_batches(corpus: Any, tcfg: TrainConfig, seq_len: int) -> list[np.
     windows for every batch size (one validation set per sweep); without, ``eval_batches`` x batch size."""
     n_windows = -(-tcfg.eval_tokens // seq_len) if tcfg.eval_tokens else None
     return corpus.val_batches(tcfg.eval_batches, tcfg.batch_size, seq_len, n_windows)
+
+
+def selection_batches(corpus: Any, tcfg: TrainConfig, seq_len: int) -> list[np.ndarray]:
+    """The run's selection set (``select_tokens``; issue 28): ``select_tokens / seq_len`` windows disjoint from the
+    evaluation set (``StoreData.select_batches``), the same for every run of a sweep; empty when unset."""
+    if not tcfg.select_tokens:
+        return []
+    n_eval = -(-tcfg.eval_tokens // seq_len) if tcfg.eval_tokens else tcfg.eval_batches * tcfg.batch_size
+    return corpus.select_batches(tcfg.batch_size, seq_len, n_eval, -(-tcfg.select_tokens // seq_len))
 
 
 def inputs_targets(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,12 +53,13 @@ def inputs_targets(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, device: torch.device,
              autocast: Callable[[], Any], micro_batch_size: int | None = None,
-             rank: Rank | None = None) -> dict[str, float]:
+             rank: Rank | None = None, first_window: int = 0) -> dict[str, float]:
     """Token-weighted validation CE (nats) and, for the EBT, initial-step CE and energy gap. Batches run in
     micro-batches of ``micro_batch_size`` rows; the model's random inputs (``model.draw``: the EBT's noise) are
     keyed by (seed, window index in the validation set), so neither the batch size nor the split changes them.
     With ``rank`` (data-parallel workers) each rank evaluates its slice of every batch and the sums are reduced:
-    every rank returns the same numbers. Runs under ``no_grad`` (the EBT's descent turns grad on for itself)."""
+    every rank returns the same numbers. Runs under ``no_grad`` (the EBT's descent turns grad on for itself).
+    ``first_window``: the key of the first window (the selection set's keys start at ``SELECT_WINDOW_OFFSET``)."""
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -57,7 +69,7 @@ def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, 
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(seed + EVAL_SEED_OFFSET)
-            window = 0
+            window = first_window
             for whole in batches:
                 own = rank.shard(whole.shape[0]) if rank is not None else slice(None)
                 batch = whole[own]
@@ -97,6 +109,7 @@ class Validation:
         self.model, self.tcfg, self.device, self.autocast, self.sink, self.rank = \
             model, tcfg, device, autocast, sink, rank
         self.batches = [torch.from_numpy(b).to(device) for b in validation_batches(corpus, tcfg, seq_len)]
+        self.select = [torch.from_numpy(b).to(device) for b in selection_batches(corpus, tcfg, seq_len)]
 
     def due(self, step: int) -> bool:
         """Every ``eval_interval`` steps and the last."""
@@ -105,5 +118,10 @@ class Validation:
     def run(self, step: int) -> dict[str, float]:
         out = evaluate(self.model, self.batches, seed=self.tcfg.seed, device=self.device, autocast=self.autocast,
                        micro_batch_size=self.tcfg.micro_batch_size, rank=self.rank)
+        if self.select:  # the selection set's loss (a [tune] sweep picks the LR by it; the fit uses val_loss)
+            sel = evaluate(self.model, self.select, seed=self.tcfg.seed, device=self.device, autocast=self.autocast,
+                           micro_batch_size=self.tcfg.micro_batch_size, rank=self.rank,
+                           first_window=SELECT_WINDOW_OFFSET)
+            out["val_select_loss"] = sel["val_loss"]
         self.sink.log([MetricPoint(k, step, v) for k, v in sorted(out.items())])
         return out

@@ -207,7 +207,11 @@ def _result(spec: RunSpec, state: TrainState, status: str, reason: str | None, c
         extra["cuda_graph_replays"] = train_step.graph_replays
     if corpus.entropy_rate is not None:
         extra["entropy_rate"] = corpus.entropy_rate
-    extra.update({k: state.last_val[k] for k in ("val_loss_initial", "val_energy_gap") if k in state.last_val})
+    extra.update({k: state.last_val[k] for k in ("val_loss_initial", "val_energy_gap", "val_select_loss")
+                  if k in state.last_val})
+    if getattr(state.model, "alpha_died", False):  # a learnable alpha stuck at its floor, gradient-less (issue 28.7b)
+        extra["alpha_died"] = True
+        extra["alpha_final"] = float(state.model.alpha.detach())
     return RunResult(
         status=status, steps=state.step, tokens=state.tokens, final_train_loss=state.last_train_loss,
         final_val_loss=state.last_val.get("val_loss"), final_val_ppl=state.last_val.get("val_ppl"),
