@@ -111,3 +111,40 @@ def test_a_sweep_whose_database_is_deleted_mid_run_exits_non_zero_without_comple
     assert "completed" not in out, out
     assert f"error: the SQLite database {db} was deleted while this process was using it" in err, err
     assert "Traceback" not in err, err
+
+
+@pytest.mark.postgres
+def test_a_postgresql_database_dropped_under_a_store_stops_it_at_once_in_one_line():
+    """DROP DATABASE ... WITH (FORCE) ends the Store's connections; reconnecting finds no database. That is not
+    a restart to ride out (the driver's reconnect window would wait minutes for nothing): one line at once."""
+    from conftest import pg_url_or_skip
+    from sqlalchemy import create_engine, text
+
+    from ebt_scaling.db.engine import parse_url
+
+    base = parse_url(pg_url_or_skip())
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    name = f"vanish_{os.getpid()}"
+    try:
+        with admin.connect() as c:
+            c.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+            c.execute(text(f"CREATE DATABASE {name}"))
+        st = Store(base.set(database=name).render_as_string(hide_password=False))
+        st.reconnect_s = 60
+        try:
+            st.create_sweep("a", "depth", {}, "v")
+            with admin.connect() as c:
+                c.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+            t0 = time.monotonic()
+            with pytest.raises(StoreError) as e:
+                st.create_sweep("b", "depth", {}, "v")
+            assert time.monotonic() - t0 < 20  # not the 60 s reconnect window
+            msg = str(e.value)
+            assert f'database "{name}" does not exist' in msg and "dropped or never created" in msg, msg
+            assert "\n" not in msg and base.password not in msg
+        finally:
+            st.close()
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        admin.dispose()

@@ -36,6 +36,9 @@ def is_transient(exc: BaseException) -> bool:
 _DISCONNECT_PG = {"57P01", "57P02", "57P03"}  # admin shutdown, crash shutdown, cannot connect now
 
 
+_NO_DATABASE = re.compile(r'database "[^"]*" does not exist', re.I)
+
+
 def is_disconnect(exc: BaseException) -> bool:
     """The server went away or cannot be reached right now (not: a wrong password, a bad query)."""
     if not isinstance(exc, DBAPIError):
@@ -46,6 +49,8 @@ def is_disconnect(exc: BaseException) -> bool:
     if state is not None:
         return state in _DISCONNECT_PG or state.startswith("08")
     msg = str(exc.orig).lower()
+    if _NO_DATABASE.search(msg):  # dropped (or never created): waiting will not bring it back
+        return False
     return isinstance(exc, OperationalError) and any(
         m in msg for m in ("connection refused", "server closed the connection", "connection failed",
                            "terminating connection", "no connection to the server", "consuming input failed"))
@@ -92,7 +97,9 @@ def translate(exc: SQLAlchemyError, url: str, what: str = "") -> Exception:
         return StoreError(f"constraint violated{where}: {msg}")
     if isinstance(exc, OperationalError):
         hint = ""
-        if "connection" in msg.lower() or "authentication" in msg.lower() or "unable to open" in msg.lower():
+        if _NO_DATABASE.search(msg):
+            hint = "; it was dropped or never created: restore or create it, then rerun the same command"
+        elif "connection" in msg.lower() or "authentication" in msg.lower() or "unable to open" in msg.lower():
             hint = "; check the server, port, user and password in --db or EBT_SCALE_DB"
         return StoreError(f"database {mask_url(url)} failed{where}: {msg}{hint}")
     return StoreError(f"database error on {mask_url(url)}{where}: {msg}")

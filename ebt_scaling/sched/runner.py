@@ -265,7 +265,7 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
     from ray import tune
 
     from ebt_scaling.sched.callback import SweepCallback
-    from ebt_scaling.sched.trackers import tracker_callbacks
+    from ebt_scaling.sched.tracker_runs import tracker_callbacks
     from ebt_scaling.sched.trainable import ebt_trial
 
     t_init = time.monotonic()

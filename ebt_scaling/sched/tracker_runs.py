@@ -9,7 +9,15 @@ from typing import Any
 
 from ray.tune import Callback
 
-from ebt_scaling.sched.trackers import flat_params, mlflow_artifacts, run_name, slug
+from ebt_scaling.sched.trackers import (
+    DEFAULT_WANDB_PROJECT,
+    flat_params,
+    mlflow_artifacts,
+    mlflow_uri,
+    run_name,
+    slug,
+    tensorboard_dir,
+)
 
 
 class TrackerCallback(Callback):
@@ -155,3 +163,18 @@ class WandbTracker(TrackerCallback):
 
     def close(self, handle: Any, ok: bool) -> None:
         handle.finish(exit_code=0 if ok else 1)
+
+
+def tracker_callbacks(names: tuple[str, ...], sweep: str, storage_path: str,
+                      settings: dict[str, Any] | None = None) -> list[Any]:
+    """Tune callbacks for ``names`` (call after ``check_trackers``)."""
+    settings = settings or {}
+    out: list[Any] = []
+    for n in dict.fromkeys(names):
+        if n == "mlflow":
+            out.append(MLflowTracker(sweep, mlflow_uri(settings, storage_path)))
+        elif n == "tensorboard":
+            out.append(TensorBoardTracker(sweep, tensorboard_dir(storage_path, sweep)))
+        elif n == "wandb":
+            out.append(WandbTracker(sweep, settings.get("wandb_project") or DEFAULT_WANDB_PROJECT))
+    return out

@@ -1,9 +1,9 @@
 """Experiment trackers (``--tracker``, ``[tracking]`` in specs): every stored metric point, also in MLflow,
 TensorBoard or W&B.
 
-Each tracker is a driver-side Ray Tune callback (``sched/tracker_runs.py``) that reads the points a trial
-reports (``ebt_points``: the same ``(name, step, value)`` triples the driver writes to the database) and logs
-each one at its training step, so a tracker's series equals the database's. One tracker run per ebt-scaling
+Each tracker is a driver-side Ray Tune callback (``sched/tracker_runs.py``: ``tracker_callbacks``) that reads
+the points a trial reports (``ebt_points``: the same ``(name, step, value)`` triples the driver writes to the
+database) and logs each one at its training step, so a tracker's series equals the database's. One tracker run per ebt-scaling
 run, named ``family/axis=level/seed<N>``, with the run's configuration as parameters (flattened,
 ``model.n_layer``, ...) and its database id and sweep as tags. A retried trial continues its tracker run.
 
@@ -119,21 +119,4 @@ def flat_params(spec: dict[str, Any], prefix: str = "") -> dict[str, str]:
             out.update(flat_params(v, key + "."))
         elif v is not None:
             out[key] = str(v)
-    return out
-
-
-def tracker_callbacks(names: tuple[str, ...], sweep: str, storage_path: str,
-                      settings: dict[str, Any] | None = None) -> list[Any]:
-    """Tune callbacks for ``names`` (call after ``check_trackers``; imports Ray)."""
-    from ebt_scaling.sched.tracker_runs import MLflowTracker, TensorBoardTracker, WandbTracker
-
-    settings = settings or {}
-    out: list[Any] = []
-    for n in dict.fromkeys(names):
-        if n == "mlflow":
-            out.append(MLflowTracker(sweep, mlflow_uri(settings, storage_path)))
-        elif n == "tensorboard":
-            out.append(TensorBoardTracker(sweep, tensorboard_dir(storage_path, sweep)))
-        elif n == "wandb":
-            out.append(WandbTracker(sweep, settings.get("wandb_project") or DEFAULT_WANDB_PROJECT))
     return out
