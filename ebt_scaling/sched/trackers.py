@@ -3,9 +3,10 @@ TensorBoard or W&B.
 
 Each tracker is a driver-side Ray Tune callback (``sched/tracker_runs.py``: ``tracker_callbacks``) that reads
 the points a trial reports (``ebt_points``: the same ``(name, step, value)`` triples the driver writes to the
-database) and logs each one at its training step, so a tracker's series equals the database's. One tracker run per ebt-scaling
-run, named ``family/axis=level/seed<N>``, with the run's configuration as parameters (flattened,
-``model.n_layer``, ...) and its database id and sweep as tags. A retried trial continues its tracker run.
+database) and logs each one at its training step, so a tracker's series equals the database's. One tracker run
+per ebt-scaling run, named ``family/axis=level/seed<N>``, with the run's configuration as parameters
+(flattened, ``model.n_layer``, ...) and its database id and sweep as tags. A retried trial continues its
+tracker run.
 
 * ``mlflow``: ``MlflowClient``; one experiment per sweep. Tracking URI: ``mlflow_tracking_uri`` in the spec,
   else ``$MLFLOW_TRACKING_URI``, else a SQLite store ``mlflow.db`` in the checkpoint storage folder, with the
