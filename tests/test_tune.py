@@ -309,5 +309,5 @@ def test_an_alpha_stuck_at_its_floor_is_recorded():
     dead = spec.with_(model=model_config("ebt", "nano", vocab_size=32, sequence_len=32, recipe="ebt_s1",
                                          step_size=5e-5))
     r = train(dead, ListSink())
-    assert r.extra["alpha_died"] is True and r.extra["alpha_final"] <= 1e-4
+    assert r.extra["alpha_died"] == 1.0 and r.extra["alpha_final"] <= 1e-4
     assert "alpha_died" not in train(spec, ListSink()).extra

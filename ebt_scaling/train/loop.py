@@ -210,7 +210,7 @@ def _result(spec: RunSpec, state: TrainState, status: str, reason: str | None, c
     extra.update({k: state.last_val[k] for k in ("val_loss_initial", "val_energy_gap", "val_select_loss")
                   if k in state.last_val})
     if getattr(state.model, "alpha_died", False):  # a learnable alpha stuck at its floor, gradient-less (issue 28.7b)
-        extra["alpha_died"] = True
+        extra["alpha_died"] = 1.0  # a number, so that it reaches the run's summary metrics in the database
         extra["alpha_final"] = float(state.model.alpha.detach())
     return RunResult(
         status=status, steps=state.step, tokens=state.tokens, final_train_loss=state.last_train_loss,
