@@ -663,8 +663,11 @@ class DataConfig:
 
 def store_fingerprint(manifest: dict[str, Any]) -> str:
     """A token store's content identity: the sha256 of its shards' checksums (``manifest.json``'s ``shards``:
-    each ``.bin`` and ``.idx`` sha256, in order). Re-preparing another corpus into the same folder changes it."""
+    each ``.bin`` and ``.idx`` sha256, in order), with the validation split rule the manifest records (stores
+    written since issue 30). Re-preparing another corpus into the same folder changes it."""
     shards = [[s.get("sha256"), s.get("idx_sha256")] for s in manifest.get("shards", [])]
+    if manifest.get("split") is not None:  # the split rule a store records (issue 30): part of what runs see
+        return hashlib.sha256(canonical_json({"shards": shards, "split": manifest["split"]}).encode()).hexdigest()
     return hashlib.sha256(canonical_json(shards).encode()).hexdigest()
 
 

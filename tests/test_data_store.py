@@ -119,7 +119,8 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path):
     cases = [
         (["--source", "csv:/x", "--tokenizer", "byte"], "use text:PATH, jsonl:PATH"),
         (["--source", f"jsonl:{tmp_path / 'missing'}", "--tokenizer", "byte"], "does not exist"),
-        (["--source", f"jsonl:{tmp_path / 'd.jsonl'}", "--tokenizer", "bpe"], "needs a fixed tokenizer"),
+        (["--source", f"jsonl:{tmp_path / 'd.jsonl'}", "--tokenizer", "bpe", "--vocab-size", "100"],
+         "needs at least 256 entries"),
         (["--source", f"jsonl:{tmp_path / 'd.jsonl'}", "--tokenizer", "file:/nope.json"], "cannot load it"),
         (["--source", f"jsonl:{tmp_path / 'd.jsonl'}", "--tokenizer", "byte", "--field", "body"],
          "no string field 'body'"),

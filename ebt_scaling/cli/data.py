@@ -26,8 +26,8 @@ def prepare_cmd(
         "--source", help="With --out: text:PATH, jsonl:PATH, parquet:PATH, hf:NAME[:CONFIG[:SPLIT]], shakespeare or "
         "kjv. Without: shakespeare, kjv, synthetic, text:PATH or hf:NAME.")] = "shakespeare",
     tokenizer: Annotated[str, typer.Option(
-        "--tokenizer", help="With --out: byte, file:PATH (a tokenizer.json) or hf:NAME. Without: bpe, byte or "
-        "hf:NAME.")] = "bpe",
+        "--tokenizer", help="bpe (trained on the source; with --out kept in the store), byte, hf:NAME, or with "
+        "--out file:PATH (a tokenizer.json).")] = "bpe",
     out: Annotated[pathlib.Path | None, typer.Option(
         "--out", help="Write a sharded token store here (docs/data.md); rerun to continue a killed one.")] = None,
     field: Annotated[str, typer.Option("--field", help="JSON key / column holding the text.")] = "text",
@@ -37,27 +37,61 @@ def prepare_cmd(
                                               "in memory).", min=1)] = 1 << 26,  # store.DEFAULT_SHARD_TOKENS
     workers: Annotated[int, typer.Option("--workers", help="Tokenising processes (default: cores, at most 8).",
                                          min=1)] = min(8, os.cpu_count() or 1),
-    vocab_size: Annotated[int, typer.Option("--vocab-size", help="Without --out: BPE/synthetic vocabulary size.",
-                                            min=2)] = 2048,
+    vocab_size: Annotated[int, typer.Option("--vocab-size", help="Vocabulary of a trained BPE (and of the "
+                                            "synthetic source).", min=2)] = 2048,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Tokenise a corpus into a sharded token store (--out), or prepare a training corpus in the cache."""
     if out is None:
         _prepare_cache(source, tokenizer, vocab_size, as_json)
         return
-    from ebt_scaling.data.store import prepare, summary
+    from ebt_scaling.data.sampler import split_summary
+    from ebt_scaling.data.store import TokenStore, prepare, summary
     from ebt_scaling.data.streams import parse_source
 
-    if tokenizer == "bpe":
-        raise fail("--tokenizer bpe: a token store needs a fixed tokenizer; use file:PATH (a tokenizer.json, "
-                   "e.g. one trained by `ebt-scale train` under ~/.cache/ebt-scaling/tokenizers), byte or hf:NAME", 2)
+    if tokenizer == "bpe" and vocab_size < 256:
+        raise fail(f"--vocab-size {vocab_size}: a byte-level BPE needs at least 256 entries; use 256 or more, or "
+                   "--tokenizer byte", 2)
     src = parse_source(source, field, data_files)
-    m = prepare(src, tokenizer, out, shard_tokens=shard_tokens, workers=workers, progress=_echo_err)
+    m = prepare(src, tokenizer, out, shard_tokens=shard_tokens, workers=workers, progress=_echo_err,
+                vocab_size=vocab_size)
+    split = split_summary(TokenStore(out))
+    warn = _split_warning(split)
+    if warn:
+        _echo_err(warn)
     if as_json:
-        typer.echo(json.dumps(summary(m), indent=1, sort_keys=True))
-    else:
-        typer.echo(f"token store: {out} ({m['documents']:,} documents, {m['tokens']:,} tokens, "
-                   f"{len(m['shards'])} shards)")
+        typer.echo(json.dumps({**summary(m), "folder": str(out.resolve()), "validation": split}, indent=1,
+                              sort_keys=True))
+        return
+    p = m["params"]
+    typer.echo(f"token store: {out.resolve()} ({m['documents']:,} documents, {m['tokens']:,} tokens, "
+               f"{len(m['shards'])} shards); train on it with --data store:{out}")
+    kept = f", kept in {(out / m['tokenizer_file']).resolve()}" if m.get("tokenizer_file") else ""
+    typer.echo(f"tokenizer: {p['tokenizer']} (vocabulary {p['vocab_size']:,}){kept}")
+    typer.echo(_split_line(split))
+
+
+def _split_line(s: dict) -> str:
+    """The validation split of a store in words (DataConfig's default val_fraction and split_seed)."""
+    how = []
+    if s["long_documents"]:
+        how.append(f"{s['long_documents']:,} long document(s) (>= {s['long_doc_tokens']:,} tokens) split by position: "
+                   f"the last {s['val_fraction']:.0%} of each is validation (a tail split)")
+    if s["hashed_documents"]:
+        how.append(f"{s['val_documents_whole']:,} of {s['hashed_documents']:,} shorter document(s) held out whole "
+                   "(document hash)")
+    return (f"validation (val_fraction {s['val_fraction']:g}, split_seed {s['split_seed']}): {s['val_share']:.1%} "
+            f"of the tokens; " + "; ".join(how))
+
+
+def _split_warning(s: dict) -> str | None:
+    if not s["far_from_requested"]:
+        return None
+    long = f"; documents of {s['long_doc_tokens']:,}+ tokens would be split by position" if s["long_doc_tokens"] \
+        else ""
+    return (f"warning: the validation split holds {s['val_share']:.1%} of the tokens, far from the requested "
+            f"{s['val_fraction']:.0%}: {s['hashed_documents']:,} document(s) go to one side whole by the document "
+            f"hash{long}; add documents, or set [data] val_fraction or split_seed in the sweep spec")
 
 
 def _prepare_cache(source: str, tokenizer: str, vocab_size: int, as_json: bool) -> None:
@@ -70,11 +104,14 @@ def _prepare_cache(source: str, tokenizer: str, vocab_size: int, as_json: bool) 
     corpus = load_corpus(DataConfig(source=source, tokenizer=tokenizer, vocab_size=vocab_size), 1,
                          progress=_echo_err)
     s = corpus.summary()
+    tok_file = getattr(corpus.tokenizer, "path", None)
+    s["tokenizer_file"] = str(tok_file) if tok_file else None
     if as_json:
         typer.echo(json.dumps(_clean(s), indent=1, sort_keys=True))
         return
     for k, v in s.items():
-        typer.echo(f"{k:>14}: {v}")
+        if v is not None:
+            typer.echo(f"{k:>14}: {v}")
 
 
 def register(app: typer.Typer) -> None:

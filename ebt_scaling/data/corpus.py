@@ -39,13 +39,13 @@ from ebt_scaling.data.sources import load_documents
 from ebt_scaling.data.split import MAX_BLOCK, MIN_BLOCK, TARGET_BLOCKS, split_blocks
 from ebt_scaling.data.store import FORMAT, TokenStore, store_dtype, write_documents
 from ebt_scaling.data.tokenizer import ByteTokenizer, HFTokenizer, bpe_tokenizer, pretrained_tokenizer
+from ebt_scaling.data.tokenizer import pieces as split_pieces
 from ebt_scaling.errors import ConfigError, DataError
 
 __all__ = ["MAX_BLOCK", "MIN_BLOCK", "TARGET_BLOCKS", "TokenCorpus", "builtin_store", "load_corpus", "open_data",
            "split_blocks"]
 
 TOKENS_FORMAT = 1  # bump when the token-file layout or the split rule changes
-_ENCODE_CHUNK_CHARS = 1 << 16
 
 
 class SymbolTokenizer:
@@ -193,19 +193,13 @@ def _open(folder: pathlib.Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.nd
 
 def _encode_docs(docs: Sequence[str], tokenizer: Any, progress: Progress) -> list[np.ndarray]:
     """Every document's tokens. Long documents are encoded in ~64k-character pieces cut after a newline
-    (parallel in `tokenizers`); a document's tokens are its pieces' tokens back to back."""
+    (``tokenizer.pieces``, parallel in `tokenizers`); a document's tokens are its pieces' tokens back to back."""
     pieces: list[str] = []
     owner: list[int] = []
     for n, d in enumerate(docs):
-        start = 0
-        while start < len(d):
-            end = min(len(d), start + _ENCODE_CHUNK_CHARS)
-            if end < len(d):
-                nl = d.rfind("\n", start, end)
-                end = nl + 1 if nl > start else end
-            pieces.append(d[start:end])
+        for piece in split_pieces(d):
+            pieces.append(piece)
             owner.append(n)
-            start = end
     total = sum(len(p) for p in pieces)
     progress(f"tokenizing {total / 1e6:.1f} MB with {tokenizer.kind} (vocab {tokenizer.vocab_size})")
     per_doc: list[list[np.ndarray]] = [[] for _ in docs]

@@ -5,7 +5,12 @@ shard (and its document index) is opened only when a sample touches it.
 
 Split. Document ``d`` (its number in the store, in source order) belongs to the validation split iff
 ``u(split_seed, d) < val_fraction``, where ``u`` is a 64-bit hash mapped to [0, 1): a pure function of the
-document, no pass over the corpus, the same for every tokenizer and shard size of the same source.
+document, no pass over the corpus, the same for every tokenizer and shard size of the same source. A store
+whose manifest records the ``tail-long`` split rule (every store ``data prepare`` writes since issue 30) splits
+a long document (at least ``long_doc_tokens`` tokens, 16,384) by position instead: its last
+``ceil(val_fraction x length)`` tokens are validation, the rest training, so a corpus of one or a few long
+documents (one text file) holds out about ``val_fraction`` of its tokens. Stores without the record (older
+ones, the cache's stores of built-in corpora) keep the hash split alone.
 
 Order. Sample ``j`` of the global batch of step ``s`` is a pure function of ``(seed, s, j)`` (a counter-based
 hash, ``keyed``): no generator state, so resume needs nothing but the step, and a data-parallel worker ``k``
@@ -15,8 +20,8 @@ the union over workers is the single-process batch whatever ``N``.
 Modes (``DataConfig.sampling``):
 
 * ``packed``: a window of ``seq_len + 1`` tokens at a uniformly drawn position of the token stream; windows
-  may cross document boundaries (documents are concatenated) but never touch a validation document (such
-  a draw is redrawn with the next attempt counter).
+  may cross document boundaries (documents are concatenated) but never touch a validation document or a
+  long document's validation tail (such a draw is redrawn with the next attempt counter).
 * ``document``: one training document drawn uniformly, its first ``seq_len + 1`` tokens, right-padded with
   ``PAD`` (-100, the models' ignore index): targets at pad positions drop out of the loss and the token
   counts; inputs at pad positions are clamped to token 0 by the training loop and, being after every real
@@ -96,6 +101,9 @@ class StoreData:
         self.val_fraction, self.split_seed, self.seed = float(val_fraction), int(split_seed), int(seed)
         self.name = name or f"store:{store.path}"
         self.vocab_size = store.vocab_size
+        rule = store.manifest.get("split") if split == "documents" else None
+        self.long_doc_tokens: int | None = int(rule["long_doc_tokens"]) if isinstance(rule, dict) \
+            and rule.get("rule") == "tail-long" else None
         self.entropy_rate: float | None = None
         self._val_cache: dict[tuple[int, int], np.ndarray] = {}
         self._select_cache: dict[tuple[int, int, int], np.ndarray] = {}
@@ -144,8 +152,19 @@ class StoreData:
 
     # ------------------------------------------------------------------------------------ the split
     def is_val(self, docs: np.ndarray | int) -> np.ndarray:
-        """Whether documents ``docs`` belong to the validation split (a pure function of the document)."""
+        """Whether the hash puts documents ``docs`` in the validation split (a pure function of the document);
+        a long document of a ``tail-long`` store is split by position instead (``val_start``)."""
         return uniform01(keyed(_TAG_SPLIT, self.split_seed, docs)) < self.val_fraction
+
+    def val_start(self, docs: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Per document, the stream position where its validation tokens start (its start: all of it; its end:
+        none): the hash split, or a long document's tail (module doc)."""
+        vs = np.where(self.is_val(docs), starts, ends)
+        if self.long_doc_tokens is not None:
+            n = ends - starts
+            tail = np.ceil(self.val_fraction * n).astype(np.int64)
+            vs = np.where(n >= self.long_doc_tokens, ends - tail, vs)
+        return vs
 
     def _shard_docs(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(global numbers, global token starts + the end of the last one) of the documents that start in
@@ -159,8 +178,14 @@ class StoreData:
         for i in range(len(self.store._tok_offsets) - 1):
             docs, bounds = self._shard_docs(i)
             if docs.size:
-                keep = self.is_val(docs) == val
-                yield docs[keep], bounds[:-1][keep], np.diff(bounds)[keep]
+                starts, ends = bounds[:-1], bounds[1:]
+                vs = self.val_start(docs, starts, ends)
+                if val:  # the validation part of each document: [vs, end)
+                    keep = vs < ends
+                    yield docs[keep], vs[keep], (ends - vs)[keep]
+                else:  # the training part: [start, vs)
+                    keep = vs > starts
+                    yield docs[keep], starts[keep], (vs - starts)[keep]
 
     def doc_at(self, pos: np.ndarray) -> np.ndarray:
         """Number of the document holding stream position(s) ``pos``."""
@@ -174,12 +199,19 @@ class StoreData:
             out[m] = np.searchsorted(st._starts(int(i)), local, side="right") - 1 + st._doc_offsets[i]
         return out
 
-    def _touches_val(self, first: np.ndarray, last: np.ndarray) -> np.ndarray:
-        """Per row, whether any of documents ``first[i]..last[i]`` is a validation document (one hash call)."""
+    def _touches_val(self, first: np.ndarray, last: np.ndarray, hi: np.ndarray | None = None) -> np.ndarray:
+        """Per row, whether the window ending at stream position ``hi[i]`` (inclusive) over documents
+        ``first[i]..last[i]`` touches validation tokens: a validation document (one hash call), or with the
+        ``tail-long`` rule the validation tail of a long document."""
         n = last - first + 1
         offsets = np.concatenate(([0], np.cumsum(n)[:-1]))
         docs = np.repeat(first - offsets, n) + np.arange(int(n.sum()))  # every document of every row
-        return np.add.reduceat(self.is_val(docs).astype(np.int64), offsets) > 0
+        if self.long_doc_tokens is None or hi is None:
+            return np.add.reduceat(self.is_val(docs).astype(np.int64), offsets) > 0
+        starts, ends = self.doc_starts(docs), self.doc_starts(docs + 1)
+        vs = self.val_start(docs, starts, ends)
+        bad = (vs < ends) & (vs <= np.repeat(hi, n))
+        return np.add.reduceat(bad.astype(np.int64), offsets) > 0
 
     def doc_len(self, d: int) -> int:
         return self.store.doc_start(d + 1) - self.store.doc_start(d)
@@ -226,7 +258,7 @@ class StoreData:
                 break
             p = (keyed(_TAG_PACKED, self.seed, step, idx[pending], attempt) % np.uint64(n_tok - T)).astype(np.int64)
             first, last = self.doc_at(p), self.doc_at(p + T)
-            ok = ~self._touches_val(first, last)
+            ok = ~self._touches_val(first, last, p + T)
             starts[pending[ok]] = p[ok]
             pending = pending[~ok]
         if pending.size:
@@ -258,8 +290,9 @@ class StoreData:
                 break
             d = (keyed(_TAG_DOCUMENT, self.seed, step, idx[pending], attempt) % np.uint64(n_docs)).astype(np.int64)
             s0, s1 = self.doc_starts(d), self.doc_starts(d + 1)
-            ok = ~self.is_val(d) & (s1 - s0 >= 2)
-            starts[pending[ok]], lens[pending[ok]] = s0[ok], np.minimum(s1 - s0, T + 1)[ok]
+            head = self.val_start(d, s0, s1) - s0  # the document's training tokens (all of it, none, or a head)
+            ok = head >= 2
+            starts[pending[ok]], lens[pending[ok]] = s0[ok], np.minimum(head, T + 1)[ok]
             pending = pending[~ok]
         if pending.size:
             raise self._give_up("training document of 2 tokens or more")
@@ -461,3 +494,34 @@ def val_token_count(rows: np.ndarray) -> int:
 
 def store_path(source: str) -> pathlib.Path:
     return pathlib.Path(source[len("store:"):]).expanduser()
+
+
+def split_summary(store: TokenStore, val_fraction: float = 0.05, split_seed: int = 33) -> dict[str, Any]:
+    """How a store splits with ``val_fraction`` and ``split_seed`` (DataConfig's defaults): the validation share
+    of its tokens, the long documents split by position and the documents split by hash (``data prepare``
+    prints it and warns when the share is far from the requested one). Reads the document indexes only."""
+    d = StoreData.__new__(StoreData)  # the split needs no sequence length: no window checks
+    d.store, d.val_fraction, d.split_seed, d.split = store, float(val_fraction), int(split_seed), "documents"
+    rule = store.manifest.get("split")
+    d.long_doc_tokens = int(rule["long_doc_tokens"]) if isinstance(rule, dict) and rule.get("rule") == "tail-long" \
+        else None
+    val_tokens = val_docs_whole = long_docs = 0
+    for i in range(len(store._tok_offsets) - 1):
+        docs, bounds = d._shard_docs(i)
+        if not docs.size:
+            continue
+        starts, ends = bounds[:-1], bounds[1:]
+        vs = d.val_start(docs, starts, ends)
+        val_tokens += int((ends - vs).sum())
+        if d.long_doc_tokens is not None:
+            long = (ends - starts) >= d.long_doc_tokens
+            long_docs += int(long.sum())
+            val_docs_whole += int(((vs == starts) & ~long).sum())
+        else:
+            val_docs_whole += int((vs == starts).sum())
+    share = val_tokens / max(store.num_tokens, 1)
+    return {"val_fraction": float(val_fraction), "split_seed": int(split_seed), "rule": rule.get("rule") if
+            isinstance(rule, dict) else "hash", "long_doc_tokens": d.long_doc_tokens, "long_documents": long_docs,
+            "hashed_documents": store.num_documents - long_docs, "val_documents_whole": val_docs_whole,
+            "val_tokens": val_tokens, "val_share": share,
+            "far_from_requested": not (0.5 * val_fraction <= share <= 2 * val_fraction)}

@@ -3,7 +3,11 @@
 Layout of a store folder::
 
     manifest.json        source, tokenizer (spec, content hash, vocabulary), dtype, shard size, per-shard
-                         token/document counts and sha256 checksums, totals; ``complete`` once finished
+                         token/document counts and sha256 checksums, totals; ``complete`` once finished;
+                         ``tokenizer_file`` (the tokenizer kept in the store) and ``split`` (the validation
+                         split rule, ``sampler.py``) for stores written since issue 30
+    tokenizer.json       the tokenizer the tokens were made with (any tokenizer but ``byte``): think and
+                         ``--ood`` encode other text with it
     shard-00000.bin      ``shard_tokens`` tokens, raw little-endian uint16 (uint32 for vocabularies > 65,536)
     shard-00000.idx      uint32 positions inside the shard where a document starts
     ...
@@ -51,10 +55,18 @@ from ebt_scaling.data.verify import (
 from ebt_scaling.data.verify import shard_name as _shard_name
 from ebt_scaling.errors import DataError
 
-__all__ = ["DEFAULT_SHARD_TOKENS", "FORMAT", "LOCK", "MANIFEST", "TokenStore", "prepare", "store_dtype", "summary",
-           "write_documents", "writer_lock"]
+__all__ = ["DEFAULT_SHARD_TOKENS", "FORMAT", "LOCK", "LONG_DOC_TOKENS", "MANIFEST", "TOKENIZER_FILE", "TokenStore",
+           "prepare", "store_dtype", "store_tokenizer", "summary", "write_documents", "writer_lock"]
 
 LOCK = ".prepare.lock"  # held (flock) by the one `data prepare` writing the folder; dies with its process
+TOKENIZER_FILE = "tokenizer.json"
+# Validation split of a store written since issue 30 (recorded in its manifest, read by sampler.StoreData): a
+# document of at least LONG_DOC_TOKENS tokens keeps its last val_fraction of tokens for validation (a tail
+# split), so a corpus of one or a few long documents has a validation share near the requested one; shorter
+# documents go to one side whole, by the document hash. Stores without the record keep the hash split only.
+LONG_DOC_TOKENS = 16384
+SPLIT_RULE = {"rule": "tail-long", "long_doc_tokens": LONG_DOC_TOKENS}
+BPE_TRAIN_CHARS = 512_000_000  # text a --tokenizer bpe is trained on at most (a larger source: its first part)
 BATCH_CHARS = 4_000_000  # characters per tokenisation batch (bounds the memory per batch in flight)
 BATCH_DOCS = 1024
 
@@ -62,17 +74,51 @@ Progress = Callable[[str], None]
 
 
 # ---------------------------------------------------------------------------------------- tokenizers
-def tokenizer_blob(spec: str) -> tuple[str, str, int]:
+def _bpe_docs(source: Source, cache_dir: str | None, progress: Progress) -> tuple[list[str], str]:
+    """(documents, corpus sha256) a ``--tokenizer bpe`` is trained on: for ``text:`` and the built-in corpora
+    exactly the corpus cache's (``sources.load_documents``), so the BPE is the one `ebt-scale train` trains on
+    the same text (the same cached file); other sources: their documents up to ``BPE_TRAIN_CHARS``."""
+    from ebt_scaling.data.cache import cache_root
+    from ebt_scaling.data.sources import docs_to_jsonl, load_documents
+
+    if source.kind == "text" or source.kind in ("shakespeare", "kjv"):
+        docs, sha, _ = load_documents(source.spec if source.kind == "text" else source.kind, cache_root(cache_dir),
+                                      progress)
+        return docs, sha
+    docs, chars = [], 0
+    for text, _ in source.documents(cache_dir):
+        docs.append(text)
+        chars += len(text)
+        if chars >= BPE_TRAIN_CHARS:
+            progress(f"training the BPE on the first {len(docs):,} documents ({chars / 1e6:.0f} MB of text)")
+            break
+    if not docs:
+        raise DataError(f"source {source.spec}: no documents to train a BPE tokenizer on; check the source")
+    return docs, hashlib.sha256(docs_to_jsonl(docs)).hexdigest()
+
+
+def tokenizer_blob(spec: str, source: Source | None = None, vocab_size: int = 2048, cache_dir: str | None = None,
+                   progress: Progress = lambda _: None) -> tuple[str, str, int]:
     """``--tokenizer`` -> (serialised tokenizer for the workers, its content hash, vocabulary size).
 
-    ``byte``: UTF-8 bytes (256); ``file:PATH``: a ``tokenizer.json``; ``hf:NAME``: a pretrained tokenizer
-    from the Hugging Face hub (needs the network once; e.g. hf:EleutherAI/gpt-neox-20b, the paper's)."""
+    ``byte``: UTF-8 bytes (256); ``bpe``: a byte-level BPE of ``vocab_size`` entries trained on ``source``
+    (the corpus cache's BPE of the same text, ``tokenizer.bpe_tokenizer``); ``file:PATH``: a ``tokenizer.json``;
+    ``hf:NAME``: a pretrained tokenizer from the Hugging Face hub (needs the network once; e.g.
+    hf:EleutherAI/gpt-neox-20b, the paper's)."""
     if spec == "byte":
         return "byte", "byte", 256
     from tokenizers import Tokenizer
 
     kind, _, target = spec.partition(":")
-    if kind == "file" and target:
+    if spec == "bpe":
+        if source is None:
+            raise DataError("--tokenizer bpe: needs the source to train on")
+        from ebt_scaling.data.cache import cache_root
+        from ebt_scaling.data.tokenizer import bpe_tokenizer
+
+        docs, sha = _bpe_docs(source, cache_dir, progress)
+        tok = bpe_tokenizer(docs, sha, vocab_size, cache_root(cache_dir), progress)._tok
+    elif kind == "file" and target:
         path = pathlib.Path(target).expanduser()
         try:
             tok = Tokenizer.from_file(str(path))
@@ -85,7 +131,7 @@ def tokenizer_blob(spec: str) -> tuple[str, str, int]:
 
         tok = pretrained_tokenizer(target)._tok
     else:
-        raise DataError(f"tokenizer {spec!r}: use byte, file:PATH (a tokenizer.json) or hf:NAME "
+        raise DataError(f"tokenizer {spec!r}: use bpe, byte, file:PATH (a tokenizer.json) or hf:NAME "
                         "(e.g. hf:EleutherAI/gpt-neox-20b)")
     blob = tok.to_str()
     return blob, "sha256:" + hashlib.sha256(blob.encode("utf-8")).hexdigest(), tok.get_vocab_size(True)
@@ -106,9 +152,20 @@ def _init_worker(blob: str) -> None:
 
 
 def _encode(texts: list[str]) -> list[np.ndarray]:
+    """Each text's tokens; encoded in the corpus cache's pieces (``tokenizer.pieces``), so a text gives the
+    same tokens here as in the cache."""
     if _WORKER_TOK == "byte":
         return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8).astype(np.uint32) for t in texts]
-    return [np.asarray(e.ids, dtype=np.uint32) for e in _WORKER_TOK.encode_batch(texts)]
+    from ebt_scaling.data.tokenizer import pieces
+
+    parts = [pieces(t) for t in texts]
+    flat = [p for ps in parts for p in ps]
+    ids = [np.asarray(e.ids, dtype=np.uint32) for e in _WORKER_TOK.encode_batch(flat)] if flat else []
+    out, k = [], 0
+    for ps in parts:
+        out.append(np.concatenate(ids[k:k + len(ps)]) if ps else np.zeros(0, dtype=np.uint32))
+        k += len(ps)
+    return out
 
 
 # ---------------------------------------------------------------------------------------- writer
@@ -159,20 +216,33 @@ class _ShardWriter:
         self.fill, self.starts, self.docs = 0, [], 0
 
 
-def _params(source: Source, tok_spec: str, tok_hash: str, vocab: int, shard_tokens: int) -> dict:
-    return {"format": FORMAT, "source": source.spec, "field": source.field, "data_files": source.data_files,
-            "tokenizer": tok_spec, "tokenizer_hash": tok_hash, "vocab_size": vocab,
-            "dtype": store_dtype(vocab).name, "shard_tokens": shard_tokens}
+def _params(source: Source, tok_spec: str, tok_hash: str, vocab: int, shard_tokens: int,
+            bpe_vocab: int | None = None) -> dict:
+    p = {"format": FORMAT, "source": source.spec, "field": source.field, "data_files": source.data_files,
+         "tokenizer": tok_spec, "tokenizer_hash": tok_hash, "vocab_size": vocab,
+         "dtype": store_dtype(vocab).name, "shard_tokens": shard_tokens}
+    if bpe_vocab is not None:  # --vocab-size of a trained BPE (the store's vocab_size may be smaller)
+        p["bpe_vocab_size"] = bpe_vocab
+    return p
 
 
 def _fresh(params: dict) -> dict:
     return {"params": params, "complete": False, "shards": [], "documents": 0, "documents_empty": 0,
-            "tokens": 0, "resume": {"next_doc": 0, "next_offset": 0}}
+            "tokens": 0, "resume": {"next_doc": 0, "next_offset": 0}, "split": dict(SPLIT_RULE)}
+
+
+def _keep_tokenizer(out: pathlib.Path, m: dict, blob: str) -> None:
+    """Write the tokenizer into the store (``tokenizer.json``, named by the manifest) unless it is there."""
+    if blob == "byte" or (m.get("tokenizer_file") == TOKENIZER_FILE and (out / TOKENIZER_FILE).is_file()):
+        return
+    atomic_write_bytes(out / TOKENIZER_FILE, blob.encode("utf-8"))
+    m["tokenizer_file"] = TOKENIZER_FILE
+    atomic_write_json(out / MANIFEST, m)
 
 
 def _others(out: pathlib.Path) -> list[str]:
-    """Names in ``out`` other than the writer's lock file."""
-    return sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
+    """Names in ``out`` other than the writer's lock file and the tokenizer it keeps."""
+    return sorted(p.name for p in out.iterdir() if p.name not in (LOCK, TOKENIZER_FILE)) if out.is_dir() else []
 
 
 def _start_or_resume(out: pathlib.Path, params: dict, progress: Progress, cache_dir: str | None = None) -> dict:
@@ -267,19 +337,22 @@ def _fmt_s(s: float) -> str:
 
 def prepare(source: Source, tokenizer: str, out: pathlib.Path, *, shard_tokens: int = DEFAULT_SHARD_TOKENS,
             workers: int = 1, progress: Progress = lambda _: None, every_s: float = 2.0,
-            cache_dir: str | None = None) -> dict:
+            cache_dir: str | None = None, vocab_size: int = 2048) -> dict:
     """Tokenise ``source`` into a token store at ``out`` (or continue a partial one); returns the manifest.
 
-    ``workers`` tokenising processes (1: in this process). Progress lines at most every ``every_s`` s."""
+    ``workers`` tokenising processes (1: in this process). Progress lines at most every ``every_s`` s.
+    ``vocab_size``: the vocabulary of a ``bpe`` tokenizer (trained on the source; ignored otherwise). Any
+    tokenizer but ``byte`` is kept in the store (``tokenizer.json``, named by the manifest)."""
     if not 1 <= shard_tokens <= 1 << 31:
         raise DataError(f"--shard-tokens: must be between 1 and 2^31, got {shard_tokens}; the default is "
                         f"{DEFAULT_SHARD_TOKENS}")
     if workers < 1:
         raise DataError(f"--workers: must be >= 1, got {workers}")
-    blob, tok_hash, vocab = tokenizer_blob(tokenizer)
-    params = _params(source, tokenizer, tok_hash, vocab, shard_tokens)
+    blob, tok_hash, vocab = tokenizer_blob(tokenizer, source, vocab_size, cache_dir, progress)
+    params = _params(source, tokenizer, tok_hash, vocab, shard_tokens, vocab_size if tokenizer == "bpe" else None)
     with writer_lock(out):
         m = _start_or_resume(out, params, progress, cache_dir)
+        _keep_tokenizer(out, m, blob)
         if m["complete"]:
             progress(f"{out} is already complete (checksums verified): {m['documents']:,} documents, "
                      f"{m['tokens']:,} tokens")
@@ -365,10 +438,47 @@ def summary(m: dict) -> dict:
     """The manifest's summary for ``--json``: counts, tokenizer, shards with their checksums."""
     p = m["params"]
     return {"source": p["source"], "tokenizer": p["tokenizer"], "tokenizer_hash": p["tokenizer_hash"],
+            "tokenizer_file": m.get("tokenizer_file"), "split": m.get("split"),
             "vocab_size": p["vocab_size"], "dtype": p["dtype"], "documents": m["documents"],
             "documents_empty": m["documents_empty"], "tokens": m["tokens"], "complete": m["complete"],
             "shards": [{"name": s["name"], "tokens": s["tokens"], "sha256": s["sha256"]} for s in m["shards"]],
             "last_run": m.get("last_run")}
+
+
+def store_tokenizer(path: pathlib.Path | str, manifest: dict | None = None):  # noqa: ANN201 - a tokenizer
+    """The tokenizer a store's tokens were made with (``data.tokenizer``'s ByteTokenizer or HFTokenizer): the
+    one kept in the store (``tokenizer.json``, checked against the manifest's hash), else the ``file:PATH`` it
+    was prepared with when that file still has the recorded hash, else ``hf:NAME`` from the hub. DataError (one
+    line) when none is found."""
+    from ebt_scaling.data.tokenizer import ByteTokenizer, HFTokenizer
+
+    path = pathlib.Path(path)
+    m = manifest if manifest is not None else load_manifest(path)[0]
+    p = m["params"]
+    if p["tokenizer"] == "byte":
+        return ByteTokenizer()
+    from tokenizers import Tokenizer
+
+    candidates: list[pathlib.Path] = []
+    if isinstance(m.get("tokenizer_file"), str):
+        candidates.append(path / m["tokenizer_file"])
+    kind, _, target = p["tokenizer"].partition(":")
+    if kind == "file":
+        candidates.append(pathlib.Path(target).expanduser())
+    for f in candidates:
+        if not f.is_file():
+            continue
+        blob = f.read_text(encoding="utf-8")
+        tok = Tokenizer.from_str(blob)
+        if "sha256:" + hashlib.sha256(tok.to_str().encode("utf-8")).hexdigest() == p["tokenizer_hash"] or \
+                "sha256:" + hashlib.sha256(blob.encode("utf-8")).hexdigest() == p["tokenizer_hash"]:
+            return HFTokenizer(tok, p["tokenizer"], "store-" + p["tokenizer_hash"][7:23])
+    if kind == "hf":
+        from ebt_scaling.data.tokenizer import pretrained_tokenizer
+
+        return pretrained_tokenizer(target)
+    raise DataError(f"{path}: the store's tokenizer ({p['tokenizer']}) is not in the store (no {TOKENIZER_FILE} "
+                    f"with its hash); prepare the store again with `{prepare_command(path, p)}`")
 
 
 # ---------------------------------------------------------------------------------------- reader

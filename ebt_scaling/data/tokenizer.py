@@ -40,6 +40,7 @@ class HFTokenizer:
         self.kind = kind
         self.ident = ident
         self.vocab_size = int(tok.get_vocab_size(with_added_tokens=True))
+        self.path: pathlib.Path | None = None
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text).ids
@@ -52,6 +53,24 @@ class HFTokenizer:
 
 
 Tokenizer = ByteTokenizer | HFTokenizer
+
+ENCODE_PIECE_CHARS = 1 << 16
+
+
+def pieces(doc: str) -> list[str]:
+    """The pieces a document is encoded in: ~64k characters each, cut after a newline (parallel in
+    ``tokenizers``); a document's tokens are its pieces' tokens back to back. One rule for the corpus cache and
+    ``data prepare --out`` alike, so the same text gives the same tokens whichever way it is prepared."""
+    out: list[str] = []
+    start = 0
+    while start < len(doc):
+        end = min(len(doc), start + ENCODE_PIECE_CHARS)
+        if end < len(doc):
+            nl = doc.rfind("\n", start, end)
+            end = nl + 1 if nl > start else end
+        out.append(doc[start:end])
+        start = end
+    return out
 
 
 def train_bpe(docs: Sequence[str], vocab_size: int):  # noqa: ANN201 - tokenizers.Tokenizer
@@ -84,7 +103,9 @@ def bpe_tokenizer(docs: Sequence[str], corpus_sha: str, vocab_size: int, root: p
             atomic_write_bytes(path, tok.to_str().encode("utf-8"))
         blob = path.read_bytes()
     tok = _Tok.from_str(blob.decode("utf-8"))
-    return HFTokenizer(tok, "bpe", "bpe-" + hashlib.sha256(blob).hexdigest()[:16])
+    out = HFTokenizer(tok, "bpe", "bpe-" + hashlib.sha256(blob).hexdigest()[:16])
+    out.path = path  # where the cache keeps it (data prepare prints it)
+    return out
 
 
 def pretrained_tokenizer(name: str) -> HFTokenizer:

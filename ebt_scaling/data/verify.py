@@ -47,6 +47,8 @@ def prepare_command(out: pathlib.Path | str, params: dict[str, Any] | None) -> s
             or not isinstance(params.get("tokenizer"), str):
         return f"ebt-scale data prepare --source SOURCE --tokenizer TOKENIZER --out {q(str(out))}"
     parts = ["ebt-scale data prepare", f"--source {q(params['source'])}", f"--tokenizer {q(params['tokenizer'])}"]
+    if params.get("bpe_vocab_size") is not None:
+        parts.append(f"--vocab-size {params['bpe_vocab_size']}")
     if params.get("field") not in (None, "text"):
         parts.append(f"--field {q(str(params['field']))}")
     if params.get("data_files"):
