@@ -211,6 +211,31 @@ def test_one_law_for_both_families_multiplier_covers_one():
     assert misses <= 1 and verdicts <= 1, (misses, verdicts)
 
 
+def test_crossover_inside_the_measured_budgets():
+    """Family a is worse at small budgets but has larger exponents: the true frontiers cross at ~1.5e15 FLOPs,
+    inside the measured budgets (same F for both, so the crossing is where m = 1)."""
+    laws = {"a": dict(E=1.8, A=175.0, B=750.0, alpha=0.40, beta=0.42), "b": LAWS["transformer_pp"]}
+    ca, la = true_frontier("a", laws)
+    cb, lb = true_frontier("b", laws)
+    d = la - lb
+    i = int(np.flatnonzero(np.sign(d[:-1]) != np.sign(d[1:]))[0])
+    truth = ca[i] - d[i] * (ca[i + 1] - ca[i]) / (d[i + 1] - d[i])
+    ladder_f = {f: PerToken.from_points(*ladder("transformer_pp")) for f in laws}
+    fit = fit_isoflop(design(laws=laws, families=("a", "b")), QUICK, per_token=ladder_f)
+    comp = fit.comparison
+    assert comp.crossover is not None and comp.crossover_in_range, comp.crossover_note
+    assert abs(math.log(comp.crossover) - truth) < 0.02, (comp.crossover, math.exp(truth))
+    ms = [p.m for p in comp.points]
+    assert ms[0] > 1 > ms[-1]  # a needs more compute at small budgets, less at large ones
+    noisy = fit_isoflop(design(laws=laws, families=("a", "b"), rng=np.random.default_rng(11)),
+                        IsoflopSettings(resamples=300, resamples_law=200, simulations=0), per_token=ladder_f)
+    c = noisy.comparison
+    assert c.crossover is not None and c.crossover_ci[0] is not None and c.crossover_ci[0] < c.crossover
+    assert c.crossover_ci[1] is None or c.crossover < c.crossover_ci[1]
+    assert c.verdict.startswith("a faster per unit of compute"), c.verdict
+    json.dumps(noisy.to_json(), allow_nan=False)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # An independent re-implementation: brute-force grid of starts + L-BFGS-B, dense N grid for the frontier
 # ---------------------------------------------------------------------------------------------------------
@@ -350,6 +375,18 @@ def test_edge_minimum_off_budget_and_asymmetry_guards():
     assert not {"edge_minimum", "off_budget", "few_sizes", "flat_profile"} & _codes(clean)
     shifted = fit_isoflop(design(families=("transformer_pp",), centre_shift=2), QUICK)
     assert {"asymmetric_profile", "edge_minimum"} & _codes(shifted)
+
+
+def test_approaches_disagree_guard():
+    """A tilt across one budget's window (loss rising with size, e.g. a learning rate too high for the larger
+    models) drags that parabola's vertex down; the law, fitted to every run with a robust loss, barely moves."""
+    rows = design(families=("transformer_pp",))
+    centre = np.mean([math.log(r.params) for r in rows if r.flops == 4e14])
+    rows = [dataclasses.replace(r, loss=r.loss + 0.1 * (math.log(r.params) - centre)) if r.flops == 4e14 else r
+            for r in rows]
+    fit = fit_isoflop(rows, QUICK)
+    dis = [g for g in fit.guards if g["code"] == "approaches_disagree"]
+    assert [g["budget"] for g in dis] == [4e14], fit.guards
 
 
 def test_flat_profile_guard():

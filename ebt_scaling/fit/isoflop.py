@@ -160,7 +160,7 @@ def group_budgets(flops: np.ndarray, tol: float = 0.05, budgets: Sequence[float]
             start = lnC[i]
         groups[-1].append(int(i))
         idx[i] = len(groups) - 1
-    nominal = np.array([float(np.exp(np.median(lnC[g]))) for g in groups])
+    nominal = np.array([float(np.median(flops[g])) for g in groups])
     return idx, nominal
 
 
@@ -1136,19 +1136,27 @@ def compare(a2: Mapping[str, Approach2], a3: Mapping[str, Approach3], pair: tupl
     lnNm = 0.5 * (math.log(A3a.scales[0]) + math.log(A3b.scales[0]))
     ratio = float(np.exp(A3a.per_token(lnNm) - A3b.per_token(lnNm))) if A3a.per_token and A3b.per_token \
         else float("nan")
-    # approach 2 vs 3 on N*
-    for A2f, A3f in ((A2a, A3a), (A2b, A3b)):
+    return Comparison(pair, tuple(pts), float(gd), gd_ci, float(g2), g2_ci, verdict, crossover, c_ci, inr, note,
+                      ratio), guards
+
+
+def _disagree_guards(a2: Mapping[str, Approach2], a3: Mapping[str, Approach3]) -> list[dict[str, Any]]:
+    """Approach 2 and approach 3 more than DISAGREE-fold apart on N* at a budget."""
+    guards = []
+    for fam, A2f in a2.items():
+        A3f = a3.get(fam)
+        if A3f is None:
+            continue
         for bf in A2f.budgets:
             if bf.budget in A3f.budgets:
                 n3 = A3f.n_star[A3f.budgets.index(bf.budget)]
                 r = bf.n_star / n3 if np.isfinite(bf.n_star) and np.isfinite(n3) else float("nan")
                 if np.isfinite(r) and (r > DISAGREE or r < 1 / DISAGREE):
-                    guards.append(_guard("approaches_disagree", A2f.family, f"{_who(A2f.family)}: at budget "
-                                         f"{bf.budget:.3g} FLOPs approach 2 puts N* at {bf.n_star:.3g} and approach 3 "
-                                         f"at {n3:.3g} ({r:.2f}x): the law or the parabola does not describe these "
-                                         "runs - recentre the window or check the law's residuals", bf.budget))
-    return Comparison(pair, tuple(pts), float(gd), gd_ci, float(g2), g2_ci, verdict, crossover, c_ci, inr, note,
-                      ratio), guards
+                    guards.append(_guard("approaches_disagree", fam, f"{_who(fam)}: at budget {bf.budget:.3g} "
+                                         f"FLOPs approach 2 puts N* at {bf.n_star:.3g} and approach 3 at {n3:.3g} "
+                                         f"({r:.2f}x): the law or the parabola does not describe these runs - "
+                                         "recentre the window or check the law's residuals", bf.budget))
+    return guards
 
 
 def _crossing(lnCg: np.ndarray, la: np.ndarray, lb: np.ndarray) -> float:
@@ -1220,7 +1228,7 @@ def fit_isoflop(rows: Iterable[IsoRow | Mapping[str, Any]], settings: IsoflopSet
             raise FitError(f"isoflop per_token: no rows for family {k!r} (families: {', '.join(tables)})")
     a2, g2 = approach2(tables, Fmap, s.resamples, s.seed, s.min_sizes)
     a3, g3 = approach3(tables, Fmap, s.resamples_law, s.seed, s.delta, s.simulations)
-    guards = g2 + g3
+    guards = g2 + g3 + _disagree_guards(a2, a3)
     comp = None
     fams = tuple(tables)
     if len(fams) == 2:
