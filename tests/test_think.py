@@ -75,6 +75,8 @@ def test_metric_helpers():
         with pytest.raises(Exception, match="--steps"):
             tm.parse_int_list(bad, "--steps")
     g = tm.gains({(3, 1): 10.0, (6, 1): 9.0, (3, 5): 8.0, (1, 1): 30.0}, 3)
+    assert (g.longer_at, g.verify_at, g.max_at) == ((6, 1), (3, 5), (3, 5))  # which setting gave each
+    assert tm.setting_label(g.max_at) == "steps=3 x samples=5" and tm.setting_label((6, 1)) == "steps=6"
     assert g.longer == pytest.approx(0.1) and g.verify == pytest.approx(0.2) and g.max == pytest.approx(0.2)
     assert tm.ood_magnitude(20.0, 10.0) == 2.0 and math.isnan(tm.improvement(0.0, 1.0))
 
@@ -333,6 +335,11 @@ def test_think_on_a_token_store_run_with_document_sampling(tmp_path):
     assert out.val.tokens == real and all(math.isfinite(v) for v in out.val.ppl.values())
     assert len(out.val.energy_steps) == 4 and all(math.isfinite(e) for e in out.val.energy_steps)
     assert 0 < len(out.val.token_target) <= T and PAD not in out.val.token_target
-    with pytest.raises(DataError, match=r"--ood kjv: a run trained on a token store .* leave --ood out") as e:
-        think_run(spec, ckpt, steps=[1], samples=[1], ood="kjv", n_batches=1, batch_size=4)
+    # issue 30: --ood text:PATH on a store-trained run is encoded with the store's tokenizer (here: bytes)
+    (tmp_path / "ood.txt").write_text("zebra quartz jinx vow " * 400)
+    out = think_run(spec, ckpt, steps=[1, 2], samples=[1], ood=f"text:{tmp_path / 'ood.txt'}", n_batches=2,
+                    batch_size=4)
+    assert out.ood is not None and out.ood_source and all(math.isfinite(v) for v in out.ood.ppl.values())
+    with pytest.raises(DataError, match=r"--ood synthetic-shift: a run trained on a token store reads text") as e:
+        think_run(spec, ckpt, steps=[1], samples=[1], ood="synthetic-shift", n_batches=1, batch_size=4)
     assert "\n" not in str(e.value)

@@ -13,8 +13,11 @@ import typer
 from ebt_scaling.cli.common import DbOption, fail, handle_errors, resolve_db
 
 
-def _pct(v: Any) -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v * 100:+.2f}%"
+def _chg(gain: Any, at: Any) -> str:
+    """A gain (the paper's improvement: positive = lower perplexity) as the perplexity's change at its setting."""
+    if gain is None or (isinstance(gain, float) and not math.isfinite(gain)):
+        return "-"
+    return f"{-gain * 100:+.2f}%" + (f" at {at}" if at else "")
 
 
 def _num(v: Any, nd: int = 3) -> str:
@@ -74,13 +77,15 @@ def register(app: typer.Typer) -> None:
                 s = o.summary
                 line = f"{o.label}: val ppl {_num(s['val_ppl_base'])}"
                 if o.family == "ebt":
-                    line += (f" (base {s['base_steps']} steps); thinking longer {_pct(s.get('val_gain_longer'))}, "
-                             f"best-of-N {_pct(s.get('val_gain_verify'))}, max {_pct(s.get('val_gain_max'))}")
+                    line += (f" (base {s['base_steps']} steps); perplexity change (lower is better): thinking longer "
+                             f"{_chg(s.get('val_gain_longer'), s.get('val_longer_at'))}, best-of-N "
+                             f"{_chg(s.get('val_gain_verify'), s.get('val_verify_at'))}, best setting "
+                             f"{_chg(s.get('val_gain_max'), s.get('val_max_at'))}")
                 if s.get("ood_source"):
                     line += f"; OOD {s['ood_source']} ppl {_num(s.get('ood_ppl_base'))} " \
                             f"(x{_num(s.get('ood_magnitude'), 2)})"
                     if o.family == "ebt":
-                        line += f", max gain {_pct(s.get('ood_gain_max'))}"
+                        line += f", best setting {_chg(s.get('ood_gain_max'), s.get('ood_max_at'))}"
                 typer.echo(line)
         if not done:
             raise fail(f"sweep {sweep!r}: no run could be evaluated (see the lines above)", 1)

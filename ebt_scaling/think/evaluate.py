@@ -37,6 +37,9 @@ SYNTHETIC_SHIFT = "synthetic-shift"
 SHIFT_MIX = 0.5  # the shifted source: 0.5 x the training transition matrix + 0.5 x another seed's
 SHIFT_SEED_OFFSET = 1
 _OOD_PIECE_CHARS = 1 << 16
+# said once per `think` (not per run): the same for every store-trained run
+NO_STORE_OOD = ("no default OOD corpus for runs trained on a token store; pass --ood text:PATH (encoded with the "
+                "store's tokenizer)")
 _OOD_PIECES = 8
 SENTENCE_TOKENS = 24  # positions of the sample sentence in the token-energy heat map
 SWEEP_MARKER = "ebt_checkpoint.json"  # written by ebt_scaling.sched.trainable next to a stored checkpoint
@@ -132,11 +135,31 @@ def ood_batches(source: str, corpus: TokenCorpus, spec: RunSpec, n_batches: int,
     if root is None:
         raise DataError("OOD: the run's corpus has no cache folder; prepare it with `ebt-scale data prepare`")
     docs, _, _ = load_documents(source, root, lambda m: None)
+    return _encode_ood(docs, corpus.tokenizer, source, spec, n_batches, batch_size, seq_len)
+
+
+def store_ood_batches(source: str, spec: RunSpec, n_batches: int, batch_size: int, seq_len: int) -> list[np.ndarray]:
+    """Batches of an OOD corpus for a run trained on a token store, encoded with the store's own tokenizer (the
+    ``tokenizer.json`` its manifest names: ``store.store_tokenizer``)."""
+    from ebt_scaling.data.cache import cache_root
+    from ebt_scaling.data.sampler import store_path
+    from ebt_scaling.data.store import store_tokenizer
+
+    if source in ("synthetic", SYNTHETIC_SHIFT):
+        raise DataError(f"--ood {source}: a run trained on a token store reads text; use --ood text:PATH, kjv or "
+                        "shakespeare")
+    tok = store_tokenizer(store_path(spec.data.source))
+    docs, _, _ = load_documents(source, cache_root(spec.data.cache_dir), lambda m: None)
+    return _encode_ood(docs, tok, source, spec, n_batches, batch_size, seq_len)
+
+
+def _encode_ood(docs: Sequence[str], tok, source: str, spec: RunSpec, n_batches: int,  # noqa: ANN001
+                batch_size: int, seq_len: int) -> list[np.ndarray]:
+    """Evenly spread pieces of ``docs``, encoded with ``tok``, as windows of the run's token space."""
     text = "\n".join(docs)
     n_pieces = -(-len(text) // _OOD_PIECE_CHARS)
     pick = sorted({int(i) for i in np.linspace(0, n_pieces - 1, min(_OOD_PIECES, n_pieces)).round()})
     pieces = [text[i * _OOD_PIECE_CHARS:(i + 1) * _OOD_PIECE_CHARS] for i in pick]
-    tok = corpus.tokenizer
     ids = tok.encode_batch(pieces) if hasattr(tok, "encode_batch") else [tok.encode(p) for p in pieces]
     stream = np.concatenate([np.asarray(x, dtype=np.int64) for x in ids])
     if stream.size and int(stream.max()) >= spec.model.vocab_size:
@@ -259,9 +282,6 @@ def think_run(spec: RunSpec, checkpoint: str, *, steps: Sequence[int], samples: 
     T = spec.model.sequence_len
     B = batch_size or spec.train.batch_size
     store_run = spec.data.source.startswith("store:")
-    if store_run and ood not in (None, "auto"):
-        raise DataError(f"--ood {ood}: a run trained on a token store ({spec.data.source}) has no corpus tokenizer "
-                        "here to encode another corpus with; leave --ood out (or --ood none) for such runs")
     # Validation rows: a built-in source in packed mode keeps the corpus's own validation windows (as before token
     # stores existed); a token store or document sampling takes the run's validation split from its sampler
     # (document rows padded with PAD, handled by evaluate_split).
@@ -276,19 +296,20 @@ def think_run(spec: RunSpec, checkpoint: str, *, steps: Sequence[int], samples: 
     val = evaluate_split(model, val_b, grid, samples, seed=seed, device=dev,
                          on_batch=(lambda b: on_batch("val", b)) if on_batch else None)
     if store_run:
-        src = None
+        src = None if ood == "auto" else ood
     else:
         src = default_ood(spec.data.source) if ood == "auto" else ood
     ood_res = None
     if ood == "auto" and store_run:
-        msgs.append(f"no OOD corpus for a run trained on a token store ({spec.data.source}): think does not rebuild "
-                    "the store's tokenizer to encode another corpus")
+        msgs.append(NO_STORE_OOD)
     elif ood == "auto" and src is None:
         msgs.append(f"no OOD corpus for a run trained on {spec.data.source} (the `bible` program is not "
                     "installed: `apt-get install bible-kjv`, or pass --ood text:PATH)")
     if src is not None:
-        assert corpus is not None
-        ob = ood_batches(src, corpus, spec, n_batches, B, T)
+        if corpus is None:
+            ob = store_ood_batches(src, spec, n_batches, B, T)
+        else:
+            ob = ood_batches(src, corpus, spec, n_batches, B, T)
         ood_res = evaluate_split(model, ob, grid, samples, seed=seed, device=dev,
                                  on_batch=(lambda b: on_batch("ood", b)) if on_batch else None)
     return RunThinking(spec.model.family, base, val, ood_res, ood_label(src) if src else None, msgs)

@@ -93,6 +93,10 @@ class Gains:
     longer: float  # best over more inner steps, one sample (nan if the grid has no such setting)
     verify: float  # best-of-N (N > 1) at the baseline step count
     max: float  # best over every setting with passes >= the baseline's
+    # the (steps, samples) setting that gave each (None where there is none)
+    longer_at: tuple[int, int] | None = None
+    verify_at: tuple[int, int] | None = None
+    max_at: tuple[int, int] | None = None
 
 
 def gains(ppl: Mapping[tuple[int, int], float], base_steps: int) -> Gains:
@@ -101,14 +105,22 @@ def gains(ppl: Mapping[tuple[int, int], float], base_steps: int) -> Gains:
         raise ConfigError(f"think: the baseline setting ({base_steps} steps, 1 sample) was not evaluated")
     base = ppl[(base_steps, 1)]
 
-    def best(keys: Iterable[tuple[int, int]]) -> float:
-        vals = [ppl[k] for k in keys if math.isfinite(ppl[k])]
-        return min(vals) if vals else math.nan
+    def best(keys: Iterable[tuple[int, int]]) -> tuple[float, tuple[int, int] | None]:
+        vals = sorted((ppl[k], k) for k in keys if math.isfinite(ppl[k]))
+        return vals[0] if vals else (math.nan, None)
 
-    longer = best(k for k in ppl if k[0] > base_steps and k[1] == 1)
-    verify = best(k for k in ppl if k[0] == base_steps and k[1] > 1)
-    mx = best(k for k in ppl if passes(*k) >= base_steps)
-    return Gains(base, improvement(base, longer), improvement(base, verify), improvement(base, mx))
+    longer, l_at = best(k for k in ppl if k[0] > base_steps and k[1] == 1)
+    verify, v_at = best(k for k in ppl if k[0] == base_steps and k[1] > 1)
+    mx, m_at = best(k for k in ppl if passes(*k) >= base_steps)
+    return Gains(base, improvement(base, longer), improvement(base, verify), improvement(base, mx), l_at, v_at, m_at)
+
+
+def setting_label(at: tuple[int, int] | None) -> str | None:
+    """``(steps, samples)`` -> ``"steps=6"``, ``"samples=5"`` at 1 step... : the setting in words."""
+    if at is None:
+        return None
+    k, n = at
+    return f"steps={k}" + (f" x samples={n}" if n > 1 else "")
 
 
 def ood_magnitude(ppl_ood_base: float, ppl_val_base: float) -> float:

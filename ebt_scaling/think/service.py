@@ -75,14 +75,16 @@ def summarise(res: Any) -> dict[str, Any]:
     if res.family == "ebt":
         g = tm.gains(res.val.ppl, res.base_steps)
         out.update(val_gain_longer=g.longer, val_gain_verify=g.verify, val_gain_max=g.max,
-                   energy_steps=res.val.energy_steps)
+                   val_longer_at=tm.setting_label(g.longer_at), val_verify_at=tm.setting_label(g.verify_at),
+                   val_max_at=tm.setting_label(g.max_at), energy_steps=res.val.energy_steps)
     if res.ood is not None:
         out["ood_ppl_base"] = res.ood.ppl[base]
         out["ood_ppl"] = {f"{k}x{n}": v for (k, n), v in sorted(res.ood.ppl.items())}
         out["ood_magnitude"] = tm.ood_magnitude(res.ood.ppl[base], res.val.ppl[base])
         if res.family == "ebt":
             g = tm.gains(res.ood.ppl, res.base_steps)
-            out.update(ood_gain_longer=g.longer, ood_gain_verify=g.verify, ood_gain_max=g.max)
+            out.update(ood_gain_longer=g.longer, ood_gain_verify=g.verify, ood_gain_max=g.max,
+                       ood_max_at=tm.setting_label(g.max_at))
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
 
@@ -94,13 +96,14 @@ def think_sweep(store: Store, sweep: str, *, steps: Sequence[int], samples: Sequ
     (no checkpoint, missing corpus) are reported and skipped. Raises ``NotFound`` when the sweep has no
     completed run."""
     from ebt_scaling.config import RunSpec
-    from ebt_scaling.think.evaluate import think_run
+    from ebt_scaling.think.evaluate import NO_STORE_OOD, think_run
 
     store.get_sweep(sweep)  # NotFound with the store's one-line message
     runs = store.list_runs(sweep=sweep, status="completed")
     if not runs:
         raise NotFound(f"sweep {sweep!r} has no completed runs; train them with `ebt-scale sweep` first")
     say = on_message or (lambda m: None)
+    said: set[str] = set()
     out: list[RunOutcome] = []
     for run in runs:
         label = run_label(run)
@@ -121,7 +124,9 @@ def think_sweep(store: Store, sweep: str, *, steps: Sequence[int], samples: Sequ
             out.append(RunOutcome(run.id, run.family, label, "skipped", msg))
             continue
         for m in res.messages:
-            say(f"{label}: {m}")
+            if m not in said:  # a message that is the same for every run (no OOD default) is said once
+                said.add(m)
+                say(m if m == NO_STORE_OOD else f"{label}: {m}")
         pts = points_for(res)
         if hasattr(store, "delete_metrics"):  # a new grid replaces the previous one entirely
             store.delete_metrics(run.id, tm.PREFIX)
