@@ -187,6 +187,8 @@ def sweep(
         check_reachable(address or os.environ["RAY_ADDRESS"])  # before anything is written
     else:  # a local sweep reads its data here; a cluster's paths live on its nodes
         check_local_source(path, str(sw.data.get("source", "")), sw.data.get("cache_dir"))
+    for line in tracker_lines:  # where to look while the sweep runs; repeated in the summary
+        typer.echo(line, err=True)
     store = Store(url)
     outcome = run_sweep(sw, store, opts, retry_failed=retry_failed, echo=lambda s: typer.echo(s, err=True),
                         runs=runs)

@@ -31,7 +31,7 @@ from ebt_scaling.records import MetricPoint
 from ebt_scaling.sched.runner import RayOptions, RunnerOutcome, prefetch_ray, run_trials
 from ebt_scaling.sched.trainable import checkpoint_info
 from ebt_scaling.sweeps import ExpandedRun, SweepSpec, expand
-from ebt_scaling.sweeps.expand import keep_stored_hash_versions
+from ebt_scaling.sweeps.expand import keep_stored_hash_versions, store_changes
 
 if TYPE_CHECKING:
     from ebt_scaling.db.claims import RunClaims
@@ -172,6 +172,8 @@ def run_sweep(spec: SweepSpec, store: Store, ray_opts: RayOptions, *, retry_fail
     # One driver per sweep, before any run is touched; one trainer per run across sweeps (the claims).
     with store.lease(spec.name), store.run_claims() as claims:
         runs = keep_stored_hash_versions(runs, store.stored_hashes)
+        for line in store_changes(spec.name, runs, lambda: [r.config for r in store.list_runs(sweep=spec.name)]):
+            say(line)  # a store re-prepared under the same path: new runs, never the old ones reused
         prefetch_ray()
         return _run_sweep(spec, store, ray_opts, runs, retry_failed, say, claims)
 
