@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from db_backends import db_url_fixture  # noqa: F401  (the parametrised ``db_url`` fixture)
 from test_sched import ROOT, cli, write_spec
 
 from ebt_scaling.sched.runner import cleanup_leftover_ray
@@ -91,16 +92,17 @@ def test_two_sweeps_sharing_runs_started_at_once_train_each_run_once_on_postgres
         gen.close()
 
 
-def test_a_driver_waits_for_runs_another_live_driver_trains_and_counts_them_done(tmp_path, monkeypatch):
+def test_a_driver_waits_for_runs_another_live_driver_trains_and_counts_them_done(tmp_path, monkeypatch, db_url):
     """No Ray needed: another process holds the claims of both runs, finishes them and exits; this driver
-    trains nothing, says what it waits for, and ends with both runs completed (attempts untouched)."""
+    trains nothing, says what it waits for, and ends with both runs completed (attempts untouched). SQLite
+    and PostgreSQL."""
     from ebt_scaling.db import Store
     from ebt_scaling.sched import service
     from ebt_scaling.sched.runner import RayOptions
     from ebt_scaling.sweeps import expand, load_spec
 
     monkeypatch.setattr(service, "WAIT_POLL_S", 0.2)
-    url = f"sqlite:///{tmp_path / 'wait.db'}"
+    url = db_url
     spec = load_spec(_spec(tmp_path, "mine", "[0]"))
     with Store(url) as st:
         st.create_sweep("theirs", spec.axis)
