@@ -140,6 +140,7 @@ def sweep(
         src = str(sw.data.get("source", ""))
         if src.startswith("store:") and (Path(src[len("store:"):]) / "manifest.json").is_file():
             check_local_source(path, src, sw.data.get("cache_dir"))  # a store here is verified before planning
+            check_store_windows(path, runs)  # and each run can draw a training and a validation window from it
         ncpu, ngpu = local_resources()
         resources = Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc, workers_per_trial=wpt,
                               total_gpus=float(total_gpus if total_gpus is not None else ngpu),
@@ -208,7 +209,43 @@ def sweep(
     if bad:
         typer.echo(f"not all runs completed ({', '.join(f'{v} {k}' for k, v in bad.items())}); see "
                    f"`ebt-scale runs --sweep {sw.name}`", err=True)
+        ran = outcome.runner.finished if outcome.runner is not None else {}
+        for n, why in failure_causes(store, [rid for rid, st in ran.items() if st != "completed"]):
+            typer.echo(f"  {n} run(s): {why}", err=True)
         raise typer.Exit(1)
+
+
+def failure_causes(store: object, run_ids: list[int]) -> list[tuple[int, str]]:
+    """(count, reason) per distinct cause of the runs ``run_ids`` that did not complete, most frequent first: the
+    sweep's closing lines (one per cause, not one traceback per run and retry)."""
+    counts: dict[str, int] = {}
+    for rid in run_ids:
+        run = store.get_run(rid)  # type: ignore[attr-defined]
+        why = (run.reason or run.status or "unknown").strip().splitlines()[0][:300]
+        counts[why] = counts.get(why, 0) + 1
+    return sorted(((n, w) for w, n in counts.items()), key=lambda t: (-t[0], t[1]))
+
+
+def check_store_windows(path: object, runs: list) -> None:
+    """Open every token store the runs read, as each run's trial will (its split, sampling and sequence length),
+    and draw one training and one validation window: a store that cannot give them (too few documents for the
+    split, documents too short) stops the dry run in one line instead of failing every run."""
+    from ebt_scaling.data import open_data
+    from ebt_scaling.errors import ConfigError, DataError
+
+    seen: set[tuple] = set()
+    for r in runs:
+        d, T = r.spec.data, r.spec.model.sequence_len
+        key = (d.source, d.sampling, d.val_fraction, d.split_seed, T)
+        if not d.source.startswith("store:") or key in seen:
+            continue
+        seen.add(key)
+        try:
+            data = open_data(d, T, seed=r.spec.train.seed, progress=lambda _: None)
+            data.sample_batch(0, range(1))
+            data.val_batches(1, 1, T)
+        except DataError as exc:
+            raise ConfigError(f"{path}: data.source (run {r.spec.model.family} {r.label}): {exc}") from None
 
 
 def check_local_source(path: object, source: str, cache_dir: str | None = None) -> None:

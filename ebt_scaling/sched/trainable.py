@@ -4,7 +4,9 @@ Workers never touch the database. Everything goes back to the driver through ``t
 metric points batched every ``report_every_s`` seconds, checkpoints (copied by Ray into the
 experiment's storage, so a retried trial - also on another node - resumes from it), and one final
 report with the run's result. A run that raises or diverges reports its reason, then raises so that
-Tune's ``FailureConfig`` retries it from its latest checkpoint.
+Tune's ``FailureConfig`` retries it from its latest checkpoint; an error that would repeat
+(``trial_common.permanent_error``: bad data, bad config, out of memory at micro-batch 1) is reported as the
+run's final result (``failed``, ``permanent``) and the trial returns, so Tune does not retry it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ebt_scaling.sched.trial_common import (  # noqa: F401  (checkpoint_info, re
     checkpoint_info,
     device_name,
     load_fn,
+    permanent_error,
     resume_path,
 )
 
@@ -105,7 +108,12 @@ def ebt_trial(config: dict[str, Any]) -> None:
         else:
             result = train_fn(spec, sink)
     except Exception as exc:
-        sink.flush(ebt_error=f"{type(exc).__name__}: {exc}"[:2000])
+        msg = f"{type(exc).__name__}: {exc}"[:2000]
+        if permanent_error(exc, spec):  # it would repeat: the run fails once, the trial ends without a retry
+            sink.flush(ebt_error=msg, ebt_permanent=True)
+            sink.flush(ebt_final={"status": "failed", "reason": msg, "permanent": True})
+            return
+        sink.flush(ebt_error=msg)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -39,6 +39,22 @@ def load_fn(dotted: str) -> Any:
     return getattr(importlib.import_module(mod), attr)
 
 
+def permanent_error(exc: BaseException, spec: RunSpec | None = None) -> bool:
+    """Whether a trial's error will repeat on a retry, so the run fails once instead of ``max_retries`` times:
+    bad data or a bad config (``DataError``, ``ConfigError``: the same files and settings give the same error) and
+    running out of memory at micro-batch 1 (nothing smaller to try). Anything else (a lost node, a transient
+    CUDA or file-system error, a divergence) is retried from the last checkpoint."""
+    from ebt_scaling.errors import ConfigError, DataError
+
+    if isinstance(exc, (DataError, ConfigError)):
+        return True
+    oom = type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
+    if oom and spec is not None:
+        micro = spec.train.micro_batch_size or spec.train.batch_size
+        return int(micro) <= 1
+    return False
+
+
 def device_name(spec: RunSpec) -> str:
     dev = spec.train.device
     if dev.startswith("cuda"):
