@@ -163,7 +163,8 @@ def _write(path, sweeps):
 
 
 def _csv_shared(path):
-    """params and flops re-express the same runs (same losses), data is separate."""
+    """params and flops rows with the same losses, data separate. Imported rows are runs of their own: equal
+    losses no longer make two axes share runs (only the same runs, linked to both axes, do)."""
     rng = np.random.default_rng(9)
     lines = ["family,axis,x,seed,val_loss"]
     for fam, b in {"transformer_pp": -0.08, "ebt": -0.10}.items():
@@ -201,9 +202,9 @@ def test_importing_an_unrelated_sweep_changes_no_p_value(tmp_path):
         assert {k: v for k, v in after_all.items() if k[0] == "X"} == before  # not one p-value moved
         assert holm("X") == before
         fits = {f.axis: f.comparison for f in fit_store(store, sweep="X", settings=FAST).fits}
-        # params and flops share their runs: one test, so the family has 2 tests for 3 axes
-        assert fits["params"].holm_axes == 2 and fits["params"].p_value_holm == fits["flops"].p_value_holm
-        assert "params and flops share runs: one test" in fits["params"].holm_note
+        # separate imported rows, equal losses or not: three tests, and the note says params and flops differ
+        assert fits["params"].holm_axes == 3
+        assert fits["params"].holm_note == "params and flops use different runs: two tests"
         # an explicit family of tests: just data (and only data reported)
         only = fit_store(store, sweep="X", axis="data", settings=FAST, family_of_tests="data").fits[0].comparison
         assert only.holm_axes == 1 and only.p_value_holm == only.p_value
@@ -224,6 +225,21 @@ def test_params_and_flops_on_different_runs_are_two_tests_and_say_so():
     fits = fit_axes([p, f], FAST)
     assert fits[0].comparison.holm_axes == 2
     assert fits[0].comparison.holm_note == "params and flops use different runs: two tests"
+
+
+def test_params_and_flops_on_the_same_runs_are_one_test():
+    """The same runs (config hashes) linked to both axes: one test with the larger p-value, said in the note."""
+    rng = np.random.default_rng(10)
+    p = axis_data_from_arrays(*loglinear(rng, CLEAN), axis="params", sweep="s")
+    f = axis_data_from_arrays(*loglinear(rng, {"transformer_pp": -0.08, "ebt": -0.09}), axis="flops", sweep="s")
+    d = axis_data_from_arrays(*loglinear(rng, CLEAN), axis="data", sweep="s")
+    runs = frozenset(f"config:{i:016x}" for i in range(12))
+    p, f = dataclasses.replace(p, run_keys=runs), dataclasses.replace(f, run_keys=runs)
+    fits = {x.axis: x.comparison for x in fit_axes([d, p, f], FAST)}
+    assert fits["params"].holm_axes == 2 and fits["params"].p_value_holm == fits["flops"].p_value_holm
+    assert fits["params"].p_value_holm >= max(fits["params"].p_value, fits["flops"].p_value)
+    assert fits["params"].holm_note == "params and flops share runs: one test (the larger p-value)"
+    assert fits["data"].holm_note == fits["params"].holm_note and fits["data"].holm_axes == 2
 
 
 # ------------------------------------------------------------------------------------- bootstrap refits
