@@ -34,7 +34,7 @@ from typing_extensions import dataclass_transform
 from ebt_scaling.errors import ConfigError, DataError
 
 Family = Literal["transformer_pp", "ebt"]
-Axis = Literal["data", "batch", "depth", "width", "params", "flops"]
+Axis = Literal["data", "batch", "depth", "width", "params", "flops", "isoflop"]
 Recipe = Literal["ebt_s1", "ebt_s2"]
 Precision = Literal["auto", "fp32", "tf32", "bf16"]  # TrainConfig.precision
 Tracker = Literal["mlflow", "tensorboard", "wandb"]  # experiment trackers through Ray Tune (sched/trackers.py)

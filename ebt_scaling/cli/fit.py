@@ -24,6 +24,9 @@ FamilyOption = Annotated[str | None, typer.Option(
 HoldoutOption = Annotated[bool, typer.Option(
     "--holdout-largest", help="Also show the extrapolation check: the line (and, with 5 or more levels, the "
     "saturating law) fitted without the largest level, its prediction error there with an interval.")]
+ExtendOption = Annotated[bool, typer.Option(
+    "--extend-edges", help="isoflop sweeps: list the (family, budget) whose minimum sits at a window edge and the "
+    "side to extend (then `ebt-scale sweep --spec SPEC --extend-edges` plans the next shape out).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -33,7 +36,7 @@ def register(app: typer.Typer) -> None:
                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
                 db: DbOption = None, resamples: ResamplesOption = 2000, seed: SeedOption = 0,
                 e_mode: EModeOption = "auto", family_of_tests: FamilyOption = None,
-                holdout_largest: HoldoutOption = False) -> None:
+                holdout_largest: HoldoutOption = False, extend_edges: ExtendOption = False) -> None:
         """Fit scaling rates and laws per axis and compare EBT with Transformer++.
 
         Per family: the paper's rate (OLS slope of log10 ppl on log10 x) and a law E + A x^-alpha.
@@ -47,15 +50,29 @@ def register(app: typer.Typer) -> None:
         from ebt_scaling.fit.service import fit_store
 
         settings = FitSettings(resamples=resamples, seed=seed, e_mode=e_mode, holdout_law=holdout_largest)
+        from ebt_scaling.fit.isoflop_store import isoflop_fits
+
         store = Store(resolve_db(db), create=False)
         try:
-            result = fit_store(store, sweep=sweep, axis=axis, settings=settings, family_of_tests=family_of_tests)
+            # isoflop sweeps: compute-optimal fits (fit/isoflop_store.py); --axis isoflop: only those
+            iso = isoflop_fits(store, sweep, axis, resamples, seed)
+            result = (None if axis == "isoflop" and iso else
+                      fit_store(store, sweep=sweep, axis=axis, settings=settings, family_of_tests=family_of_tests))
         finally:
             store.close()
         if as_json:
-            typer.echo(json.dumps(result.to_json(holdout=holdout_largest), indent=2, allow_nan=False))
+            out = result.to_json(holdout=holdout_largest) if result is not None else {"sweep": sweep}
+            if iso:
+                out["isoflop"] = [r.to_json() for r in iso]
+            typer.echo(json.dumps(out, indent=2, allow_nan=False))
             return
-        print_table(result, holdout=holdout_largest)
+        if result is not None and (result.fits or not iso):
+            print_table(result, holdout=holdout_largest)
+        from ebt_scaling.fit.isoflop_store import edge_extensions, summary_lines
+
+        for r in iso:
+            for line in summary_lines(r) + (edge_extensions(r) if extend_edges else []):
+                typer.echo(line)
 
 
 def _pct(v: float | None) -> str:

@@ -82,6 +82,9 @@ def sweep(
     tracker: Annotated[list[str] | None, typer.Option("--tracker", help="Also log to mlflow, tensorboard or "
                                                       "wandb (repeatable; adds to the spec's [tracking]).",
                                                       show_default=False)] = None,
+    extend_edges: Annotated[bool, typer.Option("--extend-edges", help="isoflop sweeps: add the next shape out at "
+                                               "every (family, budget) whose minimum the stored fit found at a "
+                                               "window edge (run `ebt-scale fit` first).")] = False,
 ) -> None:
     """Run a single-axis scaling sweep for EBT and Transformer++ on Ray Tune; results go to the database.
 
@@ -116,6 +119,8 @@ def sweep(
     retries = max_retries if max_retries is not None else int(res.get("max_retries", 2))
     if not 0 <= retries <= 1000:
         raise ConfigError(f"--max-retries must be between 0 and 1000, got {retries}; use 0 to never retry a failed run")
+    if extend_edges:  # the stored isoflop fit's edge_minimum guards widen those windows (sweeps/isoflop.py)
+        sw = sw.with_(isoflop={**sw.isoflop, "extend": _stored_extensions(sw, resolve_db(db))})
     runs = expand(sw)
     odd = [r for r in runs if r.spec.train.batch_size % wpt]
     if odd:
@@ -158,6 +163,12 @@ def sweep(
             typer.echo(json.dumps(plan.to_dict(), indent=1))
         else:
             typer.echo(format_plan(plan))
+            if sw.axis == "isoflop":  # per budget and family: the shapes, steps and realised C (sweeps/isoflop.py)
+                from ebt_scaling.sweeps.expand import isoflop_plan
+                from ebt_scaling.sweeps.isoflop import plan_lines
+
+                for line in plan_lines(sw, runs) + [f"note: {n}" for n in isoflop_plan(sw).notes]:
+                    typer.echo(line)
             if plan.slots == 0:
                 typer.echo(f"note: no trial fits on {resources.total_gpus:g} GPU / {resources.total_cpus:g} CPU "
                            "here; pass --total-gpus/--total-cpus to plan for a cluster")
@@ -282,3 +293,22 @@ def _calibrations(url: str, device: str, device_name: str | None) -> Any:
     except StoreError:
         return DeviceCalibrations(None, {}, "calibrations: none (no ebt-scaling database yet)")
     return device_calibrations(cals, device, device_name=device_name)
+
+
+def _stored_extensions(spec: Any, db_url: str) -> list[list[Any]]:
+    """``--extend-edges``: the extensions the sweep's latest stored isoflop fit asks for (its edge_minimum guards)."""
+    from ebt_scaling.db import Store
+    from ebt_scaling.errors import SpecError
+    from ebt_scaling.sweeps.isoflop import extensions_from_guards
+
+    if spec.axis != "isoflop":
+        raise SpecError(f"{spec.source}: --extend-edges applies to isoflop sweeps; this one's axis is {spec.axis}")
+    store = Store(db_url, create=False)
+    try:
+        fits = [f for f in store.list_fits(sweep=spec.name, axis="isoflop") if f.method == "isoflop_fit"]
+    finally:
+        store.close()
+    if not fits:
+        raise SpecError(f"--extend-edges: sweep {spec.name} has no stored isoflop fit; run `ebt-scale fit --sweep "
+                        f"{spec.name}` first")
+    return extensions_from_guards(list(fits[-1].params.get("guards", [])))

@@ -1,6 +1,9 @@
 """Read and validate a CSV of results to import (``ebt-scale import FILE.csv --sweep NAME``).
 
-Required columns: ``family, axis, x, seed, val_loss`` (validation loss in nats per token). Optional
+Required columns: ``family, axis, x, seed, val_loss`` (validation loss in nats per token). Rows with
+``axis = isoflop`` also need ``params`` (N, the parameters the compute-optimal fit counts), ``tokens`` (D) and
+``flops`` (C, training FLOPs; ``x`` may be left out and is then C); they are stored in the run's parameter,
+FLOPs and tokens tables, so ``fit`` reads imported and trained isoflop runs alike. Optional
 columns with a meaning: ``train_loss``, ``val_ppl`` (default ``exp(val_loss)``), ``tokens``, and
 ``vocab_size`` (also stored as a metric) for the plausibility bound. Any other column is an extra numeric
 metric stored as a summary value of the run (empty cells are skipped).
@@ -29,6 +32,7 @@ from ebt_scaling.records import LOSS_MARGIN_NATS, MAX_LOSS_NATS, plausible_loss_
 
 REQUIRED = ("family", "axis", "x", "seed", "val_loss")
 KNOWN_OPTIONAL = ("train_loss", "val_ppl", "tokens")
+ISOFLOP_COLUMNS = ("params", "flops")  # axis = isoflop rows (issue 29): with tokens, each run's N, C and D
 VOCAB_COLUMN = "vocab_size"  # optional: the bound's vocabulary (kept as an extra metric too)
 INT64 = (-(1 << 63), (1 << 63) - 1)  # SQLite INTEGER
 FIELD_LIMIT = 64 << 20  # characters per CSV field (the csv module's default is 131072)
@@ -97,7 +101,8 @@ def _validated(reader: Iterator[list[str]], name: str, allow_outliers: bool = Fa
         raise ImportValidationError(f"{name}: the file is empty; the first line must name the columns "
                                     f"{', '.join(REQUIRED)}") from None
     cols = [c.strip() for c in header]
-    missing = [c for c in REQUIRED if c not in cols]
+    # isoflop rows: x is the flops column when x is left out
+    missing = [c for c in REQUIRED if c not in cols and not (c == "x" and "flops" in cols)]
     if missing:
         raise ImportValidationError(f"{name} line 1: missing column {missing[0]!r}; the header needs "
                                     f"{', '.join(REQUIRED)}")
@@ -123,9 +128,16 @@ def _validated(reader: Iterator[list[str]], name: str, allow_outliers: bool = Fa
         axis = d["axis"]
         if axis not in AXES:
             raise ImportValidationError(f"{where}: unknown axis {axis!r}; use one of {', '.join(AXES)}")
+        iso: tuple[int, float] | None = None
+        if axis == "isoflop":
+            iso = _isoflop_cells(d, where)
+            d = {**d, "x": d.get("x") or d["flops"]}
         x = _number(d["x"])
         if x is None or not math.isfinite(x) or x <= 0:
             raise ImportValidationError(f"{where}: x must be a positive number, got {d['x']!r}")
+        if iso is not None and x != iso[1]:
+            raise ImportValidationError(f"{where}: x {d['x'][:40]} differs from flops {d['flops'][:40]}; on the "
+                                        "isoflop axis x is the training FLOPs: leave x out or equal to flops")
         seed = _integer(d["seed"])
         if seed is None:
             raise ImportValidationError(f"{where}: seed must be an integer, got {d['seed'][:40]!r}")
@@ -175,6 +187,8 @@ def _validated(reader: Iterator[list[str]], name: str, allow_outliers: bool = Fa
                                             "range the database holds; check the value")
         extra: list[tuple[str, float]] = []
         for c in extras:
+            if iso is not None and c in ISOFLOP_COLUMNS:
+                continue
             raw = d[c]
             if raw == "":
                 continue
@@ -183,16 +197,36 @@ def _validated(reader: Iterator[list[str]], name: str, allow_outliers: bool = Fa
                 raise ImportValidationError(f"{where}: column {c[:40]!r} must be numeric (a finite number), got "
                                             f"{raw[:40]!r}; leave the cell empty if there is no value")
             extra.append((c, v))
-        key = hash((fam, axis, x, seed))
+        if iso is not None and tokens is None:
+            raise ImportValidationError(f"{where}: tokens is empty; an isoflop row needs params, tokens and flops")
+        key = hash((fam, axis, x, seed, iso))
         if key in seen:
-            raise ImportValidationError(f"{where}: duplicates line {seen[key]} (same family, axis, x and seed); "
-                                        "keep one of them")
+            raise ImportValidationError(f"{where}: duplicates line {seen[key]} (same family, axis, x"
+                                        f"{', params' if iso else ''} and seed); keep one of them")
         seen[key] = lineno
         n += 1
         yield ImportRow(line=lineno, family=fam, axis=axis, x=x, seed=seed, val_loss=loss,
-                        train_loss=opt["train_loss"], val_ppl=opt["val_ppl"], tokens=tokens, extra=tuple(extra))
+                        train_loss=opt["train_loss"], val_ppl=opt["val_ppl"], tokens=tokens, extra=tuple(extra),
+                        key=f"N{iso[0]}" if iso else None, params=iso[0] if iso else None,
+                        flops=iso[1] if iso else None)
     if not n:
         raise ImportValidationError(f"{name}: no data rows after the header; add one row per run")
+
+
+def _isoflop_cells(d: dict[str, str], where: str) -> tuple[int, float]:
+    """An isoflop row's (params, flops): params a positive integer count, flops a positive finite number."""
+    for c in ISOFLOP_COLUMNS + ("tokens",):
+        if c not in d:
+            raise ImportValidationError(f"{where}: axis isoflop needs the columns params, tokens and flops; add "
+                                        f"the {c} column")
+    n = _number(d["params"])
+    if n is None or not math.isfinite(n) or n < 1 or n > INT64[1]:
+        raise ImportValidationError(f"{where}: params must be a positive parameter count, got {d['params'][:40]!r}")
+    c = _number(d["flops"])
+    if c is None or not math.isfinite(c) or c <= 0:
+        raise ImportValidationError(f"{where}: flops must be a positive number of training FLOPs, got "
+                                    f"{d['flops'][:40]!r}")
+    return round(n), c
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
-from ebt_scaling.db.codec import RUNS, SUMMARY, SWEEPS, chunks, encode_value, imported_config_hash
+from ebt_scaling.db.codec import FLOPS, PARAMS, RUNS, SUMMARY, SWEEPS, chunks, encode_value, imported_config_hash
 from ebt_scaling.db.sweeps import Sweeps
 from ebt_scaling.errors import StoreError
 from ebt_scaling.names import name_problem
@@ -37,6 +37,9 @@ class ImportRow:
     extra: tuple[tuple[str, float], ...] = ()
     #: Optional identity suffix for points that share (family, axis, x, seed) within one sweep.
     key: str | None = None
+    #: axis = isoflop rows: the counted parameters N and the training FLOPs C (the run's params/flops tables)
+    params: int | None = None
+    flops: float | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,15 @@ class Imports(Sweeps):
             for name, v in r.extra:
                 val, kind = encode_value(v)
                 summary_rows.append(dict(run_id=ids[h], name=name, value=val, kind=kind))
+        compute = [(ids[h], r) for h, r in by_hash.items() if r.params is not None and r.flops is not None]
+        if compute:  # isoflop rows: N as the "counted" group, F = C / D under the convention "imported"
+            for chunk in chunks([i for i, _ in compute]):
+                conn.execute(delete(PARAMS).where(PARAMS.c.run_id.in_(chunk)))
+                conn.execute(delete(FLOPS).where(FLOPS.c.run_id.in_(chunk)))
+            conn.execute(PARAMS.insert(), [dict(run_id=i, name="counted", count=int(r.params)) for i, r in compute])
+            conn.execute(FLOPS.insert(), [dict(run_id=i, convention="imported",
+                                               flops_per_token=float(r.flops) / float(r.tokens or 1))
+                                          for i, r in compute])
         for chunk in chunks(list(ids.values())):
             conn.execute(delete(SUMMARY).where(SUMMARY.c.run_id.in_(chunk)))
         if summary_rows:

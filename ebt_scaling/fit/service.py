@@ -103,7 +103,8 @@ def fit_store(store: Any, sweep: str | None = None, axis: str | None = None,
     if sweep is not None:
         store.get_sweep(sweep)  # raises NotFound with the fix when the sweep does not exist
     runs = store.list_runs(sweep=sweep)
-    groups = group_runs(runs)
+    # isoflop runs are fitted by fit/isoflop_store.py (compute-optimal approaches 2 and 3), not as an axis here
+    groups = {k: v for k, v in group_runs(runs).items() if k[1] != "isoflop"}
     holm = _holm_families(groups, family)
     if family is not None:
         left = [f"{k[0]}/{k[1]}" for k in groups if (axis is None or k[1] == axis) and k not in holm[0]]

@@ -89,8 +89,8 @@ def expand(spec: SweepSpec) -> list[ExpandedRun]:
         raise _section_error(spec, exc) from None
 
 
-def _expand(spec: SweepSpec) -> list[ExpandedRun]:
-    # Every setting the spec leaves unset comes from its preset (config.PRESETS), for both families alike.
+def _base(spec: SweepSpec) -> tuple[DataConfig, dict[str, Any], dict[str, Any], dict[str, Any], int]:
+    """The data, base shape, EBT options, base train settings and context length every run starts from."""
     preset = get_preset(spec.preset)
     data = DataConfig(**{"vocab_size": preset.vocab_size, **spec.data})
     if (fp := read_store_fingerprint(data.source)) is not None:
@@ -103,9 +103,42 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
     train_base: dict[str, Any] = preset.train_defaults()
     train_base.update(spec.train)
     seq = int(shape["sequence_len"])
+    return data, shape, ebt_options, train_base, seq
+
+
+def _model_of(spec: SweepSpec, shape: dict[str, Any], ebt_options: dict[str, Any]
+              ) -> Callable[[str, dict[str, Any]], ModelConfig]:
+    def model_of(family: str, shape_over: dict[str, Any]) -> ModelConfig:
+        mkw: dict[str, Any] = {"family": family, **shape, **shape_over}
+        if family == "ebt":
+            mkw.update(RECIPE_OVERRIDES[spec.recipe])
+            mkw.update(ebt_options)
+        return ModelConfig(**mkw)
+
+    return model_of
+
+
+def isoflop_plan(spec: SweepSpec) -> Any:
+    """An isoflop sweep's plan (``sweeps/isoflop.py``: the points and the notes on dropped shapes and windows)."""
+    from ebt_scaling.sweeps.isoflop import plan_isoflop
+
+    try:
+        data, shape, ebt_options, train_base, seq = _base(spec)
+        return plan_isoflop(spec, _model_of(spec, shape, ebt_options), train_base, seq)
+    except SpecError:
+        raise
+    except ConfigError as exc:
+        raise _section_error(spec, exc) from None
+
+
+def _expand(spec: SweepSpec) -> list[ExpandedRun]:
+    # Every setting the spec leaves unset comes from its preset (config.PRESETS), for both families alike.
+    data, shape, ebt_options, train_base, seq = _base(spec)
 
     # (label, shape overrides, train overrides, eval_tokens) per axis value.
     points: list[tuple[str, dict[str, Any], dict[str, Any], list[int] | None]] = []
+    # (family, point, budget): the isoflop axis plans each family's own points; the others share them
+    fam_points: list[tuple[str, tuple[str, dict[str, Any], dict[str, Any], list[int] | None], float | None]]
     ax = spec.axis
     if ax == "depth":
         points = [(str(v), {"n_layer": v}, {}, None) for v in spec.values]
@@ -153,16 +186,28 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
             interval = math.gcd(*all_steps)
             points = [(str(budgets[-1]), {}, {"steps": all_steps[-1], "eval_interval": interval},
                        [s * per_step for s in all_steps])]
+    elif ax == "isoflop":  # per (budget, family) its own window of shapes (sweeps/isoflop.py)
+        from ebt_scaling.sweeps.isoflop import budget_label, plan_isoflop
+
+        plan = plan_isoflop(spec, _model_of(spec, shape, ebt_options), train_base, seq)
+        fam_points = [(p.family, (f"{p.label}@{budget_label(p.budget)}", p.shape,
+                                  {"steps": p.steps, "lr": p.lr, "warmup_steps": p.warmup_steps,
+                                   "batch_size": p.batch_size}, None), p.budget) for p in plan.points]
     else:  # pragma: no cover - validated in parse_spec
         raise SpecError(f"{spec.source}: sweep.axis: unknown axis {ax!r}")
+    if ax != "isoflop":
+        fam_points = [(family, p, None) for p in points
+                      for family in sorted(spec.families, key=FAMILY_ORDER.__getitem__)]
 
     out: list[ExpandedRun] = []
-    for label, shape_over, train_over, eval_tokens in points:
-        for family in sorted(spec.families, key=FAMILY_ORDER.__getitem__):
-            for point in grid_points(spec.tune.get(family, {})):
-                for seed in spec.seeds:
-                    out.append(_run(spec, family, seed, label, point, shape, shape_over, ebt_options, train_base,
-                                    train_over, eval_tokens, data, seq))
+    for family, (label, shape_over, train_over, eval_tokens), budget in fam_points:
+        for point in grid_points(spec.tune.get(family, {})):
+            for seed in spec.seeds:
+                run = _run(spec, family, seed, label, point, shape, shape_over, ebt_options, train_base,
+                           train_over, eval_tokens, data, seq)
+                if budget is not None:  # the budget it was planned for (not hashed: steps and shape are)
+                    run.planned.config["isoflop"] = {"budget": budget, "convention": spec.convention}
+                out.append(run)
     if "ebt" not in spec.families and ebt_options and out:  # EBT options a T++-only sweep ignores: checked still
         ModelConfig(**{**out[0].spec.model.to_dict(), "family": "ebt", **RECIPE_OVERRIDES[spec.recipe], **ebt_options})
     hashes = [r.config_hash for r in out]
@@ -242,6 +287,8 @@ def _run(spec: SweepSpec, family: str, seed: int, label: str, point: dict[str, A
         x = float(tokens)
     elif ax == "params":
         x = float(params["non_embedding"])
+    elif ax == "isoflop":  # the realised budget: the family's own F x the run's tokens
+        x = float(fpt[spec.convention] * tokens)
     else:
         x = float(fpt[spec.convention] * tokens)
     run = dataclasses.replace(run, x=x)

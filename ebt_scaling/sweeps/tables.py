@@ -216,7 +216,8 @@ class ParamsAxis:
     @model_validator(mode="after")
     def _check(self) -> ParamsAxis:
         _distinct_values(self.values)
-        axis = "flops" if isinstance(self, FlopsAxis) else "params"
+        axis = "flops" if isinstance(self, FlopsAxis) else "isoflop" if type(self).__name__ == "IsoflopAxis" \
+            else "params"
         for v in self.values:
             if isinstance(v, dict):
                 extra = sorted(set(v) - set(SHAPE_KEYS))
@@ -244,8 +245,40 @@ class FlopsAxis(ParamsAxis):
                                                     noun="FLOPs convention")
 
 
+@config_class(name="axis")
+class IsoflopAxis(ParamsAxis):
+    """IsoFLOP profiles (issue 29, ``sweeps/isoflop.py``): values = a ladder of shapes (size presets or custom
+    shapes, smallest first); per budget C (FLOPs) and family, ``sizes_per_budget`` consecutive shapes centred on
+    the family's predicted optimum, each trained on D = C / F tokens (F: the family's own training FLOPs per
+    token in ``convention``)."""
+
+    budgets: list[PositiveNumber] = setting(help="Compute budgets in training FLOPs.", min_length=1,
+                                            fix="list the budgets in FLOPs, e.g. [1e11, 2e11, 4e11]")
+    sizes_per_budget: int = setting(default=5, help="Shapes per (budget, family).", ge=1, le=1000,
+                                    fix="use 5 or more sizes per budget (the fit's guard asks for 5)")
+    centre: Literal["predicted", "ladder"] = setting(default="predicted", help="Window centring rule.",
+                                                     noun="centring rule")
+    tokens_per_param: PositiveNumber = setting(default=20.0, help="D/N of the predicted optimum (Chinchilla: 20).",
+                                               fix="use a positive ratio, e.g. 20 (Hoffmann et al. 2022)")
+    lr_exponent: Number = setting(default=0.0, help="Custom shapes: lr = [train] lr x (N / N_first)^-lr_exponent.",
+                                  ge=0, le=2, fix="use 0 (one LR) or e.g. 0.333 (lr ~ 1/width, muP)")
+    tolerance: PositiveNumber = setting(default=0.02, help="Largest |realised C / budget - 1| kept.", le=0.5,
+                                        fix="use a small share, e.g. 0.02")
+    convention: Literal["paper", "exact"] = setting(default="exact", help="FLOPs convention of the budgets.",
+                                                    noun="FLOPs convention")
+
+    @model_validator(mode="after")
+    def _budgets(self) -> IsoflopAxis:
+        if len(set(self.budgets)) != len(self.budgets):
+            raise ConfigError("axis.budgets: duplicate budgets; list each budget once")
+        if self.sizes_per_budget > len(self.values):
+            raise ConfigError(f"axis.sizes_per_budget: {self.sizes_per_budget} is more than the ladder's "
+                              f"{len(self.values)} shapes; add shapes to axis.values or lower sizes_per_budget")
+        return self
+
+
 AXIS_TABLES: dict[str, type] = {"data": DataAxis, "batch": BatchAxis, "depth": DepthAxis, "width": WidthAxis,
-                                "params": ParamsAxis, "flops": FlopsAxis}
+                                "params": ParamsAxis, "flops": FlopsAxis, "isoflop": IsoflopAxis}
 AXIS_KEYS: dict[str, tuple[str, ...]] = {a: tuple(f.name for f in fields(t)) for a, t in AXIS_TABLES.items()}
 
 
@@ -277,6 +310,9 @@ class SweepSpec:
     batch_sizes: tuple[int, ...] | None = None
     lrs: tuple[float, ...] | None = None
     convention: str = "paper"
+    # axis = "isoflop" (sweeps/isoflop.py): budgets (FLOPs) and the window rule; None/{} on other axes
+    budgets: tuple[float, ...] | None = None
+    isoflop: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     source: str = "<spec>"
 
@@ -383,7 +419,7 @@ def check_tune(raw: dict[str, Any], axis: str, values: list[Any], axis_lrs: bool
             shared[k] = _grid("tune", k, v)
         else:
             raise ConfigError(unknown_key_line("tune", k, TUNE_GRID_KEYS + FAMILIES))
-    per_level_lr = axis in ("params", "flops") and (axis_lrs or any(not isinstance(v, dict) for v in values))
+    per_level_lr = axis in ("params", "flops", "isoflop") and (axis_lrs or any(not isinstance(v, dict) for v in values))
     out: dict[str, dict[str, list[Any]]] = {}
     for where, table in [("tune", shared)] + [(f"tune.{f}", t) for f, t in own.items()]:
         if "lr" in table and "lr_scale" in table:
@@ -440,7 +476,7 @@ def check_tables(raw: dict[str, Any]) -> SweepSpec:
                 raise ConfigError(f"train.{fam}.{k}: not a per-family setting; a family's own table takes only "
                                   f"{', '.join(FAMILY_TRAIN_KEYS)}; set {k} in [train] (shared, so both families "
                                   "see the same data)")
-        if "lr" in sub and sw.axis in ("params", "flops"):
+        if "lr" in sub and sw.axis in ("params", "flops", "isoflop"):
             raise ConfigError(f"train.{fam}.lr: the {sw.axis} axis gives every level its own peak LR (axis.lrs or "
                               f"the size presets'); drop it, or run the {fam} family in its own sweep with its own "
                               "axis.lrs")
@@ -467,4 +503,7 @@ def check_tables(raw: dict[str, Any]) -> SweepSpec:
         batch_sizes=tuple(ax.batch_sizes) if getattr(ax, "batch_sizes", None) else None,
         lrs=tuple(ax.lrs) if getattr(ax, "lrs", None) else None,
         convention=getattr(ax, "convention", "paper"), description=sw.description,
+        budgets=tuple(float(b) for b in ax.budgets) if sw.axis == "isoflop" else None,
+        isoflop={k: getattr(ax, k) for k in ("sizes_per_budget", "centre", "tokens_per_param", "lr_exponent",
+                                             "tolerance")} if sw.axis == "isoflop" else {},
     )

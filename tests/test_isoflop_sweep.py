@@ -1,0 +1,212 @@
+"""The isoflop axis end to end (issue 29): spec validation and expansion (realised C within 2% of each budget, the
+EBT's fewer tokens at the same (C, shape), windows centred on each family's own predicted optimum, --extend-edges),
+compute rows through `ebt-scale import`, and `ebt-scale fit` on them reproducing `fit_isoflop` on the same rows."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+from db_backends import db_url_fixture  # noqa: F401  (``db_url``)
+from typer.testing import CliRunner
+
+from ebt_scaling.cli.main import app
+from ebt_scaling.errors import SpecError
+from ebt_scaling.fit.isoflop import IsoflopSettings, IsoRow, fit_isoflop
+from ebt_scaling.sweeps.expand import expand, isoflop_plan
+from ebt_scaling.sweeps.isoflop import budget_label
+from ebt_scaling.sweeps.spec import load_spec, parse_spec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ROOT / "experiments" / "tiny" / "isoflop.toml"
+PAPER = ROOT / "experiments" / "paper" / "isoflop.toml"
+runner = CliRunner()
+
+
+def raw_tiny() -> dict:
+    return tomllib.loads(TINY.read_text())
+
+
+@pytest.mark.parametrize("path", [TINY, PAPER])
+def test_shipped_specs_hit_every_budget_within_2_percent(path):
+    spec = load_spec(path)
+    runs = expand(spec)
+    assert spec.axis == "isoflop" and len(spec.budgets) >= 3 and len(spec.seeds) >= 2
+    cells: dict = {}
+    for r in runs:
+        b = r.planned.config["isoflop"]["budget"]
+        assert abs(r.planned.x / b - 1) <= 0.02, (r.label, r.planned.x, b)
+        # x is the family's own exact F x the run's tokens
+        assert r.planned.x == pytest.approx(r.planned.flops_per_token["exact"] * r.planned.tokens, rel=1e-12)
+        assert r.spec.train.warmup_steps < r.spec.train.steps
+        cells.setdefault((b, r.planned.family), set()).add(r.label.split("@")[0])
+    for (b, fam), shapes in cells.items():
+        assert len(shapes) >= 5, (b, fam, shapes)
+
+
+def test_ebt_gets_fewer_tokens_and_a_window_at_smaller_sizes():
+    spec = load_spec(TINY)
+    runs = expand(spec)
+    tokens = {(r.planned.config["isoflop"]["budget"], r.planned.family, r.label): r.planned.tokens for r in runs}
+    shared = [(b, lab) for (b, fam, lab) in tokens if fam == "ebt" and (b, "transformer_pp", lab) in tokens]
+    assert shared
+    for b, lab in shared:  # the same (C, shape): the EBT's larger F leaves it fewer tokens
+        assert tokens[(b, "ebt", lab)] < tokens[(b, "transformer_pp", lab)] / 3
+    plan = isoflop_plan(spec)
+    ladder_pos = {v["name"]: i for i, v in enumerate(spec.values)}
+    for b in spec.budgets:
+        mid = {}
+        for fam in ("ebt", "transformer_pp"):
+            pts = [p for p in plan.points if p.budget == b and p.family == fam]
+            idx = sorted(ladder_pos[p.label] for p in pts)
+            assert idx == list(range(idx[0], idx[0] + len(idx)))  # consecutive shapes of the ladder
+            mid[fam] = idx[len(idx) // 2]
+            # the window's middle shape is the one nearest the family's predicted optimum C = 20 N F(N)
+            best = min(pts, key=lambda p: abs(math.log(20 * p.params * p.per_token / b)))
+            clipped = any(n.startswith(f"budget {budget_label(b)} {fam}: predicted optimum") for n in plan.notes)
+            assert (ladder_pos[best.label] == mid[fam]) != clipped, (b, fam, plan.notes)
+        assert mid["ebt"] < mid["transformer_pp"]  # centred on its own (smaller) optimum
+
+
+def test_ladder_centring_and_spec_errors():
+    raw = raw_tiny()
+    raw["axis"]["centre"] = "ladder"
+    spec = parse_spec(raw)
+    plan = isoflop_plan(spec)
+    assert {p.label for p in plan.points} == {v["name"] for v in spec.values[3:8]}  # the ladder's middle five
+
+    bad = raw_tiny()
+    bad["axis"]["sizes_per_budget"] = 40
+    with pytest.raises(SpecError, match=r"axis.sizes_per_budget: 40 is more than the ladder's 11 shapes; add"):
+        parse_spec(bad)
+    bad = raw_tiny()
+    bad["axis"]["budgets"] = [1e8, 5e10, 1e11]  # a few steps per run: rounding misses the budget by far
+    with pytest.raises(SpecError, match=r"budget 1e\+?08 keeps \d shape\(s\) for \w+ within 2% of the budget"):
+        parse_spec(bad)
+    bad = raw_tiny()
+    bad["axis"]["budgets"] = [5e10, 5e10, 1e11]
+    with pytest.raises(SpecError, match="duplicate budgets"):
+        parse_spec(bad)
+    bad = raw_tiny()
+    bad["train"]["ebt"] = {"lr": 0.02}
+    with pytest.raises(SpecError, match=r"train.ebt.lr: the isoflop axis gives every level its own peak LR"):
+        parse_spec(bad)
+
+
+def test_dropped_shape_is_reported_not_silently_planned():
+    raw = raw_tiny()
+    raw["axis"]["tolerance"] = 0.004  # the tiny spec's largest miss is 0.26%; tighter drops some shapes
+    raw["axis"]["budgets"] = [2.5e10, 5e10, 1e11]
+    raw["train"]["batch_size"] = 32
+    try:
+        spec = parse_spec(raw)
+    except SpecError as exc:  # too many dropped: the error names the budget
+        assert "within 0% of the budget" in str(exc) or "keeps" in str(exc)
+        return
+    plan = isoflop_plan(spec)
+    dropped = [n for n in plan.notes if "dropped" in n]
+    assert all(abs(p.realised / p.budget - 1) <= 0.004 for p in plan.points)
+    assert dropped and "off the budget (tolerance 0%)" in dropped[0] or "tolerance" in dropped[0]
+
+
+def test_extend_edges_plans_the_next_shape_out():
+    spec = load_spec(TINY)
+    base = isoflop_plan(spec)
+    b = spec.budgets[1]
+    tpp = sorted(p.label for p in base.points if p.budget == b and p.family == "transformer_pp")
+    ext = spec.with_(isoflop={**spec.isoflop, "extend": [["transformer_pp", b, "largest"]]})
+    got = sorted(p.label for p in isoflop_plan(ext).points if p.budget == b and p.family == "transformer_pp")
+    assert len(got) == len(tpp) + 1 and set(tpp) < set(got)
+    runs = expand(ext)
+    assert len(runs) == len(expand(spec)) + len(spec.seeds)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# compute rows through import, and fit through the CLI
+# ---------------------------------------------------------------------------------------------------------
+
+LAWS = {"transformer_pp": dict(E=1.8, A=400.0, B=2000.0, alpha=0.34, beta=0.36),
+        "ebt": dict(E=1.8, A=500.0, B=1800.0, alpha=0.30, beta=0.38)}
+PER_TOKEN = {"transformer_pp": 6.0, "ebt": 24.0}  # F = k N
+
+
+def synthetic_rows(seed: int = 3) -> list[IsoRow]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    ladder = np.geomspace(1e7, 3e9, 25).round()
+    for fam, p in LAWS.items():
+        for C in (1e18, 3e18, 1e19, 3e19):
+            n_star = math.sqrt(C / (PER_TOKEN[fam] * 20))
+            j = int(np.argmin(np.abs(np.log(ladder) - math.log(n_star))))
+            for N in ladder[j - 3:j + 4]:
+                D = C / (PER_TOKEN[fam] * N)
+                for s in range(2):
+                    y = p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * D ** -p["beta"] + rng.normal(0, 0.005)
+                    rows.append(IsoRow(fam, s, float(N), float(round(D)), float(C), float(y)))
+    return rows
+
+
+def write_csv(path: pathlib.Path, rows: list[IsoRow], x_column: bool = False) -> str:
+    head = "family,axis,seed,params,tokens,flops,val_loss" + (",x" if x_column else "")
+    lines = [head] + [f"{r.family},isoflop,{r.seed},{int(r.params)},{int(r.tokens)},{r.flops:.17g},{r.loss:.17g}"
+                      + (f",{r.flops:.17g}" if x_column else "") for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_import_and_fit_cli_reproduce_fit_isoflop(db_url, tmp_path):
+    rows = synthetic_rows()
+    r = runner.invoke(app, ["import", write_csv(tmp_path / "iso.csv", rows), "--sweep", "iso", "--db", db_url])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["fit", "--sweep", "iso", "--axis", "isoflop", "--json", "--db", db_url,
+                            "--resamples", "100"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)["isoflop"][0]
+    assert out["sweep"] == "iso" and out["reused"] is False and len(out["rows"]) == len(rows)
+    # the same rows (imported values as stored: N rounded to an integer count) straight into fit_isoflop
+    direct = fit_isoflop(rows, IsoflopSettings(resamples=100, resamples_law=100, seed=0)).to_json()
+    for fam in LAWS:
+        for k in ("E", "A", "B", "alpha", "beta"):
+            assert out["approach3"][fam]["law"][k] == pytest.approx(direct["approach3"][fam]["law"][k], rel=1e-9)
+        assert [b["n_star"] for b in out["approach2"][fam]["budgets"]] == pytest.approx(
+            [b["n_star"] for b in direct["approach2"][fam]["budgets"]], rel=1e-9)
+    assert [p["m"] for p in out["comparison"]["points"]] == pytest.approx(
+        [p["m"] for p in direct["comparison"]["points"]], rel=1e-9)
+    assert out["comparison"]["pair"] == ["ebt", "transformer_pp"]
+    for fam, p in LAWS.items():  # and near the truth
+        assert out["approach3"][fam]["law"]["alpha"] == pytest.approx(p["alpha"], abs=0.05)
+
+    table = runner.invoke(app, ["fit", "--sweep", "iso", "--db", db_url, "--resamples", "100", "--extend-edges"])
+    assert table.exit_code == 0, table.output
+    assert "compute multiplier m = C_EBT / C_T++" in table.stdout and "reused" in table.stdout
+    assert "frontier exponent difference" in table.stdout and "crossover (m = 1)" in table.stdout
+
+
+def test_import_refuses_incomplete_compute_rows(db_url, tmp_path):
+    p = tmp_path / "bad.csv"
+    p.write_text("family,axis,seed,params,tokens,val_loss\nebt,isoflop,0,1000,2000,3.0\n")
+    r = runner.invoke(app, ["import", str(p), "--sweep", "bad", "--db", db_url])
+    assert r.exit_code != 0 and "missing column 'x'" in r.output
+    p.write_text("family,axis,seed,params,tokens,flops,val_loss\nebt,isoflop,0,-5,2000,1e12,3.0\n")
+    r = runner.invoke(app, ["import", str(p), "--sweep", "bad", "--db", db_url])
+    assert r.exit_code != 0 and "params must be a positive parameter count, got '-5'" in r.output
+    p.write_text("family,axis,seed,params,tokens,flops,val_loss\nebt,isoflop,0,1000,,1e12,3.0\n")
+    r = runner.invoke(app, ["import", str(p), "--sweep", "bad", "--db", db_url])
+    assert r.exit_code != 0 and "tokens is empty; an isoflop row needs params, tokens and flops" in r.output
+    p.write_text("family,axis,seed,params,tokens,flops,x,val_loss\nebt,isoflop,0,1000,10,1e12,2e12,3.0\n")
+    r = runner.invoke(app, ["import", str(p), "--sweep", "bad", "--db", db_url])
+    assert r.exit_code != 0 and "x 2e12 differs from flops 1e12" in r.output
+    rows = copy.deepcopy(synthetic_rows())[:4]
+    r = runner.invoke(app, ["import", write_csv(tmp_path / "ok.csv", rows, x_column=True), "--sweep", "ok",
+                            "--db", db_url])
+    assert r.exit_code == 0, r.output
