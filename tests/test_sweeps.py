@@ -70,7 +70,7 @@ def test_shipped_specs_load_and_expand(axis, preset):
     xs = sorted({r.planned.x for r in runs})
     assert len(xs) >= 3 or (axis == "data" and sw.mode == "evaluations")
     for r in runs:
-        extra = {k: r.planned.config[k] for k in ("eval_tokens", "tune") if k in r.planned.config}
+        extra = {k: r.planned.config[k] for k in ("eval_tokens", "tune", "isoflop") if k in r.planned.config}
         assert r.planned.config == {**r.spec.to_dict(), **extra}
         assert ("tune" in extra) == bool(sw.tune)  # a [tune] spec's runs record their grid point (issue 28)
         assert r.planned.config_hash == r.spec.config_hash
