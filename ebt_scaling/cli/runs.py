@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
+from ebt_scaling.cli.common import DbOption, fail, handle_errors, resolve_db
+
+FORGETTABLE = ("failed", "diverged")
 
 
 class RunsFormat(str, Enum):
@@ -29,12 +31,51 @@ def register(app: typer.Typer) -> None:
         status: Annotated[str | None, typer.Option("--status", help="Only runs with this status.")] = None,
         family: Annotated[str | None, typer.Option("--family", help="Only runs of this model family.")] = None,
         fmt: Annotated[RunsFormat, typer.Option("--format", help="Output format.")] = RunsFormat.table,
+        forget: Annotated[str | None, typer.Option(
+            "--forget", help="With --sweep: take the sweep's failed (or diverged, or failed,diverged) runs out of it "
+            "for good, recorded in the sweep (--forgotten lists them; the runs stay for other sweeps).")] = None,
+        why: Annotated[str | None, typer.Option("--why", help="With --forget: the reason to record.")] = None,
+        forgotten: Annotated[bool, typer.Option("--forgotten", help="With --sweep: list the runs the sweep "
+                                                "forgot, with who, when and why.")] = False,
         db: DbOption = None,
     ) -> None:
-        """List the runs in the results database."""
+        """List the runs in the results database; --forget takes failed runs out of a sweep (recorded)."""
         from ebt_scaling.db.store import Store
 
+        if (forget is not None or forgotten) and sweep is None:
+            raise fail("--forget and --forgotten need --sweep NAME", 2)
+        if forget is not None:
+            states = [t.strip() for t in forget.split(",") if t.strip()]
+            bad = [t for t in states if t not in FORGETTABLE]
+            if not states or bad:
+                raise fail(f"--forget {forget}: use failed, diverged or failed,diverged (only runs that did not "
+                           "complete can be forgotten)", 2)
+            assert sweep is not None
+            with Store(resolve_db(db)) as store:
+                store.get_sweep(sweep)  # NotFound naming the closest sweeps
+                done = store.forget_runs(sweep, states, why or f"ebt-scale runs --forget {forget}")
+            for rec in done:
+                typer.echo(f"forgot run {rec['run_id']} ({rec['status']}: {(rec['reason'] or '-')[:120]})")
+            typer.echo(f"sweep {sweep}: {len(done)} run(s) forgotten"
+                       + (f" (recorded; `ebt-scale runs --sweep {sweep} --forgotten` lists them)" if done
+                          else f": none {' or '.join(states)}"))
+            return
         with Store(resolve_db(db), create=False) as store:
+            if sweep is not None:
+                store.get_sweep(sweep)  # an unknown sweep: NotFound naming the closest ones, exit 1
+            if forgotten:
+                assert sweep is not None
+                recs = list(store.forgotten_runs(sweep).values())
+                if fmt is RunsFormat.json:
+                    import json
+
+                    typer.echo(json.dumps(recs, indent=1))
+                else:
+                    for r in recs:
+                        typer.echo(f"run {r['run_id']} {r['status']} forgotten {r['at']} by {r['by']} ({r['why']}): "
+                                   f"{r['reason'] or '-'}")
+                    typer.echo(f"{len(recs)} run(s) forgotten by sweep {sweep}")
+                return
             records = store.list_runs(sweep=sweep, axis=axis, status=status, family=family)
         from ebt_scaling.db.store import run_row
 

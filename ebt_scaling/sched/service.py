@@ -239,12 +239,30 @@ def _select(store: Store, claims: RunClaims, spec: SweepSpec, ray_opts: RayOptio
     return sel
 
 
+def _leave_out_forgotten(store: Store, sweep: str, runs: list[ExpandedRun], retry_failed: bool,
+                         say: Callable[[str], None]) -> list[ExpandedRun]:
+    """The runs to plan: without those the sweep forgot (``ebt-scale runs --forget``), unless ``retry_failed``,
+    which links and trains them again (the sweep's record moves them to ``restored``). Said in one line."""
+    forgotten = store.forgotten_runs(sweep)
+    back = [r for r in runs if r.config_hash in forgotten]
+    if not back:
+        return runs
+    if retry_failed:
+        store.restore_forgotten(sweep, [r.config_hash for r in back])
+        say(f"sweep {sweep}: {len(back)} forgotten run(s) linked again and retried (--retry-failed)")
+        return runs
+    say(f"sweep {sweep}: {len(back)} forgotten run(s) left out (`ebt-scale runs --sweep {sweep} --forgotten` lists "
+        "them; --retry-failed trains them again)")
+    return [r for r in runs if r.config_hash not in forgotten]
+
+
 def _run_sweep(spec: SweepSpec, store: Store, ray_opts: RayOptions, runs: list[ExpandedRun], retry_failed: bool,
                say: Callable[[str], None], claims: RunClaims) -> SweepOutcome:
     # Get or create: a rerun (or more families/seeds) reuses the sweep; a name taken by another axis is an
     # error naming the fix (the store raises it).
     store.create_sweep(spec.name, spec.axis, spec.to_dict(), code_version())
     store.clear_cancel(spec.name)  # a cancellation was meant for the driver before this one
+    runs = _leave_out_forgotten(store, spec.name, runs, retry_failed, say)
     # Links every run to this sweep: a run another sweep planned or trained is the same row, not a copy.
     records = store.plan_runs(spec.name, [r.planned for r in runs])
     by_hash = {r.config_hash: r for r in runs}
