@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 from db_backends import db_url_fixture  # noqa: F401  (``db_url``)
+from test_report import count_pages
 from typer.testing import CliRunner
 
 from ebt_scaling.cli.main import app
@@ -190,6 +191,11 @@ def test_import_and_fit_cli_reproduce_fit_isoflop(db_url, tmp_path):
     assert table.exit_code == 0, table.output
     assert "compute multiplier m = C_EBT / C_T++" in table.stdout and "reused" in table.stdout
     assert "frontier exponent difference" in table.stdout and "crossover (m = 1)" in table.stdout
+
+    pdf = tmp_path / "iso.pdf"  # the report draws the stored fit: profiles, frontiers, multiplier, diagnostics
+    rep = runner.invoke(app, ["report", "--sweep", "iso", "--out", str(pdf), "--db", db_url, "--resamples", "100"])
+    assert rep.exit_code == 0, rep.output
+    assert count_pages(pdf) >= 4 + 3
 
 
 def test_import_refuses_incomplete_compute_rows(db_url, tmp_path):

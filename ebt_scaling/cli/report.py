@@ -51,6 +51,14 @@ def register(app: typer.Typer) -> None:
             from ebt_scaling.think.pages import think_pages
 
             extra_pages = think_pages(store, sweep)  # System-2 thinking pages (issue 6), when measured
+            from ebt_scaling.fit.isoflop import IsoflopSettings
+            from ebt_scaling.fit.isoflop_store import fit_isoflop_store
+            from ebt_scaling.report.isoflop import isoflop_pages
+
+            # isoflop sweeps (issue 29): profiles, frontiers, multiplier, diagnostics (the fit stored by `fit`)
+            iso = fit_isoflop_store(store, sweep, IsoflopSettings(resamples=resamples, resamples_law=resamples,
+                                                                  seed=seed))
+            extra_pages = [*isoflop_pages(iso), *extra_pages]
         finally:
             store.close()
         label = sweep or (", ".join(result.sweeps) if result.sweeps else "(empty database)")
