@@ -144,7 +144,7 @@ def test_calibrate_needs_a_spec_and_cuda_must_exist(tmp_path):
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_more_than_one_gpu_per_trial_is_refused_in_one_line(tmp_path, dry_run):
     db = tmp_path / "s.db"
-    r = CliRunner().invoke(app, ["sweep", "--axis", "params", "--preset", "paper", "--gpus-per-trial", "4",
+    r = CliRunner().invoke(app, ["sweep", "--axis", "params", "--scale", "paper", "--gpus-per-trial", "4",
                                  "--db", f"sqlite:///{db}", "--storage", str(tmp_path / "runs")]
                            + (["--dry-run"] if dry_run else []))
     assert r.exit_code == 2, r.output

@@ -128,7 +128,7 @@ def test_features_follow_the_ebt_inner_loop():
 def _paper_dry_run(*extra: str) -> dict:
     from ebt_scaling.cli.main import app
 
-    r = CliRunner().invoke(app, ["sweep", "--axis", "params", "--preset", "paper", "--dry-run", "--json",
+    r = CliRunner().invoke(app, ["sweep", "--axis", "params", "--scale", "paper", "--dry-run", "--json",
                                  "--no-db-check", *extra])
     assert r.exit_code == 0, r.output
     return json.loads(r.stdout)
@@ -151,7 +151,7 @@ def test_paper_params_dry_run_has_memory_and_micro_batch_for_every_run():
 def test_text_plan_shows_memory_and_the_assumption():
     from ebt_scaling.cli.main import app
 
-    r = CliRunner().invoke(app, ["sweep", "--axis", "params", "--preset", "paper", "--dry-run", "--no-db-check"])
+    r = CliRunner().invoke(app, ["sweep", "--axis", "params", "--scale", "paper", "--dry-run", "--no-db-check"])
     assert r.exit_code == 0, r.output
     assert "assumed 80 GiB per GPU (--gpu-memory not given)" in r.output and "mem GiB" in r.output
     r = CliRunner().invoke(app, ["sweep", "--axis", "depth", "--dry-run", "--no-db-check", "--json"])

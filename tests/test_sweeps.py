@@ -257,7 +257,7 @@ def test_plan_cost_uses_exact_flops_and_throughput(tmp_path):
 def test_cli_dry_run_matches_flops_module():
     from ebt_scaling.cli.main import app
 
-    r = CliRunner().invoke(app, ["sweep", "--axis", "params", "--preset", "paper", "--dry-run", "--json",
+    r = CliRunner().invoke(app, ["sweep", "--axis", "params", "--scale", "paper", "--dry-run", "--json",
                                  "--total-gpus", "8", "--total-cpus", "64"])
     assert r.exit_code == 0, r.output
     plan = json.loads(r.stdout)  # the database check's line goes to stderr
@@ -314,7 +314,7 @@ def test_cuda_graph_in_a_spec_needs_gpus_and_not_s2(tmp_path):
 @pytest.mark.parametrize("extra,heavy", [([], ("torch", "ray")), (["--no-db-check"], ("torch", "ray", "sqlalchemy"))])
 def test_dry_run_imports_neither_torch_nor_ray(tmp_path, extra, heavy):
     code = ("import sys\nfrom typer.testing import CliRunner\nfrom ebt_scaling.cli.main import app\n"
-            f"r = CliRunner().invoke(app, ['sweep', '--axis', 'flops', '--preset', 'paper', '--dry-run', '--db', "
+            f"r = CliRunner().invoke(app, ['sweep', '--axis', 'flops', '--scale', 'paper', '--dry-run', '--db', "
             f"'sqlite:///{tmp_path}/d.db', *{extra!r}])\n"
             "assert r.exit_code == 0, r.output\n"
             f"bad = [m for m in {heavy!r} if m in sys.modules]; assert not bad, bad\n"

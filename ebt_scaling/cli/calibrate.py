@@ -9,7 +9,16 @@ from typing import Annotated, Any
 
 import typer
 
-from ebt_scaling.cli.common import DbOption, SpecAxisOption, SpecFileOption, SpecPresetOption, handle_errors, resolve_db
+from ebt_scaling.cli.common import (
+    DbOption,
+    SpecAxisOption,
+    SpecFileOption,
+    SpecPresetOption,
+    SpecScaleOption,
+    handle_errors,
+    resolve_db,
+    spec_scale,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -20,7 +29,8 @@ def register(app: typer.Typer) -> None:
 def calibrate(
     axis: SpecAxisOption = None,
     spec: SpecFileOption = None,
-    preset: SpecPresetOption = "tiny",
+    scale: SpecScaleOption = "tiny",
+    preset: SpecPresetOption = None,
     family: Annotated[str | None, typer.Option("--family", help="Only these families (comma list, default: the "
                                                "spec's).", show_default=False)] = None,
     size: Annotated[str | None, typer.Option("--size", help="Only these axis values, as the spec writes them "
@@ -49,7 +59,7 @@ def calibrate(
     from ebt_scaling.sweeps.calibration import shape_key, trained_precision
     from ebt_scaling.sweeps.locate import load_chosen_spec
 
-    path, sw = load_chosen_spec("calibrate", axis, spec, preset)
+    path, sw = load_chosen_spec("calibrate", axis, spec, spec_scale(scale, preset))
     sw = sw.select(families=family.split(",") if family is not None else None, recipe=recipe)
     runs = expand(sw)
     if size is not None:

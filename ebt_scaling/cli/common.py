@@ -50,7 +50,19 @@ SpecAxisOption = Annotated[str | None, typer.Option("--axis", help="data, batch,
                                                     "the shipped spec of that axis.")]
 SpecFileOption = Annotated[str | None, typer.Option("--spec", help="A sweep spec TOML file (instead of a shipped "
                                                     "one).", show_default=False)]
-SpecPresetOption = Annotated[str, typer.Option("--preset", help="Shipped spec scale: tiny (CPU) or paper.")]
+SpecScaleOption = Annotated[str, typer.Option("--scale", help="Shipped spec scale: tiny (CPU) or paper.")]
+# --preset was the name of --scale (issue 30.5: a preset is a model size, as in `ebt-scale train --preset`)
+SpecPresetOption = Annotated[str | None, typer.Option("--preset", hidden=True,
+                                                      help="Deprecated alias of --scale.")]
+
+
+def spec_scale(scale: str, preset: str | None) -> str:
+    """The shipped spec scale of ``--scale``, or of the deprecated ``--preset`` (said on stderr)."""
+    if preset is None:
+        return scale
+    typer.echo(f"note: --preset {preset} is deprecated here: use --scale {preset} (--preset names a model size, "
+               "as in `ebt-scale train --preset nano`)", err=True)
+    return preset
 
 
 def resolve_db(url: str | None) -> str:

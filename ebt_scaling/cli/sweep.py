@@ -10,7 +10,16 @@ from typing import Annotated, Any
 
 import typer
 
-from ebt_scaling.cli.common import DbOption, SpecAxisOption, SpecFileOption, SpecPresetOption, handle_errors, resolve_db
+from ebt_scaling.cli.common import (
+    DbOption,
+    SpecAxisOption,
+    SpecFileOption,
+    SpecPresetOption,
+    SpecScaleOption,
+    handle_errors,
+    resolve_db,
+    spec_scale,
+)
 from ebt_scaling.security import mask_url
 
 
@@ -22,7 +31,8 @@ def register(app: typer.Typer) -> None:
 def sweep(
     axis: SpecAxisOption = None,
     spec: SpecFileOption = None,
-    preset: SpecPresetOption = "tiny",
+    scale: SpecScaleOption = "tiny",
+    preset: SpecPresetOption = None,
     families: Annotated[str | None, typer.Option("--families", help="Comma list, e.g. ebt,transformer_pp "
                                                  "(default: the spec's).", show_default=False)] = None,
     seeds: Annotated[int | None, typer.Option("--seeds", help="Number of seeds, counting up from the spec's "
@@ -97,7 +107,7 @@ def sweep(
     from ebt_scaling.sweeps.locate import load_chosen_spec
     from ebt_scaling.sweeps.plan import MemorySetting, check_memory, plan_memory
 
-    path, sw = load_chosen_spec("sweep", axis, spec, preset)
+    path, sw = load_chosen_spec("sweep", axis, spec, spec_scale(scale, preset))
     fam_list = families.split(",") if families is not None else None
     sw = sw.select(families=fam_list, seeds=seeds, name=name, recipe=recipe)
     from ebt_scaling.sched.trackers import check_trackers

@@ -38,7 +38,8 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int | None, typer.Option("--batch-size", help="Sequences per batch "
                                                        "(default: the run's).", min=1)] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the candidate noise.", min=0)] = 0,
-        device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
+        device: Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu or cuda; the same "
+                                            "default as train.")] = "auto",
         db: DbOption = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
     ) -> None:

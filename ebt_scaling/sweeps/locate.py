@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ebt_scaling.config import AXES
+from ebt_scaling.config import AXES, PRESETS
 from ebt_scaling.errors import SpecError
 from ebt_scaling.sweeps.spec import load_spec
 from ebt_scaling.sweeps.tables import SweepSpec
@@ -28,7 +28,8 @@ def spec_path(axis: str, preset: str = "tiny") -> Path:
     if axis not in AXES:
         raise SpecError(f"--axis: unknown axis {axis!r}; use one of {', '.join(AXES)}")
     if preset not in SPEC_PRESETS:
-        raise SpecError(f"--preset: unknown preset {preset!r}; use one of {', '.join(SPEC_PRESETS)}")
+        size = f" ({preset} is a model size: --preset in ebt-scale train)" if preset in PRESETS else ""
+        raise SpecError(f"--scale: unknown spec scale {preset!r}{size}; use one of {', '.join(SPEC_PRESETS)}")
     p = experiments_dir() / preset / f"{axis}.toml"
     if not p.is_file():
         raise SpecError(f"{p}: shipped spec missing; reinstall ebt-scaling or pass --spec FILE")
