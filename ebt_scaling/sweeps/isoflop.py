@@ -161,7 +161,7 @@ def plan_isoflop(spec: SweepSpec, model_of: Callable[[str, dict[str, int]], Mode
                 if steps < 1 or abs(realised / c - 1) > tol:
                     notes.append(f"budget {budget_label(c)} {fam}: {s.label} dropped: {steps} steps of {per_step} "
                                  f"tokens realise {realised:.3g} FLOPs, {realised / c - 1:+.1%} off the budget "
-                                 f"(tolerance {tol:.0%}); raise the budget or lower the batch")
+                                 f"(tolerance {tol * 100:g}%); raise the budget or lower the batch")
                     continue
                 if s.lr is not None:
                     lr = float(s.lr)
@@ -175,7 +175,7 @@ def plan_isoflop(spec: SweepSpec, model_of: Callable[[str, dict[str, int]], Mode
                 kept += 1
             if kept < MIN_SIZES_LEFT:
                 raise SpecError(f"{spec.source}: axis.budgets: budget {budget_label(c)} keeps {kept} shape(s) for "
-                                f"{fam} within {tol:.0%} of the budget (at least {MIN_SIZES_LEFT}); raise the "
+                                f"{fam} within {tol * 100:g}% of the budget (at least {MIN_SIZES_LEFT}); raise the "
                                 "budget or lower [train] batch_size so each run has more steps")
     return IsoPlan(tuple(points), tuple(notes))
 
