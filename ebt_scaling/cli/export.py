@@ -1,4 +1,5 @@
-"""``ebt-scale export``: runs (or metric points, or fits) as CSV or Parquet."""
+"""``ebt-scale export``: runs (or metric points, or fits) as CSV or Parquet. Timestamps are ISO 8601 with ``T``;
+a fit's parameters are columns (nested keys joined with ``.``; plotting arrays left out)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ def register(app: typer.Typer) -> None:
         if out is not None and not out.parent.is_dir():
             raise ConfigError(f"--out {out}: directory {out.parent} does not exist; create it first")
         with Store(resolve_db(db), create=False) as store:
+            if sweep is not None:
+                store.get_sweep(sweep)  # an unknown sweep: NotFound naming the closest ones, exit 1
             if table is ExportTable.runs:
                 df = store.runs_dataframe(sweep=sweep, axis=axis, status=status)
             elif table is ExportTable.metrics:
@@ -60,6 +63,7 @@ def register(app: typer.Typer) -> None:
         else:
             from ebt_scaling.names import csv_row, csv_safe
 
+            df = _iso_times(df)  # one timestamp format across commands: ISO 8601 with T (as runs --format csv)
             df = df.map(csv_safe)  # text cells a spreadsheet would run as formulas get a leading apostrophe
             df.columns = csv_row(str(c) for c in df.columns)  # and so do headers (imported metric names)
             df.to_csv(sys.stdout if out is None else out, index=False)
@@ -67,16 +71,50 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"wrote {len(df)} row(s) to {out}", err=True)
 
 
-def _fits_frame(fits: list) -> object:
-    import json
+def _iso_times(df: object) -> object:
+    """Datetime columns as ISO 8601 text with ``T`` (``2026-12-06T22:09:41``), empty where missing."""
+    import pandas as pd
 
+    df = df.copy()  # type: ignore[attr-defined]
+    for c in df.columns:
+        if pd.api.types.is_datetime64_any_dtype(df[c]) or (df[c].dtype == object and df[c].map(
+                lambda v: hasattr(v, "isoformat")).any()):
+            df[c] = df[c].map(lambda v: "" if v is None or (not isinstance(v, str) and pd.isna(v)) else
+                              (v.isoformat() if hasattr(v, "isoformat") else v))
+    return df
+
+
+#: lists longer than this in a fit's parameters are plotting arrays: left out of the columns (fit --json has them)
+MAX_LIST_COLUMNS = 4
+
+
+def flatten_params(params: object, prefix: str = "") -> dict[str, object]:
+    """A fit's parameters as columns: nested keys joined with ``.``, short lists of numbers as ``key.0``,
+    ``key.1`` ... (an interval); longer lists (curves for plotting) are left out."""
+    out: dict[str, object] = {}
+    if isinstance(params, dict):
+        for k, v in params.items():
+            out.update(flatten_params(v, f"{prefix}{k}."))
+    elif isinstance(params, (list, tuple)):
+        if len(params) <= MAX_LIST_COLUMNS and all(not isinstance(v, (dict, list, tuple)) for v in params):
+            for i, v in enumerate(params):
+                out[f"{prefix}{i}"] = v
+    else:
+        out[prefix.rstrip(".")] = params
+    return out
+
+
+def _fits_frame(fits: list) -> object:
     import pandas as pd
 
     from ebt_scaling.db.store import to_json
 
-    return pd.DataFrame([{"fit_id": f.id, "sweep": f.sweep, "axis": f.axis, "family": f.family, "method": f.method,
-                          "fingerprint": f.fingerprint, "created_at": f.created_at,
-                          "run_ids": " ".join(str(r) for r in f.run_ids),
-                          "params": json.dumps(to_json(f.params), sort_keys=True)} for f in fits],
-                        columns=["fit_id", "sweep", "axis", "family", "method", "fingerprint", "created_at",
-                                 "run_ids", "params"])
+    base = ["fit_id", "sweep", "axis", "family", "method", "fingerprint", "created_at", "run_ids"]
+    rows, extra = [], []
+    for f in fits:
+        flat = flatten_params(to_json(f.params))
+        extra += [k for k in flat if k not in extra]
+        rows.append({"fit_id": f.id, "sweep": f.sweep, "axis": f.axis, "family": f.family, "method": f.method,
+                     "fingerprint": f.fingerprint, "created_at": f.created_at,
+                     "run_ids": " ".join(str(r) for r in f.run_ids), **flat})
+    return pd.DataFrame(rows, columns=base + [k for k in extra if k not in base])
