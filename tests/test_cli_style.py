@@ -56,3 +56,35 @@ def test_export_fits_as_columns_iso_times_and_unknown_sweeps(tmp_path):
     for cmd in (["export", "--sweep", "width-tiy"], ["runs", "--sweep", "width-tiy"]):
         r = CliRunner().invoke(app, [*cmd, "--db", url])
         assert r.exit_code == 1 and "did you mean 'width-tiny'" in r.output, (cmd, r.output)
+
+
+def test_status_fits_80_columns_and_format_json_is_the_one_convention(tmp_path, monkeypatch):
+    import json
+
+    from ebt_scaling.db.store import Store
+    from ebt_scaling.records import PlannedRun
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    with Store(url) as s:
+        s.create_sweep("width-tiny", "width")
+        runs = s.plan_runs("width-tiny", [PlannedRun(f, "width", x, 0, f"h{f}{x}") for f in ("ebt", "transformer_pp")
+                                          for x in (32, 64)])
+        s.mark_running(runs[0].id)
+        s.finish_run(runs[1].id, "completed", result={"final_val_loss": 3.0})
+    monkeypatch.setenv("COLUMNS", "80")
+    r = CliRunner().invoke(app, ["status", "--db", url])
+    assert r.exit_code == 0, r.output
+    assert max(len(ln) for ln in r.stdout.splitlines()) <= 80
+    assert "…" not in r.stdout and "transformer_pp" in r.stdout and "a wider terminal or --format json" in r.stdout
+    monkeypatch.setenv("COLUMNS", "200")
+    r = CliRunner().invoke(app, ["status", "--db", url])
+    assert "host" in r.stdout and "a wider terminal" not in r.stdout
+    for cmd in (["status"], ["sweeps"]):
+        a = CliRunner().invoke(app, [*cmd, "--format", "json", "--db", url])
+        b = CliRunner().invoke(app, [*cmd, "--json", "--db", url])  # the alias
+        assert a.exit_code == 0 and json.loads(a.stdout) == json.loads(b.stdout), (cmd, a.output)
+    created = json.loads(CliRunner().invoke(app, ["sweeps", "--format", "json", "--db", url]).stdout)[0]["created"]
+    assert "T" in created and " " not in created
+    for cmd in ("think", "data", "runs", "export"):
+        args = [cmd, "prepare", "--help"] if cmd == "data" else [cmd, "--help"]
+        assert "--format" in CliRunner().invoke(app, args, env={"COLUMNS": "200"}).output, cmd

@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from enum import Enum
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -50,6 +51,30 @@ SpecAxisOption = Annotated[str | None, typer.Option("--axis", help="data, batch,
                                                     "the shipped spec of that axis.")]
 SpecFileOption = Annotated[str | None, typer.Option("--spec", help="A sweep spec TOML file (instead of a shipped "
                                                     "one).", show_default=False)]
+class OutputFormat(str, Enum):
+    """Machine output, one convention across commands (issue 30.5): ``--format json``; ``--json`` is its alias."""
+
+    table = "table"
+    json = "json"
+
+
+FormatOption = Annotated[OutputFormat, typer.Option("--format", help="Output: table (text) or json.")]
+JsonAliasOption = Annotated[bool, typer.Option("--json", help="Alias of --format json.")]
+
+
+def wants_json(fmt: OutputFormat, as_json: bool) -> bool:
+    return as_json or fmt is OutputFormat.json
+
+
+def terminal_width() -> int:
+    """The terminal's width ($COLUMNS first); piped output gets a wide table (200)."""
+    import shutil
+
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    return shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else 200
+
+
 SpecScaleOption = Annotated[str, typer.Option("--scale", help="Shipped spec scale: tiny (CPU) or paper.")]
 # --preset was the name of --scale (issue 30.5: a preset is a model size, as in `ebt-scale train --preset`)
 SpecPresetOption = Annotated[str | None, typer.Option("--preset", hidden=True,

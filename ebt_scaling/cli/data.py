@@ -9,7 +9,15 @@ from typing import Annotated
 
 import typer
 
-from ebt_scaling.cli.common import HELP_MARKUP, fail, handle_errors
+from ebt_scaling.cli.common import (
+    HELP_MARKUP,
+    FormatOption,
+    JsonAliasOption,
+    OutputFormat,
+    fail,
+    handle_errors,
+    wants_json,
+)
 
 data_app = typer.Typer(name="data", help="Prepare corpora: sharded token stores and the training cache.",
                        no_args_is_help=True, rich_markup_mode=HELP_MARKUP)
@@ -39,9 +47,11 @@ def prepare_cmd(
                                          min=1)] = min(8, os.cpu_count() or 1),
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="Vocabulary of a trained BPE (and of the "
                                             "synthetic source).", min=2)] = 2048,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    fmt: FormatOption = OutputFormat.table,
+    as_json: JsonAliasOption = False,
 ) -> None:
     """Tokenise a corpus into a sharded token store (--out), or prepare a training corpus in the cache."""
+    as_json = wants_json(fmt, as_json)
     if out is None:
         _prepare_cache(source, tokenizer, vocab_size, as_json)
         return

@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
+from ebt_scaling.cli.common import (
+    DbOption,
+    FormatOption,
+    JsonAliasOption,
+    OutputFormat,
+    handle_errors,
+    resolve_db,
+    terminal_width,
+    wants_json,
+)
 
 if TYPE_CHECKING:
     from ebt_scaling.db.store import Store
@@ -19,6 +28,11 @@ def _dur(s: float | None) -> str:
         return "-"
     s = int(round(s))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _iso(v: Any) -> str:
+    """JSON for datetimes: ISO 8601 with T (the one timestamp format)."""
+    return v.isoformat() if hasattr(v, "isoformat") else str(v)
 
 
 def _num(v: float | None, fmt: str) -> str:
@@ -42,7 +56,37 @@ def _snapshot(store: Store, names: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _render(snap: list[dict[str, Any]]) -> Any:
+# status columns: (name, justify), and the order in which they are dropped when the terminal is too narrow
+COLUMNS = (("run", "right"), ("family", "left"), ("x", "right"), ("seed", "right"), ("status", "left"),
+           ("step", "right"), ("train", "right"), ("val", "right"), ("tok/s", "right"), ("elapsed", "right"),
+           ("ETA", "right"), ("tries", "right"), ("host", "left"))
+DROP_ORDER = ("host", "elapsed", "tok/s", "tries", "seed", "ETA", "train")
+
+
+def _cells(r: dict[str, Any]) -> dict[str, str]:
+    return {"run": str(r["id"]), "family": r["family"], "x": f"{r['x']:g}", "seed": str(r["seed"]),
+            "status": r["status"], "step": f"{r['step']}/{r['steps'] or '?'}", "train": _num(r["train_loss"], ".3f"),
+            "val": _num(r["val_loss"], ".3f"), "tok/s": _num(r["tokens_per_s"], ",.0f"),
+            "elapsed": _dur(r["elapsed_s"]),
+            "ETA": _dur(r["eta_s"]), "tries": str(r["attempts"]), "host": r["host"] or "-"}
+
+
+def fit_columns(rows: list[dict[str, str]], width: int) -> list[str]:
+    """The columns that fit in ``width`` characters (a rich table: 3 per column for borders and padding, + 1):
+    whole cells, never cut; the least needed columns go first (``DROP_ORDER``)."""
+    cols = [c for c, _ in COLUMNS]
+
+    def need(cs: list[str]) -> int:
+        return sum(max([len(c)] + [len(r[c]) for r in rows]) + 3 for c in cs) + 1
+
+    for c in DROP_ORDER:
+        if need(cols) <= width:
+            break
+        cols.remove(c)
+    return cols
+
+
+def _render(snap: list[dict[str, Any]], width: int = 200) -> Any:
     from rich.console import Group
     from rich.table import Table
 
@@ -53,17 +97,17 @@ def _render(snap: list[dict[str, Any]]) -> Any:
                   f"driver pid {lease.get('pid', '?')} on {lease.get('host', '?')} since {lease.get('since', '?')}")
         title = (f"{s['sweep']}: {s['done']}/{s['runs']} done, {s['running']} running, {s['failed']} failed; "
                  f"ETA {_dur(s['eta_s'])}; {driver}")
+        rows = [_cells(r) for r in s["runs_detail"]]
+        cols = fit_columns(rows, width)
+        dropped = [c for c, _ in COLUMNS if c not in cols]
+        if dropped:
+            title += f" ({', '.join(dropped)}: a wider terminal or --format json)"
         t = Table(title=title, title_justify="left", expand=False)
-        for col, just in (("run", "right"), ("family", "left"), ("x", "right"), ("seed", "right"),
-                          ("status", "left"), ("step", "right"), ("train", "right"), ("val", "right"),
-                          ("tok/s", "right"), ("elapsed", "right"), ("ETA", "right"), ("tries", "right"),
-                          ("host", "left")):
-            t.add_column(col, justify=just, no_wrap=True)
-        for r in s["runs_detail"]:
-            t.add_row(str(r["id"]), r["family"], f"{r['x']:g}", str(r["seed"]), r["status"],
-                      f"{r['step']}/{r['steps'] or '?'}", _num(r["train_loss"], ".3f"), _num(r["val_loss"], ".3f"),
-                      _num(r["tokens_per_s"], ",.0f"), _dur(r["elapsed_s"]), _dur(r["eta_s"]), str(r["attempts"]),
-                      r["host"] or "-")
+        for col, just in COLUMNS:
+            if col in cols:
+                t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
+        for r in rows:
+            t.add_row(*(r[c] for c in cols))
         parts.append(t)
     return Group(*parts)
 
@@ -73,7 +117,8 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def status(
         sweep: Annotated[str | None, typer.Option("--sweep", help="One sweep (default: every sweep).")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the snapshot as JSON.")] = False,
+        fmt: FormatOption = OutputFormat.table,
+        as_json: JsonAliasOption = False,
         watch: Annotated[bool, typer.Option("--watch", help="Refresh until nothing is left to run.")] = False,
         interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes.", min=0.2)] = 5.0,
         db: DbOption = None,
@@ -89,25 +134,26 @@ def register(app: typer.Typer) -> None:
             if not names:
                 typer.echo("no sweeps")
                 return
-            if as_json:
-                typer.echo(json.dumps(_snapshot(store, names), indent=1, default=str))
+            if wants_json(fmt, as_json):
+                typer.echo(json.dumps(_snapshot(store, names), indent=1, default=_iso))
                 return
-            console = Console(width=max(100, Console().width))
+            console = Console(width=terminal_width())
             if not watch:
-                console.print(_render(_snapshot(store, names)))
+                console.print(_render(_snapshot(store, names), console.width))
                 return
             snap = _snapshot(store, names)
-            with Live(_render(snap), console=console, refresh_per_second=1, transient=False) as live:
+            with Live(_render(snap, console.width), console=console, refresh_per_second=1, transient=False) as live:
                 while not all(s["finished"] for s in snap):
                     time.sleep(interval)
                     snap = _snapshot(store, names)
-                    live.update(_render(snap))
+                    live.update(_render(snap, console.width))
             typer.echo("nothing left to run", err=True)
 
     @app.command("sweeps")
     @handle_errors
     def sweeps(
-        as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+        fmt: FormatOption = OutputFormat.table,
+        as_json: JsonAliasOption = False,
         db: DbOption = None,
     ) -> None:
         """List the sweeps: axis, runs by status, created, the live driver holding each (if any)."""
@@ -123,9 +169,9 @@ def register(app: typer.Typer) -> None:
                 for r in store.list_runs(sweep=s.name):
                     counts[r.status] = counts.get(r.status, 0) + 1
                 out.append({"sweep": s.name, "axis": s.axis, "runs": counts,
-                            "created": s.created_at.isoformat(sep=" ", timespec="seconds") if s.created_at else None,
+                            "created": s.created_at.isoformat(timespec="seconds") if s.created_at else None,
                             "driver": store.lease_holder(s.name)})
-        if as_json:
+        if wants_json(fmt, as_json):
             typer.echo(json.dumps(out, indent=1))
             return
         if not out:
@@ -138,4 +184,4 @@ def register(app: typer.Typer) -> None:
             d = s["driver"]
             t.add_row(s["sweep"], s["axis"], ", ".join(f"{n} {st}" for st, n in sorted(s["runs"].items())) or "-",
                       s["created"] or "-", "-" if d is None else f"pid {d.get('pid', '?')} on {d.get('host', '?')}")
-        Console(width=max(100, Console().width)).print(t)
+        Console(width=terminal_width()).print(t)

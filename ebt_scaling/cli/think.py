@@ -10,7 +10,16 @@ from typing import Annotated, Any
 
 import typer
 
-from ebt_scaling.cli.common import DbOption, fail, handle_errors, resolve_db
+from ebt_scaling.cli.common import (
+    DbOption,
+    FormatOption,
+    JsonAliasOption,
+    OutputFormat,
+    fail,
+    handle_errors,
+    resolve_db,
+    wants_json,
+)
 
 
 def _chg(gain: Any, at: Any) -> str:
@@ -41,7 +50,8 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu or cuda; the same "
                                             "default as train.")] = "auto",
         db: DbOption = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+        fmt: FormatOption = OutputFormat.table,
+        as_json: JsonAliasOption = False,
     ) -> None:
         """Perplexity vs forward passes per prediction (passes = inner steps x samples) for every completed
         run with a checkpoint; Transformer++ runs give the flat baseline. Re-running replaces the values."""
@@ -68,7 +78,7 @@ def register(app: typer.Typer) -> None:
         finally:
             store.close()
         done = [o for o in outcomes if o.status == "done"]
-        if as_json:
+        if wants_json(fmt, as_json):
             typer.echo(json.dumps([{"run_id": o.run_id, "family": o.family, "status": o.status,
                                     "message": o.message, **o.summary} for o in outcomes], indent=1, sort_keys=True))
         else:
