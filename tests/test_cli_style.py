@@ -88,3 +88,13 @@ def test_status_fits_80_columns_and_format_json_is_the_one_convention(tmp_path, 
     for cmd in ("think", "data", "runs", "export"):
         args = [cmd, "prepare", "--help"] if cmd == "data" else [cmd, "--help"]
         assert "--format" in CliRunner().invoke(app, args, env={"COLUMNS": "200"}).output, cmd
+
+
+def test_dry_run_plan_format_json_and_its_alias():
+    import json
+
+    base = ["sweep", "--axis", "depth", "--scale", "tiny", "--dry-run", "--no-db-check"]
+    a = CliRunner().invoke(app, [*base, "--format", "json"])
+    b = CliRunner().invoke(app, [*base, "--json"])
+    assert a.exit_code == 0 and json.loads(a.stdout) == json.loads(b.stdout)
+    assert "--format" in CliRunner().invoke(app, ["calibrate", "--help"], env={"COLUMNS": "200"}).output

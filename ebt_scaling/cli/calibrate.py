@@ -11,6 +11,9 @@ import typer
 
 from ebt_scaling.cli.common import (
     DbOption,
+    FormatOption,
+    JsonAliasOption,
+    OutputFormat,
     SpecAxisOption,
     SpecFileOption,
     SpecPresetOption,
@@ -18,6 +21,7 @@ from ebt_scaling.cli.common import (
     handle_errors,
     resolve_db,
     spec_scale,
+    wants_json,
 )
 
 
@@ -45,8 +49,8 @@ def calibrate(
     steps: Annotated[int, typer.Option("--steps", help="Timed training steps per configuration.", min=1)] = 3,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up steps before them.", min=0)] = 2,
     db: DbOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the stored calibrations as JSON on stdout.")
-                       ] = False,
+    fmt: FormatOption = OutputFormat.table,
+    as_json: JsonAliasOption = False,
 ) -> None:
     """Measure training throughput (exact FLOPs per second) of a sweep's shapes on this machine's device, after
     warm-up steps, on synthetic tokens; store it per (device, family, shape, precision, recipe) for the dry run.
@@ -116,7 +120,7 @@ def calibrate(
                        f"{cal.flops_per_s:.3g} FLOP/s", err=True)
     finally:
         store.close()
-    if as_json:
+    if wants_json(fmt, as_json):
         typer.echo(json.dumps([_as_dict(c) for c in out], indent=1))
     else:
         typer.echo(f"stored {len(out)} calibration(s) of {name} in {store.url}; `ebt-scale sweep --dry-run` uses "

@@ -12,6 +12,7 @@ import typer
 
 from ebt_scaling.cli.common import (
     DbOption,
+    OutputFormat,
     SpecAxisOption,
     SpecFileOption,
     SpecPresetOption,
@@ -19,6 +20,7 @@ from ebt_scaling.cli.common import (
     handle_errors,
     resolve_db,
     spec_scale,
+    wants_json,
 )
 from ebt_scaling.security import mask_url
 
@@ -68,7 +70,9 @@ def sweep(
                                                 show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (configs, parameters, tokens, "
                                           "FLOPs, cost, makespan) and run nothing.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print the plan as JSON.")] = False,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="With --dry-run: the plan as a table or json.")
+                   ] = OutputFormat.table,
+    as_json: Annotated[bool, typer.Option("--json", help="Alias of --format json.")] = False,
     throughput: Annotated[float | None, typer.Option("--throughput", help="Assumed FLOP/s per GPU (or per CPU "
                                                      "core) for the cost plan.", show_default=False)] = None,
     total_gpus: Annotated[float | None, typer.Option("--total-gpus", help="GPUs available, for the makespan "
@@ -169,7 +173,7 @@ def sweep(
             db_line = check_database(resolve_db(db))  # valid and reachable; nothing written
             calibrations = _calibrations(resolve_db(db), "gpu" if resources.uses_gpu else "cpu", device_name)
         plan = plan_cost(sw, runs, resources, flops_per_s=throughput, memory=mem_setting, calibrations=calibrations)
-        if as_json:
+        if wants_json(fmt, as_json):
             typer.echo(json.dumps(plan.to_dict(), indent=1))
         else:
             typer.echo(format_plan(plan))
