@@ -213,3 +213,34 @@ def test_import_refuses_incomplete_compute_rows(db_url, tmp_path):
     r = runner.invoke(app, ["import", write_csv(tmp_path / "ok.csv", rows, x_column=True), "--sweep", "ok",
                             "--db", db_url])
     assert r.exit_code == 0, r.output
+
+
+EPOCH = {"E": 1.8172, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}  # Besiroglu et al. 2024
+
+
+def test_chinchilla_points_imported_reproduce_epochs_approach_3(db_url, tmp_path):
+    """Epoch AI's extraction of Chinchilla's Figure 4 (tests/data/chinchilla), imported as compute rows (D = C / 6N)
+    and fitted through the CLI, gives Epoch's published approach-3 law inside its bootstrap intervals."""
+    import csv
+
+    with (ROOT / "tests" / "data" / "chinchilla" / "svg_extracted_data.csv").open() as fh:
+        raw = list(csv.DictReader(fh))
+    raw = sorted(raw, key=lambda r: float(r["loss"]))[:-5]  # Epoch drop the 5 highest-loss points
+    lines = ["family,axis,seed,params,tokens,flops,val_loss"]
+    for r in raw:
+        n, c = round(float(r["Model Size"])), float(r["Training FLOP"])
+        lines.append(f"transformer_pp,isoflop,0,{n},{round(c / (6 * n))},{c!r},{r['loss']}")
+    path = tmp_path / "chinchilla.csv"
+    path.write_text("\n".join(lines) + "\n")
+    r = runner.invoke(app, ["import", str(path), "--sweep", "chinchilla", "--db", db_url])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["fit", "--sweep", "chinchilla", "--json", "--db", db_url, "--resamples", "100"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)["isoflop"][0]
+    a3 = out["approach3"]["transformer_pp"]
+    assert a3["n_rows"] == 240 and a3["converged"]
+    tol = {"E": 0.005, "alpha": 0.01, "beta": 0.01, "A": 0.05, "B": 0.05}
+    for k, v in EPOCH.items():
+        assert abs(a3["law"][k] / v - 1) < tol[k], (k, a3["law"][k], v)
+        assert a3["law_ci"][k][0] <= v <= a3["law_ci"][k][1], (k, v, a3["law_ci"][k])
+    assert out["comparison"] is None  # one family: no multiplier
