@@ -85,7 +85,7 @@ def test_status_fits_80_columns_and_format_json_is_the_one_convention(tmp_path, 
         assert a.exit_code == 0 and json.loads(a.stdout) == json.loads(b.stdout), (cmd, a.output)
     created = json.loads(CliRunner().invoke(app, ["sweeps", "--format", "json", "--db", url]).stdout)[0]["created"]
     assert "T" in created and " " not in created
-    for cmd in ("think", "data", "runs", "export"):
+    for cmd in ("think", "data", "runs", "export", "train"):
         args = [cmd, "prepare", "--help"] if cmd == "data" else [cmd, "--help"]
         assert "--format" in CliRunner().invoke(app, args, env={"COLUMNS": "200"}).output, cmd
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ebt_scaling.cli.common import fail, handle_errors
+from ebt_scaling.cli.common import OutputFormat, fail, handle_errors, wants_json
 
 
 def _clean(obj: Any) -> Any:
@@ -126,7 +126,9 @@ def train_cmd(
                                          "(torch.distributed: gloo on CPU, NCCL on CUDA with one GPU each); "
                                          "the batch size must be a multiple. Same result up to rounding "
                                          "(docs/training.md).", min=1)] = 1,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the RunResult as JSON on stdout.")] = False,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="The result as a table or json (the RunResult).")
+                   ] = OutputFormat.table,
+    as_json: Annotated[bool, typer.Option("--json", help="Alias of --format json.")] = False,
     progress_mode: Annotated[str, typer.Option("--progress", help="auto (a bar on a terminal, plain lines "
                                                "otherwise), rich, plain or off.")] = "auto",
 ) -> None:
@@ -210,7 +212,7 @@ def train_cmd(
                               data_progress=lambda m: None)
 
     unigram = corpus.unigram_entropy()
-    if as_json:
+    if wants_json(fmt, as_json):
         out = dataclasses.asdict(result)
         out["config_hash"] = spec.config_hash
         out["spec"] = spec.to_dict()
