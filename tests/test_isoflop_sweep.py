@@ -244,3 +244,22 @@ def test_chinchilla_points_imported_reproduce_epochs_approach_3(db_url, tmp_path
         assert abs(a3["law"][k] / v - 1) < tol[k], (k, a3["law"][k], v)
         assert a3["law_ci"][k][0] <= v <= a3["law_ci"][k][1], (k, v, a3["law_ci"][k])
     assert out["comparison"] is None  # one family: no multiplier
+
+
+def test_extend_edges_reads_the_stored_fits_edge_guards(db_url, tmp_path):
+    from ebt_scaling.sweeps.isoflop import extensions_from_guards
+
+    guards = [{"code": "edge_minimum", "family": "ebt", "budget": 5e10,
+               "message": "EBT: at budget 5e+10 FLOPs the minimum sits at the window's smallest size (4.59e+03)"},
+              {"code": "few_sizes", "family": "ebt", "budget": 5e10, "message": "..."},
+              {"code": "edge_minimum", "family": "transformer_pp", "budget": 1e11,
+               "message": "Transformer++: at budget 1e+11 FLOPs the minimum sits at the window's largest size"}]
+    assert extensions_from_guards(guards) == [["ebt", 5e10, "smallest"], ["transformer_pp", 1e11, "largest"]]
+    spec = load_spec(TINY)
+    ext = isoflop_plan(spec.with_(isoflop={**spec.isoflop, "extend": extensions_from_guards(guards)}))
+    assert any("cannot extend the window on its smallest side" in n for n in ext.notes)  # L1D8 is the ladder's end
+    r = runner.invoke(app, ["import", write_csv(tmp_path / "x.csv", synthetic_rows()[:2]), "--sweep", "other",
+                            "--db", db_url])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["sweep", "--spec", str(TINY), "--dry-run", "--extend-edges", "--db", db_url])
+    assert r.exit_code != 0 and "sweep isoflop-tiny has no stored isoflop fit; run `ebt-scale fit" in r.output
