@@ -47,11 +47,34 @@ def prepare_cmd(
                                          min=1)] = min(8, os.cpu_count() or 1),
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="Vocabulary of a trained BPE (and of the "
                                             "synthetic source).", min=2)] = 2048,
+    modality: Annotated[str, typer.Option(
+        "--modality", help="text (tokens) or video (frame embeddings; --source synthetic, frames:DIR or videos:DIR; "
+        "docs/video.md).")] = "text",
+    frame_dim: Annotated[int, typer.Option("--frame-dim", help="Video: values per frame embedding.", min=1)] = 64,
+    clip_frames: Annotated[int, typer.Option("--clip-frames", help="Video: frames per clip (context + the next).",
+                                             min=2)] = 17,
+    clips: Annotated[int, typer.Option("--clips", help="Video, synthetic source: clips to generate.", min=1)] = 1024,
     fmt: FormatOption = OutputFormat.table,
     as_json: JsonAliasOption = False,
 ) -> None:
     """Tokenise a corpus into a sharded token store (--out), or prepare a training corpus in the cache."""
     as_json = wants_json(fmt, as_json)
+    if modality not in ("text", "video"):
+        raise fail(f"--modality {modality!r}: use text or video", 2)
+    if modality == "video":
+        if out is None:
+            raise fail("--modality video needs --out DIR (the folder of the frame-embedding store)", 2)
+        from ebt_scaling.data.video import prepare_video
+
+        vm = prepare_video(source, out, frame_dim=frame_dim, clip_frames=clip_frames, synthetic_clips=clips,
+                           progress=_echo_err)
+        if as_json:
+            typer.echo(json.dumps({"folder": str(out.resolve()), "clips": vm["clips"], "skipped": vm["skipped"],
+                                   "shards": len(vm["shards"]), "params": vm["params"]}, indent=1, sort_keys=True))
+        else:
+            typer.echo(f"video store: {out.resolve()} ({vm['clips']:,} clips of {clip_frames} frames x {frame_dim}, "
+                       f"{len(vm['shards'])} shards, {vm['skipped']} unreadable video(s) skipped)")
+        return
     if out is None:
         _prepare_cache(source, tokenizer, vocab_size, as_json)
         return
