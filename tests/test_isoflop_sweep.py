@@ -261,5 +261,12 @@ def test_extend_edges_reads_the_stored_fits_edge_guards(db_url, tmp_path):
     r = runner.invoke(app, ["import", write_csv(tmp_path / "x.csv", synthetic_rows()[:2]), "--sweep", "other",
                             "--db", db_url])
     assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["fit", "--sweep", "other", "--axis", "isoflop", "--db", db_url])
+    assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1, r.output  # two rows: one line, no trace
+    (tmp_path / "y.csv").write_text("family,axis,x,seed,val_loss\nebt,data,1000,0,4.0\n")
+    r = runner.invoke(app, ["import", str(tmp_path / "y.csv"), "--sweep", "plain", "--db", db_url])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["fit", "--axis", "isoflop", "--db", db_url, "--sweep", "plain"])
+    assert r.exit_code != 0 and "--axis isoflop: no isoflop runs in sweep 'plain'; run an isoflop sweep" in r.output
     r = runner.invoke(app, ["sweep", "--spec", str(TINY), "--dry-run", "--extend-edges", "--db", db_url])
     assert r.exit_code != 0 and "sweep isoflop-tiny has no stored isoflop fit; run `ebt-scale fit" in r.output

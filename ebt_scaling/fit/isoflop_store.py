@@ -232,4 +232,8 @@ def isoflop_fits(store: Any, sweep: str | None, axis: str | None, resamples: int
     """What ``ebt-scale fit`` adds for isoflop sweeps (none when ``--axis`` names another axis)."""
     if axis not in (None, AXIS):
         return []
-    return fit_isoflop_store(store, sweep, IsoflopSettings(resamples=resamples, resamples_law=resamples, seed=seed))
+    out = fit_isoflop_store(store, sweep, IsoflopSettings(resamples=resamples, resamples_law=resamples, seed=seed))
+    if axis == AXIS and not out:
+        raise FitError(f"--axis isoflop: no isoflop runs{f' in sweep {sweep!r}' if sweep else ''}; run an isoflop "
+                       "sweep (experiments/tiny/isoflop.toml) or import rows with axis = isoflop")
+    return out
