@@ -199,7 +199,7 @@ def _print_wide(console: Any, result: SweepFits, title: str) -> None:
 
 
 def _print_notes(console: Any, result: SweepFits, holdout: bool = False) -> None:
-    from ebt_scaling.fit.results import holdout_lines
+    from ebt_scaling.fit.results import holdout_lines, seeds_advice
 
     for a in result.fits:
         notes = list(a.messages)
@@ -219,6 +219,8 @@ def _print_notes(console: Any, result: SweepFits, holdout: bool = False) -> None
             console.print(f"  {a.axis}: {n}", highlight=False)
         for g in a.guards:
             console.print(f"  {a.axis}: [red]warning[/red]: {g.message}", highlight=False)
+        if (advice := seeds_advice(a)) is not None:
+            console.print(f"  {a.axis}: {advice}", highlight=False)
     console.print("slope = OLS slope of log10(perplexity) on log10(x) (paper's rate, not an exponent); "
                   "alpha = exponent of L = E + A x^-alpha; p: equal-slope test, Holm-adjusted over the sweep's "
                   "axes (or --family-of-tests).")

@@ -42,6 +42,7 @@ from ebt_scaling.fit.results import (
     LawFit,
     LawHoldout,
     LineHoldout,
+    json_value,
 )
 
 FIT_CODE_VERSION = 3  # bump when a change alters fitted numbers, so stored fits are not reused
@@ -82,9 +83,11 @@ def fingerprint(data: AxisData, settings: FitSettings) -> str:
     """sha256 of the exact points (run id, family, x, seed, loss) and the method settings."""
     rows = sorted((int(r), f.family, repr(float(x)), int(s), repr(float(y)))
                   for f in data.families.values() for r, x, s, y in zip(f.run_id, f.x, f.seed, f.y, strict=True))
-    blob = json.dumps({"sweep": data.sweep, "axis": data.axis, "rows": rows, "settings": settings.as_dict(),
-                       "baselines": data.baselines},
-                      sort_keys=True, separators=(",", ":"))
+    what: dict[str, Any] = {"sweep": data.sweep, "axis": data.axis, "rows": rows, "settings": settings.as_dict(),
+                            "baselines": data.baselines}
+    if data.tuning:  # the grid runs not chosen change the tuning block, not the fitted rows
+        what["tuning"] = json_value(data.tuning)
+    blob = json.dumps(what, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -167,6 +170,8 @@ def fit_axis(data: AxisData, settings: FitSettings | None = None) -> AxisFit:
         fit_line = lines.get(name)
         fired = guard_rails.family_guards(data.families[name], entry, data.baselines.get(name),
                                           fit_line.resid if fit_line is not None else None)
+        if name in data.tuning:
+            fired += guard_rails.lr_edge_guards(name, data.tuning[name])
         fams[name] = replace(entry, guards=tuple(g.code for g in fired))
         guards += fired
         if data.baselines.get(name):
@@ -195,7 +200,7 @@ def fit_axis(data: AxisData, settings: FitSettings | None = None) -> AxisFit:
         messages.append("no comparison: a slope is missing for one family")
     return AxisFit(data.sweep, data.axis, fams, comparison, crossover, data.n_runs, dict(data.excluded),
                    tuple(messages), s.as_dict(), fp, data.run_ids(), plot, guards=tuple(guards), holdout=holdout,
-                   baselines=dict(data.baselines))
+                   baselines=dict(data.baselines), tuning=dict(data.tuning))
 
 
 def _holdout(fd: FamilyData, s: FitSettings, rng: np.random.Generator) -> LineHoldout | None:

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from ebt_scaling.config import FAMILIES
+from ebt_scaling.fit.results import LABELS
+from ebt_scaling.fit.tuning import split_tuned, tuning_messages
 from ebt_scaling.records import plausible_loss_bound
 
 EBT = "ebt"
@@ -63,6 +65,9 @@ class AxisData:
     # identities of the runs behind the points (config hashes: a run shared by two sweeps or axes is one row,
     # linked to each), used to tell which axes share runs (params and flops) and so are one test in a Holm family
     run_keys: frozenset[str] = frozenset()
+    # a [tune] sweep's axis: per family its grid per level and the chosen points (fit/tuning.py); the families'
+    # points are then the chosen runs only (the LR envelope). Empty for untuned runs.
+    tuning: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     @property
     def n_runs(self) -> int:
@@ -121,10 +126,16 @@ def axis_data_from_runs(sweep: str, axis: str, runs: Iterable[Any]) -> AxisData:
     vocab: dict[str, list[int]] = {}
     keys: set[str] = set()
     excluded: Counter[str] = Counter()
+    runs = list(runs)
+    eligible = {int(r.id) for r in runs if exclusion_reason(r) is None}
+    fitted, tuning = split_tuned(runs, eligible)
+    chosen = {id(r) for r in fitted}
     for r in runs:
         why = exclusion_reason(r)
         if why is not None:
             excluded[why] += 1
+            continue
+        if id(r) not in chosen:  # a grid point not chosen for its (family, level): in the tuning block only
             continue
         keep.setdefault(r.family, []).append((float(r.x), int(r.seed), int(r.id), float(r.final_val_loss)))
         u = (getattr(r, "extra_metrics", None) or {}).get("unigram_loss")
@@ -143,8 +154,10 @@ def axis_data_from_runs(sweep: str, axis: str, runs: Iterable[Any]) -> AxisData:
     if excluded.get("non-positive x (log undefined)"):
         messages.append(f"{excluded['non-positive x (log undefined)']} run(s) with x <= 0 left out: "
                         "a log-log fit needs positive x")
+    if tuning:
+        messages += tuning_messages(tuning, LABELS)
     return AxisData(sweep, axis, families, dict(sorted(excluded.items())), tuple(messages), baselines,
-                    frozenset(keys))
+                    frozenset(keys), tuning)
 
 
 def _run_vocab(run: Any) -> float | None:

@@ -16,7 +16,9 @@ Codes:
 * ``single_seed``    a level with one seed (seed noise not measured there);
 * ``few_levels``     fewer than 4 levels;
 * ``non_monotone``   level means go down and up by more than seed noise;
-* ``wide_interval``  the 95% interval of a slope or exponent is wider than the estimate.
+* ``wide_interval``  the 95% interval of a slope or exponent is wider than the estimate;
+* ``lr_at_edge``     on a ``[tune]`` axis, a level's chosen LR is the smallest or largest of its grid (names the LR
+                     to add, one grid step further).
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from ebt_scaling.fit.design import FamilyData
-from ebt_scaling.fit.results import EXPLAIN, LABELS, FamilyFit, Guard, baseline_of
+from ebt_scaling.fit.results import EXPLAIN, LABELS, FamilyFit, Guard, TuneLevel, baseline_of
 
-__all__ = ["EXPLAIN", "LABELS", "SCOPES", "baseline_of", "family_guards", "unreliable_verdict"]
+__all__ = ["EXPLAIN", "LABELS", "SCOPES", "baseline_of", "family_guards", "lr_edge_guards", "unreliable_verdict"]
 
 NEAR_BASELINE_NATS = 0.5  # issue 16: every run should end below the unigram loss by at least this much
 LACK_OF_FIT_P = 0.05
@@ -41,7 +43,7 @@ NOISE_Z = 2.0  # a change between level means counts when it exceeds this many s
 
 
 SCOPES = {"not_falling": "both", "near_baseline": "both", "at_bound": "exponent", "lack_of_fit": "rate",
-          "single_seed": "both", "few_levels": "both", "non_monotone": "both"}
+          "single_seed": "both", "few_levels": "both", "non_monotone": "both", "lr_at_edge": "both"}
 
 
 def _g(code: str, family: str | None, message: str, scope: str | None = None) -> Guard:
@@ -137,6 +139,26 @@ def family_guards(fd: FamilyData, entry: FamilyFit, baselines: dict[str, float |
                           f"itself ({law.alpha:.3f} [{aci[0]:.3f}, {aci[1]:.3f}]): alpha is mostly noise",
                           "exponent"))
     return out
+
+
+def lr_edge_guards(name: str, levels: Sequence[TuneLevel]) -> list[Guard]:
+    """``lr_at_edge`` for one family of a ``[tune]`` axis: the levels whose chosen LR is the smallest or largest of
+    the grid, each with the LR to add (one step of the grid's own spacing further)."""
+    who = LABELS.get(name, name)
+    edges = [lv for lv in levels if lv.at_edge is not None and lv.chosen_lr is not None]
+    if not edges:
+        return []
+
+    def add(lv: TuneLevel) -> str:
+        if lv.add_lr_scale is not None:
+            return f"add lr_scale {lv.add_lr_scale:.3g} (LR {lv.add_lr:.3g})"
+        return f"add lr {lv.add_lr:.3g}" if lv.add_lr is not None else "widen the grid"
+
+    where = "; ".join(f"x = {lv.x:g}: {lv.chosen_lr:.3g} is the {lv.at_edge}, {add(lv)}" for lv in edges)
+    return [_g("lr_at_edge", name,
+               f"{who}: the chosen LR sits at its grid's edge at {len(edges)} of {len(levels)} levels ({where}): "
+               "the best LR may lie outside the grid, so the LR envelope (the fitted losses) may be too high there - "
+               f"add the named LR(s) to [tune] lr (or [tune.{name}]) and rerun the sweep: only the new points train")]
 
 
 def unreliable_verdict(guards: Sequence[Guard], view: str = "rate") -> str | None:

@@ -38,6 +38,7 @@ EXPLAIN = {
     "few_levels": "fewer than 4 levels",
     "non_monotone": "the loss falls and rises across levels beyond seed noise",
     "wide_interval": "a 95% interval is wider than the estimate itself",
+    "lr_at_edge": "a chosen LR is the smallest or largest of its grid: the LR envelope may be wrong there",
 }
 
 
@@ -398,6 +399,9 @@ class AxisFit:
     guards: tuple[Guard, ...] = ()  # guard-rails that fired (fit/guards.py)
     holdout: dict[str, LineHoldout] = field(default_factory=dict)  # family -> prediction check at the largest x
     baselines: dict[str, dict[str, float | None]] = field(default_factory=dict)  # family -> {"unigram", "uniform"}
+    # family -> its [tune] grid per level and the chosen points (the fitted runs: the LR envelope); empty, and left
+    # out of the JSON, when the axis's runs carry no grid coordinates
+    tuning: dict[str, tuple[TuneLevel, ...]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -410,11 +414,11 @@ class AxisFit:
         return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
-        return _fields_json(self)
+        return _fields_json(self, frozenset() if self.tuning else frozenset({"tuning"}))
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> AxisFit:
-        return _from(cls, d,
+        return _from(cls, d, tuning=tuning_from_json,
                      families=lambda v: {k: FamilyFit.from_json(x) for k, x in v.items()},
                      comparison=Comparison.from_json, crossover=Crossover.from_json,
                      plot=lambda v: {k: FamilyPlot.from_json(x) for k, x in v.items()},
@@ -448,4 +452,87 @@ class AxisFit:
         }
         if holdout:
             out["holdout"] = json_value(self.holdout)
+        if self.tuning:
+            out["tuning"] = json_value(self.tuning)
         return out
+
+
+# ------------------------------------------------------------------------------------------ LR tuning
+
+
+@dataclass(frozen=True)
+class TunePoint:
+    """One point of a ``[tune]`` grid at one level of one family: its coordinates (``point``: the run config's
+    ``tune``, e.g. ``{"lr": 0.01}`` or ``{"lr_scale": 2, "lr": 0.006}``), the seeds that ran it, each seed's
+    selection loss (``val_select_loss``) and evaluation loss (``val_loss``, the fitted one), their means over
+    seeds (None when no run of the point is fit-eligible) and the runs."""
+
+    point: dict[str, Any]
+    lr: float | None
+    seeds: tuple[int, ...]
+    select: tuple[float | None, ...]
+    eval: tuple[float | None, ...]
+    select_mean: float | None
+    eval_mean: float | None
+    run_ids: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return _fields_json(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TunePoint:
+        return _from(cls, d)
+
+
+@dataclass(frozen=True)
+class TuneLevel:
+    """The grid of one (family, level) and the point chosen on it: the lowest mean selection loss over seeds
+    (``selection``: ``val_select_loss``, or ``val_loss`` for runs without a selection set, with the winner's
+    curse that brings). ``at_edge`` is ``smallest``/``largest`` when the chosen LR is the grid's smallest/largest
+    LR (or LR multiplier); ``add_lr`` (and ``add_lr_scale`` on a multiplier grid) is the LR to add there, one grid
+    step further. ``best_by_seed``: (seed, LR) each seed alone would pick; ``seeds_disagree`` when they differ."""
+
+    x: float
+    points: tuple[TunePoint, ...]
+    chosen: int | None
+    chosen_lr: float | None
+    selection: str
+    at_edge: str | None = None
+    add_lr: float | None = None
+    add_lr_scale: float | None = None
+    best_by_seed: tuple[tuple[int, float | None], ...] = ()
+    seeds_disagree: bool = False
+
+    @property
+    def chosen_point(self) -> TunePoint | None:
+        return self.points[self.chosen] if self.chosen is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        return _fields_json(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TuneLevel:
+        return _from(cls, d, points=lambda v: tuple(TunePoint.from_json(p) for p in v))
+
+
+def tuning_from_json(v: dict[str, Any]) -> dict[str, tuple[TuneLevel, ...]]:
+    return {fam: tuple(TuneLevel.from_json(lv) for lv in levels) for fam, levels in v.items()}
+
+
+def seeds_advice(fit: AxisFit) -> str | None:
+    """How many seeds per level would narrow the rate gain's 95% interval to the gain's size, from the measured
+    seed spread (the interval shrinks about as 1/sqrt(seeds)); None when the interval is already that narrow,
+    or when seeds were not replicated at every level (then the seed noise is not measured)."""
+    c = fit.comparison
+    if c is None or c.rate_gain is None or not c.rate_gain_ci or None in c.rate_gain_ci:
+        return None
+    gain = abs(c.rate_gain)
+    width = c.rate_gain_ci[1] - c.rate_gain_ci[0]
+    per_level = [f.seeds_per_level[0] for f in fit.families.values() if f.seeds_per_level]
+    if gain <= 0 or width <= gain or not per_level or min(per_level) < 2:
+        return None
+    n = min(per_level)
+    need = math.ceil(round(n * (width / gain) ** 2, 6))
+    return (f"Seeds: the rate gain's 95% interval ({width:.3g} wide) is wider than the gain ({c.rate_gain:+.3g}); "
+            f"about {need} seeds per level (now {n}) would narrow it to the gain's size - an estimate from the "
+            "measured seed spread, assuming the interval shrinks as 1/sqrt(seeds)")

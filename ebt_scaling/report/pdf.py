@@ -1,6 +1,7 @@
 """Assemble the multi-page PDF report. The only module of ``report`` that creates figures.
 
-Pages (in order): summary, per axis its fit page and (when the runs have metric series) its loss curves,
+Pages (in order): summary, per axis its fit page, (when the runs have metric series) its loss curves and (on a
+``[tune]`` axis) its LR tuning page,
 the FLOPs crossover (when a FLOPs axis is reported), runs table (as many pages as needed), provenance, then
 any extra page builders (``extra_pages=``, e.g. the System-2 thinking pages).
 
@@ -30,7 +31,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from ebt_scaling.config import FAMILY_TRAIN_KEYS  # noqa: E402
 from ebt_scaling.fit import exclusion_reason  # noqa: E402
 from ebt_scaling.fit.results import EXPLAIN, PAPER_ICLR, PAPER_V1, AxisFit  # noqa: E402
-from ebt_scaling.report import plots  # noqa: E402
+from ebt_scaling.report import plots, tuning  # noqa: E402
 
 PAGE_SIZE = (11.69, 8.27)  # A4 landscape, inches
 RUNS_PER_PAGE = 32
@@ -164,8 +165,14 @@ def family_settings_notes(runs: Sequence[Any]) -> list[str]:
 def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
     fig = new_page()
     fig.text(0.04, 0.95, data.title, fontsize=16, weight="bold", va="top")
-    fig.text(0.04, 0.905, "Scaling rate = |OLS slope of log10(perplexity) on log10(x)| (the paper's definition); "
-             "rate gain = |b_EBT| / |b_T++| - 1. Verdict at 95% after Holm adjustment across axes.",
+    # first, in plain words, what each axis shows (with its interval), before any table or warning
+    head = [w for f in _sorted_fits(data) for line in tuning.headline(f, _label(f, data))
+            for w in (textwrap.wrap(line, 150, subsequent_indent="  ") or [""])]
+    if head:
+        fig.text(0.04, 0.905, "\n".join(head), fontsize=9, va="top", linespacing=1.4)
+    shift = len(head) * 9 * 1.4 / 72 / PAGE_SIZE[1] + (0.01 if head else 0.0)
+    fig.text(0.04, 0.905 - shift, "Scaling rate = |OLS slope of log10(perplexity) on log10(x)| (the paper's "
+             "definition); rate gain = |b_EBT| / |b_T++| - 1. Verdict at 95% after Holm adjustment across axes.",
              fontsize=8.5, va="top")
     header = ["axis", "runs T++/EBT", "excl.", "gain (ours)", "95% interval", "p", "p (Holm)",
               "paper v1", "paper ICLR", "verdict", "exponent gain (M2) [95%]"]
@@ -189,7 +196,8 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         colors.append({"EBT faster": "#e6f4e6", "EBT slower": "#fbe6e6"}.get(
             verdict, "#fff1c9" if unreliable else "white"))
     table_h = min(0.6, 0.034 * (len(rows) + 1) + 0.01)
-    ax = fig.add_axes((0.04, 0.87 - table_h, 0.92, table_h))
+    table_h = min(table_h, 0.87 - shift - 0.3)
+    ax = fig.add_axes((0.04, 0.87 - shift - table_h, 0.92, table_h))
     plots.draw_table(ax, header, rows, [0.05, 0.09, 0.04, 0.09, 0.12, 0.055, 0.06, 0.06, 0.07, 0.14, 0.21],
                      fontsize=8, row_colors=colors, fill=True)
     notes = ["What these data support"] + [f"- {_supports(f, data)}" for f in _sorted_fits(data)] + [""] + [
@@ -223,7 +231,7 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
                     f"  {c.replace('_', ' ')}: {EXPLAIN[c]}" for c in codes]
         warn = [w for line in warn for w in (textwrap.wrap(line, 175, subsequent_indent="    ") or [""])]
     # both blocks between the table and the footer: the font shrinks (to 6.5 pt), then the notes are cut
-    top, bottom = 0.87 - table_h - 0.04, 0.05
+    top, bottom = 0.87 - shift - table_h - 0.04, 0.05
     pt = 8.0
     while pt > 6.5 and (len(notes) + len(warn) + 1) * pt * 1.5 / 72 / PAGE_SIZE[1] > top - bottom:
         pt -= 0.5
@@ -279,7 +287,9 @@ def axis_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
         fig = new_page()
         gs = fig.add_gridspec(2, 2, height_ratios=[2.5, 1.0], left=0.07, right=0.97, top=0.92, bottom=0.45,
                               hspace=0.42, wspace=0.18)
-        fig.suptitle(f"Axis: {_label(f, data)}", fontsize=13, weight="bold", x=0.07, ha="left")
+        fig.suptitle(f"Axis: {_label(f, data)}" + (" - tuned: each point at its level's chosen LR (the LR envelope; "
+                     "the tuning page shows the grid)" if f.tuning else ""), fontsize=13, weight="bold", x=0.07,
+                     ha="left")
         plots.draw_scaling(fig.add_subplot(gs[0, :]), f)
         plots.draw_residuals(fig.add_subplot(gs[1, 0]), f, "m1")
         plots.draw_residuals(fig.add_subplot(gs[1, 1]), f, "m2")
@@ -301,6 +311,35 @@ def axis_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
             fig.text(0.04, y, "\n".join(["Warnings:"] + warn), va="top", fontsize=TEXT_PT, color="#a00000",
                      linespacing=1.3)
         _curves_page(f, data, new_page)
+        _tuning_page(f, data, new_page)
+
+
+def _tuning_page(f: AxisFit, data: ReportData, new_page: Callable[[], Figure]) -> None:
+    """A ``[tune]`` axis's grid: loss against LR per family (one curve per level, the chosen points circled, the
+    edge guard marked), then the numbers per level and, in red, the lr_at_edge guard. Skipped on untuned axes."""
+    if not f.tuning:
+        return
+    fig = new_page()
+    fig.suptitle(f"LR tuning: {_label(f, data)}", fontsize=13, weight="bold", x=0.07, ha="left")
+    fams = [fam for fam in ("transformer_pp", "ebt") if fam in f.tuning]
+    gs = fig.add_gridspec(1, len(fams), left=0.07, right=0.9, top=0.88, bottom=0.45, wspace=0.35)
+    for k, fam in enumerate(fams):
+        tuning.draw_tuning(fig.add_subplot(gs[0, k]), f.tuning[fam], fam, plots.X_LABELS.get(f.axis, "x"))
+    text = ["Solid line and circles: mean over seeds of the selection-set loss (val_select_loss), which picks each "
+            "level's LR; dotted: mean evaluation-set loss (val_loss),",
+            "the loss that is fitted and reported (the two sets are disjoint, so the chosen point's loss carries no "
+            "winner's curse); faint dots: single seeds; ring: the chosen LR."]
+    text += tuning.tuning_text(f)
+    text = [w for line in text for w in (textwrap.wrap(line, 200, subsequent_indent="      ") or [""])]
+    warn = [w for g in f.guards if g.code == "lr_at_edge"
+            for w in textwrap.wrap(f"- {g.message}", 190, subsequent_indent="  ")]
+    room = int((0.36 - 0.035) / LINE_H) - (len(warn) + 2 if warn else 0)
+    if len(text) > room:
+        text = text[:room - 1] + ["... see `ebt-scale fit --json` (tuning)"]
+    fig.text(0.04, 0.37, "\n".join(text), va="top", fontsize=TEXT_PT, family="monospace", linespacing=1.3)
+    if warn:
+        fig.text(0.04, 0.37 - LINE_H * (len(text) + 1), "\n".join(["Warnings:"] + warn), va="top", fontsize=TEXT_PT,
+                 color="#a00000", linespacing=1.3)
 
 
 def _curves_page(f: AxisFit, data: ReportData, new_page: Callable[[], Figure]) -> None:
@@ -387,6 +426,7 @@ def runs_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
               "reason / note", "config"]
     widths = [0.04, 0.09, 0.05, 0.09, 0.07, 0.04, 0.07, 0.08, 0.06, 0.04, 0.19, 0.18]
     pages = max(1, math.ceil(len(runs) / RUNS_PER_PAGE))
+    fitted = {i for f in data.fits for i in f.run_ids}
     for p in range(pages):
         chunk = runs[p * RUNS_PER_PAGE:(p + 1) * RUNS_PER_PAGE]
         fig = new_page()
@@ -396,12 +436,22 @@ def runs_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
         for r in chunk:
             y = r.final_val_loss
             why = exclusion_reason(r)
+            if why is None and r.id not in fitted and _tune_lr(r) is not None:  # a [tune] grid point not chosen
+                why = f"LR {_tune_lr(r):.3g} not chosen (tuning page)"
             ppl = "-" if y is None or not math.isfinite(y) or y > 700 else f"{math.exp(y):.2f}"
             rows.append([str(r.id), str(r.sweep)[:14], r.axis, r.family, f"{r.x:.4g}" if r.x is not None else "-",
                          str(r.seed), r.status, "-" if y is None else f"{y:.4f}", ppl, "no" if why else "yes",
                          (why or (r.reason or ""))[:38], _config_summary(r)[:34]])
         ax = fig.add_axes((0.04, 0.05, 0.92, 0.86))
         plots.draw_table(ax, header, rows, widths, fontsize=7, fill=False)
+
+
+def _tune_lr(run: Any) -> float | None:
+    """The LR of a run's ``[tune]`` grid point (None outside any grid)."""
+    cfg = getattr(run, "config", None)
+    point = cfg.get("tune") if isinstance(cfg, dict) else None
+    lr = point.get("lr") if isinstance(point, dict) else None
+    return float(lr) if isinstance(lr, (int, float)) else None
 
 
 def provenance_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
