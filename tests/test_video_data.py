@@ -37,6 +37,22 @@ def test_synthetic_clips_are_deterministic_moving_shapes():
     assert sum(not np.array_equal(a[t], a[t + 1]) for t in range(16)) >= 8
 
 
+def test_synthetic_embeddings_carry_the_motion():
+    """Learnable structure, not noise: through the patch encoder, extrapolating the last two frame embeddings
+    predicts the next one far better than copying the last one, and copying far better than the mean."""
+    import torch
+    import torch.nn.functional as F
+
+    enc = patch_encoder(32)
+    c = torch.from_numpy(np.stack([enc(synthetic_clip(0, i, 9)) for i in range(64)])).double()
+    c = (c - c.mean((0, 1))) / c.std((0, 1))
+    nxt = c[:, 2:]
+    copy = float(F.smooth_l1_loss(c[:, 1:-1], nxt))
+    extrapolate = float(F.smooth_l1_loss(2 * c[:, 1:-1] - c[:, :-2], nxt))
+    mean = float(F.smooth_l1_loss(torch.zeros_like(nxt), nxt))
+    assert extrapolate < 0.6 * copy and copy < 0.2 * mean, (extrapolate, copy, mean)
+
+
 def test_patch_encoder_is_fixed_and_linear_in_the_pooled_pixels():
     enc = patch_encoder(16, grid=4)
     clip = synthetic_clip(0, 0, 3)
