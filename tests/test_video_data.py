@@ -134,6 +134,9 @@ def test_folder_of_frames_with_an_unreadable_video(tmp_path):
     m = prepare_video(f"frames:{src}", tmp_path / "out", frame_dim=8, progress=lines.append)
     assert m["complete"] and m["clips"] == 2 and m["skipped"] == 1
     assert sum("skipped unreadable video" in x and "video2" in x for x in lines) == 1
+    all_frames = VideoStore(tmp_path / "out").all().astype(np.float64).reshape(-1, 8)
+    np.testing.assert_allclose(m["stats"]["mean"], all_frames.mean(0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(m["stats"]["std"], all_frames.std(0), rtol=1e-7)
     # frames are resized to the store's size, so a folder and the synthetic frames encode alike
     clips = VideoStore(tmp_path / "out").all()
     enc = patch_encoder(8)
@@ -141,6 +144,13 @@ def test_folder_of_frames_with_an_unreadable_video(tmp_path):
     first = np.stack([np.asarray(Image.open(src / "video0" / f"{t:04d}.png").convert("RGB").resize((32, 32), bilinear))
                       for t in range(17)])
     np.testing.assert_allclose(clips[0], enc(first), atol=2e-3)
+    # a resumed run must read the same files
+    m2 = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    m2["complete"] = False
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(m2))
+    Image.fromarray(synthetic_clip(1, 9, 1, size=24)[0]).save(src / "video0" / "9999.png")
+    with pytest.raises(DataError, match="source folder .* changed"):
+        prepare_video(f"frames:{src}", tmp_path / "out", frame_dim=8)
 
 
 def test_sources_that_cannot_run_say_so(tmp_path):

@@ -2,9 +2,11 @@
 
 Layout of a store folder::
 
-    manifest.json      kind "video", params (source, encoder, frame_dim, clip_frames, clips_per_shard, size),
+    manifest.json      kind "video", params (source, encoder, frame_dim, clip_frames, clips_per_shard, size, the
+                       folder source's file-list hash),
                        per-shard clip count and sha256, where the source stands after the last recorded shard
-                       (``items_done``), totals (clips, skipped videos), ``complete`` once finished
+                       (``items_done``), totals (clips, skipped videos), ``complete`` and per-dimension ``stats``
+                       (mean, std of every frame) once finished
     shard-00000.bin    clips x clip_frames frames x frame_dim values, little-endian float16 (a shard holds whole
                        items: it is closed at the first item boundary with >= clips_per_shard clips)
     ...
@@ -32,6 +34,7 @@ not decode) is skipped whole, counted in the manifest and named in one progress 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 from collections.abc import Callable, Iterator
@@ -219,7 +222,8 @@ def prepare_video(source: str, out: pathlib.Path | str, *, frame_dim: int = 64, 
         raise DataError(f"--clip-frames {clip_frames}: a clip needs context frames and a next frame; use >= 2")
     params = {"source": source, "encoder": "patch", "grid": grid, "frame_dim": frame_dim,
               "clip_frames": clip_frames, "clips_per_shard": clips_per_shard, "size": size, "seed": seed,
-              "synthetic_clips": synthetic_clips if source == "synthetic" else None}
+              "synthetic_clips": synthetic_clips if source == "synthetic" else None,
+              "listing_sha256": _listing_sha256(source)}
     encode = patch_encoder(frame_dim, grid)
     with writer_lock(out):
         m = _start_or_resume(out, params, progress)
@@ -251,10 +255,37 @@ def prepare_video(source: str, out: pathlib.Path | str, *, frame_dim: int = 64, 
         if buf:
             flush(_items_total(source, params))
         m["items_done"], m["skipped"], m["complete"] = _items_total(source, params), skipped, True
+        m["stats"] = _stats(out, m)
         atomic_write_json(out / MANIFEST, m)
     if skipped:
         progress(f"skipped {skipped} unreadable video(s)")
     return m
+
+
+def _listing_sha256(source: str) -> str | None:
+    """sha256 of a folder source's file list (relative path, size): a resumed run must read the same files."""
+    kind, arg = parse_video_source(source)
+    if kind == "synthetic":
+        return None
+    root = pathlib.Path(arg)
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(f"{p.relative_to(root)}\0{p.stat().st_size}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _stats(out: pathlib.Path, m: dict[str, Any]) -> dict[str, list[float]]:
+    """Per-dimension mean and std of every frame in the store (float64 sums in shard order): for standardising
+    embeddings and for the mean-embedding baseline."""
+    e = m["params"]["frame_dim"]
+    n, s1, s2 = 0, np.zeros(e), np.zeros(e)
+    for sh in m["shards"]:
+        x = np.fromfile(out / f"{sh['name']}.bin", dtype=DTYPE).astype(np.float64).reshape(-1, e)
+        n, s1, s2 = n + len(x), s1 + x.sum(0), s2 + (x * x).sum(0)
+    mean = s1 / max(n, 1)
+    std = np.sqrt(np.maximum(s2 / max(n, 1) - mean * mean, 0.0))
+    return {"mean": mean.tolist(), "std": std.tolist()}
 
 
 def _items_total(source: str, params: dict[str, Any]) -> int:
@@ -269,6 +300,9 @@ def _start_or_resume(out: pathlib.Path, params: dict[str, Any], progress: Progre
         atomic_write_json(path, m)
         return m
     m = verify_video_store(out, require_complete=False)
+    if m["params"] != params and {**m["params"], "listing_sha256": None} == {**params, "listing_sha256": None}:
+        raise DataError(f"{out}: the source folder {params['source']} changed since the recorded shards were "
+                        "written; delete the store folder and prepare it again")
     if m["params"] != params:
         raise DataError(f"{out}: holds a video store prepared with other settings ({m['params']['source']}); "
                         "choose another --out or delete the folder")
