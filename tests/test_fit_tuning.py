@@ -236,13 +236,18 @@ def test_a_tuned_sweep_end_to_end_names_the_chosen_lr_and_fires_lr_at_edge(tmp_p
         assert [lv["x"] for lv in levels] == [1.0, 2.0]
         for lv in levels:
             assert [p["lr"] for p in lv["points"]] == [1e-5, 3e-5, 1e-4]
-            assert lv["chosen_lr"] == 1e-4 and lv["at_edge"] == "largest" and lv["add_lr"] == 0.000333
+            means = [p["select_mean"] for p in lv["points"]]
+            assert lv["chosen"] == means.index(min(means)) and lv["chosen_lr"] == [1e-5, 3e-5, 1e-4][lv["chosen"]]
+            assert lv["at_edge"] == {0: "smallest", 1: None, 2: "largest"}[lv["chosen"]]
             chosen = lv["points"][lv["chosen"]]["run_ids"]
-            assert sorted(by_id[i].config["tune"]["lr"] for i in chosen) == [1e-4, 1e-4]
+            assert sorted(by_id[i].config["tune"]["lr"] for i in chosen) == [lv["chosen_lr"]] * 2
         assert ax["families"][fam]["n_runs"] == 4  # the envelope: 2 levels x 2 seeds, not the 12 grid runs
-    edge = [g for g in ax["guards"] if g["code"] == "lr_at_edge"]
-    assert {g["family"] for g in edge} == {"ebt", "transformer_pp"}
-    assert all("add lr 0.000333" in g["message"] for g in edge)
+    # the T++ learns monotonically faster with the LR this far below its useful range (the EBT's descent noise
+    # makes its small differences seed-dependent): its best point is the grid's largest at both levels
+    for lv in ax["tuning"]["transformer_pp"]:
+        assert (lv["chosen_lr"], lv["at_edge"], lv["add_lr"]) == (1e-4, "largest", 0.000333)
+    edge = [g for g in ax["guards"] if g["code"] == "lr_at_edge" and g["family"] == "transformer_pp"]
+    assert len(edge) == 1 and "x = 1: 0.0001 is the largest, add lr 0.000333" in edge[0]["message"]
 
 
 def test_report_has_a_tuning_page_and_says_what_the_axis_shows_first(tuned, tmp_path):
