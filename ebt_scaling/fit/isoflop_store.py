@@ -207,6 +207,8 @@ def summary_lines(res: IsoflopResult) -> list[str]:
         lines.append(f"  crossover (m = 1): {where}"
                      f"{'; ' + c['crossover_note'] if c.get('crossover_note') else ''}")
         sens = d.get("sensitivity") or {}
+        if sens.get("error"):
+            lines.append(f"  sensitivity (paper FLOPs convention): not computed: {sens['error']}")
         if sens.get("comparison"):
             pts = sens["comparison"]["points"]
             lines.append("  sensitivity (paper FLOPs convention): m " + ", ".join(

@@ -114,8 +114,11 @@ def frontiers(ax_l: Axes, ax_n: Axes, d: dict[str, Any]) -> None:
                 ci = a3.get(f"{key}_ci") or []
                 if len(ci) == C3.size and all(_ci_ok(c) for c in ci):
                     ax.fill_between(C3, [c[0] for c in ci], [c[1] for c in ci], color=col, alpha=0.2, lw=0)
+    from matplotlib.ticker import NullFormatter
+
     for ax in (ax_l, ax_n):
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a budget range under a decade: minor labels overlap
         ax.set_xlabel("training FLOPs C")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="best")
