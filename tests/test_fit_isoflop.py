@@ -424,3 +424,15 @@ def test_narrow_interval_guard_fires_on_an_overconfident_interval():
 def test_module_imports_no_torch():
     code = "import sys, ebt_scaling.fit.isoflop; assert 'torch' not in sys.modules and 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_frontier_through_three_budgets_is_flagged_exact():
+    """E + A C^-gamma through 3 vertices has no residual degrees of freedom: the guard says its interval is not a
+    confidence statement; with 4 budgets it is a fit and the guard stays quiet."""
+    rng = np.random.default_rng(5)
+    settings = IsoflopSettings(resamples=200, resamples_law=0, simulations=0)
+    three = fit_isoflop(design(budgets=BUDGETS[:3], families=("transformer_pp",), rng=rng), settings)
+    (g,) = [g for g in three.guards if g["code"] == "frontier_exact"]
+    assert g["family"] == "transformer_pp" and "fitted exactly" in g["message"]
+    four = fit_isoflop(design(families=("transformer_pp",), rng=rng), settings)
+    assert "frontier_exact" not in _codes(four)

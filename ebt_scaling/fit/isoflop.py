@@ -470,6 +470,13 @@ def approach2(tables: Mapping[str, Table], F: Mapping[str, PerToken] | None = No
         frontier = {"E": float(fr[0]), "A_ref": float(fr[1]), "gamma": float(fr[2]), "C_ref": Cref,
                     "A": float(fr[1] * Cref ** fr[2]) if np.isfinite(fr).all() else float("nan")}
         frontier_ci = {"E": _ci1(frb[:, 0]), "gamma": _ci1(frb[:, 2])}
+        if len(bfits) == 3:
+            # Three vertices, three parameters (E, A, gamma): the curve passes through every point, so a resample
+            # moves it anywhere the E >= 0 bound allows and the percentile interval need not even hold the estimate.
+            guards.append(_guard("frontier_exact", fam, f"{who}: the approach-2 frontier E + A C^-gamma has as many "
+                                 "parameters as budgets (3): it is fitted exactly and its interval is not a confidence "
+                                 "statement (gamma " + f"{fr[2]:.3g}, bootstrap [{frontier_ci['gamma'][0]:.3g}, "
+                                 f"{frontier_ci['gamma'][1]:.3g}]); add budgets, or read approach 3's exponent"))
         kind = "mixed" if len(kinds) > 1 else (kinds.pop() if kinds else "none")
         fits[fam] = Approach2(fam, bfits_t, float(aN), _ci1(aNb), float(aD), _ci1(aDb), frontier, frontier_ci,
                               kind, {"lnC": lnCk, "lnN": dN, "lnL": np.log(np.clip(dL, 1e-300, None)),
