@@ -199,6 +199,8 @@ def _print_wide(console: Any, result: SweepFits, title: str) -> None:
 
 
 def _print_notes(console: Any, result: SweepFits, holdout: bool = False) -> None:
+    from rich.markup import escape
+
     from ebt_scaling.fit.results import holdout_lines, seeds_advice
 
     for a in result.fits:
@@ -215,12 +217,12 @@ def _print_notes(console: Any, result: SweepFits, holdout: bool = False) -> None
         if holdout:
             for fam, h in a.holdout.items():
                 notes += holdout_lines(fam, h)
-        for n in notes:
-            console.print(f"  {a.axis}: {n}", highlight=False)
+        for n in notes:  # escaped: messages name spec tables such as [tune], which rich would take for markup
+            console.print(f"  {a.axis}: {escape(n)}", highlight=False)
         for g in a.guards:
-            console.print(f"  {a.axis}: [red]warning[/red]: {g.message}", highlight=False)
+            console.print(f"  {a.axis}: [red]warning[/red]: {escape(g.message)}", highlight=False)
         if (advice := seeds_advice(a)) is not None:
-            console.print(f"  {a.axis}: {advice}", highlight=False)
+            console.print(f"  {a.axis}: {escape(advice)}", highlight=False)
     console.print("slope = OLS slope of log10(perplexity) on log10(x) (paper's rate, not an exponent); "
                   "alpha = exponent of L = E + A x^-alpha; p: equal-slope test, Holm-adjusted over the sweep's "
                   "axes (or --family-of-tests).")

@@ -110,8 +110,11 @@ def headline(fit: AxisFit, name: str) -> list[str]:
         text = f"the {LABELS.get(fam, fam)}'s loss goes from {y0:.3f} to {y1:.3f} nats from x = {lo:g} to {hi:g}"
         if e.slope is not None and e.slope_ci and None not in e.slope_ci:
             d = math.log(2)
-            text += (f" ({e.slope * d:+.3f} nats per doubling of x, 95% interval [{e.slope_ci[0] * d:+.3f}, "
-                     f"{e.slope_ci[1] * d:+.3f}]; {seeds} seeds per level)")
+            lo_s, hi_s = e.slope_ci
+            trend = ("falls" if hi_s < 0 else "rises" if lo_s > 0 else
+                     "shows no clear trend (the interval includes 0)")
+            text += (f": it {trend}, {e.slope * d:+.3f} nats per doubling of x, 95% interval [{lo_s * d:+.3f}, "
+                     f"{hi_s * d:+.3f}] ({seeds} seeds per level)")
         parts.append(text)
     if parts:
         out.append(f"{name}{tuned}: " + "; ".join(parts) + ".")
