@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default (a local Ray instance, SQLite, the offline Shakespeare corpus, CPU):
-# the tiny depth sweep for EBT and Transformer++, then the scaling fit and the PDF report.
+# the tiny depth sweep for EBT and Transformer++ with each family's LR tuned per level (3 LRs x 2 seeds:
+# experiments/tiny/quickstart.toml), then the scaling fit on the tuned runs (the LR envelope) and the PDF report.
 # Rerunning it continues where it stopped (completed runs are never trained twice).
 # QUICKSTART_DIR (default: ./quickstart) holds the database, the Ray checkpoints and the report.
 set -euo pipefail
@@ -14,14 +15,16 @@ dir=$(cd "$dir" && pwd)
 db="sqlite:///$dir/ebt_scale.db"
 cli=.venv/bin/ebt-scale
 status=0
-$cli sweep --axis depth --preset tiny --families ebt,transformer_pp --db "$db" || status=$?
+spec=experiments/tiny/quickstart.toml
+sweep=depth-tiny-tuned
+$cli sweep --spec "$spec" --db "$db" || status=$?
 report=""
 if [ "$status" -ne 130 ]; then
   if $cli fit --help >/dev/null 2>&1; then
-    $cli fit --sweep depth-tiny --db "$db" || status=$?
+    $cli fit --sweep $sweep --db "$db" || status=$?
   fi
   if $cli report --help >/dev/null 2>&1; then
-    $cli report --sweep depth-tiny --db "$db" --out "$dir/report.pdf" && report="$dir/report.pdf" || status=$?
+    $cli report --sweep $sweep --db "$db" --out "$dir/report.pdf" && report="$dir/report.pdf" || status=$?
   fi
 fi
 echo
@@ -32,5 +35,5 @@ if [ -n "$report" ]; then echo "report: $report"; else echo "report: not written
 echo "next, in this folder ($(pwd)):"
 echo "  source .venv/bin/activate            # puts ebt-scale on PATH"
 echo "  ebt-scale runs --db $db"
-echo "  ebt-scale fit --sweep depth-tiny --holdout-largest --db $db"
+echo "  ebt-scale fit --sweep $sweep --holdout-largest --db $db"
 exit "$status"
