@@ -185,6 +185,178 @@ def cleanup_leftover_ray(temp_root: str | None = None) -> list[int]:
     return killed
 
 
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, start time in clock ticks) of every process (Linux /proc; empty elsewhere). The start
+    time tells a process from a later one that reuses its PID."""
+    table: dict[int, tuple[int, int]] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return table
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            table[int(d.name)] = (int(fields[1]), int(fields[19]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return table
+
+
+def _set_child_subreaper(on: bool) -> bool:
+    """Make this process (or stop it being) the "subreaper" of its descendants (Linux ``prctl``): a process whose
+    parent dies is re-parented here instead of to init, so it can still be found by parentage. False where the
+    call is not available."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, int(on), 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+class LocalRayProcesses:
+    """The processes of the local Ray instance this driver starts, found by parentage, never by command line
+    (Ray rewrites its agents' command lines to ``ray::DashboardAgent`` and the like).
+
+    Built just before ``ray.init``: the driver's children from then on (``started``) are Ray's (gcs_server,
+    raylet, monitor, ...), and so is everything below them; their agents and workers are the raylet's children.
+    The driver is made the subreaper of its descendants, so an agent whose raylet is killed before it could stop
+    it (a Ctrl-C during Ray's start-up) is re-parented to the driver rather than orphaned to init for a minute.
+    ``stop`` runs ``ray.shutdown()`` once, then kills whatever of that tree survived it, and the processes that
+    were re-parented to the driver during the shutdown."""
+
+    def __init__(self) -> None:
+        self.me = os.getpid()
+        table = _proc_table()
+        self.before = {(p, st) for p, (pp, st) in table.items() if pp == self.me}  # not Ray's
+        self.roots: set[tuple[int, int]] = set()
+        self.subreaper = _set_child_subreaper(True)
+        self.stopped = False
+
+    def _children(self, table: dict[int, tuple[int, int]]) -> set[tuple[int, int]]:
+        return {(p, st) for p, (pp, st) in table.items() if pp == self.me}
+
+    def started(self) -> None:
+        """After ``ray.init`` returned or was interrupted: the driver's new children are Ray's."""
+        if not self.roots:
+            self.roots = self._children(_proc_table()) - self.before
+
+    def tree(self, table: dict[int, tuple[int, int]]) -> set[tuple[int, int]]:
+        """The Ray processes alive in ``table``: the roots and all their descendants."""
+        return _with_descendants(table, self.roots)
+
+    def stop(self, ray: Any) -> list[int]:
+        """``ray.shutdown()`` (once), then SIGKILL to every Ray process that outlived it, until none is left (a
+        process killed here re-parents its own children to the driver; they are taken in the next round). The
+        driver's children among them are reaped. Returns the PIDs killed."""
+        if self.stopped:
+            return []
+        self.stopped = True
+        self.started()
+        table = _proc_table()
+        tree, kids = self.tree(table), self._children(table)
+        killed: list[int] = []
+        try:
+            ray.shutdown()
+        finally:
+            done: set[tuple[int, int]] = set()
+            for _ in range(8):
+                table = _proc_table()
+                # Ray's tree as it was, and what was re-parented to the driver since (orphans of Ray processes).
+                todo = _with_descendants(table, tree | (self._children(table) - kids - self.before)) - done
+                todo = {t for t in todo if not _zombie(t[0]) or table[t[0]][0] == self.me}
+                if not todo:
+                    break
+                killed += _kill(sorted(todo), self.me)
+                done |= todo
+            if self.subreaper:
+                _set_child_subreaper(False)
+        return killed
+
+
+def _with_descendants(table: dict[int, tuple[int, int]], seeds: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The processes ``seeds`` ((pid, start time) pairs) still in ``table``, and all their descendants."""
+    found = {(p, st) for p, st in seeds if table.get(p, (0, -1))[1] == st}
+    frontier = {p for p, _ in found}
+    while frontier:
+        nxt = {(p, st) for p, (pp, st) in table.items() if pp in frontier and (p, st) not in found}
+        found |= nxt
+        frontier = {p for p, _ in nxt}
+    return found
+
+
+def _kill(targets: list[tuple[int, int]], me: int, wait_s: float = 5.0) -> list[int]:
+    """SIGKILL the processes ``targets`` ((pid, start time) pairs: a PID reused meanwhile is left alone) and wait
+    until they are gone, reaping those that are the driver's children. Returns the PIDs signalled."""
+    table = _proc_table()
+    killed = []
+    for p, st in targets:
+        if table.get(p, (0, -1))[1] != st:
+            continue
+        try:
+            os.kill(p, signal.SIGKILL)
+            killed.append(p)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + wait_s
+    pending = list(killed)
+    while pending:
+        for p in pending:  # ours (started or re-parented here): reap it; another's: ChildProcessError
+            try:
+                os.waitpid(p, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        table = _proc_table()
+        pending = [p for p in pending if p in table and (table[p][0] == me or not _zombie(p))]
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return killed
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def raise_lost_interrupt() -> None:
+    """Raise KeyboardInterrupt if a Ctrl-C came but never surfaced. Python raises KeyboardInterrupt wherever the
+    main thread happens to be, and inside a finaliser or a library's catch-all it is swallowed: the sweep then
+    ran on as if nothing happened (exit 0 after a Ctrl-C). The CLI's SIGINT handler (``cli.main``) remembers the
+    signal (``seen``); the runner looks before starting Ray and before the trials start."""
+    if getattr(signal.getsignal(signal.SIGINT), "seen", False):
+        raise KeyboardInterrupt
+
+
+def stop_ray(ray: Any, procs: LocalRayProcesses | None, temp_dir: str | None) -> None:
+    """Shut Ray down once, with a further Ctrl-C ignored meanwhile (a second interrupt must not leave half of a
+    local instance running): a local instance's surviving processes are killed (``LocalRayProcesses.stop``) and
+    its temp folder removed; a cluster is only disconnected from."""
+    import shutil
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        if procs is not None:
+            procs.stop(ray)
+        else:
+            ray.shutdown()
+    finally:
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        if main:
+            signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
+
+
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Fail fast on a ``host:port`` nobody listens on (ray.init would retry for minutes)."""
     import re
@@ -281,26 +453,31 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
     else:
         init_kw["address"] = address
         init_kw.pop("include_dashboard")
+    procs = LocalRayProcesses() if local else None  # before ray.init: its processes are found by parentage
     try:
+        raise_lost_interrupt()
         ray.init(**init_kw)
+    except KeyboardInterrupt:  # Ctrl-C during Ray's start-up: stop what did start, then report the interrupt
+        progress.stop()
+        stop_ray(ray, procs, temp_dir)
+        raise
     except Exception as exc:
         progress.stop()
-        if temp_dir:
-            import shutil
-
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_ray(ray, procs, temp_dir)
         from ebt_scaling.errors import ConfigError
 
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         where = "a local Ray instance" if local else f"the Ray cluster at {address}"
         raise ConfigError(f"ray: cannot start or reach {where} ({type(exc).__name__}: {first}); check --address/"
                           "RAY_ADDRESS (leave both unset for a local instance)") from None
-    out.ray_init_s = time.monotonic() - t_init
-    callback = SweepCallback(sink, tasks, flush_s=opts.flush_s, progress=progress)
-    from ebt_scaling.sched.stopper import CancelStopper
-
-    stopper = CancelStopper(sink)
     try:
+        out.ray_init_s = time.monotonic() - t_init
+        if procs is not None:
+            procs.started()
+        callback = SweepCallback(sink, tasks, flush_s=opts.flush_s, progress=progress)
+        from ebt_scaling.sched.stopper import CancelStopper
+
+        stopper = CancelStopper(sink)
         cluster = ray.cluster_resources()
         need_cpu, need_gpu = trial_footprint(opts)
         if need_cpu > cluster.get("CPU", 0) + 1e-9 or need_gpu > cluster.get("GPU", 0) + 1e-9:
@@ -355,6 +532,7 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
         )
         t_fit = time.monotonic()
         try:
+            raise_lost_interrupt()  # Tune's own handler takes a Ctrl-C from here on
             tuner.fit()
         except KeyboardInterrupt:
             out.interrupted = True
@@ -378,13 +556,7 @@ def run_trials(tasks: list[dict[str, Any]], sink: DriverSink, opts: RayOptions,
         try:
             progress.stop()
         finally:
-            try:
-                ray.shutdown()
-                out.shutdown_s = time.monotonic() - t_down
-            finally:
-                if temp_dir:
-                    import shutil
-
-                    shutil.rmtree(temp_dir, ignore_errors=True)
+            stop_ray(ray, procs, temp_dir)
+            out.shutdown_s = time.monotonic() - t_down
     out.wall_s = time.monotonic() - t0
     return out
