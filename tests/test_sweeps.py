@@ -177,7 +177,7 @@ def test_bad_values_inside_sections(tmp_path):
         (text.replace("steps = 40", "steps = -1"), r"train\.steps: must be a positive integer"),
         (text.replace('preset = "nano"', 'preset = "huge"'), r"model\.preset: unknown preset 'huge'"),
         (text.replace('axis = "depth"', 'axis = "height"'),
-         r"sweep\.axis: unknown axis 'height'; use data, batch, depth, width, params or flops"),
+         r"sweep\.axis: unknown axis 'height'; use data, batch, depth, width, params, flops or isoflop"),
         (text.replace('families = ["ebt", "transformer_pp"]', 'families = ["gpt"]'), r"sweep\.families"),
         (text.replace("warmup_steps = 2", "warmup_steps = 50"), r"train\.warmup_steps: a run of 40 steps"),
         (text.replace("sequence_len = 32", "sequence_len = 32\nn_head = 3"), r"model\.n_embd: 32 is not divisible"),

@@ -370,6 +370,8 @@ class EvalPoint:
     val_ppl: float | None = None
     tokens: int | None = None
     extra: tuple[tuple[str, float], ...] = ()
+    params: int | None = None  # compute rows (isoflop imports) only
+    flops: float | None = None
 
 
 def import_evaluation_points(store: Store, sweep: str, runs: list[RunRecord]) -> int:

@@ -43,6 +43,7 @@ from ebt_scaling.config import (
 )
 from ebt_scaling.errors import ConfigError, SpecError
 from ebt_scaling.records import PlannedRun
+from ebt_scaling.sweeps.isoflop import budget_label, plan_isoflop
 from ebt_scaling.sweeps.tables import TUNE_GRID_KEYS, SweepSpec
 
 FAMILY_ORDER = {"transformer_pp": 0, "ebt": 1}
@@ -120,8 +121,6 @@ def _model_of(spec: SweepSpec, shape: dict[str, Any], ebt_options: dict[str, Any
 
 def isoflop_plan(spec: SweepSpec) -> Any:
     """An isoflop sweep's plan (``sweeps/isoflop.py``: the points and the notes on dropped shapes and windows)."""
-    from ebt_scaling.sweeps.isoflop import plan_isoflop
-
     try:
         data, shape, ebt_options, train_base, seq = _base(spec)
         return plan_isoflop(spec, _model_of(spec, shape, ebt_options), train_base, seq)
@@ -187,8 +186,6 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
             points = [(str(budgets[-1]), {}, {"steps": all_steps[-1], "eval_interval": interval},
                        [s * per_step for s in all_steps])]
     elif ax == "isoflop":  # per (budget, family) its own window of shapes (sweeps/isoflop.py)
-        from ebt_scaling.sweeps.isoflop import budget_label, plan_isoflop
-
         plan = plan_isoflop(spec, _model_of(spec, shape, ebt_options), train_base, seq)
         fam_points = [(p.family, (f"{p.label}@{budget_label(p.budget)}", p.shape,
                                   {"steps": p.steps, "lr": p.lr, "warmup_steps": p.warmup_steps,
