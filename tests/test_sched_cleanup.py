@@ -191,7 +191,12 @@ def interrupt_sweep(tmp_path: Path, delay_s: float, after: str = "start") -> tup
         time.sleep(delay_s)
         drv.send_signal(signal.SIGINT)
         t_sig = time.monotonic()
-        out, _ = drv.communicate(timeout=120)
+        try:
+            out, _ = drv.communicate(timeout=90)
+        except subprocess.TimeoutExpired:  # hung: faulthandler prints every thread's stack on SIGABRT
+            drv.send_signal(signal.SIGABRT)
+            out, _ = drv.communicate(timeout=30)
+            raise AssertionError(f"the driver did not exit within 90 s of SIGINT:\n{out[-6000:]}") from None
         took = time.monotonic() - t_sig
         deadline = time.monotonic() + 10
         while (left := _session_procs(drv.pid)) and time.monotonic() < deadline:

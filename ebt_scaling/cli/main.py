@@ -60,6 +60,9 @@ for _name in COMMAND_MODULES:
         if _exc.name != f"ebt_scaling.cli.{_name}":
             raise
         continue
+    except KeyboardInterrupt:  # Ctrl-C while the commands are imported: exit 130 (not death by SIGINT, -2)
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
     _mod.register(app)
 
 
@@ -108,6 +111,11 @@ def main() -> None:
         if exc.code == 130 and "ray" in sys.modules:
             _exit_interrupted()
         raise
+    except KeyboardInterrupt:  # a Ctrl-C outside a command's own handling (typer parsing the arguments)
+        typer.echo("interrupted", err=True)
+        if "ray" in sys.modules:
+            _exit_interrupted()
+        raise SystemExit(130) from None
     except Exception as exc:  # last line of defence: never print a URL password
         typer.echo(f"error: {scrub(f'{type(exc).__name__}: {exc}')}", err=True)
         raise SystemExit(1) from None
