@@ -37,6 +37,7 @@ def _runs_json(url: str, sweep: str) -> list[dict]:
     return json.loads(r.stdout)
 
 
+@pytest.mark.slow  # ~18 s; the default suite's concurrent test below holds the same links (shared ids, no copies)
 def test_a_second_sweep_of_the_same_configurations_links_the_trained_runs(tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     r = cli("sweep", "--spec", str(_spec(tmp_path, "first", "[0]")), "--db", url, "--progress", "plain")
