@@ -290,7 +290,8 @@ def axis_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
         fig.suptitle(f"Axis: {_label(f, data)}" + (" - tuned: each point at its level's chosen LR (the LR envelope; "
                      "the tuning page shows the grid)" if f.tuning else ""), fontsize=13, weight="bold", x=0.07,
                      ha="left")
-        plots.draw_scaling(fig.add_subplot(gs[0, :]), f)
+        pos = gs[0, :].get_position(fig)  # the scaling plot leaves the right quarter to its legend
+        plots.draw_scaling(fig.add_axes((pos.x0, pos.y0, 0.74 - pos.x0, pos.height)), f)
         plots.draw_residuals(fig.add_subplot(gs[1, 0]), f, "m1")
         plots.draw_residuals(fig.add_subplot(gs[1, 1]), f, "m2")
         text = plots.axis_text(f)
@@ -306,10 +307,13 @@ def axis_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
         if warn:
             y = top - LINE_H * (text.count("\n") + 1.6)
             room = max(1, int((y - 0.035) / LINE_H) - 1)
+            rest: list[str] = []
             if len(warn) > room:
-                warn = warn[:room - 1] + [f"  ... {len(warn) - room + 1} more lines: see `ebt-scale fit --json`"]
+                warn, rest = warn[:room - 1], warn[room - 1:]
+                warn.append(f"  ... {len(rest)} more lines: on the next page (Warnings, continued)")
             fig.text(0.04, y, "\n".join(["Warnings:"] + warn), va="top", fontsize=TEXT_PT, color="#a00000",
                      linespacing=1.3)
+            _continued(f"Warnings, continued: {_label(f, data)}", rest, new_page, color="#a00000")
         _curves_page(f, data, new_page)
         _tuning_page(f, data, new_page)
 
@@ -353,7 +357,7 @@ def _curves_page(f: AxisFit, data: ReportData, new_page: Callable[[], Figure]) -
     fig.suptitle(f"Loss curves: {_label(f, data)}", fontsize=13, weight="bold", x=0.07, ha="left")
     fams = [fam for fam in ("transformer_pp", "ebt") if any(r.family == fam for r in runs)]
     levels = sorted({r.x for r in runs})
-    gs = fig.add_gridspec(1, len(fams), left=0.07, right=0.97, top=0.88, bottom=0.2, wspace=0.15)
+    gs = fig.add_gridspec(1, len(fams), left=0.07, right=0.97, top=0.88, bottom=0.3, wspace=0.15)
     base = f.baselines
     first = None
     for k, fam in enumerate(fams):
@@ -367,6 +371,19 @@ def _curves_page(f: AxisFit, data: ReportData, new_page: Callable[[], Figure]) -
              "Dashed grey: the unigram baseline (loss of predicting token frequencies).", fontsize=8, va="top")
 
 
+def _continued(title: str, lines: Sequence[str], new_page: Callable[[], Figure], color: str = "k") -> None:
+    """Lines that did not fit on a page, in full, on as many continuation pages as they need (an archival PDF
+    holds every line)."""
+    per_page = int((0.90 - 0.06) / LINE_H) - 1
+    for k in range(0, len(lines), per_page):
+        fig = new_page()
+        fig.suptitle(title, fontsize=13, weight="bold", x=0.07, ha="left")
+        chunk = list(lines[k:k + per_page])
+        if k + per_page < len(lines):
+            chunk.append(f"  ... {len(lines) - k - per_page} more lines: on the next page")
+        fig.text(0.04, 0.90, "\n".join(chunk), va="top", fontsize=TEXT_PT, color=color, linespacing=1.3)
+
+
 def crossover_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
     """The FLOPs axis's crossover (skipped when the report has no FLOPs axis: every other axis page states its
     own crossover)."""
@@ -375,7 +392,7 @@ def crossover_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         return
     fig = new_page()
     fig.suptitle("FLOPs axis: where would the fitted lines cross?", fontsize=13, weight="bold", x=0.07, ha="left")
-    ax = fig.add_axes((0.08, 0.30, 0.86, 0.60))
+    ax = fig.add_axes((0.08, 0.30, 0.66, 0.60))  # the right quarter holds the legend
     plots.draw_crossover(ax, flops[0] if flops else None)
     lines = ["A constant FLOPs multiplier (EBT's ~6.67x per token in the paper's convention) shifts a line "
              "without changing its log-log slope,",
@@ -394,9 +411,12 @@ def crossover_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
                          + _guard_summary(f, data)[2:])
     lines = [w for line in lines for w in (textwrap.wrap(line, 150, subsequent_indent="    ") or [""])]
     room = int((0.24 - 0.05) / (8 * 1.4 / 72 / PAGE_SIZE[1]))  # lines of 8 pt between the plot and the footer
+    rest: list[str] = []
     if len(lines) > room:
-        lines = lines[:room - 1] + [f"... {len(lines) - room + 1} more lines: see `ebt-scale fit --json`"]
+        lines, rest = lines[:room - 1], lines[room - 1:]
+        lines.append(f"... {len(rest)} more lines: on the next page (continued)")
     fig.text(0.08, 0.24, "\n".join(lines), fontsize=8, va="top", linespacing=1.4)
+    _continued("FLOPs axis crossover, continued", rest, new_page)
 
 
 def _config_summary(run: Any) -> str:

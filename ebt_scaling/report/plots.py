@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from ebt_scaling.fit.results import LABELS, AxisFit, FamilyFit, FamilyPlot, baseline_of, holdout_lines
 
@@ -48,16 +48,53 @@ def _arr(v: Sequence[float | None]) -> np.ndarray:
     return np.asarray(v, dtype=float)
 
 
+def _tick_text(v: float, _pos: Any = None) -> str:
+    """A tick label as a plain number (40, 100, 0.5), large values as 2.5e6: never 4x10^1."""
+    if v == 0 or not math.isfinite(v):
+        return f"{v:g}"
+    if 1e-3 <= abs(v) < 1e5:
+        return f"{v:.4g}"
+    m, e = f"{v:.2e}".split("e")
+    return f"{float(m):g}e{int(e)}"
+
+
 def _plain_y(ax: Axes) -> None:
-    """Perplexities as plain numbers (40, 60) rather than 4x10^1 on a log axis; small x values too."""
-    fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
+    """Perplexities as plain numbers (40, 60) rather than 4x10^1 on a log axis: one locator (1, 2, 5 per decade,
+    a handful in all) and one formatter, no minor labels, so two labels never overlap or differ in size."""
+    fmt = FuncFormatter(_tick_text)
+    lo, hi = ax.get_ylim()
+    subs = (1.0, 2.0, 5.0) if hi / max(lo, 1e-300) < 1e3 else (1.0,)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=8))
     ax.yaxis.set_major_formatter(fmt)
-    ax.yaxis.set_minor_formatter(fmt)
-    ax.tick_params(axis="y", which="minor", labelsize=7)
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0), numticks=12))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     if ax.get_xlim()[1] < 1e5:
         ax.xaxis.set_major_formatter(fmt)
-        ax.xaxis.set_minor_formatter(fmt)
-        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _level_x(ax: Axes, xs: Sequence[float]) -> None:
+    """x margins so no point sits on the frame, and the levels themselves as the x ticks (when few and apart)."""
+    vals = sorted({float(v) for v in xs if v is not None and math.isfinite(float(v)) and float(v) > 0})
+    if not vals:
+        return
+    lo, hi = math.log10(vals[0]), math.log10(vals[-1])
+    pad = max(0.06 * (hi - lo), 0.05)
+    ax.set_xlim(10 ** (lo - pad), 10 ** (hi + pad))
+    logs = [math.log10(v) for v in vals]
+    if len(vals) <= 10 and all(b - a >= 0.06 * max(hi - lo, 1e-9) for a, b in zip(logs, logs[1:], strict=False)):
+        ax.xaxis.set_major_locator(FixedLocator(vals))
+        ax.xaxis.set_minor_locator(NullLocator())
+    else:
+        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=8))
+    ax.xaxis.set_major_formatter(FuncFormatter(_tick_text))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _legend_outside(ax: Axes, fontsize: float = 6.5, **kw: Any) -> None:
+    """The legend to the right of the axes, never over the data."""
+    ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False,
+              **kw)
 
 
 def _num_label(v: float | None, spec: str) -> str:
@@ -102,11 +139,12 @@ def draw_scaling(ax: Axes, fit: AxisFit) -> None:
     if pts and drawn:
         ax.set_ylim(min(pts) / 2.0, max(max(pts) * 2.0, max(drawn) * 1.3))
     _plain_y(ax)
+    _level_x(ax, [v for fam in ("transformer_pp", "ebt") if plot.get(fam) for v in plot[fam].x])
     ax.set_xlabel(X_LABELS.get(fit.axis, fit.axis))
     ax.set_ylabel("validation perplexity")
     ax.grid(True, which="both", alpha=0.25, lw=0.5)
     if any_data:
-        ax.legend(fontsize=6.5, loc="best", frameon=True, framealpha=0.85, edgecolor="0.8", ncol=2)
+        _legend_outside(ax)
     else:
         ax.text(0.5, 0.5, "no fit-eligible runs", ha="center", va="center", transform=ax.transAxes)
 
@@ -149,19 +187,20 @@ def draw_residuals(ax: Axes, fit: AxisFit, which: str = "m1") -> None:
         ax.scatter(p.x, r, s=14, marker=MARKERS[fam], color=COLORS[fam], alpha=0.75, label=LABELS[fam],
                    edgecolors="none")
         drawn = True
+    if not drawn:  # no dummy axes: one line that says why the panel is empty
+        ax.axis("off")
+        what = "M1 residuals: the M1 line" if which == "m1" else "M2 residuals: the saturating law (M2)"
+        ax.text(0.5, 0.5, f"{what} was not fitted on this axis (the notes below say why)", ha="center",
+                va="center", transform=ax.transAxes, fontsize=8, color="0.3", wrap=True)
+        return
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log")
-    if drawn and ax.get_xlim()[1] < 1e5:
-        fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
-        ax.xaxis.set_major_formatter(fmt)
-        ax.xaxis.set_minor_formatter(fmt)
+    _level_x(ax, [v for fam in ("transformer_pp", "ebt") if fit.plot.get(fam) for v in fit.plot[fam].x])
     ax.grid(True, alpha=0.25, lw=0.5)
     ax.set_xlabel(X_LABELS.get(fit.axis, fit.axis), fontsize=8)
     ax.set_ylabel("residual, log10 ppl" if which == "m1" else "residual, ln loss", fontsize=8)
     ax.set_title("M1 residuals (curvature = lack of fit)" if which == "m1" else "M2 residuals", fontsize=9)
     ax.tick_params(labelsize=7)
-    if not drawn:
-        ax.text(0.5, 0.5, "not fitted", ha="center", va="center", transform=ax.transAxes, fontsize=8)
 
 
 def draw_curves(ax: Axes, runs: Sequence[Any], curves: dict[int, dict[str, tuple[list[float], list[float]]]],
@@ -191,8 +230,9 @@ def draw_curves(ax: Axes, runs: Sequence[Any], curves: dict[int, dict[str, tuple
     ax.set_xlabel("training tokens")
     ax.set_ylabel("loss (nats/token)")
     ax.grid(True, which="major", alpha=0.3)
-    if shown:
-        ax.legend(title="level", fontsize=7, title_fontsize=7, loc="upper right")
+    if shown:  # below the panel, never over the curves
+        ax.legend(title="level", fontsize=7, title_fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+                  ncol=min(len(shown), 6), frameon=False)
 
 
 def axis_text(fit: AxisFit) -> str:
@@ -293,7 +333,7 @@ def draw_crossover(ax: Axes, fit: AxisFit | None) -> None:
     ax.set_xlabel(X_LABELS.get(fit.axis, fit.axis))
     ax.set_ylabel("validation perplexity")
     ax.grid(True, which="both", alpha=0.25, lw=0.5)
-    ax.legend(fontsize=7, frameon=False)
+    _legend_outside(ax, fontsize=7)
 
 
 def draw_table(ax: Axes, header: Sequence[str], rows: Sequence[Sequence[str]], col_widths: Sequence[float],
