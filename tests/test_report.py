@@ -197,3 +197,31 @@ def test_families_trained_with_different_optimizer_settings_are_named_on_the_sum
     summary = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(out), "-"], capture_output=True, text=True,
                              check=True).stdout.replace("\n", " ")
     assert "different optimizer settings (lr EBT 0.02, T++ 0.01)" in summary
+
+
+@pytest.mark.skipif(not shutil.which("pdftotext"), reason="pdftotext (poppler-utils) not installed")
+def test_every_warning_line_is_in_the_pdf_however_many(tmp_path):
+    """An archival PDF holds every guard-rail line: what does not fit under the axis plot goes to continuation
+    pages (named on the truncated page), never to 'see ebt-scale fit --json'; their text stays in the page box."""
+    import dataclasses
+
+    from ebt_scaling.fit.results import Guard
+
+    fits = fit_axes(list(group_runs(synthetic_runs(axes=("data",), seeds=1)).values()), FAST)
+    many = [Guard(code="not_falling", family="ebt", scope="both",
+                  message=f"marker{k:03d} " + "a long warning text " * 6) for k in range(150)]
+    fits = [dataclasses.replace(fits[0], guards=list(fits[0].guards) + many)]
+    out = tmp_path / "w.pdf"
+    n = build_report(ReportData("warnings", fits), out)
+    text = subprocess.run(["pdftotext", str(out), "-"], capture_output=True, text=True, check=True).stdout
+    for k in range(150):
+        assert f"marker{k:03d}" in text, k
+    assert "fit --json" not in text
+    assert "more lines: on the next page (Warnings, continued)" in text and "Warnings, continued: " in text
+    html = subprocess.run(["pdftotext", "-bbox", str(out), "-"], capture_output=True, text=True, check=True).stdout
+    pages = re.findall(r'<page width="([\d.]+)" height="([\d.]+)">(.*?)</page>', html, re.S)
+    assert len(pages) == n
+    for k, (w, h, body) in enumerate(pages, 1):
+        for x0, y0, x1, y1 in re.findall(r'xMin="([\d.-]+)" yMin="([\d.-]+)" xMax="([\d.-]+)" yMax="([\d.-]+)"', body):
+            assert 0 <= float(x0) and float(x1) <= float(w) + 0.5, k
+            assert 0 <= float(y0) and float(y1) <= float(h) + 0.5, k
