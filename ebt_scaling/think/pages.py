@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ebt_scaling.think import metrics as tm
 
@@ -40,6 +40,8 @@ class ThinkRun:
     token_energy: list[list[float]] = field(default_factory=list)  # [k][position]
     token_target: list[int] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    axis: str = ""
+    level: float | None = None  # the run's value on its sweep axis: its colour and its name in legends
 
 
 @dataclass
@@ -57,8 +59,14 @@ def load_think_data(store: Store, sweep: str | None = None) -> ThinkData | None:
         if not pts:
             continue
         recipe = (run.config or {}).get("recipe")
-        label = f"{'EBT' if run.family == 'ebt' else 'T++'}{' ' + recipe if recipe else ''} #{run.id}"
-        tr = ThinkRun(run.id, run.family, label, {}, config=run.config or {})
+        level = getattr(run, "x", None)
+        axis = getattr(run, "axis", None) or ""
+        at = f" {axis}={level:g}" if level is not None else ""
+        seed = getattr(run, "seed", None)
+        label = (f"{'EBT' if run.family == 'ebt' else 'T++'}{' ' + recipe if recipe else ''}{at}"
+                 + (f" seed {seed}" if seed is not None else "") + f" (run {run.id})")
+        tr = ThinkRun(run.id, run.family, label, {}, config=run.config or {}, axis=axis,
+                      level=None if level is None else float(level))
         tok: dict[int, dict[int, float]] = {}
         for p in pts:
             parsed = tm.parse_ppl_name(p.name)
@@ -90,6 +98,24 @@ def think_pages(store: Store, sweep: str | None = None) -> list[Callable[[Any, C
             lambda _r, new_page: energy_page(data, new_page)]
 
 
+def _level_colors(data: ThinkData) -> dict[float | None, Any]:
+    """One colour per axis level (viridis, small to large), shared by both families."""
+    import matplotlib
+
+    levels = sorted({r.level for r in data.runs if r.level is not None})
+    cmap = matplotlib.colormaps["viridis"]
+    out: dict[float | None, Any] = {x: cmap(0.9 * i / max(1, len(levels) - 1)) for i, x in enumerate(levels)}
+    out[None] = "0.3"
+    return out
+
+
+def _level_name(data: ThinkData, level: float | None) -> str:
+    axes = {r.axis for r in data.runs if r.axis}
+    if level is None:
+        return "level unknown"
+    return f"{axes.pop()}={level:g}" if len(axes) == 1 else f"level {level:g}"
+
+
 def _splits(data: ThinkData) -> list[str]:
     splits = sorted({s for r in data.runs for s in r.curves}, key=lambda s: (s != "val", s))
     return splits
@@ -105,27 +131,44 @@ def passes_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
     splits = _splits(data)
     axes = fig.subplots(1, max(1, len(splits)))
     axes = np.atleast_1d(axes)
+    from matplotlib.lines import Line2D
+
+    shade = _level_colors(data)
+    ns: set[int] = set()
     for ax, split in zip(axes, splits, strict=False):
         for r in data.runs:
             by_n = r.curves.get(split, {})
+            col = shade.get(r.level, "0.3")
             for j, n in enumerate(sorted(by_n)):
                 xs, ys = tm.curve(by_n[n])
                 if r.family == "ebt":
-                    ax.plot(xs, ys, SAMPLE_STYLES[j % len(SAMPLE_STYLES)], marker="s", ms=3.5,
-                            color=COLORS["ebt"], alpha=0.9, label=f"{r.label}, N={n}")
+                    ns.add(j)
+                    ax.plot(xs, ys, SAMPLE_STYLES[j % len(SAMPLE_STYLES)], marker="s", ms=3.5, color=col, alpha=0.9)
                 else:
-                    ax.plot(xs, ys, "-", color=COLORS["transformer_pp"], lw=1.6, label=f"{r.label} (flat)")
+                    ax.plot(xs, ys, "-", color=col, lw=2.4, alpha=0.45)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
-        ax.tick_params(axis="y", which="minor", labelsize=6)
+        ax.yaxis.set_minor_formatter(NullFormatter())  # one label size, no overlapping minor labels
         ax.set_xlabel("forward passes per prediction")
         ax.set_ylabel("perplexity")
         ax.set_title("in distribution (validation)" if split == "val" else f"out of distribution ({split[4:]})")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.subplots_adjust(top=0.82, bottom=0.1, left=0.07, right=0.98, wspace=0.2)
+    # one legend below the panels: colour = level, line style = family / best-of-N sample count
+    handles = [Line2D([], [], color=shade[lv], lw=2, label=_level_name(data, lv))
+               for lv in sorted(k for k in shade if k is not None)]
+    if any(r.level is None for r in data.runs):
+        handles.append(Line2D([], [], color="0.3", lw=2, label="level unknown"))
+    all_n = sorted({n for r in data.runs if r.family == "ebt" for by_n in r.curves.values() for n in by_n})
+    handles += [Line2D([], [], color="k", ls=SAMPLE_STYLES[j % len(SAMPLE_STYLES)], marker="s", ms=3.5,
+                       label=f"EBT, best of N={n}") for j, n in enumerate(all_n)]
+    if any(r.family != "ebt" for r in data.runs):
+        handles.append(Line2D([], [], color="k", lw=2.4, alpha=0.45, label="Transformer++ (flat)"))
+    fig.subplots_adjust(top=0.82, bottom=0.3, left=0.07, right=0.98, wspace=0.2)
+    if handles:
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.2), ncol=min(6, len(handles)),
+                   fontsize=7, frameon=False)
 
 
 def gain_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
@@ -136,6 +179,8 @@ def gain_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
              ha="center", va="top", fontsize=8)
     ax = fig.add_axes((0.07, 0.38, 0.5, 0.46))
     rows = []
+    shade = _level_colors(data)
+    shown: set[float | None] = set()
     for r in data.runs:
         if r.family != "ebt":
             continue
@@ -146,9 +191,11 @@ def gain_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
                 pts.append((mag, r.summary.get(f"gain_max/split={split}", math.nan), split))
         xs = [p[0] for p in pts]
         ys = [p[1] * 100 for p in pts]
-        ax.plot(xs, ys, "-s", color=COLORS["ebt"], label=r.label)
-        for x, y, s in zip(xs, ys, [p[2] for p in pts], strict=True):
-            ax.annotate(s, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        col = shade.get(r.level, "0.3")
+        ax.plot(xs, ys, "-", color=col, lw=1.2, label=None if r.level in shown else _level_name(data, r.level))
+        shown.add(r.level)
+        for x, y, s in zip(xs, ys, [p[2] for p in pts], strict=True):  # the split by marker, not a text label
+            ax.plot([x], [y], "s" if s == "val" else "^", color=col, ms=5)
         for split in ["val", *[s for s in r.curves if s != "val"]]:
             rows.append([r.label, split, f"{1.0 if split == 'val' else mag:.3f}",
                          *(f"{r.summary.get(f'{g}/split={split}', math.nan) * 100:+.2f}%"
@@ -158,20 +205,28 @@ def gain_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
     ax.set_ylabel("thinking gain (% perplexity improvement)")
     ax.grid(True, alpha=0.3)
     if rows:
-        ax.legend(fontsize=7)
-    tax = fig.add_axes((0.07, 0.04, 0.86, 0.26))
+        from matplotlib.lines import Line2D
+
+        h, _ = ax.get_legend_handles_labels()
+        h += [Line2D([], [], ls="", marker="s", color="k", ms=5, label="validation (magnitude 1)"),
+              Line2D([], [], ls="", marker="^", color="k", ms=5, label="OOD split")]
+        ax.legend(handles=h, fontsize=7, loc="lower left", bbox_to_anchor=(1.02, 0.0), borderaxespad=0.0,
+                  frameon=False)
+    tax = fig.add_axes((0.07, 0.07, 0.86, 0.23))
     tax.axis("off")
     header = ["run", "split", "OOD magnitude", "thinking longer", "best-of-N", "max gain"]
     if rows:
-        t = tax.table(cellText=rows[:12], colLabels=header, loc="upper left", cellLoc="left")
+        t = tax.table(cellText=rows[:12], colLabels=header, loc="upper left", cellLoc="left",
+                      colWidths=[0.34, 0.12, 0.12, 0.14, 0.14, 0.14])
         t.auto_set_font_size(False)
-        t.set_fontsize(8)
+        t.set_fontsize(7)
+        t.scale(1.0, 0.85)
     else:
         tax.text(0, 0.8, "no EBT run has thinking results", fontsize=9)
-    fig.text(0.62, 0.8, "Paper (v1 Fig. 7, xxs S2 EBT, 1M steps): the max-thinking gain rises from about 11.8%\n"
+    fig.text(0.60, 0.8, "Paper (v1 Fig. 7, xxs S2 EBT, 1M steps): the max-thinking gain rises from about 11.8%\n"
              "at shift 1.0 to about 23% at shift 4.4. Tiny CPU runs are far from that regime:\n"
              "the paper reports that thinking ability emerges only with enough training data.",
-             fontsize=8, va="top")
+             fontsize=7.5, va="top")
 
 
 def _token_labels(r: ThinkRun) -> list[str]:
@@ -198,7 +253,7 @@ def energy_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
              "for each predicted token after k inner steps (k = 0: the initial noise).\nLower = more confident; "
              "tokens that stay high are the uncertain ones (paper Fig. 8).", ha="center", va="top", fontsize=8)
     mat = np.asarray(r.token_energy, dtype=float).T  # (positions, steps)
-    ax = fig.add_axes((0.3, 0.06, 0.35, 0.8))
+    ax = fig.add_axes((0.3, 0.13, 0.35, 0.73))  # the x label clears the footer
     im = ax.imshow(mat, aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_xticks(range(mat.shape[1]))
     ax.set_xlabel("inner steps k")
@@ -207,11 +262,13 @@ def energy_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
     ax.set_yticklabels(labels[:mat.shape[0]], fontsize=7, family="monospace")
     ax.set_ylabel("predicted token")
     fig.colorbar(im, ax=ax, fraction=0.05, label="energy")
-    ax2 = fig.add_axes((0.74, 0.45, 0.23, 0.38))
+    ax2 = fig.add_axes((0.76, 0.45, 0.21, 0.38))
+    shade = _level_colors(data)
     for run in ebts:
-        ax2.plot(range(len(run.energy_steps)), run.energy_steps, "-s", ms=3, label=run.label)
+        ax2.plot(range(len(run.energy_steps)), run.energy_steps, "-s", ms=3, color=shade.get(run.level, "0.3"),
+                 label=run.label)
     ax2.set_xlabel("inner steps k")
     ax2.set_ylabel("mean energy (validation)")
     ax2.set_title("mean energy vs steps", fontsize=9)
     ax2.grid(True, alpha=0.3)
-    ax2.legend(fontsize=7)
+    ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
