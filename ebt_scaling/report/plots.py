@@ -189,9 +189,9 @@ def draw_residuals(ax: Axes, fit: AxisFit, which: str = "m1") -> None:
         drawn = True
     if not drawn:  # no dummy axes: one line that says why the panel is empty
         ax.axis("off")
-        what = "M1 residuals: the M1 line" if which == "m1" else "M2 residuals: the saturating law (M2)"
-        ax.text(0.5, 0.5, f"{what} was not fitted on this axis (the notes below say why)", ha="center",
-                va="center", transform=ax.transAxes, fontsize=8, color="0.3", wrap=True)
+        what = "M1 line" if which == "m1" else "saturating law (M2)"
+        ax.text(0.5, 0.5, f"{what} not fitted on this axis: the notes below say why", ha="center",
+                va="center", transform=ax.transAxes, fontsize=8, color="0.3")
         return
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log")
