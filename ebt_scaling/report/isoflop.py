@@ -71,7 +71,7 @@ def profiles(ax: Axes, d: dict[str, Any], fam: str) -> None:
     ax.set_title(f"{LABELS.get(fam, fam)}: IsoFLOP profiles (approach 2)")
     ax.grid(alpha=0.3, which="both")
     if bfs:
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)  # below the data
 
 
 def frontiers(ax_l: Axes, ax_n: Axes, d: dict[str, Any]) -> None:
@@ -121,7 +121,7 @@ def frontiers(ax_l: Axes, ax_n: Axes, d: dict[str, Any]) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())  # a budget range under a decade: minor labels overlap
         ax.set_xlabel("training FLOPs C")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)  # below the data
     ax_n.set_yscale("log")
     ax_l.set_ylabel("loss (nats): runs (faint), compute-optimal L*(C)")
     ax_n.set_ylabel("compute-optimal N*(C)")
@@ -161,7 +161,7 @@ def multiplier(ax: Axes, d: dict[str, Any]) -> None:
     ax.set_ylabel(f"compute multiplier m = C_{LABELS.get(a, a)} / C_{LABELS.get(b, b)}")
     ax.set_title(f"Compute multiplier; {c.get('verdict', '')}", fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)  # below the data
 
 
 def _law_loss(law: dict[str, float], N: np.ndarray, D: np.ndarray) -> np.ndarray:
@@ -250,13 +250,16 @@ def isoflop_pages(results: Sequence[Any]) -> list[Callable[[Any, Callable[[], Fi
             axs = fig.subplots(1, max(len(fams), 1), squeeze=False)[0]
             for ax, fam in zip(axs, fams, strict=False):
                 profiles(ax, d, fam)
+            fig.subplots_adjust(bottom=0.3)  # room for the legends below the plots
             fig = new_page()
             fig.suptitle(f"Compute-optimal frontiers - sweep {sweep}", fontsize=12)
             ax_l, ax_n = fig.subplots(1, 2)
             frontiers(ax_l, ax_n, d)
+            fig.subplots_adjust(bottom=0.3)
             fig = new_page()
             fig.suptitle(f"Compute multiplier - sweep {sweep}", fontsize=12)
             multiplier(fig.subplots(1, 1), d)
+            fig.subplots_adjust(bottom=0.3)
             fig = new_page()
             fig.suptitle(f"IsoFLOP diagnostics - sweep {sweep}", fontsize=12)
             gs = fig.add_gridspec(2, 2, height_ratios=[1.1, 1])
