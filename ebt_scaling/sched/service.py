@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ebt_scaling.db.imports import ImportRow
 from ebt_scaling.provenance import code_version
 from ebt_scaling.records import MetricPoint
 from ebt_scaling.sched.runner import RayOptions, RunnerOutcome, prefetch_ray, run_trials
@@ -356,31 +357,13 @@ def _wait_for_others(spec: SweepSpec, store: Store, claims: RunClaims, ray_opts:
     return []
 
 
-@dataclass(frozen=True)
-class EvalPoint:
-    """A data-axis point read off a long run's validation series (the fields of ``Store.import_rows``)."""
-
-    line: int
-    family: str
-    axis: str
-    x: float
-    seed: int
-    val_loss: float
-    train_loss: float | None = None
-    val_ppl: float | None = None
-    tokens: int | None = None
-    extra: tuple[tuple[str, float], ...] = ()
-    params: int | None = None  # compute rows (isoflop imports) only
-    flops: float | None = None
-
-
 def import_evaluation_points(store: Store, sweep: str, runs: list[RunRecord]) -> int:
     """Data axis, ``mode = "evaluations"``: store the validation loss of each completed long run at every
     smaller budget in its ``eval_tokens`` as a completed, fit-eligible point of ``sweep`` (x = tokens; the
     run itself is the largest budget). Idempotent. Returns the number of points."""
     import math
 
-    points: list[EvalPoint] = []
+    points: list[ImportRow] = []
     for run in runs:
         budgets = (run.config or {}).get("eval_tokens")
         if run.status != "completed" or not budgets:
@@ -392,9 +375,9 @@ def import_evaluation_points(store: Store, sweep: str, runs: list[RunRecord]) ->
             v = val.get(int(tokens) // per_step)
             if v is None or not math.isfinite(v):
                 continue
-            points.append(EvalPoint(line=run.id, family=run.family, axis="data", x=float(tokens), seed=run.seed,
-                                    val_loss=float(v), tokens=int(tokens),
-                                    extra=(("evaluated_from_run", float(run.id)),)))
+            points.append(ImportRow(line=run.id, family=run.family, axis="data", x=float(tokens), seed=run.seed,
+                                   val_loss=float(v), tokens=int(tokens),
+                                   extra=(("evaluated_from_run", float(run.id)),)))
     if points:
         store.import_rows(sweep, points, source_name=f"evaluations of the long runs of {sweep}")
     return len(points)
