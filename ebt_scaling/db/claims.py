@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
-from ebt_scaling.db.lease import APP_PREFIX, _holder
+from ebt_scaling.db.lease import APP_PREFIX, _holder, flock_holder, read_lock_info
 
 CLAIM_SPACE = 0x45425452  # "EBTR": the first key of every run claim's advisory lock
 
@@ -70,7 +70,7 @@ class RunClaims:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                info = _read_info(fd)
+                info = read_lock_info(fd)
                 os.close(fd)
                 return info
             data = json.dumps({**_holder(), "run_id": run_id}).encode()
@@ -89,19 +89,7 @@ class RunClaims:
                 return self._pg_holder(run_id)
             if self._dir is None:
                 return None
-            try:
-                fd = os.open(self._dir / f"run-{run_id}", os.O_RDONLY)
-            except OSError:
-                return None
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return _read_info(fd)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                return None
-            finally:
-                os.close(fd)
+            return flock_holder(self._dir / f"run-{run_id}")
 
     def mine(self) -> set[int]:
         with self._lock:
@@ -151,13 +139,6 @@ class RunClaims:
         if not name.startswith(APP_PREFIX + " "):
             return {}
         return dict(kv.split("=", 1) for kv in name.split(" ")[1:] if "=" in kv)
-
-
-def _read_info(fd: int) -> dict:
-    try:
-        return json.loads(os.pread(fd, 4096, 0).decode() or "null") or {}
-    except ValueError:
-        return {}
 
 
 def _raise_open_files_limit() -> None:

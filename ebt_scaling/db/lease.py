@@ -63,7 +63,12 @@ def _lease_file(db_path: Path, sweep: str) -> Path:
 
 def sqlite_holder(db_path: Path, sweep: str) -> dict | None:
     """Who holds the sweep's lease ({host, pid, since}), or None when no live driver does."""
-    path = _lease_file(db_path, sweep)
+    return flock_holder(_lease_file(db_path, sweep))
+
+
+def flock_holder(path: Path) -> dict | None:
+    """The JSON a live process wrote into the lock file ``path`` while it holds its exclusive flock ({} when
+    unreadable), or None when no process holds it (the sweep lease and the run claims alike)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -72,14 +77,19 @@ def sqlite_holder(db_path: Path, sweep: str) -> dict | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                return json.loads(os.pread(fd, 4096, 0).decode() or "null") or {}
-            except ValueError:
-                return {}
+            return read_lock_info(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def read_lock_info(fd: int) -> dict:
+    """The holder's JSON at the start of an open lock file ({} when empty or unreadable)."""
+    try:
+        return json.loads(os.pread(fd, 4096, 0).decode() or "null") or {}
+    except ValueError:
+        return {}
 
 
 def _pg_holder_info(conn: Any, key: int) -> dict | None:
