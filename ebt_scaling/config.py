@@ -252,6 +252,16 @@ RECIPE_OVERRIDES: dict[str, dict[str, Any]] = {
     ),
 }
 _S1 = RECIPE_OVERRIDES["ebt_s1"]
+# Video recipes (issue 31; models/video.py): the text recipes' mechanics with the paper's video step size (section
+# 14: alpha 30,000, learnable, 2 steps). ``ebt_vid_s2`` is S2-style (no paper value for video S2): the S2 mechanics
+# at the video alpha, without the replay buffer (not implemented for video). Here, torch-free, for sweep planning.
+VIDEO_RECIPE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "ebt_vid_s1": {**RECIPE_OVERRIDES["ebt_s1"], "step_size": 30000.0},
+    "ebt_vid_s2": {**RECIPE_OVERRIDES["ebt_s2"], "step_size": 30000.0, "replay_buffer_size": 0},
+}
+# The paper's video EBT runs used the Transformer++ learning rate / 3. A spec-level fact: train() never divides;
+# a spec (or the caller) sets the EBT's lr to the T++ lr / VIDEO_LR_DIVISOR where it follows the paper (docs/video.md).
+VIDEO_LR_DIVISOR = 3.0
 
 
 @config_class
