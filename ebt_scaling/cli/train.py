@@ -69,11 +69,42 @@ def _auto_micro_batch(spec: Any, device: str, workers: int) -> int | None:
     return plan.micro_batch_size
 
 
+VIDEO_CONTEXT_FRAMES = 16  # the paper's context frames: `ebt-scale train`'s default --seq-len for a video model
+SYNTHETIC_VIDEO_FRAME_DIM = 32  # the default --frame-dim of synthetic-video (docs/video.md's measured store)
+
+
+def _frame_dim(data: str, given: int | None) -> int | None:
+    """The run's frame_dim: ``--frame-dim``, else a video store's own, else 32 for synthetic-video, else None (a
+    text model). A text --data with --frame-dim is refused later, by ``check_modality``."""
+    from ebt_scaling.config import is_synthetic_video
+
+    if given is not None or not (is_synthetic_video(data) or data.startswith("store:")):
+        return given
+    if is_synthetic_video(data):
+        return SYNTHETIC_VIDEO_FRAME_DIM
+    from ebt_scaling.data.video_data import store_frame_dim
+
+    return store_frame_dim(data)
+
+
+def _video_ebt_options(recipe: str | None, cpu: bool) -> dict[str, Any]:
+    """A video EBT's ModelConfig overrides: the video recipe's, then on the CPU presets alpha 30 with an alpha LR
+    multiplier of 100 (``config.CPU_VIDEO_EBT_S1``; the paper's 30,000 overshoots at these sizes)."""
+    from ebt_scaling.config import CPU_VIDEO_EBT_S1, VIDEO_RECIPE_OVERRIDES
+
+    if recipe is None:
+        return {}
+    if recipe not in VIDEO_RECIPE_OVERRIDES:
+        raise fail(f"--recipe {recipe}: unknown video recipe; use {' or '.join(VIDEO_RECIPE_OVERRIDES)}", 2)
+    return {**VIDEO_RECIPE_OVERRIDES[recipe], **(CPU_VIDEO_EBT_S1 if cpu else {})}
+
+
 @handle_errors
 def train_cmd(
     family: Annotated[str, typer.Option("--family", "-f", help="transformer_pp or ebt.")] = "ebt",
     preset: Annotated[str, typer.Option("--preset", "-p", help="Size preset (nano, tiny, xxs, ... xl).")] = "tiny",
-    recipe: Annotated[str | None, typer.Option("--recipe", help="EBT recipe: ebt_s1 (default) or ebt_s2.")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help="EBT recipe: ebt_s1 (default) or ebt_s2; for video "
+                                               "ebt_vid_s1 (default) or ebt_vid_s2.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps.", min=1)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Sequences per step.", min=1)] = None,
     micro_batch_size: Annotated[str | None, typer.Option("--micro-batch-size", help="Gradient accumulation: "
@@ -84,7 +115,12 @@ def train_cmd(
     schedule_steps: Annotated[int | None, typer.Option("--schedule-steps", help="Length of the LR schedule "
                                                        "(warm-up + cosine) when the run stops earlier at --steps "
                                                        "(default: --steps).", min=1)] = None,
-    seq_len: Annotated[int | None, typer.Option("--seq-len", help="Context length in tokens.", min=1)] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="Context length in tokens (video: context "
+                                                "frames, default 16).", min=1)] = None,
+    frame_dim: Annotated[int | None, typer.Option("--frame-dim", help="Video: train a video model on frame "
+                                                  "embeddings of this size (default for a video --data: the "
+                                                  "store's, or 32 for synthetic-video; docs/video.md).", min=1)
+                         ] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", help="Warm-up steps.", min=0)] = None,
     step_size: Annotated[float | None, typer.Option("--step-size", help="EBT: initial step size alpha of the "
@@ -94,7 +130,8 @@ def train_cmd(
                                                             "learnable alpha (default: the recipe's or CPU "
                                                             "preset's).")] = None,
     data: Annotated[str, typer.Option("--data", help="shakespeare, kjv, synthetic, text:PATH, hf:NAME or "
-                                      "store:DIR (a token store from `ebt-scale data prepare --out DIR`).")
+                                      "store:DIR (a token store from `ebt-scale data prepare --out DIR`); video: "
+                                      "synthetic-video[:CLIPS] or store:DIR of a video store.")
                     ] = "shakespeare",
     sampling: Annotated[str, typer.Option("--sampling", help="packed (windows across documents) or document "
                                           "(one padded document per sample; docs/data.md).")] = "packed",
@@ -132,24 +169,30 @@ def train_cmd(
     progress_mode: Annotated[str, typer.Option("--progress", help="auto (a bar on a terminal, plain lines "
                                                "otherwise), rich, plain or off.")] = "auto",
 ) -> None:
-    """Train one model and print a summary (final losses vs. the unigram baseline, tokens, params, time)."""
+    """Train one model and print a summary (final losses vs. the unigram baseline, tokens, params, time; video:
+    validation SmoothL1 vs. the copy-last-frame and mean-embedding baselines)."""
     from ebt_scaling.config import DataConfig, RunSpec, TrainConfig, get_preset, model_config, tokenizer_vocab_size
 
     _check_data_arg(data)
+    frame_dim = _frame_dim(data, frame_dim)
     if progress_mode not in ("auto", "rich", "plain", "off"):
         raise fail(f"--progress: unknown value {progress_mode!r}; use auto, rich, plain or off", 2)
     if family not in ("transformer_pp", "ebt"):
         raise fail(f"--family: unknown family {family!r}; use transformer_pp or ebt", 2)
     if recipe is not None and family != "ebt":
         raise fail("--recipe applies to --family ebt only; drop it for transformer_pp", 2)
+    video = frame_dim is not None
+    if recipe is not None and recipe.startswith("ebt_vid_") != video:
+        raise fail(f"--recipe {recipe}: a {'text' if video else 'video'} recipe for a {'video' if video else 'text'} "
+                   f"model; use {'ebt_vid_s1 or ebt_vid_s2' if video else 'ebt_s1 or ebt_s2'}", 2)
     if family != "ebt" and (step_size is not None or step_size_lr_mult is not None):
         raise fail("--step-size and --step-size-lr-mult apply to --family ebt only; drop them for transformer_pp", 2)
     micro_arg = _micro_batch_size(micro_batch_size)
     micro = None if micro_arg == "auto" else micro_arg
     p = get_preset(preset)  # the one source of defaults (config.PRESETS)
-    d = p.train_defaults(family)
+    d = p.train_defaults("transformer_pp" if video else family)  # video: the measured CPU recipe (docs/video.md)
     steps = steps or d["steps"]
-    seq_len = seq_len or p.sequence_len
+    seq_len = seq_len or (VIDEO_CONTEXT_FRAMES if video else p.sequence_len)
     batch_size = batch_size or d["batch_size"]
     given = {k: v for k, v in (("eval_batches", eval_batches), ("log_interval", log_interval)) if v is not None}
     tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr if lr is not None else d["lr"],
@@ -160,17 +203,22 @@ def train_cmd(
                        precision=precision, lr_schedule=d["lr_schedule"])
     dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab_size or p.vocab_size,
                       sampling=sampling)
-    vocab = tokenizer_vocab_size(dcfg)
-    recipe_name = (recipe or "ebt_s1") if family == "ebt" else None
+    vocab = 2 if video else tokenizer_vocab_size(dcfg)  # a video model has no vocabulary
+    recipe_name = (recipe or ("ebt_vid_s1" if video else "ebt_s1")) if family == "ebt" else None
     # EBT settings: the recipe's, then the preset's tuned S1 options (config.PRESETS), then the options given
-    model_kw: dict[str, Any] = p.ebt_options(recipe_name)
+    model_kw: dict[str, Any] = _video_ebt_options(recipe_name, p.cpu) if video else p.ebt_options(recipe_name)
     if step_size is not None:
         model_kw["step_size"] = step_size
     if step_size_lr_mult is not None:
         model_kw["step_size_lr_multiplier"] = step_size_lr_mult
     # Validate the model shape (and what it allows) before any data is prepared (bad input writes nothing).
-    spec0 = RunSpec(model=model_config(family, preset, vocab_size=vocab, sequence_len=seq_len, recipe=recipe_name,
-                                       **model_kw), train=tcfg)  # refuses cuda_graph with S2
+    spec0 = RunSpec(model=model_config(family, preset, vocab_size=vocab, sequence_len=seq_len, frame_dim=frame_dim,
+                                       recipe=None if video else recipe_name, **model_kw),
+                    train=tcfg)  # refuses cuda_graph with S2
+    if video:  # a text source for a video model (or a store of another frame size): one line, before any data
+        from ebt_scaling.data.video_data import check_modality
+
+        check_modality(dcfg, frame_dim)
     if micro_arg == "auto":
         spec0 = spec0.with_(train=dataclasses.replace(tcfg, micro_batch_size=_auto_micro_batch(spec0, device,
                                                                                                  workers)))
@@ -197,34 +245,38 @@ def train_cmd(
     err = Console(stderr=True)
     from ebt_scaling.data import open_data
 
-    corpus = open_data(dcfg, seq_len, seed=seed, progress=lambda m: err.print(f"[dim]data:[/dim] {m}"))
-    spec = spec0.with_(data=dcfg, checkpoint_dir=checkpoint_dir, recipe=recipe_name)
+    corpus = open_data(dcfg, seq_len, seed=seed, progress=lambda m: err.print(f"[dim]data:[/dim] {m}"),
+                       frame_dim=frame_dim)
+    spec = spec0.with_(data=dcfg, checkpoint_dir=checkpoint_dir, recipe=None if video else recipe_name)
 
     from ebt_scaling.records import ListSink
     from ebt_scaling.train.launch import launch_local
 
     sink = ListSink()
-    with _train_progress(progress_mode, err, f"{family} {preset}", steps) as on_step:
+    with _train_progress(progress_mode, err, f"{family} {preset}{' video' if video else ''}", steps,
+                         "frames" if video else "tok") as on_step:
         if compile_:
             err.print("[dim]compile:[/dim] torch.compile builds the training step first "
                       "(the first step takes a minute or more)")
         result = launch_local(spec, workers, sink, resume_from=resume, on_step=on_step,
                               data_progress=lambda m: None)
 
-    unigram = corpus.unigram_entropy()
     if wants_json(fmt, as_json):
         out = dataclasses.asdict(result)
         out["config_hash"] = spec.config_hash
         out["spec"] = spec.to_dict()
         typer.echo(json.dumps(_clean(out), indent=1, sort_keys=True))
+    elif video:
+        _video_summary(result)
     else:
-        _summary(result, unigram, corpus.entropy_rate)
+        _summary(result, corpus.unigram_entropy(), corpus.entropy_rate)
     if result.status != "completed":
         raise typer.Exit(1)
 
 
 @contextlib.contextmanager
-def _train_progress(mode: str, err: Any, label: str, total: int) -> Iterator[Callable[[dict[str, Any]], None]]:
+def _train_progress(mode: str, err: Any, label: str, total: int, unit: str = "tok"
+                    ) -> Iterator[Callable[[dict[str, Any]], None]]:
     """Yields the ``on_step`` callback: a rich bar (``rich``; ``auto`` on a terminal), one plain line per
     validation and at most every 30 s otherwise (``plain``; ``auto`` in logs and pipes), or nothing."""
     if mode == "auto":
@@ -248,7 +300,7 @@ def _train_progress(mode: str, err: Any, label: str, total: int) -> Iterator[Cal
             eta = elapsed / done * (total - step) if done > 0 else float("nan")
             val_s = f" val {val:.4f}" if val is not None else ""
             err.print(f"train {label}: step {step}/{total} loss {info['loss']:.4f}{val_s} "
-                      f"{info['tokens_per_s']:,.0f} tok/s, {elapsed:.0f} s elapsed, ETA {eta:.0f} s",
+                      f"{info['tokens_per_s']:,.0f} {unit}/s, {elapsed:.0f} s elapsed, ETA {eta:.0f} s",
                       highlight=False, soft_wrap=True)
 
         yield plain
@@ -264,7 +316,7 @@ def _train_progress(mode: str, err: Any, label: str, total: int) -> Iterator[Cal
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val]}"),
-                  TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                  TextColumn("{task.fields[tps]} " + unit + "/s"), TimeElapsedColumn(), TextColumn("ETA"),
                   TimeRemainingColumn(), console=err, transient=False) as progress:
         task = progress.add_task(label, total=total, loss="-", val="-", tps="-")
 
@@ -302,6 +354,34 @@ def _summary(r: Any, unigram: float, entropy_rate: float | None) -> None:
               f"{r.flops_per_token.get('paper', 0):.4g} / {r.flops_per_token.get('exact', 0):.4g}")
     tps = r.extra.get("tokens_per_s")
     t.add_row("tokens/s (training)", f"{tps:,.0f}" if tps else "-")
+    t.add_row("wall time", f"{r.wall_time_s:.1f} s")
+    t.add_row("device", str(r.device))
+    if r.checkpoint_dir:
+        t.add_row("checkpoint", r.checkpoint_dir)
+    Console().print(t)
+
+
+def _video_summary(r: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    copy, mean = r.extra.get("copy_loss"), r.extra.get("mean_loss")
+    t = Table(title=f"run {r.status}" + (f": {r.reason}" if r.reason else ""), show_header=False)
+    t.add_column("metric", style="bold")
+    t.add_column("value", justify="right")
+    t.add_row("final train loss (SmoothL1)", _fmt(r.final_train_loss))
+    t.add_row("final val loss (SmoothL1)", _fmt(r.final_val_loss))
+    t.add_row("copy last frame (baseline)", _fmt(copy))
+    t.add_row("mean embedding (baseline)", _fmt(mean))
+    if r.final_val_loss is not None and math.isfinite(r.final_val_loss) and copy:
+        t.add_row("val loss / copy baseline", f"{r.final_val_loss / copy:.3f}")
+    t.add_row("steps / frames predicted", f"{r.steps} / {r.tokens:,}")
+    t.add_row("params (total / non-embedding)",
+              f"{r.params.get('total', 0):,} / {r.params.get('non_embedding', 0):,}")
+    t.add_row("FLOPs/frame (paper / exact)",
+              f"{r.flops_per_token.get('paper', 0):.4g} / {r.flops_per_token.get('exact', 0):.4g}")
+    fps = r.extra.get("tokens_per_s")
+    t.add_row("frames/s (training)", f"{fps:,.0f}" if fps else "-")
     t.add_row("wall time", f"{r.wall_time_s:.1f} s")
     t.add_row("device", str(r.device))
     if r.checkpoint_dir:

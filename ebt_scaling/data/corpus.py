@@ -40,6 +40,7 @@ from ebt_scaling.data.split import MAX_BLOCK, MIN_BLOCK, TARGET_BLOCKS, split_bl
 from ebt_scaling.data.store import FORMAT, TokenStore, store_dtype, write_documents
 from ebt_scaling.data.tokenizer import ByteTokenizer, HFTokenizer, bpe_tokenizer, pretrained_tokenizer
 from ebt_scaling.data.tokenizer import pieces as split_pieces
+from ebt_scaling.data.video_data import VideoData, check_modality, open_video_data
 from ebt_scaling.errors import ConfigError, DataError
 
 __all__ = ["MAX_BLOCK", "MIN_BLOCK", "TARGET_BLOCKS", "TokenCorpus", "builtin_store", "load_corpus", "open_data",
@@ -336,11 +337,17 @@ def builtin_store(cfg: DataConfig, progress: Progress | None = None) -> TokenSto
     return store
 
 
-def open_data(cfg: DataConfig, sequence_len: int, *, seed: int = 0, progress: Progress | None = None) -> StoreData:
-    """The training data of ``cfg``, always a ``StoreData`` (sampler.py) over a token store: ``store:DIR``, or
-    the cache's store of a built-in source. The document-hash split and keyed order for stores and the
-    ``document`` mode; for a built-in source in ``packed`` mode the block split and sequential generator of
-    every run trained before token stores existed (same windows; docs/data.md says why)."""
+def open_data(cfg: DataConfig, sequence_len: int, *, seed: int = 0, progress: Progress | None = None,
+              frame_dim: int | None = None) -> StoreData | VideoData:
+    """The training data of ``cfg``: for a text model (``frame_dim`` None) a ``StoreData`` (sampler.py) over a
+    token store: ``store:DIR``, or the cache's store of a built-in source. The document-hash split and keyed order
+    for stores and the ``document`` mode; for a built-in source in ``packed`` mode the block split and sequential
+    generator of every run trained before token stores existed (same windows; docs/data.md says why). For a video
+    model (``frame_dim``: ``ModelConfig.frame_dim``) a ``VideoData`` (video_data.py) over a video store or
+    ``synthetic-video``. A source of the other modality is refused in one line (``check_modality``)."""
+    check_modality(cfg, frame_dim)
+    if frame_dim is not None:
+        return open_video_data(cfg, sequence_len, frame_dim, seed=seed, progress=progress)
     kw: dict[str, Any] = dict(seq_len=sequence_len, sampling=cfg.sampling, val_fraction=cfg.val_fraction,
                               split_seed=cfg.split_seed, seed=seed, name=cfg.source)
     if cfg.source.startswith("store:"):

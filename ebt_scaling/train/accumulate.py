@@ -4,7 +4,7 @@ The batch (its rows: fresh samples, then, for an EBT with a replay buffer, the r
 micro-batches of ``TrainConfig.micro_batch_size`` rows (the last may be smaller). Each micro-batch's loss is a
 token mean, so it is weighted by its share of the batch's tokens before its backward: the accumulated gradient is
 the whole batch's gradient, and so are the reported loss and the EBT's CE and energy metrics, up to rounding. One
-weighting rule (``TOKEN_MEANS``) serves micro-batches here and data-parallel ranks (``distributed.reduce_step``).
+weighting rule (``UNIT_MEANS``) serves micro-batches here and data-parallel ranks (``distributed.reduce_step``).
 
 The EBT's random inputs (``EBT.draw``) come from one generator per row, keyed by (seed, step, global sample
 index) (train/keyed.py), and are drawn one micro-batch at a time (never the whole batch's noise at once). S2's
@@ -25,12 +25,15 @@ from typing import Any
 import torch
 
 from ebt_scaling.train import keyed
+from ebt_scaling.train.modality import target_count
 
 # The info entries that are means over the real (non-padding) target tokens of the rows they were computed on: the
-# CEs, and the EBT's energies (models/ebt.py averages them over real positions too). Parts of a batch (micro-batches,
-# data-parallel ranks) combine them weighted by their share of the batch's real tokens. Every other entry (alpha,
+# CEs, and the EBT's energies (models/ebt.py averages them over real positions too); ``UNIT_MEANS`` adds the video
+# SmoothL1s, means over the target frames. Parts of a batch (micro-batches, data-parallel ranks) combine them
+# weighted by their share of the batch's real tokens (frames: ``modality.target_count``). Every other entry (alpha,
 # inner_steps) is the same for every part of a step.
 TOKEN_MEANS = ("ce", "ce_initial", "energy_initial", "energy_final", "energy_steps")
+UNIT_MEANS = (*TOKEN_MEANS, "smooth_l1", "smooth_l1_initial")  # with the video losses: what parts combine by weight
 
 
 def micro_slices(rows: int, micro: int | None) -> list[slice]:
@@ -62,7 +65,7 @@ def step_rows(model: torch.nn.Module, idx: torch.Tensor, tgt: torch.Tensor, *, s
     row_offset + B - 1``: the model's landscapes (the EBT's; S2's step count keyed by (seed, step); the T++ has
     none), every row's draw key and, for a model with a replay buffer (EBT S2), its replayed rows (keyed by
     (seed, step, rank))."""
-    b, t = idx.shape
+    b, t = idx.shape[:2]  # (B, T) tokens or (B, T, E) frames
     device = idx.device
     landscapes = tuple(model.landscapes(True, keyed.generator("cpu", seed, keyed.STEPS, step)))
     keys = [(keyed.TRAIN, (step, row_offset + j)) for j in range(b)]
@@ -87,13 +90,13 @@ def forward_backward(model: torch.nn.Module, loss_fn: Callable[..., Any], rows: 
                      micro: int | None, autocast: Callable[[], Any]) -> tuple[torch.Tensor, dict[str, Any]]:
     """Accumulate the gradient of the step's rows, one micro-batch at a time; return the batch's loss and info
     (detached). Raises ``TrainingDiverged`` from the EBT's descent as the whole-batch step would."""
-    n_tok = int((rows.tgt != -100).sum())
+    n_tok = target_count(rows.tgt)
     total: torch.Tensor | None = None
     info: dict[str, Any] = {}
     finals: list[torch.Tensor] = []
     for sl in micro_slices(rows.idx.shape[0], micro):
         idx, tgt = rows.idx[sl], rows.tgt[sl]
-        w = int((tgt != -100).sum()) / max(1, n_tok)
+        w = target_count(tgt) / max(1, n_tok)
         with autocast():
             loss, part = loss_fn(idx, tgt, draws_for(model, rows, sl, seed))
         # One micro-batch (the whole batch) keeps the unweighted loss: bit for bit the step without accumulation.
@@ -101,7 +104,7 @@ def forward_backward(model: torch.nn.Module, loss_fn: Callable[..., Any], rows: 
         finals += [part.pop("final_logits")] if "final_logits" in part else []
         total = loss.detach() * w if total is None else total + loss.detach() * w
         for k, v in part.items():
-            if k not in TOKEN_MEANS:
+            if k not in UNIT_MEANS:
                 info[k] = v  # alpha, inner_steps: the same for every micro-batch
             else:
                 v = v if w == 1.0 else v * w

@@ -1,8 +1,8 @@
 """Time training steps of a run's shape on this machine's device (``ebt-scale calibrate``): the real model, loss,
 backward over the run's micro-batches (``accumulate.forward_backward``, the EBT's keyed draws included), gradient
 clipping and fused AdamW step of ``train()``, at the run's precision (autocast and TF32 flags as
-the trainer sets them) and torch.compile setting, on synthetic tokens (no corpus needed: throughput does not depend
-on the token values). Knows nothing of the database; the command module stores what it measures.
+the trainer sets them) and torch.compile setting, on synthetic tokens or frame embeddings (no corpus needed:
+throughput does not depend on the values). Knows nothing of the database; the command module stores what it measures.
 
 The timed steps follow ``warmup`` untimed ones (allocator, cuDNN/cuBLAS heuristics, compilation). CUDA is
 synchronised before the clock starts and after the last step. A captured CUDA graph (``cuda_graph``) is not
@@ -19,6 +19,7 @@ from ebt_scaling.config import RunSpec
 from ebt_scaling.errors import ConfigError
 from ebt_scaling.models import build_model
 from ebt_scaling.train.accumulate import forward_backward, step_rows
+from ebt_scaling.train.modality import inputs_targets
 from ebt_scaling.train.precision import matmul_precision
 from ebt_scaling.train.runtime import autocast_context, compiled_loss, resolve_device
 
@@ -55,12 +56,15 @@ def _time(spec: RunSpec, device: torch.device, steps: int, warmup: int) -> float
     autocast = autocast_context(device, tcfg.precision)
     loss_fn = compiled_loss(model) if tcfg.compile else model.loss
     B, T, V = tcfg.batch_size, mcfg.sequence_len, mcfg.vocab_size
-    # Synthetic windows of T + 1 tokens, drawn on the host like the trainer's batches and copied per step.
-    batches = [torch.randint(0, V, (B, T + 1), generator=gen) for _ in range(min(steps + warmup, 4))]
+    # Synthetic windows of T + 1 tokens (a video model: T + 1 standard-normal frame embeddings), drawn on the host
+    # like the trainer's batches and copied per step.
+    shape = (B, T + 1) if mcfg.frame_dim is None else (B, T + 1, mcfg.frame_dim)
+    batches = [torch.randint(0, V, shape, generator=gen) if mcfg.frame_dim is None else
+               torch.randn(shape, generator=gen) for _ in range(min(steps + warmup, 4))]
 
     def step(i: int) -> None:  # the trainer's step (step.TrainStep without a captured graph)
         b = batches[i % len(batches)].to(device, non_blocking=True)
-        rows = step_rows(model, b[:, :-1], b[:, 1:], seed=tcfg.seed, step=i)
+        rows = step_rows(model, *inputs_targets(b), seed=tcfg.seed, step=i)
         forward_backward(model, loss_fn, rows, seed=tcfg.seed, micro=tcfg.micro_batch_size, autocast=autocast)
         torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
         optimizer.step()

@@ -9,7 +9,7 @@
   equal one worker up to rounding for the T++ and EBT S1 (S2's replay buffer is per worker, as in the paper);
 * gradients: after the rank's forward + backward over its micro-batches, every gradient is scaled by the rank's
   share of the batch's real tokens and summed over ranks with one ``all_reduce`` per bucket (``reduce_step``);
-  the loss and the info's token means (``accumulate.TOKEN_MEANS``, the rule micro-batches follow too) likewise.
+  the loss and the info's token means (``accumulate.UNIT_MEANS``, the rule micro-batches follow too) likewise.
   Not DistributedDataParallel: the EBT's loss differentiates the energy inside the forward
   (``torch.autograd.grad(create_graph=True)``, or ``torch.func.grad`` when compiled), and DDP's reducer hooks
   fire on every gradient computed for a parameter, inner ones included, and ``find_unused_parameters`` / static
@@ -36,7 +36,8 @@ import torch.distributed as dist
 from ebt_scaling.config import RunSpec
 from ebt_scaling.errors import ConfigError, TrainingDiverged
 from ebt_scaling.records import MetricPoint
-from ebt_scaling.train.accumulate import TOKEN_MEANS
+from ebt_scaling.train.accumulate import UNIT_MEANS
+from ebt_scaling.train.modality import target_count
 
 BUCKET_ELEMS = 1 << 25  # gradient elements per all_reduce (128 MiB in fp32)
 
@@ -111,7 +112,7 @@ def reduce_step(params: list[torch.nn.Parameter], tgt: torch.Tensor, loss: torch
     rank. ``tgt``: the rank's targets (its real-token count weights it); ``error``: a ``TrainingDiverged`` this
     rank raised, re-raised on every rank so that none waits in a collective the others skip."""
     device = tgt.device
-    n_tok = float((tgt != -100).sum())
+    n_tok = float(target_count(tgt))
     head = torch.tensor([n_tok, 1.0 if error is not None else 0.0], dtype=torch.float64, device=device)
     dist.all_reduce(head, group=r.group)
     if head[1] > 0:
@@ -142,7 +143,7 @@ def reduce_step(params: list[torch.nn.Parameter], tgt: torch.Tensor, loss: torch
         size += g.numel()
     flush()
     # Metrics: scalars and per-step vectors (``energy_steps``), each weighted, in one all_reduce.
-    keys = sorted(k for k in info if k in TOKEN_MEANS)
+    keys = sorted(k for k in info if k in UNIT_MEANS)
     parts = [torch.as_tensor(_detach(v), dtype=torch.float64, device=device).reshape(-1) * w_tok
              for v in [loss] + [info[k] for k in keys]]
     vals = torch.cat(parts)

@@ -1,8 +1,9 @@
-"""Validation of a run: its fixed validation set and the token-weighted CE over it.
+"""Validation of a run: its fixed validation set and the token-weighted CE (or frame-weighted SmoothL1) over it.
 
-Validation loss = token-weighted mean (real tokens) of ``info["ce"]`` (the EBT's final-step CE) over the run's
-fixed validation set (``validation_batches``: ``eval_tokens``, else ``eval_batches`` batches; in micro-batches
-too) and, with ``select_tokens``, ``val_select_loss`` over the selection set disjoint from it
+Validation loss = mean over the predicted units (real tokens; frames) of the modality's loss entry
+(``modality.py``: ``info["ce"]``, the EBT's final-step CE; for video ``info["smooth_l1"]``, no perplexity) over
+the run's fixed validation set (``validation_batches``: ``eval_tokens``, else ``eval_batches`` batches; in
+micro-batches too) and, with ``select_tokens``, ``val_select_loss`` over the selection set disjoint from it
 (``selection_batches``; issue 28), the EBT's noise keyed by (seed, window): it is a deterministic function of the
 weights and never perturbs the training RNG stream, which is what makes resume bit-exact on CPU.
 """
@@ -21,11 +22,18 @@ from ebt_scaling.records import MetricPoint, MetricSink
 from ebt_scaling.train import keyed
 from ebt_scaling.train.accumulate import micro_slices
 from ebt_scaling.train.distributed import Rank, all_reduce_sums
+from ebt_scaling.train.modality import inputs_targets, modality_of, target_count
 from ebt_scaling.train.runtime import scalar
 
 EVAL_SEED_OFFSET = 7919  # anything else drawn at validation uses seed + this, in a forked RNG
 VAL_KEYS = ("val_loss", "val_loss_initial", "val_energy_gap")
 SELECT_WINDOW_OFFSET = 1 << 40  # the selection set's windows draw the EBT's noise under their own keys
+
+
+def eval_windows(tcfg: TrainConfig, seq_len: int) -> int:
+    """Windows of the run's validation set: ``eval_tokens / seq_len`` (rounded up), else ``eval_batches`` x
+    batch size."""
+    return -(-tcfg.eval_tokens // seq_len) if tcfg.eval_tokens else tcfg.eval_batches * tcfg.batch_size
 
 
 def validation_batches(corpus: Any, tcfg: TrainConfig, seq_len: int) -> list[np.ndarray]:
@@ -40,27 +48,22 @@ def selection_batches(corpus: Any, tcfg: TrainConfig, seq_len: int) -> list[np.n
     evaluation set (``StoreData.select_batches``), the same for every run of a sweep; empty when unset."""
     if not tcfg.select_tokens:
         return []
-    n_eval = -(-tcfg.eval_tokens // seq_len) if tcfg.eval_tokens else tcfg.eval_batches * tcfg.batch_size
-    return corpus.select_batches(tcfg.batch_size, seq_len, n_eval, -(-tcfg.select_tokens // seq_len))
-
-
-def inputs_targets(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, targets) of sample rows (B, T+1). Document-mode rows are padded with -100 (the models' ignore
-    index): the targets keep it, so pads drop out of the CE; the inputs get token 0 there (a pad input
-    sits after every real position of its row, which causal attention never lets a real position see)."""
-    return batch[:, :-1].clamp(min=0), batch[:, 1:]
+    return corpus.select_batches(tcfg.batch_size, seq_len, eval_windows(tcfg, seq_len),
+                                 -(-tcfg.select_tokens // seq_len))
 
 
 def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, device: torch.device,
              autocast: Callable[[], Any], micro_batch_size: int | None = None,
              rank: Rank | None = None, first_window: int = 0) -> dict[str, float]:
-    """Token-weighted validation CE (nats) and, for the EBT, initial-step CE and energy gap. Batches run in
+    """Token-weighted validation CE (nats; video: frame-weighted SmoothL1, no ``val_ppl``) and, for the EBT,
+    initial-step loss and energy gap. Batches run in
     micro-batches of ``micro_batch_size`` rows; the model's random inputs (``model.draw``: the EBT's noise) are
     keyed by (seed, window index in the validation set), so neither the batch size nor the split changes them.
     With ``rank`` (data-parallel workers) each rank evaluates its slice of every batch and the sums are reduced:
     every rank returns the same numbers. Runs under ``no_grad`` (the EBT's descent turns grad on for itself).
     ``first_window``: the key of the first window (the selection set's keys start at ``SELECT_WINDOW_OFFSET``)."""
     was_training = model.training
+    mod = modality_of(model.cfg)
     model.eval()
     sums: dict[str, float] = {}
     n_tok = 0
@@ -81,11 +84,11 @@ def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, 
                         draws = model.draw(gens, idx.shape[1], model.landscapes(False), idx.device, train=False)
                         loss, info = model.loss(idx, tgt, draws)
                     window += idx.shape[0]
-                    n = int((tgt != -100).sum())
+                    n = target_count(tgt)
                     n_tok += n
-                    vals = {"val_loss": scalar(info.get("ce", loss))}
-                    if "ce_initial" in info:
-                        vals["val_loss_initial"] = scalar(info["ce_initial"])
+                    vals = {"val_loss": scalar(info.get(mod.val_key, loss))}
+                    if mod.initial_key in info:
+                        vals["val_loss_initial"] = scalar(info[mod.initial_key])
                     if "energy_initial" in info and "energy_final" in info:
                         vals["val_energy_gap"] = scalar(info["energy_initial"]) - scalar(info["energy_final"])
                     for k, v in vals.items():
@@ -96,7 +99,8 @@ def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], *, seed: int, 
     if rank is not None:
         sums, n_tok = all_reduce_sums(sums, n_tok, VAL_KEYS, rank, device)
     out = {k: v / max(1, n_tok) for k, v in sums.items()}
-    out["val_ppl"] = math.exp(out["val_loss"]) if out["val_loss"] < 700 else math.inf
+    if mod.perplexity:
+        out["val_ppl"] = math.exp(out["val_loss"]) if out["val_loss"] < 700 else math.inf
     return out
 
 
@@ -108,8 +112,13 @@ class Validation:
                  autocast: Callable[[], Any], sink: MetricSink, rank: Rank | None = None) -> None:
         self.model, self.tcfg, self.device, self.autocast, self.sink, self.rank = \
             model, tcfg, device, autocast, sink, rank
+        self.corpus, self.seq_len = corpus, seq_len
         self.batches = [torch.from_numpy(b).to(device) for b in validation_batches(corpus, tcfg, seq_len)]
         self.select = [torch.from_numpy(b).to(device) for b in selection_batches(corpus, tcfg, seq_len)]
+
+    def baselines(self) -> dict[str, float]:
+        """The reference losses of the result (``Modality.baselines``: unigram, or copy and mean)."""
+        return modality_of(self.model.cfg).baselines(self.corpus, eval_windows(self.tcfg, self.seq_len))
 
     def due(self, step: int) -> bool:
         """Every ``eval_interval`` steps and the last."""

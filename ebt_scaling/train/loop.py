@@ -4,7 +4,9 @@ Per optimizer step ``s = 1..steps``: set the LR of every group to ``lr_at(s - 1)
 ``schedule_steps``, default ``steps``; the run may stop before the schedule ends), times ``lr_mult`` for the EBT's
 alpha group with the floor its ``step_size_lr_floor`` names (``schedule.group_lr_at``); draw the step's batch of
 ``batch_size`` samples of ``sequence_len + 1`` tokens (``open_data(...).train_batch``: packed windows or padded
-documents, docs/data.md; tokens count real targets only); forward and backward over micro-batches of
+documents, docs/data.md; tokens count real targets only) or, for a video model (``ModelConfig.frame_dim``), of
+``sequence_len + 1`` frame embeddings (``data/video_data.py``; the ``tokens`` count is then predicted frames);
+forward and backward over micro-batches of
 ``micro_batch_size`` rows, the EBT's random inputs keyed by (seed, step, sample) (``accumulate.forward_backward``;
 bf16 autocast on CUDA, fp32 on CPU); clip the accumulated gradient's norm (the pre-clip norm is recorded); check
 for divergence; AdamW step. Then, in this order: metric points (every ``log_interval`` steps and the last),
@@ -14,9 +16,11 @@ last, when ``spec.checkpoint_dir`` is set).
 ``train()`` reads top to bottom and hands each phase to a part: ``runtime.py`` (device, autocast, compile,
 seeding), ``state.py`` (``TrainState``: model, optimizer, schedule, counters, RNG states and the EBT's replay buffer,
 with ``state_dict``/``load_state_dict``), ``step.py`` (``TrainStep``: eager, CUDA-graphed or data-parallel),
-``evaluation.py`` (``Validation``: the fixed validation set, token-weighted CE), ``checkpoint.py``
+``evaluation.py`` (``Validation``: the fixed validation set, token-weighted CE), ``modality.py`` (what text and
+video differ in: the validation loss entry, perplexity, FLOPs per unit, parameter counts, the baselines),
+``checkpoint.py``
 (``Checkpointer``: save and restore), ``distributed.py`` (the collectives). The local multi-process launcher sits
-above this module, in ``launch.py``. The loop itself knows no model family.
+above this module, in ``launch.py``. The loop itself knows no model family and no modality.
 """
 
 from __future__ import annotations
@@ -35,12 +39,12 @@ from ebt_scaling.data import open_data
 from ebt_scaling.data.cache import Progress
 from ebt_scaling.errors import ConfigError
 from ebt_scaling.models import build_model
-from ebt_scaling.models.flops import flops_per_token, param_counts
 from ebt_scaling.records import MetricPoint, MetricSink, RunResult
 from ebt_scaling.train.checkpoint import Checkpointer
 from ebt_scaling.train.distributed import broadcast_module, data_parallel
-from ebt_scaling.train.evaluation import Validation, evaluate, inputs_targets, validation_batches
+from ebt_scaling.train.evaluation import Validation, evaluate, validation_batches
 from ebt_scaling.train.graphed import check_cuda_graph
+from ebt_scaling.train.modality import inputs_targets, modality_of, target_count
 from ebt_scaling.train.precision import matmul_precision
 from ebt_scaling.train.runtime import (
     autocast_context,
@@ -108,7 +112,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
         checkpoints.restore(state, resume_from)
     validation = Validation(model, corpus, tcfg, mcfg.sequence_len, device,
                             autocast_context(device, tcfg.precision), sink, dp)
-    fpt = {c: flops_per_token(mcfg, c, mode="train") for c in ("paper", "exact")}
+    fpt = {c: modality_of(mcfg).flops_per_unit(mcfg, c, mode="train") for c in ("paper", "exact")}
     meter = _Meter()
     status, reason = "completed", None
     if state.step >= tcfg.steps and not state.last_val:  # resumed from the last step before its validation
@@ -118,7 +122,7 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
         t0 = time.perf_counter()
         lr = state.schedule.apply(state.optimizer, state.step)
         batch = corpus.train_batch(state.step, tcfg.batch_size, mcfg.sequence_len, state.data_rng)  # global batch
-        n_real = int((batch[:, 1:] >= 0).sum())  # target tokens; fewer than B x T with document padding
+        n_real = target_count(torch.from_numpy(batch[:, 1:]))  # targets; fewer than B x T with document padding
         out = train_step(*inputs_targets(torch.from_numpy(batch).to(device)), state.step)
         state.step += 1
         state.tokens += n_real
@@ -142,11 +146,12 @@ def train(spec: RunSpec, sink: MetricSink, *, resume_from: str | None = None,
             break
         if checkpoints.due(state.step):
             checkpoints.save(state)
-    return _result(spec, state, status, reason, corpus, fpt, meter, train_step, resume_from)
+    return _result(spec, state, status, reason, corpus, validation, fpt, meter, train_step, resume_from)
 
 
 def _open_corpus(spec: RunSpec, progress: Progress | None) -> Any:
-    corpus = open_data(spec.data, spec.model.sequence_len, seed=spec.train.seed, progress=progress)
+    corpus = open_data(spec.data, spec.model.sequence_len, seed=spec.train.seed, progress=progress,
+                       frame_dim=spec.model.frame_dim)  # a video model's frames; refuses the other modality's source
     if corpus.vocab_size > spec.model.vocab_size:
         raise ConfigError(f"ModelConfig.vocab_size: {spec.model.vocab_size} is smaller than the corpus vocabulary "
                           f"({corpus.vocab_size}); set the model's vocab_size to {corpus.vocab_size}")
@@ -197,9 +202,11 @@ def _train_points(model: torch.nn.Module, out: StepOutcome, lr: float, state: Tr
     return [MetricPoint(k, state.step, float(v)) for k, v in pts.items()]
 
 
-def _result(spec: RunSpec, state: TrainState, status: str, reason: str | None, corpus: Any, fpt: dict[str, float],
-            meter: _Meter, train_step: TrainStep, resume_from: str | None) -> RunResult:
-    extra: dict[str, Any] = {"unigram_loss": corpus.unigram_entropy(), "initial_loss": state.initial_loss,
+def _result(spec: RunSpec, state: TrainState, status: str, reason: str | None, corpus: Any, validation: Validation,
+            fpt: dict[str, float], meter: _Meter, train_step: TrainStep, resume_from: str | None) -> RunResult:
+    """The run's result; ``extra`` starts with the baselines (text ``unigram_loss``, video ``copy_loss`` and
+    ``mean_loss``: ``modality.py``)."""
+    extra: dict[str, Any] = {**validation.baselines(), "initial_loss": state.initial_loss,
                              "train_tokens_available": int(corpus.train_tokens),
                              "tokens_per_s": (state.tokens / meter.total_seconds) if meter.total_seconds > 0 else None,
                              "resumed_from": resume_from}
@@ -215,6 +222,6 @@ def _result(spec: RunSpec, state: TrainState, status: str, reason: str | None, c
     return RunResult(
         status=status, steps=state.step, tokens=state.tokens, final_train_loss=state.last_train_loss,
         final_val_loss=state.last_val.get("val_loss"), final_val_ppl=state.last_val.get("val_ppl"),
-        wall_time_s=state.wall(), params=param_counts(spec.model), flops_per_token=fpt, reason=reason,
-        checkpoint_dir=state.path, device=str(state.device), extra=extra,
+        wall_time_s=state.wall(), params=modality_of(spec.model).param_counts(spec.model), flops_per_token=fpt,
+        reason=reason,        checkpoint_dir=state.path, device=str(state.device), extra=extra,
     )
