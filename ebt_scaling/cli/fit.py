@@ -205,6 +205,11 @@ def _print_notes(console: Any, result: SweepFits, holdout: bool = False) -> None
 
     for a in result.fits:
         notes = list(a.messages)
+        if a.measure.log_loss:  # video: what the slopes and the law are in, and the baselines
+            base = next((b for b in a.baselines.values() if b), {})
+            notes.insert(0, f"video: y = validation SmoothL1; slope = {a.measure.rate} (the paper's video measure); "
+                         f"alpha and E in SmoothL1 units; baselines: copy last frame {_num(base.get('copy'), 4)}, "
+                         f"mean embedding {_num(base.get('mean'), 4)}")
         if a.excluded:
             notes.append("excluded: " + ", ".join(f"{n} {r}" for r, n in a.excluded.items()))
         kinds = sorted({e.bootstrap for e in a.families.values()})
@@ -223,6 +228,8 @@ def _print_notes(console: Any, result: SweepFits, holdout: bool = False) -> None
             console.print(f"  {a.axis}: [red]warning[/red]: {escape(g.message)}", highlight=False)
         if (advice := seeds_advice(a)) is not None:
             console.print(f"  {a.axis}: {escape(advice)}", highlight=False)
-    console.print("slope = OLS slope of log10(perplexity) on log10(x) (paper's rate, not an exponent); "
-                  "alpha = exponent of L = E + A x^-alpha; p: equal-slope test, Holm-adjusted over the sweep's "
+    console.print("slope = OLS slope of log10(perplexity) on log10(x) (paper's rate, not an exponent)"
+                  + ("; on video axes of log10(validation SmoothL1): the log-log slope of SmoothL1"
+                     if any(a.measure.log_loss for a in result.fits) else "")
+                  + "; alpha = exponent of L = E + A x^-alpha; p: equal-slope test, Holm-adjusted over the sweep's "
                   "axes (or --family-of-tests).")

@@ -7,7 +7,14 @@ the frozen dataclasses of ``fit.results`` (``AxisFit`` and its parts), turned in
 """
 
 from ebt_scaling.fit.axis import FitSettings, adjust_holm, fingerprint, fit_axes, fit_axis
-from ebt_scaling.fit.design import AxisData, FamilyData, axis_data_from_arrays, exclusion_reason, group_runs
+from ebt_scaling.fit.design import (
+    AxisData,
+    FamilyData,
+    axis_data_from_arrays,
+    exclusion_reason,
+    group_runs,
+    run_modality,
+)
 from ebt_scaling.fit.results import (
     AxisFit,
     Band,
@@ -23,4 +30,4 @@ from ebt_scaling.fit.results import (
 
 __all__ = ["AxisData", "AxisFit", "Band", "Comparison", "Crossover", "FamilyData", "FamilyFit", "FamilyPlot",
            "FitSettings", "Guard", "LawFit", "LawHoldout", "LineHoldout", "adjust_holm", "axis_data_from_arrays",
-           "exclusion_reason", "fingerprint", "fit_axes", "fit_axis", "group_runs"]
+           "exclusion_reason", "fingerprint", "fit_axes", "fit_axis", "group_runs", "run_modality"]

@@ -31,6 +31,7 @@ from ebt_scaling.fit.design import (
 from ebt_scaling.fit.results import (
     PAPER_ICLR,
     PAPER_V1,
+    TEXT,
     AxisFit,
     Band,
     Comparison,
@@ -87,6 +88,8 @@ def fingerprint(data: AxisData, settings: FitSettings) -> str:
                             "baselines": data.baselines}
     if data.tuning:  # the grid runs not chosen change the tuning block, not the fitted rows
         what["tuning"] = json_value(data.tuning)
+    if data.measure.modality != TEXT:  # text fingerprints stay what they were (stored fits are reused)
+        what["modality"] = data.measure.modality
     blob = json.dumps(what, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -107,6 +110,13 @@ def _t(a: np.ndarray) -> tuple[Any, ...]:
     return tuple(a.tolist())
 
 
+def _log10_drawn(loss: np.ndarray, data: AxisData) -> np.ndarray:
+    """log10 of the quantity the report plots, from the loss: perplexity (loss / ln 10) for text, the SmoothL1
+    itself for video. The fitted y is ln of that quantity, so M1 bands are (y line) / ln 10 in the same units."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log10(loss) if data.measure.log_loss else loss / LN10
+
+
 def _x_scale(data: AxisData) -> float:
     allx = np.concatenate([f.x for f in data.families.values()])
     return float(10.0 ** round(float(np.mean(np.log10(allx)))))
@@ -122,7 +132,7 @@ def fit_axis(data: AxisData, settings: FitSettings | None = None) -> AxisFit:
         messages.append("no fit-eligible runs on this axis" + (f" ({data.n_excluded} excluded)" if data.n_excluded
                                                                else ""))
         return AxisFit(data.sweep, data.axis, {}, None, None, 0, dict(data.excluded), tuple(messages), s.as_dict(),
-                       fp, ())
+                       fp, (), modality=data.measure.modality)
     rng = np.random.default_rng([s.seed, zlib.crc32(f"{data.sweep}/{data.axis}".encode())])
     B = s.resamples
     x_scale = _x_scale(data)
@@ -137,9 +147,9 @@ def fit_axis(data: AxisData, settings: FitSettings | None = None) -> AxisFit:
         kind = bootstrap_kind(fd)
         entry = FamilyFit(n_runs=fd.n, n_levels=fd.n_levels, x_range=(_f(fd.x.min()), _f(fd.x.max())),
                           seeds_per_level=(int(min(c.size for c in fd.cells())), int(max(c.size for c in fd.cells()))),
-                          bootstrap=kind)
+                          bootstrap=kind, modality=data.measure.modality)
         fams[name] = entry
-        plot[name] = FamilyPlot(_t(fd.x), _t(fd.y), _t(fd.seed), _t(fd.run_id))
+        plot[name] = FamilyPlot(_t(fd.x), _t(fd.loss), _t(fd.seed), _t(fd.run_id))
         ystar[name] = stratified_resample(fd, fd.y, B, rng) if kind != PARAMETRIC else None
         if fd.n_levels < MIN_LEVELS_M1:
             msg = f"{name}: {fd.n_levels} distinct x value(s); a slope needs at least {MIN_LEVELS_M1} - add levels"
@@ -152,10 +162,14 @@ def fit_axis(data: AxisData, settings: FitSettings | None = None) -> AxisFit:
         bs, bc = ols.bootstrap_lines(u, Y1)
         boot[name] = {"slope": bs, "intercept": bc}
         lo, hi = percentile_ci(bs, s.level)
+        if data.measure.log_loss:  # video: y = ln SmoothL1, the slope is the paper's log-log slope
+            units: dict[str, Any] = {"intercept_log10_loss": _f(line.intercept / LN10),
+                                     "loss_factor_per_doubling": _f(2.0 ** line.slope)}
+        else:
+            units = {"intercept_log10_ppl": _f(line.intercept / LN10),
+                     "loss_change_per_decade_nats": _f(line.slope * LN10)}
         fams[name] = replace(entry, slope=_f(line.slope), slope_ci=_ci(lo, hi), slope_se=_f(line.slope_se),
-                             intercept_log10_ppl=_f(line.intercept / LN10), r2=_f(line.r2),
-                             lack_of_fit_p=_f(line.lack_of_fit_p),
-                             loss_change_per_decade_nats=_f(line.slope * LN10))
+                             r2=_f(line.r2), lack_of_fit_p=_f(line.lack_of_fit_p), **units)
         ug = np.linspace(u.min(), u.max(), 60)
         band = (bc[:, None] + bs[:, None] * ug[None, :]) / LN10
         blo, bhi = percentile_ci(band, s.level)
@@ -200,7 +214,7 @@ def fit_axis(data: AxisData, settings: FitSettings | None = None) -> AxisFit:
         messages.append("no comparison: a slope is missing for one family")
     return AxisFit(data.sweep, data.axis, fams, comparison, crossover, data.n_runs, dict(data.excluded),
                    tuple(messages), s.as_dict(), fp, data.run_ids(), plot, guards=tuple(guards), holdout=holdout,
-                   baselines=dict(data.baselines), tuning=dict(data.tuning))
+                   baselines=dict(data.baselines), tuning=dict(data.tuning), modality=data.measure.modality)
 
 
 def _holdout(fd: FamilyData, s: FitSettings, rng: np.random.Generator) -> LineHoldout | None:
@@ -226,9 +240,16 @@ def _holdout(fd: FamilyData, s: FitSettings, rng: np.random.Generator) -> LineHo
     bs, bc = ols.bootstrap_lines(u[keep], Y[:, keep])
     err_b = Y[:, ~keep].mean(axis=1) - (bc + bs * u_out) - centre
     lo, hi = percentile_ci(err_b, s.level)
-    return LineHoldout(x=x_out, n_levels_fit=fd.n_levels - 1, observed=_f(observed), predicted=_f(predicted),
-                       error_nats=_f(error), error_ci=_ci(error + lo, error + hi),
-                       covered=bool(error + lo <= 0.0 <= error + hi), method="M1 line on all levels but the largest")
+    out = LineHoldout(x=x_out, n_levels_fit=fd.n_levels - 1, observed=_f(observed), predicted=_f(predicted),
+                      error_nats=_f(error), error_ci=_ci(error + lo, error + hi),
+                      covered=bool(error + lo <= 0.0 <= error + hi), method="M1 line on all levels but the largest")
+    if not fd.measure.log_loss:
+        return out
+    # video: y = ln SmoothL1; observed and predicted as SmoothL1 (geometric mean of the seeds), the error as
+    # log10(observed / predicted)
+    return replace(out, observed=_f(math.exp(observed)), predicted=_f(math.exp(predicted)), error_nats=None,
+                   error_log10=_f(error / LN10), error_ci=_ci((error + lo) / LN10, (error + hi) / LN10),
+                   modality=fd.measure.modality)
 
 
 def _holdout_m2(fd: FamilyData, s: FitSettings, x_scale: float, rng: np.random.Generator) -> LawHoldout | None:
@@ -240,26 +261,34 @@ def _holdout_m2(fd: FamilyData, s: FitSettings, x_scale: float, rng: np.random.G
     x_out = float(fd.levels.max())
     keep = fd.x < x_out
     u = np.log(fd.x / x_scale)
-    sat = saturating.fit_saturating([u[keep]], [fd.y[keep]], x_scale, s.delta)
+    loss = fd.loss
+    sat = saturating.fit_saturating([u[keep]], [loss[keep]], x_scale, s.delta)
     at_all = saturating.make_layout([u])
     m_all = saturating.model_log(sat.theta[None, :], at_all)[0]  # ln L of the reduced law at every point
-    observed = float(fd.y[~keep].mean())
+    observed = float(loss[~keep].mean())
     predicted = float(np.exp(m_all[~keep][0]))
-    error = observed - predicted
+    # text: observed - predicted in nats; video: log10(observed / predicted) of the SmoothL1
+    video = fd.measure.log_loss
+    error = math.log10(observed / predicted) if video else observed - predicted
     if bootstrap_kind(fd) == PARAMETRIC:  # noise on the log scale around the reduced law: centred on 0
-        Y = np.exp(parametric_resample(m_all, np.log(fd.y[keep]) - m_all[keep], 3, s.resamples, rng))
+        Y = np.exp(parametric_resample(m_all, np.log(loss[keep]) - m_all[keep], 3, s.resamples, rng))
         centre = 0.0
     else:
         Y = stratified_resample(fd, fd.y, s.resamples, rng)
+        Y = np.exp(Y) if video else Y
         centre = error
     bf = saturating.bootstrap_saturating([u[keep]], [Y[:, keep]], sat.theta, s.delta)
     pred_b = np.exp(saturating.model_log(bf.theta, saturating.make_layout([np.array([math.log(x_out / x_scale)])])))
-    err_b = Y[:, ~keep].mean(axis=1) - pred_b[:, 0] - centre
+    if video:
+        err_b = np.log10(Y[:, ~keep].mean(axis=1) / pred_b[:, 0]) - centre
+    else:
+        err_b = Y[:, ~keep].mean(axis=1) - pred_b[:, 0] - centre
     lo, hi = percentile_ci(err_b, s.level)
-    return LawHoldout(x=x_out, n_levels_fit=fd.n_levels - 1, observed=_f(observed), predicted=_f(predicted),
-                      error_nats=_f(error), error_ci=_ci(error + lo, error + hi),
-                      covered=bool(error + lo <= 0.0 <= error + hi), alpha=_f(sat.alpha(0)), E=_f(sat.E),
-                      method="M2 law (own E) on all levels but the largest")
+    out = LawHoldout(x=x_out, n_levels_fit=fd.n_levels - 1, observed=_f(observed), predicted=_f(predicted),
+                     error_nats=_f(error), error_ci=_ci(error + lo, error + hi),
+                     covered=bool(error + lo <= 0.0 <= error + hi), alpha=_f(sat.alpha(0)), E=_f(sat.E),
+                     method="M2 law (own E) on all levels but the largest")
+    return replace(out, error_nats=None, error_log10=_f(error), modality=fd.measure.modality) if video else out
 
 
 def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, FamilyFit], plot: dict[str, FamilyPlot],
@@ -283,7 +312,7 @@ def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, FamilyFit], plot: 
     for grp in groups:
         fds = [data.families[n] for n in grp]
         us = [np.log(fd.x / x_scale) for fd in fds]
-        ys = [fd.y for fd in fds]
+        ys = [fd.loss for fd in fds]  # the law is in the loss itself (nats, or SmoothL1): E in its units
         sat = saturating.fit_saturating(us, ys, x_scale, s.delta)
         lay = saturating.make_layout(us)
         m_log = saturating.model_log(sat.theta[None, :], lay)[0]
@@ -292,8 +321,10 @@ def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, FamilyFit], plot: 
         Ys = []
         for fd, mp in zip(fds, m_parts, strict=True):
             Y = ystar[fd.family]
+            if Y is not None and fd.measure.log_loss:  # resampled ln SmoothL1 -> SmoothL1
+                Y = np.exp(Y)
             if Y is None:  # one seed per level: parametric bootstrap on the log residuals of this fit
-                r = np.log(fd.y) - mp
+                r = np.log(fd.loss) - mp
                 n_par = 3 if len(grp) == 1 else 2.5
                 Y = np.exp(parametric_resample(mp, r, n_par, s.resamples, rng))
             Ys.append(Y)
@@ -305,8 +336,9 @@ def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, FamilyFit], plot: 
             al_b = th[:, 1 + K + k]
             Ab = np.exp(th[:, 1 + k] + al_b * math.log(x_scale))
             yhat = np.exp(mp)
-            tss = float(((fd.y - fd.y.mean()) ** 2).sum())
-            r2 = 1.0 - float(((fd.y - yhat) ** 2).sum()) / tss if tss > 0 else float("nan")
+            loss = fd.loss
+            tss = float(((loss - loss.mean()) ** 2).sum())
+            r2 = 1.0 - float(((loss - yhat) ** 2).sum()) / tss if tss > 0 else float("nan")
             with np.errstate(invalid="ignore"):
                 corr = float(np.corrcoef(Eb, al_b)[0, 1]) if np.std(Eb) > 0 and np.std(al_b) > 0 else float("nan")
             law = LawFit(
@@ -329,10 +361,10 @@ def _fit_laws(data: AxisData, s: FitSettings, fams: dict[str, FamilyFit], plot: 
             xg = np.exp(np.linspace(np.log(fd.x.min()), np.log(fd.x.max()), 60))
             with np.errstate(over="ignore", invalid="ignore"):
                 curves = Eb[:, None] + Ab[:, None] * xg[None, :] ** (-al_b[:, None])
-                lo, hi = percentile_ci(curves / LN10, s.level)
+                lo, hi = percentile_ci(_log10_drawn(curves, data), s.level)
             fit_curve = sat.E + sat.A(k) * xg ** (-sat.alpha(k))
-            plot[name] = replace(plot[name], m2=Band(_t(xg), _t(fit_curve / LN10), _t(lo), _t(hi)),
-                                 resid_m2=_t(np.log(fd.y) - mp))
+            plot[name] = replace(plot[name], m2=Band(_t(xg), _t(_log10_drawn(fit_curve, data)), _t(lo), _t(hi)),
+                                 resid_m2=_t(np.log(loss) - mp))
 
 
 def _compare(data: AxisData, s: FitSettings, lines: dict[str, ols.Line], boot: dict[str, dict[str, np.ndarray]],
@@ -380,7 +412,7 @@ def _crossover(data: AxisData, s: FitSettings, lines: dict[str, ols.Line],
     frac = float(np.mean(same_dir))
     base = Crossover(x=None, x_ci=(None, None), log10_x=None, in_range=False, range=(lo_x, hi_x),
                      ebt_better_above=bool(steeper > 0) if steeper != 0 else None,
-                     fraction_resamples_same_direction=frac)
+                     fraction_resamples_same_direction=frac, modality=data.measure.modality)
     if not math.isfinite(u_star) or steeper == 0:
         return replace(base, message="no crossover: the fitted lines are parallel")
     lo_x_ln, hi_x_ln = math.log(lo_x), math.log(hi_x)
@@ -407,12 +439,17 @@ def _crossover(data: AxisData, s: FitSettings, lines: dict[str, ols.Line],
     gu = math.log(gap_x)
     gap = (le.intercept + le.slope * gu) - (lt.intercept + lt.slope * gu)
     gapb = (boot[EBT]["intercept"] + boot[EBT]["slope"] * gu) - (boot[TPP]["intercept"] + boot[TPP]["slope"] * gu)
+    glo, ghi = percentile_ci(gapb, s.level)
+    if data.measure.log_loss:  # video: the lines are ln SmoothL1, so their gap is the log of the SmoothL1 ratio
+        gap_fields: dict[str, Any] = {"loss_ratio": _f(math.exp(gap)), "loss_ratio_ci": _ci(np.exp(glo), np.exp(ghi))}
+    else:
+        gap_fields = {"loss_gap_nats": _f(gap), "loss_gap_ci": _ci(glo, ghi)}
     return replace(
         base, x=_f(math.exp(u_star)) if u_star < 700 else None,
         x_ci=(_f(math.exp(ulo)) if ulo < 700 else None, _f(math.exp(uhi)) if uhi < 700 else None),
         log10_x=u_star / LN10, in_range=in_range, log10_x_ci=(_f(ulo / LN10), _f(uhi / LN10)),
         message=f"{prefix}lines cross at x = 10^{u_star / LN10:.2f} ({where}; {better} lower above it); " + ci_note,
-        gap_at_x=gap_x, loss_gap_nats=_f(gap), loss_gap_ci=_ci(*percentile_ci(gapb, s.level)))
+        gap_at_x=gap_x, **gap_fields)
 
 
 def adjust_holm(fits: list[AxisFit], tests: list[list[int]] | None = None,

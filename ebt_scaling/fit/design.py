@@ -1,7 +1,12 @@
 """Which runs a fit may use, grouped per (sweep, axis) and family, and how the bootstrap resamples them.
 
-Pure numpy. A *point* is one fit-eligible run: (family, x, seed, y = final validation loss in nats).
-Everything else is counted as an exclusion with a reason, so the output can say what was left out.
+Pure numpy. A *point* is one fit-eligible run: (family, x, seed, y = the fitted transform of its final validation
+loss). Everything else is counted as an exclusion with a reason, so the output can say what was left out.
+
+The modality of an axis is read here, once, from its runs (``run_modality``: a run is video when its config's
+``model.frame_dim`` is set) and carried as ``AxisData.measure`` (``fit/results.py``, ``Measure``): text fits the
+loss in nats (= ln perplexity), video ln(SmoothL1), so the M1 slope is the paper's log-log slope either way. An axis
+mixing the two is refused: there is no one measure to fit.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from ebt_scaling.config import FAMILIES
-from ebt_scaling.fit.results import LABELS
+from ebt_scaling.errors import ConfigError
+from ebt_scaling.fit.results import LABELS, TEXT, TEXT_MEASURE, VIDEO, Measure, measure_of
 from ebt_scaling.fit.tuning import split_tuned, tuning_messages
 from ebt_scaling.records import plausible_loss_bound
 
@@ -30,9 +36,15 @@ class FamilyData:
 
     family: str
     x: np.ndarray  # (n,) > 0
-    y: np.ndarray  # (n,) validation loss, nats
+    y: np.ndarray  # (n,) the fitted y: validation loss in nats (text), ln of the validation SmoothL1 (video)
     seed: np.ndarray  # (n,)
     run_id: np.ndarray  # (n,)
+    measure: Measure = TEXT_MEASURE
+
+    @property
+    def loss(self) -> np.ndarray:
+        """The validation loss itself (nats, or SmoothL1): what the saturating law and the baselines are in."""
+        return np.exp(self.y) if self.measure.log_loss else self.y
 
     @property
     def n(self) -> int:
@@ -59,8 +71,10 @@ class AxisData:
     families: dict[str, FamilyData]
     excluded: dict[str, int] = field(default_factory=dict)  # reason -> count
     messages: tuple[str, ...] = ()
-    # per family: {"unigram": nats or None, "uniform": ln V or None} (the loss of a model that learned nothing
-    # beyond token frequencies / nothing at all), from the runs' stored ``unigram_loss`` and vocabulary size
+    # per family, text: {"unigram": nats or None, "uniform": ln V or None} (the loss of a model that learned nothing
+    # beyond token frequencies / nothing at all), from the runs' stored ``unigram_loss`` and vocabulary size;
+    # video: {"copy": SmoothL1 of repeating the last frame, "mean": of predicting the mean embedding}, from the runs'
+    # stored ``copy_loss`` and ``mean_loss``
     baselines: dict[str, dict[str, float | None]] = field(default_factory=dict)
     # identities of the runs behind the points (config hashes: a run shared by two sweeps or axes is one row,
     # linked to each), used to tell which axes share runs (params and flops) and so are one test in a Holm family
@@ -68,6 +82,7 @@ class AxisData:
     # a [tune] sweep's axis: per family its grid per level and the chosen points (fit/tuning.py); the families'
     # points are then the chosen runs only (the LR envelope). Empty for untuned runs.
     tuning: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    measure: Measure = TEXT_MEASURE  # what is fitted: text (nats) or video (ln SmoothL1), from the runs' configs
 
     @property
     def n_runs(self) -> int:
@@ -81,11 +96,21 @@ class AxisData:
         return tuple(sorted(int(i) for f in self.families.values() for i in f.run_id))
 
 
-MAX_FIT_LOSS = 1e6  # nats per token: squares of larger residuals overflow; no run, even diverging, is useful there
+# nats per token (text) or SmoothL1 of standardised embeddings (video, where the copy baseline is of order 1):
+# squares of larger residuals overflow; no run, even diverging, is useful there
+MAX_FIT_LOSS = 1e6
+
+
+def run_modality(run: Any) -> str:
+    """``video`` when the run's config sets ``model.frame_dim`` (the per-frame embedding size), else ``text``."""
+    cfg = getattr(run, "config", None)
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    return VIDEO if isinstance(model, dict) and model.get("frame_dim") is not None else TEXT
 
 
 def exclusion_reason(run: Any) -> str | None:
-    """Why a stored run cannot enter a fit, or None when it can. ``run`` is a RunRecord (duck-typed)."""
+    """Why a stored run cannot enter a fit, or None when it can. ``run`` is a RunRecord (duck-typed). The
+    imported-loss plausibility bound (ln V + 2 nats) is a text rule: a SmoothL1 has no vocabulary."""
     if run.status != "completed":
         return f"status {run.status}"
     if not getattr(run, "fit_eligible", False):
@@ -97,9 +122,11 @@ def exclusion_reason(run: Any) -> str | None:
         return "no finite final validation loss"
     if y <= 0:
         return "non-positive validation loss"
+    video = run_modality(run) == VIDEO
     if y > MAX_FIT_LOSS:
-        return f"validation loss above {MAX_FIT_LOSS:.0e} nats per token (numerically unusable)"
-    if getattr(run, "source", None) == "imported" and y > plausible_loss_bound(_run_vocab(run)):
+        unit = "SmoothL1" if video else "nats per token"
+        return f"validation loss above {MAX_FIT_LOSS:.0e} {unit} (numerically unusable)"
+    if not video and getattr(run, "source", None) == "imported" and y > plausible_loss_bound(_run_vocab(run)):
         return ("implausible imported validation loss (above ln(vocab_size) + 2 nats, or 20 without a vocabulary; "
                 "imported with --allow-outliers)")
     if run.x is None or not math.isfinite(run.x):
@@ -120,13 +147,24 @@ def group_runs(runs: Iterable[Any]) -> dict[tuple[str, str], AxisData]:
     return out
 
 
+def axis_modality(sweep: str, axis: str, runs: list[Any]) -> Measure:
+    """The one measure of an axis's runs; a mix of text and video runs is refused (ConfigError, one line)."""
+    kinds = Counter(run_modality(r) for r in runs)
+    if len(kinds) > 1:
+        raise ConfigError(f"sweep {sweep!r}, axis {axis!r} mixes {kinds[TEXT]} text and {kinds[VIDEO]} video runs: a "
+                          "fit compares one loss; run (or import) them into separate sweeps")
+    return measure_of(next(iter(kinds), TEXT))
+
+
 def axis_data_from_runs(sweep: str, axis: str, runs: Iterable[Any]) -> AxisData:
     keep: dict[str, list[tuple[float, int, int, float]]] = {}
     unigram: dict[str, list[float]] = {}
     vocab: dict[str, list[int]] = {}
+    video_base: dict[str, dict[str, list[float]]] = {}
     keys: set[str] = set()
     excluded: Counter[str] = Counter()
     runs = list(runs)
+    measure = axis_modality(sweep, axis, runs)
     eligible = {int(r.id) for r in runs if exclusion_reason(r) is None}
     fitted, tuning = split_tuned(runs, eligible)
     chosen = {id(r) for r in fitted}
@@ -137,19 +175,32 @@ def axis_data_from_runs(sweep: str, axis: str, runs: Iterable[Any]) -> AxisData:
             continue
         if id(r) not in chosen:  # a grid point not chosen for its (family, level): in the tuning block only
             continue
-        keep.setdefault(r.family, []).append((float(r.x), int(r.seed), int(r.id), float(r.final_val_loss)))
-        u = (getattr(r, "extra_metrics", None) or {}).get("unigram_loss")
+        loss = float(r.final_val_loss)
+        keep.setdefault(r.family, []).append((float(r.x), int(r.seed), int(r.id),
+                                              math.log(loss) if measure.log_loss else loss))
+        extra = getattr(r, "extra_metrics", None) or {}
+        if getattr(r, "config_hash", None):
+            keys.add(f"config:{r.config_hash}")
+        if measure.modality == VIDEO:
+            for key in measure.baselines:
+                b = extra.get(f"{key}_loss")
+                if b is not None and math.isfinite(b) and b > 0:
+                    video_base.setdefault(r.family, {}).setdefault(key, []).append(float(b))
+            continue
+        u = extra.get("unigram_loss")
         if u is not None and math.isfinite(u) and u > 0:
             unigram.setdefault(r.family, []).append(float(u))
         v = _vocab_size(r)
         if v:
             vocab.setdefault(r.family, []).append(v)
-        if getattr(r, "config_hash", None):
-            keys.add(f"config:{r.config_hash}")
-    families = {fam: _family(fam, rows) for fam, rows in sorted(keep.items())}
-    baselines = {fam: {"unigram": float(np.median(unigram[fam])) if fam in unigram else None,
-                       "uniform": math.log(float(np.median(vocab[fam]))) if fam in vocab else None}
-                 for fam in families}
+    families = {fam: _family(fam, rows, measure) for fam, rows in sorted(keep.items())}
+    if measure.modality == VIDEO:
+        baselines = {fam: {k: float(np.median(video_base[fam][k])) if k in video_base.get(fam, {}) else None
+                           for k in measure.baselines} for fam in families}
+    else:
+        baselines = {fam: {"unigram": float(np.median(unigram[fam])) if fam in unigram else None,
+                           "uniform": math.log(float(np.median(vocab[fam]))) if fam in vocab else None}
+                     for fam in families}
     messages = []
     if excluded.get("non-positive x (log undefined)"):
         messages.append(f"{excluded['non-positive x (log undefined)']} run(s) with x <= 0 left out: "
@@ -157,7 +208,7 @@ def axis_data_from_runs(sweep: str, axis: str, runs: Iterable[Any]) -> AxisData:
     if tuning:
         messages += tuning_messages(tuning, LABELS)
     return AxisData(sweep, axis, families, dict(sorted(excluded.items())), tuple(messages), baselines,
-                    frozenset(keys), tuning)
+                    frozenset(keys), tuning, measure)
 
 
 def _run_vocab(run: Any) -> float | None:
@@ -178,10 +229,12 @@ def _vocab_size(run: Any) -> int | None:
 
 def axis_data_from_arrays(family: Iterable[str], x: Iterable[float], y: Iterable[float],
                           seed: Iterable[int] | None = None, *, sweep: str = "synthetic",
-                          axis: str = "axis", unigram_loss: float | None = None) -> AxisData:
+                          axis: str = "axis", unigram_loss: float | None = None, modality: str = TEXT,
+                          copy_loss: float | None = None, mean_loss: float | None = None) -> AxisData:
     """Build AxisData from plain arrays (tests, benchmarks, analysis recipes). Non-positive x or y are
     counted as exclusions exactly as for stored runs. ``unigram_loss`` (nats) is the corpus's unigram
-    baseline, stored with every run as trained runs store it."""
+    baseline, stored with every run as trained runs store it. ``modality="video"``: ``y`` is the validation
+    SmoothL1, with the copy-last-frame and mean-embedding baselines ``copy_loss`` and ``mean_loss``."""
     fam = list(family)
     xs = [float(v) for v in x]
     ys = [float(v) for v in y]
@@ -200,21 +253,25 @@ def axis_data_from_arrays(family: Iterable[str], x: Iterable[float], y: Iterable
         fit_eligible: bool = True
         reason: str | None = None
         extra_metrics: dict[str, float] = field(default_factory=dict)
+        config: dict[str, Any] = field(default_factory=dict)
 
         @property
         def final_val_loss(self) -> float:
             return self.y
 
-    extra = {"unigram_loss": float(unigram_loss)} if unigram_loss is not None else {}
-    runs = [_Run(i + 1, f, xv, yv, int(s), extra_metrics=extra)
+    measure_of(modality)  # an unknown modality is a KeyError here, not a text fit
+    extra = {k: float(v) for k, v in (("unigram_loss", unigram_loss), ("copy_loss", copy_loss),
+                                      ("mean_loss", mean_loss)) if v is not None}
+    config: dict[str, Any] = {"model": {"frame_dim": 1}} if modality == VIDEO else {}
+    runs = [_Run(i + 1, f, xv, yv, int(s), extra_metrics=extra, config=config)
             for i, (f, xv, yv, s) in enumerate(zip(fam, xs, ys, sd, strict=True))]
     return axis_data_from_runs(sweep, axis, runs)
 
 
-def _family(fam: str, rows: list[tuple[float, int, int, float]]) -> FamilyData:
+def _family(fam: str, rows: list[tuple[float, int, int, float]], measure: Measure = TEXT_MEASURE) -> FamilyData:
     rows.sort()
     arr = np.array(rows, dtype=float).reshape(-1, 4)
-    return FamilyData(fam, arr[:, 0].copy(), arr[:, 3].copy(), arr[:, 1].astype(int), arr[:, 2].astype(int))
+    return FamilyData(fam, arr[:, 0].copy(), arr[:, 3].copy(), arr[:, 1].astype(int), arr[:, 2].astype(int), measure)
 
 
 # ---------------------------------------------------------------------------------------------------------

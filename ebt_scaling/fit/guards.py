@@ -10,7 +10,9 @@ when a ``rate`` or ``both`` guard fires, and ``exponent_unreliable`` when an ``e
 Codes:
 
 * ``not_falling``    the family's loss does not clearly fall with x (slope interval reaches >= 0);
-* ``near_baseline``  a level's mean loss within ``NEAR_BASELINE_NATS`` of the unigram (or uniform ln V) loss;
+* ``near_baseline``  text: a level's mean loss within ``NEAR_BASELINE_NATS`` of the unigram (or uniform ln V) loss;
+                     video: a level's mean SmoothL1 not clearly below the copy-last-frame loss (above
+                     ``NEAR_COPY_FRACTION`` of it; the mean-embedding loss when no copy loss is stored);
 * ``at_bound``       the saturating law's alpha or E at a bound, or alpha at a bound in many bootstrap refits;
 * ``lack_of_fit``    a straight line in ln x is rejected (F-test against a quadratic, p < 0.05);
 * ``single_seed``    a level with one seed (seed noise not measured there);
@@ -34,10 +36,14 @@ from ebt_scaling.fit.results import EXPLAIN, LABELS, FamilyFit, Guard, TuneLevel
 __all__ = ["EXPLAIN", "LABELS", "SCOPES", "baseline_of", "family_guards", "lr_edge_guards", "unreliable_verdict"]
 
 NEAR_BASELINE_NATS = 0.5  # issue 16: every run should end below the unigram loss by at least this much
+# video: a level whose mean SmoothL1 is above 90% of the copy-last-frame loss has learned little beyond "the next
+# frame looks like this one" (SmoothL1 is a scale of its own: a relative margin, not nats)
+NEAR_COPY_FRACTION = 0.9
 LACK_OF_FIT_P = 0.05
 MIN_LEVELS = 4
 ALPHA_BOUND_TOL = 0.01  # alpha within this of 0 or 2 is at its bound
-E_BOUND = 1e-3  # E (nats) below this is the E >= 0 edge (pure power law)
+E_BOUND = 1e-3  # E (nats) below this is the E >= 0 edge (pure power law); video: E below this fraction of the
+# smallest level mean SmoothL1 (the loss has no natural unit there)
 ALPHA_BOUND_FRAC = 0.10  # share of bootstrap refits with alpha at a bound that fires the guard
 NOISE_Z = 2.0  # a change between level means counts when it exceeds this many standard errors
 
@@ -80,13 +86,26 @@ def family_guards(fd: FamilyData, entry: FamilyFit, baselines: dict[str, float |
     xs, means, counts = _level_means(fd)
     n_lv = xs.size
     slope, ci = entry.slope, entry.slope_ci or (None, None)
+    per = "log-log" if fd.measure.log_loss else "per ln x"
     if slope is not None and (slope >= 0 or (ci[1] is not None and ci[1] >= 0)):
-        out.append(_g("not_falling", name, f"{who}: the loss does not clearly fall with x (slope {slope:+.4f} per "
-                      f"ln x, 95% interval up to {ci[1]:+.4f}); a rate gain against a flat or rising loss means "
+        out.append(_g("not_falling", name, f"{who}: the loss does not clearly fall with x (slope {slope:+.4f} {per}, "
+                      f"95% interval up to {ci[1]:+.4f}); a rate gain against a flat or rising loss means "
                       "nothing, so there is no faster/slower verdict" if ci[1] is not None else
-                      f"{who}: the loss does not fall with x (slope {slope:+.4f} per ln x); no faster/slower verdict"))
+                      f"{who}: the loss does not fall with x (slope {slope:+.4f} {per}); no faster/slower verdict"))
+    video = fd.measure.log_loss
     base = baseline_of(baselines)
-    if base is not None:
+    if base is not None and video:
+        b, kind = base
+        loss_means = np.array([fd.loss[c].mean() for c in fd.cells()])
+        near = loss_means >= NEAR_COPY_FRACTION * b
+        if near.any():
+            what = "repeating the last frame" if kind.startswith("copy") else "predicting the mean embedding"
+            out.append(_g("near_baseline", name,
+                          f"{who}: mean SmoothL1 not clearly below the {kind} baseline ({b:.4g}; above "
+                          f"{NEAR_COPY_FRACTION:.0%} of it) at {int(near.sum())} of {n_lv} levels: the model has "
+                          f"learned little beyond {what}, so its slope does not measure scaling - train longer or "
+                          "tune the preset"))
+    elif base is not None:
         b, kind = base
         near = means >= b - NEAR_BASELINE_NATS
         if near.any():
@@ -102,7 +121,8 @@ def family_guards(fd: FamilyData, entry: FamilyFit, baselines: dict[str, float |
         parts = []
         if a is not None and (a <= ALPHA_BOUND_TOL or a >= 2.0 - ALPHA_BOUND_TOL):
             parts.append(f"exponent alpha = {a:.3f} sits at its bound (0 or 2)")
-        if E is not None and E <= E_BOUND:
+        e_bound = E_BOUND * float(fd.loss.min()) if video else E_BOUND
+        if E is not None and E <= e_bound:
             parts.append(f"floor E = {E:.2g} sits at its bound 0")
         frac = law.alpha_at_bound_frac
         if frac is not None and frac >= ALPHA_BOUND_FRAC:
@@ -126,9 +146,12 @@ def family_guards(fd: FamilyData, entry: FamilyFit, baselines: dict[str, float |
         d = np.diff(means)
         se = sd * np.sqrt(1.0 / counts[1:] + 1.0 / counts[:-1])
         if (d > NOISE_Z * se).any() and (d < -NOISE_Z * se).any():
-            trail = ", ".join(f"{m:.3f}" for m in means)
+            if fd.measure.log_loss:  # y = ln SmoothL1: its level means are geometric means of the SmoothL1
+                trail = ", ".join(f"{math.exp(m):.4g}" for m in means) + " SmoothL1, geometric"
+            else:
+                trail = ", ".join(f"{m:.3f}" for m in means) + " nats"
             out.append(_g("non_monotone", name, f"{who}: the loss falls and rises across levels by more than seed "
-                          f"noise (level means {trail} nats): the trend is not one scaling law"))
+                          f"noise (level means {trail}): the trend is not one scaling law"))
     if slope is not None and ci[0] is not None and ci[1] is not None and ci[1] - ci[0] > abs(slope):
         out.append(_g("wide_interval", name, f"{who}: 95% interval of the slope wider than the slope itself "
                       f"({slope:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]): the rate is mostly noise", "rate"))

@@ -27,11 +27,56 @@ PAPER_V1 = {"data": 0.3598, "batch": 0.2846, "depth": 0.0529, "params": 0.0291, 
 PAPER_ICLR = {"params": 0.0897, "flops": 0.0897}
 LABELS = {"transformer_pp": "Transformer++", "ebt": "EBT"}
 
+TEXT, VIDEO = "text", "video"
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What an axis fits, fixed by the modality of its runs (read once from the runs, ``fit/design.py``).
+
+    The fitted y is always the natural log of the quantity the paper plots on a log axis, so the M1 slope is the
+    paper's log-log slope for both: text plots perplexity, ln(ppl) = the loss in nats, so y is the loss itself;
+    video plots the validation SmoothL1, so y = ln(SmoothL1). The saturating law (M2) is fitted to the loss itself
+    (nats, or SmoothL1), its floor E in those units."""
+
+    modality: str
+    log_loss: bool  # y = ln(loss) (video) rather than the loss (text: nats, already ln perplexity)
+    loss_name: str  # the loss in words
+    unit: str  # the loss's unit, for messages ("nats", "SmoothL1")
+    y_label: str  # the scaling plot's y axis
+    rate: str  # what the M1 slope is, in plain words
+    baselines: tuple[str, ...]  # the keys of a family's baselines dict, the guard's baseline first
+
+
+TEXT_MEASURE = Measure(TEXT, False, "loss", "nats", "validation perplexity",
+                       "slope of log10(perplexity) on log10(x)", ("unigram", "uniform"))
+VIDEO_MEASURE = Measure(VIDEO, True, "validation SmoothL1", "SmoothL1", "validation SmoothL1 (log scale)",
+                        "log-log slope of SmoothL1 on x", ("copy", "mean"))
+MEASURES = {m.modality: m for m in (TEXT_MEASURE, VIDEO_MEASURE)}
+
+
+def measure_of(modality: str | None) -> Measure:
+    """The measure of a modality (``None``: text, what every run before video was)."""
+    return MEASURES[modality or TEXT]
+
+
+# JSON keys that name text units (nats, perplexity), and the keys video results carry instead; a result leaves out
+# the other modality's keys, so text JSON is exactly what it was before video existed
+TEXT_KEYS = frozenset({"intercept_log10_ppl", "loss_change_per_decade_nats", "loss_gap_nats", "loss_gap_ci",
+                       "error_nats"})
+VIDEO_KEYS = frozenset({"intercept_log10_loss", "loss_factor_per_doubling", "loss_ratio", "loss_ratio_ci",
+                        "error_log10", "modality"})
+
+
+def _units_skip(modality: str) -> frozenset[str]:
+    """The keys a result of ``modality`` leaves out of its JSON (the other modality's unit-named keys)."""
+    return VIDEO_KEYS if modality == TEXT else TEXT_KEYS
+
 # one plain sentence per guard, for pages that list codes rather than the full messages
 EXPLAIN = {
     "not_falling": "the loss does not fall with x, so a rate gain against it means nothing",
-    "near_baseline": "the loss sits near the unigram (or uniform) baseline: the model learned little beyond "
-                     "token frequencies",
+    "near_baseline": "the loss sits near a trivial baseline (text: the unigram or uniform loss, token frequencies; "
+                     "video: the loss of copying the last frame): the model learned little beyond it",
     "at_bound": "the saturating law's exponent or floor sits at a bound: the law is not identified",
     "lack_of_fit": "a straight line in ln x does not fit (p < 0.05): the slope depends on the x range",
     "single_seed": "a level has one seed: seed noise is inferred, not measured",
@@ -121,7 +166,8 @@ class LawFit:
         return _from(cls, d)
 
 
-LINE_STATS = frozenset({"slope_se", "intercept_log10_ppl", "r2", "lack_of_fit_p", "loss_change_per_decade_nats"})
+LINE_STATS = frozenset({"slope_se", "intercept_log10_ppl", "r2", "lack_of_fit_p", "loss_change_per_decade_nats",
+                        "intercept_log10_loss", "loss_factor_per_doubling"})
 
 
 @dataclass(frozen=True)
@@ -130,7 +176,10 @@ class FamilyFit:
 
     ``slope`` is None with fewer than 3 levels (``message`` says so), ``law`` None with fewer than 4
     (``law_message``). The line statistics (``slope_se`` ... ``loss_change_per_decade_nats``) exist only when
-    the line was fitted, and only then appear in the JSON. ``guards``: codes of the guard-rails that fired."""
+    the line was fitted, and only then appear in the JSON. ``guards``: codes of the guard-rails that fired.
+    Units (``modality``, ``Measure``): text has ``intercept_log10_ppl`` (log10 perplexity at x = 1) and
+    ``loss_change_per_decade_nats``; video has ``intercept_log10_loss`` (log10 SmoothL1 at x = 1) and
+    ``loss_factor_per_doubling`` (2^slope: what the SmoothL1 is multiplied by when x doubles) instead."""
 
     n_runs: int
     n_levels: int
@@ -148,13 +197,16 @@ class FamilyFit:
     lack_of_fit_p: float | None = None
     loss_change_per_decade_nats: float | None = None
     guards: tuple[str, ...] = ()
+    intercept_log10_loss: float | None = None
+    loss_factor_per_doubling: float | None = None
+    modality: str = TEXT
 
     @property
     def line_fitted(self) -> bool:
         return any(getattr(self, k) is not None for k in LINE_STATS)
 
     def to_json(self) -> dict[str, Any]:
-        return _fields_json(self, frozenset() if self.line_fitted else LINE_STATS)
+        return _fields_json(self, (frozenset() if self.line_fitted else LINE_STATS) | _units_skip(self.modality))
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> FamilyFit:
@@ -228,7 +280,9 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Crossover:
-    """Where the two M1 lines cross (``log10_x`` None when they are parallel; then only ``message`` explains)."""
+    """Where the two M1 lines cross (``log10_x`` None when they are parallel; then only ``message`` explains).
+    The gap between the lines at ``gap_at_x``: EBT - T++ in nats (text, ``loss_gap_nats``), or the SmoothL1 ratio
+    EBT / T++ (video, ``loss_ratio``)."""
 
     x: float | None
     x_ci: Interval
@@ -242,10 +296,15 @@ class Crossover:
     gap_at_x: float | None = None
     loss_gap_nats: float | None = None
     loss_gap_ci: Interval = NO_INTERVAL
+    loss_ratio: float | None = None
+    loss_ratio_ci: Interval = NO_INTERVAL
+    modality: str = TEXT
 
     def to_json(self) -> dict[str, Any]:
-        crossing = frozenset({"log10_x_ci", "gap_at_x", "loss_gap_nats", "loss_gap_ci"})
-        return _fields_json(self, frozenset() if self.log10_x is not None else crossing)
+        crossing = frozenset({"log10_x_ci", "gap_at_x", "loss_gap_nats", "loss_gap_ci", "loss_ratio",
+                              "loss_ratio_ci"})
+        return _fields_json(self, (frozenset() if self.log10_x is not None else crossing)
+                            | _units_skip(self.modality))
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Crossover:
@@ -257,7 +316,9 @@ class Crossover:
 
 @dataclass(frozen=True)
 class LawHoldout:
-    """The saturating law (own E) fitted without the largest level, and its prediction error there (nats)."""
+    """The saturating law (own E) fitted without the largest level, and its prediction error there: observed -
+    predicted in nats (text, ``error_nats``), or log10(observed / predicted) of the SmoothL1 (video,
+    ``error_log10``); ``error_ci`` in the same units."""
 
     x: float
     n_levels_fit: int
@@ -269,19 +330,22 @@ class LawHoldout:
     alpha: float | None
     E: float | None
     method: str
+    error_log10: float | None = None
+    modality: str = TEXT
 
     def to_json(self) -> dict[str, Any]:
-        return _fields_json(self)
+        return _fields_json(self, _units_skip(self.modality))
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LawHoldout:
-        return _from(cls, d)
+        return _from(cls, {"error_nats": None, **d})  # video JSON has no error_nats
 
 
 @dataclass(frozen=True)
 class LineHoldout:
-    """The M1 line fitted without the largest level, and its prediction error there (nats); ``m2`` the same
-    check for the saturating law (``fit --holdout-largest`` with 5 or more levels)."""
+    """The M1 line fitted without the largest level, and its prediction error there (the units of ``LawHoldout``;
+    for video ``observed`` and ``predicted`` are SmoothL1, the geometric mean of the level's seeds and the line's
+    value); ``m2`` the same check for the saturating law (``fit --holdout-largest`` with 5 or more levels)."""
 
     x: float
     n_levels_fit: int
@@ -292,13 +356,16 @@ class LineHoldout:
     covered: bool
     method: str
     m2: LawHoldout | None = None
+    error_log10: float | None = None
+    modality: str = TEXT
 
     def to_json(self) -> dict[str, Any]:
-        return _fields_json(self, frozenset() if self.m2 is not None else frozenset({"m2"}))
+        return _fields_json(self, (frozenset() if self.m2 is not None else frozenset({"m2"}))
+                            | _units_skip(self.modality))
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LineHoldout:
-        return _from(cls, d, m2=LawHoldout.from_json)
+        return _from(cls, {"error_nats": None, **d}, m2=LawHoldout.from_json)  # video JSON has no error_nats
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -312,9 +379,10 @@ def holdout_lines(fam: str, h: LineHoldout) -> list[str]:
     def line(what: str, c: LineHoldout | LawHoldout, law: str) -> str:
         ci = c.error_ci or NO_INTERVAL
         span = "-" if ci[0] is None or ci[1] is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+        error = (f"error {_fmt(c.error_nats, '+.4f')} nats" if c.modality == TEXT else
+                 f"error log10(observed/predicted) {_fmt(c.error_log10, '+.4f')}")
         return (f"Hold-out {LABELS.get(fam, fam)}: {what} on {c.n_levels_fit} levels predicts "
-                f"{_fmt(c.predicted, '.4f')} at x = {c.x:.3g}, observed {_fmt(c.observed, '.4f')}: "
-                f"error {_fmt(c.error_nats, '+.4f')} nats "
+                f"{_fmt(c.predicted, '.4f')} at x = {c.x:.3g}, observed {_fmt(c.observed, '.4f')}: {error} "
                 f"{span} ({'0 inside' if c.covered else f'0 outside: the {law} does not extrapolate'})")
 
     return [line("line", h, "line")] + ([line("M2 law", h.m2, "law")] if h.m2 is not None else [])
@@ -325,7 +393,8 @@ def holdout_lines(fam: str, h: LineHoldout) -> list[str]:
 
 @dataclass(frozen=True)
 class Band:
-    """A fitted curve on a grid of x, with its pointwise bootstrap band (log10 perplexity)."""
+    """A fitted curve on a grid of x, with its pointwise bootstrap band: log10 of the plotted quantity
+    (perplexity for text, SmoothL1 for video)."""
 
     x: tuple[float, ...]
     fit: tuple[float, ...]
@@ -342,8 +411,9 @@ class Band:
 
 @dataclass(frozen=True)
 class FamilyPlot:
-    """What the report draws for one family: every run (x, loss in nats, seed, run id), the M1 line and M2
-    curve with bands, residuals (M1 in nats, M2 as ln y - ln fit), and the baseline."""
+    """What the report draws for one family: every run (x, loss: nats or SmoothL1, seed, run id), the M1 line
+    and M2 curve with bands, residuals (M1 in the fitted y: nats, or ln SmoothL1; M2 as ln loss - ln fit), and the
+    baselines (text: ``unigram``, ``uniform`` in nats; video: ``copy``, ``mean`` in SmoothL1)."""
 
     x: tuple[float, ...]
     y: tuple[float, ...]
@@ -353,7 +423,7 @@ class FamilyPlot:
     resid_m1: tuple[float, ...] | None = None
     m2: Band | None = None
     resid_m2: tuple[float, ...] | None = None
-    baseline: dict[str, float | None] | None = None  # {"unigram", "uniform"} in nats
+    baseline: dict[str, float | None] | None = None  # {"unigram", "uniform"} in nats, or {"copy", "mean"}
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in _fields_json(self).items()
@@ -368,14 +438,18 @@ class FamilyPlot:
 
 
 def baseline_of(baselines: dict[str, float | None] | None) -> tuple[float, str] | None:
-    """The baseline a family is compared with: the unigram loss when stored, else ln V, else None."""
+    """The baseline a family is compared with: the unigram loss when stored, else ln V (text); the copy-last-frame
+    loss, else the mean-embedding loss (video); else None."""
     b = baselines or {}
-    unigram, uniform = b.get("unigram"), b.get("uniform")
-    if unigram is not None:
-        return float(unigram), "unigram"
-    if uniform is not None:
-        return float(uniform), "uniform (ln V)"
+    for key in ("unigram", "uniform", "copy", "mean"):
+        if b.get(key) is not None:
+            return float(b[key]), BASELINE_NAMES[key]
     return None
+
+
+# how each baseline is named on plots and in messages (the loss of a model that learned nothing beyond it)
+BASELINE_NAMES = {"unigram": "unigram", "uniform": "uniform (ln V)", "copy": "copy (last frame)",
+                  "mean": "mean embedding"}
 
 
 @dataclass(frozen=True)
@@ -402,6 +476,13 @@ class AxisFit:
     # family -> its [tune] grid per level and the chosen points (the fitted runs: the LR envelope); empty, and left
     # out of the JSON, when the axis's runs carry no grid coordinates
     tuning: dict[str, tuple[TuneLevel, ...]] = field(default_factory=dict)
+    # what was fitted (``Measure``): text (loss in nats, perplexity plotted) or video (ln SmoothL1); left out of the
+    # JSON for text, so text snapshots are what they were before video
+    modality: str = TEXT
+
+    @property
+    def measure(self) -> Measure:
+        return measure_of(self.modality)
 
     @property
     def label(self) -> str:
@@ -414,7 +495,7 @@ class AxisFit:
         return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
-        return _fields_json(self, frozenset() if self.tuning else frozenset({"tuning"}))
+        return _fields_json(self, (frozenset() if self.tuning else frozenset({"tuning"})) | _units_skip(self.modality))
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> AxisFit:
@@ -454,6 +535,9 @@ class AxisFit:
             out["holdout"] = json_value(self.holdout)
         if self.tuning:
             out["tuning"] = json_value(self.tuning)
+        if self.modality != TEXT:  # text JSON unchanged; video says what its slopes and losses are
+            out["modality"] = self.modality
+            out["measure"] = self.measure.rate
         return out
 
 

@@ -29,7 +29,7 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from ebt_scaling.config import FAMILY_TRAIN_KEYS  # noqa: E402
-from ebt_scaling.fit import exclusion_reason  # noqa: E402
+from ebt_scaling.fit import exclusion_reason, run_modality  # noqa: E402
 from ebt_scaling.fit.results import EXPLAIN, PAPER_ICLR, PAPER_V1, AxisFit  # noqa: E402
 from ebt_scaling.report import plots, tuning  # noqa: E402
 
@@ -202,6 +202,9 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
                      fontsize=8, row_colors=colors, fill=True)
     notes = ["What these data support"] + [f"- {_supports(f, data)}" for f in _sorted_fits(data)] + [""] + [
         "How to read this page",
+        *(["- Video axes: the rate is the log-log slope of SmoothL1 (OLS of log10(validation SmoothL1) on log10(x), "
+           "the paper's video measure); the baselines are the SmoothL1 of copying the last frame and of predicting "
+           "the mean embedding."] if any(f.measure.log_loss for f in data.fits) else []),
         "- 'paper v1' are the figure titles of arXiv v1 (one seed, no intervals); 'paper ICLR' the camera-ready "
         "caption (params and FLOPs).",
         "- The rate (M1) is a logarithmic slope, not an exponent: for L = E + A x^-alpha it equals alpha (L - E), "
@@ -263,9 +266,12 @@ def _supports(f: AxisFit, data: ReportData) -> str:
         codes = sorted({g.code.replace("_", " ") for g in f.guards})
         return (f"{name}: no faster/slower claim can be defended ({gain}); guard-rails: {', '.join(codes)}. "
                 "Fix those (more levels, seeds or steps) before reading a gain.")
+    if f.measure.log_loss:  # video: the rate is the log-log slope of the validation SmoothL1
+        gain = f"log-log slope of SmoothL1, {gain}"
     if verdict in ("EBT faster", "EBT slower"):
         word = "faster" if verdict == "EBT faster" else "more slowly"
-        out = (f"{name}: the EBT's loss falls {word} along this axis than the Transformer++'s ({gain}, Holm p = "
+        loss = "validation SmoothL1" if f.measure.log_loss else "loss"
+        out = (f"{name}: the EBT's {loss} falls {word} along this axis than the Transformer++'s ({gain}, Holm p = "
                f"{plots.fmt_p(c.p_value_holm)}), within the range of x measured.")
     elif verdict.startswith("not distinguishable"):
         out = f"{name}: the two rates are not distinguishable at 95% ({gain}); more seeds or levels may separate them."
@@ -328,7 +334,8 @@ def _tuning_page(f: AxisFit, data: ReportData, new_page: Callable[[], Figure]) -
     fams = [fam for fam in ("transformer_pp", "ebt") if fam in f.tuning]
     gs = fig.add_gridspec(1, len(fams), left=0.07, right=0.9, top=0.88, bottom=0.45, wspace=0.35)
     for k, fam in enumerate(fams):
-        tuning.draw_tuning(fig.add_subplot(gs[0, k]), f.tuning[fam], fam, plots.X_LABELS.get(f.axis, "x"))
+        tuning.draw_tuning(fig.add_subplot(gs[0, k]), f.tuning[fam], fam, plots.X_LABELS.get(f.axis, "x"),
+                           "SmoothL1" if f.measure.log_loss else "loss (nats)")
     text = ["Solid line and circles: mean over seeds of the selection-set loss (val_select_loss), which picks each "
             "level's LR; dotted: mean evaluation-set loss (val_loss),",
             "the loss that is fitted and reported (the two sets are disjoint, so the chosen point's loss carries no "
@@ -359,16 +366,20 @@ def _curves_page(f: AxisFit, data: ReportData, new_page: Callable[[], Figure]) -
     levels = sorted({r.x for r in runs})
     gs = fig.add_gridspec(1, len(fams), left=0.07, right=0.97, top=0.88, bottom=0.3, wspace=0.15)
     base = f.baselines
+    video = f.measure.log_loss
     first = None
     for k, fam in enumerate(fams):
         ax = fig.add_subplot(gs[0, k], sharey=first)  # one loss scale for both families
         first = first or ax
         plots.draw_curves(ax, [r for r in runs if r.family == fam], data.curves, levels,
-                          (base.get(fam) or {}).get("unigram"))
+                          None if video else (base.get(fam) or {}).get("unigram"),
+                          video_baselines=dict(base.get(fam) or {}) if video else None)
         ax.set_title(plots.LABELS.get(fam, fam), fontsize=10)
+    what = ("Dashed grey: the SmoothL1 of copying the last frame (dark) and of predicting the mean embedding (light)."
+            if video else "Dashed grey: the unigram baseline (loss of predicting token frequencies).")
     fig.text(0.07, 0.1, "Thin lines: training loss (logged every few steps); dots joined by a thicker line: "
              "validation loss on the sweep's fixed validation set.\nColour: the level of the axis (legend). "
-             "Dashed grey: the unigram baseline (loss of predicting token frequencies).", fontsize=8, va="top")
+             + what, fontsize=8, va="top")
 
 
 def _continued(title: str, lines: Sequence[str], new_page: Callable[[], Figure], color: str = "k") -> None:
@@ -406,6 +417,10 @@ def crossover_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
             lo, hi = cr.loss_gap_ci
             span = "" if lo is None or hi is None else f" [{lo:+.4f}, {hi:+.4f}]"
             lines.append(f"Loss gap EBT - T++ at x = {cr.gap_at_x:.3g}: {cr.loss_gap_nats:+.4f} nats{span} (M1 lines)")
+        if cr is not None and cr.loss_ratio is not None and cr.gap_at_x is not None:  # video
+            lo, hi = cr.loss_ratio_ci
+            span = "" if lo is None or hi is None else f" [{lo:.4f}, {hi:.4f}]"
+            lines.append(f"SmoothL1 ratio EBT / T++ at x = {cr.gap_at_x:.3g}: {cr.loss_ratio:.4f}{span} (M1 lines)")
         if f.guards:
             lines.append("Guard-rails on this axis (the M1 lines above inherit them): "
                          + _guard_summary(f, data)[2:])
@@ -458,7 +473,8 @@ def runs_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
             why = exclusion_reason(r)
             if why is None and r.id not in fitted and _tune_lr(r) is not None:  # a [tune] grid point not chosen
                 why = f"LR {_tune_lr(r):.3g} not chosen (tuning page)"
-            ppl = "-" if y is None or not math.isfinite(y) or y > 700 else f"{math.exp(y):.2f}"
+            ppl = ("-" if y is None or not math.isfinite(y) or y > 700 or run_modality(r) == "video"  # SmoothL1
+                   else f"{math.exp(y):.2f}")
             rows.append([str(r.id), str(r.sweep)[:14], r.axis, r.family, f"{r.x:.4g}" if r.x is not None else "-",
                          str(r.seed), r.status, "-" if y is None else f"{y:.4f}", ppl, "no" if why else "yes",
                          (why or (r.reason or ""))[:38], _config_summary(r)[:34]])
@@ -501,4 +517,7 @@ def provenance_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         "      Gaussian noise with the pooled seed sd (also drawn) for single-seed levels of mixed designs.",
         "  Equal-slope test: interaction t-test; Freedman-Lane permutation as a check; Holm across the axes shown.",
     ]
+    if any(f.measure.log_loss for f in data.fits):
+        lines += ["  Video axes: y = validation SmoothL1; M1 = OLS of log10(SmoothL1) on log10(x) (the paper's log-log",
+                  "      slope); M2 in SmoothL1 units; baselines: copy the last frame, predict the mean embedding."]
     fig.text(0.04, 0.88, "\n".join(lines), fontsize=8.5, va="top", family="monospace", linespacing=1.5)

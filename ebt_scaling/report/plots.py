@@ -3,6 +3,10 @@
 Inputs are the typed results of ``ebt_scaling.fit.results`` (``AxisFit``: ``families``, ``comparison``,
 ``crossover``, ``plot``), read by attribute; a stored fit is rebuilt with ``AxisFit.from_json``, so a report can
 be drawn without refitting.
+
+What the y axis shows is the axis's ``Measure`` (``fit.measure``): text axes plot perplexity (exp of the loss in
+nats) with the unigram baseline; video axes the validation SmoothL1 itself, on log-log axes, with the copy-last-frame
+and mean-embedding baselines as dashed lines.
 """
 
 from __future__ import annotations
@@ -15,7 +19,16 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from ebt_scaling.fit.results import LABELS, AxisFit, FamilyFit, FamilyPlot, baseline_of, holdout_lines
+from ebt_scaling.fit.results import (
+    BASELINE_NAMES,
+    LABELS,
+    AxisFit,
+    FamilyFit,
+    FamilyPlot,
+    Measure,
+    baseline_of,
+    holdout_lines,
+)
 
 COLORS = {"transformer_pp": "#1f77b4", "ebt": "#d62728"}
 MARKERS = {"transformer_pp": "o", "ebt": "s"}
@@ -101,9 +114,18 @@ def _num_label(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def plotted(measure: Measure, loss: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The plotted quantity from the loss: perplexity exp(loss) for text, the SmoothL1 itself for video."""
+    with np.errstate(over="ignore"):
+        return np.asarray(loss, dtype=float) if measure.log_loss else np.exp(np.asarray(loss, dtype=float))
+
+
 def draw_scaling(ax: Axes, fit: AxisFit) -> None:
-    """Perplexity vs x (log-log): every seed as a point, M1 line with its bootstrap band, M2 curve."""
+    """Perplexity (text) or SmoothL1 (video) vs x (log-log): every seed as a point, M1 line with its bootstrap band,
+    M2 curve, the baselines."""
     plot = fit.plot
+    measure = fit.measure
+    slope_name = "log-log slope" if measure.log_loss else "slope"
     any_data = False
     for fam in ("transformer_pp", "ebt"):
         p = plot.get(fam)
@@ -112,13 +134,13 @@ def draw_scaling(ax: Axes, fit: AxisFit) -> None:
         any_data = True
         c = COLORS[fam]
         entry = fit.families.get(fam)
-        ax.scatter(p.x, np.exp(p.y), s=22, marker=MARKERS[fam], color=c, alpha=0.75, zorder=3,
+        ax.scatter(p.x, plotted(measure, p.y), s=22, marker=MARKERS[fam], color=c, alpha=0.75, zorder=3,
                    label=f"{LABELS[fam]} runs ({len(p.x)})", edgecolors="none")
         if p.m1 is not None:
             m = p.m1
             slope = entry.slope if entry else None
             ax.plot(m.x, 10 ** _arr(m.fit), color=c, lw=1.6, zorder=2,
-                    label=f"{LABELS[fam]} M1 line, slope {_num_label(slope, '.4f')}")
+                    label=f"{LABELS[fam]} M1 line, {slope_name} {_num_label(slope, '.4f')}")
             ax.fill_between(m.x, 10 ** _arr(m.lo), 10 ** _arr(m.hi), color=c, alpha=0.18,
                             lw=0, zorder=1, label=f"{LABELS[fam]} M1 95% band (bootstrap)")
         if p.m2 is not None:
@@ -128,20 +150,20 @@ def draw_scaling(ax: Axes, fit: AxisFit) -> None:
                     label=f"{LABELS[fam]} M2 E + A x^-a, a = {_num_label(law.alpha if law else None, '.3f')}")
             ax.fill_between(m.x, 10 ** _arr(m.lo), 10 ** _arr(m.hi), color=c, alpha=0.10,
                             lw=0, hatch=None, zorder=1, label=f"{LABELS[fam]} M2 95% band (bootstrap)")
-    with np.errstate(over="ignore"):  # a loss above ~709 nats has no float perplexity: left off the limits
-        pts = [float(v) for fam in ("transformer_pp", "ebt") if plot.get(fam) for v in np.exp(plot[fam].y)
-               if math.isfinite(v)]
+    # a loss above ~709 nats has no float perplexity: left off the limits
+    pts = [float(v) for fam in ("transformer_pp", "ebt") if plot.get(fam) for v in plotted(measure, plot[fam].y)
+           if math.isfinite(v) and v > 0]
     if pts:  # a wide bootstrap band must not squash the runs: y spans the runs (and a drawn baseline) with room
         ax.set_ylim(min(pts) / 2.0, max(pts) * 2.0)
-    drawn = _draw_baseline(ax, plot)
+    lines = _draw_video_baselines(ax, plot) if measure.log_loss else _draw_baseline(ax, plot)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    if pts and drawn:
-        ax.set_ylim(min(pts) / 2.0, max(max(pts) * 2.0, max(drawn) * 1.3))
+    if pts and lines:
+        ax.set_ylim(min(pts) / 2.0, max(max(pts) * 2.0, max(lines) * 1.3))
     _plain_y(ax)
     _level_x(ax, [v for fam in ("transformer_pp", "ebt") if plot.get(fam) for v in plot[fam].x])
     ax.set_xlabel(X_LABELS.get(fit.axis, fit.axis))
-    ax.set_ylabel("validation perplexity")
+    ax.set_ylabel(measure.y_label)
     ax.grid(True, which="both", alpha=0.25, lw=0.5)
     if any_data:
         _legend_outside(ax)
@@ -175,6 +197,35 @@ def _draw_baseline(ax: Axes, plot: dict[str, FamilyPlot]) -> list[float]:
     return drawn
 
 
+VIDEO_BASELINE_STYLE = {"copy": {"color": "0.25", "ls": "--"}, "mean": {"color": "0.55", "ls": (0, (2, 2))}}
+
+
+def _draw_video_baselines(ax: Axes, plot: dict[str, FamilyPlot]) -> list[float]:
+    """The copy-last-frame and mean-embedding SmoothL1 as dashed horizontal lines, one legend entry each (one line
+    per baseline when the families share it, the same validation set; else one per family). A baseline more than
+    3x above the highest run is named in the legend as above the plot instead of stretching the axis. Returns the
+    values drawn."""
+    out: list[float] = []
+    top = ax.get_ylim()[1]
+    for key in ("copy", "mean"):
+        vals: dict[float, list[str]] = {}
+        for fam in ("transformer_pp", "ebt"):
+            p = plot.get(fam)
+            v = (p.baseline or {}).get(key) if p else None
+            if v is not None:
+                vals.setdefault(round(float(v), 9), []).append(fam)
+        for v, fams in vals.items():
+            who = "" if len(vals) == 1 else f" ({', '.join(LABELS[f] for f in fams)})"
+            label = f"{BASELINE_NAMES[key]} baseline{who}: SmoothL1 {v:.4g}"
+            style = VIDEO_BASELINE_STYLE[key]
+            if v <= 3 * top:
+                ax.axhline(v, lw=1.1, zorder=1, label=label, **style)
+                out.append(v)
+            else:
+                ax.plot([], [], lw=1.1, label=f"{label}, above this plot", **style)
+    return out
+
+
 def draw_residuals(ax: Axes, fit: AxisFit, which: str = "m1") -> None:
     """Residuals per run: M1 in log10(ppl) units, M2 as ln(y) - ln(fit)."""
     drawn = False
@@ -198,15 +249,18 @@ def draw_residuals(ax: Axes, fit: AxisFit, which: str = "m1") -> None:
     _level_x(ax, [v for fam in ("transformer_pp", "ebt") if fit.plot.get(fam) for v in fit.plot[fam].x])
     ax.grid(True, alpha=0.25, lw=0.5)
     ax.set_xlabel(X_LABELS.get(fit.axis, fit.axis), fontsize=8)
-    ax.set_ylabel("residual, log10 ppl" if which == "m1" else "residual, ln loss", fontsize=8)
+    m1_unit = "log10 SmoothL1" if fit.measure.log_loss else "log10 ppl"
+    ax.set_ylabel(f"residual, {m1_unit}" if which == "m1" else "residual, ln loss", fontsize=8)
     ax.set_title("M1 residuals (curvature = lack of fit)" if which == "m1" else "M2 residuals", fontsize=9)
     ax.tick_params(labelsize=7)
 
 
 def draw_curves(ax: Axes, runs: Sequence[Any], curves: dict[int, dict[str, tuple[list[float], list[float]]]],
-                levels: Sequence[float], unigram: float | None = None) -> None:
+                levels: Sequence[float], unigram: float | None = None,
+                video_baselines: dict[str, float | None] | None = None) -> None:
     """Loss (nats) against training tokens (log x) of ``runs``: the training loss as a thin line, the validation
-    loss as dots on a thicker line, one colour per axis level (viridis, in the order of ``levels``)."""
+    loss as dots on a thicker line, one colour per axis level (viridis, in the order of ``levels``). Video runs
+    (``video_baselines`` given: ``copy``, ``mean``) plot the SmoothL1 on a log y axis with those baselines dashed."""
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis"]
@@ -226,9 +280,17 @@ def draw_curves(ax: Axes, runs: Sequence[Any], curves: dict[int, dict[str, tuple
             ax.plot(vx, vy, color=col, lw=1.4, marker="o", ms=3, label=label)
     if unigram:
         ax.axhline(unigram, color="0.5", ls="--", lw=0.8)
+    for key, v in (video_baselines or {}).items():  # named in the page's caption, like the unigram line
+        if v is not None:
+            ax.axhline(v, lw=0.9, **VIDEO_BASELINE_STYLE[key])
     ax.set_xscale("log")
     ax.set_xlabel("training tokens")
-    ax.set_ylabel("loss (nats/token)")
+    if video_baselines is not None:
+        ax.set_yscale("log")
+        _plain_y(ax)
+        ax.set_ylabel("SmoothL1 (log scale)")
+    else:
+        ax.set_ylabel("loss (nats/token)")
     ax.grid(True, which="major", alpha=0.3)
     if shown:  # below the panel, never over the curves
         ax.legend(title="level", fontsize=7, title_fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13),
@@ -238,6 +300,10 @@ def draw_curves(ax: Axes, runs: Sequence[Any], curves: dict[int, dict[str, tuple
 def axis_text(fit: AxisFit) -> str:
     """The numbers of one axis as a few lines of text."""
     lines = []
+    video = fit.measure.log_loss
+    if video:
+        lines.append("Video: y = validation SmoothL1; M1 slope = log-log slope of SmoothL1 on x (the paper's measure); "
+                     "M2 law E + A x^-alpha in SmoothL1 units")
     for fam in ("transformer_pp", "ebt"):
         e = fit.families.get(fam)
         if not e:
@@ -264,6 +330,16 @@ def axis_text(fit: AxisFit) -> str:
             lines.append(f"Exponent view: {c.exponent_unreliable_note}")
     if fit.crossover is not None and fit.crossover.message:
         lines.append(f"Crossover (M1 lines): {fit.crossover.message}")
+    cr = fit.crossover
+    if video and cr is not None and cr.loss_ratio is not None and cr.gap_at_x is not None:
+        lo, hi = cr.loss_ratio_ci
+        span = "" if lo is None or hi is None else f" [{lo:.4f}, {hi:.4f}]"
+        lines.append(f"SmoothL1 ratio EBT / T++ at x = {cr.gap_at_x:.4g} (M1 lines): {cr.loss_ratio:.4f}{span}")
+    for fam in ("transformer_pp", "ebt"):
+        base = (fit.baselines.get(fam) or {}) if video else {}
+        if base.get("copy") is not None or base.get("mean") is not None:
+            lines.append(f"Baselines {LABELS[fam]}: copy last frame {_num(base.get('copy'), '.4g')}, mean embedding "
+                         f"{_num(base.get('mean'), '.4g')} (SmoothL1)")
     for fam, h in fit.holdout.items():
         lines += holdout_lines(fam, h)
     for m in fit.messages:
@@ -314,11 +390,12 @@ def draw_crossover(ax: Axes, fit: AxisFit | None) -> None:
         p = plot.get(fam)
         if not p:
             continue
-        ax.scatter(p.x, np.exp(p.y), s=22, marker=MARKERS[fam], color=COLORS[fam], alpha=0.75,
+        ax.scatter(p.x, plotted(fit.measure, p.y), s=22, marker=MARKERS[fam], color=COLORS[fam], alpha=0.75,
                    edgecolors="none", label=f"{LABELS[fam]} runs", zorder=3)
         e = fit.families.get(fam)
-        if e is not None and e.slope is not None and e.intercept_log10_ppl is not None:
-            yl = e.intercept_log10_ppl + e.slope * np.log10(grid)
+        c0 = None if e is None else (e.intercept_log10_loss if fit.measure.log_loss else e.intercept_log10_ppl)
+        if e is not None and e.slope is not None and c0 is not None:
+            yl = c0 + e.slope * np.log10(grid)
             ax.plot(grid, 10**yl, color=COLORS[fam], lw=1.4, label=f"{LABELS[fam]} M1 line (extrapolated)")
     if lx is not None and lo <= lx <= hi:
         ax.axvline(10**lx, color="k", ls=":", lw=1)
@@ -331,7 +408,7 @@ def draw_crossover(ax: Axes, fit: AxisFit | None) -> None:
     ax.set_yscale("log")
     _plain_y(ax)
     ax.set_xlabel(X_LABELS.get(fit.axis, fit.axis))
-    ax.set_ylabel("validation perplexity")
+    ax.set_ylabel(fit.measure.y_label)
     ax.grid(True, which="both", alpha=0.25, lw=0.5)
     _legend_outside(ax, fontsize=7)
 

@@ -25,7 +25,8 @@ def _color(k: int, n: int) -> tuple[float, ...]:
     return tuple(matplotlib.colormaps[LEVEL_CMAP](0.1 + 0.75 * k / max(n - 1, 1)))
 
 
-def draw_tuning(ax: Axes, levels: tuple[TuneLevel, ...], family: str, x_label: str = "x") -> None:
+def draw_tuning(ax: Axes, levels: tuple[TuneLevel, ...], family: str, x_label: str = "x",
+                y_label: str = "loss (nats)") -> None:
     """Loss against LR for one family: a curve per level, the chosen points circled, edges marked."""
     n = len(levels)
     for k, lv in enumerate(levels):
@@ -56,7 +57,7 @@ def draw_tuning(ax: Axes, levels: tuple[TuneLevel, ...], family: str, x_label: s
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("peak learning rate (log scale)")
-    ax.set_ylabel("loss (nats)")
+    ax.set_ylabel(y_label)
     ax.set_title(LABELS.get(family, family), fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.margins(x=0.15)
@@ -107,6 +108,16 @@ def headline(fit: AxisFit, name: str) -> list[str]:
         y0, y1 = ys[xs == lo].mean(), ys[xs == hi].mean()
         seeds = f"{e.seeds_per_level[0]}" + (f"-{e.seeds_per_level[1]}" if e.seeds_per_level[1] !=
                                               e.seeds_per_level[0] else "")
+        if fit.measure.log_loss:  # video: the paper's measure, the log-log slope of the validation SmoothL1
+            text = (f"the {LABELS.get(fam, fam)}'s validation SmoothL1 goes from {y0:.4g} to {y1:.4g} from x = {lo:g} "
+                    f"to {hi:g}")
+            if e.slope is not None and e.slope_ci and None not in e.slope_ci:
+                lo_s, hi_s = e.slope_ci
+                text += (f", log-log slope of SmoothL1 {e.slope:+.3f}, 95% interval [{lo_s:+.3f}, {hi_s:+.3f}] "
+                         f"(x{2 ** e.slope:.3f} per doubling of x; {seeds} seed{'s' if seeds != '1' else ''} per "
+                         "level)")
+            parts.append(text)
+            continue
         text = f"the {LABELS.get(fam, fam)}'s loss goes from {y0:.3f} to {y1:.3f} nats from x = {lo:g} to {hi:g}"
         if e.slope is not None and e.slope_ci and None not in e.slope_ci:
             d = math.log(2)
