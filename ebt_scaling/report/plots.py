@@ -284,7 +284,7 @@ def draw_curves(ax: Axes, runs: Sequence[Any], curves: dict[int, dict[str, tuple
         if v is not None:
             ax.axhline(v, lw=0.9, **VIDEO_BASELINE_STYLE[key])
     ax.set_xscale("log")
-    ax.set_xlabel("training tokens")
+    ax.set_xlabel("training frames (predicted)" if video_baselines is not None else "training tokens")
     if video_baselines is not None:
         ax.set_yscale("log")
         _plain_y(ax)
