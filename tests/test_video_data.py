@@ -179,3 +179,39 @@ def test_cli_prepare_video(tmp_path):
     r = CliRunner().invoke(app, ["data", "prepare", "--modality", "audio", "--out", str(tmp_path / "y")])
     assert r.exit_code == 2 and "--modality" in r.output
     assert os.listdir(out)
+
+
+def test_video_store_verification_is_cached_until_a_shard_changes(tmp_path, monkeypatch):
+    """Opening a video store hashes its shards once per store and machine (the token stores' cache, data/verify.py);
+    a shard whose bytes change in place - same size, mtime put back - is still refused after a cached verify."""
+    import ebt_scaling.data.video as video
+
+    out, cache = tmp_path / "s", str(tmp_path / "cache")
+    prepare_video("synthetic", out, synthetic_clips=6, clips_per_shard=3, frame_dim=8)
+    hashed: list[str] = []
+    real = video.sha256_file
+    monkeypatch.setattr(video, "sha256_file", lambda p: hashed.append(pathlib.Path(p).name) or real(p))
+    verify_video_store(out, cache_dir=cache)
+    assert sorted(hashed) == ["shard-00000.bin", "shard-00001.bin"]
+    VideoStore(out, cache_dir=cache)
+    verify_video_store(out, cache_dir=cache)
+    assert len(hashed) == 2  # remembered: no shard hashed again
+    verify_video_store(out, cache_dir=str(tmp_path / "other"))
+    assert len(hashed) == 4  # another machine's cache hashes again
+    shard = out / "shard-00001.bin"
+    st = shard.stat()
+    with open(shard, "r+b") as f:  # in place: same inode and size
+        data = bytearray(f.read())
+        for i in range(len(data) // 4, len(data) // 2):
+            data[i] ^= 0x5A
+        f.seek(0)
+        f.write(data)
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime put back: the ctime still moved
+    assert shard.stat().st_size == st.st_size
+    with pytest.raises(DataError, match="shard shard-00001.bin is missing or does not match its size/checksum"):
+        VideoStore(out, cache_dir=cache)
+    with pytest.raises(DataError, match="shard-00001.bin"):
+        verify_video_store(out, cache_dir=cache)
+    shard.unlink()
+    with pytest.raises(DataError, match="shard shard-00001.bin is missing"):
+        verify_video_store(out, cache_dir=cache)

@@ -7,6 +7,7 @@ the cache root (``verified/``), keyed by the store's resolved path, the manifest
 file's (size, mtime_ns, ctime_ns, inode): a sweep pays for it once per store and machine, and any rewrite of
 a shard (which changes its ctime even if its mtime is put back) or of the manifest makes the next open hash
 again. Every problem is one ``DataError`` line naming the store, the file and the command that rewrites it.
+The cache itself (``remembered_check``) is shared with the video stores (``data/video.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import pathlib
 import re
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -164,7 +166,8 @@ def _expected_files(m: dict[str, Any]) -> list[tuple[str, int, str]]:
     return out
 
 
-def _stamp(st: os.stat_result) -> list[int]:
+def file_stamp(st: os.stat_result) -> list[int]:
+    """What the verification cache compares: (size, mtime_ns, ctime_ns, inode)."""
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
@@ -185,7 +188,7 @@ def check_sizes(out: pathlib.Path, m: dict[str, Any]) -> dict[str, list[int]]:
             what = "empty" if st.st_size == 0 else ("truncated" if st.st_size < size else "longer than recorded")
             raise DataError(f"store {out}: {_shard_word(name)} {name} holds {st.st_size:,} bytes but {MANIFEST} "
                             f"records {size:,} ({what}: corrupted or rewritten); {_fix(out, m['params'])}")
-        stamps[name] = _stamp(st)
+        stamps[name] = file_stamp(st)
     return stamps
 
 
@@ -201,12 +204,28 @@ def verify_shards(out: pathlib.Path, m: dict[str, Any], manifest_sha: str, *,
     A check that passed before on this machine for the same manifest and unchanged files (size, mtime,
     ctime, inode) is not repeated. Returns True when the files were hashed, False when the cache answered."""
     stamps = check_sizes(out, m)
+
+    def hash_all() -> dict[str, list[int]]:
+        _hash_all(out, m)
+        return check_sizes(out, m)
+
+    return remembered_check(out, manifest_sha, stamps, hash_all, cache_dir=cache_dir, use_cache=use_cache)
+
+
+def remembered_check(out: pathlib.Path, manifest_sha: str, stamps: dict[str, list[int]],
+                     hash_all: Callable[[], dict[str, list[int]]], *, cache_dir: str | None = None,
+                     use_cache: bool = True) -> bool:
+    """Run ``hash_all()`` (hash every file of the store at ``out``, raise DataError on the first mismatch, return
+    the files' ``file_stamp``s afterwards) unless the same check passed before on this machine: the cache under
+    ``cache_root(cache_dir)/verified`` holds the store's path, its manifest's sha256 and ``stamps`` (name ->
+    ``file_stamp``, taken before hashing) of the last passed check. Returns True when hashed, False when the cache
+    answered. Token stores (``verify_shards``) and video stores (``video.verify_video_store``) share it."""
     root: pathlib.Path | None = None
     if use_cache:
         with contextlib.suppress(DataError):
             root = cache_root(cache_dir)
     if root is None:
-        _hash_all(out, m)
+        hash_all()
         return True
     path, key = _cache_file(root, out)
     want = {"version": CACHE_VERSION, "store": str(out.resolve()), "manifest_sha256": manifest_sha,
@@ -217,9 +236,8 @@ def verify_shards(out: pathlib.Path, m: dict[str, Any], manifest_sha: str, *,
                 return False
         except (OSError, ValueError):
             pass
-        _hash_all(out, m)
-        stamps_after = check_sizes(out, m)  # rewritten while we hashed: do not remember it
-        if stamps_after == stamps:
+        stamps_after = hash_all()
+        if stamps_after == stamps:  # rewritten while we hashed: do not remember it
             with contextlib.suppress(OSError):
                 atomic_write_json(path, want)
     return True

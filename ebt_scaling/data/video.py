@@ -44,7 +44,7 @@ import numpy as np
 
 from ebt_scaling.data.cache import atomic_write_bytes, atomic_write_json, sha256_file
 from ebt_scaling.data.store import writer_lock
-from ebt_scaling.data.verify import MANIFEST
+from ebt_scaling.data.verify import MANIFEST, file_stamp, remembered_check
 from ebt_scaling.data.verify import shard_name as _shard_name
 from ebt_scaling.errors import DataError
 
@@ -191,11 +191,15 @@ def _shard_bytes(m: dict[str, Any], clips: int) -> int:
     return clips * p["clip_frames"] * p["frame_dim"] * 2
 
 
-def verify_video_store(out: pathlib.Path | str, *, require_complete: bool = True) -> dict[str, Any]:
-    """The manifest of the video store at ``out`` after every shard's size and sha256 are checked."""
+def verify_video_store(out: pathlib.Path | str, *, require_complete: bool = True, cache_dir: str | None = None,
+                       use_cache: bool = True) -> dict[str, Any]:
+    """The manifest of the video store at ``out`` after every shard's size and sha256 are checked. A check that
+    passed before on this machine for the same manifest and unchanged shards (size, mtime, ctime, inode) is not
+    repeated: the token stores' verification cache (``verify.remembered_check``, under ``cache_root(cache_dir)``)."""
     out = pathlib.Path(out)
     try:
-        m = json.loads((out / MANIFEST).read_text())
+        raw = (out / MANIFEST).read_bytes()
+        m = json.loads(raw)
     except (OSError, ValueError) as e:
         raise DataError(f"{out}: no readable {MANIFEST} ({type(e).__name__}); prepare it with "
                         "`ebt-scale data prepare --modality video --out DIR`") from None
@@ -204,11 +208,32 @@ def verify_video_store(out: pathlib.Path | str, *, require_complete: bool = True
                         "`ebt-scale data prepare --modality video`")
     if require_complete and not m["complete"]:
         raise DataError(f"{out}: the video store is incomplete; rerun the same `ebt-scale data prepare` to finish it")
-    for s in m["shards"]:
-        path = out / f"{s['name']}.bin"
-        if not path.exists() or path.stat().st_size != _shard_bytes(m, s["clips"]) or sha256_file(path) != s["sha256"]:
-            raise DataError(f"{out}: shard {path.name} is missing or does not match its size/checksum in {MANIFEST}; "
-                            "delete the folder and prepare it again")
+
+    def bad(path: pathlib.Path) -> DataError:
+        return DataError(f"{out}: shard {path.name} is missing or does not match its size/checksum in {MANIFEST}; "
+                         "delete the folder and prepare it again")
+
+    def stamps() -> dict[str, list[int]]:
+        found = {}
+        for s in m["shards"]:
+            path = out / f"{s['name']}.bin"
+            try:
+                st = path.stat()
+            except OSError:
+                raise bad(path) from None
+            if st.st_size != _shard_bytes(m, s["clips"]):
+                raise bad(path)
+            found[path.name] = file_stamp(st)
+        return found
+
+    def hash_all() -> dict[str, list[int]]:
+        for s in m["shards"]:
+            if sha256_file(out / f"{s['name']}.bin") != s["sha256"]:
+                raise bad(out / f"{s['name']}.bin")
+        return stamps()
+
+    remembered_check(out, hashlib.sha256(raw).hexdigest(), stamps(), hash_all, cache_dir=cache_dir,
+                     use_cache=use_cache)
     return m
 
 
@@ -316,11 +341,12 @@ def _start_or_resume(out: pathlib.Path, params: dict[str, Any], progress: Progre
 
 
 class VideoStore:
-    """Read a verified video store: ``clips(i, n)`` -> (n, clip_frames, frame_dim) float32."""
+    """Read a verified video store (``verify_video_store``; ``cache_dir``: where its verification is remembered):
+    ``all()`` -> (N, clip_frames, frame_dim) float32."""
 
-    def __init__(self, out: pathlib.Path | str) -> None:
+    def __init__(self, out: pathlib.Path | str, cache_dir: str | None = None) -> None:
         self.out = pathlib.Path(out)
-        self.manifest = verify_video_store(self.out)
+        self.manifest = verify_video_store(self.out, cache_dir=cache_dir)
         p = self.manifest["params"]
         self.frame_dim, self.clip_frames = p["frame_dim"], p["clip_frames"]
         self._maps = [np.memmap(self.out / f"{s['name']}.bin", dtype=DTYPE, mode="r",

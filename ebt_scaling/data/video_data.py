@@ -115,7 +115,7 @@ def builtin_video_store(cfg: DataConfig, frame_dim: int, clip_frames: int,
     with locked(root, f"video-{name}"):
         if (out / MANIFEST).exists():
             try:
-                verify_video_store(out)
+                verify_video_store(out, cache_dir=cfg.cache_dir)
                 return out
             except DataError as exc:  # a killed preparation or a damaged file: seconds to prepare again
                 progress(f"{exc}; preparing it again")
@@ -256,7 +256,7 @@ def open_video_data(cfg: DataConfig, sequence_len: int, frame_dim: int, *, seed:
         folder = builtin_video_store(cfg, frame_dim, sequence_len + 1, progress)
     else:
         folder = store_path(cfg.source)
-    store = VideoStore(folder)
+    store = VideoStore(folder, cache_dir=cfg.cache_dir)
     cfg.check_store(store.manifest)  # the store a sweep planned on (its fingerprint, when the config holds one)
     return VideoData(store, seq_len=sequence_len, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
                      seed=seed, name=cfg.source)
