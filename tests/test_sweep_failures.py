@@ -73,6 +73,26 @@ def test_which_errors_are_permanent():
     assert not permanent_error(oom, spec.with_(train=TrainConfig(steps=2, batch_size=4, micro_batch_size=2)))
 
 
+def test_a_data_parallel_run_classifies_its_workers_errors_like_a_one_device_run():
+    """Ray Train hands the trial a WorkerGroupError holding each failed rank's own exception: a permanent one on any
+    rank is the run's one-line reason and ends it without a retry (sched/ddp.py ddp_trial)."""
+    from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
+
+    from ebt_scaling.sched.ddp import worker_failure
+
+    spec = RunSpec(model=model_config("transformer_pp", "nano", vocab_size=64, sequence_len=16),
+                   train=TrainConfig(steps=2, batch_size=4))
+    bad = DataError("store: the validation split holds 20 tokens; lower sequence_len or fix data.source")
+    exc = WorkerGroupError("rank 1 failed", {0: RuntimeError("NCCL timeout\nsecond line"), 1: bad})
+    assert worker_failure(exc, spec) == (f"DataError: {bad}", True)
+    assert worker_failure(WorkerGroupError("x", {1: ConfigError("TrainConfig.lr: bad")}), spec) == (
+        "ConfigError: TrainConfig.lr: bad", True)
+    msg, permanent = worker_failure(WorkerGroupError("x", {0: RuntimeError("NCCL timeout")}), spec)
+    assert (msg, permanent) == ("RuntimeError: NCCL timeout", False)  # transient: Tune retries it
+    msg, permanent = worker_failure(ControllerError(RuntimeError("placement group removed")), spec)
+    assert not permanent and msg == "ControllerError: placement group removed"
+
+
 def test_dry_run_refuses_a_store_without_a_validation_window(tmp_path):
     store = _bad_store(tmp_path)
     spec = tmp_path / "s.toml"
@@ -100,3 +120,21 @@ def test_a_store_without_a_validation_window_fails_each_run_once(tmp_path):
     cause = [ln for ln in r.stderr.splitlines() if ln.startswith("  2 run(s): DataError")]
     assert len(cause) == 1, r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow  # a local Ray sweep with Ray Train workers (~60 s)
+def test_a_data_parallel_run_on_a_bad_store_fails_once(tmp_path):
+    store = _bad_store(tmp_path)
+    spec = tmp_path / "s.toml"
+    spec.write_text(SPEC.format(name="badddp", store=store))
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    r = subprocess.run([sys.executable, "-m", "ebt_scaling", "sweep", "--spec", str(spec), "--db", url,
+                        "--progress", "plain", "--workers-per-trial", "2"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=900)
+    assert r.returncode == 1, r.stdout + r.stderr
+    from ebt_scaling.db import Store
+
+    runs = Store(url).list_runs(sweep="badddp")
+    assert [(x.status, x.attempts) for x in runs] == [("failed", 1), ("failed", 1)]  # max_retries = 2: not retried
+    assert all(x.reason.startswith("DataError: ") and "validation split holds 20 tokens" in x.reason for x in runs)
+    assert len([ln for ln in r.stderr.splitlines() if ln.startswith("  2 run(s): DataError")]) == 1, r.stderr

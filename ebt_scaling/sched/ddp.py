@@ -18,7 +18,10 @@ for a one-device trial. A checkpoint is reported by rank 0 only; Ray Train persi
 callback records (not a Tune checkpoint).
 
 Failures. The trainer's own ``FailureConfig`` is 0: a worker that dies (kill -9) fails the Train run, the trial
-raises, and Tune's ``FailureConfig`` retries the trial as for any run (the database records the retry). The
+raises, and Tune's ``FailureConfig`` retries the trial as for any run (the database records the retry). An error
+that would repeat (``worker_failure``: a worker raised what ``trial_common.permanent_error`` calls permanent, such
+as bad data or a bad config) is reported as the run's final result (``failed``, ``permanent``) and the trial
+returns, as a one-device trial does, so the run fails once with one line, not ``max_retries`` + 1 times. The
 retried trial starts a trainer with the same name and storage, so Ray Train hands every worker the latest
 checkpoint of the run (``ray.train.get_checkpoint()``); without one, the task's ``resume_from`` (an earlier
 invocation's checkpoint from the database) is used, else the run starts fresh.
@@ -40,7 +43,14 @@ from typing import Any
 from ebt_scaling.config import RunSpec
 from ebt_scaling.errors import TrainingDiverged
 from ebt_scaling.records import MetricPoint
-from ebt_scaling.sched.trial_common import DEFAULT_TRAIN_FN, MARKER, device_name, load_fn, resume_path
+from ebt_scaling.sched.trial_common import (
+    DEFAULT_TRAIN_FN,
+    MARKER,
+    device_name,
+    load_fn,
+    permanent_error,
+    resume_path,
+)
 
 
 class LockstepSink:
@@ -179,6 +189,22 @@ def trainer_for(task: dict[str, Any], q: Any) -> Any:
     )
 
 
+def worker_failure(exc: BaseException, spec: RunSpec | None = None) -> tuple[str, bool]:
+    """The one-line reason of a failed Ray Train run and whether it would repeat on a retry. A worker's own
+    exception (``WorkerGroupError.worker_failures``, by rank) is classified as a one-device trial's
+    (``trial_common.permanent_error``): a permanent one on any rank is the reason; else the lowest rank's. Without
+    worker failures (a controller error, a lost node) the error's last line, never permanent."""
+    failures = [e for _rank, e in sorted((getattr(exc, "worker_failures", None) or {}).items())]
+    for e in failures:
+        if permanent_error(e, spec):
+            return f"{type(e).__name__}: {e}"[:2000], True
+    if failures:
+        e = failures[0]
+        return f"{type(e).__name__}: {e}"[:2000], False
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+    return f"{type(exc).__name__}: {text}"[:2000], False
+
+
 def ddp_trial(task: dict[str, Any]) -> None:
     """The Tune trial of a run with ``task["workers"]`` > 1: a TorchTrainer, its reports relayed to Tune."""
     from ray import tune
@@ -210,9 +236,12 @@ def ddp_trial(task: dict[str, Any]) -> None:
         result = item.get("ebt_result") or result
         tune.report(item)
     if "error" in box:
-        exc = box["error"]
-        text = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        tune.report({"ebt_error": f"{type(exc).__name__}: {text}"[:2000]})
-        raise RuntimeError(f"run {task['run_id']}: Ray Train failed: {text}"[:2000]) from None
+        msg, permanent = worker_failure(box["error"], RunSpec.from_dict(task["spec"]))
+        if permanent:  # it would repeat (bad data, bad config, OOM at micro-batch 1): fail once, no retry
+            tune.report({"ebt_error": msg, "ebt_permanent": True})
+            tune.report({"ebt_final": {"status": "failed", "reason": msg, "permanent": True}})
+            return
+        tune.report({"ebt_error": msg})
+        raise RuntimeError(f"run {task['run_id']}: Ray Train failed: {msg}"[:2000]) from None
     if diverged:
         raise TrainingDiverged(f"run {task['run_id']} diverged: {diverged}")
