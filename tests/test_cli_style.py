@@ -98,3 +98,34 @@ def test_dry_run_plan_format_json_and_its_alias():
     b = CliRunner().invoke(app, [*base, "--json"])
     assert a.exit_code == 0 and json.loads(a.stdout) == json.loads(b.stdout)
     assert "--format" in CliRunner().invoke(app, ["calibrate", "--help"], env={"COLUMNS": "200"}).output
+
+
+def test_every_command_with_machine_output_takes_format_json_and_the_json_alias(tmp_path):
+    """fit, like runs, status, sweeps, think, train, calibrate and sweep --dry-run: --format table|json, --json kept
+    as its alias (the same bytes)."""
+    import json
+
+    import typer
+
+    from ebt_scaling.db.store import Store
+    from ebt_scaling.records import PlannedRun
+
+    group = typer.main.get_command(app)
+    for name in ("fit", "runs", "status", "sweeps", "think", "train", "calibrate", "sweep"):
+        opts = {o for p in group.commands[name].params for o in p.opts}
+        assert "--format" in opts, name
+        assert name == "runs" or "--json" in opts, name  # runs never had --json
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    with Store(url) as s:
+        s.create_sweep("width-tiny", "width")
+        runs = s.plan_runs("width-tiny", [PlannedRun("ebt", "width", x, 0, f"h{x}") for x in (32, 64, 96)])
+        for r, y in zip(runs, (3.0, 2.9, 2.8), strict=True):
+            s.finish_run(r.id, "completed", result={"final_val_loss": y})
+    fit = ["fit", "--sweep", "width-tiny", "--resamples", "100", "--db", url]
+    CliRunner().invoke(app, fit)  # fits and stores: both runs below reuse the stored fit
+    a = CliRunner().invoke(app, [*fit, "--format", "json"])
+    b = CliRunner().invoke(app, [*fit, "--json"])
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    assert a.stdout == b.stdout and json.loads(a.stdout)["axes"][0]["axis"] == "width"
+    r = CliRunner().invoke(app, ["fit", "--sweep", "width-tiny", "--format", "csv", "--db", url])
+    assert r.exit_code == 2 and "csv" in r.output

@@ -258,10 +258,10 @@ def test_report_has_a_tuning_page_and_says_what_the_axis_shows_first(tuned, tmp_
     n = build_report(ReportData("t", [fit], runs), tmp_path / "tuned.pdf")
     m = build_report(ReportData("t", [fit.with_(tuning={})], runs), tmp_path / "plain.pdf")
     assert n == m + 1  # the tuning page, after the axis page
-    head = headline(fit, "depth")
-    assert head[0].startswith("depth (each family at its tuned LR per level): the EBT's loss goes from")
-    assert "95% interval" in head[0] and "2 seeds per level" in head[0]
-    assert "rate gain" in head[1] and "95% interval" in head[1]
+    head = headline(fit, "depth")  # first the conclusion in words, then each family's losses
+    assert head[0].startswith("depth: ") and "rate gain" in head[0] and "95% interval" in head[0]
+    assert head[1].startswith("depth (each family at its tuned LR per level): the EBT's loss goes from")
+    assert "95% interval" in head[1] and "2 seeds per level" in head[1]
     text = tuning_text(fit)
     assert "EBT x = 1: chosen LR 0.02 (at the grid's largest LR: add 0.04)" in text[0]
     assert len(text) == 2 * len(LEVELS)

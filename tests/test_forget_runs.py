@@ -60,3 +60,33 @@ def test_forget_refuses_what_it_cannot_do(db_url):
         assert r.exit_code == code and msg in r.output, (args, r.output)
     r = CliRunner().invoke(app, ["runs", "--sweep", "depth-tiny", "--forget", "failed", "--db", db_url])
     assert r.exit_code == 0 and "0 run(s) forgotten: none failed" in r.output
+
+
+def test_fit_and_report_list_the_forgotten_runs_with_their_reasons(db_url, tmp_path):
+    import json
+    import shutil
+    import subprocess
+
+    with Store(db_url) as s:
+        s.create_sweep("a", "width")
+        a = s.plan_runs("a", [PlannedRun("ebt", "width", 32, 0, "h1"), PlannedRun("ebt", "width", 64, 0, "h2")])
+        s.finish_run(a[0].id, "completed", result={"final_val_loss": 2.5})
+        s.finish_run(a[1].id, "failed", reason="DataError: the validation split holds 20 tokens")
+    r = CliRunner().invoke(app, ["runs", "--sweep", "a", "--forget", "failed", "--why", "bad store", "--db", db_url])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["fit", "--sweep", "a", "--resamples", "100", "--db", db_url])
+    assert r.exit_code == 0, r.output
+    assert "forgotten: 1 run(s) of sweep a, in no fit" in r.output
+    assert f"run {a[1].id} failed (bad store): DataError: the validation split holds 20 tokens" in r.output
+    r = CliRunner().invoke(app, ["fit", "--sweep", "a", "--resamples", "100", "--format", "json", "--db", db_url])
+    forgotten = json.loads(r.stdout)["forgotten"]
+    assert [(f["sweep"], f["run_id"], f["status"], f["why"]) for f in forgotten] == [("a", a[1].id, "failed",
+                                                                                      "bad store")]
+    out = tmp_path / "r.pdf"
+    r = CliRunner().invoke(app, ["report", "--sweep", "a", "--resamples", "100", "--out", str(out), "--db", db_url])
+    assert r.exit_code == 0, r.output
+    if shutil.which("pdftotext"):
+        text = " ".join(subprocess.run(["pdftotext", str(out), "-"], capture_output=True, text=True,
+                                       check=True).stdout.split())
+        assert "Forgotten: 1 failed run(s) of sweep a" in text  # on the summary
+        assert f"run {a[1].id} of sweep a (failed)" in text and "the validation split holds 20 tokens" in text

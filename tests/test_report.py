@@ -143,6 +143,9 @@ def test_guard_rails_show_on_every_page_and_the_baseline_on_the_axis_page(tmp_pa
                              check=True).stdout
     assert "withheld: unreliable" in summary and "near baseline" in summary
     # far from the baseline no rate guard fires: no footer on the pages, the verdict stands
+    assert summary.split("\n")[1].startswith("data: the EBT's loss falls faster with more training tokens than the "
+                                             "Transformer++'s: its rate line is")  # the first line says it in words
+    assert "not a verdict: guard-rails fire (near baseline" in " ".join(summary.split())
     fit, out, n = _guarded_report(tmp_path, unigram=7.0)
     assert not fit.comparison.unreliable and fit.comparison.verdict == "EBT faster"
     text = subprocess.run(["pdftotext", "-f", "3", "-l", "3", str(out), "-"], capture_output=True, text=True,
@@ -225,3 +228,67 @@ def test_every_warning_line_is_in_the_pdf_however_many(tmp_path):
         for x0, y0, x1, y1 in re.findall(r'xMin="([\d.-]+)" yMin="([\d.-]+)" xMax="([\d.-]+)" yMax="([\d.-]+)"', body):
             assert 0 <= float(x0) and float(x1) <= float(w) + 0.5, k
             assert 0 <= float(y0) and float(y1) <= float(h) + 0.5, k
+
+
+def test_runs_table_stays_inside_its_columns_and_left_out_runs_show_their_errors():
+    """Issue 30.4: no cell text runs past its column (measured with the renderer); a failed run shows its stored
+    error (not 'status failed'), in full under the table; forgotten runs are listed with who, when, why."""
+    import dataclasses
+
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from ebt_scaling.report.pdf import PAGE_SIZE, runs_pages
+
+    runs = synthetic_runs(axes=("data",), seeds=1)
+    err = "DataError: store /tmp/s: no window outside the validation documents found in 64 draws; " * 3
+    runs.append(dataclasses.replace(runs[0], id=99, status="failed", reason=err.strip(), final_val_loss=None,
+                                    fit_eligible=False, config_hash="e" * 16))
+    data = report_data(runs)
+    data.forgotten = [{"sweep": "synth", "run_id": 7, "status": "failed", "reason": "ConfigError: bad lr",
+                       "why": "typo", "by": "u@h", "at": "2026-01-01T00:00:00"}]
+    figs: list = []
+
+    def new_page():
+        figs.append(Figure(figsize=PAGE_SIZE))
+        return figs[-1]
+
+    with matplotlib.rc_context({"font.size": 9}):
+        runs_pages(data, new_page)
+    cells = 0
+    for fig in figs:
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            for table in ax.tables:
+                for cell in table.get_celld().values():
+                    cells += 1
+                    assert cell.get_text().get_window_extent(renderer).x1 <= cell.get_window_extent(renderer).x1, \
+                        cell.get_text().get_text()
+    assert cells > 10 * len(runs)
+    notes = [c.get_text().get_text() for fig in figs for ax in fig.axes for t in ax.tables
+             for (r, k), c in t.get_celld().items() if k == 9 and r > 0]  # the reason / note column
+    assert any(n.startswith("failed: DataError: store /tmp/s") and n.endswith("\u2026") for n in notes)
+    assert not any(n.startswith("status ") for n in notes)
+    text = " ".join(" ".join(t.get_text() for fig in figs for t in fig.texts).split())
+    assert "run 99 (data x = 1e+06, T++, seed 0): failed: " + " ".join(err.split()) in text
+    assert "run 7 of sweep synth (failed), forgotten 2026-01-01T00:00:00 by u@h (typo): ConfigError: bad lr" in text
+
+
+def test_crossover_in_plain_numbers_and_words():
+    from ebt_scaling.fit.results import Crossover
+    from ebt_scaling.fit.words import crossover_words
+
+    cr = Crossover(x=None, x_ci=(None, None), log10_x=-3.97, in_range=False, range=(1.0, 4.0), ebt_better_above=False,
+                   fraction_resamples_same_direction=0.93, log10_x_ci=(-5.1, None),
+                   message="no crossover in range; lines cross at x = 10^-3.97 (...)")
+    w = crossover_words(cr, "depth")
+    assert "10^" not in w
+    assert w.startswith("the fitted rate lines would cross at about 1.1e-4 layers, far below the measured 1 to 4 "
+                        "layers (4.0 decades away): no crossover in range; the Transformer++'s line is lower "
+                        "throughout the measured range")
+    assert "95% interval from 7.9e-6 up to never crossing; in 7% of bootstrap resamples the slope order flips" in w
+    cr = Crossover(x=None, x_ci=(None, None), log10_x=7.77, in_range=True, range=(1e6, 1e8), ebt_better_above=True,
+                   fraction_resamples_same_direction=1.0, log10_x_ci=(7.73, 7.82))
+    assert crossover_words(cr, "data") == (
+        "the fitted rate lines cross at about 5.9e7 training tokens, inside the measured 1e6 to 1e8 training tokens: "
+        "the EBT's line is lower above it, the Transformer++'s below (95% interval 5.4e7 to 6.6e7).")

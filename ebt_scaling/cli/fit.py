@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
+from ebt_scaling.cli.common import (
+    DbOption,
+    FormatOption,
+    JsonAliasOption,
+    OutputFormat,
+    handle_errors,
+    resolve_db,
+    wants_json,
+)
 
 if TYPE_CHECKING:
     from ebt_scaling.fit.results import AxisFit, FamilyFit
@@ -33,7 +41,7 @@ def register(app: typer.Typer) -> None:
     @app.command("fit")
     @handle_errors
     def fit_cmd(sweep: SweepOption = None, axis: AxisOption = None,
-                as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+                fmt: FormatOption = OutputFormat.table, as_json: JsonAliasOption = False,
                 db: DbOption = None, resamples: ResamplesOption = 2000, seed: SeedOption = 0,
                 e_mode: EModeOption = "auto", family_of_tests: FamilyOption = None,
                 holdout_largest: HoldoutOption = False, extend_edges: ExtendOption = False) -> None:
@@ -60,7 +68,7 @@ def register(app: typer.Typer) -> None:
                       fit_store(store, sweep=sweep, axis=axis, settings=settings, family_of_tests=family_of_tests))
         finally:
             store.close()
-        if as_json:
+        if wants_json(fmt, as_json):
             out = result.to_json(holdout=holdout_largest) if result is not None else {"sweep": sweep}
             if iso:
                 out["isoflop"] = [r.to_json() for r in iso]
@@ -130,6 +138,7 @@ def print_table(result: SweepFits, holdout: bool = False) -> None:
     console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 180)
     for m in result.messages:
         console.print(f"[yellow]{m}[/yellow]")
+    print_forgotten(console, result.forgotten)
     if not result.fits:
         return
     title = f"Scaling fits - sweep {result.sweep or ', '.join(result.sweeps) or '-'}"
@@ -138,6 +147,22 @@ def print_table(result: SweepFits, holdout: bool = False) -> None:
     else:
         _print_wide(console, result, title)
     _print_notes(console, result, holdout)
+
+
+def print_forgotten(console: Any, forgotten: list[dict[str, Any]]) -> None:
+    """The runs the sweeps forgot (``ebt-scale runs --forget``): a count per sweep, then one line per run with its
+    status and stored error, so a removal is never silent."""
+    from rich.markup import escape
+
+    per: dict[str, list[dict[str, Any]]] = {}
+    for rec in forgotten:
+        per.setdefault(str(rec.get("sweep")), []).append(rec)
+    for sweep, recs in sorted(per.items()):
+        console.print(f"[yellow]forgotten: {len(recs)} run(s) of sweep {escape(sweep)}, in no fit (`ebt-scale runs "
+                      f"--sweep {escape(sweep)} --forgotten` lists them):[/yellow]", highlight=False)
+        for r in recs:
+            console.print(f"  run {r.get('run_id')} {r.get('status')} ({escape(str(r.get('why') or '-'))}): "
+                          f"{escape(str(r.get('reason') or 'no reason stored'))}", highlight=False)
 
 
 WIDE_TABLE_COLUMNS = 120  # below this, the table keeps 4 columns and the rest goes on lines under it
@@ -202,6 +227,7 @@ def _print_notes(console: Any, result: SweepFits, holdout: bool = False) -> None
     from rich.markup import escape
 
     from ebt_scaling.fit.results import holdout_lines, seeds_advice
+    from ebt_scaling.fit.words import crossover_words
 
     for a in result.fits:
         notes = list(a.messages)
@@ -216,7 +242,7 @@ def _print_notes(console: Any, result: SweepFits, holdout: bool = False) -> None
         if kinds:
             notes.append("intervals: " + "; ".join(kinds))
         if a.crossover is not None and a.crossover.message and a.axis == "flops":
-            notes.append("crossover: " + a.crossover.message)
+            notes.append("crossover: " + crossover_words(a.crossover, a.axis))
         if a.comparison is not None and a.comparison.holm_note:
             notes.append("Holm: " + a.comparison.holm_note)
         if holdout:

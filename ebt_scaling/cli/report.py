@@ -71,9 +71,21 @@ def register(app: typer.Typer) -> None:
         }
         data = ReportData(title=f"EBT vs Transformer++ scaling - {label}", fits=list(result.fits),
                           runs=result.runs, provenance=provenance, date=data_date(result.runs),
-                          messages=result.messages, curves=curves)
+                          messages=result.messages, curves=curves, forgotten=result.forgotten,
+                          headlines=[line for r in iso for line in isoflop_headline(r)])
         n = build_report(data, out, extra_pages=extra_pages)
         typer.echo(f"wrote {out} ({n} pages)")
+
+
+def isoflop_headline(res: Any) -> list[str]:
+    """What an isoflop sweep's compute-optimal fit shows, in words, for the top of the summary page."""
+    c = (res.result or {}).get("comparison") or {}
+    if not c:
+        return [f"isoflop ({res.sweep}): no EBT vs Transformer++ comparison of the compute-optimal frontiers "
+                "(a family is missing or did not fit); the IsoFLOP pages show what was fitted."]
+    note = c.get("crossover_note")
+    return [f"isoflop ({res.sweep}): compute-optimal frontiers: {c.get('verdict') or 'no verdict'}"
+            + (f"; {note}" if note else "") + ". The IsoFLOP pages have the profiles, frontiers and multiplier."]
 
 
 def loss_curves(store: Any, runs: list[Any]) -> dict[int, dict[str, tuple[list[float], list[float]]]]:

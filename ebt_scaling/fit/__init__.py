@@ -27,7 +27,9 @@ from ebt_scaling.fit.results import (
     LawHoldout,
     LineHoldout,
 )
+from ebt_scaling.fit.words import crossover_words, plain
 
 __all__ = ["AxisData", "AxisFit", "Band", "Comparison", "Crossover", "FamilyData", "FamilyFit", "FamilyPlot",
            "FitSettings", "Guard", "LawFit", "LawHoldout", "LineHoldout", "adjust_holm", "axis_data_from_arrays",
-           "exclusion_reason", "fingerprint", "fit_axes", "fit_axis", "group_runs", "run_modality"]
+           "crossover_words", "exclusion_reason", "fingerprint", "fit_axes", "fit_axis", "group_runs", "plain",
+           "run_modality"]

@@ -379,11 +379,13 @@ def holdout_lines(fam: str, h: LineHoldout) -> list[str]:
     def line(what: str, c: LineHoldout | LawHoldout, law: str) -> str:
         ci = c.error_ci or NO_INTERVAL
         span = "-" if ci[0] is None or ci[1] is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+        verdict = (f"the interval includes 0: the {law} predicts the held-out level" if c.covered else
+                   f"the interval excludes 0: the {law} does not extrapolate")
         error = (f"error {_fmt(c.error_nats, '+.4f')} nats" if c.modality == TEXT else
                  f"error log10(observed/predicted) {_fmt(c.error_log10, '+.4f')}")
         return (f"Hold-out {LABELS.get(fam, fam)}: {what} on {c.n_levels_fit} levels predicts "
                 f"{_fmt(c.predicted, '.4f')} at x = {c.x:.3g}, observed {_fmt(c.observed, '.4f')}: {error} "
-                f"{span} ({'0 inside' if c.covered else f'0 outside: the {law} does not extrapolate'})")
+                f"{span} ({verdict})")
 
     return [line("line", h, "line")] + ([line("M2 law", h.m2, "law")] if h.m2 is not None else [])
 

@@ -40,15 +40,31 @@ class SweepFits:
     fits: list[AxisFit]
     runs: list[Any] = field(default_factory=list)  # every run considered (RunRecords), for reports
     messages: list[str] = field(default_factory=list)
+    # runs the sweeps forgot (``ebt-scale runs --forget``), in no fit: sweep, run_id, status, reason, why, by, at
+    forgotten: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self, holdout: bool = False) -> dict[str, Any]:
-        """What ``ebt-scale fit --json`` prints (docs/fits.md)."""
-        return {
+        """What ``ebt-scale fit --json`` prints (docs/fits.md); ``forgotten`` only when a sweep forgot runs (the
+        shape is otherwise the one scripts have always read)."""
+        out = {
             "sweep": self.sweep if self.sweep is not None else (self.sweeps[0] if len(self.sweeps) == 1 else None),
             "sweeps": self.sweeps,
             "axes": [f.summary_json(holdout) for f in self.fits],
             "messages": self.messages,
         }
+        if self.forgotten:
+            out["forgotten"] = self.forgotten
+        return out
+
+
+def forgotten_runs(store: Any, sweeps: list[str]) -> list[dict[str, Any]]:
+    """The runs each of ``sweeps`` forgot (``ebt-scale runs --forget``, recorded in the sweep's spec), each record
+    with its sweep, ordered by sweep and run id: a fit or report lists them, so no removal is silent."""
+    get = getattr(store, "forgotten_runs", None)
+    if get is None:
+        return []
+    out = [{"sweep": sw, **rec} for sw in sweeps for rec in get(sw).values()]
+    return sorted(out, key=lambda r: (r["sweep"], int(r.get("run_id") or 0)))
 
 
 def _axis_order(key: tuple[str, str]) -> tuple[str, int, str]:
@@ -128,7 +144,9 @@ def fit_store(store: Any, sweep: str | None = None, axis: str | None = None,
     sweeps = sorted({f.sweep for f in fits if f.sweep != "-"})
     if sweep is not None and sweep not in sweeps:
         sweeps = [sweep]
-    return SweepFits(sweep, sweeps, fits, runs, messages)
+    every = sorted({str(r.sweep) for r in runs} | {str(x.name) for x in getattr(store, "list_sweeps", list)()})
+    forgotten = forgotten_runs(store, [sweep] if sweep is not None else every)
+    return SweepFits(sweep, sweeps, fits, runs, messages, forgotten)
 
 
 def _fit_or_reuse(store: Any, data: AxisData, s: FitSettings, save: bool) -> AxisFit:

@@ -182,7 +182,8 @@ def residuals(ax_n: Axes, ax_d: Axes, d: dict[str, Any]) -> None:
         ax.set_xlabel(name)
         ax.set_ylabel("ln loss - ln L(N, D) (approach 3)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    if ax_d.get_legend_handles_labels()[0]:  # one legend, right of the panels, never over the residuals
+        ax_d.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
     ax_n.set_title("Approach 3 residuals against ln N")
     ax_d.set_title("... and against ln D")
 
@@ -262,8 +263,8 @@ def isoflop_pages(results: Sequence[Any]) -> list[Callable[[Any, Callable[[], Fi
             fig.subplots_adjust(bottom=0.3)
             fig = new_page()
             fig.suptitle(f"IsoFLOP diagnostics - sweep {sweep}", fontsize=12)
-            gs = fig.add_gridspec(2, 2, height_ratios=[1.1, 1])
-            residuals(fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1]), d)
+            gs = fig.add_gridspec(1, 2, left=0.07, right=0.85, top=0.9, bottom=0.5, wspace=0.28)
+            residuals(fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1]), d)  # the legend right of them
             text = [w for line in diagnostics_text(d) for w in (textwrap.wrap(line, 160, subsequent_indent="      ")
                                                                 or [""])]
             fig.text(0.05, 0.42, "\n".join(text), fontsize=7.5, va="top", family="monospace")

@@ -29,7 +29,7 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from ebt_scaling.config import FAMILY_TRAIN_KEYS  # noqa: E402
-from ebt_scaling.fit import exclusion_reason, run_modality  # noqa: E402
+from ebt_scaling.fit import crossover_words, exclusion_reason, plain, run_modality  # noqa: E402
 from ebt_scaling.fit.results import EXPLAIN, PAPER_ICLR, PAPER_V1, AxisFit  # noqa: E402
 from ebt_scaling.report import plots, tuning  # noqa: E402
 
@@ -52,6 +52,10 @@ class ReportData:
     # run id -> {"train_loss" | "val_loss": (tokens, losses)}: the loss curves (runs trained here; imported
     # results have none)
     curves: dict[int, dict[str, tuple[list[float], list[float]]]] = field(default_factory=dict)
+    # runs a sweep forgot (``ebt-scale runs --forget``): dicts with sweep, run_id, status, reason, why, by, at
+    forgotten: list[dict[str, Any]] = field(default_factory=list)
+    # plain-words lines for the top of the summary from fits drawn on extra pages (isoflop sweeps)
+    headlines: list[str] = field(default_factory=list)
 
 
 PageBuilder = Callable[[ReportData, Callable[[], Figure]], None]
@@ -163,19 +167,24 @@ def family_settings_notes(runs: Sequence[Any]) -> list[str]:
 
 
 def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
+    """First what the data show, in words (per axis: which family scales faster, with the interval, or that the
+    data cannot tell); then the table, how to read it, the guard-rails, and in the space left an overview plot
+    per axis."""
     fig = new_page()
     fig.text(0.04, 0.95, data.title, fontsize=16, weight="bold", va="top")
-    # first, in plain words, what each axis shows (with its interval), before any table or warning
     head = [w for f in _sorted_fits(data) for line in tuning.headline(f, _label(f, data))
             for w in (textwrap.wrap(line, 150, subsequent_indent="  ") or [""])]
+    head += [w for line in data.headlines for w in textwrap.wrap(line, 150, subsequent_indent="  ")]
+    if data.forgotten:
+        head += textwrap.wrap(forgotten_summary(data.forgotten), 150, subsequent_indent="  ")
     if head:
         fig.text(0.04, 0.905, "\n".join(head), fontsize=9, va="top", linespacing=1.4)
     shift = len(head) * 9 * 1.4 / 72 / PAGE_SIZE[1] + (0.01 if head else 0.0)
-    fig.text(0.04, 0.905 - shift, "Scaling rate = |OLS slope of log10(perplexity) on log10(x)| (the paper's "
-             "definition); rate gain = |b_EBT| / |b_T++| - 1. Verdict at 95% after Holm adjustment across axes.",
+    fig.text(0.04, 0.905 - shift, "Rate = |slope of the rate line (paper's measure)|: OLS of log10(perplexity) on "
+             "log10(x); rate gain = |rate EBT| / |rate T++| - 1. Verdict at 95% after Holm adjustment across axes.",
              fontsize=8.5, va="top")
-    header = ["axis", "runs T++/EBT", "excl.", "gain (ours)", "95% interval", "p", "p (Holm)",
-              "paper v1", "paper ICLR", "verdict", "exponent gain (M2) [95%]"]
+    header = ["axis", "T++/EBT", "left out", "rate gain", "95% interval", "p", "p (Holm)",
+              "paper v1", "paper ICLR", "verdict", "exponent gain (saturating law)"]
     rows, colors = [], []
     for f in _sorted_fits(data):
         c = f.comparison
@@ -198,33 +207,38 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
     table_h = min(0.6, 0.034 * (len(rows) + 1) + 0.01)
     table_h = min(table_h, 0.87 - shift - 0.3)
     ax = fig.add_axes((0.04, 0.87 - shift - table_h, 0.92, table_h))
-    plots.draw_table(ax, header, rows, [0.05, 0.09, 0.04, 0.09, 0.12, 0.055, 0.06, 0.06, 0.07, 0.14, 0.21],
+    plots.draw_table(ax, header, rows, [0.05, 0.07, 0.06, 0.075, 0.125, 0.05, 0.06, 0.06, 0.075, 0.145, 0.23],
                      fontsize=8, row_colors=colors, fill=True)
+    fit_cells(fig, ax)
     notes = ["What these data support"] + [f"- {_supports(f, data)}" for f in _sorted_fits(data)] + [""] + [
         "How to read this page",
         *(["- Video axes: the rate is the log-log slope of SmoothL1 (OLS of log10(validation SmoothL1) on log10(x), "
            "the paper's video measure); the baselines are the SmoothL1 of copying the last frame and of predicting "
            "the mean embedding."] if any(f.measure.log_loss for f in data.fits) else []),
         "- 'paper v1' are the figure titles of arXiv v1 (one seed, no intervals); 'paper ICLR' the camera-ready "
-        "caption (params and FLOPs).",
-        "- The rate (M1) is a logarithmic slope, not an exponent: for L = E + A x^-alpha it equals alpha (L - E), "
-        "so a family that is",
-        "  uniformly further from the floor shows a higher 'rate'. The exponent view is the saturating law (M2), "
-        "last column.",
+        "caption (params and FLOPs). 'T++/EBT': the runs in each family's fit; 'left out': runs of the axis in no "
+        "fit (the runs pages say why).",
+        "- The rate line (the paper's measure, M1 on the axis pages) is a straight line in log-log: its slope is not "
+        "an exponent. For L = E + A x^-alpha it equals alpha (L - E), so a family that is uniformly further from "
+        "the floor shows a higher rate. The exponent view is the saturating law E + A x^-alpha (M2 on the axis "
+        "pages), last column.",
         "- Intervals: percentile bootstrap (seeds resampled within each level; parametric bootstrap with one seed "
-        "per level). They cover",
-        "  seed noise only, not learning-rate tuning, schedules, checkpoint choice or the chosen x range.",
-        "- p: interaction t-test of equal slopes (per-family pure-error variance, Welch df, when seeds are "
-        "replicated); a Freedman-Lane permutation p-value is on each axis page.",
-        "- Holm family: the axes of the sweep (params and flops count once when they share runs), or "
+        "per level). They cover seed noise only, not learning-rate tuning, schedules, checkpoint choice or the "
+        "chosen x range.",
+        "- p: test of equal slopes of the two rate lines (per-family seed variance, Welch df, when seeds are "
+        "replicated); a permutation p-value is on each axis page.",
+        "- Holm: p adjusted over the axes of the sweep (params and flops count once when they share runs), or "
         "--family-of-tests. * = exponent view unreliable (guard-rails below).",
     ]
     for m in data.messages + family_settings_notes(data.runs):
         notes.append(f"- {m}")
     for f in _sorted_fits(data):
         if f.comparison is not None and f.comparison.warning:
-            notes.append(f"- {_label(f, data)}: {f.comparison.warning}")
-    notes = [w for line in notes for w in (textwrap.wrap(line, 175, subsequent_indent="  ") or [""])]
+            notes.append(f"- {_label(f, data)}: {_plain_names(f.comparison.warning)}")
+    # the text in the left column, the overview plots in the right one (full width when there is nothing to plot)
+    plotted = [f for f in _sorted_fits(data) if f.plot]
+    wrap = 118 if plotted else 175
+    notes = [w for line in notes for w in (textwrap.wrap(line, wrap, subsequent_indent="  ") or [""])]
     flagged = [f for f in _sorted_fits(data) if f.guards]
     warn: list[str] = []
     if flagged:
@@ -232,7 +246,7 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         warn = ["Guard-rails (a verdict is withheld when one of these fires for the rate view; details on the axis "
                 "pages)"] + [_guard_summary(f, data) for f in flagged] + [
                     f"  {c.replace('_', ' ')}: {EXPLAIN[c]}" for c in codes]
-        warn = [w for line in warn for w in (textwrap.wrap(line, 175, subsequent_indent="    ") or [""])]
+        warn = [w for line in warn for w in (textwrap.wrap(line, wrap, subsequent_indent="    ") or [""])]
     # both blocks between the table and the footer: the font shrinks (to 6.5 pt), then the notes are cut
     top, bottom = 0.87 - shift - table_h - 0.04, 0.05
     pt = 8.0
@@ -246,6 +260,73 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
     if warn:
         fig.text(0.04, top - line_h * (len(notes) + 1), "\n".join(warn), fontsize=pt, va="top", linespacing=1.5,
                  color="#a00000")
+    _overview(fig, data, plotted, top, bottom)
+
+
+OVERVIEW_X = (0.665, 0.96)  # the summary's right column
+
+
+def _overview(fig: Figure, data: ReportData, fits: list[AxisFit], top: float, bottom: float) -> None:
+    """The summary's right column, beside the notes: one small scaling plot per axis (the runs, the rate lines
+    with their bands, the saturating law, the baseline), up to 6 in a grid of 1-2 columns; a caption is the
+    legend."""
+    if not fits:
+        return
+    shown = fits[:6]
+    ncol = 1 if len(shown) <= 2 else 2
+    nrow = math.ceil(len(shown) / ncol)
+    caption = ("Overview (details on the axis pages): a point per run, circles Transformer++, squares EBT; solid: "
+               "rate lines (paper's measure) with 95% bands; dashed: saturating law; dash-dot: unigram baseline"
+               + ("; grey dashed (video): copy-last-frame and mean-embedding SmoothL1" if any(f.measure.log_loss
+                                                                                        for f in fits) else "")
+               + "."
+               + ("" if len(shown) == len(fits) else f" First {len(shown)} of {len(fits)} axes."))
+    x0, x1 = OVERVIEW_X
+    lines = textwrap.wrap(caption, 62)
+    fig.text(x0, top, "\n".join(lines), fontsize=7, va="top", color="0.25", linespacing=1.3)
+    top -= len(lines) * 7 * 1.3 / 72 / PAGE_SIZE[1] + 0.02
+    h = (top - bottom) / nrow
+    w = (x1 - x0) / ncol
+    for k, f in enumerate(shown):
+        r, c = divmod(k, ncol)
+        ax = fig.add_axes((x0 + c * w + 0.04, top - (r + 1) * h + 0.055, w - 0.05, h - 0.09))
+        plots.draw_scaling(ax, f)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+        ax.set_title(f"{_label(f, data)}: {_verdict_short(f)}", fontsize=7.5)
+        ax.tick_params(labelsize=6.5)
+        ax.xaxis.label.set_fontsize(7)
+        ax.yaxis.label.set_fontsize(7)
+
+
+def _verdict_short(f: AxisFit) -> str:
+    c = f.comparison
+    if c is None:
+        return "no comparison"
+    v = _verdict(f)
+    if c.unreliable:
+        return "no verdict (guard-rails)"
+    return v
+
+
+def _plain_names(text: str) -> str:
+    """'M1'/'M2' in a fit message as the summary names them."""
+    return (text.replace("M1 rate gain", "rate gain (rate lines)").replace("M2 exponent gain",
+                                                                           "exponent gain (saturating law)")
+            .replace("the M1 gap", "the gap in rate").replace("M1 mixes", "the rate mixes"))
+
+
+def forgotten_summary(forgotten: Sequence[dict[str, Any]]) -> str:
+    """One line: how many runs each sweep forgot (``ebt-scale runs --forget``), so no removal is silent."""
+    per: dict[str, list[dict[str, Any]]] = {}
+    for rec in forgotten:
+        per.setdefault(str(rec.get("sweep", "-")), []).append(rec)
+    parts = []
+    for sweep, recs in sorted(per.items()):
+        states = sorted({str(r.get("status")) for r in recs})
+        parts.append(f"{len(recs)} {'/'.join(states)} run(s) of sweep {sweep}")
+    return ("Forgotten: " + "; ".join(parts) + " were taken out with `ebt-scale runs --forget` and are in no fit; "
+            "the runs pages list each with its reason.")
 
 
 def _verdict(f: AxisFit) -> str:
@@ -382,17 +463,18 @@ def _curves_page(f: AxisFit, data: ReportData, new_page: Callable[[], Figure]) -
              + what, fontsize=8, va="top")
 
 
-def _continued(title: str, lines: Sequence[str], new_page: Callable[[], Figure], color: str = "k") -> None:
+def _continued(title: str, lines: Sequence[str], new_page: Callable[[], Figure], color: str = "k",
+               size: float = TEXT_PT) -> None:
     """Lines that did not fit on a page, in full, on as many continuation pages as they need (an archival PDF
     holds every line)."""
-    per_page = int((0.90 - 0.06) / LINE_H) - 1
+    per_page = int((0.90 - 0.06) / (size * 1.3 / 72 / PAGE_SIZE[1])) - 1
     for k in range(0, len(lines), per_page):
         fig = new_page()
         fig.suptitle(title, fontsize=13, weight="bold", x=0.07, ha="left")
         chunk = list(lines[k:k + per_page])
         if k + per_page < len(lines):
             chunk.append(f"  ... {len(lines) - k - per_page} more lines: on the next page")
-        fig.text(0.04, 0.90, "\n".join(chunk), va="top", fontsize=TEXT_PT, color=color, linespacing=1.3)
+        fig.text(0.04, 0.90, "\n".join(chunk), va="top", fontsize=size, color=color, linespacing=1.3)
 
 
 def crossover_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
@@ -412,17 +494,19 @@ def crossover_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         cr = f.crossover
         lines.append("")
         lines.append(f"{_label(f, data)}: "
-                     + (cr.message if cr and cr.message else "no crossover computed (a family is missing)"))
+                     + (crossover_words(cr, f.axis) if cr and cr.message else
+                        "no crossover computed (a family is missing)"))
         if cr is not None and cr.loss_gap_nats is not None and cr.gap_at_x is not None:
             lo, hi = cr.loss_gap_ci
             span = "" if lo is None or hi is None else f" [{lo:+.4f}, {hi:+.4f}]"
-            lines.append(f"Loss gap EBT - T++ at x = {cr.gap_at_x:.3g}: {cr.loss_gap_nats:+.4f} nats{span} (M1 lines)")
+            lines.append(f"Loss gap EBT - T++ at x = {plain(cr.gap_at_x)}: {cr.loss_gap_nats:+.4f} nats{span} "
+                         "(on the rate lines)")
         if cr is not None and cr.loss_ratio is not None and cr.gap_at_x is not None:  # video
             lo, hi = cr.loss_ratio_ci
             span = "" if lo is None or hi is None else f" [{lo:.4f}, {hi:.4f}]"
             lines.append(f"SmoothL1 ratio EBT / T++ at x = {cr.gap_at_x:.3g}: {cr.loss_ratio:.4f}{span} (M1 lines)")
         if f.guards:
-            lines.append("Guard-rails on this axis (the M1 lines above inherit them): "
+            lines.append("Guard-rails on this axis (the rate lines above inherit them): "
                          + _guard_summary(f, data)[2:])
     lines = [w for line in lines for w in (textwrap.wrap(line, 150, subsequent_indent="    ") or [""])]
     room = int((0.24 - 0.05) / (8 * 1.4 / 72 / PAGE_SIZE[1]))  # lines of 8 pt between the plot and the footer
@@ -434,7 +518,17 @@ def crossover_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
     _continued("FLOPs axis crossover, continued", rest, new_page)
 
 
+def _short(v: float) -> str:
+    """A count in 3 significant digits with k/M/G: 28.9k, 307k, 1.15M."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:.3g}"
+
+
 def _config_summary(run: Any) -> str:
+    """The run's shape in a few characters: blocks, width, non-embedding parameters, training tokens, the config
+    hash's first 8 characters."""
     cfg = getattr(run, "config", None) or {}
     model = cfg.get("model") if isinstance(cfg, dict) else None
     parts = []
@@ -444,9 +538,9 @@ def _config_summary(run: Any) -> str:
     params = getattr(run, "params", None) or {}
     if params:
         k = "non_embedding" if "non_embedding" in params else sorted(params)[0]
-        parts.append(f"N={params[k]:.3g}")
+        parts.append(f"N={_short(float(params[k]))}")
     if getattr(run, "tokens", None):
-        parts.append(f"D={run.tokens:.3g}")
+        parts.append(f"D={_short(float(run.tokens))}")
     src = getattr(run, "source", None)
     if src and src != "trained":
         parts.append(src)
@@ -455,31 +549,120 @@ def _config_summary(run: Any) -> str:
     return " ".join(parts)
 
 
+def fit_cells(fig: Figure, ax: Any) -> None:
+    """Shorten (with an ellipsis) every cell text of the table on ``ax`` that is wider than its cell, measured with
+    the renderer, so that no text runs past its column; the full text is elsewhere (the left-out runs pages)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not ax.tables:
+        return
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    renderer = fig.canvas.get_renderer()
+    for cell in ax.tables[0].get_celld().values():
+        text = cell.get_text()
+        full = text.get_text()
+        room = cell.get_window_extent(renderer).width * (1 - cell.PAD - 0.03)  # text starts at PAD, left
+        if not full or text.get_window_extent(renderer).width <= room:
+            continue
+        lo, hi = 0, len(full)  # the longest prefix that fits with its ellipsis
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            text.set_text(full[:mid].rstrip() + "\u2026")
+            if text.get_window_extent(renderer).width <= room:
+                lo = mid
+            else:
+                hi = mid - 1
+        text.set_text(full[:lo].rstrip() + "\u2026")
+
+
+def _run_note(run: Any, fitted: set[int]) -> tuple[str | None, str]:
+    """(why the run is not in a fit or None, the note to show): a failed run's note is its stored error."""
+    why = exclusion_reason(run)
+    if why is None and run.id not in fitted and _tune_lr(run) is not None:  # a [tune] grid point not chosen
+        why = f"LR {_tune_lr(run):.3g} not chosen (tuning page)"
+    if why is not None and why.startswith("status ") and getattr(run, "reason", None):
+        return why, f"{run.status}: {run.reason}"
+    return why, why or (getattr(run, "reason", None) or "")
+
+
 def runs_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
+    """Every run in a table (as many pages as needed; a cell too long for its column ends in an ellipsis), then
+    the runs left out of the fits and those the sweep forgot, each with its full reason."""
     runs = sorted(data.runs, key=lambda r: (r.sweep, r.axis, r.family, r.x if r.x is not None else 0, r.seed, r.id))
+    sweeps = sorted({str(r.sweep) for r in runs})
+    one = len(sweeps) <= 1
     header = ["id", "sweep", "axis", "family", "x", "seed", "status", "final val loss", "ppl", "in fit",
               "reason / note", "config"]
-    widths = [0.04, 0.09, 0.05, 0.09, 0.07, 0.04, 0.07, 0.08, 0.06, 0.04, 0.19, 0.18]
+    widths = [0.035, 0.10, 0.05, 0.05, 0.055, 0.035, 0.06, 0.075, 0.05, 0.04, 0.25, 0.20]
+    if one:  # the sweep is in the title: its column goes to the reason and the config
+        header.pop(1)
+        widths = [0.035, 0.05, 0.05, 0.055, 0.035, 0.06, 0.075, 0.05, 0.04, 0.30, 0.25]
     pages = max(1, math.ceil(len(runs) / RUNS_PER_PAGE))
     fitted = {i for f in data.fits for i in f.run_ids}
+    what = f"Runs of sweep {sweeps[0]}" if one and sweeps else "Runs"
+    notes = {r.id: _run_note(r, fitted) for r in runs}
+    left_out = [(r, note) for r in runs for why, note in [notes[r.id]]
+                if why is not None and not why.startswith("LR ")]  # an unchosen [tune] point: the tuning page
+    lines: list[str] = []
+    if left_out:
+        lines.append(f"Runs left out of the fits ({len(left_out)}), with the stored reason (the error of a failed "
+                     "run):")
+        for r, note in left_out:
+            lines += textwrap.wrap(f"- run {r.id} ({'' if one else f'{r.sweep}, '}{r.axis} x = "
+                                   f"{'-' if r.x is None else f'{r.x:g}'}, {FAMILY_NAMES.get(r.family, r.family)}, "
+                                   f"seed {r.seed}): {note}", 175, subsequent_indent="    ")
+    if data.forgotten:
+        lines += ([""] if lines else []) + textwrap.wrap(forgotten_summary(data.forgotten), 175) + forgotten_lines(
+            data.forgotten)
     for p in range(pages):
         chunk = runs[p * RUNS_PER_PAGE:(p + 1) * RUNS_PER_PAGE]
         fig = new_page()
-        fig.suptitle(f"Runs ({len(runs)} in total) - page {p + 1} of {pages}", fontsize=12, weight="bold", x=0.04,
-                     ha="left")
+        fig.suptitle(f"{what} ({len(runs)} in total) - page {p + 1} of {pages}", fontsize=12, weight="bold",
+                     x=0.04, ha="left")
         rows = []
         for r in chunk:
             y = r.final_val_loss
-            why = exclusion_reason(r)
-            if why is None and r.id not in fitted and _tune_lr(r) is not None:  # a [tune] grid point not chosen
-                why = f"LR {_tune_lr(r):.3g} not chosen (tuning page)"
+            why, note = notes[r.id]
             ppl = ("-" if y is None or not math.isfinite(y) or y > 700 or run_modality(r) == "video"  # SmoothL1
                    else f"{math.exp(y):.2f}")
-            rows.append([str(r.id), str(r.sweep)[:14], r.axis, r.family, f"{r.x:.4g}" if r.x is not None else "-",
-                         str(r.seed), r.status, "-" if y is None else f"{y:.4f}", ppl, "no" if why else "yes",
-                         (why or (r.reason or ""))[:38], _config_summary(r)[:34]])
+            row = [str(r.id), str(r.sweep), r.axis, FAMILY_NAMES.get(r.family, r.family),
+                   f"{r.x:.4g}" if r.x is not None else "-", str(r.seed), r.status, "-" if y is None else f"{y:.4f}",
+                   ppl, "no" if why else "yes", note, _config_summary(r)]
+            rows.append(row[:1] + row[2:] if one else row)
         ax = fig.add_axes((0.04, 0.05, 0.92, 0.86))
         plots.draw_table(ax, header, rows, widths, fontsize=7, fill=False)
+        fit_cells(fig, ax)
+        if p == pages - 1 and lines:  # under the table when there is room, the rest on pages of their own
+            lines = _text_below(fig, ax, lines, 7.5)
+    if lines:
+        _continued("Runs left out, and why (continued)", lines, new_page, size=7.5)
+
+
+def _text_below(fig: Figure, ax: Any, lines: list[str], size: float) -> list[str]:
+    """Draw as many of ``lines`` as fit between the table on ``ax`` and the footer; returns the rest."""
+    renderer = fig.canvas.get_renderer()
+    bottom = ax.tables[0].get_window_extent(renderer).y0 / fig.bbox.height if ax.tables else 0.9
+    line_h = size * 1.3 / 72 / PAGE_SIZE[1]
+    top = bottom - 0.03
+    room = int((top - 0.05) / line_h)
+    if room < 3:
+        return lines
+    shown, rest = (lines, []) if len(lines) <= room else (lines[:room - 1], lines[room - 1:])
+    if rest:
+        shown = [*shown, f"  ... {len(rest)} more lines: on the next page"]
+    fig.text(0.04, top, "\n".join(shown), va="top", fontsize=size, linespacing=1.3)
+    return rest
+
+
+def forgotten_lines(forgotten: Sequence[dict[str, Any]]) -> list[str]:
+    """One entry per forgotten run: id, status, when, by whom, why, and its stored error (wrapped)."""
+    out = []
+    for rec in sorted(forgotten, key=lambda r: (str(r.get("sweep")), int(r.get("run_id") or 0))):
+        out += textwrap.wrap(f"- run {rec.get('run_id')} of sweep {rec.get('sweep')} ({rec.get('status')}), "
+                             f"forgotten {rec.get('at')} by {rec.get('by')} ({rec.get('why')}): "
+                             f"{rec.get('reason') or 'no reason stored'}", 175, subsequent_indent="    ")
+    return out
 
 
 def _tune_lr(run: Any) -> float | None:

@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
+from ebt_scaling.fit import crossover_words
 from ebt_scaling.fit.results import (
     BASELINE_NAMES,
     LABELS,
@@ -329,7 +330,7 @@ def axis_text(fit: AxisFit) -> str:
         if c.exponent_unreliable_note:
             lines.append(f"Exponent view: {c.exponent_unreliable_note}")
     if fit.crossover is not None and fit.crossover.message:
-        lines.append(f"Crossover (M1 lines): {fit.crossover.message}")
+        lines.append(f"Crossover: {crossover_words(fit.crossover, fit.axis)}")
     cr = fit.crossover
     if video and cr is not None and cr.loss_ratio is not None and cr.gap_at_x is not None:
         lo, hi = cr.loss_ratio_ci
@@ -355,15 +356,16 @@ def _num(v: float | None, fmt: str) -> str:
 
 def diagnostics(entry: FamilyFit) -> str:
     """The fit diagnostics of one family in one line (lack of fit; the law's bound share, E-alpha correlation,
-    starts at the best optimum, bootstrap refits a single warm start would have stopped short on)."""
+    starts at the best optimum, bootstrap refits that did not converge). The share of refits a single warm start
+    would have stopped short on (``boot_stopped_early_frac``) is left out: the multi-start refits reach their
+    optimum anyway, so it says nothing about the result (it stays in ``fit --json``)."""
     law = entry.law
     parts = [f"lack-of-fit p {fmt_p(entry.lack_of_fit_p)}"]
     if law:
         parts += [f"alpha at bound in {_num(law.alpha_at_bound_frac, '.0%')} of refits",
                   f"corr(E, alpha) {_num(law.E_alpha_corr, '+.2f')}",
                   f"starts at best {law.n_starts_at_best}/{law.n_starts}",
-                  f"warm start short in {_num(law.boot_stopped_early_frac, '.0%')} of refits, "
-                  f"unconverged {_num(law.boot_unconverged_frac, '.0%')}"]
+                  f"bootstrap refits unconverged {_num(law.boot_unconverged_frac, '.0%')}"]
     return "; ".join(parts)
 
 

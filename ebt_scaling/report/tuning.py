@@ -91,11 +91,55 @@ def _n(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def conclusion(fit: AxisFit, name: str) -> str:
+    """The first line of the summary for one axis: which family scales faster, with the rate gain's interval, or
+    that the data cannot tell (and why), in words."""
+    c = fit.comparison
+    more = GROWTH.get(fit.axis, "larger x")
+    loss = fit.measure.loss_name  # "loss" (text) or "validation SmoothL1" (video)
+    if c is None:
+        why = "; ".join(fit.messages[:1]) or "a family is missing"
+        return f"{name}: no EBT vs Transformer++ comparison ({why})."
+    flat = []
+    for fam in ("ebt", "transformer_pp"):
+        e = fit.families.get(fam)
+        if e is None or e.slope is None:
+            flat.append(f"the {LABELS.get(fam, fam)} has no rate line")
+        elif e.slope_ci and None not in e.slope_ci and e.slope_ci[1] >= 0:
+            how = "rises" if e.slope_ci[0] > 0 else "does not clearly fall"
+            flat.append(f"the {LABELS.get(fam, fam)}'s {loss} {how} with {more}")
+    gain = ("" if c.rate_gain is None or not c.rate_gain_ci or None in c.rate_gain_ci else
+            f"rate gain {c.rate_gain * 100:+.1f}%, 95% interval [{c.rate_gain_ci[0] * 100:+.1f}%, "
+            f"{c.rate_gain_ci[1] * 100:+.1f}%]")
+    if flat:
+        return (f"{name}: the data cannot tell which family scales faster: {' and '.join(flat)}, so there is no "
+                "scaling rate to compare" + (f" ({gain})" if gain else "") + ".")
+    if not gain:
+        return f"{name}: the data cannot tell which family scales faster (no interval for the rate gain)."
+    lo, hi = c.rate_gain_ci
+    if lo > 0 or hi < 0:
+        word = "faster" if lo > 0 else "more slowly"
+        steep = "steeper" if lo > 0 else "shallower"
+        out = (f"{name}: the EBT's {loss} falls {word} with {more} than the Transformer++'s: its rate line is "
+               f"{abs(c.rate_gain) * 100:.0f}% {steep} ({gain})")
+        if c.unreliable:
+            codes = sorted({g.code.replace("_", " ") for g in fit.guards if g.blocks("rate")})
+            out += "; not a verdict: guard-rails fire" + (f" ({', '.join(codes)})" if codes else "")
+        return out + "."
+    return (f"{name}: the data cannot tell which family scales faster: {gain}, an interval that includes no "
+            "difference.")
+
+
+# what growing x means on each axis, for sentences
+GROWTH = {"data": "more training tokens", "batch": "larger batches", "depth": "more layers", "width": "width",
+          "params": "more parameters", "flops": "more training compute"}
+
+
 def headline(fit: AxisFit, name: str) -> list[str]:
-    """What one axis shows, in plain words with its interval, for the top of the summary page: the loss of each
-    family at the smallest and largest level (mean over seeds of the fitted runs), its slope per doubling of x
-    with the 95% interval, and the rate gain with its interval."""
-    out = []
+    """What one axis shows, in plain words with its interval, for the top of the summary page: first the
+    conclusion (``conclusion``), then the loss of each family at the smallest and largest level (mean over seeds
+    of the fitted runs) with its change per doubling of x and the 95% interval, then the seeds advice."""
+    out = [conclusion(fit, name)]
     tuned = " (each family at its tuned LR per level)" if fit.tuning else ""
     parts = []
     for fam in ("ebt", "transformer_pp"):
@@ -122,29 +166,11 @@ def headline(fit: AxisFit, name: str) -> list[str]:
         if e.slope is not None and e.slope_ci and None not in e.slope_ci:
             d = math.log(2)
             lo_s, hi_s = e.slope_ci
-            trend = ("falls" if hi_s < 0 else "rises" if lo_s > 0 else
-                     "shows no clear trend (the interval includes 0)")
-            text += (f": it {trend}, {e.slope * d:+.3f} nats per doubling of x, 95% interval [{lo_s * d:+.3f}, "
-                     f"{hi_s * d:+.3f}] ({seeds} seeds per level)")
+            text += (f", {e.slope * d:+.3f} nats per doubling of x, 95% interval [{lo_s * d:+.3f}, "
+                     f"{hi_s * d:+.3f}] ({seeds} seed{'s' if seeds != '1' else ''} per level)")
         parts.append(text)
     if parts:
         out.append(f"{name}{tuned}: " + "; ".join(parts) + ".")
-    c = fit.comparison
-    if c is not None and c.rate_gain is not None and c.rate_gain_ci and None not in c.rate_gain_ci:
-        lo, hi = c.rate_gain_ci
-        slopes = [f.slope for f in fit.families.values()]
-        if any(b is None or b >= 0 for b in slopes):
-            out.append(f"{name}: rate gain |b_EBT|/|b_T++| - 1 = {c.rate_gain * 100:+.1f}%, 95% interval "
-                       f"[{lo * 100:+.1f}%, {hi * 100:+.1f}%], but a family's loss does not fall with x, so it "
-                       "measures no scaling.")
-        elif lo > 0 or hi < 0:
-            word = "faster" if lo > 0 else "more slowly"
-            out.append(f"{name}: the EBT's loss falls {word} with x than the Transformer++'s: rate gain "
-                       f"{c.rate_gain * 100:+.1f}%, 95% interval [{lo * 100:+.1f}%, {hi * 100:+.1f}%]"
-                       + (" (not a verdict: see the guard-rails below)" if c.unreliable else "") + ".")
-        else:
-            out.append(f"{name}: the two rates are not told apart: rate gain {c.rate_gain * 100:+.1f}%, 95% interval "
-                       f"[{lo * 100:+.1f}%, {hi * 100:+.1f}%] includes 0.")
     if (advice := seeds_advice(fit)) is not None:
         out.append(f"{name}: {advice}.")
     return out
