@@ -560,9 +560,11 @@ def fit_cells(fig: Figure, ax: Any) -> None:
         FigureCanvasAgg(fig)
     renderer = fig.canvas.get_renderer()
     for cell in ax.tables[0].get_celld().values():
+        width = cell.get_window_extent(renderer).width
+        cell.PAD = min(0.1, 0.05 * fig.dpi / max(width, 1.0))  # the same 0.05 inch left of the text in every column
         text = cell.get_text()
         full = text.get_text()
-        room = cell.get_window_extent(renderer).width * (1 - cell.PAD - 0.03)  # text starts at PAD, left
+        room = width * (1 - cell.PAD) - 0.05 * fig.dpi  # text starts at PAD, left; as much room on the right
         if not full or text.get_window_extent(renderer).width <= room:
             continue
         lo, hi = 0, len(full)  # the longest prefix that fits with its ellipsis

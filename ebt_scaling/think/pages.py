@@ -148,7 +148,9 @@ def passes_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
                     ax.plot(xs, ys, "-", color=col, lw=2.4, alpha=0.45)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
+        lo, hi = ax.get_ylim()  # less than a decade drawn: 1-2-5 leaves one or two labels, so denser steps
+        subs = (1.0, 2.0, 5.0) if hi / max(lo, 1e-300) >= 10 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())  # one label size, no overlapping minor labels
         ax.set_xlabel("forward passes per prediction")
