@@ -359,7 +359,7 @@ def _supports(f: AxisFit, data: ReportData) -> str:
     else:
         out = f"{name}: {verdict} ({gain})."
     if c.exponent_unreliable:
-        out += " The exponent (M2) view is not a measurement here."
+        out += " The exponent view (saturating law) is not a measurement here."
     return out
 
 
