@@ -1,5 +1,6 @@
 """``ebt-scale think``: System-2 thinking of a sweep's trained runs (perplexity vs forward passes, in
-distribution and out of distribution), stored as metric series of each run. See docs/thinking.md."""
+distribution and out of distribution; SmoothL1 for video runs), stored as metric series of each run. See
+docs/thinking.md."""
 
 from __future__ import annotations
 
@@ -33,6 +34,30 @@ def _num(v: Any, nd: int = 3) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
 
 
+def _loss_chg(gain: Any, at: Any) -> str:
+    """A video gain as the SmoothL1 change with its setting in words: ``-12.00% with 4 steps x best-of-8``."""
+    if gain is None or (isinstance(gain, float) and not math.isfinite(gain)):
+        return "-"
+    return f"{-gain * 100:+.2f}%" + (f" with {at}" if at else "")
+
+
+def _loss_line(o: Any) -> str:
+    """The summary line of a video run (SmoothL1; lower is better)."""
+    s = o.summary
+    line = f"{o.label}: val SmoothL1 {_num(s['val_loss_base'], 4)} (copy baseline {_num(s.get('val_copy_loss'), 4)})"
+    if o.family == "ebt":
+        line += (f" at {s['base_steps']} steps; SmoothL1 change (lower is better): thinking longer "
+                 f"{_loss_chg(s.get('val_gain_longer'), s.get('val_longer_at'))}, best-of-N "
+                 f"{_loss_chg(s.get('val_gain_verify'), s.get('val_verify_at'))}, best setting "
+                 f"{_loss_chg(s.get('val_gain_max'), s.get('val_max_at'))}")
+    if s.get("ood_source"):
+        line += f"; OOD {s['ood_source']} SmoothL1 {_num(s.get('ood_loss_base'), 4)} " \
+                f"(x{_num(s.get('ood_magnitude'), 2)})"
+        if o.family == "ebt":
+            line += f", best setting {_loss_chg(s.get('ood_gain_max'), s.get('ood_max_at'))}"
+    return line
+
+
 def register(app: typer.Typer) -> None:
     @app.command("think")
     @handle_errors
@@ -42,7 +67,8 @@ def register(app: typer.Typer) -> None:
         samples: Annotated[str, typer.Option("--samples", help="Best-of-N sample counts (self-verification).")
                            ] = "1,2,5",
         ood: Annotated[str, typer.Option("--ood", help="OOD corpus: auto, none, kjv, shakespeare, "
-                                         "synthetic-shift or text:PATH.")] = "auto",
+                                         "synthetic-shift or text:PATH; video runs: synthetic-video-shift or "
+                                         "store:DIR (a video store).")] = "auto",
         batches: Annotated[int, typer.Option("--batches", help="Evaluation batches per split.", min=1)] = 4,
         batch_size: Annotated[int | None, typer.Option("--batch-size", help="Sequences per batch "
                                                        "(default: the run's).", min=1)] = None,
@@ -53,19 +79,24 @@ def register(app: typer.Typer) -> None:
         fmt: FormatOption = OutputFormat.table,
         as_json: JsonAliasOption = False,
     ) -> None:
-        """Perplexity vs forward passes per prediction (passes = inner steps x samples) for every completed
-        run with a checkpoint; Transformer++ runs give the flat baseline. Re-running replaces the values."""
+        """Perplexity (video runs: SmoothL1) vs forward passes per prediction (passes = inner steps x samples) for
+        every completed run with a checkpoint; Transformer++ runs give the flat baseline. Re-running replaces the
+        values."""
         from ebt_scaling.think.metrics import parse_int_list
 
         steps_l = parse_int_list(steps, "--steps")
         samples_l = parse_int_list(samples, "--samples")
         ood_src: str | None = None if ood == "none" else ood
-        if ood_src is not None and ood_src not in ("auto", "kjv", "shakespeare", "synthetic-shift") \
-                and not ood_src.startswith(("text:", "hf:")):
+        if ood_src is not None and ood_src not in ("auto", "kjv", "shakespeare", "synthetic-shift",
+                                                   "synthetic-video-shift") \
+                and not ood_src.startswith(("text:", "hf:", "store:")):
             raise fail(f"--ood {ood}: unknown corpus; use auto, none, kjv, shakespeare, synthetic-shift or "
-                       "text:PATH", 2)
+                       "text:PATH (video runs: synthetic-video-shift or store:DIR)", 2)
         if ood_src and ood_src.startswith("text:") and not pathlib.Path(ood_src[5:]).expanduser().exists():
             raise fail(f"--ood {ood}: no such file or folder; give an existing .txt file or folder", 2)
+        if ood_src and ood_src.startswith("store:") and not pathlib.Path(ood_src[6:]).expanduser().is_dir():
+            raise fail(f"--ood {ood}: no such folder; give a video store prepared with `ebt-scale data prepare "
+                       "--modality video`", 2)
 
         from ebt_scaling.db import Store
         from ebt_scaling.think.service import think_sweep
@@ -86,6 +117,9 @@ def register(app: typer.Typer) -> None:
                        f"{len(done)}/{len(outcomes)} runs evaluated")
             for o in done:
                 s = o.summary
+                if s.get("measure") == "smooth_l1":  # a video run
+                    typer.echo(_loss_line(o))
+                    continue
                 line = f"{o.label}: val ppl {_num(s['val_ppl_base'])}"
                 if o.family == "ebt":
                     line += (f" (base {s['base_steps']} steps); perplexity change (lower is better): thinking longer "

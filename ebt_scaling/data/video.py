@@ -84,8 +84,9 @@ def patch_encoder(frame_dim: int, grid: int = 8) -> Callable[[np.ndarray], np.nd
 EDGE_PX = 2.0  # width of the synthetic shapes' soft edges (logistic), in pixels
 
 
-def synthetic_clip(seed: int, index: int, frames: int, size: int = 32) -> Clip:
-    """Clip ``index`` of the synthetic source: 1-3 soft-edged squares or discs, constant velocity, bouncing off the
+def synthetic_clip(seed: int, index: int, frames: int, size: int = 32, speed: float = 1.0) -> Clip:
+    """Clip ``index`` of the synthetic source: 1-3 soft-edged squares or discs, constant velocity (``speed`` x a draw
+    from U[-2, 2] pixels per frame per axis; ``speed`` > 1: ``ebt-scale think``'s shifted OOD clips), bouncing off the
     walls, added onto a black frame. The soft edges make a patch's mean vary smoothly with an object's position, so
     the motion survives the patch encoder: extrapolating the last two embeddings beats copying the last one
     (tests/test_video_data.py); with hard edges it did not."""
@@ -93,7 +94,7 @@ def synthetic_clip(seed: int, index: int, frames: int, size: int = 32) -> Clip:
     n = int(rng.integers(1, 4))
     radius = rng.uniform(3.0, size / 5, n)
     pos = rng.uniform(radius[:, None], size - radius[:, None], (n, 2))  # (n, 2) centre (y, x)
-    vel = rng.uniform(-2.0, 2.0, (n, 2))
+    vel = rng.uniform(-2.0, 2.0, (n, 2)) * speed
     colour = rng.integers(64, 256, (n, 3)).astype(np.float64)
     square = rng.random(n) < 0.5
     yy, xx = np.mgrid[0:size, 0:size] + 0.5

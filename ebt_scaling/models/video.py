@@ -32,11 +32,15 @@ which only read attributes this class has under the same names.
 
 Langevin noise follows the official video code: it perturbs the projected rows where the energy is evaluated,
 not the candidate itself. No replay buffer for video yet (a config with one is refused).
+
+System-2 thinking (``VideoEBT.think`` / ``think_grid``, used by ``ebt-scale think``): more inner steps and
+best-of-N samples kept per (batch, position) by minimum energy, the text ``EBT.think``'s rule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -48,8 +52,8 @@ from ebt_scaling.errors import ConfigError
 from ebt_scaling.models.ebt import EBT, KV, Draws
 from ebt_scaling.models.layers import Block, RMSNorm, Rotary, check_attn_impl, init_linear_xavier, upcast
 
-__all__ = ["VIDEO_LR_DIVISOR", "VIDEO_RECIPE_OVERRIDES", "VideoEBT", "VideoTransformerPP", "build_video_model",
-           "copy_last_frame_loss", "smooth_l1"]
+__all__ = ["VIDEO_LR_DIVISOR", "VIDEO_RECIPE_OVERRIDES", "VideoEBT", "VideoThinking", "VideoTransformerPP",
+           "build_video_model", "copy_last_frame_loss", "smooth_l1"]
 
 # The video recipes and the paper's LR divisor live in config.py (torch-free, for sweep planning); re-exported here.
 
@@ -119,6 +123,16 @@ class VideoTransformerPP(nn.Module):
     def optim_groups(self, weight_decay: float) -> list[dict]:
         return [{"params": [p for p in self.parameters() if p.requires_grad], "weight_decay": weight_decay,
                  "lr_mult": 1.0}]
+
+
+@dataclass
+class VideoThinking:
+    """What ``VideoEBT.think_grid`` chose: per (steps, samples) setting the kept candidates (B, T, E) and their
+    scored energies (B, T); ``energy_steps[k]`` (B, T): sample 0's energies after k = 0..max(steps) steps."""
+
+    y: dict[tuple[int, int], torch.Tensor]
+    energy: dict[tuple[int, int], torch.Tensor]
+    energy_steps: list[torch.Tensor]
 
 
 class VideoEBT(nn.Module):
@@ -288,6 +302,83 @@ class VideoEBT(nn.Module):
                              sigma=self.cfg.langevin_noise_std, need_graph=self.training and grad_on,
                              noise=draws.noise)
         return ys[-1] if grad_on else ys[-1].detach()
+
+
+    # -- System-2 thinking (ebt-paper.md section 16; ebt_scaling/think) ------------------------------------
+    def think(self, frames: torch.Tensor, steps: int, samples: int = 1, step_size: float | None = None,
+              langevin_noise_std: float | None = None, generator: torch.Generator | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """System-2 inference, the text ``EBT.think``'s rule on continuous candidates: ``steps`` inner steps (step j
+        on landscape min(j, M-1)) from ``samples`` independent noise draws, one after another from ``generator``;
+        one extra no-grad energy evaluation scores each final candidate and the minimum-energy one is kept
+        independently per (batch, position). Returns detached next-frame embeddings (B, T, E) and their energies
+        (B, T). ``step_size`` / ``langevin_noise_std`` replace the trained alpha / the configured sigma."""
+        if not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"steps: must be an integer >= 1, got {steps!r}")
+        if not isinstance(samples, int) or samples < 1:
+            raise ConfigError(f"samples: must be an integer >= 1, got {samples!r}")
+        grid = self.think_grid(frames, [steps], [samples], [generator] * samples, step_size=step_size,
+                               langevin_noise_std=langevin_noise_std)
+        return grid.y[(steps, samples)], grid.energy[(steps, samples)]
+
+    def think_grid(self, frames: torch.Tensor, steps: Sequence[int], samples: Sequence[int],
+                   generators: Sequence[torch.Generator | None], step_size: float | None = None,
+                   langevin_noise_std: float | None = None) -> VideoThinking:
+        """Every (k in ``steps``, N in ``samples``) setting of ``think`` from one descent per sample: sample s draws
+        its initial candidate y0 ~ N(0, init_noise_scale^2) (B, T, E) and then its Langevin noise from
+        ``generators[s]`` and runs max(steps) steps. The candidate after k steps is exactly ``think(frames, k, 1,
+        generator=<that generator>)``'s (step j's landscape and noise do not depend on the total count). Setting
+        (k, N) keeps, per (batch, position), the candidate of minimum scored energy among samples 0..N-1, so its
+        energy never increases with N. ``energy_steps[k]``: sample 0's scored energies (B, T) after k = 0..max
+        steps (k = 0: the initial noise)."""
+        _check_frames(frames, None, self.frame_dim, self.cfg.sequence_len)
+        steps, samples = sorted(set(steps)), sorted(set(samples))
+        if not steps or steps[0] < 1 or not samples or samples[0] < 1:
+            raise ConfigError(f"think: steps {steps} and samples {samples} must be non-empty lists of integers >= 1")
+        if len(generators) < samples[-1]:
+            raise ConfigError(f"think: {len(generators)} generator(s) for up to {samples[-1]} samples; pass one each")
+        if step_size is not None and not step_size > 0:
+            raise ConfigError(f"step_size: must be > 0, got {step_size!r}; pass None for the trained alpha")
+        if langevin_noise_std is not None and langevin_noise_std < 0:
+            raise ConfigError(f"langevin_noise_std: must be >= 0, got {langevin_noise_std!r}")
+        m = self.cfg.mcmc_num_steps
+        kmax = steps[-1]
+        landscapes = [min(j, m - 1) for j in range(kmax)]
+        alpha = (torch.tensor(float(step_size), device=frames.device) if step_size is not None
+                 else self.alpha_value().detach())
+        sigma = self.cfg.langevin_noise_std if langevin_noise_std is None else float(langevin_noise_std)
+        b, t, _ = frames.shape
+        observed: dict[int, KV] = {}
+
+        def score(y: torch.Tensor, landscape: int) -> torch.Tensor:  # the scoring pass, no noise: (B, T)
+            key = landscape if self.s else 0
+            with torch.no_grad():
+                if key not in observed:
+                    observed[key] = self.observed_stream(frames, landscape)
+                return self.energies_from_embedding(self.frame_to_embed(y), observed[key])
+
+        out = VideoThinking({}, {}, [])
+        best_y: dict[int, torch.Tensor] = {}
+        best_e: dict[int, torch.Tensor] = {}
+        for s in range(samples[-1]):
+            g = generators[s]
+            y0 = torch.randn((b, t, self.frame_dim), generator=g, device=frames.device,
+                             dtype=self._dtype()) * self.cfg.init_noise_scale
+            ys, _ = self.descend(frames, y0, landscapes, alpha=alpha, sigma=sigma, need_graph=False, generator=g)
+            if s == 0:  # the energy curve: every step count, from the initial noise on
+                out.energy_steps = [score(y0, 0)] + [score(ys[k - 1], landscapes[k - 1]) for k in range(1, kmax + 1)]
+            for k in steps:
+                y = ys[k - 1]
+                e = out.energy_steps[k] if s == 0 else score(y, landscapes[k - 1])
+                if s == 0:
+                    best_y[k], best_e[k] = y, e
+                else:
+                    better = e < best_e[k]  # (B, T)
+                    best_y[k] = torch.where(better.unsqueeze(-1), y, best_y[k])
+                    best_e[k] = torch.where(better, e, best_e[k])
+                if s + 1 in samples:
+                    out.y[(k, s + 1)], out.energy[(k, s + 1)] = best_y[k], best_e[k]
+        return out
 
 
 def copy_last_frame_loss(frames: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

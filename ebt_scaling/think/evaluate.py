@@ -2,6 +2,12 @@
 
 Never imports the database (``service.py`` composes this with a Store).
 
+Video runs (``ModelConfig.frame_dim`` set; ``train/modality.py``): the same grid and noise scheme on the run's
+validation windows of frame embeddings (``VideoData.val_batches``), SmoothL1 per (steps, samples) instead of
+perplexity (``VideoEBT.think_grid`` does the descent), per-frame energies instead of per-token ones, and as OOD the
+synthetic source with another seed and faster motion (``synthetic-video-shift``) or ``store:DIR``, a video store of
+the same frame_dim, standardised with the run's own statistics.
+
 Sharing one descent across settings (exact, not an approximation): sample s of batch b starts from noise
 drawn with its own generator (seed ``sample_seed(seed, b, s)``) and runs ``max(steps)`` inner steps; the
 logits after k steps are exactly what ``EBT.think(idx, steps=k, samples=1, generator=<that generator>)``
@@ -19,10 +25,10 @@ import pathlib
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ebt_scaling.config import RunSpec
 from ebt_scaling.data import TokenCorpus, load_corpus, open_data
@@ -32,6 +38,10 @@ from ebt_scaling.data.sources import load_documents
 from ebt_scaling.errors import ConfigError, DataError
 from ebt_scaling.models import build_model
 from ebt_scaling.train.checkpoint import resolve_checkpoint
+from ebt_scaling.train.modality import TEXT, VIDEO, inputs_targets, modality_of, target_count
+
+if TYPE_CHECKING:
+    from ebt_scaling.data.video_data import VideoData
 
 SYNTHETIC_SHIFT = "synthetic-shift"
 SHIFT_MIX = 0.5  # the shifted source: 0.5 x the training transition matrix + 0.5 x another seed's
@@ -42,6 +52,14 @@ NO_STORE_OOD = ("no default OOD corpus for runs trained on a token store; pass -
                 "store's tokenizer)")
 _OOD_PIECES = 8
 SENTENCE_TOKENS = 24  # positions of the sample sentence in the token-energy heat map
+# Video (issue 31.5): the default OOD set of a synthetic-video run is the synthetic source with another seed and
+# faster motion, encoded with the run's store's encoder and standardised with its statistics.
+VIDEO_SHIFT = "synthetic-video-shift"
+VIDEO_SHIFT_SEED_OFFSET = 1
+VIDEO_SHIFT_SPEED = 2.0
+NO_VIDEO_STORE_OOD = ("no default OOD set for video runs trained on a video store; pass --ood store:DIR (a video "
+                      "store of the same frame_dim)")
+ONCE = (NO_STORE_OOD, NO_VIDEO_STORE_OOD)  # said once per `think`, not once per run
 SWEEP_MARKER = "ebt_checkpoint.json"  # written by ebt_scaling.sched.trainable next to a stored checkpoint
 
 
@@ -105,8 +123,9 @@ def default_ood(train_source: str) -> str | None:
 
 
 def ood_label(source: str) -> str:
-    if source.startswith("text:"):
-        return "text:" + pathlib.Path(source[5:]).name
+    if source.startswith(("text:", "store:")):
+        kind, _, path = source.partition(":")
+        return f"{kind}:" + pathlib.Path(path).name
     return source
 
 
@@ -167,27 +186,79 @@ def _encode_ood(docs: Sequence[str], tok, source: str, spec: RunSpec, n_batches:
     return _windows(stream, n_batches, batch_size, seq_len)
 
 
+def video_ood_batches(source: str, data: VideoData, spec: RunSpec, n_batches: int, batch_size: int,
+                      seq_len: int) -> list[np.ndarray]:
+    """OOD windows (B, T+1, E) for a video run, standardised with the run's own store statistics (the model's input
+    space): ``synthetic-video-shift`` (the synthetic clips with seed + 1 and ``VIDEO_SHIFT_SPEED`` x the motion,
+    through the run's store's encoder, float16 as stored) or ``store:DIR`` (a video store of the same frame_dim:
+    windows evenly spread over all its clips)."""
+    from ebt_scaling.data.video import DTYPE, VideoStore, patch_encoder, synthetic_clip
+    from ebt_scaling.data.video_data import SYNTHETIC_VIDEO_SEED
+
+    n = n_batches * batch_size
+    if source == VIDEO_SHIFT:
+        p = data.store.manifest["params"]
+        if p.get("source") != "synthetic" or p.get("encoder") != "patch":
+            raise DataError(f"--ood {VIDEO_SHIFT}: only for runs trained on synthetic video (this run: "
+                            f"{spec.data.source}); pass --ood store:DIR, a video store of frame_dim {data.frame_dim}")
+        encode = patch_encoder(data.frame_dim, p["grid"])
+        raw = np.stack([encode(synthetic_clip(SYNTHETIC_VIDEO_SEED + VIDEO_SHIFT_SEED_OFFSET, i, seq_len + 1,
+                                              p["size"], speed=VIDEO_SHIFT_SPEED)) for i in range(n)])
+        rows = raw.astype(DTYPE).astype(np.float32)
+    elif source.startswith("store:"):
+        folder = pathlib.Path(source[6:]).expanduser()
+        if folder.resolve() == data.store.out.resolve():
+            raise DataError(f"--ood {source}: the run was trained on this store; choose another video store")
+        store = VideoStore(folder, cache_dir=spec.data.cache_dir)
+        if store.frame_dim != data.frame_dim:
+            raise DataError(f"--ood {source}: frame_dim {store.frame_dim} differs from the run's {data.frame_dim}; "
+                            f"prepare the OOD store with --frame-dim {data.frame_dim}")
+        if store.clip_frames < seq_len + 1:
+            raise DataError(f"--ood {source}: clips of {store.clip_frames} frames are shorter than the run's "
+                            f"{seq_len + 1}-frame windows; prepare it with --clip-frames {seq_len + 1}")
+        clips = store.all()
+        w = store.clip_frames - seq_len
+        pos = np.linspace(0, len(clips) * w - 1, n).round().astype(np.int64)
+        rows = np.stack([clips[c, o:o + seq_len + 1] for c, o in zip(pos // w, pos % w, strict=True)])
+    else:
+        raise DataError(f"--ood {source}: a video run reads frame embeddings; use --ood {VIDEO_SHIFT} (synthetic-video "
+                        f"runs) or store:DIR (a video store of frame_dim {data.frame_dim})")
+    rows = ((rows - data.mean) / data.std).astype(np.float32)
+    return [rows[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+
+
 # ------------------------------------------------------------------------------------------ evaluation
 @dataclass
 class SplitResult:
-    """Perplexity per (steps, samples) of one split, plus energies of sample 0 per step count."""
+    """Perplexity (text) or SmoothL1 (video: ``loss``, ``measure`` "smooth_l1") per (steps, samples) of one split,
+    plus energies of sample 0 per step count."""
 
     ppl: dict[tuple[int, int], float]
     energy_steps: list[float] = field(default_factory=list)  # mean energy after k = 0..K steps (sample 0)
-    token_energy: list[list[float]] = field(default_factory=list)  # [k][position] for the sample sentence
+    token_energy: list[list[float]] = field(default_factory=list)  # [k][position] for the sample sentence / clip
     token_target: list[int] = field(default_factory=list)
-    tokens: int = 0
+    tokens: int = 0  # predicted units: tokens, or frames for video
+    loss: dict[tuple[int, int], float] = field(default_factory=dict)  # video: SmoothL1 per (steps, samples)
+    measure: str = "ppl"  # what ``values`` holds: "ppl" or "smooth_l1" (train/modality.py's think_measure)
+    baselines: dict[str, float] = field(default_factory=dict)  # video: copy_loss, mean_loss on the same windows
+
+    @property
+    def values(self) -> dict[tuple[int, int], float]:
+        """The reported measure per (steps, samples): lower is better in both modalities."""
+        return self.ppl if self.measure == "ppl" else self.loss
 
 
-def _ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy (B, T) in nats."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+_ce = TEXT.unit_losses  # per-token cross-entropy (B, T) in nats
 
 
 def evaluate_split(model: torch.nn.Module, batches: Sequence[np.ndarray], steps: Sequence[int],
                    samples: Sequence[int], *, seed: int, device: torch.device,
                    on_batch: Callable[[int], None] | None = None) -> SplitResult:
-    """Perplexity for every (k in steps, N in samples) on ``batches`` (each (B, T+1) int64)."""
+    """Perplexity for every (k in steps, N in samples) on ``batches`` (each (B, T+1) int64); for a video model
+    SmoothL1 on frame windows (B, T+1, E) (``_evaluate_frames``)."""
+    mod = modality_of(model.cfg)
+    if mod.name == "video":
+        return _evaluate_frames(model, batches, steps, samples, seed=seed, device=device, on_batch=on_batch)
     steps, samples = sorted(set(steps)), sorted(set(samples))
     is_ebt = model.cfg.family == "ebt"
     sums = {(k, n): 0.0 for k in steps for n in samples}
@@ -258,6 +329,46 @@ def evaluate_split(model: torch.nn.Module, batches: Sequence[np.ndarray], steps:
     return SplitResult(ppl, energy_steps, token_energy, token_target, n_tok)
 
 
+def _evaluate_frames(model: torch.nn.Module, batches: Sequence[np.ndarray], steps: Sequence[int],
+                     samples: Sequence[int], *, seed: int, device: torch.device,
+                     on_batch: Callable[[int], None] | None = None) -> SplitResult:
+    """Video: frame-mean SmoothL1 for every (k, N) (``VideoEBT.think_grid`` with sample s of batch b drawing from its
+    own generator, seeded ``sample_seed(seed, b, s)``), sample 0's mean energy after k = 0..max steps, the energies
+    of batch 0's first clip per predicted frame, and the copy / mean baselines on the same windows."""
+    mod = VIDEO
+    steps, samples = sorted(set(steps)), sorted(set(samples))
+    is_ebt = model.cfg.family == "ebt"
+    sums = {(k, n): 0.0 for k in steps for n in samples}
+    base = {"copy_loss": 0.0, "mean_loss": 0.0}
+    e_sums = [0.0] * (steps[-1] + 1)
+    n_frames = 0
+    clip_energy: list[list[float]] = []
+    for b, arr in enumerate(batches):
+        frames, tgt = inputs_targets(torch.from_numpy(np.asarray(arr, dtype=np.float32)).to(device))
+        n_frames += target_count(tgt)
+        base["copy_loss"] += float(mod.unit_losses(frames, tgt).sum())
+        base["mean_loss"] += float(mod.unit_losses(torch.zeros_like(tgt), tgt).sum())
+        if not is_ebt:
+            with torch.no_grad():
+                loss = float(mod.unit_losses(model(frames), tgt).sum())
+            for key in sums:  # one pass whatever the budget: the flat baseline
+                sums[key] += loss
+        else:
+            gens = [torch.Generator(device=device).manual_seed(sample_seed(seed, b, s)) for s in range(samples[-1])]
+            grid = model.think_grid(frames, steps, samples, gens)
+            for key, y in grid.y.items():
+                sums[key] += float(mod.unit_losses(y, tgt).sum())
+            for k, e in enumerate(grid.energy_steps):
+                e_sums[k] += float(e.sum())
+            if b == 0:
+                clip_energy = [[float(x) for x in e[0]] for e in grid.energy_steps]
+        if on_batch:
+            on_batch(b)
+    loss = {key: mod.from_mean_loss(v / n_frames) for key, v in sums.items()}
+    return SplitResult({}, [v / n_frames for v in e_sums] if is_ebt else [], clip_energy, [], n_frames, loss=loss,
+                       measure=mod.think_measure, baselines={k: v / n_frames for k, v in base.items()})
+
+
 @dataclass
 class RunThinking:
     """Everything measured for one run."""
@@ -281,6 +392,9 @@ def think_run(spec: RunSpec, checkpoint: str, *, steps: Sequence[int], samples: 
     model = load_run_model(spec, checkpoint, dev)
     T = spec.model.sequence_len
     B = batch_size or spec.train.batch_size
+    if spec.model.modality == "video":
+        return _think_video_run(model, spec, steps=steps, samples=samples, ood=ood, n_batches=n_batches,
+                                batch_size=B, seed=seed, device=dev, on_batch=on_batch)
     store_run = spec.data.source.startswith("store:")
     # Validation rows: a built-in source in packed mode keeps the corpus's own validation windows (as before token
     # stores existed); a token store or document sampling takes the run's validation split from its sampler
@@ -305,11 +419,43 @@ def think_run(spec: RunSpec, checkpoint: str, *, steps: Sequence[int], samples: 
     elif ood == "auto" and src is None:
         msgs.append(f"no OOD corpus for a run trained on {spec.data.source} (the `bible` program is not "
                     "installed: `apt-get install bible-kjv`, or pass --ood text:PATH)")
+    if src is not None and (src == VIDEO_SHIFT or src.startswith("store:")):
+        raise DataError(f"--ood {src}: video OOD sets are for video runs; a text run takes kjv, shakespeare, "
+                        "synthetic-shift or text:PATH")
     if src is not None:
         if corpus is None:
             ob = store_ood_batches(src, spec, n_batches, B, T)
         else:
             ob = ood_batches(src, corpus, spec, n_batches, B, T)
         ood_res = evaluate_split(model, ob, grid, samples, seed=seed, device=dev,
+                                 on_batch=(lambda b: on_batch("ood", b)) if on_batch else None)
+    return RunThinking(spec.model.family, base, val, ood_res, ood_label(src) if src else None, msgs)
+
+
+def _think_video_run(model: torch.nn.Module, spec: RunSpec, *, steps: Sequence[int], samples: Sequence[int],
+                     ood: str | None, n_batches: int, batch_size: int, seed: int, device: torch.device,
+                     on_batch: Callable[[str, int], None] | None) -> RunThinking:
+    """``think_run`` of a video run: its VideoData's fixed validation windows (``val_batches``: the same validation
+    clips as training, ``n_batches`` x ``batch_size`` windows spread evenly over them) and, with ``ood``, an OOD set
+    (``video_ood_batches``; ``auto``: ``synthetic-video-shift`` for a synthetic-video run, none for a store run)."""
+    from ebt_scaling.config import is_synthetic_video
+
+    T = spec.model.sequence_len
+    data = open_data(spec.data, T, seed=spec.train.seed, progress=lambda m: None, frame_dim=spec.model.frame_dim)
+    val_b = data.val_batches(n_batches, batch_size, T)
+    base = spec.model.eval_steps if spec.model.family == "ebt" else 1
+    grid = sorted(set(steps) | {base})
+    msgs: list[str] = []
+    val = evaluate_split(model, val_b, grid, samples, seed=seed, device=device,
+                         on_batch=(lambda b: on_batch("val", b)) if on_batch else None)
+    src = ood
+    if ood == "auto":
+        src = VIDEO_SHIFT if is_synthetic_video(spec.data.source) else None
+        if src is None:
+            msgs.append(NO_VIDEO_STORE_OOD)
+    ood_res = None
+    if src is not None:
+        ob = video_ood_batches(src, data, spec, n_batches, batch_size, T)
+        ood_res = evaluate_split(model, ob, grid, samples, seed=seed, device=device,
                                  on_batch=(lambda b: on_batch("ood", b)) if on_batch else None)
     return RunThinking(spec.model.family, base, val, ood_res, ood_label(src) if src else None, msgs)

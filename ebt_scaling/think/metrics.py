@@ -18,6 +18,12 @@ Metric series stored per run (``step`` of the MetricPoint in brackets):
 * ``think/summary/NAME``  [0]  derived numbers: ``base_steps``, ``gain_longer/split=S``,
   ``gain_verify/split=S``, ``gain_max/split=S``, ``ood_magnitude``.
 
+Video runs (issue 31.5) report SmoothL1, never under a ``ppl`` name: ``think/loss/split=SPLIT/samples=N`` [passes]
+holds the frame-mean SmoothL1 of the minimum-energy candidate (OOD splits ``ood:synthetic-video-shift`` or
+``ood:store:NAME``), ``think/frame_energy/k=K`` [position] the energies of one validation clip's predicted frames,
+``think/summary/copy_loss/split=S`` and ``mean_loss/split=S`` the copy-last-frame and mean-embedding baselines on
+the same windows. The gains and the OOD magnitude are the same formulas on SmoothL1 (lower is better in both).
+
 Gains are the paper's "% perplexity improvement" relative to the EBT's own baseline setting, which here is
 its trained validation step count (``ModelConfig.eval_steps``; 3 for ebt_s2, 2 for ebt_s1) with one sample:
 gain = (ppl_base - ppl) / ppl_base (positive = thinking helped). ``gain_longer``: best over more steps
@@ -36,6 +42,8 @@ from ebt_scaling.errors import ConfigError
 
 PREFIX = "think/"
 _PPL = re.compile(r"^think/ppl/split=(?P<split>.+)/samples=(?P<n>\d+)$")
+_CURVE = re.compile(r"^think/(?P<q>ppl|loss)/split=(?P<split>.+)/samples=(?P<n>\d+)$")
+MEASURES = {"ppl": "perplexity", "smooth_l1": "SmoothL1"}  # think_measure -> its name in words
 
 
 def ppl_name(split: str, samples: int) -> str:
@@ -45,6 +53,28 @@ def ppl_name(split: str, samples: int) -> str:
 def parse_ppl_name(name: str) -> tuple[str, int] | None:
     m = _PPL.match(name)
     return (m.group("split"), int(m.group("n"))) if m else None
+
+
+def loss_name(split: str, samples: int) -> str:
+    """A video run's SmoothL1 series (the neutral twin of ``ppl_name``: a loss, not a perplexity)."""
+    return f"think/loss/split={split}/samples={samples}"
+
+
+def curve_name(measure: str, split: str, samples: int) -> str:
+    """The series of ``measure`` ("ppl" or "smooth_l1", ``Modality.think_measure``) for one split and sample count."""
+    return ppl_name(split, samples) if measure == "ppl" else loss_name(split, samples)
+
+
+def parse_curve_name(name: str) -> tuple[str, str, int] | None:
+    """``think/ppl/...`` -> ("ppl", split, N); ``think/loss/...`` -> ("smooth_l1", split, N); else None."""
+    m = _CURVE.match(name)
+    if not m:
+        return None
+    return ("ppl" if m.group("q") == "ppl" else "smooth_l1"), m.group("split"), int(m.group("n"))
+
+
+def frame_energy_name(k: int) -> str:
+    return f"think/frame_energy/k={k}"
 
 
 def energy_name(split: str = "val") -> str:
@@ -121,6 +151,14 @@ def setting_label(at: tuple[int, int] | None) -> str | None:
         return None
     k, n = at
     return f"steps={k}" + (f" x samples={n}" if n > 1 else "")
+
+
+def setting_words(at: tuple[int, int] | None) -> str | None:
+    """``(4, 8)`` -> ``"4 steps x best-of-8"``, ``(6, 1)`` -> ``"6 steps"``: a setting for the summary line."""
+    if at is None:
+        return None
+    k, n = at
+    return f"{k} step{'s' if k != 1 else ''}" + (f" x best-of-{n}" if n > 1 else "")
 
 
 def ood_magnitude(ppl_ood_base: float, ppl_val_base: float) -> float:

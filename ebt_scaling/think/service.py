@@ -36,38 +36,45 @@ def run_label(run: Any) -> str:
 
 
 def points_for(res: Any) -> list[MetricPoint]:
-    """Metric points of one ``RunThinking`` (names in ``metrics``)."""
+    """Metric points of one ``RunThinking`` (names in ``metrics``): perplexity series for text runs, SmoothL1
+    (``think/loss/...``) and per-frame energies for video runs."""
     pts: list[MetricPoint] = []
+    measure = res.val.measure
     splits = [("val", res.val)] + ([(f"ood:{res.ood_source}", res.ood)] if res.ood is not None else [])
-    budgets = sorted({tm.passes(k, n) for (k, n) in res.val.ppl})
+    budgets = sorted({tm.passes(k, n) for (k, n) in res.val.values})
     for split, sr in splits:
         if res.family == "ebt":
-            for (k, n), v in sr.ppl.items():
-                pts.append(MetricPoint(tm.ppl_name(split, n), tm.passes(k, n), v))
+            for (k, n), v in sr.values.items():
+                pts.append(MetricPoint(tm.curve_name(measure, split, n), tm.passes(k, n), v))
         else:  # one pass whatever the budget: the flat baseline, drawn at the EBT budgets
-            flat = {v for v in sr.ppl.values()}
+            flat = {v for v in sr.values.values()}
             assert len(flat) == 1, flat
             v = flat.pop()
-            pts.extend(MetricPoint(tm.ppl_name(split, 1), p, v) for p in budgets)
+            pts.extend(MetricPoint(tm.curve_name(measure, split, 1), p, v) for p in budgets)
+        for name, v in sr.baselines.items():  # video: copy and mean baselines on the same windows
+            pts.append(MetricPoint(tm.summary_name(name, split), 0, v))
     if res.family == "ebt":
+        energy_row = tm.token_energy_name if measure == "ppl" else tm.frame_energy_name
         pts.extend(MetricPoint(tm.energy_name("val"), k, e) for k, e in enumerate(res.val.energy_steps))
         for k, row in enumerate(res.val.token_energy):
-            pts.extend(MetricPoint(tm.token_energy_name(k), i, e) for i, e in enumerate(row))
+            pts.extend(MetricPoint(energy_row(k), i, e) for i, e in enumerate(row))
         pts.extend(MetricPoint(tm.TOKEN_TARGET, i, float(t)) for i, t in enumerate(res.val.token_target))
         pts.append(MetricPoint(tm.summary_name("base_steps"), 0, float(res.base_steps)))
         for split, sr in splits:
-            g = tm.gains(sr.ppl, res.base_steps)
+            g = tm.gains(sr.values, res.base_steps)
             pts.append(MetricPoint(tm.summary_name("gain_longer", split), 0, g.longer))
             pts.append(MetricPoint(tm.summary_name("gain_verify", split), 0, g.verify))
             pts.append(MetricPoint(tm.summary_name("gain_max", split), 0, g.max))
     if res.ood is not None:
         base = (res.base_steps, 1)
         pts.append(MetricPoint(tm.summary_name("ood_magnitude"), 0,
-                               tm.ood_magnitude(res.ood.ppl[base], res.val.ppl[base])))
+                               tm.ood_magnitude(res.ood.values[base], res.val.values[base])))
     return pts
 
 
 def summarise(res: Any) -> dict[str, Any]:
+    if res.val.measure != "ppl":
+        return _summarise_loss(res)
     base = (res.base_steps, 1)
     out: dict[str, Any] = {"base_steps": res.base_steps, "val_ppl_base": res.val.ppl[base],
                            "val_ppl": {f"{k}x{n}": v for (k, n), v in sorted(res.val.ppl.items())},
@@ -88,6 +95,31 @@ def summarise(res: Any) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
 
+def _summarise_loss(res: Any) -> dict[str, Any]:
+    """The summary of a video run: SmoothL1 (``val_loss*``, ``ood_loss*``; lower is better), the copy and mean
+    baselines on the same windows, gains as for text, settings in words (``"4 steps x best-of-8"``)."""
+    base = (res.base_steps, 1)
+    out: dict[str, Any] = {"measure": res.val.measure, "base_steps": res.base_steps,
+                           "val_loss_base": res.val.loss[base],
+                           "val_loss": {f"{k}x{n}": v for (k, n), v in sorted(res.val.loss.items())},
+                           "ood_source": res.ood_source, "frames_per_split": res.val.tokens,
+                           **{f"val_{k}": v for k, v in res.val.baselines.items()}}
+    splits = [("val", res.val)] + ([("ood", res.ood)] if res.ood is not None else [])
+    for pre, sr in splits:
+        if pre == "ood":
+            out.update(ood_loss_base=sr.loss[base], ood_loss={f"{k}x{n}": v for (k, n), v in sorted(sr.loss.items())},
+                       ood_magnitude=tm.ood_magnitude(sr.loss[base], res.val.loss[base]),
+                       **{f"ood_{k}": v for k, v in sr.baselines.items()})
+        if res.family == "ebt":
+            g = tm.gains(sr.loss, res.base_steps)
+            out.update({f"{pre}_gain_longer": g.longer, f"{pre}_gain_verify": g.verify, f"{pre}_gain_max": g.max,
+                        f"{pre}_longer_at": tm.setting_words(g.longer_at),
+                        f"{pre}_verify_at": tm.setting_words(g.verify_at), f"{pre}_max_at": tm.setting_words(g.max_at)})
+    if res.family == "ebt":
+        out["energy_steps"] = res.val.energy_steps
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
 def think_sweep(store: Store, sweep: str, *, steps: Sequence[int], samples: Sequence[int], ood: str | None,
                 n_batches: int, batch_size: int | None = None, seed: int = 0, device: str = "cpu",
                 on_message: Callable[[str], None] | None = None,
@@ -96,7 +128,7 @@ def think_sweep(store: Store, sweep: str, *, steps: Sequence[int], samples: Sequ
     (no checkpoint, missing corpus) are reported and skipped. Raises ``NotFound`` when the sweep has no
     completed run."""
     from ebt_scaling.config import RunSpec
-    from ebt_scaling.think.evaluate import NO_STORE_OOD, think_run
+    from ebt_scaling.think.evaluate import ONCE, think_run
 
     store.get_sweep(sweep)  # NotFound with the store's one-line message
     runs = store.list_runs(sweep=sweep, status="completed")
@@ -126,7 +158,7 @@ def think_sweep(store: Store, sweep: str, *, steps: Sequence[int], samples: Sequ
         for m in res.messages:
             if m not in said:  # a message that is the same for every run (no OOD default) is said once
                 said.add(m)
-                say(m if m == NO_STORE_OOD else f"{label}: {m}")
+                say(m if m in ONCE else f"{label}: {m}")
         pts = points_for(res)
         if hasattr(store, "delete_metrics"):  # a new grid replaces the previous one entirely
             store.delete_metrics(run.id, tm.PREFIX)

@@ -9,6 +9,8 @@
   flops_per_unit FLOPs per predicted unit (``flops.flops_per_token`` / ``video_flops.video_flops_per_frame``)
   param_counts   the model's parameter groups (``non_embedding`` and ``total`` in both)
   baselines      the result's reference losses: text ``unigram_loss``; video ``copy_loss`` and ``mean_loss``
+  think_measure  what ``ebt-scale think`` reports (``ppl`` or ``smooth_l1``), from ``unit_losses`` (per predicted
+                 unit) and ``from_mean_loss``
 
 The sample rows themselves say how they split and count (``inputs_targets``, ``target_count``): integer rows
 (B, T+1) are tokens, padded with -100 in document mode; float rows (B, T+1, E) are frame embeddings, every target
@@ -17,13 +19,16 @@ frame real. So the step, the micro-batches and the data-parallel ranks need no m
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ebt_scaling.config import ModelConfig
 from ebt_scaling.models.flops import flops_per_token, param_counts
+from ebt_scaling.models.layers import upcast
 from ebt_scaling.models.video_flops import video_flops_per_frame, video_param_counts
 
 PAD = -100  # the token rows' padding (data/sampler.py), the models' ignore index
@@ -61,6 +66,25 @@ class Modality:
 
     def param_counts(self, cfg: ModelConfig) -> dict[str, int]:
         return video_param_counts(cfg, cfg.frame_dim) if cfg.frame_dim is not None else param_counts(cfg)
+
+    @property
+    def think_measure(self) -> str:
+        """What ``ebt-scale think`` reports per (steps, samples): "ppl" (text) or "smooth_l1" (video; no perplexity)."""
+        return "ppl" if self.perplexity else self.val_key
+
+    def unit_losses(self, pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of every predicted unit (B, T) in fp32 or wider: text, the cross-entropy (nats) of logits (B, T, V)
+        against ids (B, T) (padding, -100, gives 0); video, SmoothL1 (beta 1) of embeddings (B, T, E) averaged over E,
+        so the mean over units is the models' loss."""
+        if self.name == "video":
+            return F.smooth_l1_loss(upcast(pred), upcast(targets), reduction="none", beta=1.0).mean(-1)
+        return F.cross_entropy(pred.float().flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+    def from_mean_loss(self, mean: float) -> float:
+        """The reported measure of a mean unit loss: perplexity exp(mean) (inf past exp(700)) or the loss itself."""
+        if self.name == "video":
+            return mean
+        return math.exp(mean) if mean < 700 else math.inf
 
     def baselines(self, corpus: Any, n_val_windows: int) -> dict[str, float]:
         """The result's reference losses on the validation set of ``n_val_windows`` windows."""
