@@ -4,6 +4,7 @@ CI start one); otherwise they are skipped with that reason."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,24 @@ def _isolated_env(monkeypatch, tmp_path_factory):
     monkeypatch.delenv("COLUMNS", raising=False)  # piped CLI output: the wide tables, whatever the CI terminal
     monkeypatch.setenv("EBT_SCALE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_lock_files_left(tmp_path_factory):
+    """Remove, at the end of the session, the two lock files each SQLite database leaves in the temp directory
+    (``/tmp/ebt-scale-<key>.lock`` and ``.writer.lock``, db/engine.py ``lock_files``): every test database lives
+    under the session's temp folder, and nothing opens it once the session is over. A database a test deleted
+    (tests/test_db_vanish.py) cannot be named here and keeps its pair."""
+    yield
+    from ebt_scaling.db.engine import lock_files
+
+    for folder, _, files in os.walk(tmp_path_factory.getbasetemp().resolve()):  # symlinks not followed
+        for name in files:
+            for lock in lock_files(Path(folder) / name):
+                try:
+                    os.unlink(lock)
+                except FileNotFoundError:
+                    pass
 
 
 @pytest.fixture(scope="session")

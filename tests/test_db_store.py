@@ -312,3 +312,26 @@ def test_calibrations_replace_per_key_and_come_back_as_records(store):
         store.save_calibration(dataclasses.replace(cal, seconds_per_step=0.0))
     with pytest.raises(StoreError, match="device_kind 'tpu'"):
         store.save_calibration(dataclasses.replace(cal, device_kind="tpu"))
+
+
+def test_a_sqlite_database_uses_the_two_lock_files_that_lock_files_names(tmp_path):
+    """``lock_files`` names the files the init lock and the writers' queue use (the test session removes them
+    by that name at its end, conftest.py): created by a write, nothing else of the database's in the temp
+    directory, and a symlinked path names the same files as the file it points to."""
+    import os
+
+    from ebt_scaling.db.engine import lock_files
+
+    db = tmp_path / "l.db"
+    init, writer = lock_files(db.resolve())
+    with Store(f"sqlite:///{db}") as st:
+        st.create_sweep("a", "depth")
+        assert os.path.isfile(init) and os.path.isfile(writer)
+        assert os.path.basename(init).startswith("ebt-scale-") and writer == init[:-len(".lock")] + ".writer.lock"
+    (tmp_path / "link.db").symlink_to(db)
+    assert lock_files((tmp_path / "link.db").resolve()) == (init, writer)
+    for f in (init, writer):
+        os.unlink(f)
+    with Store(f"sqlite:///{tmp_path / 'link.db'}") as st:  # the same database through the link: the same queue
+        st.create_sweep("b", "depth")  # (the schema exists: no init lock this time)
+        assert os.path.isfile(writer) and not os.path.exists(init)

@@ -43,6 +43,15 @@ def test_a_store_stops_when_its_sqlite_file_is_deleted_or_replaced(tmp_path, how
         con = sqlite3.connect(db)
         assert con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
         con.close()
+    _remove_lock_files(db)
+
+
+def _remove_lock_files(db: pathlib.Path) -> None:
+    """The lock files of a database this test deleted (the session's clean-up finds only files still there)."""
+    from ebt_scaling.db.engine import lock_files
+
+    for f in lock_files(db.resolve()):
+        pathlib.Path(f).unlink(missing_ok=True)
 
 
 def test_an_untouched_database_is_reopened_and_written_as_usual(tmp_path):
@@ -111,6 +120,7 @@ def test_a_sweep_whose_database_is_deleted_mid_run_exits_non_zero_without_comple
     assert "completed" not in out, out
     assert f"error: the SQLite database {db} was deleted while this process was using it" in err, err
     assert "Traceback" not in err, err
+    _remove_lock_files(db)
 
 
 @pytest.mark.postgres

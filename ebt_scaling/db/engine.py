@@ -210,6 +210,15 @@ def make_engine(url: str, *, null_pool: bool = False) -> Engine:
         raise StoreError(f"cannot use {mask_url(url)}: {scrub(str(exc))}; {URL_HELP}") from None
 
 
+def lock_files(path: Path) -> tuple[str, str]:
+    """The two lock files of the SQLite database ``path`` (resolved), in the temp directory: the init lock
+    (``init_lock``) and the writers' queue (``WriterLock``). They outlive the database; a caller that
+    knows a database is gone for good (a test's temporary folder) may remove them."""
+    key = hashlib.sha256(str(path).encode()).hexdigest()[:20]
+    base = os.path.join(tempfile.gettempdir(), f"ebt-scale-{key}")
+    return base + ".lock", base + ".writer.lock"
+
+
 @contextmanager
 def init_lock(engine: Engine) -> Iterator[None]:
     """Serialise first-time schema creation and migrations between processes on this host.
@@ -224,8 +233,7 @@ def init_lock(engine: Engine) -> Iterator[None]:
         return
     from filelock import FileLock
 
-    key = hashlib.sha256(str(path).encode()).hexdigest()[:20]
-    lock = FileLock(os.path.join(tempfile.gettempdir(), f"ebt-scale-{key}.lock"))
+    lock = FileLock(lock_files(path)[0])
     with lock.acquire(timeout=300):
         yield
 
@@ -252,8 +260,7 @@ class WriterLock:
         self._thread_lock = threading.Lock()
         self._path: str | None = None
         if path is not None:
-            key = hashlib.sha256(str(path).encode()).hexdigest()[:20]
-            self._path = os.path.join(tempfile.gettempdir(), f"ebt-scale-{key}.writer.lock")
+            self._path = lock_files(path)[1]
 
     @contextmanager
     def hold(self) -> Iterator[None]:
