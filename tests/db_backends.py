@@ -54,3 +54,9 @@ def _pg_db_url(request) -> Iterator[str]:
 db_url_fixture = pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
                                 name="db_url")(_db_url)
 pg_db_url_fixture = pytest.fixture(name="pg_db_url")(_pg_db_url)
+
+#: On a test that takes ``db_url`` and whose logic does not depend on the backend (a fit, a report): its
+#: PostgreSQL case leaves the default suite for ``-m slow``. The Store's own PostgreSQL behaviour (fits, links,
+#: imports, migrations) stays in the default suite: tests/test_db_*.py and tests/test_cli_db.py.
+slow_on_postgresql = pytest.mark.parametrize(
+    "db_url", ["sqlite", pytest.param("postgresql", marks=[pytest.mark.postgres, pytest.mark.slow])], indirect=True)

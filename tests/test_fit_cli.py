@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from db_backends import db_url_fixture  # noqa: F401  (``db_url``)
+from db_backends import db_url_fixture, slow_on_postgresql  # noqa: F401  (``db_url``)
 from test_report import count_pages
 from typer.testing import CliRunner
 
@@ -37,10 +37,11 @@ def write_csv(path, axes=("data", "flops"), seeds=3):
     return str(path)
 
 
+@slow_on_postgresql  # the fits' storage on PostgreSQL: test_db_store.py::test_fits_link_exact_runs
 def test_import_fit_json_reuse_and_report(db_url, tmp_path):
     r = invoke("import", write_csv(tmp_path / "runs.csv"), "--sweep", "synth", "--db", db_url)
     assert r.exit_code == 0, r.output
-    r = invoke("fit", "--sweep", "synth", "--json", "--db", db_url, "--resamples", "500")
+    r = invoke("fit", "--sweep", "synth", "--json", "--db", db_url, "--resamples", "200")
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["sweep"] == "synth"
@@ -68,7 +69,7 @@ def test_import_fit_json_reuse_and_report(db_url, tmp_path):
     assert all(set(f.run_ids) <= runs for f in fits)
     assert {len(f.run_ids) for f in fits if f.family == "ebt"} == {18}
 
-    again = invoke("fit", "--sweep", "synth", "--json", "--db", db_url, "--resamples", "500")
+    again = invoke("fit", "--sweep", "synth", "--json", "--db", db_url, "--resamples", "200")
     assert again.exit_code == 0, again.output
     out2 = json.loads(again.stdout)
     assert all(a["reused"] for a in out2["axes"])
@@ -76,22 +77,22 @@ def test_import_fit_json_reuse_and_report(db_url, tmp_path):
     with Store(db_url) as store:
         assert len(store.list_fits(sweep="synth")) == 2 * len(fits)  # nothing new stored
 
-    table = invoke("fit", "--sweep", "synth", "--db", db_url, "--resamples", "500", "--axis", "flops")
+    table = invoke("fit", "--sweep", "synth", "--db", db_url, "--resamples", "200", "--axis", "flops")
     assert table.exit_code == 0, table.output
     assert "flops" in table.stdout and "reused" in table.stdout and "crossover" in table.stdout
-    one = json.loads(invoke("fit", "--sweep", "synth", "--db", db_url, "--resamples", "500", "--axis", "flops",
+    one = json.loads(invoke("fit", "--sweep", "synth", "--db", db_url, "--resamples", "200", "--axis", "flops",
                             "--json").stdout)
     assert [a["axis"] for a in one["axes"]] == ["flops"]
     assert one["axes"][0]["p_value_holm"] == out2["axes"][1]["p_value_holm"]  # Holm over the sweep's axes
     assert one["axes"][0]["comparison"]["holm_axes"] == 2
 
     pdf = tmp_path / "report.pdf"
-    r = invoke("report", "--sweep", "synth", "--out", str(pdf), "--db", db_url, "--resamples", "500")
+    r = invoke("report", "--sweep", "synth", "--out", str(pdf), "--db", db_url, "--resamples", "200")
     assert r.exit_code == 0, r.output
     assert count_pages(pdf) >= 3
     assert "pages" in r.stdout
     first = pdf.read_bytes()
-    r = invoke("report", "--sweep", "synth", "--out", str(pdf), "--db", db_url, "--resamples", "500")
+    r = invoke("report", "--sweep", "synth", "--out", str(pdf), "--db", db_url, "--resamples", "200")
     assert r.exit_code == 0 and pdf.read_bytes() == first
 
 

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from db_backends import db_url_fixture  # noqa: F401  (``db_url``)
+from db_backends import db_url_fixture, slow_on_postgresql  # noqa: F401  (``db_url``)
 from test_report import count_pages
 from typer.testing import CliRunner
 
@@ -162,6 +162,7 @@ def write_csv(path: pathlib.Path, rows: list[IsoRow], x_column: bool = False) ->
     return str(path)
 
 
+@slow_on_postgresql  # isoflop rows on PostgreSQL: test_import_refuses_incomplete_compute_rows below
 def test_import_and_fit_cli_reproduce_fit_isoflop(db_url, tmp_path):
     rows = synthetic_rows()
     r = runner.invoke(app, ["import", write_csv(tmp_path / "iso.csv", rows), "--sweep", "iso", "--db", db_url])
@@ -218,6 +219,7 @@ def test_import_refuses_incomplete_compute_rows(db_url, tmp_path):
 EPOCH = {"E": 1.8172, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}  # Besiroglu et al. 2024
 
 
+@slow_on_postgresql  # isoflop rows on PostgreSQL: test_import_refuses_incomplete_compute_rows below
 def test_chinchilla_points_imported_reproduce_epochs_approach_3(db_url, tmp_path):
     """Epoch AI's extraction of Chinchilla's Figure 4 (tests/data/chinchilla), imported as compute rows (D = C / 6N)
     and fitted through the CLI, gives Epoch's published approach-3 law inside its bootstrap intervals."""
