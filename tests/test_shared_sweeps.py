@@ -31,9 +31,14 @@ def _spec(tmp_path: Path, name: str, seeds: str) -> Path:
     return p
 
 
-def _runs_json(url: str, sweep: str) -> list[dict]:
-    r = cli("runs", "--sweep", sweep, "--db", url, "--format", "json")
-    assert r.returncode == 0, r.stdout + r.stderr
+def _runs_json(url: str, sweep: str | None) -> list[dict]:
+    """`ebt-scale runs --format json` (of one sweep, or every run), in this process."""
+    from typer.testing import CliRunner
+
+    from ebt_scaling.cli.main import app
+
+    r = CliRunner().invoke(app, ["runs", *(["--sweep", sweep] if sweep else []), "--db", url, "--format", "json"])
+    assert r.exit_code == 0, r.output
     return json.loads(r.stdout)
 
 
@@ -49,14 +54,8 @@ def test_a_second_sweep_of_the_same_configurations_links_the_trained_runs(tmp_pa
     assert [x["run_id"] for x in second] == [x["run_id"] for x in first] and len(first) == 2
     assert {x["sweep"] for x in second} == {"second"} and {x["source"] for x in second} == {"trained"}
     assert [x["attempts"] for x in second] == [1, 1]
-    every = _runs_json_all(url)
+    every = _runs_json(url, None)
     assert len({x["run_id"] for x in every}) == 2 and {x["source"] for x in every} == {"trained"}  # no copies
-
-
-def _runs_json_all(url: str) -> list[dict]:
-    r = cli("runs", "--db", url, "--format", "json")
-    assert r.returncode == 0, r.stdout + r.stderr
-    return json.loads(r.stdout)
 
 
 def _two_drivers_at_once(tmp_path: Path, url: str) -> None:
@@ -71,7 +70,7 @@ def _two_drivers_at_once(tmp_path: Path, url: str) -> None:
     assert len(cb) == 4 and len(ca) == 2
     shared = {x["run_id"] for x in ca}
     assert shared <= {x["run_id"] for x in cb}  # both sweeps list the shared runs: the same rows
-    every = _runs_json_all(url)
+    every = _runs_json(url, None)
     assert len({x["run_id"] for x in every}) == 4 and {x["source"] for x in every} == {"trained"}  # no copies
     assert {x["run_id"]: x["attempts"] for x in every} == {x["run_id"]: 1 for x in every}, out  # trained once
     assert all(x["status"] == "completed" for x in every)
