@@ -192,6 +192,36 @@ def test_think_cli_on_a_video_sweep(vsweep):
     assert " steps" in line and "OOD synthetic-video-shift SmoothL1" in line
     with Store(url, create=False) as store:
         assert [p.value for p in store.get_metrics(ebt_id, tm.energy_name("val"))] == energy
+        _check_pages(store)
+
+
+def _check_pages(store):
+    """The report's think pages of a video sweep: SmoothL1 axes and labels, the copy baseline, frame energies."""
+    from matplotlib.figure import Figure
+
+    from ebt_scaling.think.pages import think_pages
+
+    figs: list[Figure] = []
+
+    def new_page() -> Figure:
+        figs.append(Figure(figsize=(11.69, 8.27)))
+        return figs[-1]
+
+    for build in think_pages(store, "vthink"):
+        build(None, new_page)
+    assert len(figs) == 3
+    texts = [" ".join(t.get_text() for t in f.texts) + " " + (f._suptitle.get_text() if f._suptitle else "")
+             for f in figs]
+    assert "SmoothL1 vs forward passes" in texts[0] and "Per-frame energy" in texts[2]
+    assert not any("perplexity" in t or "ppl" in t for t in texts)
+    passes_axes = [a for a in figs[0].axes if a.get_ylabel()]
+    assert [a.get_ylabel() for a in passes_axes] == ["validation SmoothL1"] * 2
+    legend = [t.get_text() for lg in figs[0].legends for t in lg.get_texts()]
+    assert "copy last frame" in legend and "Transformer++ (flat)" in legend
+    assert figs[1].axes[0].get_ylabel() == "thinking gain (% SmoothL1 improvement)"
+    heat = figs[2].axes[0]
+    assert heat.get_ylabel() == "predicted frame" and [t.get_text() for t in heat.get_yticklabels()] == \
+        [f"frame {i}" for i in range(1, T + 1)]
 
 
 def test_video_think_ood_options_and_refusals(vsweep, tmp_path):

@@ -38,7 +38,7 @@ def _loss_chg(gain: Any, at: Any) -> str:
     """A video gain as the SmoothL1 change with its setting in words: ``-12.00% with 4 steps x best-of-8``."""
     if gain is None or (isinstance(gain, float) and not math.isfinite(gain)):
         return "-"
-    return f"{-gain * 100:+.2f}%" + (f" with {at}" if at else "")
+    return f"{-gain * 100 + 0.0:+.2f}%" + (f" with {at}" if at else "")  # + 0.0: no "-0.00%" at the baseline
 
 
 def _loss_line(o: Any) -> str:

@@ -7,6 +7,9 @@ extra_pages=...)`` (an empty list when nothing was measured, so reports without 
    count, Transformer++ as flat lines;
 2. thinking gain vs OOD magnitude (the paper's Fig. 7 view) with the numbers in a table;
 3. a token-energy heat map (predicted tokens x inner steps) for one validation sentence.
+
+Video runs (``think/loss/...`` series, issue 31.5) get the same pages with SmoothL1 in place of perplexity (the
+copy-last-frame baseline as a grey line) and a frame-energy heat map of one validation clip.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
 from ebt_scaling.think import metrics as tm
 
@@ -42,12 +45,26 @@ class ThinkRun:
     config: dict[str, Any] = field(default_factory=dict)
     axis: str = ""
     level: float | None = None  # the run's value on its sweep axis: its colour and its name in legends
+    measure: str = "ppl"  # "smooth_l1" for a video run (its curves hold SmoothL1)
 
 
 @dataclass
 class ThinkData:
     sweep: str | None
     runs: list[ThinkRun]
+
+    @property
+    def video(self) -> bool:
+        """Whether the curves hold SmoothL1 (video runs) rather than perplexity."""
+        return any(r.measure != "ppl" for r in self.runs)
+
+    @property
+    def measure(self) -> str:
+        return "SmoothL1" if self.video else "perplexity"
+
+    @property
+    def short(self) -> str:
+        return "SmoothL1" if self.video else "ppl"
 
 
 def load_think_data(store: Store, sweep: str | None = None) -> ThinkData | None:
@@ -69,13 +86,13 @@ def load_think_data(store: Store, sweep: str | None = None) -> ThinkData | None:
                       level=None if level is None else float(level))
         tok: dict[int, dict[int, float]] = {}
         for p in pts:
-            parsed = tm.parse_ppl_name(p.name)
+            parsed = tm.parse_curve_name(p.name)
             if parsed:
-                split, n = parsed
+                tr.measure, split, n = parsed
                 tr.curves.setdefault(split, {}).setdefault(n, []).append((p.step, p.value))
             elif p.name == tm.energy_name("val"):
                 tr.energy_steps.append(p.value)
-            elif p.name.startswith("think/token_energy/k="):
+            elif p.name.startswith(("think/token_energy/k=", "think/frame_energy/k=")):
                 tok.setdefault(int(p.name.rsplit("=", 1)[1]), {})[p.step] = p.value
             elif p.name == tm.TOKEN_TARGET:
                 tr.token_target.append(int(p.value))
@@ -123,7 +140,7 @@ def _splits(data: ThinkData) -> list[str]:
 
 def passes_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
     fig = new_page()
-    fig.suptitle("System-2 thinking: perplexity vs forward passes per prediction", fontsize=14, weight="bold")
+    fig.suptitle(f"System-2 thinking: {data.measure} vs forward passes per prediction", fontsize=14, weight="bold")
     fig.text(0.5, 0.905, "passes = inner steps x best-of-N samples (the scoring evaluation is not counted). "
              "Solid: one sample, more steps (thinking longer);\ndashed/dotted: best-of-N by minimum energy "
              "(self-verification), points at 1, 2, 3, ... steps x N. Transformer++: one pass whatever the budget "
@@ -154,7 +171,16 @@ def passes_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())  # one label size, no overlapping minor labels
         ax.set_xlabel("forward passes per prediction")
-        ax.set_ylabel("perplexity")
+        ax.set_ylabel("validation SmoothL1" if data.video else "perplexity")
+        copy = sorted({r.summary[f"copy_loss/split={split}"] for r in data.runs
+                       if f"copy_loss/split={split}" in r.summary})
+        if copy:  # video: the copy-last-frame baseline on the same windows
+            ax.axhline(copy[0], color="0.5", ls=(0, (4, 2)), lw=1)
+        lo, hi = ax.get_ylim()
+        if data.video and hi / max(lo, 1e-300) < 10:  # SmoothL1 within a decade: plain linear ticks read better
+            ax.set_yscale("linear")
+            ax.yaxis.set_major_locator(MaxNLocator(8))
+            ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.set_title("in distribution (validation)" if split == "val" else f"out of distribution ({split[4:]})")
         ax.grid(True, which="both", alpha=0.3)
     # one legend below the panels: colour = level, line style = family / best-of-N sample count
@@ -167,6 +193,8 @@ def passes_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
                        label=f"EBT, best of N={n}") for j, n in enumerate(all_n)]
     if any(r.family != "ebt" for r in data.runs):
         handles.append(Line2D([], [], color="k", lw=2.4, alpha=0.45, label="Transformer++ (flat)"))
+    if any(k.startswith("copy_loss/") for r in data.runs for k in r.summary):
+        handles.append(Line2D([], [], color="0.5", ls=(0, (4, 2)), lw=1, label="copy last frame"))
     fig.subplots_adjust(top=0.82, bottom=0.3, left=0.07, right=0.98, wspace=0.2)
     if handles:
         fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.2), ncol=min(6, len(handles)),
@@ -176,8 +204,9 @@ def passes_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
 def gain_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
     fig = new_page()
     fig.suptitle("Thinking gain vs out-of-distribution magnitude", fontsize=14, weight="bold")
-    fig.text(0.5, 0.905, "gain = (ppl at the trained step count, 1 sample - best ppl with at least as many passes) "
-             "/ that ppl.\nOOD magnitude = OOD ppl / validation ppl at the baseline setting (validation = 1).",
+    q = data.short
+    fig.text(0.5, 0.905, f"gain = ({q} at the trained step count, 1 sample - best {q} with at least as many passes) "
+             f"/ that {q}.\nOOD magnitude = OOD {q} / validation {q} at the baseline setting (validation = 1).",
              ha="center", va="top", fontsize=8)
     ax = fig.add_axes((0.07, 0.38, 0.5, 0.46))
     rows = []
@@ -203,8 +232,8 @@ def gain_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
                          *(f"{r.summary.get(f'{g}/split={split}', math.nan) * 100:+.2f}%"
                            for g in ("gain_longer", "gain_verify", "gain_max"))])
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("OOD magnitude (ppl / in-distribution ppl)")
-    ax.set_ylabel("thinking gain (% perplexity improvement)")
+    ax.set_xlabel(f"OOD magnitude ({q} / in-distribution {q})")
+    ax.set_ylabel(f"thinking gain (% {data.measure} improvement)")
     ax.grid(True, alpha=0.3)
     if rows:
         from matplotlib.lines import Line2D
@@ -225,7 +254,9 @@ def gain_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
         t.scale(1.0, 0.85)
     else:
         tax.text(0, 0.8, "no EBT run has thinking results", fontsize=9)
-    fig.text(0.60, 0.8, "Paper (v1 Fig. 7, xxs S2 EBT, 1M steps): the max-thinking gain rises from about 11.8%\n"
+    fig.text(0.60, 0.8, "The paper reports no System-2 results for video: the gains here are\n"
+             "this project's measurement on the run's own validation windows (SmoothL1)." if data.video else
+             "Paper (v1 Fig. 7, xxs S2 EBT, 1M steps): the max-thinking gain rises from about 11.8%\n"
              "at shift 1.0 to about 23% at shift 4.4. Tiny CPU runs are far from that regime:\n"
              "the paper reports that thinking ability emerges only with enough training data.",
              fontsize=7.5, va="top")
@@ -250,19 +281,21 @@ def energy_page(data: ThinkData, new_page: Callable[[], Figure]) -> None:
         return
     r = ebts[0]
     fig = new_page()
-    fig.suptitle(f"Per-token energy across inner steps - {r.label}", fontsize=14, weight="bold")
-    fig.text(0.5, 0.905, "Token energy heat map: one validation sentence (batch 0, row 0), energy of the candidate "
-             "for each predicted token after k inner steps (k = 0: the initial noise).\nLower = more confident; "
-             "tokens that stay high are the uncertain ones (paper Fig. 8).", ha="center", va="top", fontsize=8)
+    unit, where = ("frame", "clip") if r.measure != "ppl" else ("token", "sentence")
+    fig.suptitle(f"Per-{unit} energy across inner steps - {r.label}", fontsize=14, weight="bold")
+    fig.text(0.5, 0.905, f"{unit.capitalize()} energy heat map: one validation {where} (batch 0, row 0), energy of the "
+             f"candidate for each predicted {unit} after k inner steps (k = 0: the initial noise).\nLower = more "
+             f"confident; {unit}s that stay high are the uncertain ones (paper Fig. 8).", ha="center", va="top",
+             fontsize=8)
     mat = np.asarray(r.token_energy, dtype=float).T  # (positions, steps)
     ax = fig.add_axes((0.3, 0.13, 0.35, 0.73))  # the x label clears the footer
     im = ax.imshow(mat, aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_xticks(range(mat.shape[1]))
     ax.set_xlabel("inner steps k")
-    labels = _token_labels(r)
+    labels = _token_labels(r) if unit == "token" else [f"frame {i + 1}" for i in range(mat.shape[0])]
     ax.set_yticks(range(mat.shape[0]))
     ax.set_yticklabels(labels[:mat.shape[0]], fontsize=7, family="monospace")
-    ax.set_ylabel("predicted token")
+    ax.set_ylabel(f"predicted {unit}")
     fig.colorbar(im, ax=ax, fraction=0.05, label="energy")
     ax2 = fig.add_axes((0.76, 0.45, 0.21, 0.38))
     shade = _level_colors(data)
