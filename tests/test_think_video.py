@@ -276,3 +276,14 @@ def test_metric_names_keep_ppl_for_text_only():
     g = tm.gains({(2, 1): 0.05, (4, 1): 0.045, (2, 2): 0.04, (4, 2): 0.044, (1, 1): 0.5}, 2)
     assert g.max == pytest.approx(0.2) and g.max_at == (2, 2) and g.longer == pytest.approx(0.1)
     assert np.isfinite(g.verify)
+
+
+def test_text_runs_refuse_the_video_ood_sets(tmp_path):
+    from ebt_scaling.errors import DataError
+    from ebt_scaling.think.evaluate import think_run
+
+    spec = RunSpec(model=ModelConfig(family="ebt", n_layer=1, n_embd=16, n_head=2, vocab_size=8, sequence_len=T),
+                   train=TrainConfig(steps=1), data=DataConfig(source="synthetic", vocab_size=8))
+    for ood in ("synthetic-video-shift", f"store:{tmp_path}"):
+        with pytest.raises(DataError, match="video OOD sets are for video runs; a text run takes kjv"):
+            think_run(spec, str(tmp_path / "none"), steps=[1], samples=[1], ood=ood, n_batches=1)

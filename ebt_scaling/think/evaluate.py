@@ -388,6 +388,9 @@ def think_run(spec: RunSpec, checkpoint: str, *, steps: Sequence[int], samples: 
 
     ``ood``: a source name, ``"auto"`` (``default_ood``) or None (skip). The step grid always includes the
     run's trained validation step count (the baseline setting)."""
+    if spec.model.modality == "text" and ood is not None and (ood == VIDEO_SHIFT or ood.startswith("store:")):
+        raise DataError(f"--ood {ood}: video OOD sets are for video runs; a text run takes kjv, shakespeare, "
+                        "synthetic-shift or text:PATH")
     dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_run_model(spec, checkpoint, dev)
     T = spec.model.sequence_len
@@ -419,9 +422,6 @@ def think_run(spec: RunSpec, checkpoint: str, *, steps: Sequence[int], samples: 
     elif ood == "auto" and src is None:
         msgs.append(f"no OOD corpus for a run trained on {spec.data.source} (the `bible` program is not "
                     "installed: `apt-get install bible-kjv`, or pass --ood text:PATH)")
-    if src is not None and (src == VIDEO_SHIFT or src.startswith("store:")):
-        raise DataError(f"--ood {src}: video OOD sets are for video runs; a text run takes kjv, shakespeare, "
-                        "synthetic-shift or text:PATH")
     if src is not None:
         if corpus is None:
             ob = store_ood_batches(src, spec, n_batches, B, T)
