@@ -88,6 +88,7 @@ def test_video_fit_recovers_log_log_slopes_and_says_which_scales_faster(video_st
     c = fit.comparison
     assert c.rate_gain_ci[0] <= TRUE_GAIN <= c.rate_gain_ci[1]
     assert c.rate_gain_ci[0] > 0 and c.verdict == "EBT faster"
+    assert (c.paper_v1, c.paper_iclr) == (0.3366, None)  # the paper's video width gain (Fig. 9a), not text's +0.02%
     assert fit.baselines == {"ebt": {"copy": COPY, "mean": MEAN}, "transformer_pp": {"copy": COPY, "mean": MEAN}}
     assert "near_baseline" not in {g.code for g in fit.guards}
     # the EBT starts higher and falls faster: the SmoothL1 ratio EBT / T++ at the largest width is above 1

@@ -29,8 +29,6 @@ from ebt_scaling.fit.design import (
     stratified_resample,
 )
 from ebt_scaling.fit.results import (
-    PAPER_ICLR,
-    PAPER_V1,
     TEXT,
     AxisFit,
     Band,
@@ -44,6 +42,7 @@ from ebt_scaling.fit.results import (
     LawHoldout,
     LineHoldout,
     json_value,
+    paper_gains,
 )
 
 FIT_CODE_VERSION = 3  # bump when a change alters fitted numbers, so stored fits are not reused
@@ -381,7 +380,8 @@ def _compare(data: AxisData, s: FitSettings, lines: dict[str, ols.Line], boot: d
         p_value_method=f"interaction t-test (y ~ ln x * family), {test.variance}",
         p_value_permutation=_f(test.p_value_permutation),
         n_permutations=int(test.n_permutations), slope_diff=_f(test.diff), t=_f(test.t), df=_f(test.df),
-        paper_v1=PAPER_V1.get(data.axis), paper_iclr=PAPER_ICLR.get(data.axis),
+        paper_v1=paper_gains(data.axis, data.measure.modality)[0],
+        paper_iclr=paper_gains(data.axis, data.measure.modality)[1],
     )
     le_law, lt_law = fams[EBT].law, fams[TPP].law
     ae, at = alpha_boot.get(EBT), alpha_boot.get(TPP)

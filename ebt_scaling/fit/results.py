@@ -25,6 +25,15 @@ NO_INTERVAL: Interval = (None, None)
 
 PAPER_V1 = {"data": 0.3598, "batch": 0.2846, "depth": 0.0529, "params": 0.0291, "flops": 0.0292, "width": 0.0002}
 PAPER_ICLR = {"params": 0.0897, "flops": 0.0897}
+# video (Something-Something V2, log-log slope of the validation SmoothL1; ebt-paper.md 15.2, Figs. 9a/b of arXiv v1)
+PAPER_V1_VIDEO = {"width": 0.3366, "params": 0.3428}
+
+
+def paper_gains(axis: str, modality: str = "text") -> tuple[float | None, float | None]:
+    """The paper's published rate gains (arXiv v1, ICLR) for an axis of this modality, None where it has none."""
+    if modality == "video":
+        return PAPER_V1_VIDEO.get(axis), None
+    return PAPER_V1.get(axis), PAPER_ICLR.get(axis)
 LABELS = {"transformer_pp": "Transformer++", "ebt": "EBT"}
 
 TEXT, VIDEO = "text", "video"

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from ebt_scaling.config import FAMILY_TRAIN_KEYS  # noqa: E402
 from ebt_scaling.fit import crossover_words, exclusion_reason, plain, run_modality  # noqa: E402
-from ebt_scaling.fit.results import EXPLAIN, PAPER_ICLR, PAPER_V1, AxisFit  # noqa: E402
+from ebt_scaling.fit.results import EXPLAIN, AxisFit, paper_gains  # noqa: E402
 from ebt_scaling.report import plots, tuning  # noqa: E402
 
 PAGE_SIZE = (11.69, 8.27)  # A4 landscape, inches
@@ -190,7 +190,7 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         c = f.comparison
         t, e = f.families.get("transformer_pp"), f.families.get("ebt")
         n_t, n_e = (t.n_runs if t else 0), (e.n_runs if e else 0)
-        v1, iclr = (c.paper_v1, c.paper_iclr) if c else (PAPER_V1.get(f.axis), PAPER_ICLR.get(f.axis))
+        v1, iclr = (c.paper_v1, c.paper_iclr) if c else paper_gains(f.axis, f.modality)
         ag = "-" if c is None or c.alpha_gain is None else f"{plots.fmt_pct(c.alpha_gain, 1)} " \
                                                           f"{plots.fmt_ci_pct(c.alpha_gain_ci)}" \
                                                           + (" *" if c.exponent_unreliable else "")

@@ -217,13 +217,13 @@ def _draw_video_baselines(ax: Axes, plot: dict[str, FamilyPlot]) -> list[float]:
                 vals.setdefault(round(float(v), 9), []).append(fam)
         for v, fams in vals.items():
             who = "" if len(vals) == 1 else f" ({', '.join(LABELS[f] for f in fams)})"
-            label = f"{BASELINE_NAMES[key]} baseline{who}: SmoothL1 {v:.4g}"
+            label = f"{BASELINE_NAMES[key]} baseline{who} {v:.4g}"
             style = VIDEO_BASELINE_STYLE[key]
             if v <= 3 * top:
                 ax.axhline(v, lw=1.1, zorder=1, label=label, **style)
                 out.append(v)
-            else:
-                ax.plot([], [], lw=1.1, label=f"{label}, above this plot", **style)
+            else:  # named, not drawn: short enough for the legend column
+                ax.plot([], [], lw=1.1, label=f"{label}, above the plot", **style)
     return out
 
 
