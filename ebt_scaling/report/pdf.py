@@ -166,6 +166,13 @@ def family_settings_notes(runs: Sequence[Any]) -> list[str]:
     return out
 
 
+def _rate_y(data: ReportData) -> str:
+    """What the rate line regresses, for the modalities on the page (text: log10 perplexity; video: log10 SmoothL1)."""
+    names = {"video": "log10(validation SmoothL1)"}
+    ys = sorted({names.get(f.modality, "log10(perplexity)") for f in _sorted_fits(data)}) or ["log10(perplexity)"]
+    return " (text) / ".join(ys) + (" (video)" if len(ys) > 1 else "")
+
+
 def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
     """First what the data show, in words (per axis: which family scales faster, with the interval, or that the
     data cannot tell); then the table, how to read it, the guard-rails, and in the space left an overview plot
@@ -180,7 +187,7 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
     if head:
         fig.text(0.04, 0.905, "\n".join(head), fontsize=9, va="top", linespacing=1.4)
     shift = len(head) * 9 * 1.4 / 72 / PAGE_SIZE[1] + (0.01 if head else 0.0)
-    fig.text(0.04, 0.905 - shift, "Rate = |slope of the rate line (paper's measure)|: OLS of log10(perplexity) on "
+    fig.text(0.04, 0.905 - shift, f"Rate = |slope of the rate line (paper's measure)|: OLS of {_rate_y(data)} on "
              "log10(x); rate gain = |rate EBT| / |rate T++| - 1. Verdict at 95% after Holm adjustment across axes.",
              fontsize=8.5, va="top")
     header = ["axis", "T++/EBT", "left out", "rate gain", "95% interval", "p", "p (Holm)",
