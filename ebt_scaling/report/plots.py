@@ -141,16 +141,16 @@ def draw_scaling(ax: Axes, fit: AxisFit) -> None:
             m = p.m1
             slope = entry.slope if entry else None
             ax.plot(m.x, 10 ** _arr(m.fit), color=c, lw=1.6, zorder=2,
-                    label=f"{LABELS[fam]} M1 line, {slope_name} {_num_label(slope, '.4f')}")
+                    label=f"{LABELS[fam]} rate line, {slope_name} {_num_label(slope, '.4f')}")
             ax.fill_between(m.x, 10 ** _arr(m.lo), 10 ** _arr(m.hi), color=c, alpha=0.18,
-                            lw=0, zorder=1, label=f"{LABELS[fam]} M1 95% band (bootstrap)")
+                            lw=0, zorder=1, label=f"{LABELS[fam]} rate line 95% band (bootstrap)")
         if p.m2 is not None:
             m = p.m2
             law = entry.law if entry else None
             ax.plot(m.x, 10 ** _arr(m.fit), color=c, lw=1.2, ls="--", zorder=2,
-                    label=f"{LABELS[fam]} M2 E + A x^-a, a = {_num_label(law.alpha if law else None, '.3f')}")
+                    label=f"{LABELS[fam]} saturating law E + A x^-a, a = {_num_label(law.alpha if law else None, '.3f')}")
             ax.fill_between(m.x, 10 ** _arr(m.lo), 10 ** _arr(m.hi), color=c, alpha=0.10,
-                            lw=0, hatch=None, zorder=1, label=f"{LABELS[fam]} M2 95% band (bootstrap)")
+                            lw=0, hatch=None, zorder=1, label=f"{LABELS[fam]} saturating law 95% band (bootstrap)")
     # a loss above ~709 nats has no float perplexity: left off the limits
     pts = [float(v) for fam in ("transformer_pp", "ebt") if plot.get(fam) for v in plotted(measure, plot[fam].y)
            if math.isfinite(v) and v > 0]
@@ -241,7 +241,7 @@ def draw_residuals(ax: Axes, fit: AxisFit, which: str = "m1") -> None:
         drawn = True
     if not drawn:  # no dummy axes: one line that says why the panel is empty
         ax.axis("off")
-        what = "M1 line" if which == "m1" else "saturating law (M2)"
+        what = "rate line" if which == "m1" else "saturating law"
         ax.text(0.5, 0.5, f"{what} not fitted on this axis: the notes below say why", ha="center",
                 va="center", transform=ax.transAxes, fontsize=8, color="0.3")
         return
@@ -252,7 +252,8 @@ def draw_residuals(ax: Axes, fit: AxisFit, which: str = "m1") -> None:
     ax.set_xlabel(X_LABELS.get(fit.axis, fit.axis), fontsize=8)
     m1_unit = "log10 SmoothL1" if fit.measure.log_loss else "log10 ppl"
     ax.set_ylabel(f"residual, {m1_unit}" if which == "m1" else "residual, ln loss", fontsize=8)
-    ax.set_title("M1 residuals (curvature = lack of fit)" if which == "m1" else "M2 residuals", fontsize=9)
+    ax.set_title("rate-line residuals (curvature = lack of fit)" if which == "m1" else "saturating-law residuals",
+                 fontsize=9)
     ax.tick_params(labelsize=7)
 
 
@@ -303,8 +304,8 @@ def axis_text(fit: AxisFit) -> str:
     lines = []
     video = fit.measure.log_loss
     if video:
-        lines.append("Video: y = validation SmoothL1; M1 slope = log-log slope of SmoothL1 on x (the paper's measure); "
-                     "M2 law E + A x^-alpha in SmoothL1 units")
+        lines.append("Video: y = validation SmoothL1; rate-line slope = log-log slope of SmoothL1 on x (the paper's measure); "
+                     "saturating law E + A x^-alpha in SmoothL1 units")
     for fam in ("transformer_pp", "ebt"):
         e = fit.families.get(fam)
         if not e:
@@ -314,7 +315,7 @@ def axis_text(fit: AxisFit) -> str:
         law = e.law
         lw = "-" if not law else (f"E={_num(law.E, '.3f')} alpha={_num(law.alpha, '.3f')} "
                                   f"[{_num(law.alpha_ci[0], '.3f')}, {_num(law.alpha_ci[1], '.3f')}] ({law.e_mode} E)")
-        lines.append(f"{LABELS[fam]}: n={e.n_runs} ({e.n_levels} levels), M1 slope {s}; M2 {lw}")
+        lines.append(f"{LABELS[fam]}: n={e.n_runs} ({e.n_levels} levels), rate-line slope {s}; saturating law {lw}")
         lines.append(f"    intervals: {e.bootstrap}")
         lines.append("    diagnostics: " + diagnostics(e))
     c = fit.comparison
@@ -335,7 +336,7 @@ def axis_text(fit: AxisFit) -> str:
     if video and cr is not None and cr.loss_ratio is not None and cr.gap_at_x is not None:
         lo, hi = cr.loss_ratio_ci
         span = "" if lo is None or hi is None else f" [{lo:.4f}, {hi:.4f}]"
-        lines.append(f"SmoothL1 ratio EBT / T++ at x = {cr.gap_at_x:.4g} (M1 lines): {cr.loss_ratio:.4f}{span}")
+        lines.append(f"SmoothL1 ratio EBT / T++ at x = {cr.gap_at_x:.4g} (rate lines): {cr.loss_ratio:.4f}{span}")
     for fam in ("transformer_pp", "ebt"):
         base = (fit.baselines.get(fam) or {}) if video else {}
         if base.get("copy") is not None or base.get("mean") is not None:
@@ -398,7 +399,7 @@ def draw_crossover(ax: Axes, fit: AxisFit | None) -> None:
         c0 = None if e is None else (e.intercept_log10_loss if fit.measure.log_loss else e.intercept_log10_ppl)
         if e is not None and e.slope is not None and c0 is not None:
             yl = c0 + e.slope * np.log10(grid)
-            ax.plot(grid, 10**yl, color=COLORS[fam], lw=1.4, label=f"{LABELS[fam]} M1 line (extrapolated)")
+            ax.plot(grid, 10**yl, color=COLORS[fam], lw=1.4, label=f"{LABELS[fam]} rate line (extrapolated)")
     if lx is not None and lo <= lx <= hi:
         ax.axvline(10**lx, color="k", ls=":", lw=1)
         ci = cross.log10_x_ci if cross else (None, None)
