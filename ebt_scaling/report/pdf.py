@@ -225,9 +225,9 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         "- 'paper v1' are the figure titles of arXiv v1 (one seed, no intervals); 'paper ICLR' the camera-ready "
         "caption (params and FLOPs). 'T++/EBT': the runs in each family's fit; 'left out': runs of the axis in no "
         "fit (the runs pages say why).",
-        "- The rate line (the paper's measure; the fit's JSON calls it M1) is a straight line in log-log: its slope is not "
-        "an exponent. For L = E + A x^-alpha it equals alpha (L - E), so a family that is uniformly further from "
-        "the floor shows a higher rate. The exponent view is the saturating law E + A x^-alpha (M2 in the "
+        "- The rate line (the paper's measure; the fit's JSON calls it M1) is a straight line in log-log: its slope "
+        "is not an exponent. For L = E + A x^-alpha it equals alpha (L - E), so a family that is uniformly further "
+        "from the floor shows a higher rate. The exponent view is the saturating law E + A x^-alpha (M2 in the "
         "fit's JSON), last column.",
         "- Intervals: percentile bootstrap (seeds resampled within each level; parametric bootstrap with one seed "
         "per level). They cover seed noise only, not learning-rate tuning, schedules, checkpoint choice or the "

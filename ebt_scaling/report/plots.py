@@ -148,7 +148,8 @@ def draw_scaling(ax: Axes, fit: AxisFit) -> None:
             m = p.m2
             law = entry.law if entry else None
             ax.plot(m.x, 10 ** _arr(m.fit), color=c, lw=1.2, ls="--", zorder=2,
-                    label=f"{LABELS[fam]} saturating law E + A x^-a, a = {_num_label(law.alpha if law else None, '.3f')}")
+                    label=f"{LABELS[fam]} saturating law E + A x^-a, "
+                          f"a = {_num_label(law.alpha if law else None, '.3f')}")
             ax.fill_between(m.x, 10 ** _arr(m.lo), 10 ** _arr(m.hi), color=c, alpha=0.10,
                             lw=0, hatch=None, zorder=1, label=f"{LABELS[fam]} saturating law 95% band (bootstrap)")
     # a loss above ~709 nats has no float perplexity: left off the limits
@@ -304,8 +305,8 @@ def axis_text(fit: AxisFit) -> str:
     lines = []
     video = fit.measure.log_loss
     if video:
-        lines.append("Video: y = validation SmoothL1; rate-line slope = log-log slope of SmoothL1 on x (the paper's measure); "
-                     "saturating law E + A x^-alpha in SmoothL1 units")
+        lines.append("Video: y = validation SmoothL1; rate-line slope = log-log slope of SmoothL1 on x (the paper's "
+                     "measure); saturating law E + A x^-alpha in SmoothL1 units")
     for fam in ("transformer_pp", "ebt"):
         e = fit.families.get(fam)
         if not e:
