@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
         finally:
             store.close()
         if wants_json(fmt, as_json):
-            out = result.to_json(holdout=holdout_largest) if result is not None else {"sweep": sweep}
+            out: dict[str, Any] = result.to_json(holdout=holdout_largest) if result is not None else {"sweep": sweep}
             if iso:
                 out["isoflop"] = [r.to_json() for r in iso]
             typer.echo(json.dumps(out, indent=2, allow_nan=False))

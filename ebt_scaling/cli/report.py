@@ -3,15 +3,21 @@ provenance). Fits are reused from the database when the runs are unchanged, comp
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ebt_scaling.cli.common import DbOption, handle_errors, resolve_db
 
+if TYPE_CHECKING:  # the CLI's --help never imports SQLAlchemy (tests/test_architecture.py)
+    from ebt_scaling.db import Store
+    from ebt_scaling.fit.isoflop_store import IsoflopResult
+    from ebt_scaling.records import RunRecord
 
-def data_date(runs: list[Any]) -> Any:
+
+def data_date(runs: list[RunRecord]) -> datetime | None:
     """The latest timestamp stored with the runs: a date that only changes when the data do."""
     stamps = [t for r in runs for t in (getattr(r, "finished_at", None), getattr(r, "created_at", None)) if t]
     return max(stamps) if stamps else None
@@ -77,7 +83,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {out} ({n} pages)")
 
 
-def isoflop_headline(res: Any) -> list[str]:
+def isoflop_headline(res: IsoflopResult) -> list[str]:
     """What an isoflop sweep's compute-optimal fit shows, in words, for the top of the summary page."""
     c = (res.result or {}).get("comparison") or {}
     if not c:
@@ -88,7 +94,7 @@ def isoflop_headline(res: Any) -> list[str]:
             + (f"; {note}" if note else "") + ". The IsoFLOP pages have the profiles, frontiers and multiplier."]
 
 
-def loss_curves(store: Any, runs: list[Any]) -> dict[int, dict[str, tuple[list[float], list[float]]]]:
+def loss_curves(store: Store, runs: list[RunRecord]) -> dict[int, dict[str, tuple[list[float], list[float]]]]:
     """Train and validation loss of every trained run against its training tokens (step x batch x context, from
     the run's stored config), for the report's loss-curve pages."""
     import math

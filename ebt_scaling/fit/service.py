@@ -1,7 +1,7 @@
 """Connect a results store to the fits: read runs, reuse or compute fits, store them linked to their runs.
 
-The store is passed in (duck-typed: ``list_runs``, ``get_sweep``, ``find_fit``, ``save_fit``), so this module
-never imports ``ebt_scaling.db``.
+The store is passed in (typed by the ``FitStore`` protocol: ``list_runs``, ``get_sweep``, ``find_fit``, ``save_fit``,
+``forgotten_runs``; ``db.Store`` satisfies it), so this module never imports ``ebt_scaling.db``.
 
 Stored rows per (sweep, axis), all with the same fingerprint (sha256 of the exact runs' ids and values plus
 the method settings):
@@ -20,16 +20,26 @@ the axes named by ``family_of_tests``; axes of one family that share runs (param
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from ebt_scaling.config import AXES
 from ebt_scaling.errors import ConfigError, DuplicateError
 from ebt_scaling.fit.axis import FitSettings, fingerprint, fit_axis, holm_family
 from ebt_scaling.fit.design import AxisData, group_runs
 from ebt_scaling.fit.results import AxisFit, json_value
-from ebt_scaling.records import FitRecord
+from ebt_scaling.records import FitRecord, RunRecord, SweepRecord
 
 PAIR = "ebt_vs_transformer_pp"
+
+
+class FitStore(Protocol):
+    """What the fits read and write in a results store (``db.Store`` has these methods)."""
+
+    def list_runs(self, sweep: str | None = None) -> list[RunRecord]: ...
+    def get_sweep(self, name: str) -> SweepRecord: ...
+    def find_fit(self, sweep: str, axis: str, family: str, method: str, fingerprint: str) -> FitRecord | None: ...
+    def save_fit(self, fit: FitRecord) -> FitRecord: ...
+    def forgotten_runs(self, sweep: str) -> dict[str, dict[str, Any]]: ...
 AXIS_METHOD = "axis_fit"
 
 
@@ -38,7 +48,7 @@ class SweepFits:
     sweep: str | None  # the sweep asked for, or None for every sweep in the store
     sweeps: list[str]
     fits: list[AxisFit]
-    runs: list[Any] = field(default_factory=list)  # every run considered (RunRecords), for reports
+    runs: list[RunRecord] = field(default_factory=list)  # every run considered, for reports
     messages: list[str] = field(default_factory=list)
     # runs the sweeps forgot (``ebt-scale runs --forget``), in no fit: sweep, run_id, status, reason, why, by, at
     forgotten: list[dict[str, Any]] = field(default_factory=list)
@@ -57,13 +67,10 @@ class SweepFits:
         return out
 
 
-def forgotten_runs(store: Any, sweeps: list[str]) -> list[dict[str, Any]]:
+def forgotten_runs(store: FitStore, sweeps: list[str]) -> list[dict[str, Any]]:
     """The runs each of ``sweeps`` forgot (``ebt-scale runs --forget``, recorded in the sweep's spec), each record
     with its sweep, ordered by sweep and run id: a fit or report lists them, so no removal is silent."""
-    get = getattr(store, "forgotten_runs", None)
-    if get is None:
-        return []
-    out = [{"sweep": sw, **rec} for sw in sweeps for rec in get(sw).values()]
+    out = [{"sweep": sw, **rec} for sw in sweeps for rec in store.forgotten_runs(sw).values()]
     return sorted(out, key=lambda r: (r["sweep"], int(r.get("run_id") or 0)))
 
 
@@ -105,7 +112,7 @@ def _holm_families(groups: dict[tuple[str, str], AxisData],
     return [chosen]
 
 
-def fit_store(store: Any, sweep: str | None = None, axis: str | None = None,
+def fit_store(store: FitStore, sweep: str | None = None, axis: str | None = None,
               settings: FitSettings | None = None, *, save: bool = True,
               family_of_tests: str | None = None) -> SweepFits:
     """Fit every (sweep, axis) with runs (optionally one sweep), reusing stored fits whose fingerprint
@@ -149,7 +156,7 @@ def fit_store(store: Any, sweep: str | None = None, axis: str | None = None,
     return SweepFits(sweep, sweeps, fits, runs, messages, forgotten)
 
 
-def _fit_or_reuse(store: Any, data: AxisData, s: FitSettings, save: bool) -> AxisFit:
+def _fit_or_reuse(store: FitStore, data: AxisData, s: FitSettings, save: bool) -> AxisFit:
     if not data.families:
         return fit_axis(data, s)
     fp = fingerprint(data, s)
@@ -185,7 +192,7 @@ def fit_records(data: AxisData, fit: AxisFit) -> list[FitRecord]:
     return rows
 
 
-def _save(store: Any, rows: list[FitRecord]) -> None:
+def _save(store: FitStore, rows: list[FitRecord]) -> None:
     for rec in rows:
         try:
             store.save_fit(rec)
