@@ -17,8 +17,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   # The version is read from the package metadata: importing torch before numpy is installed prints
   # "UserWarning: Failed to initialize NumPy".
   stage "torch $(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("torch"))') installed"
-  echo "setup: installing ebt-scaling and its other pinned dependencies (Ray, SQLAlchemy, ...) ..."
-  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+  echo "setup: installing ebt-scaling and its other pinned dependencies (Ray, SQLAlchemy, PyAV, diffusers, ...) ..."
+  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,video]'
   touch "$stamp"
   stage "ebt-scaling installed; activate with: source .venv/bin/activate"
 else

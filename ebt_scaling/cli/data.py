@@ -50,10 +50,20 @@ def prepare_cmd(
     modality: Annotated[str, typer.Option(
         "--modality", help="text (tokens) or video (frame embeddings; --source synthetic, frames:DIR or videos:DIR; "
         "docs/video.md).")] = "text",
-    frame_dim: Annotated[int, typer.Option("--frame-dim", help="Video: values per frame embedding.", min=1)] = 64,
+    frame_dim: Annotated[int | None, typer.Option(
+        "--frame-dim", help="Video: values per frame embedding (patch: default 64; sdvae: the VAE's latent size, "
+        "e.g. 3136 at 224 px).", min=1)] = None,
     clip_frames: Annotated[int, typer.Option("--clip-frames", help="Video: frames per clip (context + the next).",
                                              min=2)] = 17,
     clips: Annotated[int, typer.Option("--clips", help="Video, synthetic source: clips to generate.", min=1)] = 1024,
+    encoder: Annotated[str, typer.Option(
+        "--encoder", help="Video: patch (dependency-free) or sdvae:DIR (a local diffusers AutoencoderKL folder; "
+        "pip install 'ebt-scaling[video]').")] = "patch",
+    size: Annotated[int, typer.Option("--size", help="Video: frames are resized to SIZE x SIZE pixels (the paper: "
+                                      "224 with sdvae).", min=8)] = 32,
+    device: Annotated[str, typer.Option("--device", help="Video, sdvae: torch device of the VAE (cpu, cuda).")] = "cpu",
+    encode_batch: Annotated[int, typer.Option("--encode-batch", help="Video, sdvae: frames per VAE batch.",
+                                              min=1)] = 32,
     fmt: FormatOption = OutputFormat.table,
     as_json: JsonAliasOption = False,
 ) -> None:
@@ -67,13 +77,15 @@ def prepare_cmd(
         from ebt_scaling.data.video import prepare_video
 
         vm = prepare_video(source, out, frame_dim=frame_dim, clip_frames=clip_frames, synthetic_clips=clips,
-                           progress=_echo_err)
+                           encoder=encoder, size=size, device=device, batch_frames=encode_batch, progress=_echo_err)
         if as_json:
             typer.echo(json.dumps({"folder": str(out.resolve()), "clips": vm["clips"], "skipped": vm["skipped"],
                                    "shards": len(vm["shards"]), "params": vm["params"]}, indent=1, sort_keys=True))
         else:
-            typer.echo(f"video store: {out.resolve()} ({vm['clips']:,} clips of {clip_frames} frames x {frame_dim}, "
-                       f"{len(vm['shards'])} shards, {vm['skipped']} unreadable video(s) skipped)")
+            p = vm["params"]
+            typer.echo(f"video store: {out.resolve()} ({vm['clips']:,} clips of {clip_frames} frames x "
+                       f"{p['frame_dim']} ({p['encoder']} at {size} px), {len(vm['shards'])} shards, {vm['skipped']} "
+                       "unreadable video(s) skipped)")
         return
     if out is None:
         _prepare_cache(source, tokenizer, vocab_size, as_json)

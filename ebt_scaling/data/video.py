@@ -19,17 +19,26 @@ A clip is ``clip_frames`` consecutive frames (16 context frames + the one to pre
                        structure - the next frame follows from the last two - and no files needed)
   frames:DIR           each sub-folder of DIR is one video (its images in name order; a DIR with images and
                        no sub-folders is one video), cut into consecutive non-overlapping clips; needs Pillow
-  videos:DIR           video files, decoded with PyAV: refused in one line while ``av`` is not installed
+  videos:DIR           every video file under DIR, recursively (``VIDEO_SUFFIXES``, in the order of their relative
+                       paths), decoded with PyAV (the ``video`` extra), each frame resized as frames:DIR does and cut
+                       into clips the same way; a file that does not decode is skipped like an unreadable frames video
 
-The encoder is fixed and dependency-free (``patch``): each frame is average-pooled over a ``grid`` x ``grid``
-grid of patches (3 x grid^2 values in [-1, 1]) and multiplied by a fixed Gaussian matrix drawn from
-``PATCH_SEED`` (3 grid^2 -> frame_dim, scaled by 1/sqrt(3 grid^2)), so a frame embedding is a linear function of
-its coarse pixels. The paper's SD-VAE encoder (diffusers) is not available here: diffusers is not installed.
+Every source gives frames of ``size`` x ``size`` pixels (bilinear, aspect ratio not kept). Encoders (frozen; a frame
+(H, W, 3) uint8 -> frame_dim float32 values):
+
+  patch                the dependency-free default: each frame is average-pooled over a ``grid`` x ``grid`` grid of
+                       patches (3 x grid^2 values in [-1, 1]) and multiplied by a fixed Gaussian matrix drawn from
+                       ``PATCH_SEED`` (3 grid^2 -> frame_dim, scaled by 1/sqrt(3 grid^2)), so a frame embedding is a
+                       linear function of its coarse pixels
+  sdvae:DIR            the paper's: a diffusers ``AutoencoderKL`` loaded from the local folder DIR (never downloaded),
+                       pixels scaled to [-1, 1], the latent distribution's mean (minus ``shift_factor`` if the VAE
+                       has one) times ``scaling_factor``, flattened channel-major (C, h, w): frame_dim = C h w (SD-VAE
+                       at 224 px: 4 x 28 x 28 = 3136); the ``video`` extra
 
 Writing is resumable: each shard is written to a temporary name, fsynced, renamed and only then recorded in the
 manifest with ``items_done``; a rerun with the same arguments checks the recorded shards' checksums, skips the
-items they hold and ends with the same bytes as an uninterrupted run. An unreadable video (an image that does
-not decode) is skipped whole, counted in the manifest and named in one progress line.
+items they hold and ends with the same bytes as an uninterrupted run. An unreadable video (an image or a video file
+that does not decode) is skipped whole, counted in the manifest and named in one progress line.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -46,13 +56,16 @@ from ebt_scaling.data.cache import atomic_write_bytes, atomic_write_json, sha256
 from ebt_scaling.data.store import writer_lock
 from ebt_scaling.data.verify import MANIFEST, file_stamp, remembered_check
 from ebt_scaling.data.verify import shard_name as _shard_name
-from ebt_scaling.errors import DataError
+from ebt_scaling.errors import ConfigError, DataError
 
 FORMAT = 1
 KIND = "video"
 DTYPE = "<f2"
 PATCH_SEED = 20250531  # the fixed projection of the ``patch`` encoder
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".wmv", ".3gp")
+EXTRA = "pip install 'ebt-scaling[video]'"  # PyAV and diffusers (pyproject.toml)
+PROGRESS_EVERY_S = 30.0  # at most one "encoded ..." progress line per this many seconds
 
 Progress = Callable[[str], None]
 Clip = np.ndarray  # (F, H, W, 3) uint8
@@ -78,6 +91,87 @@ def patch_encoder(frame_dim: int, grid: int = 8) -> Callable[[np.ndarray], np.nd
         return ((pooled / area).reshape(f, n_in) @ proj).astype(np.float32)
 
     return encode
+
+
+SDVAE_HINT = ("pass --encoder sdvae:DIR with DIR a local diffusers AutoencoderKL folder (config.json and "
+              "diffusion_pytorch_model.safetensors), e.g. the SD-VAE stabilityai/sd-vae-ft-mse downloaded beforehand")
+
+
+def parse_encoder(encoder: str) -> tuple[str, str]:
+    """(kind, argument) of ``patch`` or ``sdvae:DIR``; ConfigError (one line, exit 2) otherwise."""
+    if encoder == "patch":
+        return "patch", ""
+    kind, _, arg = encoder.partition(":")
+    if kind == "sdvae":
+        d = pathlib.Path(arg).expanduser()
+        if not arg:
+            raise ConfigError(f"--encoder {encoder}: no folder given; {SDVAE_HINT}")
+        if not (d / "config.json").is_file():
+            raise ConfigError(f"--encoder {encoder}: {arg} is not a folder with a config.json; {SDVAE_HINT}")
+        return "sdvae", str(d)
+    raise ConfigError(f"--encoder {encoder!r}: use patch (the dependency-free default) or sdvae:DIR (a local SD-VAE)")
+
+
+def _folder_sha256(d: pathlib.Path) -> str:
+    """sha256 over the files directly in ``d`` (name and content): which VAE weights encoded a store."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in d.iterdir() if q.is_file()):
+        h.update(f"{p.name}\0{sha256_file(p)}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def sdvae_encoder(vae_dir: str, *, device: str = "cpu", batch_frames: int = 32
+                  ) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+    """A frozen diffusers ``AutoencoderKL`` from the local folder ``vae_dir`` (``local_files_only``: nothing is
+    downloaded) -> (encode, info). encode: frames (F, H, W, 3) uint8 -> (F, C h w) float32, the latent mean
+    (minus ``shift_factor`` when the VAE has one) times ``scaling_factor``, in batches of ``batch_frames`` frames on
+    ``device``. info: what identifies the encoder in a store's params (the folder's sha256, the scaling)."""
+    d = pathlib.Path(parse_encoder(f"sdvae:{vae_dir}")[1])
+    try:
+        cls = json.loads((d / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ConfigError(f"--encoder sdvae:{vae_dir}: {d / 'config.json'} is not readable JSON "
+                          f"({type(e).__name__}); {SDVAE_HINT}") from None
+    if cls != "AutoencoderKL":
+        raise ConfigError(f"--encoder sdvae:{vae_dir}: {d / 'config.json'} describes a {cls!r}, not an AutoencoderKL; "
+                          f"{SDVAE_HINT}")
+    if batch_frames < 1:
+        raise ConfigError(f"--encode-batch {batch_frames}: use >= 1 frames per encoder batch")
+    try:
+        import torch
+        from diffusers import AutoencoderKL
+    except ImportError:
+        raise ConfigError(f"--encoder sdvae:DIR needs diffusers, which is not installed; {EXTRA}") from None
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r}: not a torch device; use cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available here; use --device cpu")
+    try:
+        vae = AutoencoderKL.from_pretrained(str(d), local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"--encoder sdvae:{vae_dir}: the AutoencoderKL does not load ({type(e).__name__}: "
+                          f"{first}); {SDVAE_HINT}") from None
+    vae = vae.to(dev).eval().requires_grad_(False)
+    scale = float(vae.config.scaling_factor)
+    shift = vae.config.get("shift_factor", None)
+    shift = None if shift is None else float(shift)
+
+    def encode(frames: np.ndarray) -> np.ndarray:
+        out = []
+        for k in range(0, len(frames), batch_frames):
+            x = torch.from_numpy(np.ascontiguousarray(frames[k:k + batch_frames])).to(dev)  # (b, H, W, 3) uint8
+            x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (b, 3, H, W) in [-1, 1]
+            with torch.inference_mode():
+                z = vae.encode(x).latent_dist.mean  # (b, C, H/f, W/f), f = 2^(down blocks - 1)
+            if shift is not None:
+                z = z - shift
+            out.append((z * scale).flatten(1).float().cpu().numpy())  # (b, C h w)
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    return encode, {"vae_sha256": _folder_sha256(d), "scaling_factor": scale, "shift_factor": shift}
 
 
 # ------------------------------------------------------------------------------------------- sources
@@ -135,6 +229,31 @@ def _read_frames(video: pathlib.Path, size: int) -> np.ndarray:
     return np.stack(frames) if frames else np.zeros((0, size, size, 3), np.uint8)
 
 
+def _video_files(folder: pathlib.Path) -> list[pathlib.Path]:
+    """Every video file under ``folder`` (any depth), in the order of their relative paths."""
+    found = [p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()]
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _decode_video(path: pathlib.Path, size: int) -> np.ndarray:
+    """Every frame of the first video stream of ``path`` (PyAV), RGB, resized to size x size as ``_read_frames``
+    does: (F, size, size, 3) uint8. A file without a decodable frame raises ValueError."""
+    import av
+    from PIL import Image
+
+    frames = []
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame/slice threads: the same frames, faster
+        for frame in container.decode(stream):
+            frames.append(np.asarray(frame.to_image().resize((size, size), Image.Resampling.BILINEAR)))
+    if not frames:
+        raise ValueError("no decodable frame")
+    return np.stack(frames)
+
+
 def parse_video_source(source: str) -> tuple[str, str]:
     """(kind, argument) of ``synthetic``, ``frames:DIR`` or ``videos:DIR``; DataError (one line) otherwise."""
     if source == "synthetic":
@@ -143,20 +262,17 @@ def parse_video_source(source: str) -> tuple[str, str]:
     if kind in ("frames", "videos") and arg:
         if not pathlib.Path(arg).is_dir():
             raise DataError(f"--source {source}: {arg} is not a folder; pass a folder of {kind}")
-        if kind == "frames":
-            try:
-                import PIL  # noqa: F401
-            except ImportError:
-                raise DataError("--source frames:DIR needs Pillow, which is not installed; pip install pillow") \
-                    from None
-        else:
+        try:
+            import PIL  # noqa: F401
+        except ImportError:
+            raise DataError(f"--source {kind}:DIR needs Pillow, which is not installed; pip install pillow") \
+                from None
+        if kind == "videos":
             try:
                 import av  # noqa: F401
             except ImportError:
-                raise DataError("--source videos:DIR needs PyAV, which is not installed; pip install av (or "
-                                "decode the videos to frames and use --source frames:DIR)") from None
-            raise DataError("--source videos:DIR: decoding video files is not implemented yet; decode them to "
-                            "frame images and use --source frames:DIR")
+                raise DataError(f"--source videos:DIR needs PyAV, which is not installed; {EXTRA} (or decode the "
+                                "videos to frame images and use --source frames:DIR)") from None
         return kind, arg
     raise DataError(f"--source {source!r}: a video source is synthetic, frames:DIR or videos:DIR")
 
@@ -170,11 +286,16 @@ def iter_items(source: str, params: dict[str, Any], start: int, progress: Progre
         for i in range(start, params["synthetic_clips"]):
             yield i, [synthetic_clip(params["seed"], i, f, size)]
         return
-    videos = _videos_in(pathlib.Path(arg))
+    if kind == "videos":
+        import av
+
+        videos, read, errors = _video_files(pathlib.Path(arg)), _decode_video, (av.FFmpegError, OSError, ValueError)
+    else:  # PIL raises OSError subclasses for undecodable images
+        videos, read, errors = _videos_in(pathlib.Path(arg)), _read_frames, (OSError, ValueError)
     for i in range(start, len(videos)):
         try:
-            frames = _read_frames(videos[i], size)
-        except (OSError, ValueError) as e:  # PIL raises OSError subclasses for undecodable images
+            frames = read(videos[i], size)
+        except errors as e:
             progress(f"skipped unreadable video {videos[i]}: {type(e).__name__}: {str(e)[:120]}")
             yield i, None
             continue
@@ -238,19 +359,39 @@ def verify_video_store(out: pathlib.Path | str, *, require_complete: bool = True
     return m
 
 
-def prepare_video(source: str, out: pathlib.Path | str, *, frame_dim: int = 64, clip_frames: int = 17,
+def prepare_video(source: str, out: pathlib.Path | str, *, frame_dim: int | None = None, clip_frames: int = 17,
                   clips_per_shard: int = 256, size: int = 32, grid: int = 8, seed: int = 0,
-                  synthetic_clips: int = 1024, progress: Progress = lambda s: None) -> dict[str, Any]:
-    """Encode the clips of ``source`` into the store at ``out`` (resuming a killed run); returns the manifest."""
+                  synthetic_clips: int = 1024, encoder: str = "patch", device: str = "cpu", batch_frames: int = 32,
+                  progress: Progress = lambda s: None) -> dict[str, Any]:
+    """Encode the clips of ``source`` into the store at ``out`` (resuming a killed run); returns the manifest.
+
+    ``encoder``: ``patch`` (``frame_dim`` values, default 64) or ``sdvae:DIR`` (frame_dim = the VAE's latent size at
+    ``size`` px, found by encoding one black frame; a ``frame_dim`` that disagrees is refused). ``device`` and
+    ``batch_frames`` are the SD-VAE's (not part of the store's identity)."""
     out = pathlib.Path(out)
     parse_video_source(source)
+    kind, vae_dir = parse_encoder(encoder)
     if clip_frames < 2:
         raise DataError(f"--clip-frames {clip_frames}: a clip needs context frames and a next frame; use >= 2")
-    params = {"source": source, "encoder": "patch", "grid": grid, "frame_dim": frame_dim,
+    if size < 1:
+        raise ConfigError(f"--size {size}: frames need >= 1 pixel a side (the paper: 224)")
+    extra: dict[str, Any] = {}
+    if kind == "patch":
+        frame_dim = 64 if frame_dim is None else frame_dim
+        encode = patch_encoder(frame_dim, grid)
+    else:
+        progress(f"loading the AutoencoderKL from {vae_dir} ({device})")
+        encode, extra = sdvae_encoder(vae_dir, device=device, batch_frames=batch_frames)
+        latent = encode(np.zeros((1, size, size, 3), np.uint8)).shape[1]
+        if frame_dim is not None and frame_dim != latent:
+            raise ConfigError(f"--frame-dim {frame_dim}: the SD-VAE gives {latent} values per {size}x{size} frame; "
+                              f"leave --frame-dim out (or pass {latent}), or change --size")
+        frame_dim, grid = latent, None
+        progress(f"SD-VAE at {size}x{size} px: frame_dim {latent}, scaling_factor {extra['scaling_factor']:g}")
+    params = {"source": source, "encoder": kind, "grid": grid, "frame_dim": frame_dim,
               "clip_frames": clip_frames, "clips_per_shard": clips_per_shard, "size": size, "seed": seed,
               "synthetic_clips": synthetic_clips if source == "synthetic" else None,
-              "listing_sha256": _listing_sha256(source)}
-    encode = patch_encoder(frame_dim, grid)
+              "listing_sha256": _listing_sha256(source), **extra}
     with writer_lock(out):
         m = _start_or_resume(out, params, progress)
         if m["complete"]:
@@ -271,16 +412,25 @@ def prepare_video(source: str, out: pathlib.Path | str, *, frame_dim: int = 64, 
             buf.clear()
 
         # A shard holds whole items only, so that a resumed run restarts at an item boundary.
+        total, t_last, frames_done = _items_total(source, params), time.monotonic(), 0
         for i, clips in iter_items(source, params, m["items_done"], progress):
             if clips is None:
                 skipped += 1
                 continue
-            buf.extend(encode(c) for c in clips)
+            if kind == "patch":
+                buf.extend(encode(c) for c in clips)
+            elif clips:  # the SD-VAE encodes an item's frames in batches across its clips
+                buf.extend(np.split(encode(np.concatenate(clips)), len(clips)))
+            frames_done += len(clips) * clip_frames
             if len(buf) >= clips_per_shard:
                 flush(i + 1)
+            if time.monotonic() - t_last >= PROGRESS_EVERY_S:
+                t_last = time.monotonic()
+                progress(f"encoded {i + 1:,} of {total:,} items ({m['clips'] + len(buf):,} clips, {frames_done:,} "
+                         "frames this run)")
         if buf:
-            flush(_items_total(source, params))
-        m["items_done"], m["skipped"], m["complete"] = _items_total(source, params), skipped, True
+            flush(total)
+        m["items_done"], m["skipped"], m["complete"] = total, skipped, True
         m["stats"] = _stats(out, m)
         atomic_write_json(out / MANIFEST, m)
     if skipped:
@@ -316,6 +466,8 @@ def _stats(out: pathlib.Path, m: dict[str, Any]) -> dict[str, list[float]]:
 
 def _items_total(source: str, params: dict[str, Any]) -> int:
     kind, arg = parse_video_source(source)
+    if kind == "videos":
+        return len(_video_files(pathlib.Path(arg)))
     return params["synthetic_clips"] if kind == "synthetic" else len(_videos_in(pathlib.Path(arg)))
 
 
