@@ -181,7 +181,7 @@ def test_sdvae_encoder_stores_latent_means_times_the_scaling_factor(tmp_path):
     assert not (tmp_path / "x").exists()  # nothing written by a refused run
     if not torch.cuda.is_available():
         r = CliRunner().invoke(app, [*base, "--encoder", f"sdvae:{vae_dir}", "--device", "cuda"])
-        assert r.exit_code == 2 and "CUDA is not available" in r.output
+        assert r.exit_code == 2 and "CUDA is not available" in r.output and len(r.output.strip().splitlines()) == 1
 
 
 def test_without_the_video_extra_each_source_and_encoder_names_it(tmp_path, monkeypatch):

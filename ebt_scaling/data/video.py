@@ -120,7 +120,7 @@ def _folder_sha256(d: pathlib.Path) -> str:
     return h.hexdigest()
 
 
-def sdvae_encoder(vae_dir: str, *, device: str = "cpu", batch_frames: int = 32
+def sdvae_encoder(vae_dir: str, *, device: str = "cpu", batch_frames: int = 32, progress: Progress = lambda s: None
                   ) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
     """A frozen diffusers ``AutoencoderKL`` from the local folder ``vae_dir`` (``local_files_only``: nothing is
     downloaded) -> (encode, info). encode: frames (F, H, W, 3) uint8 -> (F, C h w) float32, the latent mean
@@ -148,8 +148,10 @@ def sdvae_encoder(vae_dir: str, *, device: str = "cpu", batch_frames: int = 32
         raise ConfigError(f"--device {device!r}: not a torch device; use cpu or cuda[:N]") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available here; use --device cpu")
+    progress(f"loading the AutoencoderKL from {d} ({dev})")
     try:
-        vae = AutoencoderKL.from_pretrained(str(d), local_files_only=True)
+        # low_cpu_mem_usage needs accelerate (not a dependency); asking for the plain load avoids diffusers' warning
+        vae = AutoencoderKL.from_pretrained(str(d), local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         first = (str(e).strip().splitlines() or [""])[0][:160]
         raise ConfigError(f"--encoder sdvae:{vae_dir}: the AutoencoderKL does not load ({type(e).__name__}: "
@@ -380,8 +382,7 @@ def prepare_video(source: str, out: pathlib.Path | str, *, frame_dim: int | None
         frame_dim = 64 if frame_dim is None else frame_dim
         encode = patch_encoder(frame_dim, grid)
     else:
-        progress(f"loading the AutoencoderKL from {vae_dir} ({device})")
-        encode, extra = sdvae_encoder(vae_dir, device=device, batch_frames=batch_frames)
+        encode, extra = sdvae_encoder(vae_dir, device=device, batch_frames=batch_frames, progress=progress)
         latent = encode(np.zeros((1, size, size, 3), np.uint8)).shape[1]
         if frame_dim is not None and frame_dim != latent:
             raise ConfigError(f"--frame-dim {frame_dim}: the SD-VAE gives {latent} values per {size}x{size} frame; "
