@@ -3,7 +3,7 @@
 Layout of a store folder::
 
     manifest.json      kind "video", params (source, encoder, frame_dim, clip_frames, clips_per_shard, size, the
-                       folder source's file-list hash),
+                       folder source's file-list hash; sdvae: the VAE folder's sha256, scaling and shift factors),
                        per-shard clip count and sha256, where the source stands after the last recorded shard
                        (``items_done``), totals (clips, skipped videos), ``complete`` and per-dimension ``stats``
                        (mean, std of every frame) once finished
