@@ -35,14 +35,18 @@ def sweep(
     spec: SpecFileOption = None,
     scale: SpecScaleOption = "tiny",
     preset: SpecPresetOption = None,
+    modality: Annotated[str | None, typer.Option("--modality", help="With --axis: text (default) or video, the "
+                                                 "shipped video spec of that axis (video-AXIS.toml: width, "
+                                                 "params).", show_default=False)] = None,
     families: Annotated[str | None, typer.Option("--families", help="Comma list, e.g. ebt,transformer_pp "
                                                  "(default: the spec's).", show_default=False)] = None,
     seeds: Annotated[int | None, typer.Option("--seeds", help="Number of seeds, counting up from the spec's "
                                               "first seed.", show_default=False)] = None,
     name: Annotated[str | None, typer.Option("--name", help="Sweep name (default: the spec's).",
                                              show_default=False)] = None,
-    recipe: Annotated[str | None, typer.Option("--recipe", help="EBT recipe: ebt_s1 or ebt_s2 "
-                                               "(default: the spec's).", show_default=False)] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help="EBT recipe: ebt_s1 or ebt_s2; for a video "
+                                               "sweep ebt_vid_s1 or ebt_vid_s2 (default: the spec's).",
+                                               show_default=False)] = None,
     db: DbOption = None,
     address: Annotated[str | None, typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster address "
                                                 "(default: $RAY_ADDRESS, else a local Ray instance).",
@@ -111,7 +115,7 @@ def sweep(
     from ebt_scaling.sweeps.locate import load_chosen_spec
     from ebt_scaling.sweeps.plan import MemorySetting, check_memory, plan_memory
 
-    path, sw = load_chosen_spec("sweep", axis, spec, spec_scale(scale, preset))
+    path, sw = load_chosen_spec("sweep", axis, spec, spec_scale(scale, preset), modality)
     fam_list = families.split(",") if families is not None else None
     sw = sw.select(families=fam_list, seeds=seeds, name=name, recipe=recipe)
     from ebt_scaling.sched.trackers import check_trackers
@@ -158,8 +162,11 @@ def sweep(
     if dry_run:
         src = str(sw.data.get("source", ""))
         if src.startswith("store:") and (Path(src[len("store:"):]) / "manifest.json").is_file():
-            check_local_source(path, src, sw.data.get("cache_dir"))  # a store here is verified before planning
+            if sw.modality != "video":  # a video store is verified when it is opened, just below
+                check_local_source(path, src, sw.data.get("cache_dir"))  # a store here is verified before planning
             check_store_windows(path, runs)  # and each run can draw a training and a validation window from it
+        elif src.startswith("store:"):  # not here (a placeholder, or a cluster's path): the plan does not read it
+            typer.echo(missing_store_note(src[len("store:"):], sw.modality), err=True)
         ncpu, ngpu = local_resources()
         resources = Resources(gpus_per_trial=gpt, cpus_per_trial=cpt, max_concurrent=mc, workers_per_trial=wpt,
                               total_gpus=float(total_gpus if total_gpus is not None else ngpu),
@@ -212,7 +219,7 @@ def sweep(
 
         check_reachable(address or os.environ["RAY_ADDRESS"])  # before anything is written
     else:  # a local sweep reads its data here; a cluster's paths live on its nodes
-        check_local_source(path, str(sw.data.get("source", "")), sw.data.get("cache_dir"))
+        check_local_source(path, str(sw.data.get("source", "")), sw.data.get("cache_dir"), sw.modality)
     for line in tracker_lines:  # where to look while the sweep runs; repeated in the summary
         typer.echo(line, err=True)
     store = Store(url)
@@ -252,37 +259,51 @@ def failure_causes(store: object, run_ids: list[int]) -> list[tuple[int, str]]:
 
 
 def check_store_windows(path: object, runs: list) -> None:
-    """Open every token store the runs read, as each run's trial will (its split, sampling and sequence length),
-    and draw one training and one validation window: a store that cannot give them (too few documents for the
-    split, documents too short) stops the dry run in one line instead of failing every run."""
+    """Open every token or video store the runs read, as each run's trial will (its split, sampling, sequence length
+    and, for video, frame_dim), and draw one training and one validation window: a store that cannot give them (too
+    few documents or clips for the split, documents or clips too short) stops the dry run in one line instead of
+    failing every run."""
     from ebt_scaling.data import open_data
     from ebt_scaling.errors import ConfigError, DataError
 
     seen: set[tuple] = set()
     for r in runs:
-        d, T = r.spec.data, r.spec.model.sequence_len
-        key = (d.source, d.sampling, d.val_fraction, d.split_seed, T)
+        d, T, frame_dim = r.spec.data, r.spec.model.sequence_len, r.spec.model.frame_dim
+        key = (d.source, d.sampling, d.val_fraction, d.split_seed, T, frame_dim)
         if not d.source.startswith("store:") or key in seen:
             continue
         seen.add(key)
-        try:
-            data = open_data(d, T, seed=r.spec.train.seed, progress=lambda _: None)
+        try:  # a video store (frame_dim set): clips of T + 1 frames, the split's training and validation clips
+            data = open_data(d, T, seed=r.spec.train.seed, progress=lambda _: None, frame_dim=frame_dim)
             data.sample_batch(0, range(1))
             data.val_batches(1, 1, T)
         except DataError as exc:
             raise ConfigError(f"{path}: data.source (run {r.spec.model.family} {r.label}): {exc}") from None
 
 
-def check_local_source(path: object, source: str, cache_dir: str | None = None) -> None:
+def missing_store_note(loc: str, modality: str, what: str = "note: no") -> str:
+    """The line for a ``store:DIR`` that is not there: which kind of store, and the command that writes it."""
+    if modality == "video":
+        return (f"{what} video store at {loc} (no manifest.json); write one with `ebt-scale data prepare --modality "
+                f"video --source ... --out {loc}` (docs/video.md) or fix data.source")
+    return (f"{what} token store at {loc} (no manifest.json); write one with `ebt-scale data prepare --source ... "
+            f"--out {loc}` or fix the path")
+
+
+def check_local_source(path: object, source: str, cache_dir: str | None = None, modality: str = "text") -> None:
     """A ``store:DIR`` or ``text:PATH`` source (already absolute: sweeps.spec.absolute_source) must exist before
-    a local sweep writes anything, and a store must pass its checksums."""
+    a local sweep writes anything, and a store (token or video) must pass its checksums."""
     from ebt_scaling.errors import ConfigError
+    from ebt_scaling.sweeps.tables import source_modality
 
     kind, _, loc = source.partition(":")
     if kind == "store" and not (Path(loc) / "manifest.json").is_file():
-        raise ConfigError(f"{path}: data.source: no token store at {loc} (no manifest.json); write one with "
-                          f"`ebt-scale data prepare --source ... --out {loc}` or fix the path")
-    if kind == "store":  # its manifest's schema and every shard's checksum (hashed once per store and machine)
+        raise ConfigError(f"{path}: data.source: {missing_store_note(loc, modality, what='no')}")
+    if kind == "store" and source_modality(source) == "video":  # every shard's size and sha256
+        from ebt_scaling.data.video import verify_video_store
+
+        verify_video_store(loc)
+    elif kind == "store":  # its manifest's schema and every shard's checksum (hashed once per store and machine)
         from ebt_scaling.data.verify import verify_store
 
         verify_store(loc, cache_dir=cache_dir)

@@ -12,6 +12,15 @@ Axis semantics (``docs/sweeps.md``):
   shapes.
 * ``flops``  the same runs as ``params`` (same config hashes), x = training FLOPs in the named convention.
 
+Video (issue 31; ``[model] frame_dim`` set, ``SweepSpec.modality == "video"``): the same axes but isoflop, over
+frames instead of tokens (a run's ``tokens`` are its predicted frames, batch x context frames per step; the data
+axis's budgets are frames), the model's ``vocab_size`` is ``VIDEO_VOCAB_SIZE`` (ignored by the video models), the
+EBT takes a video recipe (``config.VIDEO_RECIPE_OVERRIDES``; on the CPU presets with ``config.CPU_VIDEO_EBT_S1``'s
+step size, as ``ebt-scale train``), and parameters and FLOPs come from ``models/video_flops.py``
+(``video_param_counts``, ``video_flops_per_frame``: x of the params axis = non-embedding parameters, of the flops
+axis = FLOPs per frame x frames). The video recipe is the sweep's (``SweepSpec.recipe``); a video RunSpec records no
+recipe (``RunSpec.recipe`` names the text recipes only).
+
 A ``store:DIR`` source is named by content too: each run's ``DataConfig.store_fingerprint`` is the store's
 fingerprint (``config.store_fingerprint``, the shards' checksums) read from its manifest where the sweep is planned,
 so re-preparing another corpus into the same folder gives new runs (``store_changes`` says so in one line) and a
@@ -22,17 +31,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ebt_scaling.config import (
+    CPU_VIDEO_EBT_S1,
     RECIPE_OVERRIDES,
     SHARED_MODEL_FIELDS,
     STORE_PREFIX,
+    VIDEO_RECIPE_OVERRIDES,
     DataConfig,
     ModelConfig,
     RunSpec,
@@ -44,9 +53,21 @@ from ebt_scaling.config import (
 from ebt_scaling.errors import ConfigError, SpecError
 from ebt_scaling.records import PlannedRun
 from ebt_scaling.sweeps.isoflop import budget_label, plan_isoflop
-from ebt_scaling.sweeps.tables import TUNE_GRID_KEYS, SweepSpec
+from ebt_scaling.sweeps.tables import TUNE_GRID_KEYS, SweepSpec, read_manifest
 
 FAMILY_ORDER = {"transformer_pp": 0, "ebt": 1}
+# A video model has no vocabulary; ModelConfig requires one, the video models ignore it (as `ebt-scale train`).
+VIDEO_VOCAB_SIZE = 2
+
+
+def recipe_overrides(recipe: str) -> dict[str, Any]:
+    """The ModelConfig overrides of a text or video EBT recipe."""
+    return RECIPE_OVERRIDES[recipe] if recipe in RECIPE_OVERRIDES else VIDEO_RECIPE_OVERRIDES[recipe]
+
+
+def unit(spec: SweepSpec) -> str:
+    """What a run's ``tokens`` count: "frames" for a video sweep, else "tokens"."""
+    return "frames" if spec.modality == "video" else "tokens"
 
 
 @dataclass(frozen=True)
@@ -72,7 +93,14 @@ def _section_error(spec: SweepSpec, exc: ConfigError) -> SpecError:
 
 
 def accounting(cfg: ModelConfig) -> tuple[dict[str, int], dict[str, float]]:
-    """Parameter groups and training FLOPs per token under both conventions (pure Python)."""
+    """Parameter groups and training FLOPs per token (per frame for a video model) under both conventions (pure
+    Python)."""
+    if cfg.frame_dim is not None:
+        from ebt_scaling.models.video_flops import video_flops_per_frame, video_param_counts
+
+        params = {k: int(v) for k, v in video_param_counts(cfg, cfg.frame_dim).items()}
+        fpt = {c: float(video_flops_per_frame(cfg, cfg.frame_dim, c, mode="train")) for c in ("paper", "exact")}
+        return params, fpt
     from ebt_scaling.models.flops import flops_per_token, param_counts
 
     params = {k: int(v) for k, v in param_counts(cfg).items()}
@@ -96,11 +124,15 @@ def _base(spec: SweepSpec) -> tuple[DataConfig, dict[str, Any], dict[str, Any], 
     data = DataConfig(**{"vocab_size": preset.vocab_size, **spec.data})
     if (fp := read_store_fingerprint(data.source)) is not None:
         data = dataclasses.replace(data, store_fingerprint=fp)
+    video = spec.modality == "video"
     shape: dict[str, Any] = dict(n_layer=preset.n_layer, n_embd=preset.n_embd, n_head=preset.n_head,
-                                 sequence_len=preset.sequence_len, vocab_size=tokenizer_vocab_size(data))
+                                 sequence_len=preset.sequence_len,
+                                 vocab_size=VIDEO_VOCAB_SIZE if video else tokenizer_vocab_size(data))
     shape.update({k: v for k, v in spec.model.items() if k in SHARED_MODEL_FIELDS})
-    ebt_options = {**preset.ebt_options(spec.recipe),
-                   **{k: v for k, v in spec.model.items() if k not in SHARED_MODEL_FIELDS}}
+    # the size's own EBT options: the CPU presets' tuned S1 step size (text), or their video alpha (video S1)
+    sized = (dict(CPU_VIDEO_EBT_S1) if preset.cpu and spec.recipe == "ebt_vid_s1" else {}) if video \
+        else preset.ebt_options(spec.recipe)
+    ebt_options = {**sized, **{k: v for k, v in spec.model.items() if k not in SHARED_MODEL_FIELDS}}
     train_base: dict[str, Any] = preset.train_defaults()
     train_base.update(spec.train)
     seq = int(shape["sequence_len"])
@@ -112,7 +144,7 @@ def _model_of(spec: SweepSpec, shape: dict[str, Any], ebt_options: dict[str, Any
     def model_of(family: str, shape_over: dict[str, Any]) -> ModelConfig:
         mkw: dict[str, Any] = {"family": family, **shape, **shape_over}
         if family == "ebt":
-            mkw.update(RECIPE_OVERRIDES[spec.recipe])
+            mkw.update(recipe_overrides(spec.recipe))
             mkw.update(ebt_options)
         return ModelConfig(**mkw)
 
@@ -164,8 +196,8 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
                 assert spec.total_tokens is not None
                 steps = spec.total_tokens // (v * seq)
                 if steps < 1:
-                    raise SpecError(f"{spec.source}: axis.total_tokens: {spec.total_tokens} tokens is less than "
-                                    f"one batch of {v} x {seq}; raise total_tokens")
+                    raise SpecError(f"{spec.source}: axis.total_tokens: {spec.total_tokens} {unit(spec)} is less "
+                                    f"than one batch of {v} x {seq}; raise total_tokens")
                 tr["steps"] = steps
             points.append((str(v), {}, tr, None))
     elif ax == "data":
@@ -175,8 +207,8 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
         for v in budgets:
             s = v // per_step
             if s < 1:
-                raise SpecError(f"{spec.source}: axis.values: {v} tokens is less than one batch "
-                                f"({per_step} tokens); use larger budgets or a smaller batch")
+                raise SpecError(f"{spec.source}: axis.values: {v} {unit(spec)} is less than one batch "
+                                f"({per_step} {unit(spec)}); use larger budgets or a smaller batch")
             steps_of[v] = s
         if spec.mode == "separate":
             points = [(str(v), {}, {"steps": steps_of[v]}, None) for v in spec.values]
@@ -206,7 +238,8 @@ def _expand(spec: SweepSpec) -> list[ExpandedRun]:
                     run.planned.config["isoflop"] = {"budget": budget, "convention": spec.convention}
                 out.append(run)
     if "ebt" not in spec.families and ebt_options and out:  # EBT options a T++-only sweep ignores: checked still
-        ModelConfig(**{**out[0].spec.model.to_dict(), "family": "ebt", **RECIPE_OVERRIDES[spec.recipe], **ebt_options})
+        ModelConfig(**{**out[0].spec.model.to_dict(), "family": "ebt", **recipe_overrides(spec.recipe),
+                       **ebt_options})
     hashes = [r.config_hash for r in out]
     if len(set(hashes)) != len(hashes):
         raise SpecError(f"{spec.source}: axis.values: two values give the same run configuration; "
@@ -236,8 +269,8 @@ def _run(spec: SweepSpec, family: str, seed: int, label: str, point: dict[str, A
     mkw: dict[str, Any] = {"family": family, **shape, **shape_over}
     recipe: Any = None
     if family == "ebt":
-        recipe = spec.recipe
-        mkw.update(RECIPE_OVERRIDES[recipe])
+        recipe = spec.recipe if spec.recipe in RECIPE_OVERRIDES else None  # a video recipe is the sweep's only
+        mkw.update(recipe_overrides(spec.recipe))
         mkw.update(ebt_options)
     model = ModelConfig(**mkw)
     tkw = dict(train_base)
@@ -300,15 +333,10 @@ def _run(spec: SweepSpec, family: str, seed: int, label: str, point: dict[str, A
 
 
 def read_store_fingerprint(source: str) -> str | None:
-    """The content fingerprint of a ``store:DIR`` source whose manifest is readable here (None for other sources,
-    and for a store this machine cannot read: a cluster's path, checked on its nodes)."""
-    if not source.startswith(STORE_PREFIX):
-        return None
-    try:
-        manifest = json.loads((Path(source[len(STORE_PREFIX):]).expanduser() / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return store_fingerprint(manifest) if isinstance(manifest, dict) else None
+    """The content fingerprint of a ``store:DIR`` source (token or video store) whose manifest is readable here
+    (None for other sources, and for a store this machine cannot read: a cluster's path, checked on its nodes)."""
+    manifest = read_manifest(source)
+    return store_fingerprint(manifest) if manifest is not None else None
 
 
 def store_changes(sweep: str, runs: list[ExpandedRun], stored: Callable[[], Iterable[dict[str, Any]]]) -> list[str]:

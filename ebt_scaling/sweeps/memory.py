@@ -25,6 +25,15 @@ What is counted, per device, for one optimizer step of a RunSpec at micro-batch 
   the tensors' memory (the process itself, Python and torch's libraries, comes on top).
 
 Precision: the run's ``precision``; ``auto`` is bf16 autocast on a GPU and fp32 on a CPU (as the trainer).
+
+Video models (``ModelConfig.frame_dim``, issue 31) are priced with the same coefficients, the vocabulary V read as
+the frame-embedding size E (``priced_model``): the blocks, attention and descent structure are the text models'
+(the same ``layers.Block``, the same S1/S2 graph), and the (B, T, V) candidates, logits and losses become (B, T, E)
+embeddings. Those buffers are priced at the text models' bytes per element, which hold a softmax and a
+cross-entropy the video models do not have, so that term leans high; the parameters are ``video_param_counts``.
+Checked, not fitted, against exact CPU peaks of video models (``benchmarks/video_memory_check.py``, the
+calibration's method, fp32, 5 small shapes per family): the EBT's estimate within 3%, the Transformer++'s 14-57%
+high (``VIDEO_NOTE`` says so wherever the figure is shown).
 """
 
 from __future__ import annotations
@@ -50,6 +59,24 @@ MARGIN_FRACTION = 0.20
 MARGIN_FIXED_GIB = 1.0
 # The device memory a GPU plan assumes when none is given (an A100/H100 80 GB).
 DEFAULT_GPU_MEMORY_GIB = 80.0
+VIDEO_NOTE = ("video runs: the text calibration with the vocabulary read as frame_dim (checked against exact CPU peaks "
+              "of small video models: EBT within 3%, Transformer++ up to 1.6x high)")
+
+
+class _FramesAsVocab:
+    """A video model's config read with ``vocab_size`` = its frame-embedding size (the text features' V is E)."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.vocab_size = model.frame_dim
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def priced_model(model: Any) -> Any:
+    """The config the coefficients price: ``model`` itself, or for a video model the same with V read as E."""
+    return _FramesAsVocab(model) if getattr(model, "frame_dim", None) is not None else model
 
 
 def variant(model: Any) -> str:
@@ -106,6 +133,10 @@ def features(model: Any, batch: int) -> dict[str, float]:
 
 
 def param_count(model: Any) -> int:
+    if getattr(model, "frame_dim", None) is not None:
+        from ebt_scaling.models.video_flops import video_param_counts  # pure Python
+
+        return int(video_param_counts(model, model.frame_dim)["total"])
     from ebt_scaling.models.flops import param_counts  # pure Python
 
     return int(param_counts(model)["total"])
@@ -160,7 +191,7 @@ def activation_bytes(model: Any, batch: int, precision: str) -> tuple[float, flo
     except KeyError:
         raise ConfigError(f"memory plan: no calibration for {variant(model)} at precision {precision!r}; "
                           "use fp32 or bf16") from None
-    feats = features(model, batch)
+    feats = features(priced_model(model), batch)
     saved = _priced(coef["saved"], feats)
     return saved, saved + max(0.0, _priced(coef["transient"], feats))
 

@@ -18,6 +18,7 @@ from ebt_scaling.sweeps.memory import (
     DEFAULT_GPU_MEMORY_GIB,
     MARGIN_FIXED_GIB,
     MARGIN_FRACTION,
+    VIDEO_NOTE,
     MemoryPlan,
     estimate_memory,
     plan_micro_batch,
@@ -200,6 +201,7 @@ class CostPlan:
                 "family": r.planned.family, "axis": r.planned.axis, "value": r.label, "x": r.planned.x,
                 "seed": r.planned.seed, "config_hash": r.config_hash, "n_layer": m.n_layer, "n_embd": m.n_embd,
                 "n_head": m.n_head, "sequence_len": m.sequence_len, "vocab_size": m.vocab_size,
+                "frame_dim": m.frame_dim,
                 "batch_size": t.batch_size, "steps": t.steps, "lr": t.lr, "recipe": r.spec.recipe,
                 "tune": r.planned.config.get("tune"),
                 "params": r.planned.params, "tokens": r.planned.tokens,
@@ -212,6 +214,8 @@ class CostPlan:
         return {
             "sweep": self.spec.name, "axis": self.spec.axis, "spec_file": self.spec.source,
             "families": list(self.spec.families), "seeds": list(self.spec.seeds), "recipe": self.spec.recipe,
+            # video: a run's "tokens" are its predicted frames (batch x context frames per step)
+            "modality": self.spec.modality, "unit": "frames" if self.spec.modality == "video" else "tokens",
             "tune": {f: g for f, g in self.spec.tune.items() if f in self.spec.families},
             "device": self.device, "flops_per_s_per_device": self.flops_per_s,
             "throughput_note": self.throughput_note, "time_convention": "exact",
@@ -248,9 +252,10 @@ class CostPlan:
         """One header line: what memory the plan fits runs into, and whether it was assumed."""
         if self.memory is None:
             return ""
+        video = f"; {VIDEO_NOTE}" if self.spec.modality == "video" else ""
         if self.device != "gpu":
             return (f"memory: host memory of the tensors per trial at the whole batch (CPU runs; not checked against "
-                    f"a limit); margin +{MARGIN_FRACTION:.0%} included")
+                    f"a limit); margin +{MARGIN_FRACTION:.0%} included{video}")
         margin = f"margin +{MARGIN_FRACTION:.0%} + {MARGIN_FIXED_GIB:g} GiB included"
         m = self.memory
         src = (f"assumed {m.per_gpu_gib:g} GiB per GPU (--gpu-memory not given)" if m.assumed
@@ -258,7 +263,7 @@ class CostPlan:
         share = self.resources.gpus_per_trial
         avail = f"; {m.per_trial_gib(share):g} GiB per trial at {share:g} GPU per trial" if share < 1 else ""
         return (f"memory: per device, {src}{avail}; micro-batch = the largest divisor of the batch that fits; "
-                f"{margin}")
+                f"{margin}{video}")
 
 
 def _memory_fields(mp: MemoryPlan | None) -> dict[str, Any]:
@@ -384,6 +389,7 @@ def tune_lines(d: dict[str, Any]) -> list[str]:
 def format_plan(plan: CostPlan) -> str:
     """A plain-text plan: one line per run, then totals."""
     d = plan.to_dict()
+    unit = d["unit"]
     lines = [
         f"sweep: {d['sweep']}  axis: {d['axis']}  spec: {d['spec_file']}",
         f"families: {', '.join(d['families'])}  seeds: {list(d['seeds'])}  EBT recipe: {d['recipe']}",
@@ -391,13 +397,18 @@ def format_plan(plan: CostPlan) -> str:
         f"{plan.calibrations_note}; per run: {_source_counts(plan)}"
         + (f"; scaling efficiency {plan.scaling_efficiency:g}" if plan.scaling_efficiency != 1.0 else ""),
     ]
+    if d["modality"] == "video":
+        dims = sorted({r["frame_dim"] for r in d["runs"]})
+        lines.append(f"modality: video: next-frame prediction over frame embeddings of {', '.join(map(str, dims))} "
+                     "values; ctx = context frames, frames = predicted frames (batch x ctx per step), params and "
+                     "FLOPs per frame from models/video_flops.py")
     lines += tune_lines(d)
     if plan.memory is not None:
         lines.append(plan.memory_note())
     lines.append("")
     mem = plan.memory is not None
     hdr = (f"{'family':<15}{'value':>11}{'x':>11}{'L':>4}{'D':>6}{'H':>4}{'ctx':>5}{'batch':>6}{'steps':>8}"
-           f"{'lr':>9}{'params(non-emb)':>17}{'tokens':>11}{'FLOPs paper':>13}{'FLOPs exact':>13}"
+           f"{'lr':>9}{'params(non-emb)':>17}{unit:>11}{'FLOPs paper':>13}{'FLOPs exact':>13}"
            f"{plan.device.upper() + '-h':>9}" + (f"{'mem GiB':>9}{'micro':>6}" if mem else "")
            + f"{'FLOP/s':>10}{'source':>9}" + "  hash")
     lines.append(hdr)
@@ -416,7 +427,7 @@ def format_plan(plan: CostPlan) -> str:
            else f"{res['cpus_per_trial']:g} CPU")
     lines += [
         "",
-        f"total: {t['runs']} runs, {t['steps']:,} steps, {t['tokens']:.3g} tokens, "
+        f"total: {t['runs']} runs, {t['steps']:,} steps, {t['tokens']:.3g} {unit}, "
         f"FLOPs paper {t['flops']['paper']:.3e}, exact {t['flops']['exact']:.3e}; "
         f"estimated {t['device_hours']:.3g} {plan.device.upper()}-hours",
         f"resources: {per} per trial on {res['total_gpus']:g} GPU / "

@@ -9,9 +9,11 @@ Every problem is one line ``section.key: problem; fix`` (``ConfigError``; the lo
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from typing import get_args as typing_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -21,16 +23,18 @@ from ebt_scaling.config import (
     MAX_SEED,
     PRESETS,
     RECIPES,
+    STORE_PREFIX,
+    VIDEO_RECIPE_OVERRIDES,
     Axis,
     DataConfig,
     Family,
     ModelConfig,
     Number,
-    Recipe,
     Tracker,
     TrainConfig,
     config_class,
     did_you_mean,
+    is_synthetic_video,
     setting,
     unknown_key_line,
 )
@@ -50,6 +54,17 @@ PositiveInt = Annotated[int, Field(ge=1)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 PositiveNumber = Annotated[Number, Field(gt=0)]
 
+# A sweep's EBT recipe: a text recipe (config.RECIPE_OVERRIDES) or, for a video sweep, a video one
+# (config.VIDEO_RECIPE_OVERRIDES). The default is the modality's S1 recipe.
+SweepRecipe = Literal["ebt_s1", "ebt_s2", "ebt_vid_s1", "ebt_vid_s2"]
+VIDEO_RECIPES: tuple[str, ...] = tuple(VIDEO_RECIPE_OVERRIDES)
+assert set(typing_args(SweepRecipe)) == set(RECIPES) | set(VIDEO_RECIPES)
+Modality = Literal["text", "video"]
+# Axes a video sweep takes (issue 31): the isoflop axis's ladder and budgets are planned with the text FLOPs.
+VIDEO_AXES = ("data", "batch", "depth", "width", "params", "flops")
+# [data] keys that mean nothing for video clips (no tokenizer, no vocabulary, no documents).
+TEXT_ONLY_DATA_KEYS = ("tokenizer", "vocab_size", "sampling")
+
 
 @config_class(name="sweep")
 class SweepTable:
@@ -63,7 +78,10 @@ class SweepTable:
     seeds: list[Seed] = setting(default_factory=lambda: [0], min_length=1, help="Seeds (--seeds N takes N "
                                 "consecutive seeds from the first one).",
                                 fix="use a list of non-negative integers, e.g. [33]")
-    recipe: Recipe = setting(default="ebt_s1", help="EBT recipe; Transformer++ runs ignore it.", noun="recipe")
+    recipe: SweepRecipe | None = setting(default=None, help="EBT recipe; Transformer++ runs ignore it (default: "
+                                         "ebt_s1, or ebt_vid_s1 for a video sweep).", noun="recipe")
+    modality: Modality | None = setting(default=None, help="text or video: a checked declaration; the modality "
+                                        "itself is [model] frame_dim's (set: video).", noun="modality")
     description: str = setting(default="", help="Free text.")
 
     @field_validator("seeds", mode="before")
@@ -315,6 +333,8 @@ class SweepSpec:
     isoflop: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     source: str = "<spec>"
+    # "video" when [model] frame_dim is set (issue 31: next-frame prediction over frame embeddings), else "text"
+    modality: str = "text"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (stored with the sweep in the database)."""
@@ -347,8 +367,12 @@ class SweepSpec:
             first = self.seeds[0]
             out = out.with_(seeds=tuple(range(first, first + seeds)))
         if recipe is not None:
-            if recipe not in RECIPES:
-                raise SpecError(f"{src}: --recipe: unknown recipe {recipe!r}; use one of {', '.join(RECIPES)}")
+            mine = VIDEO_RECIPES if self.modality == "video" else RECIPES
+            if recipe not in RECIPES + VIDEO_RECIPES:
+                raise SpecError(f"{src}: --recipe: unknown recipe {recipe!r}; use one of {', '.join(mine)}")
+            if recipe not in mine:
+                raise SpecError(f"{src}: --recipe: {recipe} is a {'video' if recipe in VIDEO_RECIPES else 'text'} "
+                                f"recipe and this sweep is {self.modality}; use {' or '.join(mine)}")
             out = out.with_(recipe=recipe)
         if name is not None:
             if not name.strip():
@@ -360,6 +384,72 @@ class SweepSpec:
 
 
 LOCAL_SOURCE_PREFIXES = ("store:", "text:")
+
+
+def read_manifest(source: str) -> dict[str, Any] | None:
+    """The ``manifest.json`` of a ``store:DIR`` source when this machine can read it (None for other sources, and
+    for a store it cannot read: a cluster's path, checked on its nodes)."""
+    if not source.startswith(STORE_PREFIX):
+        return None
+    try:
+        manifest = json.loads((Path(source[len(STORE_PREFIX):]).expanduser() / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def source_modality(source: str) -> str | None:
+    """"video" for ``synthetic-video[:N]`` and a video store, "text" for a text source or token store, None for a
+    store this machine cannot read (its kind is checked where it is opened)."""
+    if is_synthetic_video(source):
+        return "video"
+    if not source.startswith(STORE_PREFIX):
+        return "text"
+    m = read_manifest(source)
+    return None if m is None else "video" if m.get("kind") == "video" else "text"
+
+
+def check_modality(sw: SweepTable, model: dict[str, Any], data: dict[str, Any]) -> tuple[str, str]:
+    """The sweep's (modality, recipe): video when ``[model] frame_dim`` is set (the one source of truth), with
+    ``[sweep] modality``, the data source, the recipe, the axis and the text-only data keys checked against it.
+    Each mismatch is one line naming the key and the fix."""
+    frame_dim = model.get("frame_dim")
+    modality = "video" if frame_dim is not None else "text"
+    if sw.modality == "video" and modality == "text":
+        raise ConfigError("sweep.modality: \"video\" needs [model] frame_dim (the frame-embedding size: 32 for "
+                          "synthetic-video, a video store's own); add frame_dim = N to [model]")
+    if sw.modality == "text" and modality == "video":
+        raise ConfigError(f"sweep.modality: \"text\" but [model] frame_dim = {frame_dim} makes a video model; set "
+                          "modality = \"video\" or drop frame_dim")
+    source = data.get("source", "shakespeare")
+    src_kind = source_modality(source) if isinstance(source, str) else None
+    if modality == "video" and src_kind == "text":
+        raise ConfigError(f"data.source: {source!r} is a text source but the sweep is video ([model] frame_dim = "
+                          f"{frame_dim}); use source = \"synthetic-video\" or \"store:DIR\" of a video store "
+                          "(ebt-scale data prepare --modality video), or drop frame_dim for a text sweep")
+    if modality == "text" and src_kind == "video":
+        raise ConfigError(f"data.source: {source!r} holds video clips but the sweep is text; set [model] frame_dim "
+                          "(32 for synthetic-video, a video store's own) and [sweep] modality = \"video\", or use a "
+                          "text source")
+    if modality == "video" and isinstance(source, str) and (m := read_manifest(source)) is not None:
+        have = (m.get("params") or {}).get("frame_dim")
+        if have is not None and have != frame_dim:
+            raise ConfigError(f"model.frame_dim: {frame_dim} differs from the video store's frame_dim {have} "
+                              f"({source[len(STORE_PREFIX):]}); set frame_dim = {have}")
+    recipe = sw.recipe or ("ebt_vid_s1" if modality == "video" else "ebt_s1")
+    mine = VIDEO_RECIPES if modality == "video" else RECIPES
+    if recipe not in mine:
+        raise ConfigError(f"sweep.recipe: {recipe} is a {'video' if recipe in VIDEO_RECIPES else 'text'} recipe and "
+                          f"this sweep is {modality}; use {' or '.join(mine)}")
+    if modality == "video":
+        if sw.axis not in VIDEO_AXES:
+            raise ConfigError(f"sweep.axis: the {sw.axis} axis is not implemented for video (its shape ladder and "
+                              f"budgets are planned with the text FLOPs); use one of {', '.join(VIDEO_AXES)}")
+        for k in TEXT_ONLY_DATA_KEYS:
+            if k in data:
+                raise ConfigError(f"data.{k}: a video sweep has no tokenizer, vocabulary or documents (clips are cut "
+                                  "into windows of consecutive frames); drop it")
+    return modality, recipe
 
 
 def absolute_source(source: str) -> str:
@@ -481,10 +571,11 @@ def check_tables(raw: dict[str, Any]) -> SweepSpec:
                               f"the size presets'); drop it, or run the {fam} family in its own sweep with its own "
                               "axis.lrs")
         family_train[fam] = sub
+    data = _keys("data", raw.get("data", {}), DATA_KEYS)
+    modality, recipe = check_modality(sw, model, data)
     micro_auto = train.get("micro_batch_size") == "auto"
     if micro_auto:  # resolved per run by the memory plan (cli/sweep.py); the runs are expanded with the whole batch
         del train["micro_batch_size"]
-    data = _keys("data", raw.get("data", {}), DATA_KEYS)
     source = data.get("source")
     if isinstance(source, str) and source.startswith(LOCAL_SOURCE_PREFIXES):
         data["source"] = absolute_source(source)
@@ -496,7 +587,8 @@ def check_tables(raw: dict[str, Any]) -> SweepSpec:
     tune = check_tune(raw.get("tune", {}), sw.axis, list(ax.values), bool(getattr(ax, "lrs", None)), list(FAMILIES))
     return SweepSpec(
         name=(sw.name if sw.name is not None else sw.axis).strip(), axis=sw.axis, families=tuple(sw.families),
-        seeds=tuple(sw.seeds), recipe=sw.recipe, values=tuple(ax.values), preset=preset, model=model, train=train,
+        seeds=tuple(sw.seeds), recipe=recipe, modality=modality, values=tuple(ax.values), preset=preset,
+        model=model, train=train,
         family_train=family_train, data=data, resources=resources, cost=cost, tracking=tracking, tune=tune,
         micro_batch_auto=micro_auto, mode=getattr(ax, "mode", None), total_tokens=getattr(ax, "total_tokens", None),
         head_size=getattr(ax, "head_size", None),
