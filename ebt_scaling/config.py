@@ -36,6 +36,7 @@ from ebt_scaling.errors import ConfigError, DataError
 Family = Literal["transformer_pp", "ebt"]
 Axis = Literal["data", "batch", "depth", "width", "params", "flops", "isoflop"]
 Recipe = Literal["ebt_s1", "ebt_s2"]
+VideoRecipe = Literal["ebt_vid_s1", "ebt_vid_s2"]  # VIDEO_RECIPE_OVERRIDES (issue 31)
 Precision = Literal["auto", "fp32", "tf32", "bf16"]  # TrainConfig.precision
 Tracker = Literal["mlflow", "tensorboard", "wandb"]  # experiment trackers through Ray Tune (sched/trackers.py)
 # ModelConfig.step_size_lr_floor values; "scaled" is what runs stored before the field existed were trained with.
@@ -253,10 +254,11 @@ RECIPE_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 _S1 = RECIPE_OVERRIDES["ebt_s1"]
 # Video recipes (issue 31; models/video.py): the text recipes' mechanics with the paper's video step size (section
-# 14: alpha 30,000, learnable, 2 steps). ``ebt_vid_s2`` is S2-style (no paper value for video S2): the S2 mechanics
-# at the video alpha, without the replay buffer (not implemented for video). Here, torch-free, for sweep planning.
+# 14: alpha 30,000, learnable, 2 steps; alpha's LR multiplier 90,000 = 3 x alpha, the official video scripts' rule,
+# as the text S1's 1,500 is 3 x 500). ``ebt_vid_s2`` is S2-style (no paper value for video S2): the S2 mechanics at the
+# video alpha, without the replay buffer (not implemented for video). Here, torch-free, for sweep planning.
 VIDEO_RECIPE_OVERRIDES: dict[str, dict[str, Any]] = {
-    "ebt_vid_s1": {**RECIPE_OVERRIDES["ebt_s1"], "step_size": 30000.0},
+    "ebt_vid_s1": {**RECIPE_OVERRIDES["ebt_s1"], "step_size": 30000.0, "step_size_lr_multiplier": 90000.0},
     "ebt_vid_s2": {**RECIPE_OVERRIDES["ebt_s2"], "step_size": 30000.0, "replay_buffer_size": 0},
 }
 # The CPU presets' video EBT (ebt_vid_s1) step size: the paper's alpha 30,000 belongs to SD-VAE latents (E = 3136)
@@ -732,7 +734,8 @@ class RunSpec:
     axis: str | None = setting(default=None, help="The sweep's axis (not hashed).")
     x: Number | None = setting(default=None, help="The run's axis value (not hashed).")
     checkpoint_dir: str | None = setting(default=None, help="Where checkpoints go (not hashed).")
-    recipe: Recipe | None = setting(default=None, help="The EBT recipe the model was built from (not hashed).")
+    recipe: Recipe | VideoRecipe | None = setting(default=None, help="The EBT recipe the model was built from "
+                                                  "(not hashed).")
     hash_version: Literal[1, 2] = setting(default=HASH_VERSION, help="How identity() is formed.",
                                           fix=f"a config written by a newer ebt-scaling? use {HASH_VERSION} (or "
                                           "upgrade)")

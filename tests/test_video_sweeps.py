@@ -99,7 +99,7 @@ def test_tiny_video_specs_expand(axis):
     for r in runs:
         m, t = r.spec.model, r.spec.train
         assert m.frame_dim == 32 and m.modality == "video" and m.vocab_size == 2
-        assert r.spec.recipe is None  # RunSpec.recipe names text recipes; the video recipe is the sweep's
+        assert r.spec.recipe == ("ebt_vid_s1" if m.family == "ebt" else None)  # recorded, not hashed
         assert r.planned.config == r.spec.to_dict() and r.planned.config_hash == r.spec.config_hash
         assert r.planned.params == video_param_counts(m, 32)
         for conv in ("paper", "exact"):

@@ -247,7 +247,7 @@ def train_cmd(
 
     corpus = open_data(dcfg, seq_len, seed=seed, progress=lambda m: err.print(f"[dim]data:[/dim] {m}"),
                        frame_dim=frame_dim)
-    spec = spec0.with_(data=dcfg, checkpoint_dir=checkpoint_dir, recipe=None if video else recipe_name)
+    spec = spec0.with_(data=dcfg, checkpoint_dir=checkpoint_dir, recipe=recipe_name)
 
     from ebt_scaling.records import ListSink
     from ebt_scaling.train.launch import launch_local

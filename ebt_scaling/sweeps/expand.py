@@ -18,8 +18,8 @@ axis's budgets are frames), the model's ``vocab_size`` is ``VIDEO_VOCAB_SIZE`` (
 EBT takes a video recipe (``config.VIDEO_RECIPE_OVERRIDES``; on the CPU presets with ``config.CPU_VIDEO_EBT_S1``'s
 step size, as ``ebt-scale train``), and parameters and FLOPs come from ``models/video_flops.py``
 (``video_param_counts``, ``video_flops_per_frame``: x of the params axis = non-embedding parameters, of the flops
-axis = FLOPs per frame x frames). The video recipe is the sweep's (``SweepSpec.recipe``); a video RunSpec records no
-recipe (``RunSpec.recipe`` names the text recipes only).
+axis = FLOPs per frame x frames). The video recipe is the sweep's (``SweepSpec.recipe``), recorded in each EBT RunSpec
+(``RunSpec.recipe``, not hashed) as a text recipe is.
 
 A ``store:DIR`` source is named by content too: each run's ``DataConfig.store_fingerprint`` is the store's
 fingerprint (``config.store_fingerprint``, the shards' checksums) read from its manifest where the sweep is planned,
@@ -269,7 +269,7 @@ def _run(spec: SweepSpec, family: str, seed: int, label: str, point: dict[str, A
     mkw: dict[str, Any] = {"family": family, **shape, **shape_over}
     recipe: Any = None
     if family == "ebt":
-        recipe = spec.recipe if spec.recipe in RECIPE_OVERRIDES else None  # a video recipe is the sweep's only
+        recipe = spec.recipe
         mkw.update(recipe_overrides(spec.recipe))
         mkw.update(ebt_options)
     model = ModelConfig(**mkw)
