@@ -237,6 +237,9 @@ def _select(store: Store, claims: RunClaims, spec: SweepSpec, ray_opts: RayOptio
             "resume_from": ckpt, "resume_step": step, "family": rec.family, "label": run.label,
             "weight": (run.planned.flops_per_token.get("exact") or 1.0) * (run.planned.tokens or 1),
         })
+    # the largest runs first (stable, so equal runs keep plan order): the longest-processing-time-first schedule
+    # the dry run's makespan assumes; in plan order the heaviest EBT started last and ran alone at the end
+    sel.tasks.sort(key=lambda t: -t["weight"])
     return sel
 
 
