@@ -289,7 +289,7 @@ def test_video_planning_never_imports_torch():
 
 
 # ------------------------------------------------------------------------------------------ end to end (slow)
-@pytest.mark.slow  # ~4-7 min on 2 cores: the shipped tiny video width sweep on a real local Ray, then fit and report
+@pytest.mark.slow  # ~5-10 min on 2 cores: the shipped tiny video width sweep on a real local Ray, then fit and report
 def test_tiny_video_width_sweep_end_to_end(tmp_path):
     """issue 31's acceptance: both families complete, every run below its copy-last-frame baseline, the fit and
     the report on video."""
@@ -309,10 +309,10 @@ def test_tiny_video_width_sweep_end_to_end(tmp_path):
     finally:
         cleanup_leftover_ray()
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "sweep video-width-tiny: 6 completed" in r.stdout
+    assert "sweep video-width-tiny: 12 completed" in r.stdout  # 3 widths x 2 families x 2 seeds
     r = cli("runs", "--sweep", "video-width-tiny", "--db", url, "--format", "json")
     runs = json.loads(r.stdout)
-    assert len(runs) == 6 and {x["family"] for x in runs} == {"ebt", "transformer_pp"}
+    assert len(runs) == 12 and {x["family"] for x in runs} == {"ebt", "transformer_pp"}
     for run in runs:
         assert run["status"] == "completed", run
         assert run["final_val_loss"] < 0.8 * run["copy_loss"], run  # well below copying the last frame
