@@ -231,8 +231,9 @@ def test_kill_dash_9_then_rerun_completes_every_run_exactly_once(tmp_path):
     assert snap["sweep"] == "kill" and snap["runs"] == 4 and snap["done"] >= 1 and snap["running"] >= 1
     assert snap["lease"]["pid"] == drv.pid and not snap["finished"]
     running = [r for r in snap["runs_detail"] if r["status"] == "running" and r["step"] > 0]
-    assert running and all(r["steps"] == 120 and r["tokens_per_s"] > 0 and r["eta_s"] > 0 and r["train_loss"]
-                           for r in running)
+    # (a run at its last step, not yet recorded completed, has nothing left: ETA 0)
+    assert running and all(r["steps"] == 120 and r["tokens_per_s"] > 0 and r["train_loss"]
+                           and (r["eta_s"] > 0 if r["step"] < 120 else r["eta_s"] == 0) for r in running), running
     assert snap["eta_s"] and snap["eta_s"] > 0
     (listed,) = json.loads(live_sweeps.output)
     assert listed["sweep"] == "kill" and listed["driver"]["pid"] == drv.pid and sum(listed["runs"].values()) == 4
@@ -383,13 +384,18 @@ def test_a_run_with_holes_in_its_series_is_never_recorded_completed(tmp_path):
     assert "1 train_loss point(s) missing (first at step 10)" in b.reason
 
 
-def test_cancel_from_another_terminal_stops_the_driver_and_a_rerun_resumes(tmp_path):
+@pytest.mark.parametrize("rerun", ["planned", pytest.param("completed", marks=pytest.mark.slow)])
+def test_cancel_from_another_terminal_stops_the_driver_and_a_rerun_resumes(tmp_path, rerun):
     """`ebt-scale cancel` sets a flag in the database; the live driver stops its trials, marks the unfinished
     runs cancelled (checkpoints kept) and exits; the same sweep command then resumes them. The runs are long
     (2,000 steps, about 12 s each on the 2-core build machine; at 400 a run could finish between its first
     checkpoint and the driver's cancel poll, every 2 s, on a quiet machine) and the cancel is sent once both have
     a checkpoint; should one run still finish first, the test holds the driver to its own count (at least one
-    cancelled, every cancelled one resumed from its checkpoint)."""
+    cancelled, every cancelled one resumed from its checkpoint).
+
+    Default suite (``planned``): the rerun clears the cancellation and plans every cancelled run to resume from
+    its checkpoint, then gets Ctrl-C before it trains (a resumed run trained to the end: the kill -9 test;
+    training the rest of ~2 x 1,900 steps here would add ~20 s). Slow (``completed``): the rerun completes them."""
     url = f"sqlite:///{tmp_path / 'c.db'}"
     spec = write_spec(tmp_path, "c", families='["transformer_pp"]', steps=2000, values="[1, 2]")
     args = ("sweep", "--spec", str(spec), "--db", url, "--progress", "plain")
@@ -428,10 +434,29 @@ def test_cancel_from_another_terminal_stops_the_driver_and_a_rerun_resumes(tmp_p
     assert all("ebt-scale cancel" in x.reason and x.checkpoint_dir for x in cancelled)
     r = cancel()
     assert r.exit_code == 1 and "has no live driver" in r.stderr
+    n = len(cancelled)
+    plan = f"{n} to run ({n} resuming from a checkpoint)"
+    if rerun == "planned":
+        assert store(url).cancel_requested("c")  # the request outlives the driver it stopped ...
+        drv = start_cli(*args)
+        try:
+            lines = []
+            for line in drv.stdout:  # the driver's plan, said before Ray starts
+                lines.append(line)
+                if " to run (" in line:
+                    break
+            drv.send_signal(signal.SIGINT)
+            out = "".join(lines) + drv.communicate(timeout=120)[0]
+        finally:
+            if drv.poll() is None:
+                drv.kill()
+                drv.wait()
+        assert plan in out and drv.returncode == 130, out
+        assert not store(url).cancel_requested("c")  # ... until the next driver of the sweep starts
+        return
     r = cli(*args, timeout=400)
     assert r.returncode == 0, r.stdout + r.stderr
-    n = len(cancelled)
-    assert f"{n} to run ({n} resuming from a checkpoint)" in r.stderr, r.stderr
+    assert plan in r.stderr, r.stderr
     st = store(url)
     for run in st.list_runs(sweep="c"):
         assert run.status == "completed"
@@ -477,11 +502,15 @@ def _tb_scalars(path: Path, tag: str) -> list[tuple[int, float]]:
     return sorted(out)
 
 
-def test_a_postgresql_sweep_with_every_tracker_rides_out_a_database_restart(tmp_path, monkeypatch, pg_sweep_db):
-    """One sweep on PostgreSQL checked for three things (one sweep keeps the suite's Ray start-ups down):
-    - a database restart: the server is stopped for ~4 s while the runs train and report (where the test can run
+def test_a_postgresql_sweep_on_ray_train_with_every_tracker_rides_out_a_database_restart(tmp_path, monkeypatch,
+                                                                                          pg_sweep_db):
+    """One sweep on PostgreSQL checked for four things (one sweep keeps the suite's Ray start-ups down):
+    - Ray Train: its run trains on 2 data-parallel workers (``--workers-per-trial 2``, sched/ddp.py), once, with
+      one contiguous series, and its checkpoint is the one Ray Train persisted in the sweep's storage (a killed
+      worker's retry: test_sched_ddp.py, slow);
+    - a database restart: the server is stopped for ~4 s while the run trains and reports (where the test can run
       a server of its own: root and a PostgreSQL installation; elsewhere this part is left out, with a warning);
-      the driver retries with backoff, keeps its buffered points, and every run completes with a whole series;
+      the driver retries with backoff, keeps its buffered points, and the run completes with a whole series;
     - the database line: the URL is printed masked, the password never;
     - `--tracker` logs every stored point: an MLflow experiment named after the sweep in the local SQLite store
       (artifacts beside it) with each run's config as parameters, TensorBoard event files in the printed folder,
@@ -502,9 +531,13 @@ def test_a_postgresql_sweep_with_every_tracker_rides_out_a_database_restart(tmp_
     (tmp_path / "wb").mkdir()
     (url, folder), name = pg_sweep_db, "trk"
     storage = tmp_path / "runs"
-    spec = write_spec(tmp_path, name, families='["transformer_pp"]', steps=200, values="[1, 2]")
-    drv = start_cli("sweep", "--spec", str(spec), "--db", url, "--progress", "plain", "--storage", str(storage),
-                    "--tracker", "mlflow", "--tracker", "tensorboard", "--tracker", "wandb")
+    spec = write_spec(tmp_path, name, families='["transformer_pp"]', steps=100, values="[1]")
+    spec.write_text(spec.read_text().replace("checkpoint_interval = 20", "checkpoint_interval = 50"))
+    drv = subprocess.Popen([sys.executable, "-m", "ebt_scaling", "sweep", "--spec", str(spec), "--db", url,
+                            "--progress", "plain", "--storage", str(storage), "--workers-per-trial", "2",
+                            "--tracker", "mlflow", "--tracker", "tensorboard", "--tracker", "wandb"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
         if folder is not None:
             def reporting() -> bool:
@@ -531,14 +564,20 @@ def test_a_postgresql_sweep_with_every_tracker_rides_out_a_database_restart(tmp_
             drv.kill()
             drv.wait()
     assert drv.returncode == 0, out
-    assert f"sweep {name}: 2 completed" in out and f"database: {mask_url(url)}" in out, out
+    assert f"sweep {name}: 1 completed" in out and f"database: {mask_url(url)}" in out, out
     pw = urlsplit(url).password
     assert not pw or pw not in out
     st = store(url)
     runs = st.list_runs(sweep=name)
-    assert len(runs) == 2 and all(r.status == "completed" for r in runs), out
+    assert len(runs) == 1 and all(r.status == "completed" and r.attempts == 1 for r in runs), out
     for run in runs:
         assert_contiguous(st, run)
+        assert [p.step for p in st.get_metrics(run.id, "val_loss")] == [20, 40, 60, 80, 100]
+    # Ray Train
+    assert "(2 workers on Ray Train)" in out and "retrying" not in out, out
+    ck = Path(runs[0].checkpoint_dir)  # persisted by Ray Train in the sweep's storage
+    assert str(ck).startswith(str(storage.resolve())) and (ck / "model.pt").exists()
+    assert json.loads((ck / "ebt_checkpoint.json").read_text())["step"] == 100
 
     import mlflow
 
@@ -553,7 +592,7 @@ def test_a_postgresql_sweep_with_every_tracker_rides_out_a_database_restart(tmp_
         db_series: dict[str, list[tuple[int, float]]] = {}
         for p in st.get_metrics(run.id):
             db_series.setdefault(p.name, []).append((p.step, p.value))
-        assert len(db_series["train_loss"]) == 40 and len(db_series["val_loss"]) >= 1  # log_interval 5 of 200
+        assert len(db_series["train_loss"]) == 20 and len(db_series["val_loss"]) == 5  # log_interval 5 of 100
         depth = int(run.x)
         mrun = mruns[str(run.id)]
         assert mrun.info.run_name == f"transformer_pp/depth={depth}/seed0" and mrun.data.tags["sweep"] == name
@@ -573,4 +612,4 @@ def test_a_postgresql_sweep_with_every_tracker_rides_out_a_database_restart(tmp_
         assert [v for _, v in tb] == pytest.approx([v for _, v in db_series["train_loss"]], rel=1e-6)  # float32
 
     wb = list((tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(wb) == 2 and all(b"train_loss" in f.read_bytes() for f in wb)
+    assert len(wb) == len(runs) and all(b"train_loss" in f.read_bytes() for f in wb)

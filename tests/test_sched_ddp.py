@@ -4,12 +4,13 @@ Fast: a trial that would train on fewer GPUs than it reserves is refused in one 
 spec is validated; a batch size that is not a multiple of the workers is refused before anything is written; the
 driver callback records a checkpoint that Ray Train persisted (``ebt_ckpt_path``) after the points before it.
 
-In the default suite (mostly Ray's and Ray Train's start-up): a sweep with ``workers_per_trial = 2`` on a local Ray
-instance (real Ray, real database, synthetic data, nano, 40 steps) completes with one contiguous series and the
-checkpoint Ray Train persisted in the sweep's storage.
+A sweep on Ray Train in the default suite: test_sched.py's PostgreSQL sweep (``--workers-per-trial 2``: one run,
+one contiguous series, the checkpoint Ray Train persisted; one sweep for that, the trackers and a database
+restart keeps the suite's Ray start-ups down).
 
-Slow (about 70 s on a quiet 2-core machine: Ray Train's worker group starts twice): the same sweep of 80 steps with
-one Ray Train worker process killed with SIGKILL mid-run; the run resumes from its last checkpoint and completes,
+Slow (about 70 s on a quiet 2-core machine: Ray Train's worker group starts twice): a sweep with
+``workers_per_trial = 2`` on a local Ray instance (real Ray, real database, synthetic data, nano, 80 steps) with one
+Ray Train worker process killed with SIGKILL mid-run; the run resumes from its last checkpoint and completes,
 trained once: two attempts, one contiguous series, no step twice. (A retry inside a sweep from its latest
 checkpoint stays in the default suite for one-worker trials: test_sched.py, the diverging run.)
 """
@@ -153,13 +154,13 @@ def _train_workers(tag: str) -> list[int]:
     return sorted(pids)
 
 
-def _ddp_sweep(tmp_path: Path, steps: int, kill: bool) -> tuple[str, str]:
-    """Run the sweep "ddp" (one run on two Ray Train workers) in a driver process, with one worker SIGKILLed once a
-    checkpoint between steps 20 and 40 is recorded (``kill``); returns (database URL, driver output)."""
+@pytest.mark.slow  # ~70 s; the default suite keeps a Ray Train sweep (test_sched.py) and a one-worker retry from a
+# checkpoint (test_sched.py, the diverging run)
+def test_sweep_with_two_workers_survives_a_killed_worker(tmp_path):
     from ebt_scaling.db import Store
 
     url = f"sqlite:///{tmp_path / 'ddp.db'}"
-    spec = write_spec(tmp_path, steps=steps)
+    spec = write_spec(tmp_path)
     tag = str(tmp_path)
     env = dict(os.environ, EBT_TEST_TAG=tag, OMP_NUM_THREADS="1")
     drv = subprocess.Popen([sys.executable, "-m", "ebt_scaling", "sweep", "--spec", str(spec), "--db", url,
@@ -176,53 +177,31 @@ def _ddp_sweep(tmp_path: Path, steps: int, kill: bool) -> tuple[str, str]:
         return any(i is not None and 20 <= i["step"] <= 40 for i in info)
 
     try:
-        if kill:
-            t0 = time.monotonic()
-            while not checkpointed_early():
-                assert drv.poll() is None, drv.stdout.read()
-                assert time.monotonic() - t0 < 300, "timed out waiting for the first checkpoint"
-                time.sleep(0.2)
-            workers = _train_workers(tag)
-            assert len(workers) == 2, workers
-            os.kill(workers[-1], signal.SIGKILL)
+        t0 = time.monotonic()
+        while not checkpointed_early():
+            assert drv.poll() is None, drv.stdout.read()
+            assert time.monotonic() - t0 < 300, "timed out waiting for the first checkpoint"
+            time.sleep(0.2)
+        workers = _train_workers(tag)
+        assert len(workers) == 2, workers
+        os.kill(workers[-1], signal.SIGKILL)
         out, _ = drv.communicate(timeout=400)
     finally:
         if drv.poll() is None:
             drv.kill()
     assert drv.returncode == 0, out
-    return url, out
-
-
-def _check_one_run_trained_once(tmp_path: Path, url: str, steps: int, attempts: int) -> None:
-    from typer.testing import CliRunner
-
-    from ebt_scaling.cli.main import app
-    from ebt_scaling.db import Store
-
+    assert "sweep ddp: 1 completed" in out and "retrying from step" in out, out
     st = Store(url)
     (run,) = st.list_runs(sweep="ddp")
-    assert run.status == "completed" and run.attempts == attempts
-    assert [p.step for p in st.get_metrics(run.id, "train_loss")] == list(range(5, steps + 1, 5))
-    assert [p.step for p in st.get_metrics(run.id, "val_loss")] == list(range(20, steps + 1, 20))
+    assert run.status == "completed" and run.attempts == 2  # one retry, resumed; never trained again after
+    assert [p.step for p in st.get_metrics(run.id, "train_loss")] == list(range(5, 81, 5))
+    assert [p.step for p in st.get_metrics(run.id, "val_loss")] == [20, 40, 60, 80]
     ck = Path(run.checkpoint_dir)  # persisted by Ray Train in the sweep's storage, next to the database
     assert str(ck).startswith(str(tmp_path / "ddp.runs")) and (ck / "model.pt").exists()
-    assert json.loads((ck / "ebt_checkpoint.json").read_text())["step"] == steps
-    r = CliRunner().invoke(app, ["runs", "--sweep", "ddp", "--format", "json", "--db", url])
-    assert r.exit_code == 0, r.output
-    assert [(x["status"], x["config_hash"]) for x in json.loads(r.stdout)] == [("completed", run.config_hash)]
-
-
-def test_sweep_with_two_workers_trains_its_run_on_ray_train(tmp_path):
-    url, out = _ddp_sweep(tmp_path, steps=40, kill=False)
-    assert "(2 workers on Ray Train)" in out and "sweep ddp: 1 completed" in out and "retrying" not in out, out
-    _check_one_run_trained_once(tmp_path, url, steps=40, attempts=1)
-
-
-@pytest.mark.slow  # ~70 s; the default suite keeps the Ray Train sweep above and a one-worker retry from a checkpoint
-def test_sweep_with_two_workers_survives_a_killed_worker(tmp_path):
-    url, out = _ddp_sweep(tmp_path, steps=80, kill=True)
-    assert "sweep ddp: 1 completed" in out and "retrying from step" in out, out
-    _check_one_run_trained_once(tmp_path, url, steps=80, attempts=2)  # one retry, resumed; not trained again
+    assert json.loads((ck / "ebt_checkpoint.json").read_text())["step"] == 80
+    rows = json.loads(subprocess.run([sys.executable, "-m", "ebt_scaling", "runs", "--sweep", "ddp", "--format",
+                                      "json", "--db", url], capture_output=True, text=True, cwd=ROOT).stdout)
+    assert [(x["status"], x["config_hash"]) for x in rows] == [("completed", run.config_hash)]
 
 
 def test_memory_plan_counts_one_workers_share_of_the_batch(tmp_path):
