@@ -292,3 +292,18 @@ def test_crossover_in_plain_numbers_and_words():
     assert crossover_words(cr, "data") == (
         "the fitted rate lines cross at about 5.9e7 training tokens, inside the measured 1e6 to 1e8 training tokens: "
         "the EBT's line is lower above it, the Transformer++'s below (95% interval 5.4e7 to 6.6e7).")
+
+
+def test_a_warning_is_never_split_between_pages():
+    """The axis page keeps whole warnings (its last line left for the 'more lines' note); the rest continue on the
+    next page starting with a warning's first line, never with the tail of a wrapped one."""
+    from ebt_scaling.report.pdf import _whole_warnings
+
+    groups = [["- a1", "  a2"], ["- b1", "  b2", "  b3"], ["- c1"]]
+    assert _whole_warnings(groups, 10) == (["- a1", "  a2", "- b1", "  b2", "  b3", "- c1"], [])
+    shown, rest = _whole_warnings(groups, 4)  # 6 lines in 4: a (2) fits with a line to spare, b (3) does not
+    assert shown == ["- a1", "  a2"] and rest == ["- b1", "  b2", "  b3", "- c1"]
+    shown, rest = _whole_warnings(groups, 6)  # 6 lines fit exactly: no note needed
+    assert rest == [] and len(shown) == 6
+    shown, rest = _whole_warnings([["- x1", "  x2", "  x3"], ["- y1"]], 2)  # the first shown whole even if too long
+    assert shown == ["- x1", "  x2", "  x3"] and rest == ["- y1"]

@@ -397,13 +397,12 @@ def axis_pages(data: ReportData, new_page: Callable[[], Figure]) -> None:
                          for w in (textwrap.wrap(line, 200, subsequent_indent="      ") or [""]))
         top = 0.375
         fig.text(0.04, top, text, va="top", fontsize=TEXT_PT, family="monospace", linespacing=1.3)
-        warn = [line for w in plots.guard_lines(f) for line in textwrap.wrap(f"- {w}", 190, subsequent_indent="  ")]
-        if warn:
+        groups = [textwrap.wrap(f"- {w}", 190, subsequent_indent="  ") for w in plots.guard_lines(f)]
+        if groups:
             y = top - LINE_H * (text.count("\n") + 1.6)
             room = max(1, int((y - 0.035) / LINE_H) - 1)
-            rest: list[str] = []
-            if len(warn) > room:
-                warn, rest = warn[:room - 1], warn[room - 1:]
+            warn, rest = _whole_warnings(groups, room)
+            if rest:
                 warn.append(f"  ... {len(rest)} more lines: on the next page (Warnings, continued)")
             fig.text(0.04, y, "\n".join(["Warnings:"] + warn), va="top", fontsize=TEXT_PT, color="#a00000",
                      linespacing=1.3)
@@ -468,6 +467,20 @@ def _curves_page(f: AxisFit, data: ReportData, new_page: Callable[[], Figure]) -
     fig.text(0.07, 0.1, "Thin lines: training loss (logged every few steps); dots joined by a thicker line: "
              "validation loss on the sweep's fixed validation set.\nColour: the level of the axis (legend). "
              + what, fontsize=8, va="top")
+
+
+def _whole_warnings(groups: list[list[str]], room: int) -> tuple[list[str], list[str]]:
+    """The wrapped lines of the warnings that fit in ``room`` lines (keeping one for the "more lines" note when some
+    do not), and the rest: a warning is never split between pages (at least the first is shown whole)."""
+    n_lines = sum(len(g) for g in groups)
+    if n_lines <= room:
+        return [line for g in groups for line in g], []
+    shown: list[str] = []
+    k = 0
+    while k < len(groups) and (not shown or len(shown) + len(groups[k]) <= room - 1):
+        shown += groups[k]
+        k += 1
+    return shown, [line for g in groups[k:] for line in g]
 
 
 def _continued(title: str, lines: Sequence[str], new_page: Callable[[], Figure], color: str = "k",
