@@ -332,13 +332,35 @@ def _fmt(v: float | None, nd: int = 4) -> str:
     return "-" if v is None else (f"{v:.{nd}f}" if math.isfinite(v) else str(v))
 
 
-def _summary(r: Any, unigram: float, entropy_rate: float | None) -> None:
-    from rich.console import Console
+def _summary_table(r: Any) -> Any:
     from rich.table import Table
 
     t = Table(title=f"run {r.status}" + (f": {r.reason}" if r.reason else ""), show_header=False)
     t.add_column("metric", style="bold")
     t.add_column("value", justify="right")
+    return t
+
+
+def _print_summary(t: Any, r: Any, unit: str, steps_row: str) -> None:
+    """The rows every run's summary ends with (``unit``: "token" or "frame"), then print the table."""
+    from rich.console import Console
+
+    t.add_row(steps_row, f"{r.steps} / {r.tokens:,}")
+    t.add_row("params (total / non-embedding)",
+              f"{r.params.get('total', 0):,} / {r.params.get('non_embedding', 0):,}")
+    t.add_row(f"FLOPs/{unit} (paper / exact)",
+              f"{r.flops_per_token.get('paper', 0):.4g} / {r.flops_per_token.get('exact', 0):.4g}")
+    rate = r.extra.get("tokens_per_s")  # units per second: tokens, or frames for video
+    t.add_row(f"{unit}s/s (training)", f"{rate:,.0f}" if rate else "-")
+    t.add_row("wall time", f"{r.wall_time_s:.1f} s")
+    t.add_row("device", str(r.device))
+    if r.checkpoint_dir:
+        t.add_row("checkpoint", r.checkpoint_dir)
+    Console().print(t)
+
+
+def _summary(r: Any, unigram: float, entropy_rate: float | None) -> None:
+    t = _summary_table(r)
     t.add_row("final train loss (nats/token)", _fmt(r.final_train_loss))
     t.add_row("final val loss (nats/token)", _fmt(r.final_val_loss))
     t.add_row("val perplexity", _fmt(r.final_val_ppl, 2))
@@ -347,46 +369,19 @@ def _summary(r: Any, unigram: float, entropy_rate: float | None) -> None:
         t.add_row("val loss - unigram", f"{r.final_val_loss - unigram:+.4f}")
     if entropy_rate is not None:
         t.add_row("entropy rate of the source", _fmt(entropy_rate))
-    t.add_row("steps / tokens", f"{r.steps} / {r.tokens:,}")
-    t.add_row("params (total / non-embedding)",
-              f"{r.params.get('total', 0):,} / {r.params.get('non_embedding', 0):,}")
-    t.add_row("FLOPs/token (paper / exact)",
-              f"{r.flops_per_token.get('paper', 0):.4g} / {r.flops_per_token.get('exact', 0):.4g}")
-    tps = r.extra.get("tokens_per_s")
-    t.add_row("tokens/s (training)", f"{tps:,.0f}" if tps else "-")
-    t.add_row("wall time", f"{r.wall_time_s:.1f} s")
-    t.add_row("device", str(r.device))
-    if r.checkpoint_dir:
-        t.add_row("checkpoint", r.checkpoint_dir)
-    Console().print(t)
+    _print_summary(t, r, "token", "steps / tokens")
 
 
 def _video_summary(r: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     copy, mean = r.extra.get("copy_loss"), r.extra.get("mean_loss")
-    t = Table(title=f"run {r.status}" + (f": {r.reason}" if r.reason else ""), show_header=False)
-    t.add_column("metric", style="bold")
-    t.add_column("value", justify="right")
+    t = _summary_table(r)
     t.add_row("final train loss (SmoothL1)", _fmt(r.final_train_loss))
     t.add_row("final val loss (SmoothL1)", _fmt(r.final_val_loss))
     t.add_row("copy last frame (baseline)", _fmt(copy))
     t.add_row("mean embedding (baseline)", _fmt(mean))
     if r.final_val_loss is not None and math.isfinite(r.final_val_loss) and copy:
         t.add_row("val loss / copy baseline", f"{r.final_val_loss / copy:.3f}")
-    t.add_row("steps / frames predicted", f"{r.steps} / {r.tokens:,}")
-    t.add_row("params (total / non-embedding)",
-              f"{r.params.get('total', 0):,} / {r.params.get('non_embedding', 0):,}")
-    t.add_row("FLOPs/frame (paper / exact)",
-              f"{r.flops_per_token.get('paper', 0):.4g} / {r.flops_per_token.get('exact', 0):.4g}")
-    fps = r.extra.get("tokens_per_s")
-    t.add_row("frames/s (training)", f"{fps:,.0f}" if fps else "-")
-    t.add_row("wall time", f"{r.wall_time_s:.1f} s")
-    t.add_row("device", str(r.device))
-    if r.checkpoint_dir:
-        t.add_row("checkpoint", r.checkpoint_dir)
-    Console().print(t)
+    _print_summary(t, r, "frame", "steps / frames predicted")
 
 
 def register(app: typer.Typer) -> None:
