@@ -41,20 +41,29 @@ def _loss_chg(gain: Any, at: Any) -> str:
     return f"{-gain * 100 + 0.0:+.2f}%" + (f" with {at}" if at else "")  # + 0.0: no "-0.00%" at the baseline
 
 
-def _loss_line(o: Any) -> str:
-    """The summary line of a video run (SmoothL1; lower is better)."""
+def _summary_line(o: Any) -> str:
+    """One run's summary line: perplexity (text) or SmoothL1 (video; ``measure`` smooth_l1), lower is better, each
+    gain as the change with the setting that gave it."""
     s = o.summary
-    line = f"{o.label}: val SmoothL1 {_num(s['val_loss_base'], 4)} (copy baseline {_num(s.get('val_copy_loss'), 4)})"
+    video = s.get("measure") == "smooth_l1"
+    name, key, nd, chg = ("SmoothL1", "loss", 4, _loss_chg) if video else ("perplexity", "ppl", 3, _chg)
+    if video:
+        line = (f"{o.label}: val SmoothL1 {_num(s['val_loss_base'], 4)} "
+                f"(copy baseline {_num(s.get('val_copy_loss'), 4)})")
+        base = f" at {s['base_steps']} steps;"
+    else:
+        line = f"{o.label}: val ppl {_num(s['val_ppl_base'])}"
+        base = f" (base {s['base_steps']} steps);"
     if o.family == "ebt":
-        line += (f" at {s['base_steps']} steps; SmoothL1 change (lower is better): thinking longer "
-                 f"{_loss_chg(s.get('val_gain_longer'), s.get('val_longer_at'))}, best-of-N "
-                 f"{_loss_chg(s.get('val_gain_verify'), s.get('val_verify_at'))}, best setting "
-                 f"{_loss_chg(s.get('val_gain_max'), s.get('val_max_at'))}")
+        line += (f"{base} {name} change (lower is better): thinking longer "
+                 f"{chg(s.get('val_gain_longer'), s.get('val_longer_at'))}, best-of-N "
+                 f"{chg(s.get('val_gain_verify'), s.get('val_verify_at'))}, best setting "
+                 f"{chg(s.get('val_gain_max'), s.get('val_max_at'))}")
     if s.get("ood_source"):
-        line += f"; OOD {s['ood_source']} SmoothL1 {_num(s.get('ood_loss_base'), 4)} " \
+        line += f"; OOD {s['ood_source']} {'SmoothL1' if video else 'ppl'} {_num(s.get(f'ood_{key}_base'), nd)} " \
                 f"(x{_num(s.get('ood_magnitude'), 2)})"
         if o.family == "ebt":
-            line += f", best setting {_loss_chg(s.get('ood_gain_max'), s.get('ood_max_at'))}"
+            line += f", best setting {chg(s.get('ood_gain_max'), s.get('ood_max_at'))}"
     return line
 
 
@@ -116,21 +125,6 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"passes = inner steps x samples; baseline = the EBT's trained step count, 1 sample; "
                        f"{len(done)}/{len(outcomes)} runs evaluated")
             for o in done:
-                s = o.summary
-                if s.get("measure") == "smooth_l1":  # a video run
-                    typer.echo(_loss_line(o))
-                    continue
-                line = f"{o.label}: val ppl {_num(s['val_ppl_base'])}"
-                if o.family == "ebt":
-                    line += (f" (base {s['base_steps']} steps); perplexity change (lower is better): thinking longer "
-                             f"{_chg(s.get('val_gain_longer'), s.get('val_longer_at'))}, best-of-N "
-                             f"{_chg(s.get('val_gain_verify'), s.get('val_verify_at'))}, best setting "
-                             f"{_chg(s.get('val_gain_max'), s.get('val_max_at'))}")
-                if s.get("ood_source"):
-                    line += f"; OOD {s['ood_source']} ppl {_num(s.get('ood_ppl_base'))} " \
-                            f"(x{_num(s.get('ood_magnitude'), 2)})"
-                    if o.family == "ebt":
-                        line += f", best setting {_chg(s.get('ood_gain_max'), s.get('ood_max_at'))}"
-                typer.echo(line)
+                typer.echo(_summary_line(o))
         if not done:
             raise fail(f"sweep {sweep!r}: no run could be evaluated (see the lines above)", 1)
