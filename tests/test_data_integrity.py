@@ -328,3 +328,42 @@ def test_the_lock_refuses_a_second_writer_in_the_same_process_and_a_non_folder(t
     with pytest.raises(DataError, match="exists and is not a token store"):
         prepare(src, "byte", tmp_path / "d", shard_tokens=SHARD)
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["x.txt"]  # nothing written, not even the lock
+
+
+def _store_spec(tmp_path: pathlib.Path, store: pathlib.Path, data_extra: str = "") -> pathlib.Path:
+    spec = tmp_path / "s.toml"
+    spec.write_text(f"""[sweep]
+name = "on-store"
+axis = "depth"
+families = ["transformer_pp"]
+[model]
+preset = "tiny"
+sequence_len = 16
+[train]
+steps = 2
+batch_size = 2
+warmup_steps = 0
+[data]
+source = "store:{store}"
+{data_extra}
+[axis]
+values = [1, 2]
+""")
+    return spec
+
+
+def test_a_sweep_on_a_token_store_takes_the_store_vocabulary(store, tmp_path):
+    """The preset's BPE size (tiny: 512) is not the store's vocabulary: runs on a store get the store's own (here
+    a byte store's 256); a [data] vocab_size smaller than it is refused at planning in one line, not in every
+    trial; a larger one is kept."""
+    from ebt_scaling.errors import SpecError
+    from ebt_scaling.sweeps import expand, load_spec
+
+    runs = expand(load_spec(_store_spec(tmp_path, store)))
+    assert {r.spec.model.vocab_size for r in runs} == {256} and {r.spec.data.vocab_size for r in runs} == {256}
+    with pytest.raises(SpecError) as e:
+        expand(load_spec(_store_spec(tmp_path, store, "vocab_size = 128")))
+    assert "vocab_size 128 is smaller than the vocabulary of store:" in _one_line(str(e.value))
+    assert "(256, its tokenizer's)" in str(e.value)
+    runs = expand(load_spec(_store_spec(tmp_path, store, "vocab_size = 1024")))
+    assert {r.spec.model.vocab_size for r in runs} == {1024}

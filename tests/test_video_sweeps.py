@@ -124,7 +124,7 @@ def test_tiny_video_params_share_the_width_runs():
     """2x48 and 2x64 are the width sweep's shapes: the same configurations, trained once for both sweeps."""
     width = {r.config_hash for r in expand(load_spec(spec_path("width", "tiny", "video")))}
     params = {r.config_hash for r in expand(load_spec(spec_path("params", "tiny", "video")))}
-    assert len(width & params) == 4 and len(params) == 6
+    assert len(width & params) == 8 and len(params) == 12  # 2 shapes x 2 families x 2 seeds shared
 
 
 def test_paper_video_specs_follow_the_paper():

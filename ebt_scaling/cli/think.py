@@ -27,7 +27,7 @@ def _chg(gain: Any, at: Any) -> str:
     """A gain (the paper's improvement: positive = lower perplexity) as the perplexity's change at its setting."""
     if gain is None or (isinstance(gain, float) and not math.isfinite(gain)):
         return "-"
-    return f"{-gain * 100:+.2f}%" + (f" at {at}" if at else "")
+    return f"{-gain * 100 + 0.0:+.2f}%" + (f" at {at}" if at else "")  # + 0.0: no "-0.00%" at the baseline
 
 
 def _num(v: Any, nd: int = 3) -> str:

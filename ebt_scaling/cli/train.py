@@ -201,8 +201,12 @@ def train_cmd(
                        checkpoint_interval=checkpoint_interval, seed=seed, device=device, threads=threads,
                        cuda_graph=cuda_graph, compile=compile_, micro_batch_size=micro, schedule_steps=schedule_steps,
                        precision=precision, lr_schedule=d["lr_schedule"])
-    dcfg = DataConfig(source=data, tokenizer=tokenizer, vocab_size=vocab_size or p.vocab_size,
-                      sampling=sampling)
+    from ebt_scaling.sweeps.expand import store_vocab_size
+
+    # a token store's own vocabulary unless --vocab-size is given (a smaller one is refused in one line)
+    data_opts = {"source": data, "tokenizer": tokenizer, **({"vocab_size": vocab_size} if vocab_size else {})}
+    dcfg = DataConfig(source=data, tokenizer=tokenizer, sampling=sampling,
+                      vocab_size=store_vocab_size(data_opts, p.vocab_size))
     vocab = 2 if video else tokenizer_vocab_size(dcfg)  # a video model has no vocabulary
     recipe_name = (recipe or ("ebt_vid_s1" if video else "ebt_s1")) if family == "ebt" else None
     # EBT settings: the recipe's, then the preset's tuned S1 options (config.PRESETS), then the options given

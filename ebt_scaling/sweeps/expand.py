@@ -121,7 +121,7 @@ def expand(spec: SweepSpec) -> list[ExpandedRun]:
 def _base(spec: SweepSpec) -> tuple[DataConfig, dict[str, Any], dict[str, Any], dict[str, Any], int]:
     """The data, base shape, EBT options, base train settings and context length every run starts from."""
     preset = get_preset(spec.preset)
-    data = DataConfig(**{"vocab_size": preset.vocab_size, **spec.data})
+    data = DataConfig(**{"vocab_size": store_vocab_size(spec.data, preset.vocab_size), **spec.data})
     if (fp := read_store_fingerprint(data.source)) is not None:
         data = dataclasses.replace(data, store_fingerprint=fp)
     video = spec.modality == "video"
@@ -330,6 +330,29 @@ def _run(spec: SweepSpec, family: str, seed: int, label: str, point: dict[str, A
     planned = PlannedRun(family=family, axis=ax, x=x, seed=seed, config_hash=run.config_hash,
                          config=config, params=params, flops_per_token=fpt, tokens=tokens)
     return ExpandedRun(spec=run, planned=planned, label=label)
+
+
+def store_vocab_size(data: dict[str, Any], default: int) -> int:
+    """``DataConfig.vocab_size`` for a spec's ``[data]`` (or ``train``'s options): a readable token store's own
+    vocabulary (its manifest's, the tokenizer it was encoded with) when none is given, else the given one, else
+    ``default`` (the size preset's BPE). The model's vocabulary (``tokenizer_vocab_size``: 256 with ``byte``)
+    smaller than the store's is refused in one line, at planning, instead of failing every trial."""
+    manifest = read_manifest(str(data.get("source", "")))
+    params = manifest.get("params") if manifest is not None and manifest.get("kind") != "video" else None
+    vocab = params.get("vocab_size") if isinstance(params, dict) else None
+    given = data.get("vocab_size")
+    given = given if isinstance(given, int) and not isinstance(given, bool) else None
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 2:
+        return given or default
+    byte = data.get("tokenizer") == "byte"
+    chosen = given or (default if byte else vocab)  # byte: the model has 256 whatever vocab_size says
+    model = 256 if byte else chosen
+    if model < vocab:
+        what = "tokenizer = \"byte\" (256 ids)" if byte else f"vocab_size {model}"
+        raise ConfigError(f"DataConfig.vocab_size: {what} is smaller than the vocabulary of {data['source']} ({vocab}, "
+                          f"its tokenizer's); leave vocab_size (--vocab-size) and tokenizer unset, the store's is "
+                          f"used, or set vocab_size to {vocab}")
+    return chosen
 
 
 def read_store_fingerprint(source: str) -> str | None:
