@@ -51,6 +51,7 @@ from ebt_scaling.config import VIDEO_LR_DIVISOR, VIDEO_RECIPE_OVERRIDES, ModelCo
 from ebt_scaling.errors import ConfigError
 from ebt_scaling.models.ebt import EBT, KV, Draws
 from ebt_scaling.models.layers import Block, RMSNorm, Rotary, check_attn_impl, init_linear_xavier, upcast
+from ebt_scaling.models.transformer_pp import TransformerPP
 
 __all__ = ["VIDEO_LR_DIVISOR", "VIDEO_RECIPE_OVERRIDES", "VideoEBT", "VideoThinking", "VideoTransformerPP",
            "build_video_model", "copy_last_frame_loss", "smooth_l1"]
@@ -113,16 +114,10 @@ class VideoTransformerPP(nn.Module):
         loss = smooth_l1(self(frames), targets)
         return loss, {"smooth_l1": loss.detach()}
 
-    def landscapes(self, train: bool, generator: torch.Generator | None = None) -> list[int]:
-        return []
-
-    def draw(self, generators: Sequence[torch.Generator | None], t: int, landscapes: Sequence[int], device: Any, *,
-             train: bool, starts: Sequence[torch.Tensor | None] | None = None) -> None:
-        return None
-
-    def optim_groups(self, weight_decay: float) -> list[dict]:
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "weight_decay": weight_decay,
-                 "lr_mult": 1.0}]
+    # the text Transformer++'s own: no inner steps, no random inputs, one AdamW group (they read only parameters)
+    landscapes = TransformerPP.landscapes
+    draw = TransformerPP.draw
+    optim_groups = TransformerPP.optim_groups
 
 
 @dataclass
