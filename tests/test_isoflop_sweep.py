@@ -8,6 +8,8 @@ import copy
 import json
 import math
 import pathlib
+import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -194,6 +196,14 @@ def test_import_and_fit_cli_reproduce_fit_isoflop(db_url, tmp_path):
     rep = runner.invoke(app, ["report", "--sweep", "iso", "--out", str(pdf), "--db", db_url, "--resamples", "100"])
     assert rep.exit_code == 0, rep.output
     assert count_pages(pdf) >= 4 + 3
+    if shutil.which("pdftotext"):  # isoflop only: no empty per-axis rate table; the title names the sweep
+        rep = runner.invoke(app, ["report", "--out", str(pdf), "--db", db_url, "--resamples", "100"])
+        assert rep.exit_code == 0, rep.output
+        first = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(pdf), "-"], capture_output=True, text=True,
+                               check=True).stdout
+        assert "scaling - iso" in first and "(empty database)" not in first
+        assert "No per-axis scaling fits here (the sweeps are IsoFLOP sweeps)" in first.replace("\n", " ")
+        assert "rate gain" not in first and "(none)" not in first
 
 
 def test_import_refuses_incomplete_compute_rows(db_url, tmp_path):

@@ -67,7 +67,8 @@ def register(app: typer.Typer) -> None:
             extra_pages = [*isoflop_pages(iso), *extra_pages]
         finally:
             store.close()
-        label = sweep or (", ".join(result.sweeps) if result.sweeps else "(empty database)")
+        names = list(dict.fromkeys([*result.sweeps, *(r.sweep for r in iso)]))  # axis sweeps, then isoflop ones
+        label = sweep or (", ".join(names) if names else "(empty database)")
         provenance = {
             "code version": code_version(),
             "database": mask_url(url),

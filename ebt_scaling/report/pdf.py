@@ -173,20 +173,8 @@ def _rate_y(data: ReportData) -> str:
     return " (text) / ".join(ys) + (" (video)" if len(ys) > 1 else "")
 
 
-def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
-    """First what the data show, in words (per axis: which family scales faster, with the interval, or that the
-    data cannot tell); then the table, how to read it, the guard-rails, and in the space left an overview plot
-    per axis."""
-    fig = new_page()
-    fig.text(0.04, 0.95, data.title, fontsize=16, weight="bold", va="top")
-    head = [w for f in _sorted_fits(data) for line in tuning.headline(f, _label(f, data))
-            for w in (textwrap.wrap(line, 150, subsequent_indent="  ") or [""])]
-    head += [w for line in data.headlines for w in textwrap.wrap(line, 150, subsequent_indent="  ")]
-    if data.forgotten:
-        head += textwrap.wrap(forgotten_summary(data.forgotten), 150, subsequent_indent="  ")
-    if head:
-        fig.text(0.04, 0.905, "\n".join(head), fontsize=9, va="top", linespacing=1.4)
-    shift = len(head) * 9 * 1.4 / 72 / PAGE_SIZE[1] + (0.01 if head else 0.0)
+def _summary_table(fig: Figure, data: ReportData, shift: float) -> float:
+    """The per-axis rate table under the headlines (and the line saying how to read it); returns its height."""
     fig.text(0.04, 0.905 - shift, f"Rate = |slope of the rate line (paper's measure)|: OLS of {_rate_y(data)} on "
              "log10(x); rate gain = |rate EBT| / |rate T++| - 1. Verdict at 95% after Holm adjustment across axes.",
              fontsize=8.5, va="top")
@@ -217,7 +205,26 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
     plots.draw_table(ax, header, rows, [0.05, 0.07, 0.06, 0.075, 0.125, 0.05, 0.06, 0.06, 0.075, 0.145, 0.23],
                      fontsize=8, row_colors=colors, fill=True)
     fit_cells(fig, ax)
-    notes = ["What these data support"] + [f"- {_supports(f, data)}" for f in _sorted_fits(data)] + [""] + [
+    return table_h
+
+
+def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
+    """First what the data show, in words (per axis: which family scales faster, with the interval, or that the
+    data cannot tell); then the table, how to read it, the guard-rails, and in the space left an overview plot
+    per axis."""
+    fig = new_page()
+    fig.text(0.04, 0.95, data.title, fontsize=16, weight="bold", va="top")
+    head = [w for f in _sorted_fits(data) for line in tuning.headline(f, _label(f, data))
+            for w in (textwrap.wrap(line, 150, subsequent_indent="  ") or [""])]
+    head += [w for line in data.headlines for w in textwrap.wrap(line, 150, subsequent_indent="  ")]
+    if data.forgotten:
+        head += textwrap.wrap(forgotten_summary(data.forgotten), 150, subsequent_indent="  ")
+    if head:
+        fig.text(0.04, 0.905, "\n".join(head), fontsize=9, va="top", linespacing=1.4)
+    shift = len(head) * 9 * 1.4 / 72 / PAGE_SIZE[1] + (0.01 if head else 0.0)
+    # no per-axis fits (an isoflop-only report): no empty rate table, the IsoFLOP pages hold the comparison
+    table_h = _summary_table(fig, data, shift) if data.fits else -0.03
+    notes = (["What these data support"] + [f"- {_supports(f, data)}" for f in _sorted_fits(data)] + [""] + [
         "How to read this page",
         *(["- Video axes: the rate is the log-log slope of SmoothL1 (OLS of log10(validation SmoothL1) on log10(x), "
            "the paper's video measure); the baselines are the SmoothL1 of copying the last frame and of predicting "
@@ -236,7 +243,11 @@ def summary_page(data: ReportData, new_page: Callable[[], Figure]) -> None:
         "replicated); a permutation p-value is on each axis page.",
         "- Holm: p adjusted over the axes of the sweep (params and flops count once when they share runs), or "
         "--family-of-tests. * = exponent view unreliable (guard-rails below).",
-    ]
+    ]) if data.fits else [
+        "How to read this page",
+        "- No per-axis scaling fits here" + (" (the sweeps are IsoFLOP sweeps): the compute-optimal comparison, "
+                                             "its frontiers, exponents and intervals are on the IsoFLOP pages."
+                                             if data.headlines else ": no fit-eligible runs on a scaling axis.")]
     for m in data.messages + family_settings_notes(data.runs):
         notes.append(f"- {m}")
     for f in _sorted_fits(data):
